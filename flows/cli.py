@@ -1,0 +1,156 @@
+"""`embedpipe`: run a flow from a YAML config, search a snapshot, evaluate a snapshot.
+
+Heavy imports (torch, ray, prefect) happen inside commands so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                     "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}.items():
+    os.environ.setdefault(_key, _value)
+
+app = typer.Typer(help="Batch embedding and indexing pipeline: corpus -> chunks -> vectors -> FAISS snapshots.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console()
+err_console = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="print machine-readable JSON instead of tables")]
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            _fail(ValueError(f"--set {pair!r}: expected KEY=VALUE, e.g. run.shards=8"))
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _metrics_table(title: str, variants: dict[str, dict[str, float]]) -> Table:
+    table = Table(title=title)
+    metrics = list(dict.fromkeys(m for values in variants.values() for m in values))
+    table.add_column("variant")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for name, values in variants.items():
+        table.add_row(name, *(f"{values[m]:.4f}" if isinstance(values.get(m), float) else str(values.get(m, ""))
+                              for m in metrics))
+    return table
+
+
+def _hits_table(query: str, hits) -> Table:
+    table = Table(title=f"query: {query}")
+    for col, justify in (("rank", "right"), ("score", "right"), ("doc_id", "left"), ("title", "left")):
+        table.add_column(col, justify=justify)
+    for rank, hit in enumerate(hits, start=1):
+        table.add_row(str(rank), f"{hit.score:.4f}", hit.doc_id, hit.title[:90])
+    return table
+
+
+@app.command()
+def run(
+    config: Annotated[str, typer.Argument(help="YAML config (see configs/demo.yaml)")],
+    set_: Annotated[list[str], typer.Option("--set", help="override a config value: KEY=VALUE (dotted key)")] = [],  # noqa: B006
+    run_id: Annotated[str | None, typer.Option(help="reuse a run id to resume it (finished shards are skipped)")] = None,
+    example: Annotated[bool, typer.Option(help="after publishing, search the snapshot with a golden query")] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the reindex flow (Prefect + Ray) and print the snapshot it published and how good it is."""
+    from flows.reindex import reindex
+    from pipeline.errors import EmbedpipeError
+
+    try:
+        summary = reindex(config, _parse_sets(set_), run_id)
+    except EmbedpipeError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    console.print(f"\n[bold green]published[/] {summary['index_name']} version [bold]{summary['version']}[/]")
+    console.print(f"  snapshot: {summary['snapshot']}")
+    counts = summary["counts"]
+    console.print("  counts: " + ", ".join(f"{k} {counts[k]}" for k in
+                                          ("read", "accepted", "quarantined", "chunks", "vectors") if k in counts))
+    console.print("  seconds: " + ", ".join(f"{k} {v}" for k, v in summary["timings_s"].items()))
+    if summary["evaluation"]:
+        variants = summary["evaluation"]["variants"]
+        console.print(_metrics_table(f"quality on {next(iter(variants.values()))['queries']} golden queries", variants))
+        if example:
+            from pipeline.readers import read_queries
+
+            query = next(iter(read_queries(summary["evaluation"]["queries"]).values()))
+            _print_search(summary["snapshot"], query, 5, "exact")
+
+
+def _print_search(snapshot_url: str, query: str, k: int, variant: str, as_json: bool = False) -> None:
+    from pipeline.search import Searcher
+    from pipeline.snapshot import Snapshot
+
+    snapshot = Snapshot.open(snapshot_url)
+    hits = Searcher.from_snapshot(snapshot).search([query], k, variant)[0]
+    if as_json:
+        print(json.dumps({"snapshot": snapshot.url, "version": snapshot.version, "variant": variant, "query": query,
+                          "hits": [h.__dict__ for h in hits]}, indent=2))
+    else:
+        console.print(_hits_table(query, hits))
+
+
+@app.command()
+def search(
+    snapshot: Annotated[str, typer.Argument(help="snapshot URL: a version folder, or snapshots/<index> for the newest")],
+    query: Annotated[str, typer.Argument(help="the query text")],
+    k: Annotated[int, typer.Option("-k", min=1, help="documents to return")] = 10,
+    variant: Annotated[str, typer.Option(help="index variant: exact, ivfpq, ...")] = "exact",
+    as_json: JsonFlag = False,
+) -> None:
+    """Search a snapshot; the query is encoded with the model recorded in its manifest."""
+    from pipeline.errors import EmbedpipeError
+
+    try:
+        _print_search(snapshot, query, k, variant, as_json)
+    except EmbedpipeError as exc:
+        _fail(exc)
+
+
+@app.command()
+def evaluate(
+    snapshot: Annotated[str, typer.Argument(help="snapshot URL (version folder or snapshots/<index>)")],
+    queries: Annotated[str, typer.Option(help="BEIR queries.jsonl")],
+    qrels: Annotated[str, typer.Option(help="BEIR qrels TSV (query-id, corpus-id, score)")],
+    k: Annotated[int, typer.Option("-k", min=10, help="documents retrieved per query")] = 100,
+    as_json: JsonFlag = False,
+) -> None:
+    """nDCG@10, MAP@10, Recall@10/100 and MRR@10 of every index variant of a snapshot."""
+    from pipeline.errors import EmbedpipeError
+    from pipeline.readers import read_qrels, read_queries
+    from pipeline.search import Searcher
+    from pipeline.snapshot import Snapshot
+
+    try:
+        snap = Snapshot.open(snapshot)
+        report = Searcher.from_snapshot(snap).evaluate(read_queries(queries), read_qrels(qrels), k)
+    except EmbedpipeError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps({"snapshot": snap.url, "version": snap.version, "variants": report}, indent=2))
+    else:
+        console.print(_metrics_table(f"{snap.manifest['index_name']} {snap.version}", report))
+
+
+if __name__ == "__main__":
+    app()

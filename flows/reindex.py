@@ -1,0 +1,112 @@
+"""The `reindex` flow: read -> shard -> chunk -> embed (Ray) -> index -> evaluate -> publish.
+
+Each task is a thin wrapper around a `pipeline` function (or the Ray operator), so the same code runs in
+unit tests. Results stay in the flow's process (no result persistence): nothing large crosses Prefect.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from operators.embedding import embed_shards
+from pipeline.config import PipelineConfig, load_config
+from pipeline.encoder import cached_encoder
+from pipeline.manifest import build_manifest
+from pipeline.readers import golden_set_urls, read_qrels, read_queries
+from pipeline.search import Searcher
+from pipeline.shards import load_vectors
+from pipeline.snapshot import new_version, publish
+from pipeline.stages import PreparedRun, build_indexes, id_table, prepare, snapshot_files
+from pipeline.storage import Storage, redact
+
+_task = task(cache_policy=NO_CACHE, persist_result=False)
+
+
+@_task(name="read, shard and chunk")
+def prepare_task(cfg: PipelineConfig, run_id: str) -> PreparedRun:
+    return prepare(cfg, Storage(cfg.storage.root), run_id)
+
+
+@_task(name="embed shards (Ray)")
+def embed_task(cfg: PipelineConfig, prepared: PreparedRun) -> dict[str, Any]:
+    results = embed_shards(cfg.storage.root, prepared.run_id, prepared.shards, cfg.model, cfg.run.actors,
+                           cfg.run.cpus_per_actor, cfg.run.gpus_per_actor)
+    fresh = [r for r in results if not r.skipped]
+    return {"shards_embedded": len(fresh), "shards_skipped": len(results) - len(fresh),
+            "tokens": sum(r.tokens for r in results), "vectors": sum(r.chunks for r in results)}
+
+
+@_task(name="build indexes")
+def index_task(cfg: PipelineConfig, prepared: PreparedRun):
+    embedded, vectors = load_vectors(Storage(cfg.storage.root), prepared.run_id, prepared.shards)
+    indexes, params = build_indexes(cfg, vectors)
+    return indexes, params, id_table(prepared, embedded)
+
+
+@_task(name="evaluate on golden queries")
+def evaluate_task(cfg: PipelineConfig, indexes, ids, prepared: PreparedRun) -> dict:
+    urls = golden_set_urls(cfg.corpus, cfg.evaluation.queries, cfg.evaluation.qrels)
+    if urls is None:
+        return {}
+    queries, qrels = read_queries(urls[0]), read_qrels(urls[1])
+    searcher = Searcher(indexes, ids, cached_encoder(cfg.model), prepared.counts["max_chunks_per_doc"])
+    return {"queries": redact(urls[0]), "qrels": redact(urls[1]),
+            "variants": searcher.evaluate(queries, qrels, cfg.evaluation.k)}
+
+
+@_task(name="publish snapshot")
+def publish_task(cfg: PipelineConfig, indexes, ids, manifest: dict) -> tuple[str, str]:
+    version = new_version()
+    url = publish(Storage(cfg.storage.root), cfg.index_name, version, snapshot_files(indexes, ids), manifest)
+    return url, version
+
+
+def _markdown(summary: dict) -> str:
+    lines = [f"# Snapshot `{summary['index_name']}` {summary['version']}", "", f"`{summary['snapshot']}`", "",
+             "| count | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in summary["counts"].items()]
+    variants = summary["evaluation"].get("variants", {})
+    if variants:
+        metrics = list(dict.fromkeys(m for values in variants.values() for m in values))
+        lines += ["", "| variant | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+        lines += [f"| {v} | " + " | ".join(str(m.get(k, "")) for k in metrics) + " |" for v, m in variants.items()]
+    lines += ["", "| stage | seconds |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary["timings_s"].items()]
+    return "\n".join(lines)
+
+
+@flow(name="reindex", log_prints=True)
+def reindex(config_path: str, overrides: dict[str, Any] | None = None, run_id: str | None = None) -> dict:
+    """Build, evaluate and publish a snapshot of the corpus a config names. Reusing `run_id` resumes a run."""
+    cfg = load_config(config_path, overrides)
+    run_id = run_id or cfg.run.run_id or new_version()
+    logger = get_run_logger()
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn, *args):
+        start = time.perf_counter()
+        out = fn(*args)
+        timings[name] = round(time.perf_counter() - start, 2)
+        logger.info("%s: %.1f s", name, timings[name])
+        return out
+
+    prepared = timed("prepare", prepare_task, cfg, run_id)
+    embedded = timed("embed", embed_task, cfg, prepared)
+    indexes, index_params, ids = timed("index", index_task, cfg, prepared)
+    evaluation = timed("evaluate", evaluate_task, cfg, indexes, ids, prepared)
+    counts = {**prepared.counts, **embedded}
+    encoder_card = cached_encoder(cfg.model).card
+    manifest = build_manifest(cfg, run_id=run_id, model=encoder_card.to_dict() | {"fingerprint": encoder_card.fingerprint},
+                              chunking=prepared.chunking, index=index_params, counts=counts, corpus=prepared.corpus,
+                              evaluation=evaluation, timings=timings)
+    url, version = timed("publish", publish_task, cfg, indexes, ids, manifest)
+    summary = {"index_name": cfg.index_name, "version": version, "snapshot": redact(url), "run_id": run_id,
+               "counts": counts, "evaluation": evaluation, "index": index_params, "timings_s": timings}
+    create_markdown_artifact(_markdown(summary), key=re.sub(r"[^a-z0-9-]", "-", f"reindex-{cfg.index_name}"),
+                             description=f"Snapshot {cfg.index_name} {version}")
+    return summary

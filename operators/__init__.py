@@ -1,0 +1,1 @@
+"""Ray adapters around `pipeline`: actors that hold a model, resource requests, failure mapping."""

@@ -1,0 +1,49 @@
+"""Embedding actors: each loads the model once and embeds whole shards, committing each with its marker.
+
+CPU reservations matter on small machines: actors take `cpus_per_actor` (fractions allowed) and set
+torch's threads to match, since Ray pins OMP_NUM_THREADS=1 in workers. On GPU nodes each actor asks for
+one GPU (issue 6 extends this to fp16 and token-budget batching).
+"""
+
+from __future__ import annotations
+
+import math
+
+import ray
+from ray.util.actor_pool import ActorPool
+
+from operators.cluster import ensure_ray, unwrap
+from pipeline.config import ModelConfig
+from pipeline.encoder import Encoder
+from pipeline.shards import ShardResult, embed_shard
+from pipeline.storage import Storage
+
+
+@ray.remote(max_restarts=2, max_task_retries=2)  # embed_shard is idempotent, so a retried shard is safe
+class EmbedActor:
+    def __init__(self, root_url: str, model: dict, threads: int) -> None:
+        self.storage = Storage(root_url)
+        self.encoder = Encoder(ModelConfig(**model), threads=threads)
+
+    def embed(self, run_id: str, shard: int) -> ShardResult:
+        return embed_shard(self.storage, run_id, shard, self.encoder)
+
+
+def embed_shards(root_url: str, run_id: str, shards: list[int], model: ModelConfig, actors: int,
+                 cpus_per_actor: float, gpus_per_actor: float = 0.0) -> list[ShardResult]:
+    """Embed `shards` with a pool of `actors` actors; returns one result per shard, in shard order."""
+    if not shards:
+        return []
+    ensure_ray()
+    threads = max(1, math.floor(cpus_per_actor))
+    pool_size = min(actors, len(shards))
+    handles = [EmbedActor.options(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
+               .remote(root_url, model.model_dump(), threads) for _ in range(pool_size)]
+    try:
+        results = list(ActorPool(handles).map_unordered(lambda a, s: a.embed.remote(run_id, s), shards))
+    except ray.exceptions.RayError as exc:
+        raise unwrap(exc) from exc
+    finally:
+        for handle in handles:
+            ray.kill(handle)
+    return sorted(results, key=lambda r: r.shard)

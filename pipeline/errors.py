@@ -1,0 +1,33 @@
+"""Every error embedpipe raises on purpose. Callers catch these, never a bare Exception or a None."""
+
+
+class EmbedpipeError(Exception):
+    """Base class: the message names the thing and what was expected."""
+
+
+class ConfigError(EmbedpipeError):
+    """A config file is missing, unreadable or has a bad value."""
+
+
+class InputError(EmbedpipeError):
+    """A corpus, query or qrels source cannot be read, or (strict mode) holds a bad record."""
+
+
+class ModelError(EmbedpipeError):
+    """A model cannot be found or loaded, or is not the one a snapshot was built with."""
+
+
+class IndexBuildError(EmbedpipeError):
+    """FAISS index parameters or inputs are unusable (too few vectors, dims mismatch...)."""
+
+
+class SnapshotError(EmbedpipeError):
+    """A snapshot is missing, incomplete, already exists, or fails its checksums."""
+
+
+class StorageError(EmbedpipeError):
+    """Object storage is unreachable or an object is missing."""
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write lost: the object already existed (put_if_absent)."""

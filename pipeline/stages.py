@@ -1,0 +1,88 @@
+"""The reindex job's stages as plain functions: the Prefect flow wraps each in a task, tests call them directly.
+
+read + validate -> shard -> chunk -> (embed: operators/) -> index -> evaluate -> publish
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import polars as pl
+
+from pipeline.chunking import Chunker
+from pipeline.config import PipelineConfig
+from pipeline.encoder import load_tokenizer
+from pipeline.index_build import build_exact, build_ivfpq, to_bytes
+from pipeline.index_plan import plan_ivfpq
+from pipeline.manifest import corpus_fingerprint
+from pipeline.models import model_max_tokens, resolve_model_dir
+from pipeline.readers import corpus_url, read_corpus
+from pipeline.sharding import assign_shards
+from pipeline.shards import write_parquet, write_shard_inputs
+from pipeline.storage import Storage
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    run_id: str
+    shards: list[int]
+    chunks: pl.DataFrame  # chunk metadata (no text): chunk_id, doc_id, chunk_index, start, end, n_tokens, shard
+    titles: pl.DataFrame  # doc_id, title
+    counts: dict[str, int]
+    corpus: dict[str, str]
+    chunking: dict
+
+
+def make_chunker(cfg: PipelineConfig) -> Chunker:
+    folder = resolve_model_dir(cfg.model)
+    tokenizer = load_tokenizer(folder)
+    limit = cfg.model.max_tokens or model_max_tokens(folder, tokenizer.model_max_length)
+    return Chunker(tokenizer, cfg.chunking, limit, cfg.model.passage_prefix)
+
+
+def prepare(cfg: PipelineConfig, storage: Storage, run_id: str) -> PreparedRun:
+    """Read and validate the corpus, quarantine bad records, shard and chunk, and write each shard's inputs."""
+    read = read_corpus(cfg.corpus)
+    write_parquet(storage, f"runs/{run_id}/quarantine.parquet", read.quarantine)
+    chunker = make_chunker(cfg)
+    docs = assign_shards(read.docs, cfg.run.shards)
+    chunks = chunker.chunk(docs).join(docs.select("doc_id", "shard"), on="doc_id", how="left", maintain_order="left")
+    shards = write_shard_inputs(storage, run_id, chunks)
+    per_doc = chunks.group_by("doc_id").len()["len"]
+    counts = {**read.counts, "chunks": chunks.height, "shards": len(shards),
+              "max_chunks_per_doc": int(per_doc.max() or 0), "truncated_chunks":
+              int((chunks["n_tokens"] > chunker.token_budget()).sum())}
+    corpus = {"source": corpus_url(cfg.corpus), "fingerprint": corpus_fingerprint(read.docs)}
+    return PreparedRun(run_id, shards, chunks.drop("text"), read.docs.select("doc_id", "title"), counts, corpus,
+                       chunker.params)
+
+
+def build_indexes(cfg: PipelineConfig, vectors: np.ndarray) -> tuple[dict[str, faiss.Index], dict]:
+    """Every configured variant over the same vectors (FAISS row i = vectors[i]) and their parameters."""
+    indexes, params = {}, {"variants": list(cfg.index.variants), "metric": "inner_product"}
+    if "exact" in cfg.index.variants:
+        indexes["exact"] = build_exact(vectors)
+        params["exact"] = {"factory": "Flat"}
+    if "ivfpq" in cfg.index.variants:
+        plan = plan_ivfpq(len(vectors), vectors.shape[1], cfg.index.ivfpq)
+        indexes["ivfpq"] = build_ivfpq(vectors, plan, cfg.run.seed)
+        params["ivfpq"] = {**plan.to_dict(), "seed": cfg.run.seed}
+    return indexes, params
+
+
+def id_table(prepared: PreparedRun, embedded: pl.DataFrame) -> pl.DataFrame:
+    """FAISS row -> chunk and document, in the row order of `embedded` (chunk_id, chunk_hash)."""
+    return (embedded.with_row_index("row")
+            .join(prepared.chunks, on="chunk_id", how="left", maintain_order="left")
+            .join(prepared.titles, on="doc_id", how="left", maintain_order="left")
+            .select("row", "chunk_id", "doc_id", "chunk_index", "start", "end", "n_tokens", "chunk_hash", "title"))
+
+
+def snapshot_files(indexes: dict[str, faiss.Index], ids: pl.DataFrame) -> dict[str, bytes]:
+    import io
+
+    buf = io.BytesIO()
+    ids.write_parquet(buf, compression="zstd")
+    return {"ids.parquet": buf.getvalue(), **{f"index/{name}.faiss": to_bytes(ix) for name, ix in indexes.items()}}
