@@ -18,7 +18,8 @@ OUT = Path(__file__).parent / "scifact-sample"
 
 
 def main(src: Path) -> None:
-    corpus = [json.loads(line) for line in gzip.open(src / "corpus.jsonl.gz", "rt", encoding="utf-8")]
+    with gzip.open(src / "corpus.jsonl.gz", "rt", encoding="utf-8") as fh:
+        corpus = [json.loads(line) for line in fh]
     rows = [line.rstrip("\r\n").split("\t") for line in (src / "qrels" / "test.tsv").open(encoding="utf-8")][1:]
     test_ids = sorted({q for q, _, _ in rows}, key=int)[:QUERIES]
     qrels = [r for r in rows if r[0] in test_ids]

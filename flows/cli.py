@@ -66,16 +66,20 @@ def _hits_table(query: str, hits) -> Table:
 def run(
     config: Annotated[str, typer.Argument(help="YAML config (see configs/demo.yaml)")],
     set_: Annotated[list[str], typer.Option("--set", help="override a config value: KEY=VALUE (dotted key)")] = [],  # noqa: B006
-    run_id: Annotated[str | None, typer.Option(help="reuse a run id to resume it (finished shards are skipped)")] = None,
+    run_id: Annotated[str | None, typer.Option(help="reuse a run id to resume it (finished shards skipped)")] = None,
     example: Annotated[bool, typer.Option(help="after publishing, search the snapshot with a golden query")] = True,
     as_json: JsonFlag = False,
 ) -> None:
     """Run the reindex flow (Prefect + Ray) and print the snapshot it published and how good it is."""
-    from flows.reindex import reindex
+    from pipeline.config import load_config
     from pipeline.errors import EmbedpipeError
 
+    overrides = _parse_sets(set_)
     try:
-        summary = reindex(config, _parse_sets(set_), run_id)
+        load_config(config, overrides)  # fail on a bad config before Prefect or Ray start
+        from flows.reindex import reindex
+
+        summary = reindex(config, overrides, run_id)
     except EmbedpipeError as exc:
         _fail(exc)
     if as_json:
@@ -112,7 +116,7 @@ def _print_search(snapshot_url: str, query: str, k: int, variant: str, as_json: 
 
 @app.command()
 def search(
-    snapshot: Annotated[str, typer.Argument(help="snapshot URL: a version folder, or snapshots/<index> for the newest")],
+    snapshot: Annotated[str, typer.Argument(help="snapshot URL: a version folder, or snapshots/<index> (newest)")],
     query: Annotated[str, typer.Argument(help="the query text")],
     k: Annotated[int, typer.Option("-k", min=1, help="documents to return")] = 10,
     variant: Annotated[str, typer.Option(help="index variant: exact, ivfpq, ...")] = "exact",

@@ -39,7 +39,8 @@ def embed_task(cfg: PipelineConfig, prepared: PreparedRun) -> dict[str, Any]:
                            cfg.run.cpus_per_actor, cfg.run.gpus_per_actor)
     fresh = [r for r in results if not r.skipped]
     return {"shards_embedded": len(fresh), "shards_skipped": len(results) - len(fresh),
-            "tokens": sum(r.tokens for r in results), "vectors": sum(r.chunks for r in results)}
+            "tokens": sum(r.tokens for r in results), "vectors": sum(r.chunks for r in results),
+            "encode_seconds": round(sum(r.seconds for r in fresh), 2)}
 
 
 @_task(name="build indexes")
@@ -100,8 +101,8 @@ def reindex(config_path: str, overrides: dict[str, Any] | None = None, run_id: s
     indexes, index_params, ids = timed("index", index_task, cfg, prepared)
     evaluation = timed("evaluate", evaluate_task, cfg, indexes, ids, prepared)
     counts = {**prepared.counts, **embedded}
-    encoder_card = cached_encoder(cfg.model).card
-    manifest = build_manifest(cfg, run_id=run_id, model=encoder_card.to_dict() | {"fingerprint": encoder_card.fingerprint},
+    card = cached_encoder(cfg.model).card
+    manifest = build_manifest(cfg, run_id=run_id, model=card.to_dict() | {"fingerprint": card.fingerprint},
                               chunking=prepared.chunking, index=index_params, counts=counts, corpus=prepared.corpus,
                               evaluation=evaluation, timings=timings)
     url, version = timed("publish", publish_task, cfg, indexes, ids, manifest)

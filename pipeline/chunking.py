@@ -85,7 +85,9 @@ class Chunker:
             spans.append((offsets[start][0], offsets[end - 1][1], end - start))
             if end >= n:
                 return spans
-            start = max(end - self.cfg.overlap, start + 1)
+            prev, start = start, max(end - self.cfg.overlap, start + 1)
+            while start > prev + 1 and word_ids[start] is not None and word_ids[start] == word_ids[start - 1]:
+                start -= 1  # begin the next window at a word start too (the overlap grows by a few tokens)
 
     def chunk(self, docs: pl.DataFrame) -> pl.DataFrame:
         """docs (doc_id, title, text) -> chunks (CHUNK_SCHEMA), in document order."""

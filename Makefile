@@ -1,0 +1,23 @@
+# `make demo` and `make test` work on a fresh machine: both create or reuse .venv first.
+.PHONY: demo test lint bench clean
+
+VENV := .venv
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export RAY_USAGE_STATS_ENABLED := 0
+
+$(VENV)/.installed: pyproject.toml infra/bootstrap.sh
+	./infra/bootstrap.sh
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/embedpipe run configs/demo.yaml
+
+test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/scifact_reference.py
+
+clean:
+	rm -rf .embedpipe benchmarks/out

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create or reuse .venv and install the pinned dependencies. torch goes first with plain pip so the CPU
+# wheel on this machine is used (any other route pulls a multi-GB CUDA build; see ENVIRONMENT.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[dev]"
+touch .venv/.installed
+echo "bootstrap: .venv ready ($(.venv/bin/python -c 'import torch, faiss, ray, prefect; print("torch", torch.__version__, "faiss", faiss.__version__, "ray", ray.__version__, "prefect", prefect.__version__)'))"

@@ -1,0 +1,52 @@
+import pytest
+
+from pipeline.config import load_config, parse_config
+from pipeline.errors import ConfigError
+from tests.conftest import REPO
+
+
+def test_demo_config_loads_with_defaults():
+    cfg = load_config(REPO / "configs" / "demo.yaml")
+    assert cfg.index_name == "scifact-demo" and cfg.chunking.max_tokens == 256
+    assert cfg.index.variants == ["exact", "ivfpq"] and cfg.run.shards == 4
+
+
+def test_unknown_key_is_named(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("index_name: x\ncorpus: {source: a.jsonl}\nchunking: {max_tokns: 10}\n")
+    with pytest.raises(ConfigError, match=r"chunking\.max_tokns: unknown key"):
+        load_config(p)
+
+
+def test_wrong_type_names_field_and_value(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("index_name: x\ncorpus: {source: a.jsonl}\nrun: {shards: many}\n")
+    with pytest.raises(ConfigError, match=r"run\.shards: .*integer.*'many'"):
+        load_config(p)
+
+
+def test_missing_required_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"corpus: required field is missing"):
+        parse_config({"index_name": "x"})
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_overlap_must_be_below_window():
+    with pytest.raises(ConfigError, match=r"overlap \(64\) must be smaller than max_tokens \(64\)"):
+        parse_config({"index_name": "x", "corpus": {"source": "a"}, "chunking": {"max_tokens": 64, "overlap": 64}})
+
+
+def test_overrides_apply_dotted_keys_and_are_validated():
+    cfg = load_config(REPO / "configs" / "demo.yaml", {"run.shards": 7, "storage.root": "/tmp/x"})
+    assert cfg.run.shards == 7 and cfg.storage.root == "/tmp/x"
+    with pytest.raises(ConfigError, match=r"run\.shards"):
+        load_config(REPO / "configs" / "demo.yaml", {"run.shards": 0})
+
+
+def test_bad_index_name_rejected():
+    with pytest.raises(ConfigError, match="index_name"):
+        parse_config({"index_name": "Bad Name/..", "corpus": {"source": "a"}})

@@ -1,0 +1,61 @@
+import faiss
+import numpy as np
+import pytest
+
+from pipeline.config import IvfPqConfig
+from pipeline.errors import IndexBuildError
+from pipeline.index_build import build_exact, build_ivfpq, from_bytes, to_bytes
+from pipeline.index_plan import plan_ivfpq
+
+
+@pytest.mark.parametrize(
+    ("n", "nlist", "nbits", "nprobe"),
+    [(2, 1, 1, 1), (200, 5, 4, 5), (500, 12, 5, 8), (5183, 132, 8, 16), (1_000_000, 4096, 8, 512)],
+)
+def test_plan_clamps_for_small_and_large_n(n, nlist, nbits, nprobe):
+    plan = plan_ivfpq(n, 384, IvfPqConfig())
+    assert (plan.nlist, plan.nbits, plan.nprobe) == (nlist, nbits, nprobe)
+    assert plan.pq_m == 48 and 384 % plan.pq_m == 0 and plan.factory.endswith("np")
+    assert plan.nlist * 39 <= max(n, 39) and 2**plan.nbits * 10 <= max(plan.train_points, 20)
+    assert plan.train_points == min(n, 100_000)
+
+
+def test_plan_respects_explicit_values_and_rejects_impossible_ones():
+    plan = plan_ivfpq(10_000, 768, IvfPqConfig(nlist=64, pq_m=96, nbits=6, nprobe=4))
+    assert plan.factory == "IVF64,PQ96x6np" and plan.nprobe == 4 and plan.code_bytes == 72
+    assert plan_ivfpq(10_000, 256, IvfPqConfig()).pq_m == 32
+    with pytest.raises(IndexBuildError, match=r"pq_m \(50\) must divide the vector dims \(384\)"):
+        plan_ivfpq(1000, 384, IvfPqConfig(pq_m=50))
+    with pytest.raises(IndexBuildError, match="at least 2 vectors"):
+        plan_ivfpq(1, 384, IvfPqConfig())
+
+
+def clustered(n: int, d: int = 64, seed: int = 0) -> np.ndarray:
+    # n/10 tight clusters of ~10 points: a point's 10 nearest neighbours are mostly its cluster mates
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((n // 10, d))
+    x = (centers[rng.integers(0, n // 10, n)] + 0.15 * rng.standard_normal((n, d))).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_ivfpq_finds_most_exact_neighbours_and_round_trips():
+    x = clustered(4000)
+    exact, ivf = build_exact(x), build_ivfpq(x, plan_ivfpq(len(x), 64, IvfPqConfig()), seed=0)
+    _, truth = exact.search(x[:200], 10)
+    _, approx = from_bytes(to_bytes(ivf)).search(x[:200], 10)
+    recall = np.mean([len(set(a) & set(t)) / 10 for a, t in zip(approx, truth, strict=True)])
+    assert recall > 0.6  # an 8-byte code for 64 dims is coarse, but far above chance (10/4000)
+    assert faiss.extract_index_ivf(from_bytes(to_bytes(ivf))).nprobe == plan_ivfpq(4000, 64, IvfPqConfig()).nprobe
+
+
+def test_same_vectors_and_seed_give_identical_index_bytes():
+    x = clustered(1500)
+    plan = plan_ivfpq(len(x), 64, IvfPqConfig())
+    assert to_bytes(build_ivfpq(x, plan, seed=3)) == to_bytes(build_ivfpq(x, plan, seed=3))
+
+
+def test_bad_vectors_rejected():
+    with pytest.raises(IndexBuildError, match="NaN"):
+        build_exact(np.full((3, 4), np.nan, dtype=np.float32))
+    with pytest.raises(IndexBuildError, match="float32"):
+        build_exact(np.zeros((3, 4), dtype=np.float64))
