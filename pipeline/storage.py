@@ -35,6 +35,8 @@ class Storage:
             raise StorageError(f"cannot open storage root {redact(self.url)}: {exc}") from None
         self.root = path.rstrip("/")
         self.is_local = isinstance(self.fs, LocalFileSystem)
+        if self.is_local:
+            self.url = self.root  # absolute, so Ray workers with another working directory agree on it
 
     def __repr__(self) -> str:
         return f"Storage({redact(self.url)!r})"
