@@ -134,19 +134,23 @@ def search(
 @app.command()
 def evaluate(
     snapshot: Annotated[str, typer.Argument(help="snapshot URL (version folder or snapshots/<index>)")],
-    queries: Annotated[str, typer.Option(help="BEIR queries.jsonl")],
-    qrels: Annotated[str, typer.Option(help="BEIR qrels TSV (query-id, corpus-id, score)")],
+    queries: Annotated[str | None, typer.Option(help="BEIR queries.jsonl (default: the snapshot's golden set)")] = None,
+    qrels: Annotated[str | None, typer.Option(help="BEIR qrels TSV (default: the snapshot's golden set)")] = None,
     k: Annotated[int, typer.Option("-k", min=10, help="documents retrieved per query")] = 100,
     as_json: JsonFlag = False,
 ) -> None:
     """nDCG@10, MAP@10, Recall@10/100 and MRR@10 of every index variant of a snapshot."""
-    from pipeline.errors import EmbedpipeError
+    from pipeline.errors import EmbedpipeError, InputError
     from pipeline.readers import read_qrels, read_queries
     from pipeline.search import Searcher
     from pipeline.snapshot import Snapshot
 
     try:
         snap = Snapshot.open(snapshot)
+        golden = snap.manifest.get("evaluation") or {}
+        queries, qrels = queries or golden.get("queries"), qrels or golden.get("qrels")
+        if not (queries and qrels):
+            raise InputError("no golden set recorded in this snapshot: pass --queries and --qrels")
         report = Searcher.from_snapshot(snap).evaluate(read_queries(queries), read_qrels(qrels), k)
     except EmbedpipeError as exc:
         _fail(exc)

@@ -72,8 +72,8 @@ class _Collector:
         if not (text or "").strip():
             return self.reject(position, f"empty text: field {cfg.text_field!r} is missing or blank", raw, doc_id)
         if len(title) + len(text) > cfg.max_chars:
-            return self.reject(position, f"too large: {len(title) + len(text)} chars > max_chars "
-                               f"{cfg.max_chars}", raw[:_RAW_CHARS] if isinstance(raw, str) else "", doc_id)
+            return self.reject(position, f"too large: {len(title) + len(text)} chars > max_chars {cfg.max_chars}",
+                               raw, doc_id)
         if doc_id in self.seen:
             return self.reject(position, "duplicate id: an earlier record has the same id", raw, doc_id)
         self.seen.add(doc_id)
@@ -101,7 +101,7 @@ def _jsonl_records(url: str) -> Iterator[tuple[int, Any, str | bytes, str | None
                 if not line.strip():
                     continue  # blank lines carry no record
                 try:
-                    text = line.decode("utf-8")
+                    text = line.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a byte-order mark
                 except UnicodeDecodeError as exc:
                     yield lineno, None, line, f"invalid UTF-8 at byte {exc.start}"
                     continue
@@ -183,7 +183,7 @@ def read_corpus(cfg: CorpusConfig) -> ReadResult:
     collector = _Collector(cfg, url)
     for position, record, raw, error in records:
         if error:
-            collector.reject(position, error, raw if isinstance(raw, str) else repr(raw))
+            collector.reject(position, error, raw)
         else:
             collector.add(position, record, raw)
     return collector.result()

@@ -21,15 +21,16 @@ from pipeline.errors import SnapshotError
 from pipeline.storage import Storage
 
 MARKER = "_SUCCESS"
+MODEL_CARD_KEY = "embedpipe.model_card"
 
 
 def shard_key(run_id: str, shard: int, name: str = "") -> str:
     return f"runs/{run_id}/shards/{shard:05d}/{name}".rstrip("/")
 
 
-def _parquet_bytes(df: pl.DataFrame) -> bytes:
+def _parquet_bytes(df: pl.DataFrame, metadata: dict[str, str] | None = None) -> bytes:
     buf = io.BytesIO()
-    df.write_parquet(buf, compression="zstd", statistics=False)
+    df.write_parquet(buf, compression="zstd", statistics=False, metadata=metadata)
     return buf.getvalue()
 
 
@@ -37,8 +38,8 @@ def read_parquet(storage: Storage, key: str) -> pl.DataFrame:
     return pl.read_parquet(io.BytesIO(storage.read_bytes(key)))
 
 
-def write_parquet(storage: Storage, key: str, df: pl.DataFrame) -> None:
-    storage.write_bytes(key, _parquet_bytes(df))
+def write_parquet(storage: Storage, key: str, df: pl.DataFrame, metadata: dict[str, str] | None = None) -> None:
+    storage.write_bytes(key, _parquet_bytes(df, metadata))
 
 
 def is_committed(storage: Storage, run_id: str, shard: int) -> bool:
@@ -87,7 +88,9 @@ def embed_shard(storage: Storage, run_id: str, shard: int, encoder: Encoder) -> 
                  ["input_ids"]) if texts else 0
     out = chunks.select("chunk_id", "chunk_hash").with_columns(
         pl.Series("vector", vectors, dtype=pl.Array(pl.Float32, encoder.card.dims)))
-    write_parquet(storage, shard_key(run_id, shard, "vectors.parquet"), out)
+    # The model card travels with the vectors, in the Parquet footer.
+    write_parquet(storage, shard_key(run_id, shard, "vectors.parquet"), out,
+                  {MODEL_CARD_KEY: json.dumps(encoder.card.to_dict(), sort_keys=True)})
     seconds = round(time.perf_counter() - start, 3)
     storage.write_bytes(marker_key, json.dumps({"chunks": len(texts), "tokens": tokens, "seconds": seconds,
                                                 "model_fingerprint": encoder.card.fingerprint}).encode())

@@ -53,6 +53,12 @@ def test_gzip_jsonl_and_integer_ids(tmp_path):
     assert result.docs["doc_id"].to_list() == ["7", "d1"] and result.quarantine.height == 0
 
 
+def test_utf8_byte_order_mark_is_tolerated(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n")
+    assert read_corpus(CorpusConfig(source=str(path))).docs["doc_id"].to_list() == ["d1"]
+
+
 def test_file_url_and_custom_field_names(tmp_path):
     path = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "body": "text a", "name": "A"}])
     result = read_corpus(CorpusConfig(source=f"file://{path}", id_field="id", text_field="body", title_field="name"))

@@ -121,6 +121,25 @@ def test_quarantine_table_keeps_each_bad_record_with_its_reason(first_run, confi
     assert q.filter(pl.col("reason").str.starts_with("duplicate"))["position"].to_list() == [102]
 
 
+def test_each_shard_is_committed_with_vectors_that_carry_their_model_card(first_run, config_path):
+    import polars as pl
+
+    from pipeline.shards import MODEL_CARD_KEY
+
+    root = Path(yaml.safe_load(config_path.read_text())["storage"]["root"])
+    shard_dirs = sorted((root / "runs" / first_run["run_id"] / "shards").iterdir())
+    assert len(shard_dirs) == 4
+    total = 0
+    for d in shard_dirs:
+        marker = json.loads((d / "_SUCCESS").read_text())
+        vectors = pl.read_parquet(d / "vectors.parquet")
+        card = json.loads(pl.read_parquet_metadata(d / "vectors.parquet")[MODEL_CARD_KEY])
+        assert marker["chunks"] == vectors.height and vectors["vector"].dtype == pl.Array(pl.Float32, 384)
+        assert card["name"] == "all-MiniLM-L6-v2" and card["dims"] == 384
+        total += vectors.height
+    assert total == first_run["counts"]["chunks"]
+
+
 def test_judged_document_of_a_known_query_ranks_in_top_10(first_run, small_corpus):
     from pipeline.search import Searcher
     from pipeline.snapshot import Snapshot
