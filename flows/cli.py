@@ -41,15 +41,18 @@ def _parse_sets(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+_HEADERS = {"ndcg@10": "nDCG@10", "map@10": "MAP@10", "recall@10": "R@10", "recall@100": "R@100",
+            "mrr@10": "MRR@10", "recall@10_vs_exact": "R@10 vs exact"}
+
+
 def _metrics_table(title: str, variants: dict[str, dict[str, float]]) -> Table:
     table = Table(title=title)
-    metrics = list(dict.fromkeys(m for values in variants.values() for m in values))
+    metrics = [m for m in _HEADERS if any(m in values for values in variants.values())]
     table.add_column("variant")
     for m in metrics:
-        table.add_column(m, justify="right")
+        table.add_column(_HEADERS[m], justify="right")
     for name, values in variants.items():
-        table.add_row(name, *(f"{values[m]:.4f}" if isinstance(values.get(m), float) else str(values.get(m, ""))
-                              for m in metrics))
+        table.add_row(name, *(f"{values[m]:.4f}" if m in values else "" for m in metrics))
     return table
 
 
@@ -86,14 +89,15 @@ def run(
         print(json.dumps(summary, indent=2))
         return
     console.print(f"\n[bold green]published[/] {summary['index_name']} version [bold]{summary['version']}[/]")
-    console.print(f"  snapshot: {summary['snapshot']}")
+    console.print(f"  snapshot: {summary['snapshot']}", soft_wrap=True)
     counts = summary["counts"]
     console.print("  counts: " + ", ".join(f"{k} {counts[k]}" for k in
                                           ("read", "accepted", "quarantined", "chunks", "vectors") if k in counts))
     console.print("  seconds: " + ", ".join(f"{k} {v}" for k, v in summary["timings_s"].items()))
     if summary["evaluation"]:
         variants = summary["evaluation"]["variants"]
-        console.print(_metrics_table(f"quality on {next(iter(variants.values()))['queries']} golden queries", variants))
+        queries = next(iter(variants.values()))["queries"]
+        console.print(_metrics_table(f"quality on {queries} golden queries (trec_eval)", variants))
         if example:
             from pipeline.readers import read_queries
 
