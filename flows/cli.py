@@ -13,6 +13,7 @@ import typer
 import yaml
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                      "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}.items():
@@ -27,7 +28,8 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="print machine-readable J
 
 
 def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}")
+    # Unwrapped and without markup: messages quote values like ['id'] and are grepped by scripts.
+    err_console.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -76,10 +78,11 @@ def run(
     """Run the reindex flow (Prefect + Ray) and print the snapshot it published and how good it is."""
     from pipeline.config import load_config
     from pipeline.errors import EmbedpipeError
+    from pipeline.stages import check_inputs
 
     overrides = _parse_sets(set_)
     try:
-        load_config(config, overrides)  # fail on a bad config before Prefect or Ray start
+        check_inputs(load_config(config, overrides))  # fail on bad config or inputs before Prefect or Ray start
         from flows.reindex import reindex
 
         summary = reindex(config, overrides, run_id)

@@ -22,7 +22,7 @@ from pipeline.readers import golden_set_urls, read_qrels, read_queries
 from pipeline.search import Searcher
 from pipeline.shards import load_vectors
 from pipeline.snapshot import new_version, publish
-from pipeline.stages import PreparedRun, build_indexes, id_table, prepare, snapshot_files
+from pipeline.stages import PreparedRun, build_indexes, check_inputs, id_table, prepare, snapshot_files
 from pipeline.storage import Storage, redact
 
 _task = task(cache_policy=NO_CACHE, persist_result=False)
@@ -85,6 +85,7 @@ def _markdown(summary: dict) -> str:
 def reindex(config_path: str, overrides: dict[str, Any] | None = None, run_id: str | None = None) -> dict:
     """Build, evaluate and publish a snapshot of the corpus a config names. Reusing `run_id` resumes a run."""
     cfg = load_config(config_path, overrides)
+    check_inputs(cfg)
     run_id = run_id or cfg.run.run_id or new_version()
     logger = get_run_logger()
     timings: dict[str, float] = {}

@@ -149,6 +149,16 @@ def _is_utf8(b: bytes) -> bool:
     return True
 
 
+def require_exists(url: str, field: str) -> None:
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        found = fs.exists(path)
+    except (ImportError, ValueError, OSError) as exc:
+        raise InputError(f"{field}: cannot reach {redact(url)}: {type(exc).__name__}") from None
+    if not found:
+        raise InputError(f"{field}: {redact(url)} does not exist")
+
+
 def _beir_file(folder: str, *names: str) -> str:
     fs, path = fsspec.core.url_to_fs(folder)
     for name in names:
@@ -168,6 +178,8 @@ def corpus_format(cfg: CorpusConfig) -> str:
     fs, path = fsspec.core.url_to_fs(cfg.source)
     if fs.isdir(path):
         return "beir"
+    if not fs.exists(path):
+        raise InputError(f"corpus.source: {redact(cfg.source)} does not exist")
     raise InputError(f"corpus.source {redact(cfg.source)}: cannot tell its format; expected a .jsonl[.gz] or "
                      ".parquet file, or a BEIR folder (or set corpus.format)")
 

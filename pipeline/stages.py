@@ -18,7 +18,7 @@ from pipeline.index_build import build_exact, build_ivfpq, to_bytes
 from pipeline.index_plan import plan_ivfpq
 from pipeline.manifest import corpus_fingerprint
 from pipeline.models import model_max_tokens, resolve_model_dir
-from pipeline.readers import corpus_url, read_corpus
+from pipeline.readers import corpus_url, golden_set_urls, read_corpus, require_exists
 from pipeline.sharding import assign_shards
 from pipeline.shards import write_parquet, write_shard_inputs
 from pipeline.storage import Storage
@@ -33,6 +33,15 @@ class PreparedRun:
     counts: dict[str, int]
     corpus: dict[str, str]
     chunking: dict
+
+
+def check_inputs(cfg: PipelineConfig) -> None:
+    """Fail fast, before any engine starts, on a corpus, golden set or model that cannot be found."""
+    require_exists(corpus_url(cfg.corpus), "corpus.source")
+    golden = golden_set_urls(cfg.corpus, cfg.evaluation.queries, cfg.evaluation.qrels)
+    for url, field in zip(golden or (), ("evaluation.queries", "evaluation.qrels"), strict=False):
+        require_exists(url, field)
+    resolve_model_dir(cfg.model)
 
 
 def make_chunker(cfg: PipelineConfig) -> Chunker:

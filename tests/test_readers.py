@@ -121,3 +121,18 @@ def test_quarantine_keeps_a_readable_excerpt(tmp_path):
     q = read_corpus(CorpusConfig(source=str(path))).quarantine
     assert q.schema["raw"] == pl.String and 0 < len(q["raw"][0]) <= 500
     assert json.dumps(q.to_dicts())  # the table serialises as-is to parquet/json
+
+
+def test_preflight_names_the_missing_input(tmp_path):
+    from pipeline.config import parse_config
+    from pipeline.stages import check_inputs
+
+    base = {"index_name": "x", "corpus": {"source": str(SAMPLE)}}
+    check_inputs(parse_config(base))  # the shipped sample is complete
+    with pytest.raises(InputError, match=r"corpus\.source: .*nope\.jsonl does not exist"):
+        check_inputs(parse_config({**base, "corpus": {"source": str(tmp_path / "nope.jsonl")}}))
+    with pytest.raises(InputError, match=r"corpus\.source: .*missing-dir does not exist"):
+        check_inputs(parse_config({**base, "corpus": {"source": str(tmp_path / "missing-dir")}}))
+    with pytest.raises(InputError, match=r"evaluation\.qrels: .*q\.tsv does not exist"):
+        check_inputs(parse_config({**base, "evaluation": {"queries": str(SAMPLE / "queries.jsonl"),
+                                                          "qrels": str(tmp_path / "q.tsv")}}))

@@ -211,3 +211,7 @@ def test_cli_rejects_a_bad_config_before_any_work(tmp_path):
     cli = shutil.which("embedpipe", path=str(Path(sys.executable).parent))
     out = subprocess.run([cli, "run", str(bad)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "run.shards" in out.stderr and "greater than 0" in out.stderr
+    bad.write_text(f"index_name: x\ncorpus: {{source: {SAMPLE}}}\nmodel: {{path: {tmp_path}/no-model}}\n")
+    out = subprocess.run([cli, "run", str(bad)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "no-model: expected a transformers model folder" in out.stderr
+    assert "prefect" not in (out.stdout + out.stderr).lower()  # nothing started
