@@ -74,6 +74,16 @@ class Storage:
         with self._errors(key):
             return self.fs.cat_file(self.path(key))
 
+    def _local_temp(self, target: str, data: bytes) -> str:
+        """Write `data` durably to a fresh temp name beside `target`; the caller renames or links it."""
+        self.fs.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return tmp
+
     def write_bytes(self, key: str, data: bytes) -> None:
         """Atomic: a reader sees the old object or the new one, never a part."""
         target = self.path(key)
@@ -81,13 +91,7 @@ class Storage:
             if not self.is_local:
                 self.fs.pipe_file(target, data)
                 return
-            self.fs.makedirs(os.path.dirname(target), exist_ok=True)
-            tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
+            os.replace(self._local_temp(target, data), target)
 
     def put_if_absent(self, key: str, data: bytes) -> None:
         """Create `key` only if no object has that name; the loser gets PreconditionFailed."""
@@ -96,12 +100,7 @@ class Storage:
             if self.is_local:
                 # Write a temp file, then hard-link it: link() fails if the name exists, so the
                 # committed file is always complete and only one writer can win.
-                self.fs.makedirs(os.path.dirname(target), exist_ok=True)
-                tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                tmp = self._local_temp(target, data)
                 try:
                     os.link(tmp, target)
                 except FileExistsError:
