@@ -35,7 +35,8 @@ def prepare_task(cfg: PipelineConfig, run_id: str) -> PreparedRun:
 
 @_task(name="embed shards (Ray)")
 def embed_task(cfg: PipelineConfig, prepared: PreparedRun) -> dict[str, Any]:
-    results = embed_shards(cfg.storage.root, prepared.run_id, prepared.shards, cfg.model, cfg.run.actors,
+    # Storage(...).url is absolute for local roots: Ray workers may run in another working directory.
+    results = embed_shards(Storage(cfg.storage.root).url, prepared.run_id, prepared.shards, cfg.model, cfg.run.actors,
                            cfg.run.cpus_per_actor, cfg.run.gpus_per_actor)
     fresh = [r for r in results if not r.skipped]
     return {"shards_embedded": len(fresh), "shards_skipped": len(results) - len(fresh),

@@ -14,6 +14,7 @@ import polars as pl
 from pipeline.chunking import Chunker
 from pipeline.config import PipelineConfig
 from pipeline.encoder import load_tokenizer
+from pipeline.errors import InputError
 from pipeline.index_build import build_exact, build_ivfpq, to_bytes
 from pipeline.index_plan import plan_ivfpq
 from pipeline.manifest import corpus_fingerprint
@@ -21,7 +22,7 @@ from pipeline.models import model_max_tokens, resolve_model_dir
 from pipeline.readers import corpus_url, golden_set_urls, read_corpus, require_exists
 from pipeline.sharding import assign_shards
 from pipeline.shards import write_parquet, write_shard_inputs
-from pipeline.storage import Storage
+from pipeline.storage import Storage, redact
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,11 @@ def make_chunker(cfg: PipelineConfig) -> Chunker:
 def prepare(cfg: PipelineConfig, storage: Storage, run_id: str) -> PreparedRun:
     """Read and validate the corpus, quarantine bad records, shard and chunk, and write each shard's inputs."""
     read = read_corpus(cfg.corpus)
-    write_parquet(storage, f"runs/{run_id}/quarantine.parquet", read.quarantine)
+    quarantine_key = f"runs/{run_id}/quarantine.parquet"
+    write_parquet(storage, quarantine_key, read.quarantine)
+    if read.docs.is_empty():
+        raise InputError(f"corpus {redact(cfg.corpus.source)}: no document accepted ({read.counts['read']} read, "
+                         f"{read.counts['quarantined']} quarantined; reasons in {storage.url_of(quarantine_key)})")
     chunker = make_chunker(cfg)
     docs = assign_shards(read.docs, cfg.run.shards)
     chunks = chunker.chunk(docs).join(docs.select("doc_id", "shard"), on="doc_id", how="left", maintain_order="left")

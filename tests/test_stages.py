@@ -1,0 +1,44 @@
+"""The reindex stages as plain functions (no Prefect, no Ray): prepare -> embed_shard -> index."""
+
+import polars as pl
+import pytest
+
+from pipeline.config import parse_config
+from pipeline.errors import InputError, SnapshotError
+from pipeline.shards import embed_shard, is_committed, load_vectors
+from pipeline.stages import build_indexes, id_table, prepare
+from pipeline.storage import Storage
+from tests.conftest import write_jsonl
+
+
+def config(source, root, **run):
+    return parse_config({"index_name": "t", "corpus": {"source": str(source)}, "storage": {"root": str(root)},
+                         "chunking": {"max_tokens": 32, "overlap": 8}, "run": {"shards": 3, **run}})
+
+
+def test_prepare_embed_and_index_in_process(tmp_path, sample_docs, encoder):
+    corpus = write_jsonl(tmp_path / "c.jsonl", sample_docs[:12] + [{"_id": "bad"}])
+    cfg, storage = config(corpus, tmp_path / "store"), Storage(str(tmp_path / "store"))
+    prepared = prepare(cfg, storage, "run1")
+    assert prepared.counts["read"] == 13 and prepared.counts["quarantined"] == 1
+    assert prepared.counts["chunks"] > 12 and prepared.shards == [0, 1, 2]
+    assert pl.read_parquet(tmp_path / "store/runs/run1/quarantine.parquet")["doc_id"].to_list() == ["bad"]
+    with pytest.raises(SnapshotError, match="no _SUCCESS marker"):
+        load_vectors(storage, "run1", prepared.shards)
+    results = [embed_shard(storage, "run1", s, encoder) for s in prepared.shards]
+    assert sum(r.chunks for r in results) == prepared.counts["chunks"] and not any(r.skipped for r in results)
+    assert all(is_committed(storage, "run1", s) for s in prepared.shards)
+    assert embed_shard(storage, "run1", 0, encoder).skipped  # idempotent: a committed shard is not redone
+    embedded, vectors = load_vectors(storage, "run1", prepared.shards)
+    indexes, params = build_indexes(cfg, vectors)
+    ids = id_table(prepared, embedded)
+    assert indexes["exact"].ntotal == indexes["ivfpq"].ntotal == ids.height == prepared.counts["chunks"]
+    assert ids["title"].null_count() == 0 and ids["row"].to_list() == list(range(ids.height))
+    assert params["ivfpq"]["factory"].startswith("IVF") and params["ivfpq"]["seed"] == 0
+
+
+def test_corpus_with_no_good_record_is_a_clear_error(tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"_id": "a"}, "not json"])
+    with pytest.raises(InputError, match=r"no document accepted \(2 read, 2 quarantined; reasons in .*quarantine"):
+        prepare(config(corpus, tmp_path / "store"), Storage(str(tmp_path / "store")), "r")
+    assert pl.read_parquet(tmp_path / "store/runs/r/quarantine.parquet").height == 2
