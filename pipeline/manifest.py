@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 import polars as pl
 
 from pipeline.config import PipelineConfig
+from pipeline.storage import redact
 
 _LIBRARIES = ("embedpipe", "torch", "transformers", "tokenizers", "faiss-cpu", "faiss-gpu", "numpy", "polars",
               "pyarrow", "fsspec", "ray", "prefect")
@@ -31,6 +32,15 @@ def corpus_fingerprint(docs: pl.DataFrame) -> str:
     return h.hexdigest()
 
 
+def _redacted(value):
+    """Credentials embedded in any URL of the config (s3://KEY:SECRET@...) never reach the manifest."""
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return redact(value) if isinstance(value, str) else value
+
+
 def build_manifest(cfg: PipelineConfig, *, run_id: str, model: dict, chunking: dict, index: dict, counts: dict,
                    corpus: dict, evaluation: dict, timings: dict) -> dict:
     return {
@@ -42,6 +52,6 @@ def build_manifest(cfg: PipelineConfig, *, run_id: str, model: dict, chunking: d
         "corpus": corpus,
         "evaluation": evaluation,
         "timings_s": timings,
-        "config": cfg.model_dump(mode="json"),
+        "config": _redacted(cfg.model_dump(mode="json")),
         "libraries": library_versions(),
     }

@@ -99,3 +99,14 @@ def test_storage_errors_name_the_object_but_never_credentials(tmp_path):
     with pytest.raises(StorageError, match=r"not found: .*missing\.json"):
         Storage(str(tmp_path)).read_bytes("missing.json")
     assert redact("s3://AKIAXXXX:topsecret@bucket/prefix") == "s3://***@bucket/prefix"
+
+
+def test_manifest_never_holds_credentials_from_urls():
+    from pipeline.config import parse_config
+    from pipeline.manifest import build_manifest
+
+    cfg = parse_config({"index_name": "x", "corpus": {"source": "s3://AKIA123:sekrit@bucket/corpus.jsonl"},
+                        "storage": {"root": "s3://AKIA123:sekrit@bucket/root"}})
+    body = json.dumps(build_manifest(cfg, run_id="r", model={}, chunking={}, index={}, counts={}, corpus={},
+                                     evaluation={}, timings={}))
+    assert "sekrit" not in body and "AKIA123" not in body and "s3://***@bucket/root" in body
