@@ -68,7 +68,7 @@ def prepare(cfg: PipelineConfig, storage: Storage, run_id: str) -> PreparedRun:
     counts = {**read.counts, "chunks": chunks.height, "shards": len(shards),
               "max_chunks_per_doc": int(per_doc.max() or 0), "truncated_chunks":
               int((chunks["n_tokens"] > chunker.token_budget()).sum())}
-    corpus = {"source": corpus_url(cfg.corpus), "fingerprint": corpus_fingerprint(read.docs)}
+    corpus = {"source": redact(corpus_url(cfg.corpus)), "fingerprint": corpus_fingerprint(read.docs)}
     return PreparedRun(run_id, shards, chunks.drop("text"), read.docs.select("doc_id", "title"), counts, corpus,
                        chunker.params)
 
