@@ -71,7 +71,7 @@ def main() -> int:
     sweep = nprobe_sweep(summary["snapshot"])
     if not args.keep:
         shutil.rmtree(root)
-    counts, timings, variants = summary["counts"], summary["timings_s"], summary["evaluation"]["variants"]
+    counts, timings, variants = summary["counts"], summary["timings_s"], summary["evaluation"]["modes"]
     exact, ivfpq = variants["exact"], variants.get("ivfpq", {})
     report = {
         "config": args.config,

@@ -44,17 +44,19 @@ def _parse_sets(pairs: list[str]) -> dict[str, Any]:
 
 
 _HEADERS = {"ndcg@10": "nDCG@10", "map@10": "MAP@10", "recall@10": "R@10", "recall@100": "R@100",
-            "mrr@10": "MRR@10", "recall@10_vs_exact": "R@10 vs exact"}
+            "mrr@10": "MRR@10", "recall@10_vs_exact": "R@10 vs exact", "ndcg@10_retention": "retention",
+            "ms_per_query": "ms/q"}
 
 
 def _metrics_table(title: str, variants: dict[str, dict[str, float]]) -> Table:
     table = Table(title=title)
     metrics = [m for m in _HEADERS if any(m in values for values in variants.values())]
-    table.add_column("variant")
+    table.add_column("mode")
     for m in metrics:
         table.add_column(_HEADERS[m], justify="right")
     for name, values in variants.items():
-        table.add_row(name, *(f"{values[m]:.4f}" if m in values else "" for m in metrics))
+        table.add_row(name, *(f"{values[m]:.{2 if m == 'ms_per_query' else 4}f}" if m in values else ""
+                              for m in metrics))
     return table
 
 
@@ -98,7 +100,7 @@ def run(
                                           ("read", "accepted", "quarantined", "chunks", "vectors") if k in counts))
     console.print("  seconds: " + ", ".join(f"{k} {v}" for k, v in summary["timings_s"].items()))
     if summary["evaluation"]:
-        variants = summary["evaluation"]["variants"]
+        variants = summary["evaluation"]["modes"]
         queries = next(iter(variants.values()))["queries"]
         console.print(_metrics_table(f"quality on {queries} golden queries (trec_eval)", variants))
         if example:
@@ -108,14 +110,14 @@ def run(
             _print_search(summary["snapshot"], query, 5, "exact")
 
 
-def _print_search(snapshot_url: str, query: str, k: int, variant: str, as_json: bool = False) -> None:
+def _print_search(snapshot_url: str, query: str, k: int, mode: str, as_json: bool = False) -> None:
     from pipeline.search import Searcher
     from pipeline.snapshot import Snapshot
 
     snapshot = Snapshot.open(snapshot_url)
-    hits = Searcher.from_snapshot(snapshot).search([query], k, variant)[0]
+    hits = Searcher.from_snapshot(snapshot).search([query], k, mode)[0]
     if as_json:
-        print(json.dumps({"snapshot": snapshot.url, "version": snapshot.version, "variant": variant, "query": query,
+        print(json.dumps({"snapshot": snapshot.url, "version": snapshot.version, "mode": mode, "query": query,
                           "hits": [h.__dict__ for h in hits]}, indent=2))
     else:
         console.print(_hits_table(query, hits))
@@ -126,14 +128,15 @@ def search(
     snapshot: Annotated[str, typer.Argument(help="snapshot URL: a version folder, or snapshots/<index> (newest)")],
     query: Annotated[str, typer.Argument(help="the query text")],
     k: Annotated[int, typer.Option("-k", min=1, help="documents to return")] = 10,
-    variant: Annotated[str, typer.Option(help="index variant: exact, ivfpq, ...")] = "exact",
+    mode: Annotated[str, typer.Option(help="index variant (exact, ivfpq, int8, binary, exact@64...), optionally "
+                                           "+rescore (fp16 re-ranking) or +hamming (binary)")] = "exact",
     as_json: JsonFlag = False,
 ) -> None:
     """Search a snapshot; the query is encoded with the model recorded in its manifest."""
     from pipeline.errors import EmbedpipeError
 
     try:
-        _print_search(snapshot, query, k, variant, as_json)
+        _print_search(snapshot, query, k, mode, as_json)
     except EmbedpipeError as exc:
         _fail(exc)
 
@@ -162,7 +165,7 @@ def evaluate(
     except EmbedpipeError as exc:
         _fail(exc)
     if as_json:
-        print(json.dumps({"snapshot": snap.url, "version": snap.version, "variants": report}, indent=2))
+        print(json.dumps({"snapshot": snap.url, "version": snap.version, "modes": report}, indent=2))
     else:
         console.print(_metrics_table(f"{snap.manifest['index_name']} {snap.version}", report))
 

@@ -10,6 +10,7 @@ import re
 import time
 from typing import Any
 
+import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -22,7 +23,16 @@ from pipeline.readers import golden_set_urls, read_qrels, read_queries
 from pipeline.search import Searcher
 from pipeline.shards import load_vectors
 from pipeline.snapshot import new_version, publish
-from pipeline.stages import PreparedRun, build_indexes, check_inputs, id_table, prepare, snapshot_files
+from pipeline.stages import (
+    BuiltIndexes,
+    PreparedRun,
+    build_indexes,
+    check_inputs,
+    describe_variants,
+    id_table,
+    prepare,
+    snapshot_files,
+)
 from pipeline.storage import Storage, redact
 
 _task = task(cache_policy=NO_CACHE, persist_result=False)
@@ -45,27 +55,27 @@ def embed_task(cfg: PipelineConfig, prepared: PreparedRun) -> dict[str, Any]:
 
 
 @_task(name="build indexes")
-def index_task(cfg: PipelineConfig, prepared: PreparedRun):
+def index_task(cfg: PipelineConfig, prepared: PreparedRun) -> tuple[BuiltIndexes, pl.DataFrame]:
     embedded, vectors = load_vectors(Storage(cfg.storage.root), prepared.run_id, prepared.shards)
-    indexes, params = build_indexes(cfg, vectors)
-    return indexes, params, id_table(prepared, embedded)
+    return build_indexes(cfg, vectors), id_table(prepared, embedded)
 
 
 @_task(name="evaluate on golden queries")
-def evaluate_task(cfg: PipelineConfig, indexes, ids, prepared: PreparedRun) -> dict:
+def evaluate_task(cfg: PipelineConfig, built: BuiltIndexes, ids: pl.DataFrame, prepared: PreparedRun) -> dict:
     urls = golden_set_urls(cfg.corpus, cfg.evaluation.queries, cfg.evaluation.qrels)
     if urls is None:
         return {}
     queries, qrels = read_queries(urls[0]), read_qrels(urls[1])
-    searcher = Searcher(indexes, ids, cached_encoder(cfg.model), prepared.counts["max_chunks_per_doc"])
+    searcher = Searcher.build(built.indexes, built.params, ids, cached_encoder(cfg.model),
+                              prepared.counts["max_chunks_per_doc"], built.fp16)
     return {"queries": redact(urls[0]), "qrels": redact(urls[1]),
-            "variants": searcher.evaluate(queries, qrels, cfg.evaluation.k)}
+            "modes": searcher.evaluate(queries, qrels, cfg.evaluation.k)}
 
 
 @_task(name="publish snapshot")
-def publish_task(cfg: PipelineConfig, indexes, ids, manifest: dict) -> tuple[str, str]:
+def publish_task(cfg: PipelineConfig, files: dict[str, bytes], manifest: dict) -> tuple[str, str]:
     version = new_version()
-    url = publish(Storage(cfg.storage.root), cfg.index_name, version, snapshot_files(indexes, ids), manifest)
+    url = publish(Storage(cfg.storage.root), cfg.index_name, version, files, manifest)
     return url, version
 
 
@@ -73,10 +83,10 @@ def _markdown(summary: dict) -> str:
     lines = [f"# Snapshot `{summary['index_name']}` {summary['version']}", "", f"`{summary['snapshot']}`", "",
              "| count | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary["counts"].items()]
-    variants = summary["evaluation"].get("variants", {})
+    variants = summary["evaluation"].get("modes", {})
     if variants:
         metrics = list(dict.fromkeys(m for values in variants.values() for m in values))
-        lines += ["", "| variant | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+        lines += ["", "| mode | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
         lines += [f"| {v} | " + " | ".join(str(m.get(k, "")) for k in metrics) + " |" for v, m in variants.items()]
     lines += ["", "| stage | seconds |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary["timings_s"].items()]
     return "\n".join(lines)
@@ -100,14 +110,16 @@ def reindex(config_path: str, overrides: dict[str, Any] | None = None, run_id: s
 
     prepared = timed("prepare", prepare_task, cfg, run_id)
     embedded = timed("embed", embed_task, cfg, prepared)
-    indexes, index_params, ids = timed("index", index_task, cfg, prepared)
-    evaluation = timed("evaluate", evaluate_task, cfg, indexes, ids, prepared)
+    built, ids = timed("index", index_task, cfg, prepared)
+    evaluation = timed("evaluate", evaluate_task, cfg, built, ids, prepared)
     counts = {**prepared.counts, **embedded}
     card = cached_encoder(cfg.model).card
+    files = snapshot_files(built, ids)
+    index_params = describe_variants(built.params, files, evaluation)
     manifest = build_manifest(cfg, run_id=run_id, model=card.to_dict() | {"fingerprint": card.fingerprint},
                               chunking=prepared.chunking, index=index_params, counts=counts, corpus=prepared.corpus,
                               evaluation=evaluation, timings=timings)
-    url, version = timed("publish", publish_task, cfg, indexes, ids, manifest)
+    url, version = timed("publish", publish_task, cfg, files, manifest)
     summary = {"index_name": cfg.index_name, "version": version, "snapshot": redact(url), "run_id": run_id,
                "counts": counts, "evaluation": evaluation, "index": index_params, "timings_s": timings}
     create_markdown_artifact(_markdown(summary), key=re.sub(r"[^a-z0-9-]", "-", f"reindex-{cfg.index_name}"),

@@ -70,8 +70,8 @@ class ModelConfig(_Strict):
         return self
 
 
-class IvfPqConfig(_Strict):
-    """IVF-PQ parameters; each `None` is planned from N and dims (pipeline/index_plan.py)."""
+class IvfConfig(_Strict):
+    """IVF parameters shared by every IVF variant (pq_m/nbits: ivfpq only); `None` = planned from N and dims."""
 
     nlist: Annotated[int, Field(gt=0)] | None = None
     pq_m: Annotated[int, Field(gt=0)] | None = None
@@ -80,9 +80,23 @@ class IvfPqConfig(_Strict):
     max_train_points: Annotated[int, Field(gt=0)] = 100_000
 
 
+VariantName = Annotated[str, Field(pattern=r"^(exact|ivfpq|int8|int8-ivf|binary|binary-ivf)(@[1-9][0-9]*)?$")]
+
+
 class IndexConfig(_Strict):
-    variants: list[Literal["exact", "ivfpq"]] = Field(default_factory=lambda: ["exact", "ivfpq"], min_length=1)
-    ivfpq: IvfPqConfig = Field(default_factory=IvfPqConfig)
+    """Which index variants a snapshot carries (pipeline/variants.py), e.g. [exact, ivfpq, int8, binary, exact@64]."""
+
+    variants: list[VariantName] = Field(default_factory=lambda: ["exact", "ivfpq"], min_length=1)
+    ivf: IvfConfig = Field(default_factory=IvfConfig)
+    rescore_factor: Annotated[int, Field(ge=1)] = Field(
+        10, description="rescoring re-ranks the top k x rescore_factor candidates with stored fp16 vectors")
+    store_fp16: bool = Field(True, description="store fp16 vectors in the snapshot, for rescoring")
+
+    @model_validator(mode="after")
+    def _unique(self) -> IndexConfig:
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants must be unique, got {self.variants}")
+        return self
 
 
 class EvaluationConfig(_Strict):

@@ -13,7 +13,7 @@ from pipeline.errors import IndexBuildError
 from pipeline.index_plan import IvfPqPlan
 
 
-def _check(vectors: np.ndarray) -> None:
+def check_vectors(vectors: np.ndarray) -> None:
     if vectors.ndim != 2 or vectors.dtype != np.float32 or not vectors.flags.c_contiguous:
         raise IndexBuildError(f"expected a C-contiguous float32 matrix, got {vectors.dtype} {vectors.shape}")
     if not np.isfinite(vectors).all():
@@ -21,14 +21,14 @@ def _check(vectors: np.ndarray) -> None:
 
 
 def build_exact(vectors: np.ndarray) -> faiss.Index:
-    _check(vectors)
+    check_vectors(vectors)
     index = faiss.index_factory(vectors.shape[1], "Flat", faiss.METRIC_INNER_PRODUCT)
     index.add(vectors)
     return index
 
 
 def build_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int) -> faiss.Index:
-    _check(vectors)
+    check_vectors(vectors)
     n, dims = vectors.shape
     index = faiss.index_factory(dims, plan.factory, faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.extract_index_ivf(index)
@@ -42,9 +42,13 @@ def build_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int) -> faiss.Index:
     return index
 
 
-def to_bytes(index: faiss.Index) -> bytes:
+def to_bytes(index: faiss.Index | faiss.IndexBinary) -> bytes:
+    if isinstance(index, faiss.IndexBinary):
+        return faiss.serialize_index_binary(index).tobytes()
     return faiss.serialize_index(index).tobytes()
 
 
-def from_bytes(data: bytes) -> faiss.Index:
-    return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+def from_bytes(data: bytes, binary: bool = False) -> faiss.Index | faiss.IndexBinary:
+    """Read an index file's bytes; binary indexes (Hamming) are `faiss.read_index_binary` files."""
+    array = np.frombuffer(data, dtype=np.uint8)
+    return faiss.deserialize_index_binary(array) if binary else faiss.deserialize_index(array)

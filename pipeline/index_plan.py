@@ -17,11 +17,20 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from pipeline.config import IvfPqConfig
+from pipeline.config import IvfConfig
 from pipeline.errors import IndexBuildError
 
 MIN_POINTS_PER_CENTROID = 39  # coarse quantizer
 MIN_POINTS_PER_PQ_CENTROID = 10
+
+
+@dataclass(frozen=True)
+class IvfPlan:
+    """Shared by every IVF variant (ivfpq, int8-ivf, binary-ivf)."""
+
+    nlist: int
+    nprobe: int
+    train_points: int
 
 
 @dataclass(frozen=True)
@@ -59,15 +68,20 @@ def plan_nbits(train_points: int) -> int:
     return max(1, min(8, int(math.log2(max(train_points // MIN_POINTS_PER_PQ_CENTROID, 1)))))
 
 
-def plan_ivfpq(n: int, dims: int, cfg: IvfPqConfig) -> IvfPqPlan:
+def plan_ivf(n: int, cfg: IvfConfig) -> IvfPlan:
     if n < 2:
-        raise IndexBuildError(f"IVF-PQ needs at least 2 vectors to train, got {n}")
-    if cfg.pq_m and dims % cfg.pq_m:
-        raise IndexBuildError(f"index.ivfpq.pq_m ({cfg.pq_m}) must divide the vector dims ({dims})")
+        raise IndexBuildError(f"an IVF index needs at least 2 vectors to train, got {n}")
     train = min(n, cfg.max_train_points)
     nlist = cfg.nlist or plan_nlist(n)
     if nlist > train:
-        raise IndexBuildError(f"index.ivfpq.nlist ({nlist}) exceeds the {train} training vectors available")
-    nprobe = cfg.nprobe or min(nlist, max(8, nlist // 8))
-    return IvfPqPlan(nlist=nlist, pq_m=cfg.pq_m or plan_pq_m(dims), nbits=cfg.nbits or plan_nbits(train),
-                     nprobe=min(nprobe, nlist), train_points=train)
+        raise IndexBuildError(f"index.ivf.nlist ({nlist}) exceeds the {train} training vectors available")
+    nprobe = cfg.nprobe or max(8, nlist // 8)
+    return IvfPlan(nlist=nlist, nprobe=min(nprobe, nlist), train_points=train)
+
+
+def plan_ivfpq(n: int, dims: int, cfg: IvfConfig) -> IvfPqPlan:
+    if cfg.pq_m and dims % cfg.pq_m:
+        raise IndexBuildError(f"index.ivf.pq_m ({cfg.pq_m}) must divide the vector dims ({dims})")
+    ivf = plan_ivf(n, cfg)
+    return IvfPqPlan(nlist=ivf.nlist, pq_m=cfg.pq_m or plan_pq_m(dims), nbits=cfg.nbits or plan_nbits(ivf.train_points),
+                     nprobe=ivf.nprobe, train_points=ivf.train_points)

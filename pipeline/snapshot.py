@@ -9,6 +9,7 @@ Layout under the storage root (see ARCHITECTURE.md):
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import secrets
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 
 import faiss
+import numpy as np
 import polars as pl
 
 from pipeline.errors import PreconditionFailed, SnapshotError, StorageError
@@ -24,7 +26,7 @@ from pipeline.models import ModelCard
 from pipeline.storage import Storage, redact
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: index variants as a mapping with per-variant files, params and quality
 
 
 def new_version(now: datetime | None = None) -> str:
@@ -98,6 +100,11 @@ class Snapshot:
     def variants(self) -> list[str]:
         return list(self.manifest["index"]["variants"])
 
+    def variant_params(self, variant: str) -> dict:
+        if variant not in self.variants:
+            raise SnapshotError(f"{redact(self.url)} has no variant {variant!r}; it has {self.variants}")
+        return self.manifest["index"]["variants"][variant]
+
     def read_verified(self, name: str) -> bytes:
         if name not in self._cache:
             expected = self.manifest["files"].get(name)
@@ -118,13 +125,17 @@ class Snapshot:
         """Check every file; returns {name: "ok"} or raises SnapshotError naming the first bad one."""
         return {name: "ok" for name in self.manifest["files"] if self.read_verified(name)}
 
-    def index(self, variant: str) -> faiss.Index:
-        if variant not in self.variants:
-            raise SnapshotError(f"{redact(self.url)} has no variant {variant!r}; it has {self.variants}")
-        return from_bytes(self.read_verified(f"index/{variant}.faiss"))
+    def index(self, variant: str) -> faiss.Index | faiss.IndexBinary:
+        params = self.variant_params(variant)
+        return from_bytes(self.read_verified(params["file"]), binary=params["kind"].startswith("binary"))
+
+    def rescore_store(self) -> np.ndarray | None:
+        """The fp16 vectors (FAISS row order) used for rescoring, or None when the snapshot has none."""
+        spec = self.manifest["index"].get("rescore")
+        if not spec:
+            return None
+        return np.load(io.BytesIO(self.read_verified(spec["file"])), allow_pickle=False)
 
     @cached_property
     def ids(self) -> pl.DataFrame:
-        import io
-
         return pl.read_parquet(io.BytesIO(self.read_verified("ids.parquet")))

@@ -5,9 +5,9 @@ read + validate -> shard -> chunk -> (embed: operators/) -> index -> evaluate ->
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 import polars as pl
 
@@ -15,14 +15,16 @@ from pipeline.chunking import Chunker
 from pipeline.config import PipelineConfig
 from pipeline.encoder import load_tokenizer
 from pipeline.errors import InputError
-from pipeline.index_build import build_exact, build_ivfpq, to_bytes
-from pipeline.index_plan import plan_ivfpq
+from pipeline.index_build import to_bytes
 from pipeline.manifest import corpus_fingerprint
 from pipeline.models import model_max_tokens, resolve_model_dir
 from pipeline.readers import corpus_url, golden_set_urls, read_corpus, require_exists
 from pipeline.sharding import assign_shards
 from pipeline.shards import write_parquet, write_shard_inputs
 from pipeline.storage import Storage, redact
+from pipeline.variants import build_variants
+
+RESCORE_FILE = "vectors.f16.npy"
 
 
 @dataclass(frozen=True)
@@ -73,17 +75,21 @@ def prepare(cfg: PipelineConfig, storage: Storage, run_id: str) -> PreparedRun:
                        chunker.params)
 
 
-def build_indexes(cfg: PipelineConfig, vectors: np.ndarray) -> tuple[dict[str, faiss.Index], dict]:
-    """Every configured variant over the same vectors (FAISS row i = vectors[i]) and their parameters."""
-    indexes, params = {}, {"variants": list(cfg.index.variants), "metric": "inner_product"}
-    if "exact" in cfg.index.variants:
-        indexes["exact"] = build_exact(vectors)
-        params["exact"] = {"factory": "Flat"}
-    if "ivfpq" in cfg.index.variants:
-        plan = plan_ivfpq(len(vectors), vectors.shape[1], cfg.index.ivfpq)
-        indexes["ivfpq"] = build_ivfpq(vectors, plan, cfg.run.seed)
-        params["ivfpq"] = {**plan.to_dict(), "seed": cfg.run.seed}
-    return indexes, params
+@dataclass(frozen=True)
+class BuiltIndexes:
+    indexes: dict[str, object]  # variant name -> faiss.Index or faiss.IndexBinary (FAISS row i = vectors[i])
+    params: dict  # the manifest's "index" section
+    fp16: np.ndarray | None  # the rescoring store
+
+
+def build_indexes(cfg: PipelineConfig, vectors: np.ndarray) -> BuiltIndexes:
+    """Every configured variant over the same vectors, their parameters, and the fp16 rescoring store."""
+    indexes, variants = build_variants(cfg.index, vectors, cfg.run.seed)
+    fp16 = vectors.astype(np.float16) if cfg.index.store_fp16 else None
+    params = {"metric": "inner_product", "variants": variants,
+              "rescore": {"file": RESCORE_FILE, "dtype": "float16", "factor": cfg.index.rescore_factor}
+              if fp16 is not None else None}
+    return BuiltIndexes(indexes, params, fp16)
 
 
 def id_table(prepared: PreparedRun, embedded: pl.DataFrame) -> pl.DataFrame:
@@ -94,9 +100,24 @@ def id_table(prepared: PreparedRun, embedded: pl.DataFrame) -> pl.DataFrame:
             .select("row", "chunk_id", "doc_id", "chunk_index", "start", "end", "n_tokens", "chunk_hash", "title"))
 
 
-def snapshot_files(indexes: dict[str, faiss.Index], ids: pl.DataFrame) -> dict[str, bytes]:
-    import io
-
+def snapshot_files(built: BuiltIndexes, ids: pl.DataFrame) -> dict[str, bytes]:
     buf = io.BytesIO()
     ids.write_parquet(buf, compression="zstd")
-    return {"ids.parquet": buf.getvalue(), **{f"index/{name}.faiss": to_bytes(ix) for name, ix in indexes.items()}}
+    files = {"ids.parquet": buf.getvalue()}
+    files |= {built.params["variants"][name]["file"]: to_bytes(ix) for name, ix in built.indexes.items()}
+    if built.fp16 is not None:
+        buf = io.BytesIO()
+        np.save(buf, built.fp16, allow_pickle=False)
+        files[RESCORE_FILE] = buf.getvalue()
+    return files
+
+
+def describe_variants(params: dict, files: dict[str, bytes], evaluation: dict) -> dict:
+    """The manifest's "index" section with each variant's size on disk and measured quality per search mode,
+    so a reader can pick a variant by a memory or quality budget."""
+    modes = evaluation.get("modes", {})
+    variants = {}
+    for name, p in params["variants"].items():
+        quality = {mode: metrics for mode, metrics in modes.items() if mode.partition("+")[0] == name}
+        variants[name] = {**p, "index_bytes": len(files[p["file"]]), "quality": quality}
+    return {**params, "variants": variants}

@@ -5,7 +5,7 @@ import pytest
 from pipeline.errors import ModelError
 from pipeline.index_build import build_exact
 from pipeline.models import ModelCard
-from pipeline.search import Searcher
+from pipeline.search import Searcher, Variant
 
 PAIR = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby."]
 
@@ -40,7 +40,7 @@ def test_searcher_refuses_a_model_of_another_dimension(encoder):
     ids = pl.DataFrame({"doc_id": list("abcdefgh"), "title": [""] * 8, "chunk_id": list("abcdefgh"),
                         "start": [0] * 8, "end": [1] * 8})
     with pytest.raises(ModelError, match="holds 8-dim vectors but model all-MiniLM-L6-v2 gives 384"):
-        Searcher({"exact": index}, ids, encoder)
+        Searcher({"exact": Variant.load("exact", index, {})}, ids, encoder)
 
 
 def test_searcher_collapses_chunks_to_their_documents_best_score(encoder):
@@ -50,7 +50,7 @@ def test_searcher_collapses_chunks_to_their_documents_best_score(encoder):
     ids = pl.DataFrame({"doc_id": ["aspirin", "aspirin", "volcano", "penguin"], "title": ["A", "A", "V", "P"],
                         "chunk_id": ["aspirin#0", "aspirin#1", "volcano#0", "penguin#0"],
                         "start": [0, 40, 0, 0], "end": [40, 80, 28, 28]})
-    searcher = Searcher({"exact": index}, ids, encoder, max_chunks_per_doc=2)
+    searcher = Searcher({"exact": Variant.load("exact", index, {})}, ids, encoder, max_chunks_per_doc=2)
     hits = searcher.search(["does aspirin prevent heart attacks"], 3)[0]
     assert hits[0].doc_id == "aspirin" and hits[0].chunk_id in {"aspirin#0", "aspirin#1"}
     assert sorted(h.doc_id for h in hits) == ["aspirin", "penguin", "volcano"]  # one hit per document

@@ -2,7 +2,7 @@ import faiss
 import numpy as np
 import pytest
 
-from pipeline.config import IvfPqConfig
+from pipeline.config import IvfConfig
 from pipeline.errors import IndexBuildError
 from pipeline.index_build import build_exact, build_ivfpq, from_bytes, to_bytes
 from pipeline.index_plan import plan_ivfpq
@@ -13,7 +13,7 @@ from pipeline.index_plan import plan_ivfpq
     [(2, 1, 1, 1), (200, 5, 4, 5), (500, 12, 5, 8), (5183, 132, 8, 16), (1_000_000, 4096, 8, 512)],
 )
 def test_plan_clamps_for_small_and_large_n(n, nlist, nbits, nprobe):
-    plan = plan_ivfpq(n, 384, IvfPqConfig())
+    plan = plan_ivfpq(n, 384, IvfConfig())
     assert (plan.nlist, plan.nbits, plan.nprobe) == (nlist, nbits, nprobe)
     assert plan.pq_m == 48 and 384 % plan.pq_m == 0 and plan.factory.endswith("np")
     assert plan.nlist * 39 <= max(n, 39) and 2**plan.nbits * 10 <= max(plan.train_points, 20)
@@ -21,13 +21,13 @@ def test_plan_clamps_for_small_and_large_n(n, nlist, nbits, nprobe):
 
 
 def test_plan_respects_explicit_values_and_rejects_impossible_ones():
-    plan = plan_ivfpq(10_000, 768, IvfPqConfig(nlist=64, pq_m=96, nbits=6, nprobe=4))
+    plan = plan_ivfpq(10_000, 768, IvfConfig(nlist=64, pq_m=96, nbits=6, nprobe=4))
     assert plan.factory == "IVF64,PQ96x6np" and plan.nprobe == 4 and plan.code_bytes == 72
-    assert plan_ivfpq(10_000, 256, IvfPqConfig()).pq_m == 32
+    assert plan_ivfpq(10_000, 256, IvfConfig()).pq_m == 32
     with pytest.raises(IndexBuildError, match=r"pq_m \(50\) must divide the vector dims \(384\)"):
-        plan_ivfpq(1000, 384, IvfPqConfig(pq_m=50))
+        plan_ivfpq(1000, 384, IvfConfig(pq_m=50))
     with pytest.raises(IndexBuildError, match="at least 2 vectors"):
-        plan_ivfpq(1, 384, IvfPqConfig())
+        plan_ivfpq(1, 384, IvfConfig())
 
 
 def clustered(n: int, d: int = 64, seed: int = 0) -> np.ndarray:
@@ -40,17 +40,17 @@ def clustered(n: int, d: int = 64, seed: int = 0) -> np.ndarray:
 
 def test_ivfpq_finds_most_exact_neighbours_and_round_trips():
     x = clustered(4000)
-    exact, ivf = build_exact(x), build_ivfpq(x, plan_ivfpq(len(x), 64, IvfPqConfig()), seed=0)
+    exact, ivf = build_exact(x), build_ivfpq(x, plan_ivfpq(len(x), 64, IvfConfig()), seed=0)
     _, truth = exact.search(x[:200], 10)
     _, approx = from_bytes(to_bytes(ivf)).search(x[:200], 10)
     recall = np.mean([len(set(a) & set(t)) / 10 for a, t in zip(approx, truth, strict=True)])
     assert recall > 0.6  # an 8-byte code for 64 dims is coarse, but far above chance (10/4000)
-    assert faiss.extract_index_ivf(from_bytes(to_bytes(ivf))).nprobe == plan_ivfpq(4000, 64, IvfPqConfig()).nprobe
+    assert faiss.extract_index_ivf(from_bytes(to_bytes(ivf))).nprobe == plan_ivfpq(4000, 64, IvfConfig()).nprobe
 
 
 def test_same_vectors_and_seed_give_identical_index_bytes():
     x = clustered(1500)
-    plan = plan_ivfpq(len(x), 64, IvfPqConfig())
+    plan = plan_ivfpq(len(x), 64, IvfConfig())
     assert to_bytes(build_ivfpq(x, plan, seed=3)) == to_bytes(build_ivfpq(x, plan, seed=3))
 
 

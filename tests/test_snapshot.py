@@ -22,7 +22,8 @@ def files() -> dict[str, bytes]:
 
 
 def manifest() -> dict:
-    return {"index": {"variants": ["exact"]}, "counts": {"max_chunks_per_doc": 1}}
+    return {"index": {"variants": {"exact": {"kind": "exact", "file": "index/exact.faiss"}}},
+            "counts": {"max_chunks_per_doc": 1}}
 
 
 def test_publish_writes_checksums_and_manifest_last(tmp_path):

@@ -1,5 +1,6 @@
 """The reindex stages as plain functions (no Prefect, no Ray): prepare -> embed_shard -> index."""
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -30,11 +31,13 @@ def test_prepare_embed_and_index_in_process(tmp_path, sample_docs, encoder):
     assert all(is_committed(storage, "run1", s) for s in prepared.shards)
     assert embed_shard(storage, "run1", 0, encoder).skipped  # idempotent: a committed shard is not redone
     embedded, vectors = load_vectors(storage, "run1", prepared.shards)
-    indexes, params = build_indexes(cfg, vectors)
+    built = build_indexes(cfg, vectors)
     ids = id_table(prepared, embedded)
-    assert indexes["exact"].ntotal == indexes["ivfpq"].ntotal == ids.height == prepared.counts["chunks"]
+    assert built.indexes["exact"].ntotal == built.indexes["ivfpq"].ntotal == ids.height == prepared.counts["chunks"]
     assert ids["title"].null_count() == 0 and ids["row"].to_list() == list(range(ids.height))
-    assert params["ivfpq"]["factory"].startswith("IVF") and params["ivfpq"]["seed"] == 0
+    ivfpq = built.params["variants"]["ivfpq"]
+    assert ivfpq["factory"].startswith("IVF") and ivfpq["seed"] == 0
+    assert built.fp16.dtype == np.float16 and built.fp16.shape == vectors.shape
 
 
 def test_corpus_with_no_good_record_is_a_clear_error(tmp_path):
