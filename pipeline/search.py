@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 import polars as pl
 
-from pipeline.encoder import Encoder
+from pipeline.encoder import Encoder, encoder_for_card
 from pipeline.errors import ModelError, SnapshotError
 from pipeline.evaluation import Qrels, evaluate_run, overlap_at_k
 from pipeline.representations import Int8Ranges, asymmetric_binary_scores, matryoshka, pack_signs, rescore
@@ -103,7 +103,7 @@ class Searcher:
     def from_snapshot(cls, snapshot: Snapshot, encoder: Encoder | None = None) -> Searcher:
         card = snapshot.model_card
         if encoder is None:
-            encoder = Encoder.for_card(card)
+            encoder = encoder_for_card(card)
         elif encoder.card.fingerprint != card.fingerprint:
             raise ModelError(f"snapshot {snapshot.version} was built with {card.name} ({card.fingerprint}); "
                              f"refusing to search it with {encoder.card.name} ({encoder.card.fingerprint})")

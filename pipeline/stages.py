@@ -13,11 +13,10 @@ import polars as pl
 
 from pipeline.chunking import Chunker
 from pipeline.config import PipelineConfig
-from pipeline.encoder import load_tokenizer
+from pipeline.encoder import tokenizer_for
 from pipeline.errors import InputError
 from pipeline.index_build import to_bytes
 from pipeline.manifest import corpus_fingerprint
-from pipeline.models import model_max_tokens, resolve_model_dir
 from pipeline.readers import corpus_url, golden_set_urls, read_corpus, require_exists
 from pipeline.sharding import assign_shards
 from pipeline.shards import write_parquet, write_shard_inputs
@@ -44,13 +43,11 @@ def check_inputs(cfg: PipelineConfig) -> None:
     golden = golden_set_urls(cfg.corpus, cfg.evaluation.queries, cfg.evaluation.qrels)
     for url, field in zip(golden or (), ("evaluation.queries", "evaluation.qrels"), strict=False):
         require_exists(url, field)
-    resolve_model_dir(cfg.model)
+    tokenizer_for(cfg.model)
 
 
 def make_chunker(cfg: PipelineConfig) -> Chunker:
-    folder = resolve_model_dir(cfg.model)
-    tokenizer = load_tokenizer(folder)
-    limit = cfg.model.max_tokens or model_max_tokens(folder, tokenizer.model_max_length)
+    tokenizer, limit = tokenizer_for(cfg.model)
     return Chunker(tokenizer, cfg.chunking, limit, cfg.model.passage_prefix)
 
 

@@ -57,8 +57,8 @@ def test_searcher_collapses_chunks_to_their_documents_best_score(encoder):
 
 
 def test_snapshot_model_with_other_weights_is_refused(encoder):
-    from pipeline.encoder import Encoder
+    from pipeline.encoder import encoder_for_card
 
     card = ModelCard(**{**encoder.card.to_dict(), "weights_sha256": "0" * 64})
     with pytest.raises(ModelError, match="weights sha256 .* differ"):
-        Encoder.for_card(card)
+        encoder_for_card(card)

@@ -5,6 +5,7 @@ import polars as pl
 import pytest
 
 from pipeline.config import parse_config
+from pipeline.encoder import cached_encoder
 from pipeline.errors import InputError, SnapshotError
 from pipeline.shards import embed_shard, is_committed, load_vectors
 from pipeline.stages import build_indexes, id_table, prepare
@@ -12,14 +13,18 @@ from pipeline.storage import Storage
 from tests.conftest import write_jsonl
 
 
-def config(source, root, **run):
+def config(source, root, model: dict | None = None):
     return parse_config({"index_name": "t", "corpus": {"source": str(source)}, "storage": {"root": str(root)},
-                         "chunking": {"max_tokens": 32, "overlap": 8}, "run": {"shards": 3, **run}})
+                         "chunking": {"max_tokens": 32, "overlap": 8}, "run": {"shards": 3},
+                         "model": model or {}, "index": {"variants": ["exact", "ivfpq", "int8", "binary"]}})
 
 
-def test_prepare_embed_and_index_in_process(tmp_path, sample_docs, encoder):
+@pytest.mark.parametrize("model", [{}, {"name": "wordllama-l2-supercat", "package": "wordllama"}],
+                         ids=["minilm", "wordllama"])
+def test_prepare_embed_and_index_in_process(tmp_path, sample_docs, model):
     corpus = write_jsonl(tmp_path / "c.jsonl", sample_docs[:12] + [{"_id": "bad"}])
-    cfg, storage = config(corpus, tmp_path / "store"), Storage(str(tmp_path / "store"))
+    cfg, storage = config(corpus, tmp_path / "store", model), Storage(str(tmp_path / "store"))
+    encoder = cached_encoder(cfg.model)
     prepared = prepare(cfg, storage, "run1")
     assert prepared.counts["read"] == 13 and prepared.counts["quarantined"] == 1
     assert prepared.counts["chunks"] > 12 and prepared.shards == [0, 1, 2]
@@ -33,7 +38,8 @@ def test_prepare_embed_and_index_in_process(tmp_path, sample_docs, encoder):
     embedded, vectors = load_vectors(storage, "run1", prepared.shards)
     built = build_indexes(cfg, vectors)
     ids = id_table(prepared, embedded)
-    assert built.indexes["exact"].ntotal == built.indexes["ivfpq"].ntotal == ids.height == prepared.counts["chunks"]
+    assert {ix.ntotal for ix in built.indexes.values()} == {ids.height} and ids.height == prepared.counts["chunks"]
+    assert vectors.shape[1] == encoder.card.dims == built.params["variants"]["binary"]["dims"]
     assert ids["title"].null_count() == 0 and ids["row"].to_list() == list(range(ids.height))
     ivfpq = built.params["variants"]["ivfpq"]
     assert ivfpq["factory"].startswith("IVF") and ivfpq["seed"] == 0
