@@ -18,6 +18,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/scifact_reference.py
+	$(VENV)/bin/python benchmarks/representations.py
 
 clean:
 	rm -rf .embedpipe benchmarks/out

@@ -56,14 +56,14 @@ def nprobe_sweep(snapshot_url: str) -> list[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/scifact-full.yaml")
-    parser.add_argument("--keep", action="store_true", help="keep the storage root (vectors, snapshot) in out/store")
+    parser.add_argument("--keep", action="store_true", help="keep out/reference-store (vectors, snapshot)")
     args = parser.parse_args()
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.reindex import reindex
 
     OUT.mkdir(exist_ok=True)
-    root = OUT / "store"
+    root = OUT / "reference-store"
     shutil.rmtree(root, ignore_errors=True)
     start = time.perf_counter()
     summary = reindex(args.config, {"storage.root": str(root)})

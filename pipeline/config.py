@@ -87,7 +87,8 @@ class IvfConfig(_Strict):
     max_train_points: Annotated[int, Field(gt=0)] = 100_000
 
 
-VariantName = Annotated[str, Field(pattern=r"^(exact|ivfpq|int8|int8-ivf|binary|binary-ivf)(@[1-9][0-9]*)?$")]
+VARIANT_PATTERN = r"^(exact|fp16|ivfpq|int8|int8-ivf|binary|binary-ivf)(@[1-9][0-9]*)?$"  # see pipeline/variants.py
+VariantName = Annotated[str, Field(pattern=VARIANT_PATTERN)]
 
 
 class IndexConfig(_Strict):

@@ -7,7 +7,9 @@ Rules (in the spirit of autofaiss, documented so a reader can predict the plan):
   384 dims -> 48 bytes, 1/32 of fp32). nbits 8 (256 centroids per sub-quantizer) when the training
   sample has >= 2,560 points, else the largest that keeps >= 10 points per centroid (min 1): small
   demo corpora still get a valid, if coarse, PQ.
-- nprobe: nlist/8, at least 8 and at most nlist.
+- nprobe: enough lists to scan at least 2,560 vectors, and at least 1/64 of the lists (at most nlist).
+  Small corpora have small lists, so they probe a large share (SciFact: 66 of 132 lists, which gives
+  Recall@10 0.99 of the coarse quantizer; nlist/8 gave 0.90); at 1M vectors it is 64 of 4,096.
 - training sample: min(N, max_train_points), drawn with the run's seed.
 The factory string ends in `np`, which skips polysemous training (3-5x slower, unused here).
 """
@@ -22,6 +24,7 @@ from pipeline.errors import IndexBuildError
 
 MIN_POINTS_PER_CENTROID = 39  # coarse quantizer
 MIN_POINTS_PER_PQ_CENTROID = 10
+MIN_VECTORS_SCANNED = 2560
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ def plan_ivf(n: int, cfg: IvfConfig) -> IvfPlan:
     nlist = cfg.nlist or plan_nlist(n)
     if nlist > train:
         raise IndexBuildError(f"index.ivf.nlist ({nlist}) exceeds the {train} training vectors available")
-    nprobe = cfg.nprobe or max(8, nlist // 8)
+    nprobe = cfg.nprobe or max(math.ceil(MIN_VECTORS_SCANNED * nlist / n), nlist // 64, 1)
     return IvfPlan(nlist=nlist, nprobe=min(nprobe, nlist), train_points=train)
 
 

@@ -1,6 +1,7 @@
 """Index variants: one FAISS index per `kind[@dims]` spec, all built from the same float vectors.
 
     exact        fp32 flat, inner product            4*d bytes/vector
+    fp16         flat, half precision (FAISS SQfp16) 2*d
     ivfpq        IVF + product quantizer codes        pq_m*nbits/8
     int8         flat, 8-bit scalar quantizer         d
     int8-ivf     IVF, 8-bit scalar quantizer          d
@@ -20,14 +21,13 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from pipeline.config import IndexConfig
+from pipeline.config import VARIANT_PATTERN, IndexConfig
 from pipeline.errors import IndexBuildError
 from pipeline.index_build import build_exact, build_ivfpq, check_vectors
 from pipeline.index_plan import plan_ivf, plan_ivfpq
 from pipeline.representations import Int8Ranges, matryoshka, pack_signs
 
-KINDS = ("exact", "ivfpq", "int8", "int8-ivf", "binary", "binary-ivf")
-SPEC_PATTERN = r"^(exact|ivfpq|int8|int8-ivf|binary|binary-ivf)(@[1-9][0-9]*)?$"
+KINDS = ("exact", "fp16", "ivfpq", "int8", "int8-ivf", "binary", "binary-ivf")
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class VariantSpec:
 
     @classmethod
     def parse(cls, name: str) -> VariantSpec:
-        m = re.fullmatch(SPEC_PATTERN, name)
+        m = re.fullmatch(VARIANT_PATTERN, name)
         if not m:
             raise IndexBuildError(f"index variant {name!r}: expected one of {list(KINDS)}, optionally @<dims>")
         return cls(m.group(1), int(m.group(2)[1:]) if m.group(2) else None)
@@ -65,11 +65,15 @@ def build_variant(spec: VariantSpec, vectors: np.ndarray, cfg: IndexConfig, seed
     x = matryoshka(vectors, spec.dims)
     n, d = x.shape
     params: dict = {"kind": spec.kind, "dims": d, "file": spec.file}
-    plan = plan_ivf(n, cfg.ivf) if spec.kind not in ("exact", "binary") else None
+    plan = plan_ivf(n, cfg.ivf) if spec.kind not in ("exact", "fp16", "binary") else None
     sample = _sample(n, plan.train_points, seed) if plan else None
     if spec.kind == "exact":
         index = build_exact(x)
         params.update(factory="Flat", bytes_per_vector=4 * d)
+    elif spec.kind == "fp16":
+        index = faiss.index_factory(d, "SQfp16", faiss.METRIC_INNER_PRODUCT)  # needs no training
+        index.add(x)
+        params.update(factory="SQfp16", bytes_per_vector=2 * d)
     elif spec.kind == "ivfpq":
         plan = plan_ivfpq(n, d, cfg.ivf)
         index = build_ivfpq(x, plan, seed)

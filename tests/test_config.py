@@ -8,7 +8,7 @@ from tests.conftest import REPO
 def test_demo_config_loads_with_defaults():
     cfg = load_config(REPO / "configs" / "demo.yaml")
     assert cfg.index_name == "scifact-demo" and cfg.chunking.max_tokens == 256
-    assert cfg.index.variants == ["exact", "ivfpq"] and cfg.run.shards == 4
+    assert cfg.index.variants == ["exact", "ivfpq", "int8", "binary"] and cfg.run.shards == 4
 
 
 def test_unknown_key_is_named(tmp_path):
@@ -50,3 +50,12 @@ def test_overrides_apply_dotted_keys_and_are_validated():
 def test_bad_index_name_rejected():
     with pytest.raises(ConfigError, match="index_name"):
         parse_config({"index_name": "Bad Name/..", "corpus": {"source": "a"}})
+
+
+def test_unknown_or_repeated_variant_is_rejected():
+    base = {"index_name": "x", "corpus": {"source": "a"}}
+    with pytest.raises(ConfigError, match=r"index\.variants\.1: String should match pattern"):
+        parse_config({**base, "index": {"variants": ["exact", "int4"]}})
+    with pytest.raises(ConfigError, match="variants must be unique"):
+        parse_config({**base, "index": {"variants": ["exact", "exact"]}})
+    assert parse_config({**base, "index": {"variants": ["exact@64", "binary-ivf@128"]}}).index.variants

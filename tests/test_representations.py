@@ -16,7 +16,7 @@ from pipeline.storage import Storage
 from pipeline.variants import VariantSpec, build_variant
 
 DIMS = 384
-ALL = ["exact", "ivfpq", "int8", "int8-ivf", "binary", "binary-ivf", "exact@64", "binary@128"]
+ALL = ["exact", "fp16", "ivfpq", "int8", "int8-ivf", "binary", "binary-ivf", "exact@64", "binary@128"]
 
 
 def corpus(n: int = 3000, seed: int = 0) -> np.ndarray:
@@ -115,7 +115,8 @@ def test_a_snapshot_with_every_variant_loads_and_searches_each(tmp_path, vectors
     snap = Snapshot.open(publish(Storage(str(tmp_path)), "t", "v1", files, manifest))
     assert sorted(snap.variants) == sorted(ALL) and snap.variant_params("int8")["quality"] == {"int8": {"ndcg@10": 0.5}}
     sizes = {v: snap.variant_params(v)["bytes_per_vector"] for v in ALL}
-    assert sizes["exact"] == 4 * DIMS and sizes["int8"] == DIMS and sizes["binary"] == DIMS // 8
+    assert sizes["exact"] == 4 * DIMS and sizes["fp16"] == 2 * DIMS and sizes["int8"] == DIMS
+    assert sizes["binary"] == DIMS // 8
     assert sizes["exact@64"] == 256 and sizes["binary@128"] == 16
     searcher = Searcher.from_snapshot(snap, encoder)
     for mode in searcher.modes():
