@@ -75,12 +75,17 @@ class Variant:
         dist, rows = self.index.search(pack_signs(x), fetch)
         if hamming_only:
             return (1 - 2 * dist / self.dims).astype(np.float32), rows
-        scores = np.full(rows.shape, -np.inf, dtype=np.float32)
-        for i, (qx, r) in enumerate(zip(x, rows, strict=True)):
-            ok = r >= 0
-            scores[i, ok] = asymmetric_binary_scores(qx, self.codes[r[ok]])
-        order = np.argsort(-scores, axis=1, kind="stable")
-        return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+        return rerank(rows, lambda i, r: asymmetric_binary_scores(x[i], self.codes[r]))
+
+
+def rerank(rows: np.ndarray, score) -> tuple[np.ndarray, np.ndarray]:
+    """Re-score each query's candidate rows with `score(query_index, rows)`, best first; -1 rows stay last."""
+    scores = np.full(rows.shape, -np.inf, dtype=np.float32)
+    for i, r in enumerate(rows):
+        ok = r >= 0
+        scores[i, ok] = score(i, r[ok])
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
 
 
 class Searcher:
@@ -144,12 +149,7 @@ class Searcher:
         # Rescoring re-ranks the candidates anyway, so binary candidates skip the asymmetric re-rank.
         scores, rows = variant.candidates(q, fetch, hamming_only=suffix in ("hamming", "rescore"))
         if suffix == "rescore":
-            scores = np.full(rows.shape, -np.inf, dtype=np.float32)
-            for i, r in enumerate(rows):
-                ok = r >= 0
-                scores[i, ok] = rescore(q[i], r[ok], self.fp16)
-            order = np.argsort(-scores, axis=1, kind="stable")
-            scores, rows = np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+            scores, rows = rerank(rows, lambda i, r: rescore(q[i], r, self.fp16))
         return [self._collapse(s, r, k) for s, r in zip(scores, rows, strict=True)]
 
     def _collapse(self, scores: np.ndarray, rows: np.ndarray, k: int) -> list[Hit]:
