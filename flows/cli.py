@@ -11,9 +11,10 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.console import Console
 from rich.table import Table
-from rich.text import Text
+
+from flows import cli_snapshots
+from flows.cli_common import JsonFlag, console, fail
 
 for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                      "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}.items():
@@ -21,16 +22,6 @@ for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "f
 
 app = typer.Typer(help="Batch embedding and indexing pipeline: corpus -> chunks -> vectors -> FAISS snapshots.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-console = Console()
-err_console = Console(stderr=True)
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="print machine-readable JSON instead of tables")]
-
-
-def _fail(exc: Exception) -> None:
-    # Unwrapped and without markup: messages quote values like ['id'] and are grepped by scripts.
-    err_console.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
-    raise typer.Exit(code=2)
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, Any]:
@@ -38,7 +29,7 @@ def _parse_sets(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            _fail(ValueError(f"--set {pair!r}: expected KEY=VALUE, e.g. run.shards=8"))
+            fail(ValueError(f"--set {pair!r}: expected KEY=VALUE, e.g. run.shards=8"))
         out[key.strip()] = yaml.safe_load(value)
     return out
 
@@ -88,7 +79,7 @@ def run(
 
         summary = reindex(config, overrides, run_id)
     except EmbedpipeError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         print(json.dumps(summary, indent=2))
         return
@@ -98,6 +89,10 @@ def run(
     console.print("  counts: " + ", ".join(f"{k} {counts[k]}" for k in
                                           ("read", "accepted", "quarantined", "chunks", "vectors") if k in counts))
     console.print("  seconds: " + ", ".join(f"{k} {v}" for k, v in summary["timings_s"].items()))
+    if promotion := summary.get("promotion"):
+        outcome = "[green]promoted to this version[/]" if promotion["promoted"] else \
+            f"[yellow]stays at {promotion['live']}[/]: {promotion['reason']}"
+        console.print(f"  alias {promotion['alias']}: {outcome}", soft_wrap=True)
     if summary["evaluation"]:
         variants = summary["evaluation"]["modes"]
         queries = next(iter(variants.values()))["queries"]
@@ -137,7 +132,7 @@ def search(
     try:
         _print_search(snapshot, query, k, mode, as_json)
     except EmbedpipeError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @app.command()
@@ -162,11 +157,16 @@ def evaluate(
             raise InputError("no golden set recorded in this snapshot: pass --queries and --qrels")
         report = Searcher.from_snapshot(snap).evaluate(read_queries(queries), read_qrels(qrels), k)
     except EmbedpipeError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         print(json.dumps({"snapshot": snap.url, "version": snap.version, "modes": report}, indent=2))
     else:
         console.print(_metrics_table(f"{snap.manifest['index_name']} {snap.version}", report))
+
+
+for _command in (cli_snapshots.versions, cli_snapshots.show, cli_snapshots.verify, cli_snapshots.promote,
+                 cli_snapshots.rollback, cli_snapshots.gc):
+    app.command()(_command)
 
 
 if __name__ == "__main__":

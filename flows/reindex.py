@@ -16,8 +16,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from operators.embedding import embed_shards
+from pipeline.aliases import promote, read_alias
 from pipeline.config import PipelineConfig, load_config
 from pipeline.encoder import cached_encoder
+from pipeline.errors import GateRefused
 from pipeline.manifest import build_manifest
 from pipeline.readers import golden_set_urls, read_qrels, read_queries
 from pipeline.search import Searcher
@@ -33,21 +35,20 @@ from pipeline.stages import (
     prepare,
     snapshot_files,
 )
-from pipeline.storage import Storage, redact
+from pipeline.storage import redact
 
 _task = task(cache_policy=NO_CACHE, persist_result=False)
 
 
 @_task(name="read, shard and chunk")
 def prepare_task(cfg: PipelineConfig, run_id: str) -> PreparedRun:
-    return prepare(cfg, Storage(cfg.storage.root), run_id)
+    return prepare(cfg, cfg.storage_client(), run_id)
 
 
 @_task(name="embed shards (Ray)")
 def embed_task(cfg: PipelineConfig, prepared: PreparedRun) -> dict[str, Any]:
-    # Storage(...).url is absolute for local roots: Ray workers may run in another working directory.
-    results = embed_shards(Storage(cfg.storage.root).url, prepared.run_id, prepared.shards, cfg.model, cfg.run.actors,
-                           cfg.run.cpus_per_actor, cfg.run.gpus_per_actor)
+    results = embed_shards(cfg.storage.root, cfg.storage.options, prepared.run_id, prepared.shards, cfg.model,
+                           cfg.run.actors, cfg.run.cpus_per_actor, cfg.run.gpus_per_actor)
     fresh = [r for r in results if not r.skipped]
     return {"shards_embedded": len(fresh), "shards_skipped": len(results) - len(fresh),
             "tokens": sum(r.tokens for r in results), "vectors": sum(r.chunks for r in results),
@@ -56,7 +57,7 @@ def embed_task(cfg: PipelineConfig, prepared: PreparedRun) -> dict[str, Any]:
 
 @_task(name="build indexes")
 def index_task(cfg: PipelineConfig, prepared: PreparedRun) -> tuple[BuiltIndexes, pl.DataFrame]:
-    embedded, vectors = load_vectors(Storage(cfg.storage.root), prepared.run_id, prepared.shards)
+    embedded, vectors = load_vectors(cfg.storage_client(), prepared.run_id, prepared.shards)
     return build_indexes(cfg, vectors), id_table(prepared, embedded)
 
 
@@ -73,10 +74,22 @@ def evaluate_task(cfg: PipelineConfig, built: BuiltIndexes, ids: pl.DataFrame, p
 
 
 @_task(name="publish snapshot")
-def publish_task(cfg: PipelineConfig, files: dict[str, bytes], manifest: dict) -> tuple[str, str]:
+def publish_task(cfg: PipelineConfig, files: dict[str, bytes], manifest: dict, run_id: str) -> tuple[str, str]:
     version = new_version()
-    url = publish(Storage(cfg.storage.root), cfg.index_name, version, files, manifest)
+    url = publish(cfg.storage_client(), cfg.index_name, version, files, manifest, publisher=run_id)
     return url, version
+
+
+@_task(name="promote through the quality gate")
+def promote_task(cfg: PipelineConfig, version: str, seen: str | None) -> dict:
+    """Move the alias from the version seen when the run started; a gate refusal leaves it there."""
+    try:
+        state, gate = promote(cfg.storage_client(), cfg.index_name, cfg.publish.alias, version, seen,
+                              cfg.publish.gate, by=f"reindex {version}")
+    except GateRefused as exc:
+        get_run_logger().warning("%s", exc)
+        return {"alias": cfg.publish.alias, "promoted": False, "live": seen, "reason": str(exc)}
+    return {"alias": cfg.publish.alias, "promoted": True, "live": state.version, "gate": gate.__dict__}
 
 
 def _markdown(summary: dict) -> str:
@@ -99,6 +112,9 @@ def reindex(config_path: str, overrides: dict[str, Any] | None = None, run_id: s
     check_inputs(cfg)
     run_id = run_id or cfg.run.run_id or new_version()
     logger = get_run_logger()
+    # What the alias points at now: promotion moves it from here, or not at all (an overlapping run that
+    # promoted meanwhile makes this one's promote fail instead of silently overwriting it).
+    seen = read_alias(cfg.storage_client(), cfg.index_name, cfg.publish.alias).version if cfg.publish.alias else None
     timings: dict[str, float] = {}
 
     def timed(name: str, fn, *args):
@@ -119,9 +135,11 @@ def reindex(config_path: str, overrides: dict[str, Any] | None = None, run_id: s
     manifest = build_manifest(cfg, run_id=run_id, model=card.to_dict() | {"fingerprint": card.fingerprint},
                               chunking=prepared.chunking, index=index_params, counts=counts, corpus=prepared.corpus,
                               evaluation=evaluation, timings=timings)
-    url, version = timed("publish", publish_task, cfg, files, manifest)
+    url, version = timed("publish", publish_task, cfg, files, manifest, run_id)
+    promotion = timed("promote", promote_task, cfg, version, seen) if cfg.publish.alias else None
     summary = {"index_name": cfg.index_name, "version": version, "snapshot": redact(url), "run_id": run_id,
-               "counts": counts, "evaluation": evaluation, "index": index_params, "timings_s": timings}
+               "counts": counts, "evaluation": evaluation, "index": index_params, "timings_s": timings,
+               "promotion": promotion}
     create_markdown_artifact(_markdown(summary), key=re.sub(r"[^a-z0-9-]", "-", f"reindex-{cfg.index_name}"),
                              description=f"Snapshot {cfg.index_name} {version}")
     return summary

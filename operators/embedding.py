@@ -21,24 +21,25 @@ from pipeline.storage import Storage
 
 @ray.remote(max_restarts=2, max_task_retries=2)  # embed_shard is idempotent, so a retried shard is safe
 class EmbedActor:
-    def __init__(self, root_url: str, model: dict, threads: int) -> None:
-        self.storage = Storage(root_url)
+    def __init__(self, root_url: str, options: dict, model: dict, threads: int) -> None:
+        self.storage = Storage(root_url, **options)
         self.encoder = load_encoder(ModelConfig(**model), threads=threads)
 
     def embed(self, run_id: str, shard: int) -> ShardResult:
         return embed_shard(self.storage, run_id, shard, self.encoder)
 
 
-def embed_shards(root_url: str, run_id: str, shards: list[int], model: ModelConfig, actors: int,
+def embed_shards(root: str, options: dict, run_id: str, shards: list[int], model: ModelConfig, actors: int,
                  cpus_per_actor: float, gpus_per_actor: float = 0.0) -> list[ShardResult]:
     """Embed `shards` with a pool of `actors` actors; returns one result per shard, in shard order."""
     if not shards:
         return []
     ensure_ray()
+    root_url = Storage(root, **options).url  # absolute for local roots: workers may run in another directory
     threads = max(1, math.floor(cpus_per_actor))
     pool_size = min(actors, len(shards))
     handles = [EmbedActor.options(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
-               .remote(root_url, model.model_dump(), threads) for _ in range(pool_size)]
+               .remote(root_url, options, model.model_dump(), threads) for _ in range(pool_size)]
     try:
         results = list(ActorPool(handles).map_unordered(lambda a, s: a.embed.remote(run_id, s), shards))
     except ray.exceptions.RayError as exc:

@@ -126,6 +126,24 @@ class RunConfig(_Strict):
 
 class StorageConfig(_Strict):
     root: str = Field(".embedpipe", description="fsspec URL of the storage root")
+    options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (e.g. endpoint_url); prefer "
+                                    "credentials from the environment: options never enter a manifest")
+
+
+class GateConfig(_Strict):
+    """A candidate is promoted only if `metric` of search `mode` on the golden set is at least `min_value`
+    and at most `max_drop` below the live version's."""
+
+    metric: Literal["ndcg@10", "map@10", "recall@10", "recall@100", "mrr@10"] = "ndcg@10"
+    mode: str = "exact"
+    min_value: Annotated[float, Field(ge=0, le=1)] = 0.0
+    max_drop: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+
+class PublishConfig(_Strict):
+    alias: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")] | None = Field(
+        None, description="after publishing, promote this alias (e.g. live) through the gate")
+    gate: GateConfig = Field(default_factory=GateConfig)
 
 
 class PipelineConfig(_Strict):
@@ -137,6 +155,13 @@ class PipelineConfig(_Strict):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+
+    def storage_client(self):
+        """The configured storage root (imported here lazily: storage needs fsspec, config does not)."""
+        from pipeline.storage import Storage
+
+        return Storage(self.storage.root, **self.storage.options)
 
 
 def _describe(err: dict[str, Any]) -> str:

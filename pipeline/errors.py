@@ -31,3 +31,11 @@ class StorageError(EmbedpipeError):
 
 class PreconditionFailed(StorageError):
     """A conditional write lost: the object already existed (put_if_absent)."""
+
+
+class AliasMoved(PreconditionFailed):
+    """A promote or rollback lost: the alias no longer points where the caller saw it."""
+
+
+class GateRefused(EmbedpipeError):
+    """The quality gate refused a candidate snapshot (promote with force to override, which is recorded)."""

@@ -52,6 +52,6 @@ def build_manifest(cfg: PipelineConfig, *, run_id: str, model: dict, chunking: d
         "corpus": corpus,
         "evaluation": evaluation,
         "timings_s": timings,
-        "config": _redacted(cfg.model_dump(mode="json")),
+        "config": _redacted(cfg.model_dump(mode="json", exclude={"storage": {"options"}})),
         "libraries": library_versions(),
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +27,8 @@ from pipeline.models import ModelCard
 from pipeline.storage import Storage, redact
 
 MANIFEST = "manifest.json"
+CLAIM = "_CLAIM"  # who is publishing this version; written first, with put_if_absent
+_ALIAS_URL = re.compile(r"^(?P<root>.+)/aliases/(?P<index>[^/]+)/(?P<alias>[^/]+?)(\.json)?$")
 FORMAT_VERSION = 2  # 2: index variants as a mapping with per-variant files, params and quality
 
 
@@ -39,11 +42,22 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def publish(storage: Storage, index_name: str, version: str, files: dict[str, bytes], manifest: dict) -> str:
-    """Upload every file, then commit by writing the manifest (with each file's sha256 and size) if absent."""
+def publish(storage: Storage, index_name: str, version: str, files: dict[str, bytes], manifest: dict,
+            publisher: str | None = None) -> str:
+    """Claim the version, upload every file, then commit by writing the manifest (with each file's sha256
+    and size) if absent. Only the claim's holder writes files, so a second publisher of the same version
+    fails before it can touch the winner's; the same `publisher` may rerun after a crash to complete."""
     prefix = f"snapshots/{index_name}/{version}"
     if storage.exists(f"{prefix}/{MANIFEST}"):
         raise SnapshotError(f"snapshot {index_name}/{version} already exists; versions are immutable")
+    publisher = publisher or secrets.token_hex(8)
+    try:
+        storage.put_if_absent(f"{prefix}/{CLAIM}", json.dumps({"publisher": publisher}).encode())
+    except PreconditionFailed:
+        holder = json.loads(storage.read_bytes(f"{prefix}/{CLAIM}"))["publisher"]
+        if holder != publisher:
+            raise SnapshotError(f"snapshot {index_name}/{version} is being published by another publisher "
+                                f"({holder}); versions are immutable") from None
     entries = {}
     for name, data in sorted(files.items()):
         storage.write_bytes(f"{prefix}/{name}", data)
@@ -67,7 +81,17 @@ class Snapshot:
 
     @classmethod
     def open(cls, url: str) -> Snapshot:
-        """`url` is a version folder, or an index folder (snapshots/<name>) meaning its newest version."""
+        """`url` is a version folder, an index folder (snapshots/<name>: its newest committed version), or
+        an alias (<root>/aliases/<index>/<alias>: the version it points at)."""
+        alias = _ALIAS_URL.match(url.rstrip("/"))
+        if alias:
+            from pipeline.aliases import read_alias  # aliases imports this module
+
+            root = Storage(alias["root"])
+            state = read_alias(root, alias["index"], alias["alias"])
+            if state.version is None:
+                raise SnapshotError(f"alias {alias['index']}/{alias['alias']} is not set at {redact(alias['root'])}")
+            url = root.url_of(f"snapshots/{alias['index']}/{state.version}")
         storage = Storage(url)
         if not storage.exists(MANIFEST):
             committed = [v for v in storage.list() if storage.exists(f"{v}/{MANIFEST}")]

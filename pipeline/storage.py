@@ -1,8 +1,17 @@
 """One storage abstraction over fsspec, for every backend (local paths, file://, s3://, ...).
 
-Keys are '/'-separated paths relative to the root. Writes are atomic (temp name + rename on local
-filesystems; a single PUT is already atomic on object stores) and `put_if_absent` is the commit
-primitive: the manifest of a snapshot is written with it, so its existence is the commit.
+Keys are '/'-separated paths relative to the root; a key that could escape the root is refused. Writes
+are atomic (temp name + rename locally; a single PUT is atomic on object stores). Two commit primitives
+that fsspec lacks:
+
+- `put_if_absent`: S3 `PutObject` with `IfNoneMatch='*'`; locally a hard link, which fails if the name
+  exists. Snapshot manifests are written with it: their existence is the commit.
+- `compare_and_swap` on a version tag: S3 `PutObject` with `IfMatch=<etag>`; locally, lock-free, each
+  value is a new numbered record `<key>.v/<n>` created with put_if_absent, so only one writer can create
+  record n+1 after seeing n. Aliases move only through it.
+
+Credentials come from the environment (AWS_ACCESS_KEY_ID, ..., AWS_ENDPOINT_URL) or the `options`
+given to fsspec, and never appear in errors: URLs are redacted and exception texts are not echoed.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -19,6 +29,8 @@ from fsspec.implementations.local import LocalFileSystem
 from pipeline.errors import PreconditionFailed, StorageError
 
 _USERINFO = re.compile(r"(?<=://)[^/@]+@")
+_BAD_KEY = re.compile(r"(^/)|(^|/)\.\.?(/|$)|//|[\\\x00-\x1f]")
+_RECORDS = ".v"  # local compare-and-swap records live in <key>.v/
 
 
 def redact(url: str) -> str:
@@ -26,15 +38,24 @@ def redact(url: str) -> str:
     return _USERINFO.sub("***@", url)
 
 
+def check_key(key: str) -> str:
+    """Keys are built from user-given names: refuse any that could leave the root."""
+    if _BAD_KEY.search(key):
+        raise StorageError(f"refusing object key {key!r}: expected a relative path without '..', '.', '//', "
+                           "backslashes or control characters")
+    return key
+
+
 class Storage:
     def __init__(self, root: str, **options: object) -> None:
-        self.url = root.rstrip("/")
+        self.url, self.options = root.rstrip("/"), options
         try:
             self.fs, path = fsspec.core.url_to_fs(self.url, **options)
         except (ImportError, ValueError) as exc:
-            raise StorageError(f"cannot open storage root {redact(self.url)}: {exc}") from None
+            raise StorageError(f"cannot open storage root {redact(self.url)}: {type(exc).__name__}") from None
         self.root = path.rstrip("/")
         self.is_local = isinstance(self.fs, LocalFileSystem)
+        self.is_s3 = "s3" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         if self.is_local:
             self.url = self.root  # absolute, so Ray workers with another working directory agree on it
 
@@ -42,7 +63,7 @@ class Storage:
         return f"Storage({redact(self.url)!r})"
 
     def path(self, key: str) -> str:
-        return f"{self.root}/{key.lstrip('/')}" if key else self.root
+        return f"{self.root}/{check_key(key)}" if key else self.root
 
     def url_of(self, key: str) -> str:
         return f"{self.url}/{key.lstrip('/')}" if key else self.url
@@ -50,7 +71,8 @@ class Storage:
     def child(self, key: str) -> Storage:
         """A Storage rooted at a sub-folder, sharing this one's filesystem."""
         sub = Storage.__new__(Storage)
-        sub.url, sub.fs, sub.root, sub.is_local = self.url_of(key), self.fs, self.path(key), self.is_local
+        sub.__dict__.update(self.__dict__)
+        sub.url, sub.root = self.url_of(key), self.path(key)
         return sub
 
     @contextmanager
@@ -59,12 +81,14 @@ class Storage:
             yield
         except FileNotFoundError:
             raise StorageError(f"not found: {redact(self.url_of(key))}") from None
-        except PermissionError as exc:
-            raise StorageError(f"permission denied on {redact(self.url_of(key))}: {exc.strerror}") from None
+        except PermissionError:
+            raise StorageError(f"permission denied on {redact(self.url_of(key))}") from None
+        except FileExistsError:
+            raise
         except OSError as exc:
-            if isinstance(exc, FileExistsError):
-                raise
             raise StorageError(f"storage error on {redact(self.url_of(key))}: {type(exc).__name__}") from None
+
+    # --- plain operations -------------------------------------------------------------------------------------
 
     def exists(self, key: str) -> bool:
         with self._errors(key):
@@ -74,16 +98,6 @@ class Storage:
         with self._errors(key):
             return self.fs.cat_file(self.path(key))
 
-    def _local_temp(self, target: str, data: bytes) -> str:
-        """Write `data` durably to a fresh temp name beside `target`; the caller renames or links it."""
-        self.fs.makedirs(os.path.dirname(target), exist_ok=True)
-        tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        return tmp
-
     def write_bytes(self, key: str, data: bytes) -> None:
         """Atomic: a reader sees the old object or the new one, never a part."""
         target = self.path(key)
@@ -92,6 +106,22 @@ class Storage:
                 self.fs.pipe_file(target, data)
                 return
             os.replace(self._local_temp(target, data), target)
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Names directly under `prefix` (folders included), sorted; [] if it is absent."""
+        base = self.path(prefix)
+        with self._errors(prefix):
+            self.fs.invalidate_cache(base)
+            if not self.fs.exists(base):
+                return []
+            names = self.fs.ls(base, detail=False)
+        return sorted(n.rstrip("/").rsplit("/", 1)[-1] for n in names)
+
+    def delete(self, key: str, recursive: bool = False) -> None:
+        with self._errors(key):
+            self.fs.rm(self.path(key), recursive=recursive)
+
+    # --- commit primitives --------------------------------------------------------------------------------------
 
     def put_if_absent(self, key: str, data: bytes) -> None:
         """Create `key` only if no object has that name; the loser gets PreconditionFailed."""
@@ -107,22 +137,78 @@ class Storage:
                     raise PreconditionFailed(f"already exists: {redact(self.url_of(key))}") from None
                 finally:
                     os.unlink(tmp)
-                return
-            try:
-                with self.fs.open(target, "xb") as fh:
-                    fh.write(data)
-            except FileExistsError:
-                raise PreconditionFailed(f"already exists: {redact(self.url_of(key))}") from None
+            elif self.is_s3:
+                self._s3_put(key, data, IfNoneMatch="*")
+            else:
+                raise StorageError(f"put_if_absent is not supported on {redact(self.url)} (local and s3 are)")
 
-    def list(self, prefix: str = "") -> list[str]:
-        """Keys of the objects directly under `prefix` (folders included), sorted; [] if it is absent."""
-        base = self.path(prefix)
-        with self._errors(prefix):
-            if not self.fs.exists(base):
-                return []
-            names = self.fs.ls(base, detail=False)
-        return sorted(n.rstrip("/").rsplit("/", 1)[-1] for n in names)
-
-    def delete(self, key: str, recursive: bool = False) -> None:
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """(value, tag) of a compare-and-swap key, or None if it was never written."""
         with self._errors(key):
-            self.fs.rm(self.path(key), recursive=recursive)
+            if self.is_s3:
+                bucket, name = self._bucket_key(key)
+                try:
+                    got = self._s3.get_object(Bucket=bucket, Key=name)
+                except self._s3.exceptions.NoSuchKey:
+                    return None
+                return got["Body"].read(), got["ETag"]
+            records = [r for r in self.list(key + _RECORDS) if r.isdigit()]
+            if not records:
+                return None
+            return self.read_bytes(f"{key}{_RECORDS}/{records[-1]}"), records[-1]
+
+    def compare_and_swap(self, key: str, data: bytes, expected: str | None) -> str:
+        """Replace the value of `key` only if its tag is still `expected` (None: only if absent).
+        Returns the new tag; a writer that lost the race gets PreconditionFailed."""
+        with self._errors(key):
+            if self.is_s3:
+                condition = {"IfMatch": expected} if expected else {"IfNoneMatch": "*"}
+                return self._s3_put(key, data, **condition)
+            if not self.is_local:
+                raise StorageError(f"compare_and_swap is not supported on {redact(self.url)} (local and s3 are)")
+            tag = f"{(int(expected) + 1) if expected else 0:012d}"
+            self.put_if_absent(f"{key}{_RECORDS}/{tag}", data)
+            return tag
+
+    # --- backend details ------------------------------------------------------------------------------------------
+
+    def _local_temp(self, target: str, data: bytes) -> str:
+        """Write `data` durably to a fresh temp name beside `target`; the caller renames or links it."""
+        self.fs.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return tmp
+
+    @cached_property
+    def _s3(self):
+        """boto3 for the conditional writes s3fs cannot make; same endpoint and credentials as s3fs."""
+        import boto3
+
+        client_kwargs = dict(self.options.get("client_kwargs") or {})
+        endpoint = self.options.get("endpoint_url") or client_kwargs.get("endpoint_url")
+        kwargs = {"endpoint_url": endpoint} if endpoint else {}
+        if self.options.get("key"):
+            kwargs |= {"aws_access_key_id": self.options["key"], "aws_secret_access_key": self.options.get("secret")}
+        return boto3.client("s3", **kwargs)
+
+    def _bucket_key(self, key: str) -> tuple[str, str]:
+        bucket, _, prefix = self.path(key).partition("/")
+        return bucket, prefix
+
+    def _s3_put(self, key: str, data: bytes, **condition: str) -> str:
+        from botocore.exceptions import ClientError
+
+        bucket, name = self._bucket_key(key)
+        try:
+            etag = self._s3.put_object(Bucket=bucket, Key=name, Body=data, **condition)["ETag"]
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+                raise PreconditionFailed(f"precondition failed (someone else wrote first): "
+                                         f"{redact(self.url_of(key))}") from None
+            raise StorageError(f"S3 error on {redact(self.url_of(key))}: {exc.response.get('Error', {}).get('Code')}") \
+                from None
+        self.fs.invalidate_cache(self.path(key))
+        return etag
