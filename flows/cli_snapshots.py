@@ -41,8 +41,8 @@ def versions(root: Root, index: Index, as_json: JsonFlag = False) -> None:
                 continue
             m = json.loads(s.read_bytes(key))
             exact = (m.get("evaluation") or {}).get("modes", {}).get("exact", {})
-            rows.append({"version": v, "committed": True, "model": m["model"]["name"],
-                         "chunks": m["counts"].get("chunks"), "ndcg@10": exact.get("ndcg@10"),
+            rows.append({"version": v, "committed": True, "model": m.get("model", {}).get("name", "?"),
+                         "chunks": m.get("counts", {}).get("chunks"), "ndcg@10": exact.get("ndcg@10"),
                          "bytes": sum(f["bytes"] for f in m["files"].values()), "aliases": pointed.get(v, [])})
     except EmbedpipeError as exc:
         fail(exc)
@@ -82,7 +82,8 @@ def verify(snapshot: Annotated[str, typer.Argument(help="snapshot URL")]) -> Non
         checked = snap.verify()
     except EmbedpipeError as exc:
         fail(exc)
-    console.print(f"[green]ok[/] {snap.manifest['index_name']} {snap.version}: {len(checked)} files match")
+    console.print(f"[green]ok[/] {snap.manifest['index_name']} {snap.version}: {len(checked)} files match",
+                  soft_wrap=True)
 
 
 def _seen(expect: str | None, root: str, index: str, alias: str) -> str | None:
@@ -117,7 +118,7 @@ def promote(
     except (EmbedpipeError, ValueError) as exc:
         fail(exc)
     forced = " (forced past the gate)" if result and not result.passed else ""
-    console.print(f"[green]promoted[/] {index}/{alias}: {state.previous} -> {state.version}{forced}")
+    console.print(f"[green]promoted[/] {index}/{alias}: {state.previous} -> {state.version}{forced}", soft_wrap=True)
 
 
 def rollback(root: Root, index: Index, alias: AliasOpt = "live", expect: Expect = None,
@@ -130,7 +131,7 @@ def rollback(root: Root, index: Index, alias: AliasOpt = "live", expect: Expect 
         state = do_rollback(Storage(root), index, alias, _seen(expect, root, index, alias), by)
     except EmbedpipeError as exc:
         fail(exc)
-    console.print(f"[green]rolled back[/] {index}/{alias}: {state.previous} -> {state.version}")
+    console.print(f"[green]rolled back[/] {index}/{alias}: {state.previous} -> {state.version}", soft_wrap=True)
 
 
 def gc(root: Root, index: Index,
@@ -153,6 +154,6 @@ def gc(root: Root, index: Index,
         print(json.dumps({"keep": plan.keep, "delete": plan.delete, "deleted": deleted, "dry_run": dry_run}, indent=2))
         return
     for v, why in sorted(plan.keep.items()):
-        console.print(f"  keep   {v}  ({why})")
+        console.print(f"  keep   {v}  ({why})", soft_wrap=True)
     for v, why in sorted(plan.delete.items()):
-        console.print(f"  {'would delete' if dry_run else 'deleted'} {v}  ({why})")
+        console.print(f"  {'would delete' if dry_run else 'deleted'} {v}  ({why})", soft_wrap=True)

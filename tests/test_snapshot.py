@@ -36,13 +36,16 @@ def test_publish_writes_checksums_and_manifest_last(tmp_path):
     assert snap.index("exact").ntotal == 4 and snap.ids["doc_id"].to_list() == list("abcd")
 
 
-def test_tampered_file_is_refused(tmp_path):
-    url = publish(Storage(str(tmp_path)), "idx", "v1", files(), manifest())
-    path = tmp_path / "snapshots/idx/v1/index/exact.faiss"
-    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+def test_corrupted_or_missing_file_is_refused_naming_it(storage_root):
+    storage = Storage(storage_root)
+    url = publish(storage, "idx", "v1", files(), manifest())
+    key = "snapshots/idx/v1/index/exact.faiss"
+    storage.write_bytes(key, storage.read_bytes(key)[:-1] + b"\x00")
     with pytest.raises(SnapshotError, match=r"index/exact\.faiss fails its checksum"):
         Snapshot.open(url).index("exact")
-    (tmp_path / "snapshots/idx/v1/ids.parquet").unlink()
+    with pytest.raises(SnapshotError, match=r"index/exact\.faiss fails its checksum"):
+        Snapshot.open(url).verify()
+    storage.delete("snapshots/idx/v1/ids.parquet")
     with pytest.raises(SnapshotError, match=r"ids\.parquet is missing"):
         Snapshot.open(url).verify()
 
