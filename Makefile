@@ -1,5 +1,5 @@
 # `make demo` and `make test` work on a fresh machine: both create or reuse .venv first.
-.PHONY: demo test lint bench clean
+.PHONY: demo demo-s3 test lint bench clean
 
 VENV := .venv
 export DO_NOT_TRACK := 1
@@ -11,6 +11,9 @@ $(VENV)/.installed: pyproject.toml infra/bootstrap.sh
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/embedpipe run configs/demo.yaml
+
+demo-s3: $(VENV)/.installed
+	./infra/demo-s3.sh
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
