@@ -11,13 +11,14 @@ event objects are a second, write-once record for auditors.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from pipeline.config import GateConfig
-from pipeline.errors import AliasMoved, GateRefused, PreconditionFailed, SnapshotError
+from pipeline.errors import AliasMoved, GateRefused, PreconditionFailed, SnapshotError, StorageError
 from pipeline.snapshot import MANIFEST
 from pipeline.storage import Storage
 
@@ -108,7 +109,11 @@ def _move(storage: Storage, current: AliasState, to_version: str, action: str, b
         raise AliasMoved(f"alias {current.index}/{current.alias} moved while {action} ran (it was at "
                          f"{current.version}); re-read it and retry") from None
     event_key = f"aliases/{current.index}/history/{now.replace(':', '')}-{current.alias}-{secrets.token_hex(3)}.json"
-    storage.put_if_absent(event_key, json.dumps(event).encode())  # audit copy; the alias record is the truth
+    try:
+        storage.put_if_absent(event_key, json.dumps(event).encode())  # audit copy; the alias record is the truth
+    except StorageError as exc:  # the move already happened: reporting it as failed would invite a retry
+        logging.getLogger(__name__).warning("alias %s/%s moved, but its audit event was not written: %s",
+                                            current.index, current.alias, exc)
     return AliasState(current.index, current.alias, to_version, current.version, history, tag)
 
 
