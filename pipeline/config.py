@@ -64,7 +64,9 @@ class ModelConfig(_Strict):
     )
     query_prefix: str = ""
     passage_prefix: str = ""
-    batch_size: Annotated[int, Field(gt=0)] = 32
+    batch_size: Annotated[int, Field(gt=0)] = 64
+    batch_tokens: Annotated[int, Field(gt=0)] = Field(
+        8192, description="padded tokens per forward pass (texts x longest): size it to the device's memory")
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:

@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from pipeline.batching import token_budget_batches
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
 from pipeline.models import ModelCard, model_max_tokens, resolve_model_dir, weights_sha256
@@ -57,7 +58,7 @@ class TransformerEncoder:
         limit = model_max_tokens(self.folder, self.tokenizer.model_max_length)
         if cfg.max_tokens and cfg.max_tokens > limit:
             raise ModelError(f"model.max_tokens ({cfg.max_tokens}) exceeds what {cfg.name} supports ({limit})")
-        self.batch_size = cfg.batch_size
+        self.batch_size, self.batch_tokens = cfg.batch_size, cfg.batch_tokens
         self.card = ModelCard(
             name=cfg.name,
             source={"path": str(self.folder)} if cfg.path else {"package": cfg.package},
@@ -78,9 +79,7 @@ class TransformerEncoder:
         if not texts:
             return out
         ids = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=self.card.max_tokens)["input_ids"]
-        order = np.argsort([-len(x) for x in ids], kind="stable")
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
+        for rows in token_budget_batches([len(x) for x in ids], self.batch_tokens, self.batch_size):
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
             batch = {k: v.to(self.device) for k, v in batch.items()}
             hidden = self.model(**batch).last_hidden_state
