@@ -52,6 +52,7 @@ def embed_task(cfg: PipelineConfig, prepared: PreparedRun) -> dict[str, Any]:
     fresh = [r for r in results if not r.skipped]
     return {"shards_embedded": len(fresh), "shards_skipped": len(results) - len(fresh),
             "tokens": sum(r.tokens for r in results), "vectors": sum(r.chunks for r in results),
+            "embedded": sum(r.embedded for r in fresh), "reused_from_cache": sum(r.cached for r in fresh),
             "encode_seconds": round(sum(r.seconds for r in fresh), 2)}
 
 

@@ -61,9 +61,11 @@ def write_shard_inputs(storage: Storage, run_id: str, chunks: pl.DataFrame) -> l
 class ShardResult:
     shard: int
     chunks: int
-    tokens: int
+    tokens: int  # tokens actually embedded (cache hits cost none)
     seconds: float
     skipped: bool  # True when an earlier attempt had already committed it
+    embedded: int = 0  # chunks sent through the model
+    cached: int = 0  # chunks whose vectors came from the embedding cache
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -80,10 +82,22 @@ def embed_shard(storage: Storage, run_id: str, shard: int, encoder: Encoder) -> 
             raise SnapshotError(f"run {run_id} shard {shard} was embedded with model {done['model_fingerprint']}, "
                                 f"not {encoder.card.fingerprint}; start a new run id for a different model")
         return ShardResult(shard, done["chunks"], done["tokens"], done["seconds"], skipped=True)
+    from pipeline.embedding_cache import EmbeddingCache  # it builds on this module's parquet helpers
+
     start = time.perf_counter()
     chunks = read_parquet(storage, shard_key(run_id, shard, "chunks.parquet"))
-    texts = chunks["text"].to_list()
-    vectors = encoder.encode(texts, kind="passage")
+    hashes = chunks["chunk_hash"].to_list()
+    cache = EmbeddingCache(storage, encoder.card.fingerprint)
+    known = cache.lookup(hashes)
+    missing = [i for i, h in enumerate(hashes) if h not in known]
+    texts = [chunks["text"][i] for i in missing]
+    fresh = encoder.encode(texts, kind="passage")
+    cache.add(f"{run_id}-{shard:05d}", [hashes[i] for i in missing], fresh)
+    vectors = np.empty((len(hashes), encoder.card.dims), dtype=np.float32)
+    vectors[missing] = fresh
+    for i, h in enumerate(hashes):
+        if h in known:
+            vectors[i] = known[h]
     tokens = sum(len(x) for x in encoder.tokenizer(texts, truncation=True, max_length=encoder.card.max_tokens)
                  ["input_ids"]) if texts else 0
     out = chunks.select("chunk_id", "chunk_hash").with_columns(
@@ -92,9 +106,10 @@ def embed_shard(storage: Storage, run_id: str, shard: int, encoder: Encoder) -> 
     write_parquet(storage, shard_key(run_id, shard, "vectors.parquet"), out,
                   {MODEL_CARD_KEY: json.dumps(encoder.card.to_dict(), sort_keys=True)})
     seconds = round(time.perf_counter() - start, 3)
-    storage.write_bytes(marker_key, json.dumps({"chunks": len(texts), "tokens": tokens, "seconds": seconds,
+    storage.write_bytes(marker_key, json.dumps({"chunks": len(hashes), "tokens": tokens, "seconds": seconds,
+                                                "embedded": len(missing), "cached": len(known),
                                                 "model_fingerprint": encoder.card.fingerprint}).encode())
-    return ShardResult(shard, len(texts), tokens, seconds, skipped=False)
+    return ShardResult(shard, len(hashes), tokens, seconds, skipped=False, embedded=len(missing), cached=len(known))
 
 
 def load_vectors(storage: Storage, run_id: str, shards: list[int]) -> tuple[pl.DataFrame, np.ndarray]:

@@ -51,3 +51,28 @@ def test_corpus_with_no_good_record_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match=r"no document accepted \(2 read, 2 quarantined; reasons in .*quarantine"):
         prepare(config(corpus, tmp_path / "store"), Storage(str(tmp_path / "store")), "r")
     assert pl.read_parquet(tmp_path / "store/runs/r/quarantine.parquet").height == 2
+
+
+def test_second_run_reuses_every_vector_and_an_edit_reembeds_only_its_chunks(tmp_path, sample_docs, encoder):
+    docs = [dict(d) for d in sample_docs[:10]]
+    corpus = write_jsonl(tmp_path / "c.jsonl", docs)
+    cfg, storage = config(corpus, tmp_path / "store"), Storage(str(tmp_path / "store"))
+
+    def run(run_id: str):
+        prepared = prepare(cfg, storage, run_id)
+        results = [embed_shard(storage, run_id, s, encoder) for s in prepared.shards]
+        return prepared, results, load_vectors(storage, run_id, prepared.shards)
+
+    first, r1, (ids1, v1) = run("first")
+    assert sum(r.embedded for r in r1) == first.counts["chunks"] and sum(r.cached for r in r1) == 0
+    second, r2, (ids2, v2) = run("second")
+    assert sum(r.embedded for r in r2) == 0 and sum(r.cached for r in r2) == second.counts["chunks"]
+    assert sum(r.tokens for r in r2) == 0  # zero texts embedded the second time
+    assert ids1.equals(ids2) and np.array_equal(v1, v2)
+
+    docs[3]["text"] += " An added closing sentence changes the last chunk of this document."
+    write_jsonl(corpus, docs)
+    third, r3, (ids3, _) = run("third")
+    changed = set(ids3["chunk_hash"]) - set(ids1["chunk_hash"])
+    assert 1 <= sum(r.embedded for r in r3) == len(changed)  # only the edited document's changed chunks
+    assert {c.split("#")[0] for c in ids3.filter(pl.col("chunk_hash").is_in(changed))["chunk_id"]} == {docs[3]["_id"]}

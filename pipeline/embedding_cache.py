@@ -1,0 +1,39 @@
+"""Vectors by (model fingerprint, chunk hash), shared by every run of that model: a chunk whose text,
+chunker parameters and model did not change is never embedded again.
+
+    cache/embeddings/<model_fingerprint>/<run_id>-<shard>.parquet    chunk_hash, vector
+
+Each embedding call adds one file (written before its shard's marker), so entries are immutable and
+concurrent runs never write the same object. A lookup reads the model's files and keeps the hashes it
+needs; partitioning by hash prefix is the step to take when a model's cache grows past memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from pipeline.shards import read_parquet, write_parquet
+from pipeline.storage import Storage
+
+
+class EmbeddingCache:
+    def __init__(self, storage: Storage, model_fingerprint: str) -> None:
+        self.storage, self.prefix = storage, f"cache/embeddings/{model_fingerprint}"
+
+    def lookup(self, hashes: list[str]) -> dict[str, np.ndarray]:
+        wanted = set(hashes)
+        found: dict[str, np.ndarray] = {}
+        for name in self.storage.list(self.prefix):
+            if not name.endswith(".parquet") or len(found) == len(wanted):
+                continue
+            part = read_parquet(self.storage, f"{self.prefix}/{name}").filter(pl.col("chunk_hash").is_in(wanted))
+            found.update(zip(part["chunk_hash"].to_list(), part["vector"].to_numpy(), strict=True))
+        return found
+
+    def add(self, name: str, hashes: list[str], vectors: np.ndarray) -> None:
+        if not hashes:
+            return
+        table = pl.DataFrame({"chunk_hash": hashes}).with_columns(
+            pl.Series("vector", vectors, dtype=pl.Array(pl.Float32, vectors.shape[1])))
+        write_parquet(self.storage, f"{self.prefix}/{name}.parquet", table)
