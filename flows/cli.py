@@ -5,8 +5,10 @@ Heavy imports (torch, ray, prefect) happen inside commands so `--help` stays ins
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -76,8 +78,12 @@ def run(
     try:
         check_inputs(load_config(config, overrides))  # fail on bad config or inputs before Prefect or Ray start
         from flows.reindex import reindex
+        from operators.cluster import shutdown_ray
 
-        summary = reindex(config, overrides, run_id)
+        # Ray's log monitor prints worker and raylet messages on stdout; --json keeps stdout for the result.
+        with contextlib.redirect_stdout(sys.stderr if as_json else sys.stdout):
+            summary = reindex(config, overrides, run_id)
+            shutdown_ray()
     except EmbedpipeError as exc:
         fail(exc)
     if as_json:

@@ -30,3 +30,9 @@ def unwrap(exc: ray.exceptions.RayError) -> Exception:
     """A pipeline error raised inside a worker comes back as that error, not as a RayTaskError."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, EmbedpipeError) else exc
+
+
+def shutdown_ray() -> None:
+    """Stop this process's Ray connection (and a local cluster it started), flushing worker logs."""
+    if ray.is_initialized():
+        ray.shutdown()

@@ -13,6 +13,7 @@ import ray
 from ray.util.actor_pool import ActorPool
 
 from operators.cluster import ensure_ray, unwrap
+from operators.faults import maybe_exit_driver, maybe_kill_actor
 from pipeline.config import ModelConfig
 from pipeline.encoder import load_encoder
 from pipeline.shards import ShardResult, embed_shard
@@ -26,7 +27,7 @@ class EmbedActor:
         self.encoder = load_encoder(ModelConfig(**model), threads=threads)
 
     def embed(self, run_id: str, shard: int) -> ShardResult:
-        return embed_shard(self.storage, run_id, shard, self.encoder)
+        return embed_shard(self.storage, run_id, shard, self.encoder, after_encode=maybe_kill_actor)
 
 
 def embed_shards(root: str, options: dict, run_id: str, shards: list[int], model: ModelConfig, actors: int,
@@ -40,8 +41,11 @@ def embed_shards(root: str, options: dict, run_id: str, shards: list[int], model
     pool_size = min(actors, len(shards))
     handles = [EmbedActor.options(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
                .remote(root_url, options, model.model_dump(), threads) for _ in range(pool_size)]
+    results = []
     try:
-        results = list(ActorPool(handles).map_unordered(lambda a, s: a.embed.remote(run_id, s), shards))
+        for result in ActorPool(handles).map_unordered(lambda a, s: a.embed.remote(run_id, s), shards):
+            results.append(result)
+            maybe_exit_driver(len(results))
     except ray.exceptions.RayError as exc:
         raise unwrap(exc) from exc
     finally:

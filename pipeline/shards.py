@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,8 +72,10 @@ class ShardResult:
         return self.__dict__.copy()
 
 
-def embed_shard(storage: Storage, run_id: str, shard: int, encoder: Encoder) -> ShardResult:
-    """Embed one shard's chunks and commit it; idempotent (a committed shard is returned as skipped)."""
+def embed_shard(storage: Storage, run_id: str, shard: int, encoder: Encoder,
+                after_encode: Callable[[int], None] | None = None) -> ShardResult:
+    """Embed one shard's chunks and commit it; idempotent (a committed shard is returned as skipped).
+    `after_encode(shard)` runs between encoding and writing: the fault-injection point for tests."""
     import time
 
     marker_key = shard_key(run_id, shard, MARKER)
@@ -92,6 +95,8 @@ def embed_shard(storage: Storage, run_id: str, shard: int, encoder: Encoder) -> 
     missing = [i for i, h in enumerate(hashes) if h not in known]
     texts = [chunks["text"][i] for i in missing]
     fresh = encoder.encode(texts, kind="passage")
+    if after_encode:
+        after_encode(shard)
     cache.add(f"{run_id}-{shard:05d}", [hashes[i] for i in missing], fresh)
     vectors = np.empty((len(hashes), encoder.card.dims), dtype=np.float32)
     vectors[missing] = fresh

@@ -1,0 +1,34 @@
+"""Fault injection for tests, driven by environment variables (read where the fault fires):
+
+    EMBEDPIPE_FAULT_KILL_SHARD=<n>          an embedding actor dies mid-shard n (after encoding, before
+                                            writing), once: EMBEDPIPE_FAULT_ONCE=<path> records that it fired
+    EMBEDPIPE_FAULT_EXIT_AFTER_SHARDS=<n>   the driver exits after n shards are committed (between shards)
+
+Ray restarts the actor and retries the shard; a rerun of the run id resumes after a driver exit.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _fire_once() -> bool:
+    marker = os.environ.get("EMBEDPIPE_FAULT_ONCE")
+    if not marker:
+        return True
+    try:
+        Path(marker).touch(exist_ok=False)
+    except FileExistsError:
+        return False
+    return True
+
+
+def maybe_kill_actor(shard: int) -> None:
+    if os.environ.get("EMBEDPIPE_FAULT_KILL_SHARD") == str(shard) and _fire_once():
+        os._exit(17)  # as abrupt as a lost node: no cleanup, no exception
+
+
+def maybe_exit_driver(committed: int) -> None:
+    if os.environ.get("EMBEDPIPE_FAULT_EXIT_AFTER_SHARDS") == str(committed) and _fire_once():
+        os._exit(18)
