@@ -16,10 +16,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from operators.embedding import embed_shards
+from operators.index_build import parallel_ivfpq
 from pipeline.aliases import promote, read_alias
 from pipeline.config import PipelineConfig, load_config
 from pipeline.encoder import cached_encoder
 from pipeline.errors import GateRefused
+from pipeline.index_build import build_ivfpq
 from pipeline.manifest import build_manifest
 from pipeline.readers import golden_set_urls, read_qrels, read_queries
 from pipeline.search import Searcher
@@ -59,7 +61,9 @@ def embed_task(cfg: PipelineConfig, prepared: PreparedRun) -> dict[str, Any]:
 @_task(name="build indexes")
 def index_task(cfg: PipelineConfig, prepared: PreparedRun) -> tuple[BuiltIndexes, pl.DataFrame]:
     embedded, vectors = load_vectors(cfg.storage_client(), prepared.run_id, prepared.shards)
-    return build_indexes(cfg, vectors), id_table(prepared, embedded)
+    parts = cfg.index.parallel_parts
+    builder = (lambda x, plan, seed: parallel_ivfpq(x, plan, seed, parts)) if parts > 1 else build_ivfpq
+    return build_indexes(cfg, vectors, builder), id_table(prepared, embedded)
 
 
 @_task(name="evaluate on golden queries")

@@ -101,6 +101,8 @@ class IndexConfig(_Strict):
     rescore_factor: Annotated[int, Field(ge=1)] = Field(
         10, description="rescoring re-ranks the top k x rescore_factor candidates with stored fp16 vectors")
     store_fp16: bool = Field(True, description="store fp16 vectors in the snapshot, for rescoring")
+    parallel_parts: Annotated[int, Field(ge=1)] = Field(
+        1, description="IVF-PQ: train once, then add the vectors in this many parallel Ray tasks and merge")
 
     @model_validator(mode="after")
     def _unique(self) -> IndexConfig:

@@ -27,7 +27,8 @@ def build_exact(vectors: np.ndarray) -> faiss.Index:
     return index
 
 
-def build_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int) -> faiss.Index:
+def train_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int) -> faiss.Index:
+    """The trained, empty IVF-PQ index: coarse quantizer and PQ codebooks from one seeded sample."""
     check_vectors(vectors)
     n, dims = vectors.shape
     index = faiss.index_factory(dims, plan.factory, faiss.METRIC_INNER_PRODUCT)
@@ -37,8 +38,30 @@ def build_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int) -> faiss.Index:
     pq.cp.min_points_per_centroid = 1  # the plan keeps >= 10 points per PQ centroid; don't warn below 39
     sample = np.random.default_rng(seed).choice(n, size=plan.train_points, replace=False)
     index.train(vectors[np.sort(sample)])
-    index.add(vectors)
     ivf.nprobe = plan.nprobe
+    return index
+
+
+def add_part(trained: bytes, vectors: np.ndarray, first_row: int) -> bytes:
+    """An empty copy of the trained index holding rows first_row.. of the corpus (a parallel build's part)."""
+    part = from_bytes(trained)
+    part.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
+                      np.arange(first_row, first_row + len(vectors), dtype=np.int64))
+    return to_bytes(part)
+
+
+def merge_parts(trained: bytes, parts: list[bytes]) -> faiss.Index:
+    """Move every part's inverted lists into one index; merging parts in row order reproduces the serial add."""
+    index = from_bytes(trained)
+    for data in parts:
+        part = from_bytes(data)  # keep a reference: FAISS views do not keep their owner alive
+        index.merge_from(part, 0)  # 0: keep the parts' row ids
+    return index
+
+
+def build_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int) -> faiss.Index:
+    index = train_ivfpq(vectors, plan, seed)
+    index.add(vectors)
     return index
 
 

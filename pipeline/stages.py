@@ -15,13 +15,13 @@ from pipeline.chunking import Chunker
 from pipeline.config import PipelineConfig
 from pipeline.encoder import tokenizer_for
 from pipeline.errors import InputError
-from pipeline.index_build import to_bytes
+from pipeline.index_build import build_ivfpq, to_bytes
 from pipeline.manifest import corpus_fingerprint
 from pipeline.readers import corpus_url, golden_set_urls, read_corpus, require_exists
 from pipeline.sharding import assign_shards
 from pipeline.shards import write_parquet, write_shard_inputs
 from pipeline.storage import Storage, redact
-from pipeline.variants import build_variants
+from pipeline.variants import IvfPqBuilder, build_variants
 
 RESCORE_FILE = "vectors.f16.npy"
 
@@ -79,9 +79,9 @@ class BuiltIndexes:
     fp16: np.ndarray | None  # the rescoring store
 
 
-def build_indexes(cfg: PipelineConfig, vectors: np.ndarray) -> BuiltIndexes:
+def build_indexes(cfg: PipelineConfig, vectors: np.ndarray, ivfpq_builder: IvfPqBuilder = build_ivfpq) -> BuiltIndexes:
     """Every configured variant over the same vectors, their parameters, and the fp16 rescoring store."""
-    indexes, variants = build_variants(cfg.index, vectors, cfg.run.seed)
+    indexes, variants = build_variants(cfg.index, vectors, cfg.run.seed, ivfpq_builder)
     fp16 = vectors.astype(np.float16) if cfg.index.store_fp16 else None
     params = {"metric": "inner_product", "variants": variants,
               "rescore": {"file": RESCORE_FILE, "dtype": "float16", "factor": cfg.index.rescore_factor}

@@ -16,6 +16,7 @@ seeded sample, so a config and seed always give the same index.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import faiss
@@ -24,7 +25,7 @@ import numpy as np
 from pipeline.config import VARIANT_PATTERN, IndexConfig
 from pipeline.errors import IndexBuildError
 from pipeline.index_build import build_exact, build_ivfpq, check_vectors
-from pipeline.index_plan import plan_ivf, plan_ivfpq
+from pipeline.index_plan import IvfPqPlan, plan_ivf, plan_ivfpq
 from pipeline.representations import Int8Ranges, matryoshka, pack_signs
 
 KINDS = ("exact", "fp16", "ivfpq", "int8", "int8-ivf", "binary", "binary-ivf")
@@ -59,8 +60,13 @@ def _sample(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
-def build_variant(spec: VariantSpec, vectors: np.ndarray, cfg: IndexConfig, seed: int) -> tuple[object, dict]:
-    """The FAISS index of one variant and the parameters a reader needs (recorded in the manifest)."""
+IvfPqBuilder = Callable[[np.ndarray, IvfPqPlan, int], faiss.Index]
+
+
+def build_variant(spec: VariantSpec, vectors: np.ndarray, cfg: IndexConfig, seed: int,
+                  ivfpq_builder: IvfPqBuilder = build_ivfpq) -> tuple[object, dict]:
+    """The FAISS index of one variant and the parameters a reader needs (recorded in the manifest).
+    `ivfpq_builder` lets an engine build IVF-PQ in parallel (operators/index_build.py)."""
     check_vectors(vectors)
     x = matryoshka(vectors, spec.dims)
     n, d = x.shape
@@ -76,7 +82,7 @@ def build_variant(spec: VariantSpec, vectors: np.ndarray, cfg: IndexConfig, seed
         params.update(factory="SQfp16", bytes_per_vector=2 * d)
     elif spec.kind == "ivfpq":
         plan = plan_ivfpq(n, d, cfg.ivf)
-        index = build_ivfpq(x, plan, seed)
+        index = ivfpq_builder(x, plan, seed)
         params.update(plan.to_dict(), seed=seed, bytes_per_vector=plan.code_bytes)
     elif spec.kind.startswith("int8"):
         factory = "SQ8" if spec.kind == "int8" else f"IVF{plan.nlist},SQ8"
@@ -108,9 +114,10 @@ def build_variant(spec: VariantSpec, vectors: np.ndarray, cfg: IndexConfig, seed
     return index, params
 
 
-def build_variants(cfg: IndexConfig, vectors: np.ndarray, seed: int) -> tuple[dict[str, object], dict]:
+def build_variants(cfg: IndexConfig, vectors: np.ndarray, seed: int,
+                   ivfpq_builder: IvfPqBuilder = build_ivfpq) -> tuple[dict[str, object], dict]:
     indexes, params = {}, {}
     for name in cfg.variants:
         spec = VariantSpec.parse(name)
-        indexes[spec.name], params[spec.name] = build_variant(spec, vectors, cfg, seed)
+        indexes[spec.name], params[spec.name] = build_variant(spec, vectors, cfg, seed, ivfpq_builder)
     return indexes, params

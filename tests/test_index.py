@@ -59,3 +59,29 @@ def test_bad_vectors_rejected():
         build_exact(np.full((3, 4), np.nan, dtype=np.float32))
     with pytest.raises(IndexBuildError, match="float32"):
         build_exact(np.zeros((3, 4), dtype=np.float64))
+
+
+def test_parallel_parts_merged_in_row_order_equal_the_serial_build():
+    from pipeline.index_build import add_part, merge_parts, train_ivfpq
+
+    x = clustered(6000)
+    plan = plan_ivfpq(len(x), 64, IvfConfig())
+    trained = to_bytes(train_ivfpq(x, plan, seed=0))
+    parts = [add_part(trained, x[s:s + 1700], s) for s in range(0, len(x), 1700)]  # uneven last part
+    assert to_bytes(merge_parts(trained, parts)) == to_bytes(build_ivfpq(x, plan, seed=0))
+
+
+def test_parallel_build_on_ray_equals_the_serial_build():
+    import ray
+
+    from operators.index_build import parallel_ivfpq
+
+    x = clustered(5000, seed=3)
+    plan = plan_ivfpq(len(x), 64, IvfConfig())
+    try:
+        merged = parallel_ivfpq(x, plan, seed=0, parts=3)
+    finally:
+        ray.shutdown()
+    serial = build_ivfpq(x, plan, seed=0)
+    assert to_bytes(merged) == to_bytes(serial)
+    assert np.array_equal(merged.search(x[:50], 10)[1], serial.search(x[:50], 10)[1])

@@ -42,6 +42,7 @@ def config_path(small_corpus, tmp_path_factory):
     cfg = {"index_name": "scifact-small", "corpus": {"source": str(folder / "corpus.jsonl")},
            "chunking": {"mode": "tokens", "max_tokens": 128, "overlap": 16},
            "evaluation": {"queries": str(folder / "queries.jsonl"), "qrels": str(folder / "qrels.tsv")},
+           "index": {"variants": ["exact", "ivfpq"], "parallel_parts": 2},  # IVF-PQ added by 2 Ray tasks
            "run": {"shards": 4, "actors": 2, "cpus_per_actor": 0.5}, "storage": {"root": str(root)}}
     path = tmp_path_factory.mktemp("cfg") / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
