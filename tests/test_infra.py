@@ -1,0 +1,66 @@
+"""infra/ files cannot be run here (no Docker engine, no Kubernetes): parse them and keep them consistent
+with the package's pins and config schema, so they do not rot."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+
+import yaml
+
+from pipeline.config import load_config
+from tests.conftest import REPO
+
+INFRA = REPO / "infra"
+PINS = dict(re.match(r"([A-Za-z0-9_.\-\[\],]+)==(.+)", d).groups()
+            for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+
+
+def pin(name: str) -> str:
+    return next(v for k, v in PINS.items() if k.split("[")[0] == name)
+
+
+def test_dockerfiles_install_the_pinned_releases():
+    for name in ("Dockerfile.cpu", "Dockerfile.cuda"):
+        text = (INFRA / "docker" / name).read_text()
+        assert f"torch=={pin('torch')}" in text and "pip install --no-cache-dir ." in text, name
+        for folder in ("pipeline", "operators", "flows", "configs"):
+            assert f"COPY {folder} ./{folder}" in text, (name, folder)
+    assert "python:3.11" in (INFRA / "docker" / "Dockerfile.cpu").read_text()
+    assert f"faiss-gpu-cu12=={pin('faiss-cpu')}" in (INFRA / "docker" / "Dockerfile.cuda").read_text()
+
+
+def test_kuberay_manifests_match_the_pinned_ray_and_request_gpus():
+    cluster = yaml.safe_load((INFRA / "kuberay" / "raycluster.yaml").read_text())
+    job = yaml.safe_load((INFRA / "kuberay" / "rayjob.yaml").read_text())
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    for spec in (cluster["spec"], job["spec"]["rayClusterSpec"]):
+        assert spec["rayVersion"] == pin("ray")
+        assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # the head does not embed
+        head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+        assert head["image"] == "embedpipe:cpu"
+        gpu = spec["workerGroupSpecs"][0]
+        worker = gpu["template"]["spec"]["containers"][0]
+        assert worker["image"] == "embedpipe:cuda" and gpu["rayStartParams"]["num-gpus"] == "1"
+        assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert all(c["envFrom"][0]["secretRef"]["name"] == "embedpipe-storage"  # credentials from a Secret
+                   for c in (head, worker))
+
+
+def test_rayjob_entrypoint_is_a_valid_embedpipe_run():
+    job = yaml.safe_load((INFRA / "kuberay" / "rayjob.yaml").read_text())
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:2] == ["embedpipe", "run"]
+    sets = dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "--set")
+    cfg = load_config(REPO / argv[2], {k: yaml.safe_load(v) for k, v in sets.items()})
+    assert cfg.run.gpus_per_actor == 1 and cfg.storage.root.startswith("s3://")
+
+
+def test_cluster_launcher_has_a_cpu_head_and_a_gpu_worker_group():
+    cfg = yaml.safe_load((INFRA / "ray" / "cluster.yaml").read_text())
+    nodes = cfg["available_node_types"]
+    assert cfg["head_node_type"] in nodes and nodes[cfg["head_node_type"]]["resources"]["CPU"] == 0
+    assert any(n["resources"].get("GPU", 0) >= 1 for n in nodes.values())
+    assert cfg["docker"]["worker_image"] == "embedpipe:cuda"
