@@ -1,0 +1,118 @@
+"""Embedding throughput of the pipeline's actor path against two baselines, same texts, model and CPUs.
+
+    (a) sentence_transformers.SentenceTransformer.encode in one process (model load included)
+    (b) what a user would otherwise write: Ray Data map_batches over an actor pool of SentenceTransformer
+        actors (2 actors x 0.5 CPU, so read tasks keep a CPU; actor start and model load included)
+    (c) embedpipe: operators.embed_shards (2 actors x 1 CPU, torch threads = CPUs, token-budget batches,
+        per-shard commit; actor start and model load included)
+plus embedpipe's encoder in-process, for reference. Checks that (c) and (a) give the same vectors
+(max abs difference <= 1e-5). Writes benchmarks/out/embedding_throughput.{json,md}.
+
+Usage: .venv/bin/python benchmarks/embedding_throughput.py [--texts 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path(__file__).parent / "out"
+SCIFACT = Path(__file__).parents[2] / "shared" / "data" / "beir" / "scifact" / "corpus.jsonl.gz"
+
+
+class STActor:
+    """The baseline's actor: what the Ray Data docs suggest for batch inference."""
+
+    def __init__(self, folder: str) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(folder, device="cpu")
+
+    def __call__(self, batch: dict) -> dict:
+        return {"id": batch["id"], "vector": self.model.encode(list(batch["text"]), batch_size=32)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--texts", type=int, default=600)
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import polars as pl
+    import ray
+
+    from operators.cluster import ensure_ray
+    from operators.embedding import embed_shards
+    from pipeline.config import ModelConfig
+    from pipeline.encoder import load_encoder
+    from pipeline.models import resolve_model_dir
+    from pipeline.shards import load_vectors, write_shard_inputs
+    from pipeline.storage import Storage
+
+    with gzip.open(SCIFACT, "rt", encoding="utf-8") as fh:
+        docs = [json.loads(line) for _, line in zip(range(args.texts), fh, strict=False)]
+    texts = [f"{d['title']} {d['text']}" for d in docs]
+    model_cfg = ModelConfig()
+    folder = str(resolve_model_dir(model_cfg))
+    results = {}
+
+    start = time.perf_counter()
+    from sentence_transformers import SentenceTransformer
+
+    st_vectors = SentenceTransformer(folder, device="cpu").encode(texts, batch_size=32)
+    results["a_sentence_transformers_encode"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    ours_inprocess = load_encoder(model_cfg).encode(texts)
+    results["embedpipe_encoder_in_process"] = time.perf_counter() - start
+
+    ensure_ray()
+    ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(texts)])
+    start = time.perf_counter()
+    rows = ds.map_batches(STActor, fn_constructor_args=(folder,), batch_size=32, num_cpus=0.5,
+                          compute=ray.data.ActorPoolStrategy(size=2)).take_all()
+    results["b_ray_data_map_batches_st_actors"] = time.perf_counter() - start
+    assert len(rows) == len(texts)
+
+    with tempfile.TemporaryDirectory() as root:
+        storage = Storage(root)
+        chunks = pl.DataFrame({"chunk_id": [f"d{i:05d}#0" for i in range(len(texts))], "text": texts,
+                               "chunk_hash": [f"h{i}" for i in range(len(texts))], "shard": [i % 8 for i in
+                                                                                            range(len(texts))]})
+        shards = write_shard_inputs(storage, "bench", chunks)
+        start = time.perf_counter()
+        embed_shards(root, {}, "bench", shards, model_cfg, actors=2, cpus_per_actor=1.0)
+        results["c_embedpipe_actor_path"] = time.perf_counter() - start
+        _, ours = load_vectors(storage, "bench", shards)
+    ray.shutdown()
+
+    tokens = sum(len(x) for x in load_encoder(model_cfg).tokenizer(texts, truncation=True, max_length=256)["input_ids"])
+    diff = float(np.abs(ours - st_vectors).max())
+    rate = {k: round(len(texts) / v, 2) for k, v in results.items()}
+    report = {"texts": len(texts), "mean_tokens": round(tokens / len(texts), 1), "seconds": results,
+              "texts_per_s": rate, "max_abs_diff_vs_st": diff,
+              "ratio_c_over_a": round(rate["c_embedpipe_actor_path"] / rate["a_sentence_transformers_encode"], 3),
+              "ratio_c_over_b": round(rate["c_embedpipe_actor_path"] / rate["b_ray_data_map_batches_st_actors"], 3),
+              "in_process_max_abs_diff_vs_st": float(np.abs(ours_inprocess - st_vectors).max())}
+    OUT.mkdir(exist_ok=True)
+    (OUT / "embedding_throughput.json").write_text(json.dumps(report, indent=2))
+    md = "\n".join([
+        f"# Embedding throughput: {len(texts)} SciFact abstracts ({report['mean_tokens']} tokens on average), "
+        "all-MiniLM-L6-v2, 2 CPUs", "", "| path | seconds | texts/s |", "|---|---|---|",
+        *[f"| {k} | {v:.1f} | {rate[k]} |" for k, v in results.items()], "",
+        f"embedpipe actor path / ST encode: **{report['ratio_c_over_a']}x** (target >= 1.2x on CPU); "
+        f"/ Ray Data + ST actors: **{report['ratio_c_over_b']}x** (target >= 1.3x). "
+        f"Max abs difference of the vectors vs ST: {diff:.2e}.", ""])
+    (OUT / "embedding_throughput.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
