@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Create or reuse .venv and install the pinned dependencies. torch goes first with plain pip so the CPU
-# wheel on this machine is used (any other route pulls a multi-GB CUDA build; see ENVIRONMENT.md).
+# wheel on this machine is used (any other route pulls a multi-GB CUDA build; see ENVIRONMENT.md); the
+# rest goes through uv, which keeps the installed torch (it satisfies the pin) and takes ~40 s where pip
+# takes ~3.5 minutes to resolve the same set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+UV_VERSION=0.13.9
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-.venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -m pip install -q "torch==2.13.0" "uv==$UV_VERSION"
+.venv/bin/python -m uv pip install -q --python .venv/bin/python -e ".[dev]"
 touch .venv/.installed
 echo "bootstrap: .venv ready ($(.venv/bin/python -c 'import torch, faiss, ray, prefect; print("torch", torch.__version__, "faiss", faiss.__version__, "ray", ray.__version__, "prefect", prefect.__version__)'))"
