@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from pipeline.shards import read_parquet, write_parquet
 from pipeline.storage import Storage
+from pipeline.tables import read_parquet, write_parquet
 
 
 class EmbeddingCache:

@@ -9,7 +9,6 @@ A rerun of the same run id skips shards whose marker exists, so a crash costs on
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,9 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from pipeline.embedding_cache import EmbeddingCache
 from pipeline.encoder import Encoder
 from pipeline.errors import SnapshotError
 from pipeline.storage import Storage
+from pipeline.tables import read_parquet, write_parquet
 
 MARKER = "_SUCCESS"
 MODEL_CARD_KEY = "embedpipe.model_card"
@@ -27,20 +28,6 @@ MODEL_CARD_KEY = "embedpipe.model_card"
 
 def shard_key(run_id: str, shard: int, name: str = "") -> str:
     return f"runs/{run_id}/shards/{shard:05d}/{name}".rstrip("/")
-
-
-def _parquet_bytes(df: pl.DataFrame, metadata: dict[str, str] | None = None) -> bytes:
-    buf = io.BytesIO()
-    df.write_parquet(buf, compression="zstd", statistics=False, metadata=metadata)
-    return buf.getvalue()
-
-
-def read_parquet(storage: Storage, key: str) -> pl.DataFrame:
-    return pl.read_parquet(io.BytesIO(storage.read_bytes(key)))
-
-
-def write_parquet(storage: Storage, key: str, df: pl.DataFrame, metadata: dict[str, str] | None = None) -> None:
-    storage.write_bytes(key, _parquet_bytes(df, metadata))
 
 
 def is_committed(storage: Storage, run_id: str, shard: int) -> bool:
@@ -85,8 +72,6 @@ def embed_shard(storage: Storage, run_id: str, shard: int, encoder: Encoder,
             raise SnapshotError(f"run {run_id} shard {shard} was embedded with model {done['model_fingerprint']}, "
                                 f"not {encoder.card.fingerprint}; start a new run id for a different model")
         return ShardResult(shard, done["chunks"], done["tokens"], done["seconds"], skipped=True)
-    from pipeline.embedding_cache import EmbeddingCache  # it builds on this module's parquet helpers
-
     start = time.perf_counter()
     chunks = read_parquet(storage, shard_key(run_id, shard, "chunks.parquet"))
     hashes = chunks["chunk_hash"].to_list()

@@ -19,8 +19,9 @@ from pipeline.index_build import build_ivfpq, to_bytes
 from pipeline.manifest import corpus_fingerprint
 from pipeline.readers import corpus_url, golden_set_urls, read_corpus, require_exists
 from pipeline.sharding import assign_shards
-from pipeline.shards import write_parquet, write_shard_inputs
+from pipeline.shards import write_shard_inputs
 from pipeline.storage import Storage, redact
+from pipeline.tables import parquet_bytes, write_parquet
 from pipeline.variants import IvfPqBuilder, build_variants
 
 RESCORE_FILE = "vectors.f16.npy"
@@ -98,9 +99,7 @@ def id_table(prepared: PreparedRun, embedded: pl.DataFrame) -> pl.DataFrame:
 
 
 def snapshot_files(built: BuiltIndexes, ids: pl.DataFrame) -> dict[str, bytes]:
-    buf = io.BytesIO()
-    ids.write_parquet(buf, compression="zstd")
-    files = {"ids.parquet": buf.getvalue()}
+    files = {"ids.parquet": parquet_bytes(ids)}
     files |= {built.params["variants"][name]["file"]: to_bytes(ix) for name, ix in built.indexes.items()}
     if built.fp16 is not None:
         buf = io.BytesIO()
