@@ -55,7 +55,8 @@ def embed_task(cfg: PipelineConfig, prepared: PreparedRun) -> dict[str, Any]:
     return {"shards_embedded": len(fresh), "shards_skipped": len(results) - len(fresh),
             "tokens": sum(r.tokens for r in results), "vectors": sum(r.chunks for r in results),
             "embedded": sum(r.embedded for r in fresh), "reused_from_cache": sum(r.cached for r in fresh),
-            "encode_seconds": round(sum(r.seconds for r in fresh), 2)}
+            "encode_seconds": round(sum(r.seconds for r in fresh), 2),
+            "worker_peak_rss_mb": max((r.peak_rss_mb for r in fresh), default=0.0)}
 
 
 @_task(name="build indexes")
@@ -63,7 +64,7 @@ def index_task(cfg: PipelineConfig, prepared: PreparedRun) -> tuple[BuiltIndexes
     embedded, vectors = load_vectors(cfg.storage_client(), prepared.run_id, prepared.shards)
     parts = cfg.index.parallel_parts
     builder = (lambda x, plan, seed: parallel_ivfpq(x, plan, seed, parts)) if parts > 1 else build_ivfpq
-    return build_indexes(cfg, vectors, builder), id_table(prepared, embedded)
+    return build_indexes(cfg, vectors, builder), id_table(embedded)
 
 
 @_task(name="evaluate on golden queries")

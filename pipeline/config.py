@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
 
@@ -48,6 +48,17 @@ class ChunkingConfig(_Strict):
         return self
 
 
+class BatchTokens(_Strict):
+    """Padded tokens per forward pass (texts x longest text), per device. On CPU small batches stay in
+    cache: 4096 ran ~20% faster per core than 8192 for MiniLM (docs/BENCHMARKS.md); GPUs want big ones."""
+
+    cpu: Annotated[int, Field(gt=0)] = 4096
+    cuda: Annotated[int, Field(gt=0)] = 65536
+
+    def for_device(self, device: str) -> int:
+        return self.cuda if device.startswith("cuda") else self.cpu
+
+
 class ModelConfig(_Strict):
     """A model loaded offline: a transformers folder (`path`) or an installed PyPI package (`package`).
 
@@ -65,8 +76,13 @@ class ModelConfig(_Strict):
     query_prefix: str = ""
     passage_prefix: str = ""
     batch_size: Annotated[int, Field(gt=0)] = 64
-    batch_tokens: Annotated[int, Field(gt=0)] = Field(
-        8192, description="padded tokens per forward pass (texts x longest): size it to the device's memory")
+    batch_tokens: BatchTokens = Field(default_factory=BatchTokens,
+                                      description="one number for every device, or {cpu: N, cuda: M}")
+
+    @field_validator("batch_tokens", mode="before")
+    @classmethod
+    def _same_for_every_device(cls, value: object) -> object:
+        return {"cpu": value, "cuda": value} if isinstance(value, int) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -126,6 +142,9 @@ class RunConfig(_Strict):
     gpus_per_actor: Annotated[float, Field(ge=0)] = 0.0
     seed: int = 0
     run_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] | None = None
+    # Records read, chunked and written per step: the driver holds one batch of text at a time, and each
+    # shard's input arrives as one part per batch, which the embedding actors process part by part.
+    read_batch: Annotated[int, Field(gt=0)] = 10_000
 
 
 class StorageConfig(_Strict):

@@ -1,11 +1,11 @@
 """Vectors by (model fingerprint, chunk hash), shared by every run of that model: a chunk whose text,
 chunker parameters and model did not change is never embedded again.
 
-    cache/embeddings/<model_fingerprint>/<run_id>-<shard>.parquet    chunk_hash, vector
+    cache/embeddings/<model_fingerprint>/<run_id>-<shard>-<part>.parquet    chunk_hash, vector
 
-Each embedding call adds one file (written before its shard's marker), so entries are immutable and
-concurrent runs never write the same object. A lookup reads the model's files and keeps the hashes it
-needs; partitioning by hash prefix is the step to take when a model's cache grows past memory.
+Each embedded part adds one file (written before its shard's marker), so entries are immutable and
+concurrent runs never write the same object. A lookup reads the model's files one at a time and keeps the
+rows it needs; its I/O grows with the cache (docs/STATUS.md: the index a very large cache will want).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class EmbeddingCache:
         for name in self.storage.list(self.prefix):
             if not name.endswith(".parquet") or len(found) == len(wanted):
                 continue
+            # One file is one embedded part (<= run.read_batch chunks), so memory stays bounded.
             part = read_parquet(self.storage, f"{self.prefix}/{name}").filter(pl.col("chunk_hash").is_in(wanted))
             found.update(zip(part["chunk_hash"].to_list(), part["vector"].to_numpy(), strict=True))
         return found

@@ -20,6 +20,7 @@ from pipeline.models import ModelCard
 class Encoder(Protocol):
     card: ModelCard
     tokenizer: object  # a transformers fast tokenizer: chunking and token counts use it
+    tokens_encoded: int  # tokens sent through the model so far (after truncation)
 
     def encode(self, texts: list[str], kind: Literal["query", "passage"] = "passage") -> np.ndarray:
         """float32 vectors (len(texts) x card.dims), in the order of `texts`."""

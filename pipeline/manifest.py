@@ -24,12 +24,20 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def corpus_fingerprint(docs: pl.DataFrame) -> str:
-    """sha256 over the accepted documents in id order: equal fingerprints mean equal content."""
-    h = hashlib.sha256()
-    for doc_id, title, text in docs.sort("doc_id").select("doc_id", "title", "text").iter_rows():
-        h.update(f"{doc_id}\x00{title}\x00{text}\x01".encode())
-    return h.hexdigest()
+class CorpusFingerprint:
+    """Order-independent digest of the accepted documents, fed batch by batch: the sum mod 2^256 of each
+    document's sha256 (a multiset hash), so equal fingerprints mean equal content however it was read."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def update(self, docs: pl.DataFrame) -> None:
+        for doc_id, title, text in docs.select("doc_id", "title", "text").iter_rows():
+            digest = hashlib.sha256(f"{doc_id}\x00{title}\x00{text}".encode()).digest()
+            self.total = (self.total + int.from_bytes(digest, "big")) % (1 << 256)
+
+    def hexdigest(self) -> str:
+        return f"{self.total:064x}"
 
 
 def _redacted(value):

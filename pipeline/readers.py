@@ -81,9 +81,17 @@ class _Collector:
         self.docs["title"].append(title)
         self.docs["text"].append(text)
 
-    def result(self) -> ReadResult:
-        return ReadResult(pl.DataFrame(self.docs, schema=DOC_SCHEMA),
-                          pl.DataFrame(self.bad, schema=QUARANTINE_SCHEMA))
+    @property
+    def pending(self) -> int:
+        return len(self.docs["doc_id"]) + len(self.bad["reason"])
+
+    def flush(self) -> ReadResult:
+        """The records collected since the last flush; ids seen so far are kept for duplicate checks."""
+        result = ReadResult(pl.DataFrame(self.docs, schema=DOC_SCHEMA),
+                            pl.DataFrame(self.bad, schema=QUARANTINE_SCHEMA))
+        self.docs = {k: [] for k in self.docs}
+        self.bad = {k: [] for k in self.bad}
+        return result
 
 
 def _open(url: str, mode: str = "rb"):
@@ -189,7 +197,9 @@ def corpus_url(cfg: CorpusConfig) -> str:
     return _beir_file(cfg.source, "corpus.jsonl", "corpus.jsonl.gz") if fmt == "beir" else cfg.source
 
 
-def read_corpus(cfg: CorpusConfig) -> ReadResult:
+def iter_corpus(cfg: CorpusConfig, batch_records: int = 10_000) -> Iterator[ReadResult]:
+    """The corpus in batches of about `batch_records` records (at least one batch, maybe empty), so no
+    stage holds it whole; a duplicate is caught whichever batch its first occurrence was in."""
     url = corpus_url(cfg)
     records: Iterable = _parquet_records(url, cfg) if corpus_format(cfg) == "parquet" else _jsonl_records(url)
     collector = _Collector(cfg, url)
@@ -198,7 +208,15 @@ def read_corpus(cfg: CorpusConfig) -> ReadResult:
             collector.reject(position, error, raw)
         else:
             collector.add(position, record, raw)
-    return collector.result()
+        if collector.pending >= batch_records:
+            yield collector.flush()
+    yield collector.flush()
+
+
+def read_corpus(cfg: CorpusConfig) -> ReadResult:
+    """The whole corpus in memory: for small corpora and tests; the pipeline streams with iter_corpus."""
+    batches = list(iter_corpus(cfg))
+    return ReadResult(pl.concat([b.docs for b in batches]), pl.concat([b.quarantine for b in batches]))
 
 
 def read_queries(url: str) -> dict[str, str]:

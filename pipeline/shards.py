@@ -1,15 +1,19 @@
-"""Shards as units of work: inputs written per shard, outputs committed by a marker written last.
+"""Shards as units of work: inputs written per shard in parts, outputs committed by a marker written last.
 
-    runs/<run_id>/shards/<shard>/chunks.parquet    what to embed (chunk ids, hashes, text)
-    runs/<run_id>/shards/<shard>/vectors.parquet   chunk_id, chunk_hash, vector
-    runs/<run_id>/shards/<shard>/_SUCCESS          JSON counts + model fingerprint; its existence = done
+    runs/<run_id>/shards/<shard>/chunks/<part>.parquet    what to embed: chunk metadata and text
+    runs/<run_id>/shards/<shard>/vectors/<part>.parquet   the same rows without text, plus the vector
+    runs/<run_id>/shards/<shard>/_SUCCESS                 JSON counts + model fingerprint; its existence = done
 
-A rerun of the same run id skips shards whose marker exists, so a crash costs only unfinished shards.
+A part holds one read batch's chunks of the shard, so a worker's memory is bounded by the batch size, not
+by the shard's (which grows with the corpus). A rerun of the same run id skips shards whose marker
+exists, so a crash costs only unfinished shards; redoing a shard rewrites the same keys (idempotent).
 """
 
 from __future__ import annotations
 
 import json
+import resource
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +28,7 @@ from pipeline.tables import read_parquet, write_parquet
 
 MARKER = "_SUCCESS"
 MODEL_CARD_KEY = "embedpipe.model_card"
+INPUT_COLUMNS = ["chunk_id", "doc_id", "chunk_index", "start", "end", "n_tokens", "chunk_hash", "title"]
 
 
 def shard_key(run_id: str, shard: int, name: str = "") -> str:
@@ -34,15 +39,23 @@ def is_committed(storage: Storage, run_id: str, shard: int) -> bool:
     return storage.exists(shard_key(run_id, shard, MARKER))
 
 
-def write_shard_inputs(storage: Storage, run_id: str, chunks: pl.DataFrame) -> list[int]:
-    """Write each shard's chunks (a `shard` column says which); committed shards are left alone."""
-    shards = []
-    for (shard,), part in chunks.partition_by("shard", as_dict=True, maintain_order=True).items():
-        shards.append(int(shard))
+def clear_uncommitted_inputs(storage: Storage, run_id: str, shards: int) -> None:
+    """Before (re)writing a run's inputs: parts left by an earlier attempt must not be embedded twice."""
+    for shard in range(shards):
+        if not is_committed(storage, run_id, shard) and storage.exists(shard_key(run_id, shard, "chunks")):
+            storage.delete(shard_key(run_id, shard, "chunks"), recursive=True)
+
+
+def write_shard_inputs(storage: Storage, run_id: str, chunks: pl.DataFrame, part: int) -> set[int]:
+    """Write one batch's chunks (a `shard` column says whose) as part `part` of each shard it touches;
+    committed shards are left alone. Returns the shards touched."""
+    touched = set()
+    for (shard,), rows in chunks.partition_by("shard", as_dict=True, maintain_order=True).items():
+        touched.add(int(shard))
         if not is_committed(storage, run_id, int(shard)):
-            write_parquet(storage, shard_key(run_id, int(shard), "chunks.parquet"),
-                          part.select("chunk_id", "chunk_hash", "text"))
-    return sorted(shards)
+            write_parquet(storage, shard_key(run_id, int(shard), f"chunks/{part:05d}.parquet"),
+                          rows.select(*INPUT_COLUMNS, "text"))
+    return touched
 
 
 @dataclass(frozen=True)
@@ -54,17 +67,39 @@ class ShardResult:
     skipped: bool  # True when an earlier attempt had already committed it
     embedded: int = 0  # chunks sent through the model
     cached: int = 0  # chunks whose vectors came from the embedding cache
+    peak_rss_mb: float = 0.0  # the worker process's peak resident memory so far
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
 
 
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
+
+
+def _embed_part(storage: Storage, cache: EmbeddingCache, encoder: Encoder, chunks: pl.DataFrame,
+                cache_name: str) -> tuple[pl.DataFrame, int, int]:
+    """Vectors for one part: cached where the (model, chunk hash) was seen before, else encoded and cached."""
+    hashes = chunks["chunk_hash"].to_list()
+    known = cache.lookup(hashes)
+    missing = [i for i, h in enumerate(hashes) if h not in known]
+    fresh = encoder.encode([chunks["text"][i] for i in missing], kind="passage")
+    cache.add(cache_name, [hashes[i] for i in missing], fresh)
+    vectors = np.empty((len(hashes), encoder.card.dims), dtype=np.float32)
+    vectors[missing] = fresh
+    for i, h in enumerate(hashes):
+        if h in known:
+            vectors[i] = known[h]
+    out = chunks.select(INPUT_COLUMNS).with_columns(
+        pl.Series("vector", vectors, dtype=pl.Array(pl.Float32, encoder.card.dims)))
+    return out, len(missing), len(known)
+
+
 def embed_shard(storage: Storage, run_id: str, shard: int, encoder: Encoder,
                 after_encode: Callable[[int], None] | None = None) -> ShardResult:
-    """Embed one shard's chunks and commit it; idempotent (a committed shard is returned as skipped).
-    `after_encode(shard)` runs between encoding and writing: the fault-injection point for tests."""
-    import time
-
+    """Embed one shard part by part and commit it; idempotent (a committed shard is returned as skipped).
+    `after_encode(shard)` runs after the first part is encoded, before anything is committed: the
+    fault-injection point for tests."""
     marker_key = shard_key(run_id, shard, MARKER)
     if storage.exists(marker_key):
         done = json.loads(storage.read_bytes(marker_key))
@@ -72,43 +107,37 @@ def embed_shard(storage: Storage, run_id: str, shard: int, encoder: Encoder,
             raise SnapshotError(f"run {run_id} shard {shard} was embedded with model {done['model_fingerprint']}, "
                                 f"not {encoder.card.fingerprint}; start a new run id for a different model")
         return ShardResult(shard, done["chunks"], done["tokens"], done["seconds"], skipped=True)
-    start = time.perf_counter()
-    chunks = read_parquet(storage, shard_key(run_id, shard, "chunks.parquet"))
-    hashes = chunks["chunk_hash"].to_list()
+    start, tokens_before = time.perf_counter(), encoder.tokens_encoded
     cache = EmbeddingCache(storage, encoder.card.fingerprint)
-    known = cache.lookup(hashes)
-    missing = [i for i, h in enumerate(hashes) if h not in known]
-    texts = [chunks["text"][i] for i in missing]
-    fresh = encoder.encode(texts, kind="passage")
-    if after_encode:
-        after_encode(shard)
-    cache.add(f"{run_id}-{shard:05d}", [hashes[i] for i in missing], fresh)
-    vectors = np.empty((len(hashes), encoder.card.dims), dtype=np.float32)
-    vectors[missing] = fresh
-    for i, h in enumerate(hashes):
-        if h in known:
-            vectors[i] = known[h]
-    tokens = sum(len(x) for x in encoder.tokenizer(texts, truncation=True, max_length=encoder.card.max_tokens)
-                 ["input_ids"]) if texts else 0
-    out = chunks.select("chunk_id", "chunk_hash").with_columns(
-        pl.Series("vector", vectors, dtype=pl.Array(pl.Float32, encoder.card.dims)))
-    # The model card travels with the vectors, in the Parquet footer.
-    write_parquet(storage, shard_key(run_id, shard, "vectors.parquet"), out,
-                  {MODEL_CARD_KEY: json.dumps(encoder.card.to_dict(), sort_keys=True)})
-    seconds = round(time.perf_counter() - start, 3)
-    storage.write_bytes(marker_key, json.dumps({"chunks": len(hashes), "tokens": tokens, "seconds": seconds,
-                                                "embedded": len(missing), "cached": len(known),
+    card = json.dumps(encoder.card.to_dict(), sort_keys=True)
+    parts = sorted(storage.list(shard_key(run_id, shard, "chunks")))
+    if not parts:
+        raise SnapshotError(f"run {run_id} shard {shard} has no input parts under {shard_key(run_id, shard, 'chunks')}")
+    chunks = embedded = cached = 0
+    for name in parts:
+        part = read_parquet(storage, shard_key(run_id, shard, f"chunks/{name}"))
+        out, fresh, hits = _embed_part(storage, cache, encoder, part, f"{run_id}-{shard:05d}-{name.split('.')[0]}")
+        if after_encode and name == parts[0]:
+            after_encode(shard)
+        # The model card travels with the vectors, in the Parquet footer.
+        write_parquet(storage, shard_key(run_id, shard, f"vectors/{name}"), out, {MODEL_CARD_KEY: card})
+        chunks, embedded, cached = chunks + part.height, embedded + fresh, cached + hits
+    tokens, seconds = encoder.tokens_encoded - tokens_before, round(time.perf_counter() - start, 3)
+    storage.write_bytes(marker_key, json.dumps({"chunks": chunks, "tokens": tokens, "seconds": seconds,
+                                                "embedded": embedded, "cached": cached, "parts": parts,
                                                 "model_fingerprint": encoder.card.fingerprint}).encode())
-    return ShardResult(shard, len(hashes), tokens, seconds, skipped=False, embedded=len(missing), cached=len(known))
+    return ShardResult(shard, chunks, tokens, seconds, skipped=False, embedded=embedded, cached=cached,
+                       peak_rss_mb=_peak_rss_mb())
 
 
 def load_vectors(storage: Storage, run_id: str, shards: list[int]) -> tuple[pl.DataFrame, np.ndarray]:
-    """All committed shards' (chunk_id, chunk_hash) and vectors, in chunk-id order (independent of sharding)."""
-    parts = []
+    """Every committed shard's chunk metadata and vectors, in chunk-id order (independent of sharding)."""
+    frames = []
     for shard in shards:
         if not is_committed(storage, run_id, shard):
             raise SnapshotError(f"run {run_id} shard {shard} has no {MARKER} marker; it was not embedded")
-        parts.append(read_parquet(storage, shard_key(run_id, shard, "vectors.parquet")))
-    table = pl.concat(parts).sort("chunk_id")
+        done = json.loads(storage.read_bytes(shard_key(run_id, shard, MARKER)))
+        frames += [read_parquet(storage, shard_key(run_id, shard, f"vectors/{name}")) for name in done["parts"]]
+    table = pl.concat(frames).sort("chunk_id")
     vectors = np.ascontiguousarray(table["vector"].to_numpy(), dtype=np.float32)
     return table.drop("vector"), vectors

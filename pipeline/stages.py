@@ -16,10 +16,10 @@ from pipeline.config import PipelineConfig
 from pipeline.encoder import tokenizer_for
 from pipeline.errors import InputError
 from pipeline.index_build import build_ivfpq, to_bytes
-from pipeline.manifest import corpus_fingerprint
-from pipeline.readers import corpus_url, golden_set_urls, read_corpus, require_exists
+from pipeline.manifest import CorpusFingerprint
+from pipeline.readers import corpus_url, golden_set_urls, iter_corpus, require_exists
 from pipeline.sharding import assign_shards
-from pipeline.shards import write_shard_inputs
+from pipeline.shards import INPUT_COLUMNS, clear_uncommitted_inputs, write_shard_inputs
 from pipeline.storage import Storage, redact
 from pipeline.tables import parquet_bytes, write_parquet
 from pipeline.variants import IvfPqBuilder, build_variants
@@ -31,8 +31,6 @@ RESCORE_FILE = "vectors.f16.npy"
 class PreparedRun:
     run_id: str
     shards: list[int]
-    chunks: pl.DataFrame  # chunk metadata (no text): chunk_id, doc_id, chunk_index, start, end, n_tokens, shard
-    titles: pl.DataFrame  # doc_id, title
     counts: dict[str, int]
     corpus: dict[str, str]
     chunking: dict
@@ -53,24 +51,35 @@ def make_chunker(cfg: PipelineConfig) -> Chunker:
 
 
 def prepare(cfg: PipelineConfig, storage: Storage, run_id: str) -> PreparedRun:
-    """Read and validate the corpus, quarantine bad records, shard and chunk, and write each shard's inputs."""
-    read = read_corpus(cfg.corpus)
-    quarantine_key = f"runs/{run_id}/quarantine.parquet"
-    write_parquet(storage, quarantine_key, read.quarantine)
-    if read.docs.is_empty():
-        raise InputError(f"corpus {redact(cfg.corpus.source)}: no document accepted ({read.counts['read']} read, "
-                         f"{read.counts['quarantined']} quarantined; reasons in {storage.url_of(quarantine_key)})")
+    """Read and validate the corpus batch by batch, quarantine bad records, shard and chunk each batch, and
+    write it as one input part per shard: no more than one batch of text is in memory at a time."""
     chunker = make_chunker(cfg)
-    docs = assign_shards(read.docs, cfg.run.shards)
-    chunks = chunker.chunk(docs).join(docs.select("doc_id", "shard"), on="doc_id", how="left", maintain_order="left")
-    shards = write_shard_inputs(storage, run_id, chunks)
-    per_doc = chunks.group_by("doc_id").len()["len"]
-    counts = {**read.counts, "chunks": chunks.height, "shards": len(shards),
-              "max_chunks_per_doc": int(per_doc.max() or 0), "truncated_chunks":
-              int((chunks["n_tokens"] > chunker.token_budget()).sum())}
-    corpus = {"source": redact(corpus_url(cfg.corpus)), "fingerprint": corpus_fingerprint(read.docs)}
-    return PreparedRun(run_id, shards, chunks.drop("text"), read.docs.select("doc_id", "title"), counts, corpus,
-                       chunker.params)
+    clear_uncommitted_inputs(storage, run_id, cfg.run.shards)
+    fingerprint, quarantine, shards = CorpusFingerprint(), [], set()
+    counts = dict.fromkeys(["read", "accepted", "quarantined", "chunks", "max_chunks_per_doc", "truncated_chunks"], 0)
+    for part, batch in enumerate(iter_corpus(cfg.corpus, cfg.run.read_batch)):
+        quarantine.append(batch.quarantine)  # rejects keep <= 500 chars of their record each
+        for key, value in batch.counts.items():
+            counts[key] += value
+        if batch.docs.is_empty():
+            continue
+        fingerprint.update(batch.docs)
+        docs = assign_shards(batch.docs, cfg.run.shards)
+        chunks = chunker.chunk(docs).join(docs.select("doc_id", "title", "shard"), on="doc_id", how="left",
+                                          maintain_order="left")
+        shards |= write_shard_inputs(storage, run_id, chunks, part)
+        counts["chunks"] += chunks.height
+        per_doc = int(chunks.group_by("doc_id").len()["len"].max())  # a document never spans two batches
+        counts["max_chunks_per_doc"] = max(counts["max_chunks_per_doc"], per_doc)
+        counts["truncated_chunks"] += int((chunks["n_tokens"] > chunker.token_budget()).sum())
+    quarantine_key = f"runs/{run_id}/quarantine.parquet"
+    write_parquet(storage, quarantine_key, pl.concat(quarantine))
+    if not counts["accepted"]:
+        raise InputError(f"corpus {redact(cfg.corpus.source)}: no document accepted ({counts['read']} read, "
+                         f"{counts['quarantined']} quarantined; reasons in {storage.url_of(quarantine_key)})")
+    counts["shards"] = len(shards)
+    corpus = {"source": redact(corpus_url(cfg.corpus)), "fingerprint": fingerprint.hexdigest()}
+    return PreparedRun(run_id, sorted(shards), counts, corpus, chunker.params)
 
 
 @dataclass(frozen=True)
@@ -90,12 +99,9 @@ def build_indexes(cfg: PipelineConfig, vectors: np.ndarray, ivfpq_builder: IvfPq
     return BuiltIndexes(indexes, params, fp16)
 
 
-def id_table(prepared: PreparedRun, embedded: pl.DataFrame) -> pl.DataFrame:
-    """FAISS row -> chunk and document, in the row order of `embedded` (chunk_id, chunk_hash)."""
-    return (embedded.with_row_index("row")
-            .join(prepared.chunks, on="chunk_id", how="left", maintain_order="left")
-            .join(prepared.titles, on="doc_id", how="left", maintain_order="left")
-            .select("row", "chunk_id", "doc_id", "chunk_index", "start", "end", "n_tokens", "chunk_hash", "title"))
+def id_table(embedded: pl.DataFrame) -> pl.DataFrame:
+    """FAISS row -> chunk and document, in the row order of `embedded` (load_vectors' metadata)."""
+    return embedded.with_row_index("row").select("row", *INPUT_COLUMNS)
 
 
 def snapshot_files(built: BuiltIndexes, ids: pl.DataFrame) -> dict[str, bytes]:

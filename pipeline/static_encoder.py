@@ -54,6 +54,7 @@ class WordLlamaEncoder:
             self.model = WordLlama.load(cache_dir=folder, disable_download=True)
         self.tokenizer, max_tokens = wordllama_tokenizer(cfg)
         self.batch_size = cfg.batch_size
+        self.tokens_encoded = 0  # running total, for throughput reports
         self.card = ModelCard(
             name=cfg.name, source={"package": "wordllama"}, dims=int(self.model.embedding.shape[1]),
             pooling="mean", normalize=cfg.normalize, max_tokens=max_tokens, query_prefix=cfg.query_prefix,
@@ -63,6 +64,7 @@ class WordLlamaEncoder:
         """Cut texts longer than max_tokens at that token's end (wordllama itself never truncates)."""
         limit = self.card.max_tokens
         ids = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        self.tokens_encoded += sum(min(len(x), limit) for x in ids)
         long = [i for i, x in enumerate(ids) if len(x) > limit]
         if not long:
             return texts

@@ -60,7 +60,8 @@ class TransformerEncoder:
         limit = model_max_tokens(self.folder, self.tokenizer.model_max_length)
         if cfg.max_tokens and cfg.max_tokens > limit:
             raise ModelError(f"model.max_tokens ({cfg.max_tokens}) exceeds what {cfg.name} supports ({limit})")
-        self.batch_size, self.batch_tokens = cfg.batch_size, cfg.batch_tokens
+        self.batch_size, self.batch_tokens = cfg.batch_size, cfg.batch_tokens.for_device(self.device)
+        self.tokens_encoded = 0  # running total, for throughput reports
         self.card = ModelCard(
             name=cfg.name,
             source={"path": str(self.folder)} if cfg.path else {"package": cfg.package},
@@ -81,6 +82,7 @@ class TransformerEncoder:
         if not texts:
             return out
         ids = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=self.card.max_tokens)["input_ids"]
+        self.tokens_encoded += sum(map(len, ids))
         for rows in token_budget_batches([len(x) for x in ids], self.batch_tokens, self.batch_size):
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
             batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -94,7 +96,6 @@ class TransformerEncoder:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
             out[rows] = pooled.float().cpu().numpy()
         return out
-
 
 
 def transformer_tokenizer(cfg: ModelConfig) -> tuple[object, int]:

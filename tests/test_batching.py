@@ -35,3 +35,12 @@ def test_encoder_output_is_in_input_order_whatever_the_budget(encoder, sample_do
     small = TransformerEncoder.__new__(TransformerEncoder)
     small.__dict__.update(encoder.__dict__, batch_tokens=300)  # many small batches, same model
     assert np.abs(small.encode(texts) - reference).max() < 1e-5
+
+
+def test_encoder_counts_the_tokens_it_embeds(encoder, sample_docs):
+    texts = [d["title"] + " " + d["text"] for d in sample_docs[:5]]
+    expected = sum(len(x) for x in encoder.tokenizer(texts, truncation=True, max_length=encoder.card.max_tokens)
+                   ["input_ids"])
+    before = encoder.tokens_encoded
+    encoder.encode(texts)
+    assert encoder.tokens_encoded - before == expected

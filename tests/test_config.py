@@ -59,3 +59,12 @@ def test_unknown_or_repeated_variant_is_rejected():
     with pytest.raises(ConfigError, match="variants must be unique"):
         parse_config({**base, "index": {"variants": ["exact", "exact"]}})
     assert parse_config({**base, "index": {"variants": ["exact@64", "binary-ivf@128"]}}).index.variants
+
+
+def test_batch_tokens_per_device_or_one_for_all():
+    base = {"index_name": "x", "corpus": {"source": "a"}}
+    per_device = parse_config({**base, "model": {"batch_tokens": {"cpu": 2048, "cuda": 32768}}}).model
+    assert per_device.batch_tokens.for_device("cpu") == 2048 and per_device.batch_tokens.for_device("cuda:0") == 32768
+    assert parse_config({**base, "model": {"batch_tokens": 1000}}).model.batch_tokens.for_device("cuda") == 1000
+    with pytest.raises(ConfigError, match=r"model\.batch_tokens"):
+        parse_config({**base, "model": {"batch_tokens": {"tpu": 10}}})

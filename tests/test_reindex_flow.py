@@ -102,8 +102,8 @@ def test_each_shard_is_committed_with_vectors_that_carry_their_model_card(first_
     total = 0
     for d in shard_dirs:
         marker = json.loads((d / "_SUCCESS").read_text())
-        vectors = pl.read_parquet(d / "vectors.parquet")
-        card = json.loads(pl.read_parquet_metadata(d / "vectors.parquet")[MODEL_CARD_KEY])
+        vectors = pl.read_parquet(d / "vectors" / "*.parquet")
+        card = json.loads(pl.read_parquet_metadata(next((d / "vectors").iterdir()))[MODEL_CARD_KEY])
         assert marker["chunks"] == vectors.height and vectors["vector"].dtype == pl.Array(pl.Float32, 384)
         assert card["name"] == "all-MiniLM-L6-v2" and card["dims"] == 384
         total += vectors.height
@@ -151,7 +151,7 @@ def test_rerun_after_a_crash_redoes_only_the_unfinished_shard(first_run, prefect
     root = Path(yaml.safe_load(config_path.read_text())["storage"]["root"])
     shard_dir = sorted((root / "runs" / first_run["run_id"] / "shards").iterdir())[1]
     (shard_dir / "_SUCCESS").unlink()  # as if the worker died before committing this shard
-    (shard_dir / "vectors.parquet").unlink()
+    shutil.rmtree(shard_dir / "vectors")
     with temporary_settings({PREFECT_API_URL: prefect_api}):
         again = reindex(str(config_path), run_id=first_run["run_id"])
     assert (again["counts"]["shards_embedded"], again["counts"]["shards_skipped"]) == (1, 3)

@@ -37,7 +37,7 @@ def test_prepare_embed_and_index_in_process(tmp_path, sample_docs, model):
     assert embed_shard(storage, "run1", 0, encoder).skipped  # idempotent: a committed shard is not redone
     embedded, vectors = load_vectors(storage, "run1", prepared.shards)
     built = build_indexes(cfg, vectors)
-    ids = id_table(prepared, embedded)
+    ids = id_table(embedded)
     assert {ix.ntotal for ix in built.indexes.values()} == {ids.height} and ids.height == prepared.counts["chunks"]
     assert vectors.shape[1] == encoder.card.dims == built.params["variants"]["binary"]["dims"]
     assert ids["title"].null_count() == 0 and ids["row"].to_list() == list(range(ids.height))
@@ -76,3 +76,26 @@ def test_second_run_reuses_every_vector_and_an_edit_reembeds_only_its_chunks(tmp
     changed = set(ids3["chunk_hash"]) - set(ids1["chunk_hash"])
     assert 1 <= sum(r.embedded for r in r3) == len(changed)  # only the edited document's changed chunks
     assert {c.split("#")[0] for c in ids3.filter(pl.col("chunk_hash").is_in(changed))["chunk_id"]} == {docs[3]["_id"]}
+
+
+def test_streaming_in_small_batches_gives_the_same_vectors_and_catches_late_duplicates(tmp_path, sample_docs, encoder):
+    """The driver reads 4 records at a time: each shard gets several input parts, the workers embed them part
+    by part, and the result equals a one-batch run's; a duplicate in a later batch is still quarantined."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", sample_docs[:10] + [dict(sample_docs[1], text="a late duplicate")])
+    results = {}
+    for batch in (4, 10_000):
+        cfg = parse_config({**config(corpus, tmp_path / f"store{batch}").model_dump(),
+                            "run": {"shards": 2, "read_batch": batch}})
+        storage = Storage(str(tmp_path / f"store{batch}"))
+        prepared = prepare(cfg, storage, "r")
+        assert prepared.counts["quarantined"] == 1 and prepared.counts["accepted"] == 10
+        parts = [storage.list(f"runs/r/shards/{s:05d}/chunks") for s in prepared.shards]
+        assert max(map(len, parts)) == (3 if batch == 4 else 1)
+        for s in prepared.shards:
+            embed_shard(storage, "r", s, encoder)
+        results[batch] = (prepared.corpus["fingerprint"], *load_vectors(storage, "r", prepared.shards))
+    (fp_small, ids_small, v_small), (fp_big, ids_big, v_big) = results[4], results[10_000]
+    assert fp_small == fp_big and ids_small.equals(ids_big)
+    assert np.abs(v_small - v_big).max() < 1e-5  # batches differ, so padding (and float rounding) does too
+    quarantined = pl.read_parquet(tmp_path / "store4/runs/r/quarantine.parquet")
+    assert quarantined["reason"].str.starts_with("duplicate id").all() and quarantined["position"].to_list() == [11]
