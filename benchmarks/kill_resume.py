@@ -184,10 +184,18 @@ def markdown(r: dict) -> str:
          f"all shards skipped: the fixed cost of a restart; {stages(f)}"),
     ]
     files = r["identical_snapshots"]["files"]
+    overrides = f" ({', '.join(r['overrides'])})" if r["overrides"] else ""
+    # What a restart pays before any shard is embedded, read off (iii): time outside the flow's stages
+    # (interpreter, imports, Prefect flow run, Ray shutdown) and an embed stage with nothing to embed.
+    outside = round(f["wall_s"] - sum(f["timings_s"].values()), 2)
+    start_up = f["timings_s"]["embed"]
     return "\n".join([
-        f"# Kill and resume: `{r['config']}` {' '.join(r['overrides'])}, {r['chunks']} chunks, "
-        f"{r['shards']} shards, {r['actors']} actors", "",
+        f"# Kill and resume: `{r['config']}`{overrides}, {r['chunks']} chunks, {r['shards']} shards, "
+        f"{r['actors']} actors", "",
         "| run | wall s | notes (stage seconds) |", "|---|---|---|", *[f"| {a} | {b} | {c} |" for a, b, c in rows], "",
+        f"Paid again by the resume, from (iii): {outside} s outside the flow's stages (interpreter and imports, "
+        f"Prefect flow run, Ray shutdown) and {start_up} s of embed stage with nothing to embed (Ray start, "
+        f"{r['actors']} actor starts and model loads, shard markers read).", "",
         f"Snapshots of (i) and (ii): ids.parquet equal row by row ({r['identical_snapshots']['ids_rows']} chunks): "
         f"**{r['identical_snapshots']['ids_equal']}**; every file's sha256 equal: "
         f"**{r['identical_snapshots']['all_equal']}**; (iii)'s snapshot equal too: {r['rerun_identical']}.", "",
