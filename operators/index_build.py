@@ -22,11 +22,18 @@ def _add_part(trained: bytes, vectors: np.ndarray, first_row: int) -> bytes:
     return add_part(trained, vectors, first_row)
 
 
-def parallel_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int, parts: int):
+def add_parts(trained: bytes, vectors: np.ndarray, parts: int) -> list[bytes]:
+    """Add `parts` contiguous row ranges into copies of the trained index in parallel Ray tasks; the parts'
+    bytes come back in row order, ready for `merge_parts`."""
     ensure_ray()
-    trained = to_bytes(train_ivfpq(vectors, plan, seed))
     trained_ref = ray.put(trained)
     bounds = np.linspace(0, len(vectors), parts + 1).astype(int)
     refs = [_add_part.remote(trained_ref, vectors[a:b], int(a)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
             if b > a]
-    return merge_parts(trained, ray.get(refs))
+    return ray.get(refs)
+
+
+def parallel_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int, parts: int):
+    ensure_ray()
+    trained = to_bytes(train_ivfpq(vectors, plan, seed))
+    return merge_parts(trained, add_parts(trained, vectors, parts))

@@ -28,7 +28,13 @@ def build_exact(vectors: np.ndarray) -> faiss.Index:
 
 
 def train_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int) -> faiss.Index:
-    """The trained, empty IVF-PQ index: coarse quantizer and PQ codebooks from one seeded sample."""
+    """The trained, empty IVF-PQ index: coarse quantizer and PQ codebooks from one seeded sample.
+
+    With a GPU (faiss-gpu and `faiss.get_num_gpus() > 0`) the coarse k-means (the bulk of training: nlist
+    centroids over the whole sample) assigns points on every GPU; the centroids then go into the usual CPU
+    quantizer, so the index, its bytes format and everything after training stay on CPU. GPU float sums differ
+    from CPU ones, so a GPU-trained index is equivalent in recall, not byte-identical (tests/test_gpu.py).
+    """
     check_vectors(vectors)
     n, dims = vectors.shape
     index = faiss.index_factory(dims, plan.factory, faiss.METRIC_INNER_PRODUCT)
@@ -37,7 +43,15 @@ def train_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int) -> faiss.Index:
     ivf.cp.seed = pq.cp.seed = seed
     pq.cp.min_points_per_centroid = 1  # the plan keeps >= 10 points per PQ centroid; don't warn below 39
     sample = np.random.default_rng(seed).choice(n, size=plan.train_points, replace=False)
-    index.train(vectors[np.sort(sample)])
+    # SWIG does not keep an assigned index alive: hold the GPU index here until training is done.
+    gpu_assigner = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(dims)) if faiss.get_num_gpus() > 0 else None
+    if gpu_assigner is not None:
+        ivf.clustering_index = gpu_assigner
+    try:
+        index.train(vectors[np.sort(sample)])
+    finally:
+        if gpu_assigner is not None:
+            ivf.clustering_index = None  # not serialised anyway; drop the pointer before the GPU index goes
     ivf.nprobe = plan.nprobe
     return index
 

@@ -29,3 +29,33 @@ def test_faiss_sees_the_gpu():
     if not hasattr(faiss, "StandardGpuResources"):
         pytest.skip("faiss-cpu is installed; the CUDA image installs faiss-gpu")
     assert faiss.get_num_gpus() > 0
+
+
+def _recall_at_10(index, queries: np.ndarray, truth: np.ndarray) -> float:
+    _, got = index.search(queries, 10)
+    return float(np.mean([len(set(a) & set(t)) / 10 for a, t in zip(got, truth, strict=True)]))
+
+
+@needs_cuda
+def test_ivfpq_trained_on_gpu_recalls_like_cpu(monkeypatch):
+    import faiss
+
+    if faiss.get_num_gpus() == 0:
+        pytest.skip("faiss-cpu is installed; the CUDA image installs faiss-gpu")
+    from pipeline.config import IvfConfig
+    from pipeline.index_build import build_exact, build_ivfpq
+    from pipeline.index_plan import plan_ivfpq
+    from tests.test_index import clustered
+
+    x = clustered(40_000, d=128, seed=5)
+    plan = plan_ivfpq(len(x), 128, IvfConfig())
+    _, truth = build_exact(x).search(x[:1000], 10)
+    calls = []
+    to_gpu = faiss.index_cpu_to_all_gpus
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda index: calls.append(1) or to_gpu(index))
+    gpu = build_ivfpq(x, plan, seed=0)
+    assert calls  # the coarse k-means really ran on the GPU
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)
+    cpu = build_ivfpq(x, plan, seed=0)
+    r_gpu, r_cpu = _recall_at_10(gpu, x[:1000], truth), _recall_at_10(cpu, x[:1000], truth)
+    assert r_cpu > 0.5 and abs(r_gpu - r_cpu) <= 0.03, (r_gpu, r_cpu)

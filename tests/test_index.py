@@ -85,3 +85,21 @@ def test_parallel_build_on_ray_equals_the_serial_build():
     serial = build_ivfpq(x, plan, seed=0)
     assert to_bytes(merged) == to_bytes(serial)
     assert np.array_equal(merged.search(x[:50], 10)[1], serial.search(x[:50], 10)[1])
+
+
+def test_gpu_training_branch_uses_the_assigner_and_changes_nothing_else(monkeypatch):
+    """The GPU branch of train_ivfpq, run on CPU: a CPU flat index stands in for the GPU one, so the
+    coarse k-means only moves to another (identical) assigner and the bytes must not change."""
+    from pipeline.index_build import train_ivfpq
+
+    x = clustered(3000)
+    plan = plan_ivfpq(len(x), 64, IvfConfig())
+    cpu = to_bytes(build_ivfpq(x, plan, seed=0))
+    assigners = []
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda index: assigners.append(index) or index)
+    trained = train_ivfpq(x, plan, seed=0)
+    assert len(assigners) == 1 and assigners[0].ntotal == plan.nlist  # k-means assigned through it
+    assert faiss.extract_index_ivf(trained).clustering_index is None  # no pointer left to a freed index
+    trained.add(x)
+    assert to_bytes(trained) == cpu
