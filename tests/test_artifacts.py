@@ -54,3 +54,17 @@ def test_png_artifact_inlines_small_pngs_and_links_large_ones(prefect_api):
     assert match and base64.b64decode(match.group(1)) == small  # the exact bytes, ready for <img src>
     link = artifacts["large-plot"]
     assert link.type == "markdown" and "s3://bucket/plots/large.png" in link.data and "base64" not in link.data
+
+
+def test_quality_chart_stays_small_enough_to_inline_and_grows_with_the_modes():
+    from PIL import Image
+
+    from flows.artifacts import MAX_INLINE_BYTES, quality_chart
+
+    def modes(n: int) -> dict:
+        return {f"mode{i}": {"ndcg@10": 0.5 + i / 50, "recall@10": 0.6 + i / 50, "queries": 300} for i in range(n)}
+
+    few, many = quality_chart(modes(2)), quality_chart(modes(12))
+    assert len(few) < len(many) < MAX_INLINE_BYTES // 2
+    (w1, h1), (w2, h2) = Image.open(io.BytesIO(few)).size, Image.open(io.BytesIO(many)).size
+    assert w1 == w2 and h2 > 2 * h1  # every mode keeps a readable bar height
