@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.artifacts import png_artifact, quality_chart
 from operators.embedding import embed_shards
 from operators.index_build import parallel_ivfpq
 from pipeline.aliases import promote, read_alias
@@ -148,4 +149,7 @@ def reindex(config_path: str, overrides: dict[str, Any] | None = None, run_id: s
                "promotion": promotion}
     create_markdown_artifact(_markdown(summary), key=re.sub(r"[^a-z0-9-]", "-", f"reindex-{cfg.index_name}"),
                              description=f"Snapshot {cfg.index_name} {version}")
+    if evaluation.get("modes"):  # the same numbers as a chart, shown on the artifact's page
+        png_artifact(quality_chart(evaluation["modes"]), key=re.sub(r"[^a-z0-9-]", "-", f"quality-{cfg.index_name}"),
+                     description=f"Golden-query quality per search mode, {cfg.index_name} {version}")
     return summary
