@@ -8,6 +8,7 @@ one GPU (issue 6 extends this to fp16 and token-budget batching).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import ray
 from ray.util.actor_pool import ActorPool
@@ -31,8 +32,10 @@ class EmbedActor:
 
 
 def embed_shards(root: str, options: dict, run_id: str, shards: list[int], model: ModelConfig, actors: int,
-                 cpus_per_actor: float, gpus_per_actor: float = 0.0) -> list[ShardResult]:
-    """Embed `shards` with a pool of `actors` actors; returns one result per shard, in shard order."""
+                 cpus_per_actor: float, gpus_per_actor: float = 0.0,
+                 on_result: Callable[[ShardResult], None] | None = None) -> list[ShardResult]:
+    """Embed `shards` with a pool of `actors` actors; returns one result per shard, in shard order.
+    `on_result` sees each shard's result as it finishes (progress reporting)."""
     if not shards:
         return []
     ensure_ray()
@@ -45,6 +48,8 @@ def embed_shards(root: str, options: dict, run_id: str, shards: list[int], model
     try:
         for result in ActorPool(handles).map_unordered(lambda a, s: a.embed.remote(run_id, s), shards):
             results.append(result)
+            if on_result:
+                on_result(result)
             maybe_exit_driver(len(results))
     except ray.exceptions.RayError as exc:
         raise unwrap(exc) from exc

@@ -32,6 +32,17 @@ class CorpusConfig(_Strict):
     text_field: str = "text"
     strict: bool = Field(False, description="fail on the first bad record instead of quarantining it")
     max_chars: Annotated[int, Field(gt=0)] = 1_000_000
+    metadata_fields: list[str] = Field(
+        default_factory=list, description="record fields kept beside the text (e.g. a date), so a backfill can "
+        "select documents with a filter on them; missing values are null")
+
+    @field_validator("metadata_fields")
+    @classmethod
+    def _not_reserved(cls, names: list[str]) -> list[str]:
+        taken = sorted(set(names) & {"doc_id", "title", "text", "shard", "doc_hash"})
+        if taken or len(set(names)) != len(names):
+            raise ValueError(f"metadata_fields {names}: expected distinct names other than {taken or 'duplicates'}")
+        return names
 
 
 class ChunkingConfig(_Strict):
@@ -145,6 +156,9 @@ class RunConfig(_Strict):
     # Records read, chunked and written per step: the driver holds one batch of text at a time, and each
     # shard's input arrives as one part per batch, which the embedding actors process part by part.
     read_batch: Annotated[int, Field(gt=0)] = 10_000
+    local_embed_max_chunks: Annotated[int, Field(ge=0)] = Field(
+        256, description="a run with at most this many chunks to (re)embed embeds them in the flow's own process: "
+        "starting Ray and loading the model in each actor costs more (~14 s on 2 CPUs); 0 = always Ray actors")
 
 
 class StorageConfig(_Strict):

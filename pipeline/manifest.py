@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from importlib.metadata import PackageNotFoundError, version
 
 import polars as pl
@@ -25,16 +24,16 @@ def library_versions() -> dict[str, str]:
 
 
 class CorpusFingerprint:
-    """Order-independent digest of the accepted documents, fed batch by batch: the sum mod 2^256 of each
-    document's sha256 (a multiset hash), so equal fingerprints mean equal content however it was read."""
+    """Order-independent digest of the accepted documents, fed batch by batch with their content hashes
+    (pipeline.delta.content_hashes): their sum mod 2^256 (a multiset hash), so equal fingerprints mean equal
+    content however it was read."""
 
     def __init__(self) -> None:
         self.total = 0
 
-    def update(self, docs: pl.DataFrame) -> None:
-        for doc_id, title, text in docs.select("doc_id", "title", "text").iter_rows():
-            digest = hashlib.sha256(f"{doc_id}\x00{title}\x00{text}".encode()).digest()
-            self.total = (self.total + int.from_bytes(digest, "big")) % (1 << 256)
+    def update(self, content_hashes: pl.Series) -> None:
+        for digest in content_hashes.to_list():
+            self.total = (self.total + int(digest, 16)) % (1 << 256)
 
     def hexdigest(self) -> str:
         return f"{self.total:064x}"
@@ -50,9 +49,10 @@ def _redacted(value):
 
 
 def build_manifest(cfg: PipelineConfig, *, run_id: str, model: dict, chunking: dict, index: dict, counts: dict,
-                   corpus: dict, evaluation: dict, timings: dict) -> dict:
+                   corpus: dict, evaluation: dict, timings: dict, lineage: dict | None = None) -> dict:
     return {
         "run_id": run_id,
+        "lineage": lineage or {},  # which job built it, and from which live version
         "model": model,
         "chunking": chunking,
         "index": index,

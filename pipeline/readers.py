@@ -28,7 +28,7 @@ _RAW_CHARS = 500  # enough of a bad record to recognise it, not enough to bloat 
 
 @dataclass(frozen=True)
 class ReadResult:
-    docs: pl.DataFrame  # doc_id, title, text
+    docs: pl.DataFrame  # doc_id, title, text, then the configured metadata fields
     quarantine: pl.DataFrame  # source, position, doc_id, reason, raw
 
     @property
@@ -43,7 +43,7 @@ class _Collector:
     def __init__(self, cfg: CorpusConfig, source: str) -> None:
         self.cfg, self.source = cfg, source
         self.seen: set[str] = set()
-        self.docs: dict[str, list[str]] = {"doc_id": [], "title": [], "text": []}
+        self.docs: dict[str, list[Any]] = {k: [] for k in [*DOC_SCHEMA, *cfg.metadata_fields]}
         self.bad: dict[str, list[Any]] = {k: [] for k in QUARANTINE_SCHEMA}
 
     def reject(self, position: int, reason: str, raw: Any, doc_id: str | None = None) -> None:
@@ -80,6 +80,8 @@ class _Collector:
         self.docs["doc_id"].append(doc_id)
         self.docs["title"].append(title)
         self.docs["text"].append(text)
+        for name in self.cfg.metadata_fields:
+            self.docs[name].append(record.get(name))
 
     @property
     def pending(self) -> int:
@@ -87,7 +89,8 @@ class _Collector:
 
     def flush(self) -> ReadResult:
         """The records collected since the last flush; ids seen so far are kept for duplicate checks."""
-        result = ReadResult(pl.DataFrame(self.docs, schema=DOC_SCHEMA),
+        # Metadata types are inferred (a date string stays a string, a year an integer).
+        result = ReadResult(pl.DataFrame(self.docs, schema_overrides=DOC_SCHEMA, strict=False),
                             pl.DataFrame(self.bad, schema=QUARANTINE_SCHEMA))
         self.docs = {k: [] for k in self.docs}
         self.bad = {k: [] for k in self.bad}
@@ -131,7 +134,7 @@ def _parquet_records(url: str, cfg: CorpusConfig) -> Iterator[tuple[int, Any, st
             if cfg.id_field not in names or cfg.text_field not in names:
                 raise InputError(f"{redact(url)}: expected columns {cfg.id_field!r} and {cfg.text_field!r}, "
                                  f"found {sorted(names)}")
-            columns = [c for c in (cfg.id_field, cfg.title_field, cfg.text_field) if c in names]
+            columns = [c for c in (cfg.id_field, cfg.title_field, cfg.text_field, *cfg.metadata_fields) if c in names]
             position = 0
             for batch in pf.iter_batches(columns=columns, batch_size=4096):
                 for row in batch.to_pylist():

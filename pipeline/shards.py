@@ -1,6 +1,7 @@
 """Shards as units of work: inputs written per shard in parts, outputs committed by a marker written last.
 
-    runs/<run_id>/shards/<shard>/chunks/<part>.parquet    what to embed: chunk metadata and text
+    runs/<run_id>/shards/<shard>/chunks/<part>.parquet    what to embed: chunk metadata and text (null
+                                                          for rows kept from the live snapshot: cached)
     runs/<run_id>/shards/<shard>/vectors/<part>.parquet   the same rows without text, plus the vector
     runs/<run_id>/shards/<shard>/_SUCCESS                 JSON counts + model fingerprint; its existence = done
 
@@ -28,7 +29,7 @@ from pipeline.tables import read_parquet, write_parquet
 
 MARKER = "_SUCCESS"
 MODEL_CARD_KEY = "embedpipe.model_card"
-INPUT_COLUMNS = ["chunk_id", "doc_id", "chunk_index", "start", "end", "n_tokens", "chunk_hash", "title"]
+INPUT_COLUMNS = ["chunk_id", "doc_id", "chunk_index", "start", "end", "n_tokens", "chunk_hash", "doc_hash", "title"]
 
 
 def shard_key(run_id: str, shard: int, name: str = "") -> str:
@@ -80,10 +81,14 @@ def _peak_rss_mb() -> float:
 def _embed_part(storage: Storage, cache: EmbeddingCache, encoder: Encoder, chunks: pl.DataFrame,
                 cache_name: str) -> tuple[pl.DataFrame, int, int]:
     """Vectors for one part: cached where the (model, chunk hash) was seen before, else encoded and cached."""
-    hashes = chunks["chunk_hash"].to_list()
+    hashes, texts = chunks["chunk_hash"].to_list(), chunks["text"].to_list()
     known = cache.lookup(hashes)
     missing = [i for i, h in enumerate(hashes) if h not in known]
-    fresh = encoder.encode([chunks["text"][i] for i in missing], kind="passage")
+    lost = [chunks["chunk_id"][i] for i in missing if texts[i] is None]
+    if lost:  # rows kept from the live snapshot carry no text: their vectors must be in the cache
+        raise SnapshotError(f"{len(lost)} chunks kept from the live snapshot (first: {lost[0]}) have no vector in "
+                            f"{cache.prefix}; run a full reindex (--full) to embed them again")
+    fresh = encoder.encode([texts[i] for i in missing], kind="passage")
     cache.add(cache_name, [hashes[i] for i in missing], fresh)
     vectors = np.empty((len(hashes), encoder.card.dims), dtype=np.float32)
     vectors[missing] = fresh

@@ -99,6 +99,13 @@ class Snapshot:
                 raise SnapshotError(f"no committed snapshot at {redact(url)} (expected {MANIFEST} there or in a "
                                     "version folder under it)")
             storage = storage.child(committed[-1])
+        return cls.at(storage)
+
+    @classmethod
+    def at(cls, storage: Storage) -> Snapshot:
+        """The committed snapshot whose version folder `storage` is rooted at (keeps its storage options)."""
+        if not storage.exists(MANIFEST):
+            raise SnapshotError(f"no committed snapshot at {redact(storage.url)} (expected {MANIFEST} there)")
         try:
             manifest = json.loads(storage.read_bytes(MANIFEST))
         except (json.JSONDecodeError, UnicodeDecodeError):

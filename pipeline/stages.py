@@ -11,8 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from pipeline.aliases import read_alias
 from pipeline.chunking import Chunker
 from pipeline.config import PipelineConfig
+from pipeline.delta import Delta, Selection, content_hashes, doc_hashes
 from pipeline.encoder import tokenizer_for
 from pipeline.errors import InputError
 from pipeline.index_build import build_ivfpq, to_bytes
@@ -20,6 +22,7 @@ from pipeline.manifest import CorpusFingerprint
 from pipeline.readers import corpus_url, golden_set_urls, iter_corpus, require_exists
 from pipeline.sharding import assign_shards
 from pipeline.shards import INPUT_COLUMNS, clear_uncommitted_inputs, write_shard_inputs
+from pipeline.snapshot import Snapshot
 from pipeline.storage import Storage, redact
 from pipeline.tables import parquet_bytes, write_parquet
 from pipeline.variants import IvfPqBuilder, build_variants
@@ -50,33 +53,76 @@ def make_chunker(cfg: PipelineConfig) -> Chunker:
     return Chunker(tokenizer, cfg.chunking, limit, cfg.model.passage_prefix)
 
 
-def prepare(cfg: PipelineConfig, storage: Storage, run_id: str) -> PreparedRun:
+def live_delta(cfg: PipelineConfig, storage: Storage, model_fingerprint: str,
+               selection: Selection | None = None) -> tuple[Delta, str | None, str]:
+    """What a run redoes, against the snapshot the alias serves: (delta, base version, why). An incremental
+    run falls back to a full build when there is nothing comparable (no alias, another model); a backfill
+    needs a live snapshot of the same model, since it keeps the rest of it."""
+    alias = cfg.publish.alias
+    version = read_alias(storage, cfg.index_name, alias).version if alias else None
+    snapshot = Snapshot.at(storage.child(f"snapshots/{cfg.index_name}/{version}")) if version else None
+    if snapshot is None:
+        reason = f"alias {cfg.index_name}/{alias} is not set" if alias else "publish.alias is not set"
+    elif snapshot.manifest["model"]["fingerprint"] != model_fingerprint:
+        reason = f"the live version {version} was embedded with another model ({snapshot.manifest['model']['name']})"
+    elif "doc_hash" not in snapshot.ids.columns:
+        reason = f"the live version {version} has no document hashes (written by an older embedpipe)"
+    else:
+        live = assign_shards(snapshot.ids.drop("row"), cfg.run.shards)
+        why = f"backfill of {selection.describe()}" if selection else "incremental"
+        return Delta(live, selection), version, f"{why} against live version {version}"
+    if selection is not None:
+        raise InputError(f"backfill of {cfg.index_name}: {reason}; a backfill keeps the rest of the live snapshot, "
+                         "so it needs one embedded with this model (use migrate for a new model)")
+    return Delta(live=None), None, f"full build: {reason}"
+
+
+def prepare(cfg: PipelineConfig, storage: Storage, run_id: str, delta: Delta | None = None) -> PreparedRun:
     """Read and validate the corpus batch by batch, quarantine bad records, shard and chunk each batch, and
-    write it as one input part per shard: no more than one batch of text is in memory at a time."""
+    write it as one input part per shard: no more than one batch of text is in memory at a time. With a
+    `delta`, only the documents it redoes are chunked; the live chunk rows it keeps join their shards."""
+    delta = delta or Delta(live=None)
     chunker = make_chunker(cfg)
     clear_uncommitted_inputs(storage, run_id, cfg.run.shards)
     fingerprint, quarantine, shards = CorpusFingerprint(), [], set()
-    counts = dict.fromkeys(["read", "accepted", "quarantined", "chunks", "max_chunks_per_doc", "truncated_chunks"], 0)
+    counts = dict.fromkeys(["read", "accepted", "quarantined", "chunks", "chunks_redone", "chunks_kept",
+                            "max_chunks_per_doc", "truncated_chunks"], 0)
+
+    def write(part: int, chunks: pl.DataFrame, kept: pl.DataFrame) -> None:
+        nonlocal shards
+        frames = [f for f in (chunks, kept) if f.height]
+        if not frames:
+            return
+        rows = pl.concat(frames, how="diagonal_relaxed")
+        shards |= write_shard_inputs(storage, run_id, rows, part)
+        counts["chunks"] += rows.height
+        counts["chunks_redone"], counts["chunks_kept"] = counts["chunks_redone"] + chunks.height, \
+            counts["chunks_kept"] + kept.height
+        per_doc = int(rows.group_by("doc_id").len()["len"].max())  # a document never spans two parts
+        counts["max_chunks_per_doc"] = max(counts["max_chunks_per_doc"], per_doc)
+        counts["truncated_chunks"] += int((rows["n_tokens"] > chunker.token_budget()).sum())
+
+    part = -1
     for part, batch in enumerate(iter_corpus(cfg.corpus, cfg.run.read_batch)):
         quarantine.append(batch.quarantine)  # rejects keep <= 500 chars of their record each
         for key, value in batch.counts.items():
             counts[key] += value
         if batch.docs.is_empty():
             continue
-        fingerprint.update(batch.docs)
-        docs = assign_shards(batch.docs, cfg.run.shards)
-        chunks = chunker.chunk(docs).join(docs.select("doc_id", "title", "shard"), on="doc_id", how="left",
-                                          maintain_order="left")
-        shards |= write_shard_inputs(storage, run_id, chunks, part)
-        counts["chunks"] += chunks.height
-        per_doc = int(chunks.group_by("doc_id").len()["len"].max())  # a document never spans two batches
-        counts["max_chunks_per_doc"] = max(counts["max_chunks_per_doc"], per_doc)
-        counts["truncated_chunks"] += int((chunks["n_tokens"] > chunker.token_budget()).sum())
+        content = content_hashes(batch.docs)
+        fingerprint.update(content)
+        docs = assign_shards(batch.docs.with_columns(doc_hashes(content, chunker.params)), cfg.run.shards)
+        redo, kept = delta.split(docs)
+        chunks = chunker.chunk(redo).join(redo.select("doc_id", "doc_hash", "title", "shard"), on="doc_id",
+                                          how="left", maintain_order="left")
+        write(part, chunks, kept)
+    write(part + 1, pl.DataFrame(), delta.finish())  # a backfill keeps live documents the corpus lacks
     quarantine_key = f"runs/{run_id}/quarantine.parquet"
     write_parquet(storage, quarantine_key, pl.concat(quarantine))
     if not counts["accepted"]:
         raise InputError(f"corpus {redact(cfg.corpus.source)}: no document accepted ({counts['read']} read, "
                          f"{counts['quarantined']} quarantined; reasons in {storage.url_of(quarantine_key)})")
+    counts |= delta.counts
     counts["shards"] = len(shards)
     corpus = {"source": redact(corpus_url(cfg.corpus)), "fingerprint": fingerprint.hexdigest()}
     return PreparedRun(run_id, sorted(shards), counts, corpus, chunker.params)

@@ -25,7 +25,7 @@ def setup(tmp_path_factory, sample_docs, prefect_api):
         "index_name": "faults", "corpus": {"source": str(folder / "corpus.jsonl")},
         "model": {"name": "wordllama-l2-supercat", "package": "wordllama"},
         "chunking": {"max_tokens": 64, "overlap": 8}, "index": {"variants": ["exact", "int8"]},
-        "run": {"shards": 4, "actors": 2, "cpus_per_actor": 0.5}}))
+        "run": {"shards": 4, "actors": 2, "cpus_per_actor": 0.5, "local_embed_max_chunks": 0}}))  # always actors
     cli = shutil.which("embedpipe", path=str(Path(sys.executable).parent))
 
     def run(root: Path, run_id: str, **faults: str) -> subprocess.CompletedProcess:

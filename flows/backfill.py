@@ -1,0 +1,26 @@
+"""The `backfill` flow: the ad-hoc job. Re-chunks and re-embeds a chosen subset of documents (ids, shards,
+or a polars SQL filter on metadata fields, e.g. a date range), typically after a chunker or cleaning rule
+changed for them, and publishes a version that differs from the live one only there."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.build import build_snapshot, default_run_id, delta_task
+from pipeline.config import load_config
+from pipeline.delta import Selection
+from pipeline.stages import check_inputs
+
+
+@flow(name="backfill", log_prints=True)
+def backfill(config_path: str, doc_ids: list[str] | None = None, shards: list[int] | None = None,
+             where: str | None = None, overrides: dict[str, Any] | None = None, run_id: str | None = None) -> dict:
+    """Redo the selected documents (any of `doc_ids`, `shards`, or rows matching `where`) with the config
+    as it is now, keep every other document of the live snapshot, publish and promote through the gate."""
+    cfg = load_config(config_path, overrides)
+    check_inputs(cfg)
+    selection = Selection(frozenset(doc_ids or ()), frozenset(shards or ()), where)
+    return build_snapshot(cfg, run_id or default_run_id(cfg, "backfill"), "backfill",
+                          lambda: delta_task(cfg, selection))
