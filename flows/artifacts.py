@@ -12,7 +12,6 @@ The bytes are stored in the server's database with the artifact: keep PNGs small
 from __future__ import annotations
 
 import base64
-import io
 from uuid import UUID
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
@@ -42,31 +41,3 @@ def png_artifact(png: bytes, key: str, description: str | None = None, *, link: 
                              "make it smaller (dpi, size) or store it and pass link=")
         return create_link_artifact(link, link_text=description or key, key=key, description=description)
     return create_markdown_artifact(png_markdown(png, description or key), key=key, description=description)
-
-
-def quality_chart(modes: dict[str, dict[str, float]], metrics: tuple[str, ...] = ("ndcg@10", "recall@10")) -> bytes:
-    """Horizontal bars of the golden-set metrics of each search mode, as a small PNG (~20-40 KB)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; must precede pyplot
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    names = list(modes)
-    shown = [m for m in metrics if any(m in v for v in modes.values())]
-    height = 0.8 / max(len(shown), 1)
-    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.38 * len(names) * max(len(shown), 1) ** 0.5), dpi=90)
-    for i, metric in enumerate(shown):
-        ys = np.arange(len(names)) + (i - (len(shown) - 1) / 2) * height
-        values = [modes[n].get(metric, 0.0) for n in names]
-        bars = ax.barh(ys, values, height, label=metric)
-        ax.bar_label(bars, fmt="%.3f", padding=2, fontsize=7)
-    ax.set_yticks(np.arange(len(names)), names, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1.08)
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(shown), fontsize=8, frameon=False)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()

@@ -29,7 +29,7 @@ from pipeline.aliases import promote, read_alias
 from pipeline.config import PipelineConfig
 from pipeline.delta import Delta, Selection
 from pipeline.encoder import cached_encoder
-from pipeline.errors import GateRefused
+from pipeline.errors import AliasMoved, GateRefused
 from pipeline.index_build import build_ivfpq
 from pipeline.manifest import build_manifest
 from pipeline.plots import quality_vs_bytes_png
@@ -71,6 +71,7 @@ def embed_task(cfg: PipelineConfig, prepared: PreparedRun) -> dict[str, Any]:
         done.append(result)
         report("embedding shards", len(done), len(prepared.shards))
 
+    report("embedding shards", 0, len(prepared.shards))
     local = prepared.counts["chunks_redone"] <= cfg.run.local_embed_max_chunks
     if local:  # a small delta: cheaper here than starting Ray and loading the model in each actor
         storage, encoder = cfg.storage_client(), cached_encoder(cfg.model)
@@ -117,13 +118,15 @@ def publish_task(cfg: PipelineConfig, files: dict[str, bytes], manifest: dict, r
 
 @_task(name="promote through the quality gate")
 def promote_task(cfg: PipelineConfig, version: str, seen: str | None, job: str) -> dict:
-    """Move the alias from the version seen when the run started; a gate refusal leaves it there."""
+    """Move the alias from the version seen when the run started. A gate refusal leaves it there, and so
+    does an overlapping run that promoted first (AliasMoved): this version stays published, not live."""
     try:
         state, gate = promote(cfg.storage_client(), cfg.index_name, cfg.publish.alias, version, seen,
                               cfg.publish.gate, by=f"{job} {version}")
-    except GateRefused as exc:
+    except (GateRefused, AliasMoved) as exc:
         get_run_logger().warning("%s", exc)
-        return {"alias": cfg.publish.alias, "promoted": False, "live": seen, "reason": str(exc)}
+        live = read_alias(cfg.storage_client(), cfg.index_name, cfg.publish.alias).version
+        return {"alias": cfg.publish.alias, "promoted": False, "live": live, "reason": str(exc)}
     return {"alias": cfg.publish.alias, "promoted": True, "live": state.version, "gate": gate.__dict__}
 
 

@@ -16,7 +16,7 @@ import yaml
 from rich.table import Table
 
 from flows import cli_snapshots
-from flows.cli_common import JsonFlag, console, fail
+from flows.cli_common import JsonFlag, console, err_console, fail
 
 for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                      "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}.items():
@@ -61,39 +61,37 @@ def _hits_table(query: str, hits) -> Table:
     return table
 
 
-@app.command()
-def run(
-    config: Annotated[str, typer.Argument(help="YAML config (see configs/demo.yaml)")],
-    set_: Annotated[list[str], typer.Option("--set", help="override a config value: KEY=VALUE (dotted key)")] = [],  # noqa: B006
-    run_id: Annotated[str | None, typer.Option(help="reuse a run id to resume it (finished shards skipped)")] = None,
-    example: Annotated[bool, typer.Option(help="after publishing, search the snapshot with a golden query")] = True,
-    as_json: JsonFlag = False,
-) -> None:
-    """Run the reindex flow (Prefect + Ray) and print the snapshot it published and how good it is."""
+def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow_call) -> dict:
+    """Check the config and inputs before Prefect or Ray start, then run the flow with progress bars."""
     from pipeline.config import load_config
     from pipeline.errors import EmbedpipeError
     from pipeline.stages import check_inputs
 
-    overrides = _parse_sets(set_)
     try:
-        check_inputs(load_config(config, overrides))  # fail on bad config or inputs before Prefect or Ray start
-        from flows.reindex import reindex
+        check_inputs(load_config(config, overrides))
+        from flows.progress import progress_bar
         from operators.cluster import shutdown_ray
 
         # Ray's log monitor prints worker and raylet messages on stdout; --json keeps stdout for the result.
-        with contextlib.redirect_stdout(sys.stderr if as_json else sys.stdout):
-            summary = reindex(config, overrides, run_id)
+        with contextlib.redirect_stdout(sys.stderr if as_json else sys.stdout), \
+                progress_bar(err_console) if not as_json else contextlib.nullcontext():
+            summary = flow_call()
             shutdown_ray()
     except EmbedpipeError as exc:
         fail(exc)
     if as_json:
         print(json.dumps(summary, indent=2))
-        return
-    console.print(f"\n[bold green]published[/] {summary['index_name']} version [bold]{summary['version']}[/]")
+    return summary
+
+
+def _print_summary(summary: dict, example: bool) -> None:
+    console.print(f"\n[bold green]published[/] {summary['index_name']} version [bold]{summary['version']}[/] "
+                  f"({summary['job']}; {summary['delta']})", soft_wrap=True)
     console.print(f"  snapshot: {summary['snapshot']}", soft_wrap=True)
     counts = summary["counts"]
-    console.print("  counts: " + ", ".join(f"{k} {counts[k]}" for k in
-                                          ("read", "accepted", "quarantined", "chunks", "vectors") if k in counts))
+    console.print("  counts: " + ", ".join(f"{k} {counts[k]}" for k in (
+        "read", "accepted", "quarantined", "docs_new", "docs_changed", "docs_deleted", "docs_kept", "chunks",
+        "embedded", "reused_from_cache") if k in counts), soft_wrap=True)
     console.print("  seconds: " + ", ".join(f"{k} {v}" for k, v in summary["timings_s"].items()))
     if promotion := summary.get("promotion"):
         outcome = "[green]promoted to this version[/]" if promotion["promoted"] else \
@@ -108,6 +106,68 @@ def run(
 
             query = next(iter(read_queries(summary["evaluation"]["queries"]).values()))
             _print_search(summary["snapshot"], query, 5, "exact")
+
+
+SetFlag = Annotated[list[str], typer.Option("--set", help="override a config value: KEY=VALUE (dotted key)")]
+RunIdFlag = Annotated[str | None, typer.Option(help="reuse a run id to resume it (finished shards skipped)")]
+ExampleFlag = Annotated[bool, typer.Option(help="after publishing, search the snapshot with a golden query")]
+
+
+@app.command()
+def run(
+    config: Annotated[str, typer.Argument(help="YAML config (see configs/demo.yaml)")],
+    set_: SetFlag = [],  # noqa: B006
+    run_id: RunIdFlag = None,
+    full: Annotated[bool, typer.Option(help="redo every document, even those the live snapshot has")] = False,
+    example: ExampleFlag = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the reindex flow (Prefect + Ray) and print the snapshot it published and how good it is.
+    Incremental against the live alias (publish.alias) when there is one: only new and changed documents
+    are embedded, deleted ones dropped."""
+    overrides = _parse_sets(set_)
+
+    def call() -> dict:
+        from flows.reindex import reindex
+
+        return reindex(config, overrides, run_id, full)
+
+    summary = _run_flow(config, overrides, as_json, call)
+    if not as_json:
+        _print_summary(summary, example)
+
+
+@app.command()
+def backfill(
+    config: Annotated[str, typer.Argument(help="YAML config, as changed for the subset (e.g. a new chunker)")],
+    doc_id: Annotated[list[str], typer.Option("--doc-id", help="a document to redo (repeatable)")] = [],  # noqa: B006
+    shard: Annotated[list[int], typer.Option("--shard", help="a shard to redo (repeatable)")] = [],  # noqa: B006
+    where: Annotated[str | None, typer.Option(help="polars SQL filter on corpus.metadata_fields, e.g. "
+                                                   "\"published >= '2024-01-01'\"")] = None,
+    set_: SetFlag = [],  # noqa: B006
+    run_id: RunIdFlag = None,
+    example: ExampleFlag = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Re-chunk and re-embed a subset of documents and publish a version that differs from the live one
+    only there (everything else is kept as it is live)."""
+    from pipeline.delta import Selection
+    from pipeline.errors import EmbedpipeError
+
+    overrides = _parse_sets(set_)
+    try:
+        Selection(frozenset(doc_id), frozenset(shard), where)  # an empty or malformed selection fails here
+    except EmbedpipeError as exc:
+        fail(exc)
+
+    def call() -> dict:
+        from flows.backfill import backfill as backfill_flow
+
+        return backfill_flow(config, doc_id, shard, where, overrides, run_id)
+
+    summary = _run_flow(config, overrides, as_json, call)
+    if not as_json:
+        _print_summary(summary, example)
 
 
 def _print_search(snapshot_url: str, query: str, k: int, mode: str, as_json: bool = False) -> None:

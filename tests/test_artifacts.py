@@ -56,15 +56,16 @@ def test_png_artifact_inlines_small_pngs_and_links_large_ones(prefect_api):
     assert link.type == "markdown" and "s3://bucket/plots/large.png" in link.data and "base64" not in link.data
 
 
-def test_quality_chart_stays_small_enough_to_inline_and_grows_with_the_modes():
+def test_quality_plot_of_many_modes_stays_small_enough_to_inline():
     from PIL import Image
 
-    from flows.artifacts import MAX_INLINE_BYTES, quality_chart
+    from flows.artifacts import MAX_INLINE_BYTES
+    from pipeline.plots import quality_vs_bytes_png
 
-    def modes(n: int) -> dict:
-        return {f"mode{i}": {"ndcg@10": 0.5 + i / 50, "recall@10": 0.6 + i / 50, "queries": 300} for i in range(n)}
-
-    few, many = quality_chart(modes(2)), quality_chart(modes(12))
-    assert len(few) < len(many) < MAX_INLINE_BYTES // 2
-    (w1, h1), (w2, h2) = Image.open(io.BytesIO(few)).size, Image.open(io.BytesIO(many)).size
-    assert w1 == w2 and h2 > 2 * h1  # every mode keeps a readable bar height
+    kinds = {"exact": 1536, "fp16": 768, "ivfpq": 48, "int8": 384, "int8-ivf": 384, "binary": 48, "binary-ivf": 48}
+    variants = {name: {"kind": name, "bytes_per_vector": size,
+                       "quality": {name + suffix: {"ndcg@10": 0.4 + i / 40 + j / 100}
+                                   for j, suffix in enumerate(("", "+rescore"))}}
+                for i, (name, size) in enumerate(kinds.items())}
+    png = quality_vs_bytes_png({"variants": variants}, "14 modes")
+    assert len(png) < MAX_INLINE_BYTES and Image.open(io.BytesIO(png)).size[0] >= 800  # readable, and inlined

@@ -72,7 +72,9 @@ def test_project_file_names_real_flows_their_parameters_and_valid_schedules():
             load_config(str(REPO / spec.parameters["config_path"]))  # and the config it runs is valid
         for s in spec.schedules:
             CronSchedule(cron=s["cron"], timezone=s.get("timezone"))
-        assert spec.work_pool and spec.schedules and all(s.get("active", True) for s in spec.schedules)
+        assert spec.work_pool and all(s.get("active", True) for s in spec.schedules)
+    # the scheduled reindex is scheduled; the ad-hoc jobs are run on demand
+    assert {s.entrypoint for s in specs if s.schedules} >= {"flows/reindex.py:reindex"}
     # no image and no push: the flow runs from the checkout the deployment was made in
     assert PROJECT["push"] is None and list(PROJECT["pull"][0]) == ["prefect.deployments.steps.set_working_directory"]
 
@@ -90,7 +92,7 @@ def test_embedpipe_deploy_and_prefect_deploy_register_the_same_deployment(prefec
     assert nightly["parameters"] == {"config_path": "configs/demo.yaml"}
     assert nightly["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
     assert nightly["schedules"] == [("0 2 * * *", "UTC", True)] and not nightly["paused"]
-    assert nightly["work_pool"] == "embedpipe" and {"config_path", "overrides", "run_id"} == \
+    assert nightly["work_pool"] == "embedpipe" and {"config_path", "overrides", "run_id", "full"} == \
         set(nightly["parameter_schema"]["properties"])
     next_run = datetime.datetime.fromisoformat(registered[0]["next_run"])
     assert (next_run.hour, next_run.minute, next_run.utcoffset()) == (2, 0, datetime.timedelta(0))

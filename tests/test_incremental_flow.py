@@ -175,3 +175,17 @@ def test_backfill_rejects_a_filter_on_a_field_the_corpus_does_not_keep(runs, pre
     with temporary_settings({PREFECT_API_URL: prefect_api}), pytest.raises(ConfigError, match="published"):
         backfill(runs["config"], where="published >= '2020-01-01'")
     assert read_alias(store, "jobs", "live").version == live
+
+
+def test_an_overlapping_run_that_promotes_second_leaves_the_alias_to_the_first(runs):
+    """Two scheduled runs both started from v1; the one promoting second sees the alias moved."""
+    from flows.build import promote_task
+    from pipeline.aliases import read_alias
+    from pipeline.config import load_config
+
+    cfg = load_config(runs["config"])
+    store = cfg.storage_client()
+    live = read_alias(store, "jobs", "live").version
+    out = promote_task.fn(cfg, runs["v2"]["version"], runs["v1"]["version"], "reindex")
+    assert not out["promoted"] and out["live"] == live and "moved" in out["reason"]
+    assert read_alias(store, "jobs", "live").version == live
