@@ -46,6 +46,7 @@ from pipeline.stages import (
     live_delta,
     prepare,
     snapshot_files,
+    trained_indexes,
 )
 from pipeline.storage import redact
 
@@ -90,11 +91,13 @@ def embed_task(cfg: PipelineConfig, prepared: PreparedRun) -> dict[str, Any]:
 
 
 @_task(name="build indexes")
-def index_task(cfg: PipelineConfig, prepared: PreparedRun) -> tuple[BuiltIndexes, pl.DataFrame]:
-    embedded, vectors = load_vectors(cfg.storage_client(), prepared.run_id, prepared.shards)
+def index_task(cfg: PipelineConfig, prepared: PreparedRun, base: str | None) -> tuple[BuiltIndexes, pl.DataFrame]:
+    """`base`: the live version an incremental run or backfill started from; its IVF-PQ training is reused."""
+    storage = cfg.storage_client()
+    embedded, vectors = load_vectors(storage, prepared.run_id, prepared.shards)
     parts = cfg.index.parallel_parts
     builder = (lambda x, plan, seed: parallel_ivfpq(x, plan, seed, parts)) if parts > 1 else build_ivfpq
-    return build_indexes(cfg, vectors, builder), id_table(embedded)
+    return build_indexes(cfg, vectors, builder, trained_indexes(storage, cfg.index_name, base)), id_table(embedded)
 
 
 @_task(name="evaluate on golden queries")
@@ -177,7 +180,7 @@ def build_snapshot(cfg: PipelineConfig, run_id: str, job: str, delta: Callable[[
     logger.info("%s", why)
     prepared = timed("prepare", prepare_task, cfg, run_id, plan)
     embedded = timed("embed", embed_task, cfg, prepared)
-    built, ids = timed("index", index_task, cfg, prepared)
+    built, ids = timed("index", index_task, cfg, prepared, base)
     evaluation = timed("evaluate", evaluate_task, cfg, built, ids, prepared)
     counts = {**prepared.counts, **embedded}
     card = cached_encoder(cfg.model).card

@@ -25,7 +25,7 @@ from pipeline.shards import INPUT_COLUMNS, clear_uncommitted_inputs, write_shard
 from pipeline.snapshot import Snapshot
 from pipeline.storage import Storage, redact
 from pipeline.tables import parquet_bytes, write_parquet
-from pipeline.variants import IvfPqBuilder, build_variants
+from pipeline.variants import IvfPqBuilder, Trained, build_variants
 
 RESCORE_FILE = "vectors.f16.npy"
 
@@ -135,9 +135,20 @@ class BuiltIndexes:
     fp16: np.ndarray | None  # the rescoring store
 
 
-def build_indexes(cfg: PipelineConfig, vectors: np.ndarray, ivfpq_builder: IvfPqBuilder = build_ivfpq) -> BuiltIndexes:
+def trained_indexes(storage: Storage, index_name: str, version: str | None) -> dict[str, Trained]:
+    """The IVF-PQ variants of a committed version, for an incremental build to reuse their training."""
+    if version is None:
+        return {}
+    snapshot = Snapshot.at(storage.child(f"snapshots/{index_name}/{version}"))
+    params = {name: snapshot.variant_params(name) for name in snapshot.variants}
+    return {name: (snapshot.index(name), {**p, "trained_in": p.get("trained_in", version)})
+            for name, p in params.items() if p["kind"] == "ivfpq"}
+
+
+def build_indexes(cfg: PipelineConfig, vectors: np.ndarray, ivfpq_builder: IvfPqBuilder = build_ivfpq,
+                  trained: dict[str, Trained] | None = None) -> BuiltIndexes:
     """Every configured variant over the same vectors, their parameters, and the fp16 rescoring store."""
-    indexes, variants = build_variants(cfg.index, vectors, cfg.run.seed, ivfpq_builder)
+    indexes, variants = build_variants(cfg.index, vectors, cfg.run.seed, ivfpq_builder, trained)
     fp16 = vectors.astype(np.float16) if cfg.index.store_fp16 else None
     params = {"metric": "inner_product", "variants": variants,
               "rescore": {"file": RESCORE_FILE, "dtype": "float16", "factor": cfg.index.rescore_factor}

@@ -61,12 +61,14 @@ def _sample(n: int, size: int, seed: int) -> np.ndarray:
 
 
 IvfPqBuilder = Callable[[np.ndarray, IvfPqPlan, int], faiss.Index]
+Trained = tuple[faiss.Index, dict]  # a built index of the variant and its manifest parameters
 
 
 def build_variant(spec: VariantSpec, vectors: np.ndarray, cfg: IndexConfig, seed: int,
-                  ivfpq_builder: IvfPqBuilder = build_ivfpq) -> tuple[object, dict]:
+                  ivfpq_builder: IvfPqBuilder = build_ivfpq, trained: Trained | None = None) -> tuple[object, dict]:
     """The FAISS index of one variant and the parameters a reader needs (recorded in the manifest).
-    `ivfpq_builder` lets an engine build IVF-PQ in parallel (operators/index_build.py)."""
+    `ivfpq_builder` lets an engine build IVF-PQ in parallel (operators/index_build.py); `trained` is the
+    live version's IVF-PQ index and manifest parameters, reused when the plan is unchanged."""
     check_vectors(vectors)
     x = matryoshka(vectors, spec.dims)
     n, d = x.shape
@@ -82,8 +84,16 @@ def build_variant(spec: VariantSpec, vectors: np.ndarray, cfg: IndexConfig, seed
         params.update(factory="SQfp16", bytes_per_vector=2 * d)
     elif spec.kind == "ivfpq":
         plan = plan_ivfpq(n, d, cfg.ivf)
-        index = ivfpq_builder(x, plan, seed)
-        params.update(plan.to_dict(), seed=seed, bytes_per_vector=plan.code_bytes)
+        if trained is not None and trained[1]["factory"] == plan.factory and trained[1]["dims"] == d:
+            # The live version's coarse quantizer and PQ codebooks, emptied and refilled: training is most
+            # of an incremental run's index time. The plan changing (the corpus grew) retrains.
+            index = faiss.clone_index(trained[0])
+            index.reset()
+            index.add(x)
+            params.update({k: v for k, v in trained[1].items() if k not in ("index_bytes", "quality")})
+        else:
+            index = ivfpq_builder(x, plan, seed)
+            params.update(plan.to_dict(), seed=seed, bytes_per_vector=plan.code_bytes)
     elif spec.kind.startswith("int8"):
         factory = "SQ8" if spec.kind == "int8" else f"IVF{plan.nlist},SQ8"
         index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
@@ -114,10 +124,11 @@ def build_variant(spec: VariantSpec, vectors: np.ndarray, cfg: IndexConfig, seed
     return index, params
 
 
-def build_variants(cfg: IndexConfig, vectors: np.ndarray, seed: int,
-                   ivfpq_builder: IvfPqBuilder = build_ivfpq) -> tuple[dict[str, object], dict]:
+def build_variants(cfg: IndexConfig, vectors: np.ndarray, seed: int, ivfpq_builder: IvfPqBuilder = build_ivfpq,
+                   trained: dict[str, Trained] | None = None) -> tuple[dict[str, object], dict]:
     indexes, params = {}, {}
     for name in cfg.variants:
         spec = VariantSpec.parse(name)
-        indexes[spec.name], params[spec.name] = build_variant(spec, vectors, cfg, seed, ivfpq_builder)
+        indexes[spec.name], params[spec.name] = build_variant(spec, vectors, cfg, seed, ivfpq_builder,
+                                                              (trained or {}).get(spec.name))
     return indexes, params

@@ -38,7 +38,7 @@ def write_config(path, corpus_file, folder, root, **extra) -> str:
     cfg = {"index_name": "jobs", "corpus": {"source": str(corpus_file), "metadata_fields": ["year"]},
            "chunking": {"mode": "tokens", "max_tokens": 128, "overlap": 16},
            "evaluation": {"queries": str(folder / "queries.jsonl"), "qrels": str(folder / "qrels.tsv")},
-           "index": {"variants": ["exact"]}, "publish": {"alias": "live", "gate": {"max_drop": 0.05}},
+           "index": {"variants": ["exact", "ivfpq"]}, "publish": {"alias": "live", "gate": {"max_drop": 0.05}},
            "run": {"shards": 4, "actors": 2, "cpus_per_actor": 0.5, "local_embed_max_chunks": 100},
            "storage": {"root": str(root)}} | extra
     path.write_text(yaml.safe_dump(cfg))
@@ -105,12 +105,16 @@ def test_incremental_reindex_embeds_exactly_the_edits_and_reuses_every_other_vec
     same2 = rows2.with_row_index("i").join(kept2.select("chunk_id"), on="chunk_id")["i"].to_numpy()
     assert np.array_equal(vec1[same1], vec2[same2])
     assert v2["promotion"]["promoted"] and v2["index"]["variants"]["exact"]["quality"]
+    # IVF-PQ was refilled from v1's training (same plan), not trained again
+    ivfpq = v2["index"]["variants"]["ivfpq"]
+    assert ivfpq["trained_in"] == v1["version"] and ivfpq["quality"]["ivfpq"]["recall@10_vs_exact"] > 0.5
 
 
 def test_incremental_result_equals_a_full_rebuild_of_the_edited_corpus(runs):
     rows2, vec2 = rows_and_vectors(runs["v2"])
     rows_full, vec_full = rows_and_vectors(runs["rebuilt"])
     assert runs["rebuilt"]["counts"]["embedded"] == rows_full.height  # a fresh root: nothing cached
+    assert "trained_in" not in runs["rebuilt"]["index"]["variants"]["ivfpq"]  # a full build trains
     assert rows2.equals(rows_full)
     assert np.abs(vec2 - vec_full).max() <= 1e-5  # other batch mates change float rounding only
     from pipeline.snapshot import Snapshot
@@ -177,8 +181,11 @@ def test_backfill_rejects_a_filter_on_a_field_the_corpus_does_not_keep(runs, pre
     assert read_alias(store, "jobs", "live").version == live
 
 
-def test_an_overlapping_run_that_promotes_second_leaves_the_alias_to_the_first(runs):
+def test_an_overlapping_run_that_promotes_second_leaves_the_alias_to_the_first(runs, prefect_api):
     """Two scheduled runs both started from v1; the one promoting second sees the alias moved."""
+    from prefect import flow
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from flows.build import promote_task
     from pipeline.aliases import read_alias
     from pipeline.config import load_config
@@ -186,6 +193,12 @@ def test_an_overlapping_run_that_promotes_second_leaves_the_alias_to_the_first(r
     cfg = load_config(runs["config"])
     store = cfg.storage_client()
     live = read_alias(store, "jobs", "live").version
-    out = promote_task.fn(cfg, runs["v2"]["version"], runs["v1"]["version"], "reindex")
-    assert not out["promoted"] and out["live"] == live and "moved" in out["reason"]
+
+    @flow
+    def late_run() -> dict:  # it saw v1 live when it started, and publishes v2 after others promoted
+        return promote_task(cfg, runs["v2"]["version"], runs["v1"]["version"], "reindex")
+
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        out = late_run()
+    assert not out["promoted"] and out["live"] == live and "as the caller saw" in out["reason"]
     assert read_alias(store, "jobs", "live").version == live
