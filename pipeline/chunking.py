@@ -72,21 +72,21 @@ class Chunker:
         offsets, n = enc["offset_mapping"], len(enc["input_ids"])
         if self.cfg.mode == "none" or n == 0:
             return [(0, len(text), n)]
-        window, word_ids = self.token_budget(), enc.word_ids()
+        window, starts = self.token_budget(), _word_starts(enc.word_ids(), offsets, text)
         spans, start = [], 0
         while True:
             end = min(start + window, n)
             if end < n:
                 # Move the cut back to the start of the word it would split, if that keeps most of the window.
                 cut = end
-                while cut > start + window // 2 and word_ids[cut] is not None and word_ids[cut] == word_ids[cut - 1]:
+                while cut > start + window // 2 and not starts[cut]:
                     cut -= 1
                 end = cut if cut > start + window // 2 else end
             spans.append((offsets[start][0], offsets[end - 1][1], end - start))
             if end >= n:
                 return spans
             prev, start = start, max(end - self.cfg.overlap, start + 1)
-            while start > prev + 1 and word_ids[start] is not None and word_ids[start] == word_ids[start - 1]:
+            while start > prev + 1 and not starts[start]:
                 start -= 1  # begin the next window at a word start too (the overlap grows by a few tokens)
 
     def chunk(self, docs: pl.DataFrame) -> pl.DataFrame:
@@ -100,3 +100,13 @@ class Chunker:
                                                      self.chunk_hash(piece)), strict=True):
                     rows[key].append(value)
         return pl.DataFrame(rows, schema=CHUNK_SCHEMA)
+
+
+def _word_starts(word_ids: list[int | None], offsets: list[tuple[int, int]], text: str) -> list[bool]:
+    """Whether each token begins a word. The tokenizer's word ids say so when it pre-splits words (BERT);
+    a SentencePiece tokenizer without a pre-tokenizer (wordllama's) gives one word id to every token, so
+    there a token begins a word when whitespace precedes it or its piece carries the space."""
+    if len(set(word_ids)) > 1:
+        return [i == 0 or w is None or w != word_ids[i - 1] for i, w in enumerate(word_ids)]
+    return [i == 0 or a == 0 or text[a - 1].isspace() or (a < len(text) and text[a].isspace())
+            for i, (a, _) in enumerate(offsets)]

@@ -50,3 +50,21 @@ def test_chunk_hash_depends_on_text_and_params(tokenizer):
 def test_window_larger_than_model_fails(tokenizer):
     with pytest.raises(ConfigError, match=r"chunking.max_tokens \(512\) exceeds the model's limit \(256\)"):
         make(tokenizer, max_tokens=512, overlap=0)
+
+
+def test_sentencepiece_tokenizer_without_word_ids_still_gets_full_windows_at_word_starts(sample_docs):
+    """wordllama's tokenizer gives every token the same word id; windows must still advance by about
+    max_tokens - overlap (they once advanced one token at a time: 84,420 chunks from 500 abstracts)."""
+    from pipeline.config import ModelConfig
+    from pipeline.encoder import tokenizer_for
+
+    tokenizer, limit = tokenizer_for(ModelConfig(name="wordllama-l2-supercat", package="wordllama"))
+    chunker = Chunker(tokenizer, ChunkingConfig(max_tokens=64, overlap=8), model_max_tokens=limit)
+    text = document_text(sample_docs[0]["title"], sample_docs[0]["text"])
+    n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    spans = chunker.spans(text)
+    window = chunker.token_budget()
+    assert len(spans) <= -(-(n - 8) // (window // 2 - 8)) and len(spans) >= -(-(n - 8) // (window - 8))
+    for (_, b, _), (c, _, _) in zip(spans, spans[1:], strict=False):
+        assert c < b  # consecutive windows overlap, and each starts at a word (its piece carries the space)
+        assert text[c].isspace() or text[c - 1].isspace()
