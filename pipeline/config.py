@@ -113,7 +113,8 @@ class IvfConfig(_Strict):
     pq_m: Annotated[int, Field(gt=0)] | None = None
     nbits: Annotated[int, Field(ge=1, le=8)] | None = None
     nprobe: Annotated[int, Field(gt=0)] | None = None
-    max_train_points: Annotated[int, Field(gt=0)] = 100_000
+    # The training sample's cap, i.e. its memory (200k x 384 dims x 4 B = 307 MB); nlist <= cap / 39.
+    max_train_points: Annotated[int, Field(gt=0)] = 200_000
 
 
 VARIANT_PATTERN = r"^(exact|fp16|ivfpq|int8|int8-ivf|binary|binary-ivf)(@[1-9][0-9]*)?$"  # see pipeline/variants.py

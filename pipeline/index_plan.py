@@ -1,8 +1,8 @@
 """IVF-PQ parameters planned from the number of vectors N and their dims, as pure functions.
 
 Rules (in the spirit of autofaiss, documented so a reader can predict the plan):
-- nlist: the power of two nearest 4*sqrt(N), but at most N/39 (FAISS wants >= 39 training points per
-  centroid) and at least 1.
+- nlist: the power of two nearest 4*sqrt(N), but at most train_points/39 (FAISS wants >= 39 training
+  points per centroid) and at least 1.
 - PQ: m sub-quantizers of dims/m dims each, m the divisor of dims nearest dims/8 (8 dims per byte-code;
   384 dims -> 48 bytes, 1/32 of fp32). nbits 8 (256 centroids per sub-quantizer) when the training
   sample has >= 2,560 points, else the largest that keeps >= 10 points per centroid (min 1): small
@@ -10,7 +10,9 @@ Rules (in the spirit of autofaiss, documented so a reader can predict the plan):
 - nprobe: enough lists to scan at least 2,560 vectors, and at least 1/64 of the lists (at most nlist).
   Small corpora have small lists, so they probe a large share (SciFact: 66 of 132 lists, which gives
   Recall@10 0.99 of the coarse quantizer; nlist/8 gave 0.90); at 1M vectors it is 64 of 4,096.
-- training sample: min(N, max_train_points), drawn with the run's seed.
+- training sample: min(N, max_train_points), drawn with the run's seed. max_train_points is the memory
+  budget of training (200k x 384 dims x 4 bytes = 307 MB): it caps nlist at 5,128 lists (1M vectors
+  plan 4,096); raise it for larger corpora.
 The factory string ends in `np`, which skips polysemous training (3-5x slower, unused here).
 """
 
@@ -75,7 +77,7 @@ def plan_ivf(n: int, cfg: IvfConfig) -> IvfPlan:
     if n < 2:
         raise IndexBuildError(f"an IVF index needs at least 2 vectors to train, got {n}")
     train = min(n, cfg.max_train_points)
-    nlist = cfg.nlist or plan_nlist(n)
+    nlist = cfg.nlist or min(plan_nlist(n), max(1, train // MIN_POINTS_PER_CENTROID))
     if nlist > train:
         raise IndexBuildError(f"index.ivf.nlist ({nlist}) exceeds the {train} training vectors available")
     nprobe = cfg.nprobe or max(math.ceil(MIN_VECTORS_SCANNED * nlist / n), nlist // 64, 1)

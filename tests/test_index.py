@@ -10,14 +10,20 @@ from pipeline.index_plan import plan_ivfpq
 
 @pytest.mark.parametrize(
     ("n", "nlist", "nbits", "nprobe"),
-    [(2, 1, 1, 1), (200, 5, 4, 5), (500, 12, 5, 12), (5183, 132, 8, 66), (1_000_000, 4096, 8, 64)],
+    [(2, 1, 1, 1), (200, 5, 4, 5), (500, 12, 5, 12), (5183, 132, 8, 66), (1_000_000, 4096, 8, 64),
+     (100_000_000, 5128, 8, 80)],
 )
 def test_plan_clamps_for_small_and_large_n(n, nlist, nbits, nprobe):
     plan = plan_ivfpq(n, 384, IvfConfig())
     assert (plan.nlist, plan.nbits, plan.nprobe) == (nlist, nbits, nprobe)
     assert plan.pq_m == 48 and 384 % plan.pq_m == 0 and plan.factory.endswith("np")
-    assert plan.nlist * 39 <= max(n, 39) and 2**plan.nbits * 10 <= max(plan.train_points, 20)
-    assert plan.train_points == min(n, 100_000)
+    assert plan.nlist * 39 <= max(plan.train_points, 39) and 2**plan.nbits * 10 <= max(plan.train_points, 20)
+    assert plan.train_points == min(n, 200_000)  # FAISS gets >= 39 points per list; the sample stays in budget
+
+
+def test_a_smaller_training_budget_caps_the_lists():
+    plan = plan_ivfpq(1_000_000, 384, IvfConfig(max_train_points=50_000))
+    assert plan.train_points == 50_000 and plan.nlist == 1282 and plan.nlist * 39 <= 50_000
 
 
 def test_plan_respects_explicit_values_and_rejects_impossible_ones():
