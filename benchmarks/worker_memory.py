@@ -1,0 +1,115 @@
+"""Peak memory of an embedding worker (and of the driver) for a synthetic corpus of N and 10 x N documents.
+
+The pipeline streams: the driver reads, chunks and writes the corpus `run.read_batch` records at a time
+(one input part per shard and batch), and each Ray actor embeds its shards part by part. So with the
+batch fixed, 10x the documents means 10x the parts, not bigger parts, and a worker's peak resident memory
+should stay flat (target: within 20%). Each size runs in its own process (a fresh driver) with fresh
+actors and a fresh storage root; the worker figure is the largest `ru_maxrss` any actor reported
+(pipeline/shards.py). The model is the wordllama static model, so the run takes minutes, not hours; the
+code path is the one MiniLM takes. Writes benchmarks/out/worker_memory.{json,md}.
+
+Usage: .venv/bin/python benchmarks/worker_memory.py [--docs 2000 --factor 10 --read-batch 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OUT = Path(__file__).parent / "out"
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SCIFACT = REPO.parent / "shared" / "data" / "beir" / "scifact" / "corpus.jsonl.gz"
+
+
+def synthetic_corpus(path: Path, docs: int, seed: int) -> None:
+    """Abstract-like documents: words drawn from SciFact's vocabulary, lengths log-normal around 200 words."""
+    import numpy as np
+
+    with gzip.open(SCIFACT, "rt") as fh:
+        words = sorted({w for line in fh for w in json.loads(line)["text"].split()})
+    rng = np.random.default_rng(seed)
+    with path.open("w") as out:
+        for i in range(docs):
+            n = int(np.clip(rng.lognormal(np.log(200), 0.4), 20, 1000))
+            text = " ".join(words[j] for j in rng.integers(0, len(words), n))
+            out.write(json.dumps({"_id": f"d{i}", "title": f"document {i}", "text": text}) + "\n")
+
+
+def one(docs: int, read_batch: int, work: Path) -> dict:
+    """Prepare and embed `docs` documents in this process; returns the counts and peak memory."""
+    from operators.cluster import shutdown_ray
+    from operators.embedding import embed_shards
+    from pipeline.config import PipelineConfig
+    from pipeline.stages import prepare
+
+    corpus = work / f"corpus-{docs}.jsonl"
+    synthetic_corpus(corpus, docs, seed=0)
+    root = work / f"store-{docs}"
+    cfg = PipelineConfig.model_validate({
+        "index_name": "memory", "corpus": {"source": str(corpus)},
+        "model": {"name": "wordllama-l2-supercat", "package": "wordllama"},
+        "chunking": {"max_tokens": 256, "overlap": 32},
+        "run": {"shards": 4, "actors": 2, "cpus_per_actor": 1.0, "read_batch": read_batch},
+        "storage": {"root": str(root)}})
+    start = time.perf_counter()
+    prepared = prepare(cfg, cfg.storage_client(), "memory")
+    results = embed_shards(cfg.storage.root, {}, "memory", prepared.shards, cfg.model, cfg.run.actors,
+                           cfg.run.cpus_per_actor)
+    shutdown_ray()
+    parts = max(len(list((root / "runs/memory/shards" / f"{s:05d}" / "vectors").iterdir())) for s in prepared.shards)
+    return {"docs": docs, "chunks": prepared.counts["chunks"], "parts_per_shard": parts,
+            "worker_peak_rss_mb": max(r.peak_rss_mb for r in results),
+            "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=2000)
+    parser.add_argument("--factor", type=int, default=10)
+    parser.add_argument("--read-batch", type=int, default=1000)
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one size here
+    args = parser.parse_args()
+    work = OUT / "worker_memory"
+    if args.one:
+        print(json.dumps(one(args.one, args.read_batch, work)))
+        return 0
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    rows = []
+    for docs in (args.docs, args.docs * args.factor):
+        proc = subprocess.run([sys.executable, __file__, "--one", str(docs), "--read-batch", str(args.read_batch)],
+                              capture_output=True, text=True, cwd=REPO, timeout=3600)
+        if proc.returncode:
+            raise RuntimeError(f"{docs} docs: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+    small, large = rows
+    ratio = large["worker_peak_rss_mb"] / small["worker_peak_rss_mb"]
+    driver_ratio = large["driver_peak_rss_mb"] / small["driver_peak_rss_mb"]
+    report = {"runs": rows, "worker_ratio": round(ratio, 3), "driver_ratio": round(driver_ratio, 3),
+              "target": 1.2, "met": ratio <= 1.2}
+    (OUT / "worker_memory.json").write_text(json.dumps(report, indent=2))
+    md = "\n".join([
+        f"# Worker peak memory, N = {small['docs']} vs {large['docs']} documents (read_batch {args.read_batch})", "",
+        "| docs | chunks | parts per shard | worker peak RSS MB | driver peak RSS MB | seconds |",
+        "|---|---|---|---|---|---|",
+        *[f"| {r['docs']} | {r['chunks']} | {r['parts_per_shard']} | {r['worker_peak_rss_mb']} | "
+          f"{r['driver_peak_rss_mb']} | {r['seconds']} |" for r in rows], "",
+        f"**worker 10N / N = {ratio:.3f}** (target <= 1.2); driver 10N / N = {driver_ratio:.3f}.",
+    ])
+    (OUT / "worker_memory.md").write_text(md + "\n")
+    print(md)
+    return 0 if report["met"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
