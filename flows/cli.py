@@ -15,7 +15,7 @@ import typer
 import yaml
 from rich.table import Table
 
-from flows import cli_snapshots
+from flows import cli_jobs, cli_snapshots
 from flows.cli_common import JsonFlag, console, fail
 
 for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -211,7 +211,7 @@ def deploy(
 
 
 for _command in (cli_snapshots.versions, cli_snapshots.show, cli_snapshots.verify, cli_snapshots.promote,
-                 cli_snapshots.rollback, cli_snapshots.gc):
+                 cli_snapshots.rollback, cli_snapshots.gc, cli_jobs.migrate, cli_jobs.monitor):
     app.command()(_command)
 
 
