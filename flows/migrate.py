@@ -25,21 +25,23 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 from flows.artifacts import png_artifact
 from flows.build import artifact_key, build_snapshot, default_run_id
+from flows.live import measure_task, open_live
 from pipeline.aliases import promote, read_alias
 from pipeline.config import PipelineConfig, load_config
 from pipeline.delta import Delta
 from pipeline.encoder import cached_encoder
-from pipeline.errors import AliasMoved, ConfigError, GateRefused, SnapshotError
-from pipeline.measure import GoldenSet, Measurement, load_golden_set, measure
+from pipeline.errors import AliasMoved, ConfigError, GateRefused
+from pipeline.measure import Measurement, load_golden_set
 from pipeline.migration import gate_check, migration_markdown, migration_report
 from pipeline.model_catalog import model_section
 from pipeline.plots import blue_green_png
 from pipeline.snapshot import Snapshot
 from pipeline.stages import check_inputs
-from pipeline.storage import Storage, redact
+from pipeline.storage import redact
 
 _task = task(cache_policy=NO_CACHE, persist_result=False)
 
@@ -51,23 +53,9 @@ def served_alias(cfg: PipelineConfig, job: str) -> str:
     return cfg.publish.alias
 
 
-def open_live(storage: Storage, index: str, alias: str, job: str) -> Snapshot:
-    version = read_alias(storage, index, alias).version
-    if version is None:
-        raise SnapshotError(f"{job} of {index}: alias {alias} is not set at {redact(storage.url)}, so there is no live "
-                            "snapshot to compare with; build the first version with the reindex flow "
-                            "(embedpipe run CONFIG) and promote it")
-    return Snapshot.at(storage.child(f"snapshots/{index}/{version}"))
-
-
 @_task(name="open the live (blue) snapshot")
 def open_blue_task(cfg: PipelineConfig, alias: str) -> Snapshot:
     return open_live(cfg.storage_client(), cfg.index_name, alias, "migration")
-
-
-@_task(name="measure on the golden set")
-def measure_task(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str) -> Measurement:
-    return measure(snapshot, golden, k, mode)
 
 
 @_task(name="promote green through the quality gate")
@@ -142,6 +130,7 @@ def migrate(config_path: str, model: str | None = None, overrides: dict[str, Any
     png_artifact(png, key=artifact_key("blue-green", cfg.index_name),
                  description=f"blue {blue.model} ({blue.version}) vs green {green.model} ({green.version})")
     return {"job": "migrate", "index_name": cfg.index_name, "alias": alias, "run_id": built["run_id"],
+            "flow_run_id": str(flow_run.id),
             "blue": {"version": blue.version, "model": blue.model, "dims": blue.dims, "metrics": blue.metrics},
             "green": {"version": green.version, "model": green.model, "dims": green.dims, "metrics": green.metrics,
                       "snapshot": built["snapshot"], "counts": built["counts"]},

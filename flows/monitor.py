@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.build import artifact_key
-from flows.migrate import measure_task, open_live
+from flows.live import measure_task, open_live
 from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import ConfigError, EmbedpipeError, MonitoringFailed
 from pipeline.measure import load_golden_set

