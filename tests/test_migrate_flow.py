@@ -25,7 +25,9 @@ def _config(folder, paths: dict, model: str, **extra) -> str:
     cfg = {"index_name": INDEX, "corpus": {"source": str(paths["corpus"])},
            "chunking": {"mode": "tokens", "max_tokens": 128, "overlap": 16}, "model": model_section(model),
            "evaluation": {"queries": str(paths["queries"]), "qrels": str(paths["qrels"])},
-           "index": {"variants": ["exact", "int8"]}, "run": {"shards": 2, "actors": 2, "cpus_per_actor": 0.5},
+           "index": {"variants": ["exact", "int8"]},
+           # in the flow's process (no Ray start, one model load); the mpnet test embeds in Ray actors
+           "run": {"shards": 2, "actors": 2, "cpus_per_actor": 1.0, "local_embed_max_chunks": 10_000},
            "storage": {"root": str(folder / "store")},
            "publish": {"alias": "live", "gate": {"metric": "ndcg@10", "mode": "exact", "max_drop": 0.0}}} | extra
     path = folder / "config.yaml"
@@ -142,7 +144,7 @@ def test_a_worse_model_is_refused_and_the_alias_stays(store, accepted, prefect_a
     config, _ = store
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     out = subprocess.run([sys.executable, "-m", "flows.cli", "migrate", config, "--model", "wordllama-l2-supercat",
-                          "--set", "run.local_embed_max_chunks=100000", "--json"], cwd=REPO, env=env,
+                          "--json"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=480)
     assert out.returncode == 0, out.stderr[-3000:]
     refused = json.loads(out.stdout)
@@ -193,12 +195,14 @@ def test_minilm_to_mpnet_changes_dims_and_the_alias_then_encodes_with_mpnet(tmp_
     from pipeline.search import Searcher
     from pipeline.snapshot import Snapshot
 
-    paths = write_golden_subset(tmp_path / "data", sample_docs, 8, 60)
+    paths = write_golden_subset(tmp_path / "data", sample_docs, 8, 40)
     config = _config(tmp_path, paths, "all-MiniLM-L6-v2",
-                     publish={"alias": "live", "gate": {"metric": "ndcg@10", "max_drop": 1.0}})  # any quality
+                     publish={"alias": "live", "gate": {"metric": "ndcg@10", "max_drop": 1.0}},  # any quality
+                     run={"shards": 2, "actors": 2, "cpus_per_actor": 1.0, "local_embed_max_chunks": 0})  # Ray actors
     blue = _in_prefect(prefect_api, reindex, config)
     out = _in_prefect(prefect_api, migrate, config, model="all-mpnet-base-v2")
     assert (out["blue"]["dims"], out["green"]["dims"]) == (384, 768) and out["promotion"]["promoted"]
+    assert out["green"]["counts"]["embedded_in"] == "ray actors"  # the actors found mpnet too
     assert out["blue"]["version"] == blue["version"] and _alias(config) == out["green"]["version"]
     assert out["green"]["metrics"]["ndcg@10"] > 0.5 and out["topk_overlap"]["queries"] == 8
     root = yaml.safe_load(Path(config).read_text())["storage"]["root"]
