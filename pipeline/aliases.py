@@ -118,8 +118,12 @@ def _move(storage: Storage, current: AliasState, to_version: str, action: str, b
 
 
 def promote(storage: Storage, index: str, alias: str, version: str, seen: str | None, gate: GateConfig | None = None,
-            force: bool = False, by: str = "embedpipe") -> tuple[AliasState, GateResult | None]:
-    """Move `alias` from `seen` (the version the caller saw, None if unset) to `version`, through the gate."""
+            force: bool = False, by: str = "embedpipe", live_evaluation: dict | None = None
+            ) -> tuple[AliasState, GateResult | None]:
+    """Move `alias` from `seen` (the version the caller saw, None if unset) to `version`, through the gate.
+
+    The gate compares with the live version's manifest, or with `live_evaluation` (its metrics recomputed
+    on the candidate's golden set, as a migration does, in the manifest's "evaluation" shape)."""
     current = read_alias(storage, index, alias)
     if current.version != seen:
         raise AliasMoved(f"alias {index}/{alias} is at {current.version}, not {seen} as the caller saw; nothing "
@@ -128,6 +132,8 @@ def promote(storage: Storage, index: str, alias: str, version: str, seen: str | 
     result = None
     if gate is not None:
         live = manifest_of(storage, index, current.version) if current.version else None
+        if live is not None and live_evaluation is not None:
+            live = {**live, "evaluation": live_evaluation}
         result = check_gate(gate, candidate, live)
         if not result.passed and not force:
             raise GateRefused(f"quality gate refused {index} {version} for alias {alias}: " + "; ".join(result.reasons))

