@@ -85,8 +85,9 @@ def main() -> int:
         n = len(texts)
         chunks = pl.DataFrame({"chunk_id": [f"d{i:05d}#0" for i in range(n)], "doc_id": [f"d{i:05d}" for i in range(n)],
                                "chunk_index": [0] * n, "start": [0] * n, "end": [len(t) for t in texts],
-                               "n_tokens": [0] * n, "chunk_hash": [f"h{i}" for i in range(n)], "title": [""] * n,
-                               "text": texts, "shard": [i % 8 for i in range(n)]})
+                               "n_tokens": [0] * n, "chunk_hash": [f"h{i}" for i in range(n)],
+                               "doc_hash": [f"d{i}" for i in range(n)], "title": [""] * n, "text": texts,
+                               "shard": [i % 8 for i in range(n)]})
         shards = sorted(write_shard_inputs(storage, "bench", chunks, part=0))
         start = time.perf_counter()
         embed_shards(root, {}, "bench", shards, model_cfg, actors=2, cpus_per_actor=1.0)

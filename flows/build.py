@@ -4,8 +4,7 @@ compare with the live snapshot -> read, shard, chunk -> embed (Ray actors, or in
 delta) -> build indexes -> evaluate -> publish -> promote through the quality gate.
 
 Each task is a thin wrapper around a `pipeline` function (or the Ray operator), so the same code runs in
-unit tests. Results stay in the flow's process (no result persistence): nothing large crosses Prefect, and
-Ray workers hand their results back to the task that called them.
+unit tests; flows/tasks.py says how tasks keep their results.
 """
 
 from __future__ import annotations
@@ -16,13 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 import polars as pl
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.artifacts import png_artifact
 from flows.progress import report
+from flows.tasks import local_task
 from operators.embedding import embed_shards
 from operators.index_build import parallel_ivfpq
 from pipeline.aliases import promote, read_alias
@@ -50,21 +49,19 @@ from pipeline.stages import (
 )
 from pipeline.storage import redact
 
-_task = task(cache_policy=NO_CACHE, persist_result=False)
 
-
-@_task(name="compare with the live snapshot")
+@local_task(name="compare with the live snapshot")
 def delta_task(cfg: PipelineConfig, selection: Selection | None) -> tuple[Delta, str | None, str]:
     fingerprint = cached_encoder(cfg.model).card.fingerprint
     return live_delta(cfg, cfg.storage_client(), fingerprint, selection)
 
 
-@_task(name="read, shard and chunk")
+@local_task(name="read, shard and chunk")
 def prepare_task(cfg: PipelineConfig, run_id: str, delta: Delta) -> PreparedRun:
     return prepare(cfg, cfg.storage_client(), run_id, delta)
 
 
-@_task(name="embed shards")
+@local_task(name="embed shards")
 def embed_task(cfg: PipelineConfig, prepared: PreparedRun) -> dict[str, Any]:
     done: list[ShardResult] = []
 
@@ -90,7 +87,7 @@ def embed_task(cfg: PipelineConfig, prepared: PreparedRun) -> dict[str, Any]:
             "worker_peak_rss_mb": max((r.peak_rss_mb for r in fresh), default=0.0)}
 
 
-@_task(name="build indexes")
+@local_task(name="build indexes")
 def index_task(cfg: PipelineConfig, prepared: PreparedRun, base: str | None) -> tuple[BuiltIndexes, pl.DataFrame]:
     """`base`: the live version an incremental run or backfill started from; its IVF-PQ training is reused."""
     storage = cfg.storage_client()
@@ -100,7 +97,7 @@ def index_task(cfg: PipelineConfig, prepared: PreparedRun, base: str | None) -> 
     return build_indexes(cfg, vectors, builder, trained_indexes(storage, cfg.index_name, base)), id_table(embedded)
 
 
-@_task(name="evaluate on golden queries")
+@local_task(name="evaluate on golden queries")
 def evaluate_task(cfg: PipelineConfig, built: BuiltIndexes, ids: pl.DataFrame, prepared: PreparedRun) -> dict:
     urls = golden_set_urls(cfg.corpus, cfg.evaluation.queries, cfg.evaluation.qrels)
     if urls is None:
@@ -112,14 +109,14 @@ def evaluate_task(cfg: PipelineConfig, built: BuiltIndexes, ids: pl.DataFrame, p
             "modes": searcher.evaluate(queries, qrels, cfg.evaluation.k)}
 
 
-@_task(name="publish snapshot")
+@local_task(name="publish snapshot")
 def publish_task(cfg: PipelineConfig, files: dict[str, bytes], manifest: dict, run_id: str) -> tuple[str, str]:
     version = new_version()
     url = publish(cfg.storage_client(), cfg.index_name, version, files, manifest, publisher=run_id)
     return url, version
 
 
-@_task(name="promote through the quality gate")
+@local_task(name="promote through the quality gate")
 def promote_task(cfg: PipelineConfig, version: str, seen: str | None, job: str) -> dict:
     """Move the alias from the version seen when the run started. A gate refusal leaves it there, and so
     does an overlapping run that promoted first (AliasMoved): this version stays published, not live."""

@@ -3,16 +3,12 @@ the golden set (pipeline/measure.py) as a task."""
 
 from __future__ import annotations
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
+from flows.tasks import local_task
 from pipeline.aliases import read_alias
 from pipeline.errors import SnapshotError
 from pipeline.measure import GoldenSet, Measurement, measure
 from pipeline.snapshot import Snapshot
 from pipeline.storage import Storage, redact
-
-_task = task(cache_policy=NO_CACHE, persist_result=False)
 
 
 def open_live(storage: Storage, index: str, alias: str, job: str) -> Snapshot:
@@ -25,6 +21,6 @@ def open_live(storage: Storage, index: str, alias: str, job: str) -> Snapshot:
     return Snapshot.at(storage.child(f"snapshots/{index}/{version}"))
 
 
-@_task(name="measure on the golden set")
+@local_task(name="measure on the golden set")
 def measure_task(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str) -> Measurement:
     return measure(snapshot, golden, k, mode)

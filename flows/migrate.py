@@ -22,14 +22,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.artifacts import png_artifact
 from flows.build import artifact_key, build_snapshot, default_run_id
 from flows.live import measure_task, open_live
+from flows.tasks import local_task
 from pipeline.aliases import promote, read_alias
 from pipeline.config import PipelineConfig, load_config
 from pipeline.delta import Delta
@@ -43,8 +43,6 @@ from pipeline.snapshot import Snapshot
 from pipeline.stages import check_inputs
 from pipeline.storage import redact
 
-_task = task(cache_policy=NO_CACHE, persist_result=False)
-
 
 def served_alias(cfg: PipelineConfig, job: str) -> str:
     if not cfg.publish.alias:
@@ -53,12 +51,12 @@ def served_alias(cfg: PipelineConfig, job: str) -> str:
     return cfg.publish.alias
 
 
-@_task(name="open the live (blue) snapshot")
+@local_task(name="open the live (blue) snapshot")
 def open_blue_task(cfg: PipelineConfig, alias: str) -> Snapshot:
     return open_live(cfg.storage_client(), cfg.index_name, alias, "migration")
 
 
-@_task(name="promote green through the quality gate")
+@local_task(name="promote green through the quality gate")
 def promote_green_task(cfg: PipelineConfig, alias: str, blue: Measurement, green: Measurement, passed: bool,
                        reason: str) -> dict:
     """Move the alias from blue to green by compare-and-swap; the gate is checked again there on the same
@@ -78,7 +76,7 @@ def promote_green_task(cfg: PipelineConfig, alias: str, blue: Measurement, green
     return {"alias": alias, "promoted": False, "live": live, "reason": reason}
 
 
-@_task(name="write the migration report")
+@local_task(name="write the migration report")
 def write_report_task(cfg: PipelineConfig, run_id: str, report: dict, markdown: str, png: bytes) -> str:
     storage = cfg.storage_client()
     prefix = f"runs/{run_id}/migration"

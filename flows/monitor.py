@@ -15,19 +15,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
 from flows.build import artifact_key
 from flows.live import measure_task, open_live
+from flows.tasks import local_task
 from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import ConfigError, EmbedpipeError, MonitoringFailed
 from pipeline.measure import load_golden_set
 from pipeline.monitoring import monitor_markdown, monitor_result, previous_result, result_key
 from pipeline.snapshot import Snapshot
-
-_task = task(cache_policy=NO_CACHE, persist_result=False)
 
 
 def watched_alias(cfg: PipelineConfig) -> str:
@@ -38,12 +36,12 @@ def watched_alias(cfg: PipelineConfig) -> str:
     return alias
 
 
-@_task(name="open the live snapshot")
+@local_task(name="open the live snapshot")
 def open_live_task(cfg: PipelineConfig, alias: str) -> Snapshot:
     return open_live(cfg.storage_client(), cfg.index_name, alias, "monitoring")
 
 
-@_task(name="store the result")
+@local_task(name="store the result")
 def store_result_task(cfg: PipelineConfig, result: dict) -> str:
     storage = cfg.storage_client()
     key = result_key(result)
