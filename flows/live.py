@@ -18,7 +18,7 @@ def open_live(storage: Storage, index: str, alias: str, job: str) -> Snapshot:
         raise SnapshotError(f"{job} of {index}: alias {alias} is not set at {redact(storage.url)}, so there is no live "
                             "snapshot to compare with; build the first version with the reindex flow "
                             "(embedpipe run CONFIG) and promote it")
-    return Snapshot.at(storage.child(f"snapshots/{index}/{version}"))
+    return Snapshot.of(storage, index, version)
 
 
 @local_task(name="measure on the golden set")

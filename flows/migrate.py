@@ -111,7 +111,7 @@ def migrate(config_path: str, model: str | None = None, overrides: dict[str, Any
     green_cfg = cfg.model_copy(update={"publish": cfg.publish.model_copy(update={"alias": None})})
     built = build_snapshot(green_cfg, run_id or default_run_id(cfg, "migrate"), "migrate",
                            lambda: (Delta(live=None), blue.version, why))
-    green_snapshot = Snapshot.at(cfg.storage_client().child(f"snapshots/{cfg.index_name}/{built['version']}"))
+    green_snapshot = Snapshot.of(cfg.storage_client(), cfg.index_name, built["version"])
     green = measure_task.with_options(name="measure green (candidate) on the golden set")(
         green_snapshot, golden, k, gate.mode)
 

@@ -102,6 +102,11 @@ class Snapshot:
         return cls.at(storage)
 
     @classmethod
+    def of(cls, root: Storage, index_name: str, version: str) -> Snapshot:
+        """A committed version of an index under a storage root (keeps the root's storage options)."""
+        return cls.at(root.child(f"snapshots/{index_name}/{version}"))
+
+    @classmethod
     def at(cls, storage: Storage) -> Snapshot:
         """The committed snapshot whose version folder `storage` is rooted at (keeps its storage options)."""
         if not storage.exists(MANIFEST):

@@ -60,7 +60,7 @@ def live_delta(cfg: PipelineConfig, storage: Storage, model_fingerprint: str,
     needs a live snapshot of the same model, since it keeps the rest of it."""
     alias = cfg.publish.alias
     version = read_alias(storage, cfg.index_name, alias).version if alias else None
-    snapshot = Snapshot.at(storage.child(f"snapshots/{cfg.index_name}/{version}")) if version else None
+    snapshot = Snapshot.of(storage, cfg.index_name, version) if version else None
     if snapshot is None:
         reason = f"alias {cfg.index_name}/{alias} is not set" if alias else "publish.alias is not set"
     elif snapshot.manifest["model"]["fingerprint"] != model_fingerprint:
@@ -89,15 +89,14 @@ def prepare(cfg: PipelineConfig, storage: Storage, run_id: str, delta: Delta | N
                             "max_chunks_per_doc", "truncated_chunks"], 0)
 
     def write(part: int, chunks: pl.DataFrame, kept: pl.DataFrame) -> None:
-        nonlocal shards
         frames = [f for f in (chunks, kept) if f.height]
         if not frames:
             return
         rows = pl.concat(frames, how="diagonal_relaxed")
-        shards |= write_shard_inputs(storage, run_id, rows, part)
+        shards.update(write_shard_inputs(storage, run_id, rows, part))
         counts["chunks"] += rows.height
-        counts["chunks_redone"], counts["chunks_kept"] = counts["chunks_redone"] + chunks.height, \
-            counts["chunks_kept"] + kept.height
+        counts["chunks_redone"] += chunks.height
+        counts["chunks_kept"] += kept.height
         per_doc = int(rows.group_by("doc_id").len()["len"].max())  # a document never spans two parts
         counts["max_chunks_per_doc"] = max(counts["max_chunks_per_doc"], per_doc)
         counts["truncated_chunks"] += int((rows["n_tokens"] > chunker.token_budget()).sum())
@@ -139,7 +138,7 @@ def trained_indexes(storage: Storage, index_name: str, version: str | None) -> d
     """The IVF-PQ variants of a committed version, for an incremental build to reuse their training."""
     if version is None:
         return {}
-    snapshot = Snapshot.at(storage.child(f"snapshots/{index_name}/{version}"))
+    snapshot = Snapshot.of(storage, index_name, version)
     params = {name: snapshot.variant_params(name) for name in snapshot.variants}
     return {name: (snapshot.index(name), {**p, "trained_in": p.get("trained_in", version)})
             for name, p in params.items() if p["kind"] == "ivfpq"}
