@@ -5,6 +5,9 @@ most `max_tokens` tokens (special tokens and the passage prefix included) overla
 tokens; a window never ends inside a word when it can end at a word start. Each chunk keeps character
 offsets into the document text, so `doc_text[start:end] == chunk text`.
 
+A window also starts at a word start, looking back at most half a step (so text without spaces still
+advances by max_tokens - overlap), and not on the whitespace a SentencePiece piece carries.
+
 Mode `none` makes one chunk per document with its whole text; the encoder then truncates it at the
 model's limit, which is how the published SciFact scores were measured.
 """
@@ -82,12 +85,14 @@ class Chunker:
                 while cut > start + window // 2 and not starts[cut]:
                     cut -= 1
                 end = cut if cut > start + window // 2 else end
-            spans.append((offsets[start][0], offsets[end - 1][1], end - start))
+            spans.append((_lstrip(text, offsets[start][0], offsets[end - 1][1]), offsets[end - 1][1], end - start))
             if end >= n:
                 return spans
-            prev, start = start, max(end - self.cfg.overlap, start + 1)
-            while start > prev + 1 and not starts[start]:
-                start -= 1  # begin the next window at a word start too (the overlap grows by a few tokens)
+            # Begin the next window at a word start too (the overlap grows by a few tokens), looking back at
+            # most half a step: text without word starts (a DNA sequence, CJK for wordllama) keeps full steps.
+            nominal = max(end - self.cfg.overlap, start + 1)
+            floor = max(start + 1, nominal - (window - self.cfg.overlap) // 2)
+            start = next((i for i in range(nominal, floor - 1, -1) if starts[i]), nominal)
 
     def chunk(self, docs: pl.DataFrame) -> pl.DataFrame:
         """docs (doc_id, title, text) -> chunks (CHUNK_SCHEMA), in document order."""
@@ -105,8 +110,18 @@ class Chunker:
 def _word_starts(word_ids: list[int | None], offsets: list[tuple[int, int]], text: str) -> list[bool]:
     """Whether each token begins a word. The tokenizer's word ids say so when it pre-splits words (BERT);
     a SentencePiece tokenizer without a pre-tokenizer (wordllama's) gives one word id to every token, so
-    there a token begins a word when whitespace precedes it or its piece carries the space."""
+    there a token begins a word when its piece carries the space ("▁word", or a bare "▁" before digits) or
+    whitespace no token covers precedes it. A digit after a bare "▁" is no word start: cut there, the
+    chunk would re-tokenize with one more token."""
     if len(set(word_ids)) > 1:
         return [i == 0 or w is None or w != word_ids[i - 1] for i, w in enumerate(word_ids)]
-    return [i == 0 or a == 0 or text[a - 1].isspace() or (a < len(text) and text[a].isspace())
+    return [i == 0 or (a < len(text) and text[a].isspace()) or (offsets[i - 1][1] < a and text[a - 1].isspace())
             for i, (a, _) in enumerate(offsets)]
+
+
+def _lstrip(text: str, a: int, b: int) -> int:
+    """Skip the whitespace a SentencePiece piece carries ("▁word" spans " word"): a chunk then starts at
+    its word, and re-tokenizing it gives its n_tokens instead of one more."""
+    while a < b and text[a].isspace():
+        a += 1
+    return a

@@ -117,6 +117,15 @@ class IvfConfig(_Strict):
     # The training sample's cap, i.e. its memory (200k x 384 dims x 4 B = 307 MB); nlist <= cap / 39.
     max_train_points: Annotated[int, Field(gt=0)] = 200_000
 
+    @model_validator(mode="after")
+    def _lists_fit_the_sample(self) -> IvfConfig:
+        # FAISS wants >= 39 training points per list; fail at load, not after hours of embedding
+        if self.nlist and self.nlist * 39 > self.max_train_points:
+            raise ValueError(f"nlist ({self.nlist}) needs {self.nlist * 39:,} training points (39 per list); "
+                             f"max_train_points is {self.max_train_points:,}: raise it (the training sample's "
+                             f"memory) or set nlist <= {self.max_train_points // 39}")
+        return self
+
 
 VARIANT_PATTERN = r"^(exact|fp16|ivfpq|int8|int8-ivf|binary|binary-ivf)(@[1-9][0-9]*)?$"  # see pipeline/variants.py
 VariantName = Annotated[str, Field(pattern=VARIANT_PATTERN)]

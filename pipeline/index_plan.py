@@ -12,7 +12,9 @@ Rules (in the spirit of autofaiss, documented so a reader can predict the plan):
   Recall@10 0.99 of the coarse quantizer; nlist/8 gave 0.90); at 1M vectors it is 64 of 4,096.
 - training sample: min(N, max_train_points), drawn with the run's seed. max_train_points is the memory
   budget of training (200k x 384 dims x 4 bytes = 307 MB): it caps nlist at 5,128 lists (1M vectors
-  plan 4,096); raise it for larger corpora.
+  plan 4,096); raise it for larger corpora. So the sample holds >= 39 * nlist points, or all N vectors
+  when there are fewer (N < 39, or an explicit nlist above N/39). An explicit `ivf.nlist` that would need more
+  points than the budget allows is refused when the config loads (pipeline/config.py), not trained short.
 The factory string ends in `np`, which skips polysemous training (3-5x slower, unused here).
 """
 

@@ -21,6 +21,26 @@ def test_plan_clamps_for_small_and_large_n(n, nlist, nbits, nprobe):
     assert plan.train_points == min(n, 200_000)  # FAISS gets >= 39 points per list; the sample stays in budget
 
 
+@pytest.mark.parametrize("dims", [256, 384, 768])
+@pytest.mark.parametrize("n", [1_000, 2_047, 10_000, 99_999, 100_000, 1_000_000, 7_800_000, 10_000_000,
+                               100_000_000])
+@pytest.mark.parametrize("budget", [50_000, 200_000, 1_000_000])
+def test_training_sample_covers_every_list_within_the_budget(n, dims, budget):
+    plan = plan_ivfpq(n, dims, IvfConfig(max_train_points=budget))
+    assert plan.train_points >= 39 * plan.nlist or plan.train_points == n  # no FAISS "too few points" warning
+    assert plan.train_points == min(n, budget)  # the sample is the budget (points x dims x 4 bytes) at most
+
+
+def test_an_explicit_nlist_beyond_the_training_budget_is_refused_when_the_config_loads():
+    from pipeline.config import parse_config
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"index.ivf.*nlist \(16384\) needs 638,976 training points.*200,000"):
+        parse_config({"index_name": "t", "corpus": {"source": "c.jsonl"}, "index": {"ivf": {"nlist": 16_384}}})
+    plan = plan_ivfpq(10_000_000, 384, IvfConfig(nlist=16_384, max_train_points=640_000))
+    assert plan.train_points == 640_000 and plan.nlist == 16_384
+
+
 def test_a_smaller_training_budget_caps_the_lists():
     plan = plan_ivfpq(1_000_000, 384, IvfConfig(max_train_points=50_000))
     assert plan.train_points == 50_000 and plan.nlist == 1282 and plan.nlist * 39 <= 50_000
