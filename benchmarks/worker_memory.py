@@ -5,8 +5,9 @@ The pipeline streams: the driver reads, chunks and writes the corpus `run.read_b
 batch fixed, 10x the documents means 10x the parts, not bigger parts, and a worker's peak resident memory
 should stay flat (target: within 20%). Each size runs in its own process (a fresh driver) with fresh
 actors and a fresh storage root; the worker figure is the largest `ru_maxrss` any actor reported
-(pipeline/shards.py). The model is the wordllama static model, so the run takes minutes, not hours; the
-code path is the one MiniLM takes. Writes benchmarks/out/worker_memory.{json,md}.
+(pipeline/shards.py), next to that of a probe actor that only imported what an EmbedActor imports and
+loaded the model (the floor under it). The model is the wordllama static model, so the run takes
+minutes, not hours; the code path is the one MiniLM takes. Writes benchmarks/out/worker_memory.{json,md}.
 
 Usage: .venv/bin/python benchmarks/worker_memory.py [--docs 2000 --factor 10 --read-batch 1000]
 """
@@ -43,9 +44,34 @@ def synthetic_corpus(path: Path, docs: int, seed: int) -> None:
             out.write(json.dumps({"_id": f"d{i}", "title": f"document {i}", "text": text}) + "\n")
 
 
+def loaded_model_mb(root: str, model: dict, cpus: float) -> float:
+    """Peak RSS of a fresh actor that has done what an EmbedActor does before its first part (connect the
+    storage, load the model): the floor under every worker's figure."""
+    import ray
+
+    @ray.remote
+    class Probe:
+        def __init__(self) -> None:
+            import operators.embedding  # noqa: F401  (the modules an EmbedActor's worker imports: polars, pyarrow)
+            from pipeline.config import ModelConfig
+            from pipeline.encoder import load_encoder
+            from pipeline.storage import Storage
+
+            self.storage, self.encoder = Storage(root), load_encoder(ModelConfig(**model))
+
+        def peak_rss_mb(self) -> float:
+            return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+    probe = Probe.options(num_cpus=cpus).remote()
+    try:
+        return ray.get(probe.peak_rss_mb.remote())
+    finally:
+        ray.kill(probe)
+
+
 def one(docs: int, read_batch: int, work: Path) -> dict:
     """Prepare and embed `docs` documents in this process; returns the counts and peak memory."""
-    from operators.cluster import shutdown_ray
+    from operators.cluster import ensure_ray, shutdown_ray
     from operators.embedding import embed_shards
     from pipeline.config import PipelineConfig
     from pipeline.stages import prepare
@@ -59,6 +85,8 @@ def one(docs: int, read_batch: int, work: Path) -> dict:
         "chunking": {"max_tokens": 256, "overlap": 32},
         "run": {"shards": 4, "actors": 2, "cpus_per_actor": 1.0, "read_batch": read_batch},
         "storage": {"root": str(root)}})
+    ensure_ray()
+    baseline = loaded_model_mb(cfg.storage_client().url, cfg.model.model_dump(), cfg.run.cpus_per_actor)
     start = time.perf_counter()
     prepared = prepare(cfg, cfg.storage_client(), "memory")
     results = embed_shards(cfg.storage.root, {}, "memory", prepared.shards, cfg.model, cfg.run.actors,
@@ -66,7 +94,7 @@ def one(docs: int, read_batch: int, work: Path) -> dict:
     shutdown_ray()
     parts = max(len(list((root / "runs/memory/shards" / f"{s:05d}" / "vectors").iterdir())) for s in prepared.shards)
     return {"docs": docs, "chunks": prepared.counts["chunks"], "parts_per_shard": parts,
-            "worker_peak_rss_mb": max(r.peak_rss_mb for r in results),
+            "worker_peak_rss_mb": max(r.peak_rss_mb for r in results), "worker_model_loaded_mb": baseline,
             "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "seconds": round(time.perf_counter() - start, 1)}
 
@@ -100,10 +128,11 @@ def main() -> int:
     (OUT / "worker_memory.json").write_text(json.dumps(report, indent=2))
     md = "\n".join([
         f"# Worker peak memory, N = {small['docs']} vs {large['docs']} documents (read_batch {args.read_batch})", "",
-        "| docs | chunks | parts per shard | worker peak RSS MB | driver peak RSS MB | seconds |",
-        "|---|---|---|---|---|---|",
+        "| docs | chunks | parts per shard | worker peak RSS MB | actor after model load MB | driver peak RSS MB "
+        "| seconds |",
+        "|---|---|---|---|---|---|---|",
         *[f"| {r['docs']} | {r['chunks']} | {r['parts_per_shard']} | {r['worker_peak_rss_mb']} | "
-          f"{r['driver_peak_rss_mb']} | {r['seconds']} |" for r in rows], "",
+          f"{r['worker_model_loaded_mb']} | {r['driver_peak_rss_mb']} | {r['seconds']} |" for r in rows], "",
         f"**worker 10N / N = {ratio:.3f}** (target <= 1.2); driver 10N / N = {driver_ratio:.3f}.",
     ])
     (OUT / "worker_memory.md").write_text(md + "\n")
