@@ -24,11 +24,10 @@ from flows.progress import report
 from flows.tasks import local_task
 from operators.embedding import embed_shards
 from operators.index_build import parallel_ivfpq
-from pipeline.aliases import promote, read_alias
+from pipeline.aliases import promote_or_stay, read_alias
 from pipeline.config import PipelineConfig
 from pipeline.delta import Delta, Selection
 from pipeline.encoder import cached_encoder
-from pipeline.errors import AliasMoved, GateRefused
 from pipeline.index_build import build_ivfpq
 from pipeline.manifest import build_manifest
 from pipeline.plots import quality_vs_bytes_png
@@ -120,14 +119,11 @@ def publish_task(cfg: PipelineConfig, files: dict[str, bytes], manifest: dict, r
 def promote_task(cfg: PipelineConfig, version: str, seen: str | None, job: str) -> dict:
     """Move the alias from the version seen when the run started. A gate refusal leaves it there, and so
     does an overlapping run that promoted first (AliasMoved): this version stays published, not live."""
-    try:
-        state, gate = promote(cfg.storage_client(), cfg.index_name, cfg.publish.alias, version, seen,
+    outcome = promote_or_stay(cfg.storage_client(), cfg.index_name, cfg.publish.alias, version, seen,
                               cfg.publish.gate, by=f"{job} {version}")
-    except (GateRefused, AliasMoved) as exc:
-        get_run_logger().warning("%s", exc)
-        live = read_alias(cfg.storage_client(), cfg.index_name, cfg.publish.alias).version
-        return {"alias": cfg.publish.alias, "promoted": False, "live": live, "reason": str(exc)}
-    return {"alias": cfg.publish.alias, "promoted": True, "live": state.version, "gate": gate.__dict__}
+    if not outcome["promoted"]:
+        get_run_logger().warning("%s", outcome["reason"])
+    return outcome
 
 
 def artifact_key(*parts: str) -> str:

@@ -30,11 +30,11 @@ from flows.artifacts import png_artifact
 from flows.build import artifact_key, build_snapshot, default_run_id
 from flows.live import measure_task, open_live
 from flows.tasks import local_task
-from pipeline.aliases import promote, read_alias
+from pipeline.aliases import promote_or_stay, read_alias
 from pipeline.config import PipelineConfig, load_config
 from pipeline.delta import Delta
 from pipeline.encoder import cached_encoder
-from pipeline.errors import AliasMoved, ConfigError, GateRefused
+from pipeline.errors import ConfigError
 from pipeline.measure import Measurement, load_golden_set
 from pipeline.migration import gate_check, migration_markdown, migration_report
 from pipeline.model_catalog import model_section
@@ -62,18 +62,18 @@ def promote_green_task(cfg: PipelineConfig, alias: str, blue: Measurement, green
     """Move the alias from blue to green by compare-and-swap; the gate is checked again there on the same
     numbers (blue's recomputed ones), and a concurrent move of the alias wins over this one."""
     logger = get_run_logger()
+    storage = cfg.storage_client()
     if passed:
-        try:
-            state, _ = promote(cfg.storage_client(), cfg.index_name, alias, green.version, blue.version,
-                               cfg.publish.gate, by=f"migrate {blue.model} -> {green.model}",
-                               live_evaluation=blue.evaluation())
-            logger.info("alias %s moved from %s to %s", alias, blue.version, green.version)
-            return {"alias": alias, "promoted": True, "live": state.version}
-        except (GateRefused, AliasMoved) as exc:
-            reason = str(exc)
-    logger.warning("alias %s stays on %s: %s", alias, blue.version, reason)
-    live = read_alias(cfg.storage_client(), cfg.index_name, alias).version
-    return {"alias": alias, "promoted": False, "live": live, "reason": reason}
+        outcome = promote_or_stay(storage, cfg.index_name, alias, green.version, blue.version, cfg.publish.gate,
+                                  by=f"migrate {blue.model} -> {green.model}", live_evaluation=blue.evaluation())
+    else:
+        outcome = {"alias": alias, "promoted": False, "live": read_alias(storage, cfg.index_name, alias).version,
+                   "reason": reason}
+    if outcome["promoted"]:
+        logger.info("alias %s moved from %s to %s", alias, blue.version, green.version)
+    else:
+        logger.warning("alias %s stays on %s: %s", alias, outcome["live"], outcome["reason"])
+    return outcome
 
 
 @local_task(name="write the migration report")

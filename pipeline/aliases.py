@@ -143,6 +143,18 @@ def promote(storage: Storage, index: str, alias: str, version: str, seen: str | 
     return _move(storage, current, version, "promote", by, **extra), result
 
 
+def promote_or_stay(storage: Storage, index: str, alias: str, version: str, seen: str | None, gate: GateConfig,
+                    by: str, live_evaluation: dict | None = None) -> dict:
+    """`promote` as a job reports it: a gate refusal or an alias moved by another run is an outcome (the alias
+    stays where it is now), not an error. Returns {"alias", "promoted", "live", "gate" or "reason"}."""
+    try:
+        state, result = promote(storage, index, alias, version, seen, gate, by=by, live_evaluation=live_evaluation)
+    except (GateRefused, AliasMoved) as exc:
+        return {"alias": alias, "promoted": False, "live": read_alias(storage, index, alias).version,
+                "reason": str(exc)}
+    return {"alias": alias, "promoted": True, "live": state.version, "gate": result.__dict__ if result else None}
+
+
 def rollback(storage: Storage, index: str, alias: str, seen: str | None, by: str = "embedpipe") -> AliasState:
     """Move `alias` back to what was live before its current version was promoted (repeatable: each
     rollback steps one promotion further back)."""
