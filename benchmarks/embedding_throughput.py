@@ -5,7 +5,8 @@
         actors (2 actors x 0.5 CPU, so read tasks keep a CPU; actor start and model load included)
     (c) embedpipe: operators.embed_shards (--actors actors sharing 2 CPUs, torch threads = CPUs,
         token-budget batches, per-shard commit; actor start and model load included)
-plus embedpipe's encoder in-process, for reference. Checks that (c) and (a) give the same vectors
+plus embedpipe's encoder in-process, for reference, with oneDNN linears (the default on CPU) and with
+torch's default kernels (`model.cpu_onednn: false`). Checks that (c) and (a) give the same vectors
 (max abs difference <= 1e-5). Writes benchmarks/out/embedding_throughput.{json,md}.
 
 Usage: .venv/bin/python benchmarks/embedding_throughput.py [--texts 600] [--actors 2]
@@ -68,6 +69,10 @@ def main() -> int:
 
     st_vectors = SentenceTransformer(folder, device="cpu").encode(texts, batch_size=32)
     results["a_sentence_transformers_encode"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    load_encoder(model_cfg.model_copy(update={"cpu_onednn": False})).encode(texts)
+    results["embedpipe_encoder_in_process_torch_kernels"] = time.perf_counter() - start
 
     start = time.perf_counter()
     ours_inprocess = load_encoder(model_cfg).encode(texts)

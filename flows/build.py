@@ -22,8 +22,6 @@ from prefect.runtime import flow_run
 from flows.artifacts import png_artifact
 from flows.progress import report
 from flows.tasks import local_task
-from operators.embedding import embed_shards
-from operators.index_build import parallel_ivfpq
 from pipeline.aliases import promote_or_stay, read_alias
 from pipeline.config import PipelineConfig
 from pipeline.delta import Delta, Selection
@@ -75,6 +73,8 @@ def embed_task(cfg: PipelineConfig, prepared: PreparedRun) -> dict[str, Any]:
         for shard in prepared.shards:
             progress(embed_shard(storage, prepared.run_id, shard, encoder))
     else:
+        from operators.embedding import embed_shards  # Ray is imported only by runs that use it
+
         embed_shards(cfg.storage.root, cfg.storage.options, prepared.run_id, prepared.shards, cfg.model,
                      cfg.run.actors, cfg.run.cpus_per_actor, cfg.run.gpus_per_actor, on_result=progress)
     fresh = [r for r in done if not r.skipped]
@@ -92,7 +92,12 @@ def index_task(cfg: PipelineConfig, prepared: PreparedRun, base: str | None) -> 
     storage = cfg.storage_client()
     embedded, vectors = load_vectors(storage, prepared.run_id, prepared.shards)
     parts = cfg.index.parallel_parts
-    builder = (lambda x, plan, seed: parallel_ivfpq(x, plan, seed, parts)) if parts > 1 else build_ivfpq
+    builder = build_ivfpq
+    if parts > 1:
+        from operators.index_build import parallel_ivfpq
+
+        def builder(x, plan, seed):
+            return parallel_ivfpq(x, plan, seed, parts)
     return build_indexes(cfg, vectors, builder, trained_indexes(storage, cfg.index_name, base)), id_table(embedded)
 
 

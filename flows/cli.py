@@ -58,11 +58,8 @@ def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow_call) 
 
     try:
         check_inputs(load_config(config, overrides))
-        from operators.cluster import shutdown_ray
-
         with flow_output(as_json):
             summary = flow_call()
-            shutdown_ray()
     except EmbedpipeError as exc:
         fail(exc)
     if as_json:

@@ -44,11 +44,8 @@ def migrate(
     try:
         check_inputs(load_config(config, {"model": model_section(model)} | overrides))  # before Prefect and Ray
         from flows.migrate import migrate as migrate_flow
-        from operators.cluster import shutdown_ray
-
         with flow_output(as_json):
             summary = migrate_flow(config, model, overrides, run_id)
-            shutdown_ray()
     except EmbedpipeError as exc:
         fail(exc)
     if as_json:

@@ -90,6 +90,8 @@ class ModelConfig(_Strict):
     batch_size: Annotated[int, Field(gt=0)] = 64
     batch_tokens: BatchTokens = Field(default_factory=BatchTokens,
                                       description="one number for every device, or {cpu: N, cuda: M}")
+    cpu_onednn: bool = Field(True, description="on CPU, run the model's linear layers through oneDNN "
+                                               "(pipeline/onednn.py); false = torch's default kernels")
 
     @field_validator("batch_tokens", mode="before")
     @classmethod

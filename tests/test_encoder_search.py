@@ -1,6 +1,7 @@
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from pipeline.errors import ModelError
 from pipeline.index_build import build_exact
@@ -33,6 +34,21 @@ def test_length_grouped_batches_keep_input_order_and_match_sentence_transformers
     assert np.abs(ours[::5] - one_by_one).max() < 1e-5
     st = SentenceTransformer(str(encoder.folder), device="cpu").encode(texts, convert_to_numpy=True)
     assert np.abs(ours - st).max() < 1e-5
+
+
+def test_cpu_encoder_runs_linears_through_onednn_with_the_same_vectors(encoder, sample_docs):
+    from pipeline import onednn
+    from pipeline.encoder import load_encoder
+
+    if encoder.device != "cpu" or not onednn.available():
+        pytest.skip("the oneDNN path is for CPUs with torch's mkldnn ops")
+    plain = load_encoder(encoder.card.model_config().model_copy(update={"cpu_onednn": False}))
+    linears = sum(isinstance(m, torch.nn.Linear) for m in plain.model.modules())
+    assert linears == 6 * 6 + 1  # 6 layers of q, k, v, out, up, down; the pooler
+    assert sum(isinstance(m, onednn.OneDnnLinear) for m in encoder.model.modules()) == linears
+    assert not any(isinstance(m, torch.nn.Linear) for m in encoder.model.modules())
+    texts = [d["title"] + " " + d["text"] for d in sample_docs[:16]]
+    assert np.abs(encoder.encode(texts) - plain.encode(texts)).max() < 1e-5
 
 
 def test_searcher_refuses_a_model_of_another_dimension(encoder):
