@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from pipeline import onednn
+from pipeline import bert, onednn
 from pipeline.batching import token_budget_batches
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
@@ -40,25 +40,41 @@ def _pooling_mode(folder: Path, configured: str) -> str:
     return configured
 
 
-class TransformerEncoder:
-    def __init__(self, cfg: ModelConfig, device: str | None = None, threads: int | None = None) -> None:
+class _AutoModel(torch.nn.Module):
+    """transformers' AutoModel behind BertEncoder's call: (input_ids, attention_mask) -> last hidden state."""
+
+    def __init__(self, folder: Path) -> None:
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 
+        super().__init__()
         hf_logging.disable_progress_bar()  # one bar per model load is noise in actor logs
+        self.model = AutoModel.from_pretrained(str(folder), local_files_only=True)
 
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def _load_model(folder: Path) -> torch.nn.Module:
+    """BERT models (MiniLM) through pipeline/bert.py, which skips importing transformers' modeling code
+    (2.2 s); every other architecture through transformers."""
+    return (bert.load_bert(folder) if bert.supports(folder) else _AutoModel(folder)).eval()
+
+
+class TransformerEncoder:
+    def __init__(self, cfg: ModelConfig, device: str | None = None, threads: int | None = None) -> None:
         if threads:
             torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs we asked for
         self.folder = resolve_model_dir(cfg)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = load_tokenizer(self.folder)
         try:
-            self.model = AutoModel.from_pretrained(str(self.folder), local_files_only=True).to(self.device).eval()
+            self.model = _load_model(self.folder).to(self.device)
             if self.device.startswith("cuda"):
                 self.model.half()  # fp16 on GPUs: ~2x the throughput; bf16 on this CPU was 6x slower
             elif cfg.cpu_onednn and onednn.available():
                 onednn.use_onednn_linears(self.model)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RuntimeError) as exc:
             raise ModelError(f"cannot load the model from {self.folder}: {exc}") from None
         limit = model_max_tokens(self.folder, self.tokenizer.model_max_length)
         if cfg.max_tokens and cfg.max_tokens > limit:
@@ -68,7 +84,7 @@ class TransformerEncoder:
         self.card = ModelCard(
             name=cfg.name,
             source={"path": str(self.folder)} if cfg.path else {"package": cfg.package},
-            dims=int(self.model.config.hidden_size),
+            dims=int(json.loads((self.folder / "config.json").read_text())["hidden_size"]),
             pooling=_pooling_mode(self.folder, cfg.pooling),
             normalize=cfg.normalize,
             max_tokens=cfg.max_tokens or limit,
@@ -89,7 +105,7 @@ class TransformerEncoder:
         for rows in token_budget_batches([len(x) for x in ids], self.batch_tokens, self.batch_size):
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            hidden = self.model(**batch).last_hidden_state
+            hidden = self.model(batch["input_ids"], batch["attention_mask"])
             if self.card.pooling == "cls":
                 pooled = hidden[:, 0]
             else:

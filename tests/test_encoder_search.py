@@ -44,11 +44,27 @@ def test_cpu_encoder_runs_linears_through_onednn_with_the_same_vectors(encoder, 
         pytest.skip("the oneDNN path is for CPUs with torch's mkldnn ops")
     plain = load_encoder(encoder.card.model_config().model_copy(update={"cpu_onednn": False}))
     linears = sum(isinstance(m, torch.nn.Linear) for m in plain.model.modules())
-    assert linears == 6 * 6 + 1  # 6 layers of q, k, v, out, up, down; the pooler
+    assert linears == 6 * 6  # 6 layers of query, key, value, attention output, up, down
     assert sum(isinstance(m, onednn.OneDnnLinear) for m in encoder.model.modules()) == linears
     assert not any(isinstance(m, torch.nn.Linear) for m in encoder.model.modules())
     texts = [d["title"] + " " + d["text"] for d in sample_docs[:16]]
     assert np.abs(encoder.encode(texts) - plain.encode(texts)).max() < 1e-5
+
+
+def test_plain_torch_bert_equals_transformers_bertmodel_on_a_padded_batch(encoder, sample_docs):
+    from pipeline.bert import BertEncoder
+    from pipeline.transformer_encoder import _AutoModel
+
+    assert isinstance(encoder.model, BertEncoder)  # MiniLM skips transformers' modeling import
+    texts = [d["title"] + " " + d["text"] for d in sample_docs[:6]] + PAIR  # lengths 10..256: padding
+    batch = encoder.tokenizer(texts, truncation=True, max_length=256, padding=True, return_tensors="pt")
+    assert not bool(batch["attention_mask"].all())
+    reference = _AutoModel(encoder.folder).eval()
+    with torch.inference_mode():
+        ours = encoder.model(batch["input_ids"], batch["attention_mask"])
+        theirs = reference(batch["input_ids"], batch["attention_mask"])
+    real = batch["attention_mask"].bool()  # padded positions are never pooled
+    assert ours.shape == theirs.shape and (ours - theirs)[real].abs().max() < 1e-4
 
 
 def test_searcher_refuses_a_model_of_another_dimension(encoder):
