@@ -74,14 +74,21 @@ class Int8Ranges:
         return sq.decode(sq.compute_codes(x))
 
 
-def asymmetric_binary_scores(query: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """q . sign(doc) for each packed doc code, via a per-byte lookup table (no float doc vectors needed)."""
-    q = np.asarray(query, dtype=np.float32).reshape(-1, 8)  # (d/8, 8), MSB first like packbits
-    lut = q @ _BYTE_BITS.T  # (d/8, 256): sum of q over the set bits of each byte value
-    ones = lut[np.arange(len(q))[None, :], codes].sum(axis=1)
-    return 2 * ones - q.sum()
+def asymmetric_binary_scores(queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """q . sign(doc) for each query (b x d) and its packed doc codes (b x c x d/8), via per-byte lookup tables
+    (no float doc vectors needed)."""
+    q = np.asarray(queries, dtype=np.float32)
+    b, d8 = len(q), q.shape[1] // 8
+    # (b, d/8, 256): sum of q over the set bits of each byte value, MSB first like packbits
+    lut = q.reshape(b, d8, 8) @ _BYTE_BITS.T
+    # One flat gather: query i's byte j with value v sits at (i * d/8 + j) * 256 + v of the tables.
+    at = (np.arange(b * d8).reshape(b, 1, d8) << 8) + codes
+    ones = lut.ravel()[at].sum(axis=2)
+    return 2 * ones - q.sum(axis=1, keepdims=True)
 
 
-def rescore(query: np.ndarray, rows: np.ndarray, store: np.ndarray) -> np.ndarray:
-    """Inner products of a full-precision query with the stored (fp16) vectors of candidate rows."""
-    return store[rows].astype(np.float32) @ np.asarray(query, dtype=np.float32)
+def rescore(queries: np.ndarray, rows: np.ndarray, store: np.ndarray) -> np.ndarray:
+    """Inner products of full-precision queries (b x d) with the stored vectors of their candidate rows (b x c)."""
+    # A stack of matrix-vector products: per query the BLAS call a lone query makes on the same rows, so the same sums.
+    q = np.asarray(queries, dtype=np.float32)
+    return np.matmul(store[rows].astype(np.float32, copy=False), q[:, :, None])[..., 0]

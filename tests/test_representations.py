@@ -55,7 +55,8 @@ def test_binary_index_holds_numpy_packbits_of_the_signs(vectors, built):
     codes = Variant.load("binary", built.indexes["binary"], built.params["variants"]["binary"]).codes
     assert np.array_equal(codes, np.packbits(vectors > 0, axis=1)) and codes.shape == (len(vectors), DIMS // 8)
     q = vectors[0]
-    assert np.allclose(asymmetric_binary_scores(q, codes[:50]), np.where(vectors[:50] > 0, 1, -1) @ q, atol=1e-4)
+    scores = asymmetric_binary_scores(q[None], codes[None, :50])[0]
+    assert np.allclose(scores, np.where(vectors[:50] > 0, 1, -1) @ q, atol=1e-4)
 
 
 def test_matryoshka_prefixes_are_unit_norm_prefix_directions(vectors):
