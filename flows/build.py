@@ -25,6 +25,7 @@ from flows.tasks import local_task
 from pipeline.aliases import promote_or_stay, read_alias
 from pipeline.config import PipelineConfig
 from pipeline.delta import Delta, Selection
+from pipeline.embedding_cache import CachedQueries
 from pipeline.encoder import cached_encoder
 from pipeline.index_build import build_ivfpq
 from pipeline.manifest import build_manifest
@@ -107,8 +108,9 @@ def evaluate_task(cfg: PipelineConfig, built: BuiltIndexes, ids: pl.DataFrame, p
     if urls is None:
         return {}
     queries, qrels = read_queries(urls[0]), read_qrels(urls[1])
-    searcher = Searcher.build(built.indexes, built.params, ids, cached_encoder(cfg.model),
-                              prepared.counts["max_chunks_per_doc"], built.fp16)
+    encoder = CachedQueries(cached_encoder(cfg.model), cfg.storage_client())  # the golden set is encoded once
+    searcher = Searcher.build(built.indexes, built.params, ids, encoder, prepared.counts["max_chunks_per_doc"],
+                              built.fp16)
     return {"queries": redact(urls[0]), "qrels": redact(urls[1]),
             "modes": searcher.evaluate(queries, qrels, cfg.evaluation.k)}
 

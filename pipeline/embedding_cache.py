@@ -1,7 +1,9 @@
 """Vectors by (model fingerprint, chunk hash), shared by every run of that model: a chunk whose text,
-chunker parameters and model did not change is never embedded again.
+chunker parameters and model did not change is never embedded again. Golden-set queries are kept the
+same way (`CachedQueries`), so re-evaluating with the same model encodes only queries it has not seen.
 
     cache/embeddings/<model_fingerprint>/<run_id>-<shard>-<part>.parquet    chunk_hash, vector
+    cache/queries/<model_fingerprint>/<hash of the batch>.parquet           chunk_hash (of the query), vector
 
 Each embedded part adds one file (written before its shard's marker), so entries are immutable and
 concurrent runs never write the same object. A lookup reads the model's files one at a time and keeps the
@@ -10,16 +12,20 @@ rows it needs; its I/O grows with the cache (docs/STATUS.md: the index a very la
 
 from __future__ import annotations
 
+import hashlib
+from typing import Literal
+
 import numpy as np
 import polars as pl
 
+from pipeline.encoder import Encoder
 from pipeline.storage import Storage
 from pipeline.tables import read_parquet, write_parquet
 
 
 class EmbeddingCache:
-    def __init__(self, storage: Storage, model_fingerprint: str) -> None:
-        self.storage, self.prefix = storage, f"cache/embeddings/{model_fingerprint}"
+    def __init__(self, storage: Storage, model_fingerprint: str, kind: str = "embeddings") -> None:
+        self.storage, self.prefix = storage, f"cache/{kind}/{model_fingerprint}"
 
     def lookup(self, hashes: list[str]) -> dict[str, np.ndarray]:
         wanted = set(hashes)
@@ -38,3 +44,36 @@ class EmbeddingCache:
         table = pl.DataFrame({"chunk_hash": hashes}).with_columns(
             pl.Series("vector", vectors, dtype=pl.Array(pl.Float32, vectors.shape[1])))
         write_parquet(self.storage, f"{self.prefix}/{name}.parquet", table)
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+class CachedQueries:
+    """An encoder whose query vectors come from the cache when the same model encoded the same query before
+    (every scheduled reindex and monitor run evaluates the same golden set); passages go straight through."""
+
+    def __init__(self, encoder: Encoder, storage: Storage) -> None:
+        self.encoder, self.card, self.tokenizer = encoder, encoder.card, encoder.tokenizer
+        self.cache = EmbeddingCache(storage, encoder.card.fingerprint, kind="queries")
+
+    @property
+    def tokens_encoded(self) -> int:
+        return self.encoder.tokens_encoded
+
+    def encode(self, texts: list[str], kind: Literal["query", "passage"] = "passage") -> np.ndarray:
+        if kind != "query":
+            return self.encoder.encode(texts, kind)
+        hashes = [_text_hash(t) for t in texts]
+        known = self.cache.lookup(hashes)
+        missing = list({h: i for i, h in enumerate(hashes) if h not in known}.values())
+        if missing:
+            fresh = self.encoder.encode([texts[i] for i in missing], kind="query")
+            added = [hashes[i] for i in missing]
+            self.cache.add(_text_hash("\n".join(added)), added, fresh)  # same batch, same name: idempotent
+            known.update(zip(added, fresh, strict=True))
+        out = np.empty((len(texts), self.card.dims), dtype=np.float32)
+        for i, h in enumerate(hashes):
+            out[i] = known[h]
+        return out

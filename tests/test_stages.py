@@ -99,3 +99,19 @@ def test_streaming_in_small_batches_gives_the_same_vectors_and_catches_late_dupl
     assert np.abs(v_small - v_big).max() < 1e-5  # batches differ, so padding (and float rounding) does too
     quarantined = pl.read_parquet(tmp_path / "store4/runs/r/quarantine.parquet")
     assert quarantined["reason"].str.starts_with("duplicate id").all() and quarantined["position"].to_list() == [11]
+
+
+def test_golden_queries_are_encoded_once_per_model(tmp_path, encoder):
+    from pipeline.embedding_cache import CachedQueries
+
+    queries = ["does aspirin prevent heart attacks", "what causes volcanoes", "does aspirin prevent heart attacks"]
+    first = CachedQueries(encoder, Storage(str(tmp_path)))
+    before = encoder.tokens_encoded
+    vectors = first.encode(queries, kind="query")
+    assert encoder.tokens_encoded > before  # two distinct queries encoded, the repeat taken from them
+    assert np.abs(vectors - encoder.encode(queries, kind="query")).max() < 1e-5
+    again = CachedQueries(encoder, Storage(str(tmp_path)))  # a later run: a new process would start like this
+    before = encoder.tokens_encoded
+    assert np.array_equal(again.encode(queries[::-1], kind="query"), vectors[::-1])
+    assert encoder.tokens_encoded == before  # nothing encoded the second time
+    assert len(again.encode(["a new query"] + queries, kind="query")) == 4 and encoder.tokens_encoded > before
