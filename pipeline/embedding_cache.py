@@ -52,7 +52,7 @@ def _text_hash(text: str) -> str:
 
 class CachedQueries:
     """An encoder whose query vectors come from the cache when the same model encoded the same query before
-    (every scheduled reindex and monitor run evaluates the same golden set); passages go straight through."""
+    (every scheduled reindex evaluates the same golden set); passages go straight through."""
 
     def __init__(self, encoder: Encoder, storage: Storage) -> None:
         self.encoder, self.card, self.tokenizer = encoder, encoder.card, encoder.tokenizer
