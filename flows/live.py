@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from flows.tasks import local_task
 from pipeline.aliases import read_alias
+from pipeline.embedding_cache import CachedQueries
+from pipeline.encoder import encoder_for_card
 from pipeline.errors import SnapshotError
 from pipeline.measure import GoldenSet, Measurement, measure
+from pipeline.search import Searcher
 from pipeline.snapshot import Snapshot
 from pipeline.storage import Storage, redact
 
@@ -22,5 +25,7 @@ def open_live(storage: Storage, index: str, alias: str, job: str) -> Snapshot:
 
 
 @local_task(name="measure on the golden set")
-def measure_task(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str) -> Measurement:
-    return measure(snapshot, golden, k, mode)
+def measure_task(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, root: Storage) -> Measurement:
+    """`root`: the storage root whose query cache (cache/queries/) spares encoding the golden set again."""
+    encoder = CachedQueries(encoder_for_card(snapshot.model_card), root)
+    return measure(snapshot, golden, k, mode, Searcher.from_snapshot(snapshot, encoder))

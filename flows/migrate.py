@@ -100,7 +100,8 @@ def migrate(config_path: str, model: str | None = None, overrides: dict[str, Any
     golden = load_golden_set(cfg, blue_snapshot.manifest)
     gate, k = cfg.publish.gate, cfg.evaluation.k
     # Blue first: a blue that cannot be measured (no such search mode, a missing file) stops before the build.
-    blue = measure_task.with_options(name="measure blue (live) on the golden set")(blue_snapshot, golden, k, gate.mode)
+    blue = measure_task.with_options(name="measure blue (live) on the golden set")(blue_snapshot, golden, k, gate.mode,
+                                                                                  cfg.storage_client())
     card = cached_encoder(cfg.model).card
     if blue_snapshot.manifest["model"].get("fingerprint") == card.fingerprint:
         raise ConfigError(f"migration of {cfg.index_name}: the live version {blue.version} already uses model "
@@ -113,7 +114,7 @@ def migrate(config_path: str, model: str | None = None, overrides: dict[str, Any
                            lambda: (Delta(live=None), blue.version, why))
     green_snapshot = Snapshot.of(cfg.storage_client(), cfg.index_name, built["version"])
     green = measure_task.with_options(name="measure green (candidate) on the golden set")(
-        green_snapshot, golden, k, gate.mode)
+        green_snapshot, golden, k, gate.mode, cfg.storage_client())
 
     result = gate_check(gate, blue, green)
     promotion = promote_green_task(cfg, alias, blue, green, result.passed, "; ".join(result.reasons))

@@ -52,7 +52,8 @@ def _text_hash(text: str) -> str:
 
 class CachedQueries:
     """An encoder whose query vectors come from the cache when the same model encoded the same query before
-    (every scheduled reindex evaluates the same golden set); passages go straight through."""
+    (every scheduled reindex, migration and monitoring run evaluates the same golden set); passages go
+    straight through."""
 
     def __init__(self, encoder: Encoder, storage: Storage) -> None:
         self.encoder, self.card, self.tokenizer = encoder, encoder.card, encoder.tokenizer
