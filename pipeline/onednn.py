@@ -13,7 +13,9 @@ import torch
 
 
 def available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """Whether this torch build has the two oneDNN ops (private names, as Inductor uses them; torch is pinned)."""
+    return torch.backends.mkldnn.is_available() and all(
+        hasattr(torch.ops.mkldnn, op) for op in ("_linear_pointwise", "_reorder_linear_weight"))
 
 
 class OneDnnLinear(torch.nn.Module):
