@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import polars as pl
@@ -95,10 +96,9 @@ def index_task(cfg: PipelineConfig, prepared: PreparedRun, base: str | None) -> 
     parts = cfg.index.parallel_parts
     builder = build_ivfpq
     if parts > 1:
-        from operators.index_build import parallel_ivfpq
+        from operators.index_build import parallel_ivfpq  # Ray is imported only by runs that use it
 
-        def builder(x, plan, seed):
-            return parallel_ivfpq(x, plan, seed, parts)
+        builder = partial(parallel_ivfpq, parts=parts)
     return build_indexes(cfg, vectors, builder, trained_indexes(storage, cfg.index_name, base)), id_table(embedded)
 
 
