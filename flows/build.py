@@ -43,8 +43,8 @@ from pipeline.stages import (
     id_table,
     live_delta,
     prepare,
+    reusable_training,
     snapshot_files,
-    trained_indexes,
 )
 from pipeline.storage import redact
 
@@ -90,8 +90,11 @@ def embed_task(cfg: PipelineConfig, prepared: PreparedRun) -> dict[str, Any]:
 
 @local_task(name="build indexes")
 def index_task(cfg: PipelineConfig, prepared: PreparedRun, base: str | None) -> tuple[BuiltIndexes, pl.DataFrame]:
-    """`base`: the live version an incremental run or backfill started from; its IVF-PQ training is reused."""
+    """`base`: the version this build started from; its IVF-PQ training is reused when it was embedded with the
+    same model and chunked the same way (an incremental run or backfill), never across models (a migration)."""
     storage = cfg.storage_client()
+    training = reusable_training(storage, cfg.index_name, base, cached_encoder(cfg.model).card.fingerprint,
+                                 prepared.chunking)
     embedded, vectors = load_vectors(storage, prepared.run_id, prepared.shards)
     parts = cfg.index.parallel_parts
     builder = build_ivfpq
@@ -99,7 +102,7 @@ def index_task(cfg: PipelineConfig, prepared: PreparedRun, base: str | None) -> 
         from operators.index_build import parallel_ivfpq  # Ray is imported only by runs that use it
 
         builder = partial(parallel_ivfpq, parts=parts)
-    return build_indexes(cfg, vectors, builder, trained_indexes(storage, cfg.index_name, base)), id_table(embedded)
+    return build_indexes(cfg, vectors, builder, training), id_table(embedded)
 
 
 @local_task(name="evaluate on golden queries")

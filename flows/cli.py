@@ -12,17 +12,23 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from flows import cli_jobs, cli_snapshots
-from flows.cli_common import JsonFlag, SetFlag, console, fail, flow_output, parse_sets
-
-for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                     "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}.items():
-    os.environ.setdefault(_key, _value)
+from flows.cli_common import DEBUG_ENV, PROCESS_ENV, JsonFlag, SetFlag, console, fail, flow_output, parse_sets
 
 app = typer.Typer(help="Batch embedding and indexing pipeline: corpus -> chunks -> vectors -> FAISS snapshots.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="on an error, print its traceback, and Prefect's "
+                                                             "records of failed runs")] = False) -> None:
+    for key, value in PROCESS_ENV.items():
+        os.environ.setdefault(key, value)
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 # What fits 80 columns; --json prints every metric (MAP@10, ms per query...).
@@ -38,6 +44,15 @@ def _metrics_table(title: str, variants: dict[str, dict[str, float]]) -> Table:
         table.add_column(_HEADERS[m], justify="right")
     for name, values in variants.items():
         table.add_row(name, *(f"{values[m]:.4f}" if m in values else "" for m in metrics))
+    return table
+
+
+def _timings_table(timings: dict[str, float]) -> Table:
+    """Seconds per stage, one column each: fits 80 columns where a sentence would wrap."""
+    table = Table(title="seconds per stage", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+    for stage in timings:
+        table.add_column(stage, justify="right")
+    table.add_row(*(f"{seconds:.1f}" for seconds in timings.values()))
     return table
 
 
@@ -73,9 +88,9 @@ def _print_summary(summary: dict, example: bool) -> None:
     console.print(f"  snapshot: {summary['snapshot']}", soft_wrap=True)
     counts = summary["counts"]
     console.print("  counts: " + ", ".join(f"{k} {counts[k]}" for k in (
-        "read", "accepted", "quarantined", "docs_new", "docs_changed", "docs_deleted", "docs_kept", "chunks",
-        "embedded", "reused_from_cache") if k in counts), soft_wrap=True)
-    console.print("  seconds: " + ", ".join(f"{k} {v}" for k, v in summary["timings_s"].items()))
+        "read", "accepted", "quarantined", "blank_lines", "docs_new", "docs_changed", "docs_deleted", "docs_kept",
+        "chunks", "embedded", "reused_from_cache") if k in counts), soft_wrap=True)
+    console.print(_timings_table(summary["timings_s"]))
     if promotion := summary.get("promotion"):
         outcome = "[green]promoted to this version[/]" if promotion["promoted"] else \
             f"[yellow]stays at {promotion['live']}[/]: {promotion['reason']}"
@@ -153,16 +168,21 @@ def backfill(
 
 
 def _print_search(snapshot_url: str, query: str, k: int, mode: str, as_json: bool = False) -> None:
-    from pipeline.search import Searcher
+    from pipeline.search import Searcher, check_query
     from pipeline.snapshot import Snapshot
 
     snapshot = Snapshot.open(snapshot_url)
-    hits = Searcher.from_snapshot(snapshot).search([query], k, mode)[0]
+    searcher = Searcher.from_snapshot(snapshot)
+    checked = check_query(searcher.encoder, query)
+    hits = searcher.search([query], k, mode)[0]
     if as_json:
         print(json.dumps({"snapshot": snapshot.url, "version": snapshot.version, "mode": mode, "query": query,
-                          "hits": [h.__dict__ for h in hits]}, indent=2))
+                          "query_tokens": checked.tokens, "truncated_to_tokens": checked.limit if checked.truncated
+                          else None, "hits": [h.__dict__ for h in hits]}, indent=2))
     else:
-        console.print(_hits_table(query, hits))
+        console.print(_hits_table(query if len(query) <= 200 else query[:200] + "...", hits))
+        if note := checked.note():
+            console.print(f"note: {note}", soft_wrap=True)
 
 
 @app.command()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create or reuse .venv and install the pinned dependencies. torch goes first with plain pip so the CPU
-# wheel on this machine is used (any other route pulls a multi-GB CUDA build; see ENVIRONMENT.md); the
+# wheel on this machine is used (any other route pulls a multi-GB CUDA build); the
 # rest goes through uv, which keeps the installed torch (it satisfies the pin) and takes ~40 s where pip
 # takes ~3.5 minutes to resolve the same set.
 set -euo pipefail

@@ -1,29 +1,55 @@
-"""Connect to Ray: the cluster in RAY_ADDRESS when set, else a local one sized to this machine."""
+"""Connect to Ray: the cluster in RAY_ADDRESS when set, else a fresh local one sized to this machine."""
 
 from __future__ import annotations
 
 import os
+import socket
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+import ray
 
-import ray  # noqa: E402  (the environment must be set before ray is imported)
+from pipeline.errors import ClusterError, EmbedpipeError
 
-from pipeline.errors import EmbedpipeError  # noqa: E402
+# What every worker process needs, whoever started it: no model hub, no tokenizer thread pools in workers
+# that already run one task per CPU, and the EMBEDPIPE_* settings (fault injection, model cache).
+WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
+    """Join RAY_ADDRESS's cluster with the resources it has, or start a local instance. Without RAY_ADDRESS the
+    local instance is always a new one (address "local"): Ray would otherwise try to join the cluster named in
+    its temp dir's `ray_current_cluster` file, which a dead `ray start` leaves behind."""
     if ray.is_initialized():
         return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # read by ray.init, in this process
     address = os.environ.get("RAY_ADDRESS")
-    ray.init(
-        address=address or None,
-        num_cpus=None if address else (num_cpus or os.cpu_count()),
-        include_dashboard=False,
-        logging_level="WARNING",
-        log_to_driver=True,
-        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                                  **{k: v for k, v in os.environ.items() if k.startswith("EMBEDPIPE_")}}},
-    )
+    env = WORKER_ENV | {k: v for k, v in os.environ.items() if k.startswith("EMBEDPIPE_")}
+    if address and (why := _unreachable(address)):  # ray.init retries a dead address for minutes
+        raise ClusterError(f"cannot join the Ray cluster at RAY_ADDRESS={address}: {why}; expected a running "
+                           "cluster's head there (ray start --head), or unset RAY_ADDRESS to start a local one")
+    try:
+        ray.init(address=address or "local", num_cpus=None if address else (num_cpus or os.cpu_count()),
+                 include_dashboard=False, logging_level="WARNING", log_to_driver=True,
+                 runtime_env={"env_vars": env})
+    except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
+        if not address:
+            raise
+        raise ClusterError(f"cannot join the Ray cluster at RAY_ADDRESS={address}: {exc}; a cluster started with "
+                           "token authentication (`ray start`'s default) needs RAY_AUTH_MODE=token here too, and "
+                           "its token in ~/.ray/auth_token") from None
+
+
+def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:
+    """Why nothing answers at a `host:port` or `ray://host:port` address, or None ("auto" is Ray's to resolve)."""
+    if address == "auto":
+        return None
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not port.isdigit():
+        return "expected host:port or ray://host:port"
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return f"nothing answers there ({exc.strerror or type(exc).__name__})"
 
 
 def unwrap(exc: ray.exceptions.RayError) -> Exception:

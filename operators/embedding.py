@@ -1,8 +1,8 @@
 """Embedding actors: each loads the model once and embeds whole shards, committing each with its marker.
 
 CPU reservations matter on small machines: actors take `cpus_per_actor` (fractions allowed) and set
-torch's threads to match, since Ray pins OMP_NUM_THREADS=1 in workers. On GPU nodes each actor asks for
-one GPU (issue 6 extends this to fp16 and token-budget batching).
+torch's threads to match, since Ray pins OMP_NUM_THREADS=1 in workers. On GPU nodes each actor takes
+`gpus_per_actor` GPUs and the encoder runs in fp16 with a larger token budget (pipeline/config.py).
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.errors import ConfigError
 
-_SECRET_WORDS = ("secret", "password", "token", "key", "credential", "options")
+# A field whose name is one of these, or ends in "_" + one of them, holds a secret (or, for "options",
+# storage options that may carry credentials): its value never appears in an error. "max_tokens" does not.
+_SECRET_NAMES = ("secret", "password", "token", "key", "credentials", "credential", "options")
 
 
 class _Strict(BaseModel):
@@ -236,7 +238,9 @@ def _describe(err: dict[str, Any]) -> str:
         return f"{loc}: unknown key (check its spelling and nesting)"
     if err["type"] == "missing":
         return f"{loc}: required field is missing"
-    shown = "<redacted>" if any(w in loc.lower() for w in _SECRET_WORDS) else repr(err.get("input"))
+    secret = any(str(part).lower() == name or str(part).lower().endswith("_" + name)
+                 for part in err["loc"] for name in _SECRET_NAMES)
+    shown = "<redacted>" if secret else repr(err.get("input"))
     return f"{loc}: {msg} (got {shown})"
 
 

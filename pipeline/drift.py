@@ -179,7 +179,7 @@ def topk_overlap(a_ids: Sequence[Sequence], b_ids: Sequence[Sequence], k: int = 
 
 
 def top_ids(run: Run, k: int = 10) -> dict[str, list[str]]:
-    """Each query's top-k ids, best first, ties broken like trec_eval (see evaluation._top)."""
+    """Each query's top-k ids, best first, ties broken like trec_eval (see evaluation.top_k)."""
     return {q: [d for d, _ in sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:k]]
             for q, docs in run.items()}
 

@@ -37,6 +37,10 @@ class AliasMoved(PreconditionFailed):
     """A promote or rollback lost: the alias no longer points where the caller saw it."""
 
 
+class ClusterError(EmbedpipeError):
+    """The Ray cluster named by RAY_ADDRESS cannot be joined."""
+
+
 class GateRefused(EmbedpipeError):
     """The quality gate refused a candidate snapshot (promote with force to override, which is recorded)."""
 

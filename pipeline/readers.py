@@ -14,6 +14,7 @@ from typing import Any
 
 import fsspec
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import CorpusConfig
@@ -30,11 +31,28 @@ _RAW_CHARS = 500  # enough of a bad record to recognise it, not enough to bloat 
 class ReadResult:
     docs: pl.DataFrame  # doc_id, title, text, then the configured metadata fields
     quarantine: pl.DataFrame  # source, position, doc_id, reason, raw
+    blank_lines: int = 0  # JSON Lines lines holding only whitespace: no record, but counted
 
     @property
     def counts(self) -> dict[str, int]:
+        """read = accepted + quarantined records; read + blank_lines = the lines of a JSON Lines input."""
         return {"read": self.docs.height + self.quarantine.height, "accepted": self.docs.height,
-                "quarantined": self.quarantine.height}
+                "quarantined": self.quarantine.height, "blank_lines": self.blank_lines}
+
+
+def _lone_surrogate(value: Any) -> int | None:
+    """Where the first lone surrogate of a string (or of the strings nested in a list or dict) is. JSON's
+    "\\ud800" escape decodes to one: valid JSON, not valid Unicode, and no UTF-8 writer accepts it."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return exc.start
+        return None
+    if isinstance(value, dict | list):
+        items = value.values() if isinstance(value, dict) else value
+        return next((at for at in map(_lone_surrogate, items) if at is not None), None)
+    return None
 
 
 class _Collector:
@@ -45,6 +63,7 @@ class _Collector:
         self.seen: set[str] = set()
         self.docs: dict[str, list[Any]] = {k: [] for k in [*DOC_SCHEMA, *cfg.metadata_fields]}
         self.bad: dict[str, list[Any]] = {k: [] for k in QUARANTINE_SCHEMA}
+        self.blank_lines = 0
 
     def reject(self, position: int, reason: str, raw: Any, doc_id: str | None = None) -> None:
         if self.cfg.strict:
@@ -64,6 +83,11 @@ class _Collector:
             doc_id = str(doc_id)  # BEIR ids are strings, but integer ids in JSON are common and unambiguous
         if not isinstance(doc_id, str) or not doc_id.strip():
             return self.reject(position, f"missing id: field {cfg.id_field!r} must be a non-empty string", raw)
+        for name in (cfg.id_field, cfg.title_field, cfg.text_field, *cfg.metadata_fields):
+            at = _lone_surrogate(record.get(name))
+            if at is not None:  # rejected, not repaired: a silently changed text would change its hash
+                return self.reject(position, f"invalid Unicode: field {name!r} holds a lone surrogate (character "
+                                   f"{at})", raw, doc_id.encode("utf-8", "backslashreplace").decode())
         title, text = record.get(cfg.title_field) or "", record.get(cfg.text_field)
         if not isinstance(title, str):
             return self.reject(position, f"bad title: {cfg.title_field!r} must be a string", raw, doc_id)
@@ -91,9 +115,10 @@ class _Collector:
         """The records collected since the last flush; ids seen so far are kept for duplicate checks."""
         # Metadata types are inferred (a date string stays a string, a year an integer).
         result = ReadResult(pl.DataFrame(self.docs, schema_overrides=DOC_SCHEMA, strict=False),
-                            pl.DataFrame(self.bad, schema=QUARANTINE_SCHEMA))
+                            pl.DataFrame(self.bad, schema=QUARANTINE_SCHEMA), self.blank_lines)
         self.docs = {k: [] for k in self.docs}
         self.bad = {k: [] for k in self.bad}
+        self.blank_lines = 0
         return result
 
 
@@ -105,12 +130,14 @@ def _open(url: str, mode: str = "rb"):
 
 
 def _jsonl_records(url: str) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
-    """Yields (line number, parsed record or None, raw line, error reason or None)."""
+    """Yields (line number, parsed record or None, raw line, error reason or None); a blank line yields
+    (line number, None, "", None): no record, but counted."""
     try:
         with _open(url) as fh:
             for lineno, line in enumerate(fh, start=1):
                 if not line.strip():
-                    continue  # blank lines carry no record
+                    yield lineno, None, "", None
+                    continue
                 try:
                     text = line.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a byte-order mark
                 except UnicodeDecodeError as exc:
@@ -137,19 +164,29 @@ def _parquet_records(url: str, cfg: CorpusConfig) -> Iterator[tuple[int, Any, st
             columns = [c for c in (cfg.id_field, cfg.title_field, cfg.text_field, *cfg.metadata_fields) if c in names]
             position = 0
             for batch in pf.iter_batches(columns=columns, batch_size=4096):
-                for row in batch.to_pylist():
+                # Strings as bytes, decoded value by value below: pyarrow does not validate a string column's
+                # UTF-8 when reading, and one bad value would fail the whole batch's conversion.
+                for row in _as_bytes(batch).to_pylist():
                     position += 1
                     bad = next((f"invalid UTF-8 in field {k!r}" for k, v in row.items()
                                 if isinstance(v, bytes) and not _is_utf8(v)), None)
                     if bad:
                         yield position, None, repr(row), bad
                         continue
-                    yield position, {k: v.decode() if isinstance(v, bytes) else v for k, v in row.items()}, \
-                        json.dumps(row, default=repr), None
+                    row = {k: v.decode() if isinstance(v, bytes) else v for k, v in row.items()}
+                    yield position, row, json.dumps(row, default=repr), None
     except FileNotFoundError:
         raise InputError(f"input not found: {redact(url)} (expected a Parquet file)") from None
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read {redact(url)} as Parquet: {exc}") from None
+
+
+def _as_bytes(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The batch with its string columns viewed as binary (no copy, no UTF-8 validation)."""
+    schema = pa.schema([f.with_type(pa.binary() if pa.types.is_string(f.type) else
+                                    pa.large_binary() if pa.types.is_large_string(f.type) else f.type)
+                        for f in batch.schema])
+    return batch.cast(schema)
 
 
 def _is_utf8(b: bytes) -> bool:
@@ -209,6 +246,8 @@ def iter_corpus(cfg: CorpusConfig, batch_records: int = 10_000) -> Iterator[Read
     for position, record, raw, error in records:
         if error:
             collector.reject(position, error, raw)
+        elif record is None:
+            collector.blank_lines += 1
         else:
             collector.add(position, record, raw)
         if collector.pending >= batch_records:
@@ -219,16 +258,21 @@ def iter_corpus(cfg: CorpusConfig, batch_records: int = 10_000) -> Iterator[Read
 def read_corpus(cfg: CorpusConfig) -> ReadResult:
     """The whole corpus in memory: for small corpora and tests; the pipeline streams with iter_corpus."""
     batches = list(iter_corpus(cfg))
-    return ReadResult(pl.concat([b.docs for b in batches]), pl.concat([b.quarantine for b in batches]))
+    return ReadResult(pl.concat([b.docs for b in batches]), pl.concat([b.quarantine for b in batches]),
+                      sum(b.blank_lines for b in batches))
 
 
 def read_queries(url: str) -> dict[str, str]:
     """BEIR queries.jsonl: {"_id", "text"} per line. Bad lines fail: a golden set must be exact."""
     queries: dict[str, str] = {}
     for lineno, record, _raw, error in _jsonl_records(url):
+        if record is None and not error:
+            continue  # a blank line
         if error or not isinstance(record, dict) or not isinstance(record.get("text"), str) \
                 or record.get("_id") is None:
             raise InputError(f"{redact(url)} line {lineno}: expected {{'_id', 'text'}}, {error or 'got ' + _raw}")
+        if _lone_surrogate(record) is not None:
+            raise InputError(f"{redact(url)} line {lineno}: invalid Unicode (a lone surrogate escape)")
         queries[str(record["_id"])] = record["text"]
     return queries
 

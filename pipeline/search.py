@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.encoder import Encoder, encoder_for_card
-from pipeline.errors import ModelError, SnapshotError
+from pipeline.errors import InputError, ModelError, SnapshotError
 from pipeline.evaluation import Qrels, Run, evaluate_run, overlap_at_k, top_k
 from pipeline.representations import Int8Ranges, asymmetric_binary_scores, matryoshka, pack_signs, rescore
 from pipeline.snapshot import Snapshot
@@ -39,6 +39,30 @@ class Hit:
     chunk_id: str
     start: int
     end: int
+
+
+@dataclass(frozen=True)
+class QueryCheck:
+    """A query's length in the model's tokens, against the most the model reads (the rest is cut off)."""
+
+    tokens: int
+    limit: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.tokens > self.limit
+
+    def note(self) -> str | None:
+        return (f"the query has {self.tokens:,} tokens; the model reads the first {self.limit} (truncated to "
+                f"{self.limit} tokens)") if self.truncated else None
+
+
+def check_query(encoder: Encoder, query: str) -> QueryCheck:
+    """Refuse an empty query (it would still "match" something); measure it against the model's token limit."""
+    if not isinstance(query, str) or not query.strip():
+        raise InputError(f"query {query!r} is empty: expected some text to search for")
+    ids = encoder.tokenizer(encoder.card.query_prefix + query, verbose=False)["input_ids"]
+    return QueryCheck(len(ids), encoder.card.max_tokens)
 
 
 @dataclass(frozen=True)
@@ -240,6 +264,9 @@ class Searcher:
                 np.where(kept, np.take_along_axis(rows, pick, 1), -1))
 
     def search(self, queries: list[str], k: int = 10, mode: str = "exact") -> list[list[Hit]]:
+        for query in queries:
+            if not isinstance(query, str) or not query.strip():
+                raise InputError(f"query {query!r} is empty: expected some text to search for")
         return self.search_vectors(self.encoder.encode(queries, kind="query"), k, mode)
 
     def evaluate(self, queries: Mapping[str, str], qrels: Qrels, k: int = 100, modes: list[str] | None = None,

@@ -1,6 +1,6 @@
 """Versioned, immutable snapshots: files first, `manifest.json` last with put-if-absent.
 
-Layout under the storage root (see ARCHITECTURE.md):
+Layout under the storage root (README, "What a snapshot holds"):
     snapshots/<index_name>/<version>/index/<variant>.faiss   plain faiss.read_index files
     snapshots/<index_name>/<version>/ids.parquet             faiss row -> chunk_id, doc_id, offsets, title
     snapshots/<index_name>/<version>/manifest.json           the commit: a version without it is invisible

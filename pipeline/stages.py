@@ -25,7 +25,7 @@ from pipeline.shards import INPUT_COLUMNS, clear_uncommitted_inputs, write_shard
 from pipeline.snapshot import Snapshot
 from pipeline.storage import Storage, redact
 from pipeline.tables import parquet_bytes, write_parquet
-from pipeline.variants import IvfPqBuilder, Trained, build_variants
+from pipeline.variants import FULL_BUILD, IvfPqBuilder, Training, build_variants
 
 RESCORE_FILE = "vectors.f16.npy"
 
@@ -40,7 +40,9 @@ class PreparedRun:
 
 
 def check_inputs(cfg: PipelineConfig) -> None:
-    """Fail fast, before any engine starts, on a corpus, golden set or model that cannot be found."""
+    """Fail fast, before any engine starts, on a storage root that cannot be reached or written, or a corpus,
+    golden set or model that cannot be found."""
+    cfg.storage_client().probe()
     require_exists(corpus_url(cfg.corpus), "corpus.source")
     golden = golden_set_urls(cfg.corpus, cfg.evaluation.queries, cfg.evaluation.qrels)
     for url, field in zip(golden or (), ("evaluation.queries", "evaluation.qrels"), strict=False):
@@ -85,8 +87,8 @@ def prepare(cfg: PipelineConfig, storage: Storage, run_id: str, delta: Delta | N
     chunker = make_chunker(cfg)
     clear_uncommitted_inputs(storage, run_id, cfg.run.shards)
     fingerprint, quarantine, shards = CorpusFingerprint(), [], set()
-    counts = dict.fromkeys(["read", "accepted", "quarantined", "chunks", "chunks_redone", "chunks_kept",
-                            "max_chunks_per_doc", "truncated_chunks"], 0)
+    counts = dict.fromkeys(["read", "accepted", "quarantined", "blank_lines", "chunks", "chunks_redone",
+                            "chunks_kept", "max_chunks_per_doc", "truncated_chunks"], 0)
 
     def write(part: int, chunks: pl.DataFrame, kept: pl.DataFrame) -> None:
         frames = [f for f in (chunks, kept) if f.height]
@@ -134,20 +136,32 @@ class BuiltIndexes:
     fp16: np.ndarray | None  # the rescoring store
 
 
-def trained_indexes(storage: Storage, index_name: str, version: str | None) -> dict[str, Trained]:
-    """The IVF-PQ variants of a committed version, for an incremental build to reuse their training."""
+def reusable_training(storage: Storage, index_name: str, version: str | None, model_fingerprint: str,
+                      chunking: dict) -> Training:
+    """The IVF-PQ training of a committed version that a build may reuse, and why (or why not). Only a version
+    embedded with the same model and chunked with the same parameters qualifies: codebooks trained on another
+    model's vectors (even of the same dims) would quantise this build's vectors into the wrong cells."""
     if version is None:
-        return {}
+        return Training()
     snapshot = Snapshot.of(storage, index_name, version)
+    model = snapshot.manifest["model"]
+    if model.get("fingerprint") != model_fingerprint:
+        return Training(why=f"trained on this build's vectors: version {version} was embedded with another model "
+                            f"({model['name']}, fingerprint {model.get('fingerprint')}; this build "
+                            f"{model_fingerprint})")
+    if snapshot.manifest.get("chunking") != chunking:
+        return Training(why=f"trained on this build's vectors: version {version} was chunked with other "
+                            f"parameters ({snapshot.manifest.get('chunking')}; this build {chunking})")
     params = {name: snapshot.variant_params(name) for name in snapshot.variants}
-    return {name: (snapshot.index(name), {**p, "trained_in": p.get("trained_in", version)})
-            for name, p in params.items() if p["kind"] == "ivfpq"}
+    return Training({name: (snapshot.index(name), {**p, "trained_in": p.get("trained_in", version)})
+                     for name, p in params.items() if p["kind"] == "ivfpq"},
+                    why=f"version {version} has the same model ({model_fingerprint}), chunker parameters and plan")
 
 
 def build_indexes(cfg: PipelineConfig, vectors: np.ndarray, ivfpq_builder: IvfPqBuilder = build_ivfpq,
-                  trained: dict[str, Trained] | None = None) -> BuiltIndexes:
+                  training: Training = FULL_BUILD) -> BuiltIndexes:
     """Every configured variant over the same vectors, their parameters, and the fp16 rescoring store."""
-    indexes, variants = build_variants(cfg.index, vectors, cfg.run.seed, ivfpq_builder, trained)
+    indexes, variants = build_variants(cfg.index, vectors, cfg.run.seed, ivfpq_builder, training)
     fp16 = vectors.astype(np.float16) if cfg.index.store_fp16 else None
     params = {"metric": "inner_product", "variants": variants,
               "rescore": {"file": RESCORE_FILE, "dtype": "float16", "factor": cfg.index.rescore_factor}

@@ -77,16 +77,67 @@ class Storage:
 
     @contextmanager
     def _errors(self, key: str) -> Iterator[None]:
+        """Backend failures as one StorageError naming the object and what to check; the backend's own message
+        is not echoed (it can hold a signed URL)."""
         try:
             yield
         except FileNotFoundError:
             raise StorageError(f"not found: {redact(self.url_of(key))}") from None
         except PermissionError:
-            raise StorageError(f"permission denied on {redact(self.url_of(key))}") from None
+            raise StorageError(f"permission denied on {redact(self.url_of(key))}: check the credentials "
+                               "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and the bucket's policy") from None
         except FileExistsError:
             raise
         except OSError as exc:
             raise StorageError(f"storage error on {redact(self.url_of(key))}: {type(exc).__name__}") from None
+        except Exception as exc:
+            reason = self._backend_failure(exc)
+            if reason is None:
+                raise
+            raise StorageError(f"storage root {redact(self.url)}: {reason} (while accessing {key or '/'})") from None
+
+    def _endpoint(self) -> str:
+        client_kwargs = self.options.get("client_kwargs") or {}
+        endpoint = self.options.get("endpoint_url") or client_kwargs.get("endpoint_url") or \
+            os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        return redact(endpoint) if endpoint else "AWS's default endpoint"
+
+    def _backend_failure(self, exc: Exception) -> str | None:
+        """What an S3 client failure (botocore's errors, which are not OSErrors) means for the user."""
+        try:
+            from botocore import exceptions as boto
+        except ImportError:
+            return None
+        if isinstance(exc, boto.ReadTimeoutError | boto.ConnectTimeoutError):
+            return f"the storage endpoint {self._endpoint()} timed out; is it reachable from here?"
+        if isinstance(exc, boto.ConnectionError | boto.HTTPClientError):
+            return (f"cannot connect to the storage endpoint {self._endpoint()}; is the server running, and are "
+                    "AWS_ENDPOINT_URL (or storage.options.endpoint_url) and the network right?")
+        if isinstance(exc, boto.NoCredentialsError | boto.PartialCredentialsError):
+            return "no storage credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile)"
+        if isinstance(exc, boto.ClientError):
+            code = exc.response.get("Error", {}).get("Code", "unknown")
+            if code == "NoSuchBucket":
+                return f"the bucket {self.root.split('/')[0]!r} does not exist"
+            return f"the storage service refused the request ({code}); check the credentials and the bucket's policy"
+        if isinstance(exc, boto.BotoCoreError):
+            return f"S3 client error {type(exc).__name__}"
+        return None
+
+    def probe(self) -> None:
+        """Fail fast when the root cannot be reached or written: a small object is put, read back and deleted."""
+        key, payload = f"_probe-{uuid.uuid4().hex}", b"embedpipe storage probe"
+        try:
+            self.write_bytes(key, payload)
+            readable = self.read_bytes(key) == payload
+            self.delete(key)
+        except StorageError as exc:
+            if str(exc).startswith("not found"):  # writing creates folders, not buckets
+                raise StorageError(f"storage root {redact(self.url)}: cannot write there: its bucket does not "
+                                   "exist") from None
+            raise
+        if not readable:
+            raise StorageError(f"storage root {redact(self.url)}: an object written there reads back different")
 
     # --- plain operations -------------------------------------------------------------------------------------
 
@@ -208,7 +259,6 @@ class Storage:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
                 raise PreconditionFailed(f"precondition failed (someone else wrote first): "
                                          f"{redact(self.url_of(key))}") from None
-            raise StorageError(f"S3 error on {redact(self.url_of(key))}: {exc.response.get('Error', {}).get('Code')}") \
-                from None
+            raise
         self.fs.invalidate_cache(self.path(key))
         return etag

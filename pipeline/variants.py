@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
@@ -64,11 +64,23 @@ IvfPqBuilder = Callable[[np.ndarray, IvfPqPlan, int], faiss.Index]
 Trained = tuple[faiss.Index, dict]  # a built index of the variant and its manifest parameters
 
 
+@dataclass(frozen=True)
+class Training:
+    """IVF-PQ training a build may reuse: a committed version's IVF-PQ variants (name -> index and manifest
+    parameters), and why they may be reused, or none and why not. Recorded per variant in the manifest."""
+
+    variants: dict[str, Trained] = field(default_factory=dict)
+    why: str = "trained on this build's vectors: a full build"
+
+
+FULL_BUILD = Training()
+
+
 def build_variant(spec: VariantSpec, vectors: np.ndarray, cfg: IndexConfig, seed: int,
-                  ivfpq_builder: IvfPqBuilder = build_ivfpq, trained: Trained | None = None) -> tuple[object, dict]:
+                  ivfpq_builder: IvfPqBuilder = build_ivfpq, training: Training = FULL_BUILD) -> tuple[object, dict]:
     """The FAISS index of one variant and the parameters a reader needs (recorded in the manifest).
-    `ivfpq_builder` lets an engine build IVF-PQ in parallel (operators/index_build.py); `trained` is the
-    live version's IVF-PQ index and manifest parameters, reused when the plan is unchanged."""
+    `ivfpq_builder` lets an engine build IVF-PQ in parallel (operators/index_build.py); `training` holds an
+    earlier version's IVF-PQ variants, whose training is reused while the plan is unchanged."""
     check_vectors(vectors)
     x = matryoshka(vectors, spec.dims)
     n, d = x.shape
@@ -84,16 +96,20 @@ def build_variant(spec: VariantSpec, vectors: np.ndarray, cfg: IndexConfig, seed
         params.update(factory="SQfp16", bytes_per_vector=2 * d)
     elif spec.kind == "ivfpq":
         plan = plan_ivfpq(n, d, cfg.ivf)
-        if trained is not None and trained[1]["factory"] == plan.factory and trained[1]["dims"] == d:
-            # The live version's coarse quantizer and PQ codebooks, emptied and refilled: training is most
+        earlier = training.variants.get(spec.name)
+        if earlier is not None and earlier[1]["factory"] == plan.factory and earlier[1]["dims"] == d:
+            # The earlier version's coarse quantizer and PQ codebooks, emptied and refilled: training is most
             # of an incremental run's index time. The plan changing (the corpus grew) retrains.
-            index = faiss.clone_index(trained[0])
+            index = faiss.clone_index(earlier[0])
             index.reset()
             index.add(x)
-            params.update({k: v for k, v in trained[1].items() if k not in ("index_bytes", "quality")})
+            params.update({k: v for k, v in earlier[1].items() if k not in ("index_bytes", "quality", "training")})
+            params["training"] = f"reused from version {params['trained_in']}: {training.why}"
         else:
             index = ivfpq_builder(x, plan, seed)
-            params.update(plan.to_dict(), seed=seed, bytes_per_vector=plan.code_bytes)
+            why = training.why if earlier is None else \
+                f"trained on this build's vectors: the plan changed ({earlier[1]['factory']} -> {plan.factory})"
+            params.update(plan.to_dict(), seed=seed, bytes_per_vector=plan.code_bytes, training=why)
     elif spec.kind.startswith("int8"):
         factory = "SQ8" if spec.kind == "int8" else f"IVF{plan.nlist},SQ8"
         index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
@@ -125,10 +141,9 @@ def build_variant(spec: VariantSpec, vectors: np.ndarray, cfg: IndexConfig, seed
 
 
 def build_variants(cfg: IndexConfig, vectors: np.ndarray, seed: int, ivfpq_builder: IvfPqBuilder = build_ivfpq,
-                   trained: dict[str, Trained] | None = None) -> tuple[dict[str, object], dict]:
+                   training: Training = FULL_BUILD) -> tuple[dict[str, object], dict]:
     indexes, params = {}, {}
     for name in cfg.variants:
         spec = VariantSpec.parse(name)
-        indexes[spec.name], params[spec.name] = build_variant(spec, vectors, cfg, seed, ivfpq_builder,
-                                                              (trained or {}).get(spec.name))
+        indexes[spec.name], params[spec.name] = build_variant(spec, vectors, cfg, seed, ivfpq_builder, training)
     return indexes, params

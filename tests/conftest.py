@@ -89,7 +89,7 @@ def storage_root(request, tmp_path) -> str:
     return f"s3://{S3_BUCKET}/{uuid.uuid4().hex}"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -97,8 +97,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory):
-    """A real Prefect server on loopback (ENVIRONMENT.md: one server, not one per process)."""
-    port, home = _free_port(), tmp_path_factory.mktemp("prefect-home")
+    """A real Prefect server on loopback: one for the session, not a temporary one per flow run (~12 s each)."""
+    port, home = free_port(), tmp_path_factory.mktemp("prefect-home")
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
                              "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -136,3 +136,19 @@ def write_golden_subset(folder: Path, docs: list[dict], queries: int, size: int)
     paths["qrels"].write_text("query-id\tcorpus-id\tscore\n" +
                               "".join(f"{q}\t{d}\t1\n" for q in keep for d in qrels[q]))
     return paths
+
+
+def stop_processes_mentioning(text: str) -> None:
+    """Stop the processes whose command line mentions `text` (e.g. a Ray temp dir) and their children: how a
+    test stops a `ray start` cluster of its own without `ray stop`, which stops every Ray on the machine."""
+    import psutil
+
+    from flows.watchdog import stop
+
+    def mentions(p: psutil.Process) -> bool:
+        try:
+            return any(text in part for part in p.cmdline())
+        except psutil.Error:
+            return False
+
+    stop([p for p in psutil.process_iter() if mentions(p)])

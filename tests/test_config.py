@@ -68,3 +68,14 @@ def test_batch_tokens_per_device_or_one_for_all():
     assert parse_config({**base, "model": {"batch_tokens": 1000}}).model.batch_tokens.for_device("cuda") == 1000
     with pytest.raises(ConfigError, match=r"model\.batch_tokens"):
         parse_config({**base, "model": {"batch_tokens": {"tpu": 10}}})
+
+
+def test_errors_show_ordinary_values_and_redact_only_secret_fields():
+    base = {"index_name": "x", "corpus": {"source": "a"}}
+    with pytest.raises(ConfigError, match=r"chunking\.max_tokens: Input should be greater than 8 \(got 4\)"):
+        parse_config({**base, "chunking": {"max_tokens": 4}})
+    with pytest.raises(ConfigError, match=r"model\.batch_tokens\.cpu: .* \(got -1\)"):
+        parse_config({**base, "model": {"batch_tokens": {"cpu": -1}}})
+    with pytest.raises(ConfigError) as err:  # storage options may carry credentials: never echoed
+        parse_config({**base, "storage": {"options": "key=AKIA-secret-value"}})
+    assert "storage.options" in str(err.value) and "<redacted>" in str(err.value) and "AKIA" not in str(err.value)

@@ -210,3 +210,61 @@ def test_minilm_to_mpnet_changes_dims_and_the_alias_then_encodes_with_mpnet(tmp_
     assert searcher.encoder.card.name == "all-mpnet-base-v2" and searcher.encoder.card.dims == 768
     assert searcher.variants["exact"].index.d == 768
     assert len(searcher.search(["statins and heart disease"], 5)[0]) == 5
+
+
+def _perturbed_minilm(folder: Path) -> Path:
+    """A second 384-dim model: MiniLM's folder with seeded noise on every weight, so its fingerprint differs and
+    its vectors live in another space."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from pipeline.config import ModelConfig
+    from pipeline.models import resolve_model_dir
+
+    shutil.copytree(resolve_model_dir(ModelConfig()), folder)
+    generator = torch.Generator().manual_seed(7)
+    weights = load_file(folder / "model.safetensors")
+    noisy = {k: (w + 0.5 * w.std() * torch.randn(w.shape, generator=generator)).contiguous() if w.is_floating_point()
+             and w.numel() > 1 else w for k, w in weights.items()}
+    save_file(noisy, folder / "model.safetensors")
+    return folder
+
+
+def test_a_same_dims_migration_trains_green_ivfpq_on_green_vectors(tmp_path, sample_docs, prefect_api):
+    """MiniLM -> another 384-dim model: the plan and dims match blue's, yet green's IVF-PQ must not reuse blue's
+    coarse quantizer and codebooks (trained on another vector space); it is the index a fresh build makes."""
+    import faiss
+    import numpy as np
+
+    from flows.migrate import migrate
+    from flows.reindex import reindex
+    from pipeline.index_build import build_ivfpq, to_bytes
+    from pipeline.index_plan import IvfPqPlan
+    from pipeline.snapshot import Snapshot
+
+    paths = write_golden_subset(tmp_path / "data", sample_docs, 8, 40)
+    config = _config(tmp_path, paths, "all-MiniLM-L6-v2", index={"variants": ["exact", "ivfpq"]},
+                     publish={"alias": "live", "gate": {"metric": "ndcg@10", "max_drop": 1.0}})
+    blue = _in_prefect(prefect_api, reindex, config)
+    out = _in_prefect(prefect_api, migrate, config, model=str(_perturbed_minilm(tmp_path / "minilm-noisy")))
+    assert (out["blue"]["dims"], out["green"]["dims"]) == (384, 384) and out["blue"]["version"] == blue["version"]
+    green = Snapshot.open(out["green"]["snapshot"])
+    blue_ivfpq = Snapshot.open(blue["snapshot"]).variant_params("ivfpq")
+    ivfpq = green.variant_params("ivfpq")
+    assert ivfpq["factory"] == blue_ivfpq["factory"]  # the same plan: only the model tells them apart
+    assert "trained_in" not in ivfpq and ivfpq["training"].startswith("trained on this build's vectors: version "
+                                                                      f"{blue['version']} was embedded with another")
+    exact = green.index("exact")
+    vectors = exact.reconstruct_n(0, exact.ntotal)  # green's own vectors, in row order
+    plan = IvfPqPlan(**{k: ivfpq[k] for k in ("nlist", "pq_m", "nbits", "nprobe", "train_points")})
+    fresh = build_ivfpq(vectors, plan, ivfpq["seed"])
+    assert green.read_verified(ivfpq["file"]) == to_bytes(fresh)  # trained on green's vectors, nothing of blue's
+
+    def recall_at_10(index: faiss.Index) -> float:
+        _, truth = exact.search(vectors, 10)
+        _, got = index.search(vectors, 10)
+        return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth, strict=True)]))
+
+    assert recall_at_10(green.index("ivfpq")) == recall_at_10(fresh)

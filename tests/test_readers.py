@@ -38,7 +38,67 @@ def test_each_bad_record_is_quarantined_with_its_reason(tmp_path, line, reason):
     result = read_corpus(CorpusConfig(source=str(path), max_chars=1000))
     assert result.docs["doc_id"].to_list() == ["d1", "d3"]
     assert list(reasons(result).keys()) == [2] and reasons(result)[2].startswith(reason)
-    assert result.counts == {"read": 3, "accepted": 2, "quarantined": 1}
+    assert result.counts == {"read": 3, "accepted": 2, "quarantined": 1, "blank_lines": 0}
+
+
+# JSON's \ud800 escape is valid JSON but no valid text: written raw so json.dumps does not touch it
+SURROGATES = [
+    ('{"_id": "b1", "text": "bad \\ud800 surrogate"}', "'text'"),
+    ('{"_id": "b1", "title": "t \\udc00", "text": "ok"}', "'title'"),
+    ('{"_id": "b1\\ud800", "text": "ok"}', "'_id'"),
+    ('{"_id": "b1", "text": "ok", "source": ["x", "\\udfff"]}', "'source'"),
+]
+
+
+@pytest.mark.parametrize(("line", "field"), SURROGATES)
+def test_lone_surrogates_are_quarantined_not_a_crash(tmp_path, line, field):
+    path = write_jsonl(tmp_path / "c.jsonl", [GOOD, line, {"_id": "d3", "text": "fine"}])
+    cfg = CorpusConfig(source=str(path), metadata_fields=["source"])
+    result = read_corpus(cfg)
+    assert result.docs["doc_id"].to_list() == ["d1", "d3"]
+    assert reasons(result)[2].startswith(f"invalid Unicode: field {field} holds a lone surrogate")
+    assert result.counts == {"read": 3, "accepted": 2, "quarantined": 1, "blank_lines": 0}
+    with pytest.raises(InputError, match=rf"c\.jsonl record 2: invalid Unicode: field {field}"):
+        read_corpus(cfg.model_copy(update={"strict": True}))
+
+
+def _parquet_with_raw_strings(path, columns: dict[str, list[bytes | None]]) -> None:
+    """A Parquet file whose string columns hold these bytes unchecked (pyarrow validates UTF-8 on cast, and
+    real writers do not always)."""
+    import numpy as np
+
+    arrays = {}
+    for name, values in columns.items():
+        data = [v or b"" for v in values]
+        offsets = np.cumsum([0] + [len(v) for v in data]).astype(np.int32)
+        validity = pa.array([v is not None for v in values]).buffers()[1]
+        arrays[name] = pa.Array.from_buffers(pa.string(), len(values), [validity, pa.py_buffer(offsets.tobytes()),
+                                                                        pa.py_buffer(b"".join(data))])
+    pq.write_table(pa.table(arrays), path)
+
+
+@pytest.mark.parametrize("field", ["text", "title", "source"])
+def test_parquet_string_columns_with_invalid_utf8_are_quarantined(tmp_path, field):
+    # b"\xed\xa0\x80" is a surrogate encoded as UTF-8 (CESU-8), which no UTF-8 decoder accepts
+    columns = {"_id": [b"a", b"b", b"c"], "title": [b"", b"", b""], "text": [b"one", b"two", b"three"],
+               "source": [b"x", b"y", b"z"]}
+    columns[field] = [columns[field][0], b"bad \xed\xa0\x80", columns[field][2]]
+    _parquet_with_raw_strings(tmp_path / "c.parquet", columns)
+    cfg = CorpusConfig(source=str(tmp_path / "c.parquet"), metadata_fields=["source"])
+    result = read_corpus(cfg)
+    assert result.docs["doc_id"].to_list() == ["a", "c"]
+    assert reasons(result) == {2: f"invalid UTF-8 in field {field!r}"}
+    with pytest.raises(InputError, match=rf"c\.parquet record 2: invalid UTF-8 in field '{field}'"):
+        read_corpus(cfg.model_copy(update={"strict": True}))
+
+
+def test_blank_lines_are_counted_so_every_line_is_accounted_for(tmp_path):
+    lines = ["", GOOD, "   ", {"_id": "d1", "text": "dup"}, "\t", GOOD | {"_id": "d4"}]
+    path = write_jsonl(tmp_path / "c.jsonl", lines)
+    result = read_corpus(CorpusConfig(source=str(path)))
+    lines = len(path.read_bytes().splitlines())  # what `wc -l` counts
+    assert result.counts == {"read": 3, "accepted": 2, "quarantined": 1, "blank_lines": 3}
+    assert result.counts["read"] + result.counts["blank_lines"] == lines == 6
 
 
 def test_strict_mode_fails_on_first_bad_record(tmp_path):
@@ -90,7 +150,7 @@ def test_parquet_missing_columns_is_a_clear_error(tmp_path):
 def test_beir_folder_reads_corpus_queries_and_qrels():
     cfg = CorpusConfig(source=str(SAMPLE))
     result = read_corpus(cfg)
-    assert result.counts == {"read": 500, "accepted": 500, "quarantined": 0}
+    assert result.counts == {"read": 500, "accepted": 500, "quarantined": 0, "blank_lines": 0}
     queries_url, qrels_url = golden_set_urls(cfg, None, None)
     queries, qrels = read_queries(queries_url), read_qrels(qrels_url)
     assert len(queries) == 50 and sum(len(v) for v in qrels.values()) == 60

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,8 @@ from pipeline.readers import read_qrels, read_queries
 from tests.conftest import REPO, SAMPLE, write_jsonl
 
 BAD_LINES = ['{"_id": "bad-json", "text": ', {"_id": "31715818", "text": "a duplicate of a judged doc"},
-             {"_id": "empty", "title": "no text", "text": ""}]
+             {"_id": "empty", "title": "no text", "text": ""},
+             '{"_id": "surrogate", "text": "valid JSON, invalid Unicode: \\ud800"}', ""]  # "": a blank line
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +69,15 @@ def test_flow_publishes_a_verified_snapshot_with_reconciled_counts(first_run):
     from pipeline.snapshot import Snapshot
 
     counts = first_run["counts"]
-    assert counts["read"] == 203 and counts["accepted"] == 200 and counts["quarantined"] == 3
+    assert counts["read"] == 204 and counts["accepted"] == 200 and counts["quarantined"] == 4
     assert counts["read"] == counts["accepted"] + counts["quarantined"]
+    assert counts["blank_lines"] == 1  # every line of the file is accounted for: 204 + 1 = 205 lines
     assert counts["vectors"] == counts["chunks"] > 200 and counts["shards_embedded"] == 4
     snap = Snapshot.open(first_run["snapshot"])
     assert set(snap.verify()) == {"ids.parquet", "index/exact.faiss", "index/ivfpq.faiss", "vectors.f16.npy"}
     assert snap.ids.height == counts["chunks"] and snap.ids["doc_id"].n_unique() == 200
     m = snap.manifest
+    assert m["counts"]["blank_lines"] == 1 and m["counts"]["quarantined"] == 4
     assert m["model"]["weights_sha256"].startswith("53aa5117") and m["chunking"]["max_tokens"] == 128
     ivfpq = m["index"]["variants"]["ivfpq"]
     assert ivfpq["factory"].startswith("IVF") and ivfpq["factory"].endswith("np")
@@ -87,7 +91,8 @@ def test_quarantine_table_keeps_each_bad_record_with_its_reason(first_run, confi
 
     root = yaml.safe_load(config_path.read_text())["storage"]["root"]
     q = pl.read_parquet(Path(root) / "runs" / first_run["run_id"] / "quarantine.parquet")
-    assert sorted(r.split(":")[0] for r in q["reason"]) == ["duplicate id", "empty text", "invalid JSON"]
+    assert sorted(r.split(":")[0] for r in q["reason"]) == ["duplicate id", "empty text", "invalid JSON",
+                                                            "invalid Unicode"]
     assert q.filter(pl.col("reason").str.starts_with("duplicate"))["position"].to_list() == [102]
 
 
@@ -177,6 +182,22 @@ def test_cli_search_and_evaluate_print_json(first_run, small_corpus):
 
     for mode, metrics in first_run["evaluation"]["modes"].items():  # same snapshot, same numbers
         assert quality(report[mode]) == quality(metrics), mode
+
+
+def test_cli_search_refuses_an_empty_query_and_says_when_one_is_truncated(first_run):
+    cli = shutil.which("embedpipe", path=str(Path(sys.executable).parent))
+    for empty in ("", "   \t"):
+        out = subprocess.run([cli, "search", first_run["snapshot"], empty, "--json"], capture_output=True, text=True)
+        assert out.returncode == 2 and out.stdout == ""
+        assert out.stderr.startswith(f"error: query {empty!r} is empty: expected some text to search for")
+    long = "statins and the heart " * 4_545  # 100,000 characters, ~18,000 tokens
+    out = subprocess.run([cli, "search", first_run["snapshot"], long, "-k", "2", "--json"], capture_output=True,
+                         text=True, check=True)
+    result = json.loads(out.stdout)
+    assert result["truncated_to_tokens"] == 256 and result["query_tokens"] > 10_000 and len(result["hits"]) == 2
+    out = subprocess.run([cli, "search", first_run["snapshot"], long, "-k", "2"], capture_output=True, text=True,
+                         check=True, env={**os.environ, "COLUMNS": "200"})
+    assert "the model reads the first 256 (truncated to 256 tokens)" in out.stdout
 
 
 def test_cli_rejects_a_bad_config_before_any_work(tmp_path):
