@@ -1,8 +1,12 @@
-"""What several benchmarks share."""
+"""What several benchmarks share: the --smoke/--out arguments, the report writer (with the CPU model), a small
+BEIR corpus cut from the demo sample for smoke runs, and the Prefect server."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import gzip
+import json
 import os
 import socket
 import subprocess
@@ -11,6 +15,77 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "out"
+SAMPLE = REPO / "data" / "scifact-sample"  # the demo corpus shipped in the repo: 500 docs, 50 queries (BEIR)
+SCIFACT = REPO.parent / "shared" / "data" / "beir" / "scifact"  # the full corpus: 5,183 docs, 300 test queries
+
+# This checkout's code in subprocesses and Ray workers too, even where the venv's editable install points at
+# another checkout (the scripts put REPO first on their own sys.path before importing this module).
+os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+for _key, _value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+                     ("RAY_USAGE_STATS_ENABLED", "0"), ("TOKENIZERS_PARALLELISM", "false")):
+    os.environ.setdefault(_key, _value)
+
+
+def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The script's own arguments plus --smoke and --out; creates the out folder (absolute in args.out)."""
+    parser.add_argument("--smoke", action="store_true",
+                        help="the same code path on a tiny input, in seconds; targets are reported, not enforced")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"report and working folder (default {OUT})")
+    args = parser.parse_args()
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def cpu_model() -> str:
+    """The CPU's model name as `lscpu` gives it ("unknown" where lscpu is missing)."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10,
+                              env={**os.environ, "LC_ALL": "C"}).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name:")]
+    return names[0] if names else "unknown"
+
+
+def write_report(args: argparse.Namespace, name: str, report: dict, md: str) -> None:
+    """args.out/NAME.json (the report plus `cpu_model`, `cpus`, `smoke`) and args.out/NAME.md (md plus a CPU line)."""
+    machine = {"cpu_model": cpu_model(), "cpus": os.cpu_count(), "smoke": args.smoke}
+    (args.out / f"{name}.json").write_text(json.dumps({**report, **machine}, indent=2))
+    md = md.rstrip("\n") + (f"\n\nCPU: {machine['cpu_model']} ({machine['cpus']} CPUs)"
+                            f"{'; smoke run (tiny input, targets not enforced)' if args.smoke else ''}.\n")
+    (args.out / f"{name}.md").write_text(md)
+    print(md)
+
+
+def sample_subset(folder: Path, docs: int, queries: int) -> Path:
+    """A BEIR folder (corpus.jsonl.gz, queries.jsonl, qrels/test.tsv) cut from the demo sample: the first `queries`
+    judged queries, every document they judge, then other documents in corpus order up to `docs` in all."""
+    qrels = [line.split("\t") for line in (SAMPLE / "qrels" / "test.tsv").read_text().splitlines()[1:]]
+    keep = list(dict.fromkeys(q for q, _, _ in qrels))[:queries]
+    judged = {d for q, d, _ in qrels if q in keep}
+    with gzip.open(SAMPLE / "corpus.jsonl.gz", "rt", encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh]
+    chosen = [r for r in rows if r["_id"] in judged]
+    chosen += [r for r in rows if r["_id"] not in judged][: max(docs - len(chosen), 0)]
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    with gzip.open(folder / "corpus.jsonl.gz", "wt", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in chosen)
+    (folder / "queries.jsonl").write_text("".join(line + "\n" for line in
+                                                  (SAMPLE / "queries.jsonl").read_text().splitlines()
+                                                  if json.loads(line)["_id"] in keep))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" +
+                                               "".join("\t".join(x) + "\n" for x in qrels if x[0] in keep))
+    return folder
+
+
+def smoke_overrides(folder: Path, docs: int, queries: int = 10) -> dict[str, object]:
+    """Config overrides for a smoke run of a flow: a corpus cut from the demo sample into `folder`, embedded by
+    Ray actors as a full corpus is (a run this small would otherwise embed in the flow's own process)."""
+    return {"corpus.source": str(sample_subset(folder, docs, queries)), "run.local_embed_max_chunks": 0}
 
 
 @contextlib.contextmanager

@@ -8,8 +8,9 @@
 plus embedpipe's encoder in-process, for reference, with oneDNN linears (the default on CPU) and with
 torch's default kernels (`model.cpu_onednn: false`). Checks that (c) and (a) give the same vectors
 (max abs difference <= 1e-5). Writes benchmarks/out/embedding_throughput.{json,md}.
+--smoke: 32 abstracts of the demo sample instead of --texts of the full corpus.
 
-Usage: .venv/bin/python benchmarks/embedding_throughput.py [--texts 600] [--actors 2]
+Usage: .venv/bin/python benchmarks/embedding_throughput.py [--texts 600] [--actors 2] [--smoke] [--out DIR]
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-OUT = Path(__file__).parent / "out"
-SCIFACT = Path(__file__).parents[2] / "shared" / "data" / "beir" / "scifact" / "corpus.jsonl.gz"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import SAMPLE, SCIFACT, parse_args, write_report  # noqa: E402
 
 
 class STActor:
@@ -44,8 +45,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", type=int, default=600)
     parser.add_argument("--actors", type=int, default=2, help="embedpipe actors (c); their CPUs share the machine's 2")
-    args = parser.parse_args()
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    args = parse_args(parser)
     import polars as pl
     import ray
 
@@ -57,8 +57,9 @@ def main() -> int:
     from pipeline.shards import load_vectors, write_shard_inputs
     from pipeline.storage import Storage
 
-    with gzip.open(SCIFACT, "rt", encoding="utf-8") as fh:
-        docs = [json.loads(line) for _, line in zip(range(args.texts), fh, strict=False)]
+    corpus, n_texts = (SAMPLE, 32) if args.smoke else (SCIFACT, args.texts)
+    with gzip.open(corpus / "corpus.jsonl.gz", "rt", encoding="utf-8") as fh:
+        docs = [json.loads(line) for _, line in zip(range(n_texts), fh, strict=False)]
     texts = [f"{d['title']} {d['text']}" for d in docs]
     model_cfg = ModelConfig()
     folder = str(resolve_model_dir(model_cfg))
@@ -109,8 +110,6 @@ def main() -> int:
               "ratio_c_over_a": round(rate["c_embedpipe_actor_path"] / rate["a_sentence_transformers_encode"], 3),
               "ratio_c_over_b": round(rate["c_embedpipe_actor_path"] / rate["b_ray_data_map_batches_st_actors"], 3),
               "in_process_max_abs_diff_vs_st": float(np.abs(ours_inprocess - st_vectors).max())}
-    OUT.mkdir(exist_ok=True)
-    (OUT / "embedding_throughput.json").write_text(json.dumps(report, indent=2))
     md = "\n".join([
         f"# Embedding throughput: {len(texts)} SciFact abstracts ({report['mean_tokens']} tokens on average), "
         f"embedpipe with {args.actors} actor(s), "
@@ -119,8 +118,7 @@ def main() -> int:
         f"embedpipe actor path / ST encode: **{report['ratio_c_over_a']}x** (target >= 1.2x on CPU); "
         f"/ Ray Data + ST actors: **{report['ratio_c_over_b']}x** (target >= 1.3x). "
         f"Max abs difference of the vectors vs ST: {diff:.2e}.", ""])
-    (OUT / "embedding_throughput.md").write_text(md)
-    print(md)
+    write_report(args, "embedding_throughput", report, md)
     return 0
 
 

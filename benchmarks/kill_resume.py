@@ -20,6 +20,8 @@ Usage (from the repository root):
     /work/main/.venv/bin/python benchmarks/kill_resume.py --shards 4 --kill-after 2
     /work/main/.venv/bin/python benchmarks/kill_resume.py --set model.name=wordllama-l2-supercat \
         --set model.package=wordllama                                             # quick check (static model)
+    /work/main/.venv/bin/python benchmarks/kill_resume.py --smoke --out /tmp/x   # 40 docs, 4 shards, kill after 2
+--smoke runs on 40 documents of the demo sample with Ray actors as the demo corpus would (local_embed_max_chunks 0).
 """
 
 from __future__ import annotations
@@ -33,11 +35,10 @@ import sys
 import time
 from pathlib import Path
 
-OUT = Path(__file__).parent / "out"
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's pipeline, even where the venv's editable install names another
 
-from benchmarks.common import prefect_server  # noqa: E402
+from benchmarks.common import parse_args, prefect_server, smoke_overrides, write_report  # noqa: E402
 
 EXIT_CODE = 18  # operators/faults.py: the driver's fault exit
 
@@ -66,11 +67,14 @@ def main() -> int:
     parser.add_argument("--kill-after", type=int, default=None, help="committed shards before the exit (shards/2)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every run, e.g. model.package=wordllama (a quick check)")
-    args = parser.parse_args()
-    kill_after = args.kill_after or args.shards // 2
-    work = OUT / "kill_resume"
+    args = parse_args(parser)
+    work = args.out / "kill_resume"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    if args.smoke:
+        args.shards = 4
+        args.sets = [f"{k}={v}" for k, v in smoke_overrides(work / "smoke-corpus", docs=40).items()] + args.sets
+    kill_after = args.kill_after or args.shards // 2
     base_env = {**os.environ, "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                 "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false",
                 # the driver and its Ray workers import this checkout
@@ -125,11 +129,7 @@ def main() -> int:
         "rerun_identical": identity_rerun["all_equal"],
         "load_1min_end": round(os.getloadavg()[0], 2),
     }
-    OUT.mkdir(exist_ok=True)
-    (OUT / "kill_resume.json").write_text(json.dumps(report, indent=2))
-    md = markdown(report)
-    (OUT / "kill_resume.md").write_text(md)
-    print(md)
+    write_report(args, "kill_resume", report, markdown(report))
     return 0 if identity["all_equal"] and not published_by_killed else 1
 
 

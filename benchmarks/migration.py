@@ -6,9 +6,10 @@
    -> all-mpnet-base-v2 (384 -> 768 dims; mpnet is ~5x slower than MiniLM on CPU, hence the subset).
 
 Gate: nDCG@10 of exact search, no drop allowed. Writes benchmarks/out/migration.{json,md}. About 15 minutes
-on 2 CPUs.
+on 2 CPUs. --smoke: both parts on 40 documents and 10 queries of the demo sample, embedded by Ray actors as
+the full corpus is (run.local_embed_max_chunks 0).
 
-Usage: .venv/bin/python benchmarks/migration.py [--subset-docs 1000] [--skip-full] [--skip-mpnet]
+Usage: .venv/bin/python benchmarks/migration.py [--subset-docs 1000] [--skip-full] [--skip-mpnet] [--smoke] [--out DIR]
 """
 
 from __future__ import annotations
@@ -16,15 +17,15 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import yaml
 
-OUT = Path(__file__).parent / "out"
-SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "beir" / "scifact"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import SCIFACT, parse_args, sample_subset, write_report  # noqa: E402
 
 
 def subset(folder: Path, size: int) -> Path:
@@ -43,13 +44,15 @@ def subset(folder: Path, size: int) -> Path:
     return folder
 
 
-def config(path: Path, index: str, source: Path, model: str, root: Path) -> str:
+def config(path: Path, index: str, source: Path, model: str, root: Path, smoke: bool) -> str:
+    """A whole-document config; smoke: Ray actors however small the corpus (local_embed_max_chunks 0)."""
     from pipeline.model_catalog import model_section
 
     path.write_text(yaml.safe_dump({
         "index_name": index, "corpus": {"source": str(source)}, "chunking": {"mode": "none"},
         "model": model_section(model), "index": {"variants": ["exact", "ivfpq"]},
-        "run": {"shards": 8, "actors": 2, "cpus_per_actor": 1.0}, "storage": {"root": str(root)},
+        "run": {"shards": 8, "actors": 2, "cpus_per_actor": 1.0, **({"local_embed_max_chunks": 0} if smoke else {})},
+        "storage": {"root": str(root)},
         "publish": {"alias": "live", "gate": {"metric": "ndcg@10", "mode": "exact", "max_drop": 0.0}}}))
     return str(path)
 
@@ -68,18 +71,18 @@ def main() -> int:
     parser.add_argument("--subset-docs", type=int, default=1000)
     parser.add_argument("--skip-full", action="store_true")
     parser.add_argument("--skip-mpnet", action="store_true")
-    args = parser.parse_args()
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    args = parse_args(parser)
     from flows.migrate import migrate
     from flows.reindex import reindex
 
-    work = OUT / "migration-work"
+    work = args.out / "migration-work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    full_source = sample_subset(work / "smoke-corpus", docs=40, queries=10) if args.smoke else SCIFACT
     rows, blues = [], {}
     if not args.skip_full:
-        cfg = config(work / "full.yaml", "scifact-migration", SCIFACT, "wordllama-l2-supercat", work / "store-full")
+        cfg = config(work / "full.yaml", "scifact-migration", full_source, "wordllama-l2-supercat",
+                     work / "store-full", args.smoke)
         start = time.perf_counter()
         blues["full"] = reindex(cfg)
         blues["full"]["wall_s"] = round(time.perf_counter() - start, 1)
@@ -87,26 +90,25 @@ def main() -> int:
                                                                         "MiniLM -> wordllama")):
             start = time.perf_counter()
             out = migrate(cfg, model=model)
-            rows.append(row(name, 5183, out, time.perf_counter() - start))
+            rows.append(row(name, blues["full"]["counts"]["accepted"], out, time.perf_counter() - start))
     if not args.skip_mpnet:
-        source = subset(work / "subset", args.subset_docs)
+        source = full_source if args.smoke else subset(work / "subset", args.subset_docs)
         cfg = config(work / "subset.yaml", "scifact-migration-subset", source, "all-MiniLM-L6-v2",
-                     work / "store-subset")
+                     work / "store-subset", args.smoke)
         blues["subset"] = reindex(cfg)
         start = time.perf_counter()
         out = migrate(cfg, model="all-mpnet-base-v2")
-        rows.append(row("MiniLM -> mpnet", args.subset_docs, out, time.perf_counter() - start))
-    (OUT / "migration.json").write_text(json.dumps(rows, indent=2))
+        rows.append(row("MiniLM -> mpnet", blues["subset"]["counts"]["accepted"], out, time.perf_counter() - start))
     metrics = ("ndcg@10", "recall@10", "mrr@10")
     lines = ["| migration | docs | dims | " + " | ".join(f"{m} blue -> green" for m in metrics) +
-             " | top-10 overlap | gate | green embed s | migration wall s |", "|---" * (6 + len(metrics)) + "|"]
+             " | top-10 overlap | gate | green embed s | migration wall s |", "|---" * (7 + len(metrics)) + "|"]
     for r in rows:
         cells = [f"{r['blue_metrics'][m]:.4f} -> {r['green_metrics'][m]:.4f}" for m in metrics]
         lines.append(f"| {r['migration']} | {r['docs']} | {r['dims']} | " + " | ".join(cells) +
                      f" | {r['topk_overlap']:.3f} | {'promoted' if r['promoted'] else 'refused'} | "
                      f"{r['green_embed_s']} | {r['migration_wall_s']} |")
-    (OUT / "migration.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    md = "\n".join(["# Model migrations on SciFact (gate: exact nDCG@10, no drop)", "", *lines])
+    write_report(args, "migration", {"migrations": rows}, md)
     return 0
 
 

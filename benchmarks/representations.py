@@ -5,18 +5,21 @@ under benchmarks/out/store with a fixed run id, so a rerun reuses the committed 
 embedding again. Per search mode: nDCG@10, Recall@100, retention against that model's fp32 exact search,
 bytes per vector, index size and mean query latency (batch of 300 queries). Writes
 benchmarks/out/representations.{json,md} and docs/representations.png (nDCG@10 against bytes, log x).
+--smoke: both flows on 40 documents and 10 queries of the demo sample (Ray actors all the same), the plot
+beside the report in --out, exit 0 whether or not the targets are met.
 
-Usage: .venv/bin/python benchmarks/representations.py [--only minilm|wordllama]
+Usage: .venv/bin/python benchmarks/representations.py [--only minilm|wordllama] [--smoke] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import sys
 from pathlib import Path
 
-OUT = Path(__file__).parent / "out"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import parse_args, smoke_overrides, write_report  # noqa: E402
+
 PLOT = Path(__file__).parents[1] / "docs" / "representations.png"
 MODELS = {"minilm": "configs/scifact-full.yaml", "wordllama": "configs/scifact-full-wordllama.yaml"}
 TARGETS = {  # MiniLM targets from the issue: (mode, metric, threshold)
@@ -27,10 +30,10 @@ TARGETS = {  # MiniLM targets from the issue: (mode, metric, threshold)
 }
 
 
-def run_model(name: str, config: str) -> dict:
+def run_model(name: str, config: str, overrides: dict) -> dict:
     from flows.reindex import reindex
 
-    summary = reindex(config, {"storage.root": str(OUT / "store"), "run.run_id": f"bench-{name}"})
+    summary = reindex(config, {**overrides, "run.run_id": f"bench-{name}"})
     variants = summary["index"]["variants"]
     rows = []
     for mode, m in summary["evaluation"]["modes"].items():
@@ -45,12 +48,14 @@ def run_model(name: str, config: str) -> dict:
                 "met": summary["evaluation"]["modes"][mode].get(metric, 0) >= t - 5e-6}
                for mode, metric, t in TARGETS[name] if mode in summary["evaluation"]["modes"]]
     return {"config": config, "model": summary["index"] and name, "snapshot": summary["snapshot"],
-            "vectors": summary["counts"]["vectors"], "shards_reused": summary["counts"]["shards_skipped"],
+            "vectors": summary["counts"]["vectors"], "queries": summary["evaluation"]["modes"]["exact"]["queries"],
+            "shards_reused": summary["counts"]["shards_skipped"],
             "embed_s": summary["timings_s"]["embed"], "rows": rows, "targets": targets}
 
 
 def markdown(results: dict) -> str:
-    out = ["# Representations on SciFact (5,183 docs, 300 queries)", "",
+    first = next(iter(results.values()))
+    out = [f"# Representations on SciFact ({first['vectors']:,} docs, {first['queries']} queries)", "",
            "Rescoring re-ranks k x rescore_factor candidates (k = 100) with the snapshot's fp16 vectors; "
            "bytes are per vector for the index codes (the fp16 store adds 2 x dims when rescoring).", ""]
     for name, r in results.items():
@@ -67,7 +72,7 @@ def markdown(results: dict) -> str:
     return "\n".join(out)
 
 
-def plot(results: dict) -> None:
+def plot(results: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,25 +96,21 @@ def plot(results: dict) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    PLOT.parent.mkdir(exist_ok=True)
-    fig.savefig(PLOT, dpi=120)
+    fig.savefig(path, dpi=120)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=sorted(MODELS))
-    args = parser.parse_args()
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    OUT.mkdir(exist_ok=True)
-    results = {name: run_model(name, cfg) for name, cfg in MODELS.items() if args.only in (None, name)}
-    (OUT / "representations.json").write_text(json.dumps(results, indent=2))
-    md = markdown(results)
-    (OUT / "representations.md").write_text(md)
-    plot(results)
-    print(md)
-    print(f"plot: {PLOT}")
-    return 0 if all(t["met"] for r in results.values() for t in r["targets"]) else 1
+    args = parse_args(parser)
+    overrides = {"storage.root": str(args.out / "store"),
+                 **(smoke_overrides(args.out / "smoke-corpus", docs=40) if args.smoke else {})}
+    results = {name: run_model(name, cfg, overrides) for name, cfg in MODELS.items() if args.only in (None, name)}
+    plot_path = args.out / PLOT.name if args.smoke else PLOT
+    plot(results, plot_path)
+    write_report(args, "representations", {"models": results, "plot": str(plot_path)}, markdown(results))
+    print(f"plot: {plot_path}")
+    return 0 if args.smoke or all(t["met"] for r in results.values() for t in r["targets"]) else 1
 
 
 if __name__ == "__main__":

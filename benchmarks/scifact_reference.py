@@ -4,24 +4,27 @@ Runs the `reindex` flow (Prefect + Ray) with configs/scifact-full.yaml: whole do
 tokens, exact cosine search, the 300 test queries. Published (MTEB): nDCG@10 0.64508, Recall@100 0.925,
 MRR@10 0.60472. Also reports IVF-PQ quality and Recall@10 against exact search, embedding throughput
 and wall time per stage. Writes benchmarks/out/scifact_reference.{json,md}. About 10 minutes on 2 CPUs.
+--smoke: the same flow on 80 documents (IVF-PQ with 2 lists) and 10 queries of the demo sample, on Ray actors
+all the same; exit 0 whatever the score.
 
-Usage: .venv/bin/python benchmarks/scifact_reference.py [--config configs/scifact-full.yaml]
+Usage: .venv/bin/python benchmarks/scifact_reference.py [--config configs/scifact-full.yaml] [--smoke] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import parse_args, smoke_overrides, write_report  # noqa: E402
+
 PUBLISHED = {"ndcg@10": 0.64508, "recall@100": 0.925, "mrr@10": 0.60472, "map@10": 0.59593, "recall@10": 0.78333}
 TOLERANCE = 0.002
-OUT = Path(__file__).parent / "out"
 
 
 def nprobe_sweep(snapshot_url: str) -> list[dict]:
@@ -40,10 +43,11 @@ def nprobe_sweep(snapshot_url: str) -> list[dict]:
     qids = list(read_qrels(f"{cfg['corpus']['source']}/qrels/test.tsv"))
     searcher = Searcher.from_snapshot(snap)
     q = searcher.encoder.encode([queries[i] for i in qids], kind="query")
-    _, truth = searcher.indexes["exact"].search(q, 10)
-    ivf = searcher.indexes["ivfpq"]
+    _, truth = searcher.variants["exact"].index.search(q, 10)
+    ivf = searcher.variants["ivfpq"].index
+    nlist = faiss.extract_index_ivf(ivf).nlist
     rows = []
-    for nprobe in (1, 4, 8, 16, 32, 64, faiss.extract_index_ivf(ivf).nlist):
+    for nprobe in sorted({n for n in (1, 4, 8, 16, 32, 64) if n < nlist} | {nlist}):
         faiss.extract_index_ivf(ivf).nprobe = nprobe
         t = time.perf_counter()
         _, got = ivf.search(q, 10)
@@ -57,16 +61,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/scifact-full.yaml")
     parser.add_argument("--keep", action="store_true", help="keep out/reference-store (vectors, snapshot)")
-    args = parser.parse_args()
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    args = parse_args(parser)
     from flows.reindex import reindex
 
-    OUT.mkdir(exist_ok=True)
-    root = OUT / "reference-store"
+    root = args.out / "reference-store"
     shutil.rmtree(root, ignore_errors=True)
+    overrides = {"storage.root": str(root), **(smoke_overrides(args.out / "smoke-corpus", 80) if args.smoke else {})}
     start = time.perf_counter()
-    summary = reindex(args.config, {"storage.root": str(root)})
+    summary = reindex(args.config, overrides)
     wall = time.perf_counter() - start
     sweep = nprobe_sweep(summary["snapshot"])
     if not args.keep:
@@ -75,10 +77,11 @@ def main() -> int:
     exact, ivfpq = variants["exact"], variants.get("ivfpq", {})
     report = {
         "config": args.config,
+        "overrides": overrides,
         "published": PUBLISHED,
         "exact": exact,
         "ivfpq": ivfpq,
-        "ivfpq_params": summary["index"].get("ivfpq"),
+        "ivfpq_params": summary["index"]["variants"].get("ivfpq"),
         "ivfpq_nprobe_sweep": sweep,
         "delta_ndcg@10_vs_published": round(exact["ndcg@10"] - PUBLISHED["ndcg@10"], 5),
         "reproduces_published": abs(exact["ndcg@10"] - PUBLISHED["ndcg@10"]) <= TOLERANCE,
@@ -90,7 +93,6 @@ def main() -> int:
         "counts": counts,
         "timings_s": {**timings, "total_wall": round(wall, 1)},
     }
-    (OUT / "scifact_reference.json").write_text(json.dumps(report, indent=2))
     rows = [f"| {m} | {exact[m]:.5f} | {ivfpq.get(m, float('nan')):.5f} | {PUBLISHED[m]:.5f} | "
             f"{exact[m] / PUBLISHED[m]:.4f} |" for m in PUBLISHED]
     md = "\n".join([
@@ -107,9 +109,8 @@ def main() -> int:
         f"Reproduces published nDCG@10 within +-{TOLERANCE}: **{report['reproduces_published']}** "
         f"(delta {report['delta_ndcg@10_vs_published']:+.5f})",
     ])
-    (OUT / "scifact_reference.md").write_text(md + "\n")
-    print(md)
-    return 0 if report["reproduces_published"] else 1
+    write_report(args, "scifact_reference", report, md)
+    return 0 if report["reproduces_published"] or args.smoke else 1
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ actors and a fresh storage root; the worker figure is the largest `ru_maxrss` an
 (pipeline/shards.py), next to that of a probe actor that only imported what an EmbedActor imports and
 loaded the model (the floor under it). The model is the wordllama static model, so the run takes
 minutes, not hours; the code path is the one MiniLM takes. Writes benchmarks/out/worker_memory.{json,md}.
+--smoke: 40 and 120 documents (factor 3) in read batches of 20, words from the demo sample; exit 0 whatever
+the ratio.
 
-Usage: .venv/bin/python benchmarks/worker_memory.py [--docs 2000 --factor 10 --read-batch 1000]
+Usage: .venv/bin/python benchmarks/worker_memory.py [--docs 2000 --factor 10 --read-batch 1000] [--smoke] [--out DIR]
 """
 
 from __future__ import annotations
@@ -24,17 +26,18 @@ import sys
 import time
 from pathlib import Path
 
-OUT = Path(__file__).parent / "out"
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-SCIFACT = REPO.parent / "shared" / "data" / "beir" / "scifact" / "corpus.jsonl.gz"
+from benchmarks.common import SAMPLE, SCIFACT, parse_args, write_report  # noqa: E402
+
+SMOKE = {"docs": 40, "factor": 3, "read_batch": 20}
 
 
-def synthetic_corpus(path: Path, docs: int, seed: int) -> None:
+def synthetic_corpus(path: Path, docs: int, seed: int, words_from: Path) -> None:
     """Abstract-like documents: words drawn from SciFact's vocabulary, lengths log-normal around 200 words."""
     import numpy as np
 
-    with gzip.open(SCIFACT, "rt") as fh:
+    with gzip.open(words_from / "corpus.jsonl.gz", "rt") as fh:
         words = sorted({w for line in fh for w in json.loads(line)["text"].split()})
     rng = np.random.default_rng(seed)
     with path.open("w") as out:
@@ -69,7 +72,7 @@ def loaded_model_mb(root: str, model: dict, cpus: float) -> float:
         ray.kill(probe)
 
 
-def one(docs: int, read_batch: int, work: Path) -> dict:
+def one(docs: int, read_batch: int, work: Path, words_from: Path) -> dict:
     """Prepare and embed `docs` documents in this process; returns the counts and peak memory."""
     from operators.cluster import ensure_ray, shutdown_ray
     from operators.embedding import embed_shards
@@ -77,7 +80,7 @@ def one(docs: int, read_batch: int, work: Path) -> dict:
     from pipeline.stages import prepare
 
     corpus = work / f"corpus-{docs}.jsonl"
-    synthetic_corpus(corpus, docs, seed=0)
+    synthetic_corpus(corpus, docs, seed=0, words_from=words_from)
     root = work / f"store-{docs}"
     cfg = PipelineConfig.model_validate({
         "index_name": "memory", "corpus": {"source": str(corpus)},
@@ -105,17 +108,20 @@ def main() -> int:
     parser.add_argument("--factor", type=int, default=10)
     parser.add_argument("--read-batch", type=int, default=1000)
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one size here
-    args = parser.parse_args()
-    work = OUT / "worker_memory"
+    args = parse_args(parser)
+    if args.smoke:
+        vars(args).update(SMOKE)
+    work = args.out / "worker_memory"
     if args.one:
-        print(json.dumps(one(args.one, args.read_batch, work)))
+        print(json.dumps(one(args.one, args.read_batch, work, SAMPLE if args.smoke else SCIFACT)))
         return 0
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     rows = []
     for docs in (args.docs, args.docs * args.factor):
-        proc = subprocess.run([sys.executable, __file__, "--one", str(docs), "--read-batch", str(args.read_batch)],
-                              capture_output=True, text=True, cwd=REPO, timeout=3600)
+        cmd = [sys.executable, __file__, "--one", str(docs), "--read-batch", str(args.read_batch),
+               "--out", str(args.out), *["--smoke"] * args.smoke]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=3600)
         if proc.returncode:
             raise RuntimeError(f"{docs} docs: exit {proc.returncode}\n{proc.stderr[-3000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -125,7 +131,6 @@ def main() -> int:
     driver_ratio = large["driver_peak_rss_mb"] / small["driver_peak_rss_mb"]
     report = {"runs": rows, "worker_ratio": round(ratio, 3), "driver_ratio": round(driver_ratio, 3),
               "target": 1.2, "met": ratio <= 1.2}
-    (OUT / "worker_memory.json").write_text(json.dumps(report, indent=2))
     md = "\n".join([
         f"# Worker peak memory, N = {small['docs']} vs {large['docs']} documents (read_batch {args.read_batch})", "",
         "| docs | chunks | parts per shard | worker peak RSS MB | actor after model load MB | driver peak RSS MB "
@@ -133,11 +138,10 @@ def main() -> int:
         "|---|---|---|---|---|---|---|",
         *[f"| {r['docs']} | {r['chunks']} | {r['parts_per_shard']} | {r['worker_peak_rss_mb']} | "
           f"{r['worker_model_loaded_mb']} | {r['driver_peak_rss_mb']} | {r['seconds']} |" for r in rows], "",
-        f"**worker 10N / N = {ratio:.3f}** (target <= 1.2); driver 10N / N = {driver_ratio:.3f}.",
+        f"**worker {args.factor}N / N = {ratio:.3f}** (target <= 1.2); driver {args.factor}N / N = {driver_ratio:.3f}.",
     ])
-    (OUT / "worker_memory.md").write_text(md + "\n")
-    print(md)
-    return 0 if report["met"] else 1
+    write_report(args, "worker_memory", report, md)
+    return 0 if report["met"] or args.smoke else 1
 
 
 if __name__ == "__main__":
