@@ -9,11 +9,11 @@ Every run is its own `embedpipe run CONFIG --json` subprocess (the driver really
           command, run id and root without the fault (committed shards are skipped)
     (iii) a rerun of (i)'s finished run id: every shard is committed, so this is the fixed cost a restart pays
           (process and imports, prepare, Ray start, actor start and model loads, index, evaluate, publish)
-Fresh roots per scenario keep the embedding cache (kept under the root) from making a later run faster.
-One Prefect server serves every run (its start is not counted: a server per run would add ~12 s to each). Identity: the two
-published snapshots' ids.parquet (chunk ids in FAISS row order) as tables, and the sha256 of every file in
-their manifests (vectors.f16.npy, each index/*.faiss, ids.parquet). Writes benchmarks/out/kill_resume.{json,md};
-the storage roots stay in benchmarks/out/kill_resume/ until the next run.
+Fresh roots per scenario keep the embedding cache (kept under the root) from making a later run faster. One
+Prefect server serves every run (its start is not counted: a server per run would add ~12 s to each). Identity:
+the two published snapshots' ids.parquet (chunk ids in FAISS row order) as tables, and the sha256 of every file
+in their manifests (vectors.f16.npy, each index/*.faiss, ids.parquet). Writes
+benchmarks/out/kill_resume.{json,md}; the storage roots stay in benchmarks/out/kill_resume/ until the next run.
 
 Usage (from the repository root):
     /work/main/.venv/bin/python benchmarks/kill_resume.py                           # demo, 8 shards, kill after 4
@@ -49,7 +49,7 @@ def committed_shards(root: Path, run_id: str) -> int:
 
 def compare(clean_url: str, resumed_url: str) -> dict:
     """Chunk ids row by row, then every manifest file's sha256 recomputed from its bytes."""
-    from pipeline.snapshot import Snapshot, sha256
+    from pipeline.snapshots.snapshot import Snapshot, sha256
 
     a, b = Snapshot.open(clean_url), Snapshot.open(resumed_url)
     files = {}
