@@ -3,7 +3,7 @@
     (a) sentence_transformers.SentenceTransformer.encode in one process (model load included)
     (b) what a user would otherwise write: Ray Data map_batches over an actor pool of SentenceTransformer
         actors (2 actors x 0.5 CPU, so read tasks keep a CPU; actor start and model load included)
-    (c) embedpipe: operators.embed_shards (--actors actors sharing 2 CPUs, torch threads = CPUs,
+    (c) embedpipe: operators.embedding.RayEmbedder (--actors actors sharing 2 CPUs, torch threads = CPUs,
         token-budget batches, per-shard commit; actor start and model load included)
 plus embedpipe's encoder in-process, for reference, with oneDNN linears (the default on CPU) and with
 torch's default kernels (`model.cpu_onednn: false`). Checks that (c) and (a) give the same vectors
@@ -50,12 +50,12 @@ def main() -> int:
     import ray
 
     from operators.cluster import ensure_ray
-    from operators.embedding import embed_shards
-    from pipeline.config import ModelConfig
-    from pipeline.encoder import load_encoder
-    from pipeline.models import resolve_model_dir
-    from pipeline.shards import load_vectors, write_shard_inputs
-    from pipeline.storage import Storage
+    from operators.embedding import RayEmbedder
+    from pipeline.config import ModelConfig, RunConfig
+    from pipeline.jobs.shards import load_vectors, write_shard_inputs
+    from pipeline.models.encoder import load_encoder
+    from pipeline.models.sources import resolve_model_dir
+    from pipeline.storage.backend import Storage
 
     corpus, n_texts = (SAMPLE, 32) if args.smoke else (SCIFACT, args.texts)
     with gzip.open(corpus / "corpus.jsonl.gz", "rt", encoding="utf-8") as fh:
@@ -97,7 +97,8 @@ def main() -> int:
                                "shard": [i % 8 for i in range(n)]})
         shards = sorted(write_shard_inputs(storage, "bench", chunks, part=0))
         start = time.perf_counter()
-        embed_shards(root, {}, "bench", shards, model_cfg, actors=args.actors, cpus_per_actor=2.0 / args.actors)
+        run = RunConfig(actors=args.actors, cpus_per_actor=2.0 / args.actors)
+        RayEmbedder(storage, model_cfg, run).embed("bench", shards, lambda result: None)
         results["c_embedpipe_actor_path"] = time.perf_counter() - start
         _, ours = load_vectors(storage, "bench", shards)
     ray.shutdown()

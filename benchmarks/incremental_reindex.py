@@ -64,7 +64,7 @@ def edited_corpora(work: Path, source: Path, changed: float, deleted: float, add
 def compare(a_url: str, b_url: str) -> dict:
     import numpy as np
 
-    from pipeline.snapshot import Snapshot
+    from pipeline.snapshots.snapshot import Snapshot
 
     a, b = Snapshot.open(a_url), Snapshot.open(b_url)
     va, vb = (s.index("exact").reconstruct_n(0, s.ids.height) for s in (a, b))

@@ -118,10 +118,10 @@ def main() -> int:
     from faiss.contrib.exhaustive_search import knn_ground_truth
 
     from operators.cluster import ensure_ray, shutdown_ray
-    from operators.index_build import add_parts
+    from operators.ivfpq import add_parts
     from pipeline.config import IvfConfig
-    from pipeline.index_build import merge_parts, to_bytes, train_ivfpq
-    from pipeline.index_plan import plan_ivfpq
+    from pipeline.index.faiss_ops import merge_parts, to_bytes, train_ivfpq
+    from pipeline.index.plan import plan_ivfpq
 
     t: dict[str, float] = {}
     rss: dict[str, float] = {}

@@ -49,7 +49,7 @@ def committed_shards(root: Path, run_id: str) -> int:
 
 def compare(clean_url: str, resumed_url: str) -> dict:
     """Chunk ids row by row, then every manifest file's sha256 recomputed from its bytes."""
-    from pipeline.snapshot import Snapshot, sha256
+    from pipeline.snapshots.snapshot import Snapshot, sha256
 
     a, b = Snapshot.open(clean_url), Snapshot.open(resumed_url)
     files = {}

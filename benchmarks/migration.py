@@ -46,7 +46,7 @@ def subset(folder: Path, size: int) -> Path:
 
 def config(path: Path, index: str, source: Path, model: str, root: Path, smoke: bool) -> str:
     """A whole-document config; smoke: Ray actors however small the corpus (local_embed_max_chunks 0)."""
-    from pipeline.model_catalog import model_section
+    from pipeline.models.catalog import model_section
 
     path.write_text(yaml.safe_dump({
         "index_name": index, "corpus": {"source": str(source)}, "chunking": {"mode": "none"},
@@ -84,20 +84,20 @@ def main() -> int:
         cfg = config(work / "full.yaml", "scifact-migration", full_source, "wordllama-l2-supercat",
                      work / "store-full", args.smoke)
         start = time.perf_counter()
-        blues["full"] = reindex(cfg)
+        blues["full"] = reindex(cfg).to_dict()
         blues["full"]["wall_s"] = round(time.perf_counter() - start, 1)
         for model, name in (("all-MiniLM-L6-v2", "wordllama -> MiniLM"), ("wordllama-l2-supercat",
                                                                         "MiniLM -> wordllama")):
             start = time.perf_counter()
-            out = migrate(cfg, model=model)
+            out = migrate(cfg, model=model).to_dict()
             rows.append(row(name, blues["full"]["counts"]["accepted"], out, time.perf_counter() - start))
     if not args.skip_mpnet:
         source = full_source if args.smoke else subset(work / "subset", args.subset_docs)
         cfg = config(work / "subset.yaml", "scifact-migration-subset", source, "all-MiniLM-L6-v2",
                      work / "store-subset", args.smoke)
-        blues["subset"] = reindex(cfg)
+        blues["subset"] = reindex(cfg).to_dict()
         start = time.perf_counter()
-        out = migrate(cfg, model="all-mpnet-base-v2")
+        out = migrate(cfg, model="all-mpnet-base-v2").to_dict()
         rows.append(row("MiniLM -> mpnet", blues["subset"]["counts"]["accepted"], out, time.perf_counter() - start))
     metrics = ("ndcg@10", "recall@10", "mrr@10")
     lines = ["| migration | docs | dims | " + " | ".join(f"{m} blue -> green" for m in metrics) +

@@ -33,7 +33,7 @@ TARGETS = {  # MiniLM targets from the issue: (mode, metric, threshold)
 def run_model(name: str, config: str, overrides: dict) -> dict:
     from flows.reindex import reindex
 
-    summary = reindex(config, {**overrides, "run.run_id": f"bench-{name}"})
+    summary = reindex(config, {**overrides, "run.run_id": f"bench-{name}"}).to_dict()
     variants = summary["index"]["variants"]
     rows = []
     for mode, m in summary["evaluation"]["modes"].items():
@@ -47,7 +47,7 @@ def run_model(name: str, config: str, overrides: dict) -> dict:
                 "measured": summary["evaluation"]["modes"][mode].get(metric),
                 "met": summary["evaluation"]["modes"][mode].get(metric, 0) >= t - 5e-6}
                for mode, metric, t in TARGETS[name] if mode in summary["evaluation"]["modes"]]
-    return {"config": config, "model": summary["index"] and name, "snapshot": summary["snapshot"],
+    return {"config": config, "model": name, "snapshot": summary["snapshot"],
             "vectors": summary["counts"]["vectors"], "queries": summary["evaluation"]["modes"]["exact"]["queries"],
             "shards_reused": summary["counts"]["shards_skipped"],
             "embed_s": summary["timings_s"]["embed"], "rows": rows, "targets": targets}

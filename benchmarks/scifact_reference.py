@@ -31,9 +31,9 @@ def nprobe_sweep(snapshot_url: str) -> list[dict]:
     """Recall@10 of IVF-PQ against exact search over the test queries, for several nprobe values."""
     import faiss
 
-    from pipeline.readers import read_qrels, read_queries
-    from pipeline.search import Searcher
-    from pipeline.snapshot import Snapshot
+    from pipeline.corpus.readers import read_qrels, read_queries
+    from pipeline.quality.search import Searcher
+    from pipeline.snapshots.snapshot import Snapshot
 
     snap = Snapshot.open(snapshot_url)
     if "ivfpq" not in snap.variants:
@@ -68,7 +68,7 @@ def main() -> int:
     shutil.rmtree(root, ignore_errors=True)
     overrides = {"storage.root": str(root), **(smoke_overrides(args.out / "smoke-corpus", 80) if args.smoke else {})}
     start = time.perf_counter()
-    summary = reindex(args.config, overrides)
+    summary = reindex(args.config, overrides).to_dict()
     wall = time.perf_counter() - start
     sweep = nprobe_sweep(summary["snapshot"])
     if not args.keep:

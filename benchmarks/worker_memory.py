@@ -5,7 +5,7 @@ The pipeline streams: the driver reads, chunks and writes the corpus `run.read_b
 batch fixed, 10x the documents means 10x the parts, not bigger parts, and a worker's peak resident memory
 should stay flat (target: within 20%). Each size runs in its own process (a fresh driver) with fresh
 actors and a fresh storage root; the worker figure is the largest `ru_maxrss` any actor reported
-(pipeline/shards.py), next to that of a probe actor that only imported what an EmbedActor imports and
+(pipeline/jobs/shards.py), next to that of a probe actor that only imported what an EmbedActor imports and
 loaded the model (the floor under it). The model is the wordllama static model, so the run takes
 minutes, not hours; the code path is the one MiniLM takes. Writes benchmarks/out/worker_memory.{json,md}.
 --smoke: 40 and 120 documents (factor 3) in read batches of 20, words from the demo sample; exit 0 whatever
@@ -57,8 +57,8 @@ def loaded_model_mb(root: str, model: dict, cpus: float) -> float:
         def __init__(self) -> None:
             import operators.embedding  # noqa: F401  (the modules an EmbedActor's worker imports: polars, pyarrow)
             from pipeline.config import ModelConfig
-            from pipeline.encoder import load_encoder
-            from pipeline.storage import Storage
+            from pipeline.models.encoder import load_encoder
+            from pipeline.storage.backend import Storage
 
             self.storage, self.encoder = Storage(root), load_encoder(ModelConfig(**model))
 
@@ -75,9 +75,10 @@ def loaded_model_mb(root: str, model: dict, cpus: float) -> float:
 def one(docs: int, read_batch: int, work: Path, words_from: Path) -> dict:
     """Prepare and embed `docs` documents in this process; returns the counts and peak memory."""
     from operators.cluster import ensure_ray, shutdown_ray
-    from operators.embedding import embed_shards
+    from operators.embedding import RayEmbedder
     from pipeline.config import PipelineConfig
-    from pipeline.stages import prepare
+    from pipeline.jobs.prepare import prepare
+    from pipeline.storage.backend import Storage
 
     corpus = work / f"corpus-{docs}.jsonl"
     synthetic_corpus(corpus, docs, seed=0, words_from=words_from)
@@ -89,11 +90,11 @@ def one(docs: int, read_batch: int, work: Path, words_from: Path) -> dict:
         "run": {"shards": 4, "actors": 2, "cpus_per_actor": 1.0, "read_batch": read_batch},
         "storage": {"root": str(root)}})
     ensure_ray()
-    baseline = loaded_model_mb(cfg.storage_client().url, cfg.model.model_dump(), cfg.run.cpus_per_actor)
+    storage = Storage.of(cfg.storage)
+    baseline = loaded_model_mb(storage.url, cfg.model.model_dump(), cfg.run.cpus_per_actor)
     start = time.perf_counter()
-    prepared = prepare(cfg, cfg.storage_client(), "memory")
-    results = embed_shards(cfg.storage.root, {}, "memory", prepared.shards, cfg.model, cfg.run.actors,
-                           cfg.run.cpus_per_actor)
+    prepared = prepare(cfg, storage, "memory")
+    results = RayEmbedder(storage, cfg.model, cfg.run).embed("memory", prepared.shards, lambda result: None)
     shutdown_ray()
     parts = max(len(list((root / "runs/memory/shards" / f"{s:05d}" / "vectors").iterdir())) for s in prepared.shards)
     return {"docs": docs, "chunks": prepared.counts["chunks"], "parts_per_shard": parts,

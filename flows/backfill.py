@@ -4,23 +4,29 @@ changed for them, and publishes a version that differs from the live one only th
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from prefect import flow
 
-from flows.build import build_snapshot, default_run_id, delta_task
+from flows.build import build_snapshot, default_run_id
 from pipeline.config import load_config
-from pipeline.delta import Selection
-from pipeline.stages import check_inputs
+from pipeline.corpus.delta import Selection
+from pipeline.jobs.build import BuildSummary
+from pipeline.jobs.plan import plan_build
+from pipeline.jobs.prepare import check_inputs
+from pipeline.storage.backend import Storage
 
 
 @flow(name="backfill", log_prints=True)
 def backfill(config_path: str, doc_ids: list[str] | None = None, shards: list[int] | None = None,
-             where: str | None = None, overrides: dict[str, Any] | None = None, run_id: str | None = None) -> dict:
+             where: str | None = None, overrides: dict[str, Any] | None = None,
+             run_id: str | None = None) -> BuildSummary:
     """Redo the selected documents (any of `doc_ids`, `shards`, or rows matching `where`) with the config
     as it is now, keep every other document of the live snapshot, publish and promote through the gate."""
     cfg = load_config(config_path, overrides)
-    check_inputs(cfg)
+    storage = Storage.of(cfg.storage)
+    check_inputs(cfg, storage)
     selection = Selection(frozenset(doc_ids or ()), frozenset(shards or ()), where)
-    return build_snapshot(cfg, run_id or default_run_id(cfg, "backfill"), "backfill",
-                          lambda: delta_task(cfg, selection))
+    return build_snapshot(cfg, storage, run_id or default_run_id(cfg, "backfill"), "backfill",
+                          partial(plan_build, cfg=cfg, selection=selection))

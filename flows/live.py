@@ -1,20 +1,22 @@
 """What the migration and monitoring flows share: the snapshot an alias serves, and measuring a snapshot on
-the golden set (pipeline/measure.py) as a task."""
+the golden set (pipeline/quality/measure.py) as a task."""
 
 from __future__ import annotations
 
 from flows.tasks import local_task
-from pipeline.aliases import read_alias
-from pipeline.embedding_cache import CachedQueries
-from pipeline.encoder import encoder_for_card
 from pipeline.errors import SnapshotError
-from pipeline.measure import GoldenSet, Measurement, measure
-from pipeline.search import Searcher
-from pipeline.snapshot import Snapshot
-from pipeline.storage import Storage, redact
+from pipeline.models.cache import CachedQueries
+from pipeline.models.encoder import encoder_for_card
+from pipeline.quality.golden import GoldenSet
+from pipeline.quality.measure import Measurement, measure
+from pipeline.quality.search import Searcher
+from pipeline.snapshots.aliases import read_alias
+from pipeline.snapshots.snapshot import Snapshot
+from pipeline.storage.backend import Storage, redact
 
 
-def open_live(storage: Storage, index: str, alias: str, job: str) -> Snapshot:
+@local_task(name="open the live snapshot")
+def open_live_task(storage: Storage, index: str, alias: str, job: str) -> Snapshot:
     """The committed snapshot `alias` points at; a clear error when it points nowhere."""
     version = read_alias(storage, index, alias).version
     if version is None:
@@ -26,6 +28,6 @@ def open_live(storage: Storage, index: str, alias: str, job: str) -> Snapshot:
 
 @local_task(name="measure on the golden set")
 def measure_task(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, root: Storage) -> Measurement:
-    """`root`: the storage root whose query cache (cache/queries/) spares encoding the golden set again."""
+    """`root`: the storage root whose query cache spares encoding the golden set again."""
     encoder = CachedQueries(encoder_for_card(snapshot.model_card), root)
     return measure(snapshot, golden, k, mode, Searcher.from_snapshot(snapshot, encoder))

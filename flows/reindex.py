@@ -5,25 +5,26 @@ deleted documents are dropped; with nothing comparable live (first run, new mode
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from prefect import flow
 
-from flows.build import build_snapshot, default_run_id, delta_task
+from flows.build import build_snapshot, default_run_id
 from pipeline.config import load_config
-from pipeline.delta import Delta
-from pipeline.stages import check_inputs
+from pipeline.jobs.build import BuildSummary
+from pipeline.jobs.plan import plan_build, plan_full_build
+from pipeline.jobs.prepare import check_inputs
+from pipeline.storage.backend import Storage
 
 
 @flow(name="reindex", log_prints=True)
 def reindex(config_path: str, overrides: dict[str, Any] | None = None, run_id: str | None = None,
-            full: bool = False) -> dict:
+            full: bool = False) -> BuildSummary:
     """Build, evaluate and publish a snapshot of the corpus a config names, and promote it through the
     quality gate. Reusing `run_id` resumes a run."""
     cfg = load_config(config_path, overrides)
-    check_inputs(cfg)
-
-    def delta() -> tuple[Delta, str | None, str]:
-        return (Delta(live=None), None, "full build: requested") if full else delta_task(cfg, None)
-
-    return build_snapshot(cfg, run_id or default_run_id(cfg, "reindex"), "reindex", delta)
+    storage = Storage.of(cfg.storage)
+    check_inputs(cfg, storage)
+    planner = partial(plan_full_build, cfg=cfg, why="full build: requested") if full else partial(plan_build, cfg=cfg)
+    return build_snapshot(cfg, storage, run_id or default_run_id(cfg, "reindex"), "reindex", planner)

@@ -6,7 +6,9 @@ was expected. Relative paths are taken from the current directory, as a shell us
 
 from __future__ import annotations
 
+import json
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,6 +19,8 @@ from pipeline.errors import ConfigError
 
 # A field whose name is one of these, or ends in "_" + one of them, holds a secret (or, for "options",
 # storage options that may carry credentials): its value never appears in an error. "max_tokens" does not.
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"  # index and alias names: they become object keys (storage/layout.py)
+
 _SECRET_NAMES = ("secret", "password", "token", "key", "credentials", "credential", "options")
 
 
@@ -93,7 +97,7 @@ class ModelConfig(_Strict):
     batch_tokens: BatchTokens = Field(default_factory=BatchTokens,
                                       description="one number for every device, or {cpu: N, cuda: M}")
     cpu_onednn: bool = Field(True, description="on CPU, run the model's linear layers through oneDNN "
-                                               "(pipeline/onednn.py); false = torch's default kernels")
+                                               "(pipeline/models/onednn.py); false = torch's default kernels")
 
     @field_validator("batch_tokens", mode="before")
     @classmethod
@@ -131,12 +135,14 @@ class IvfConfig(_Strict):
         return self
 
 
-VARIANT_PATTERN = r"^(exact|fp16|ivfpq|int8|int8-ivf|binary|binary-ivf)(@[1-9][0-9]*)?$"  # see pipeline/variants.py
+# The variant kinds, one class each in pipeline/index/variants.py (which checks the two lists agree)
+VARIANT_KINDS = ("exact", "fp16", "ivfpq", "int8", "int8-ivf", "binary", "binary-ivf")
+VARIANT_PATTERN = rf"^({'|'.join(map(re.escape, VARIANT_KINDS))})(@[1-9][0-9]*)?$"
 VariantName = Annotated[str, Field(pattern=VARIANT_PATTERN)]
 
 
 class IndexConfig(_Strict):
-    """Which index variants a snapshot carries (pipeline/variants.py), e.g. [exact, ivfpq, int8, binary, exact@64]."""
+    """Which index variants a snapshot carries (pipeline/index/variants.py), e.g. [exact, ivfpq, int8, exact@64]."""
 
     variants: list[VariantName] = Field(default_factory=lambda: ["exact", "ivfpq"], min_length=1)
     ivf: IvfConfig = Field(default_factory=IvfConfig)
@@ -182,7 +188,7 @@ class StorageConfig(_Strict):
                                     "credentials from the environment: options never enter a manifest")
 
 
-MetricName = Literal["ndcg@10", "map@10", "recall@10", "recall@100", "mrr@10"]  # pipeline.evaluation.METRICS
+MetricName = Literal["ndcg@10", "map@10", "recall@10", "recall@100", "mrr@10"]  # computed by pipeline.quality.metrics
 
 
 class GateConfig(_Strict):
@@ -196,7 +202,7 @@ class GateConfig(_Strict):
 
 
 class PublishConfig(_Strict):
-    alias: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")] | None = Field(
+    alias: Annotated[str, Field(pattern=NAME_PATTERN)] | None = Field(
         None, description="after publishing, promote this alias (e.g. live) through the gate")
     gate: GateConfig = Field(default_factory=GateConfig)
 
@@ -205,7 +211,7 @@ class MonitorConfig(_Strict):
     """The monitoring job: the live snapshot's golden-set metrics of search `mode`, recomputed now, may fall at
     most `max_drop` (metric -> largest allowed fall) below those recorded in its manifest when it was published."""
 
-    alias: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")] | None = Field(
+    alias: Annotated[str, Field(pattern=NAME_PATTERN)] | None = Field(
         None, description="the alias watched (default: publish.alias)")
     mode: str = Field("exact", description="search mode measured, e.g. exact, ivfpq, int8+rescore")
     max_drop: dict[MetricName, Annotated[float, Field(ge=0, le=1)]] = Field(
@@ -213,7 +219,7 @@ class MonitorConfig(_Strict):
 
 
 class PipelineConfig(_Strict):
-    index_name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+    index_name: Annotated[str, Field(pattern=NAME_PATTERN)]
     corpus: CorpusConfig
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -223,12 +229,6 @@ class PipelineConfig(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
-
-    def storage_client(self):
-        """The configured storage root (imported here lazily: storage needs fsspec, config does not)."""
-        from pipeline.storage import Storage
-
-        return Storage(self.storage.root, **self.storage.options)
 
 
 def _describe(err: dict[str, Any]) -> str:
@@ -255,15 +255,34 @@ def parse_config(data: Any, origin: str = "config") -> PipelineConfig:
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Read a YAML config; `overrides` maps dotted keys (`run.shards`) to values applied on top."""
+    """Read a YAML config; `overrides` maps dotted keys (`run.shards`) to values applied on top. The same file
+    content and overrides give the same (immutable) config object: the CLI checks a config before its flow
+    starts, and the flow then loads it without parsing it again."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p} (expected a YAML file)")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    for dotted, value in (overrides or {}).items():
+    try:
+        frozen_overrides = json.dumps(overrides or {}, sort_keys=True)
+    except TypeError:  # a value JSON cannot hold: parse without the cache
+        return _parse(text, str(p), overrides or {})
+    return _parse_cached(text, str(p), frozen_overrides)
+
+
+@lru_cache(maxsize=16)
+def _parse_cached(text: str, origin: str, overrides_json: str) -> PipelineConfig:
+    return _parse(text, origin, json.loads(overrides_json))
+
+
+def _parse(text: str, origin: str, overrides: dict[str, Any]) -> PipelineConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
+    for dotted, value in overrides.items():
         if not re.fullmatch(r"[a-z_]+(\.[a-z_]+)*", dotted):
             raise ConfigError(f"override key {dotted!r}: expected dotted field names like run.shards")
         node = data if isinstance(data, dict) else {}
@@ -271,4 +290,4 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return parse_config(data, origin=str(p))
+    return parse_config(data, origin=origin)

@@ -46,9 +46,10 @@ class GateRefused(EmbedpipeError):
 
 
 class MonitoringFailed(EmbedpipeError):
-    """The live snapshot's golden-set quality fell beyond the configured threshold; `result` holds the evidence."""
+    """The live snapshot's golden-set quality fell beyond the configured threshold; `result` holds the evidence
+    (pipeline.jobs.monitoring.MonitorResult)."""
 
-    def __init__(self, message: str, result: dict) -> None:
+    def __init__(self, message: str, result: object) -> None:
         super().__init__(message)
         self.result = result
 

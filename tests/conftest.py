@@ -3,14 +3,11 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from flows.local_server import loopback_server
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -38,7 +35,7 @@ def sample_docs() -> list[dict]:
 @pytest.fixture(scope="session")
 def encoder():
     from pipeline.config import ModelConfig
-    from pipeline.encoder import cached_encoder
+    from pipeline.models.encoder import cached_encoder
 
     return cached_encoder(ModelConfig())
 
@@ -89,39 +86,17 @@ def storage_root(request, tmp_path) -> str:
     return f"s3://{S3_BUCKET}/{uuid.uuid4().hex}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory):
     """A real Prefect server on loopback: one for the session, not a temporary one per flow run (~12 s each)."""
-    port, home = free_port(), tmp_path_factory.mktemp("prefect-home")
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("the Prefect server did not become healthy in 120 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    with loopback_server(tmp_path_factory.mktemp("prefect-home")) as url:
+        yield url
 
 
 def write_golden_subset(folder: Path, docs: list[dict], queries: int, size: int) -> dict[str, Path]:
     """A small corpus from the SciFact sample that holds every judged doc of its first `queries` golden queries
     (then other docs up to `size`), with those queries and their qrels: the paths of the three files."""
-    from pipeline.readers import read_qrels, read_queries
+    from pipeline.corpus.readers import read_qrels, read_queries
 
     qrels = read_qrels(str(SAMPLE / "qrels/test.tsv"))
     texts = read_queries(str(SAMPLE / "queries.jsonl"))
@@ -143,7 +118,7 @@ def stop_processes_mentioning(text: str) -> None:
     test stops a `ray start` cluster of its own without `ray stop`, which stops every Ray on the machine."""
     import psutil
 
-    from flows.watchdog import stop
+    from flows.cli.watchdog import stop
 
     def mentions(p: psutil.Process) -> bool:
         try:

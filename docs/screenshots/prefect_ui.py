@@ -16,47 +16,22 @@ Needs a `chromium` binary (Debian: apt-get install chromium); nothing in the tes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+from flows.local_server import loopback_server  # noqa: E402  (the repo's own helper, from a script under docs/)
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars", "--virtual-time-budget=15000"]  # virtual time: the SPA loads its data first
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(home: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-           # the UI asks /ui-settings where the API is; without this it answers port 4200 whatever --port says
-           "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
-    env.pop("PREFECT_API_URL", None)
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
-            return proc
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.5)
-    proc.kill()
-    sys.exit("the Prefect server did not become healthy in 120 s")
 
 
 def newest_run_and_artifacts(api_url: str, flow_name: str):
@@ -109,36 +84,26 @@ def main() -> None:
     if args.skip_run and not args.api_url:
         sys.exit("--skip-run needs --api-url: a server started here is new and holds no runs")
 
-    with tempfile.TemporaryDirectory(prefix="prefect-ui-") as tmp:
-        tmp_path, server = Path(tmp), None
-        api_url = args.api_url
-        if not api_url:
-            port = free_port()
-            server = start_server(tmp_path / "prefect-home", port)
-            api_url = f"http://127.0.0.1:{port}/api"
-        try:
-            if not args.skip_run:
-                cli_args = shlex.split(args.run_args.format(config=args.config, store=tmp_path / "store"))
-                env = {**os.environ, "PREFECT_API_URL": api_url, "DO_NOT_TRACK": "1"}
-                print(f"embedpipe {shlex.join(cli_args)}  (PREFECT_API_URL={api_url})", flush=True)
-                subprocess.run([sys.executable, "-m", "flows.cli", *cli_args], cwd=REPO, env=env, check=True)
-            run, artifacts = newest_run_and_artifacts(api_url, args.flow_name)
-            ui = api_url.removesuffix("/api") + "/v2"
-            out, profile = Path(args.out), tmp_path / "chromium-profile"
-            out.mkdir(parents=True, exist_ok=True)
-            screenshot(args.chromium, f"{ui}/runs/flow-run/{run.id}?tab=Artifacts", out / "prefect-flow-run.png",
-                       run.name, args.window_size, profile)
-            shown = next((a for a in artifacts if "data:image/png" in str(a.data)), artifacts[0] if artifacts else None)
-            if shown is None:
-                print(f"run {run.name} has no artifacts: no artifact screenshot")
-                return
-            screenshot(args.chromium, f"{ui}/artifacts/artifact/{shown.id}", out / "prefect-artifact.png",
-                       shown.key or str(shown.id), args.window_size, profile)
-        finally:
-            if server:
-                server.terminate()
-                server.wait(timeout=30)
-
+    with tempfile.TemporaryDirectory(prefix="prefect-ui-") as tmp, contextlib.ExitStack() as stack:
+        tmp_path = Path(tmp)
+        api_url = args.api_url or stack.enter_context(loopback_server(tmp_path / "prefect-home"))
+        if not args.skip_run:
+            cli_args = shlex.split(args.run_args.format(config=args.config, store=tmp_path / "store"))
+            env = {**os.environ, "PREFECT_API_URL": api_url, "DO_NOT_TRACK": "1"}
+            print(f"embedpipe {shlex.join(cli_args)}  (PREFECT_API_URL={api_url})", flush=True)
+            subprocess.run([sys.executable, "-m", "flows.cli", *cli_args], cwd=REPO, env=env, check=True)
+        run, artifacts = newest_run_and_artifacts(api_url, args.flow_name)
+        ui = api_url.removesuffix("/api") + "/v2"
+        out, profile = Path(args.out), tmp_path / "chromium-profile"
+        out.mkdir(parents=True, exist_ok=True)
+        screenshot(args.chromium, f"{ui}/runs/flow-run/{run.id}?tab=Artifacts", out / "prefect-flow-run.png",
+                   run.name, args.window_size, profile)
+        shown = next((a for a in artifacts if "data:image/png" in str(a.data)), artifacts[0] if artifacts else None)
+        if shown is None:
+            print(f"run {run.name} has no artifacts: no artifact screenshot")
+            return
+        screenshot(args.chromium, f"{ui}/artifacts/artifact/{shown.id}", out / "prefect-artifact.png",
+                   shown.key or str(shown.id), args.window_size, profile)
 
 if __name__ == "__main__":
     main()

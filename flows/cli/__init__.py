@@ -1,0 +1,33 @@
+"""`embedpipe`: the command line. Jobs (flows/cli/jobs.py) run a Prefect flow in this process; snapshot commands
+(flows/cli/snapshots.py) read and manage published versions; deploy registers the scheduled deployments.
+
+Heavy imports (torch, ray, prefect) happen inside commands so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from flows.cli import deploy, jobs, snapshots
+from flows.cli.common import DEBUG_ENV, PROCESS_ENV
+
+app = typer.Typer(help="Batch embedding and indexing pipeline: corpus -> chunks -> vectors -> FAISS snapshots.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="on an error, print its traceback, and Prefect's "
+                                                             "records of failed runs")] = False) -> None:
+    for key, value in PROCESS_ENV.items():
+        os.environ.setdefault(key, value)
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
+
+for _command in (jobs.run, jobs.backfill, snapshots.search, snapshots.evaluate, deploy.deploy, snapshots.versions,
+                 snapshots.show, snapshots.verify, snapshots.promote, snapshots.rollback, snapshots.gc, jobs.migrate,
+                 jobs.monitor):
+    app.command()(_command)

@@ -1,0 +1,131 @@
+"""What every CLI module shares: consoles, flags, one way to print an error, tables, and the guard around a
+flow run (progress bars, one error line, a watchdog for the processes it starts)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+import yaml
+from rich import box
+from rich.console import Console
+from rich.table import Table as RichTable
+from rich.text import Text
+
+from pipeline.errors import EmbedpipeError
+from pipeline.reports.tables import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="print machine-readable JSON instead of tables")]
+SetFlag = Annotated[list[str], typer.Option("--set", help="override a config value: KEY=VALUE (dotted key)")]
+Config = Annotated[str, typer.Argument(help="YAML config (see configs/demo.yaml)")]
+
+# Set by the process that runs a command, before any library reads them (not on import: a library user's
+# process keeps its own settings).
+PROCESS_ENV = {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_USAGE_STATS_ENABLED": "0",
+               "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+DEBUG_ENV = "EMBEDPIPE_DEBUG"  # set by --debug: tracebacks and Prefect's failure records on the console
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV) == "1"
+
+
+def fail(exc: Exception) -> NoReturn:
+    """Print an error once, as one `error:` line (with its traceback under --debug), and exit 2."""
+    if debugging():
+        traceback.print_exception(exc, file=sys.stderr)
+    # Unwrapped and without markup: messages quote values like ['id'] and are grepped by scripts.
+    err_console.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def reports_errors(command: F) -> F:
+    """A command's expected failures (embedpipe's errors, bad values) end in one `error:` line and exit 2."""
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (EmbedpipeError, ValueError) as exc:
+            fail(exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_sets(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            fail(ValueError(f"--set {pair!r}: expected KEY=VALUE, e.g. run.shards=8"))
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def rich_table(table: Table, **options: Any) -> RichTable:
+    """A reports.tables.Table for the terminal (the same figures the Prefect artifacts show)."""
+    out = RichTable(title=table.title, **options)
+    for i, column in enumerate(table.columns):
+        out.add_column(column, justify="right" if table.numeric and i else "left", no_wrap=i == 0)
+    for row in table.rows:
+        out.add_row(*row)
+    return out
+
+
+def compact_table(table: Table) -> RichTable:
+    """One row of figures under their headers, no frame: fits 80 columns."""
+    return rich_table(table, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+
+
+class _FailuresPrintedByTheCli(logging.Filter):
+    """Prefect logs a failed task or flow run on the console (the exception with its traceback, then "Finished in
+    state Failed(...)"), once per task and once per flow: the same error several times beside the CLI's own
+    line. On the console the CLI's line is enough; the Prefect server's run logs keep every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
+            return True
+        return record.levelno < logging.ERROR and not record.getMessage().startswith("Finished in state Failed")
+
+
+def _quiet_prefect_failures() -> None:
+    import prefect.main  # noqa: F401  (sets up Prefect's logging, console handler included)
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(_FailuresPrintedByTheCli())
+
+
+@contextlib.contextmanager
+def flow_output(as_json: bool) -> Iterator[None]:
+    """While a flow runs: progress bars on stderr, and with --json stdout kept for the result (Ray's log
+    monitor prints worker messages on stdout); a failure is printed once, by the CLI (see --debug). A watchdog
+    stops what the run started (Prefect's temporary server, a local Ray) if this process dies. After the
+    flow, the Ray connection it opened, if any, is closed (flushing worker logs)."""
+    from flows.cli import watchdog
+    from flows.progress import progress_bar
+
+    watchdog.start()
+    if not debugging():
+        _quiet_prefect_failures()
+    with contextlib.redirect_stdout(sys.stderr if as_json else sys.stdout), \
+            (contextlib.nullcontext() if as_json else progress_bar(err_console)):
+        try:
+            yield
+        finally:
+            if "ray" in sys.modules:  # a run that embedded in-process never imported Ray (0.5 s saved)
+                from operators.cluster import shutdown_ray
+
+                shutdown_ray()

@@ -1,0 +1,208 @@
+"""`embedpipe run | backfill | migrate | monitor`: the jobs, each running its Prefect flow in this process.
+
+PREFECT_API_URL names the server that records the run; without it a temporary local server starts. The config
+and inputs are checked before Prefect or Ray start. `migrate` exits 0 whether the gate promoted green or refused
+it (the table says which; --json has `promotion.promoted`); `monitor` exits 1 when a watched metric dropped
+beyond its threshold, 2 on an error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table as RichTable
+
+from flows.cli.common import (
+    Config,
+    JsonFlag,
+    SetFlag,
+    compact_table,
+    console,
+    flow_output,
+    parse_sets,
+    reports_errors,
+    rich_table,
+)
+from flows.cli.snapshots import print_search
+from pipeline.reports.markdown import num
+from pipeline.reports.tables import MAIN_COUNTS, quality_table, timings_table
+
+RunIdFlag = Annotated[str | None, typer.Option(help="reuse a run id to resume it (finished shards skipped)")]
+ExampleFlag = Annotated[bool, typer.Option(help="after publishing, search the snapshot with a golden query")]
+
+
+def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow_call: Callable[[], Any]) -> Any:
+    """Check the config and inputs before Prefect or Ray start, then run the flow with progress bars."""
+    from pipeline.config import load_config
+    from pipeline.jobs.prepare import check_inputs
+    from pipeline.storage.backend import Storage
+
+    cfg = load_config(config, overrides)
+    check_inputs(cfg, Storage.of(cfg.storage))
+    with flow_output(as_json):
+        result = flow_call()
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    return result
+
+
+def _print_summary(summary, example: bool) -> None:
+    """A build's summary (pipeline.jobs.build.BuildSummary) for the terminal."""
+    console.print(f"\n[bold green]published[/] {summary.index_name} version [bold]{summary.version}[/] "
+                  f"({summary.job}; {summary.delta})", soft_wrap=True)
+    console.print(f"  snapshot: {summary.snapshot}", soft_wrap=True)
+    console.print("  counts: " + ", ".join(f"{k} {summary.counts[k]}" for k in MAIN_COUNTS if k in summary.counts),
+                  soft_wrap=True)
+    console.print(compact_table(timings_table(summary.timings_s)))
+    if promotion := summary.promotion:
+        outcome = "[green]promoted to this version[/]" if promotion.promoted else \
+            f"[yellow]stays at {promotion.live}[/]: {promotion.reason}"
+        console.print(f"  alias {promotion.alias}: {outcome}", soft_wrap=True)
+    if modes := summary.evaluation.get("modes"):
+        queries = next(iter(modes.values()))["queries"]
+        console.print(rich_table(quality_table(f"quality on {queries} golden queries (trec_eval)", modes, short=True)))
+        if example:
+            from pipeline.corpus.readers import read_queries
+
+            query = next(iter(read_queries(summary.evaluation["queries"]).values()))
+            print_search(summary.snapshot, query, 5, "exact")
+
+
+@reports_errors
+def run(
+    config: Config,
+    set_: SetFlag = [],  # noqa: B006
+    run_id: RunIdFlag = None,
+    full: Annotated[bool, typer.Option(help="redo every document, even those the live snapshot has")] = False,
+    example: ExampleFlag = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the reindex flow (Prefect + Ray) and print the snapshot it published and how good it is.
+    Incremental against the live alias (publish.alias) when there is one: only new and changed documents
+    are embedded, deleted ones dropped."""
+    overrides = parse_sets(set_)
+
+    def call():
+        from flows.reindex import reindex
+
+        return reindex(config, overrides, run_id, full)
+
+    summary = _run_flow(config, overrides, as_json, call)
+    if not as_json:
+        _print_summary(summary, example)
+
+
+@reports_errors
+def backfill(
+    config: Annotated[str, typer.Argument(help="YAML config, as changed for the subset (e.g. a new chunker)")],
+    doc_id: Annotated[list[str], typer.Option("--doc-id", help="a document to redo (repeatable)")] = [],  # noqa: B006
+    shard: Annotated[list[int], typer.Option("--shard", help="a shard to redo (repeatable)")] = [],  # noqa: B006
+    where: Annotated[str | None, typer.Option(help="polars SQL filter on corpus.metadata_fields, e.g. "
+                                                   "\"published >= '2024-01-01'\"")] = None,
+    set_: SetFlag = [],  # noqa: B006
+    run_id: RunIdFlag = None,
+    example: ExampleFlag = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Re-chunk and re-embed a subset of documents and publish a version that differs from the live one
+    only there (everything else is kept as it is live)."""
+    from pipeline.corpus.delta import Selection
+
+    overrides = parse_sets(set_)
+    Selection(frozenset(doc_id), frozenset(shard), where)  # an empty or malformed selection fails here
+
+    def call():
+        from flows.backfill import backfill as backfill_flow
+
+        return backfill_flow(config, doc_id, shard, where, overrides, run_id)
+
+    summary = _run_flow(config, overrides, as_json, call)
+    if not as_json:
+        _print_summary(summary, example)
+
+
+def _delta(now: float | None, before: float | None) -> str:
+    return "" if now is None or before is None else f"{now - before:+.4f}"
+
+
+@reports_errors
+def migrate(
+    config: Annotated[str, typer.Argument(help="YAML config: the index, storage, corpus and golden set")],
+    model: Annotated[str, typer.Option(help="the new model: all-MiniLM-L6-v2, all-mpnet-base-v2, "
+                                            "wordllama-l2-supercat, or a local transformers folder")],
+    set_: SetFlag = [],  # noqa: B006
+    run_id: Annotated[str | None, typer.Option(help="reuse a run id to resume the green build")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Build a green snapshot with a new model beside the live one, compare both on the golden set, and move the
+    alias (publish.alias) to green only if the quality gate (publish.gate) passes."""
+    from pipeline.models.catalog import model_section
+
+    overrides = parse_sets(set_)
+
+    def call():
+        from flows.migrate import migrate as migrate_flow
+
+        return migrate_flow(config, model, overrides, run_id)
+
+    summary = _run_flow(config, {"model": model_section(model)} | overrides, as_json, call)
+    if as_json:
+        return
+    blue, green, promotion = summary.blue, summary.green, summary.promotion
+    table = RichTable(title=f"{summary.index_name}: blue (live) vs green, search mode {summary.gate.mode}")
+    for col, justify in (("", "left"), ("blue", "right"), ("green", "right"), ("delta", "right")):
+        table.add_column(col, justify=justify)
+    table.add_row("version", blue.version, green.version, "")
+    table.add_row("model", blue.model, green.model, "")
+    table.add_row("dims", str(blue.dims), str(green.dims), "")
+    for metric, b in blue.metrics.items():
+        g = green.metrics.get(metric)
+        table.add_row(metric, num(b), num(g, ""), _delta(g, b))
+    if overlap := summary.report["drift"].get("topk_overlap"):
+        table.add_row(f"top-{overlap['k']} overlap", "", f"{overlap['mean']:.4f}", "")
+    console.print(table)
+    if promotion.promoted:
+        console.print(f"[bold green]promoted[/]: alias {summary.alias} now serves {green.version} ({green.model})",
+                      soft_wrap=True)
+    else:
+        console.print(f"[bold yellow]refused[/]: alias {summary.alias} stays on {promotion.live}: {promotion.reason}",
+                      soft_wrap=True)
+    console.print(f"report: {summary.report_url}", soft_wrap=True)
+
+
+@reports_errors
+def monitor(config: Config, set_: SetFlag = [], as_json: JsonFlag = False) -> None:  # noqa: B006
+    """Measure the snapshot the alias serves on the golden set against the metrics recorded when it was
+    published; exit 1 when one fell more than monitor.max_drop allows."""
+    from pipeline.config import load_config
+    from pipeline.errors import MonitoringFailed
+
+    overrides = parse_sets(set_)
+    load_config(config, overrides)  # a bad config fails before Prefect starts
+    from flows.monitor import monitor as monitor_flow
+
+    try:
+        with flow_output(as_json):
+            result = monitor_flow(config, overrides)
+    except MonitoringFailed as exc:
+        result = exc.result
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        table = RichTable(title=f"{result.index_name}/{result.alias} version {result.version} "
+                                f"({result.model}, mode {result.mode}): now vs at publish time")
+        for col in ("metric", "baseline", "current", "drop", "max drop", "status"):
+            table.add_column(col, justify="left" if col in ("metric", "status") else "right")
+        for r in result.rows:
+            table.add_row(r.metric, num(r.baseline, ""), num(r.current, ""), num(r.drop, ""), num(r.max_drop, ""),
+                          "[green]ok[/]" if r.ok else "[bold red]DROPPED[/]")
+        console.print(table)
+        for note in result.notes:
+            console.print(f"note: {note}", soft_wrap=True)
+        console.print("[bold green]passed[/]" if result.passed else
+                      "[bold red]FAILED[/]: " + "; ".join(result.violations), soft_wrap=True)
+    if not result.passed:
+        raise typer.Exit(code=1)

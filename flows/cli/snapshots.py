@@ -1,0 +1,215 @@
+"""`embedpipe search | evaluate | versions | show | verify | promote | rollback | gc`: reading and managing
+published snapshots. No Prefect, no Ray.
+
+ROOT is the storage root (a path or URL; S3 credentials and endpoint come from the environment). A SNAPSHOT URL is
+a version folder, snapshots/<index> (its newest committed version) or aliases/<index>/<alias>.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+from rich.table import Table as RichTable
+
+from flows.cli.common import JsonFlag, console, reports_errors, rich_table
+from pipeline.reports.tables import quality_table
+
+Root = Annotated[str, typer.Argument(help="storage root: a path or URL (s3://bucket/prefix)")]
+Index = Annotated[str, typer.Argument(help="index name")]
+SnapshotUrl = Annotated[str, typer.Argument(help="snapshot URL: a version folder, snapshots/<index> (newest) or "
+                                                 "aliases/<index>/<alias>")]
+AliasOpt = Annotated[str, typer.Option("--alias", help="alias name")]
+Expect = Annotated[str | None, typer.Option(help="the version you saw the alias at ('none' if unset); default: "
+                                                 "read it now")]
+
+
+def _hits_table(query: str, hits) -> RichTable:
+    table = RichTable(title=f"query: {query}")
+    for col, justify in (("rank", "right"), ("score", "right"), ("doc_id", "left"), ("title", "left")):
+        table.add_column(col, justify=justify)
+    for rank, hit in enumerate(hits, start=1):
+        table.add_row(str(rank), f"{hit.score:.4f}", hit.doc_id, hit.title[:90])
+    return table
+
+
+def print_search(snapshot_url: str, query: str, k: int, mode: str, as_json: bool = False) -> None:
+    from pipeline.quality.search import Searcher, check_query
+    from pipeline.snapshots.snapshot import Snapshot
+
+    snapshot = Snapshot.open(snapshot_url)
+    searcher = Searcher.from_snapshot(snapshot)
+    checked = check_query(searcher.encoder, query)
+    hits = searcher.search([query], k, mode)[0]
+    if as_json:
+        print(json.dumps({"snapshot": snapshot.url, "version": snapshot.version, "mode": mode, "query": query,
+                          "query_tokens": checked.tokens, "truncated_to_tokens": checked.limit if checked.truncated
+                          else None, "hits": [asdict(h) for h in hits]}, indent=2))
+    else:
+        console.print(_hits_table(query if len(query) <= 200 else query[:200] + "...", hits))
+        if note := checked.note():
+            console.print(f"note: {note}", soft_wrap=True)
+
+
+@reports_errors
+def search(
+    snapshot: SnapshotUrl,
+    query: Annotated[str, typer.Argument(help="the query text")],
+    k: Annotated[int, typer.Option("-k", min=1, help="documents to return")] = 10,
+    mode: Annotated[str, typer.Option(help="index variant (exact, ivfpq, int8, binary, exact@64...), optionally "
+                                           "+rescore (fp16 re-ranking) or +hamming (binary)")] = "exact",
+    as_json: JsonFlag = False,
+) -> None:
+    """Search a snapshot; the query is encoded with the model recorded in its manifest."""
+    print_search(snapshot, query, k, mode, as_json)
+
+
+@reports_errors
+def evaluate(
+    snapshot: SnapshotUrl,
+    queries: Annotated[str | None, typer.Option(help="BEIR queries.jsonl (default: the snapshot's golden set)")] = None,
+    qrels: Annotated[str | None, typer.Option(help="BEIR qrels TSV (default: the snapshot's golden set)")] = None,
+    k: Annotated[int, typer.Option("-k", min=10, help="documents retrieved per query")] = 100,
+    as_json: JsonFlag = False,
+) -> None:
+    """nDCG@10, MAP@10, Recall@10/100 and MRR@10 of every index variant of a snapshot."""
+    from pipeline.corpus.readers import read_qrels, read_queries
+    from pipeline.errors import InputError
+    from pipeline.quality.search import Searcher
+    from pipeline.snapshots.snapshot import Snapshot
+
+    snap = Snapshot.open(snapshot)
+    golden = snap.manifest.get("evaluation") or {}
+    queries, qrels = queries or golden.get("queries"), qrels or golden.get("qrels")
+    if not (queries and qrels):
+        raise InputError("no golden set recorded in this snapshot: pass --queries and --qrels")
+    report = Searcher.from_snapshot(snap).evaluate(read_queries(queries), read_qrels(qrels), k)
+    if as_json:
+        print(json.dumps({"snapshot": snap.url, "version": snap.version, "modes": report}, indent=2))
+    else:
+        console.print(rich_table(quality_table(f"{snap.manifest['index_name']} {snap.version}", report, short=True)))
+
+
+@reports_errors
+def versions(root: Root, index: Index, as_json: JsonFlag = False) -> None:
+    """List an index's versions with model, counts, quality, size and the aliases pointing at them."""
+    from pipeline.snapshots.aliases import list_aliases, read_alias
+    from pipeline.snapshots.snapshot import committed_versions
+    from pipeline.storage.backend import Storage
+
+    s = Storage(root)
+    pointed: dict[str | None, list[str]] = {}
+    for alias in list_aliases(s, index):
+        pointed.setdefault(read_alias(s, index, alias).version, []).append(alias)
+    rows = []
+    for version, snap in committed_versions(s, index):
+        if snap is None:
+            rows.append({"version": version, "committed": False})
+            continue
+        m = snap.manifest
+        rows.append({"version": version, "committed": True, "model": m.get("model", {}).get("name", "?"),
+                     "chunks": m.get("counts", {}).get("chunks"), "ndcg@10": snap.metric("exact", "ndcg@10"),
+                     "bytes": snap.bytes, "aliases": pointed.get(version, [])})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = RichTable(title=f"{index} at {root}")
+    for col in ("version", "model", "chunks", "nDCG@10", "MiB", "aliases"):
+        table.add_column(col, no_wrap=col == "version")
+    for r in rows:
+        if not r["committed"]:
+            table.add_row(r["version"], "[dim]uncommitted[/]", "", "", "", "")
+            continue
+        ndcg = f"{r['ndcg@10']:.4f}" if r["ndcg@10"] is not None else ""
+        table.add_row(r["version"], r["model"], str(r["chunks"]), ndcg, f"{r['bytes'] / 2**20:.2f}",
+                      ", ".join(r["aliases"]))
+    console.print(table)
+
+
+@reports_errors
+def show(snapshot: SnapshotUrl) -> None:
+    """Print a snapshot's manifest (JSON)."""
+    from pipeline.snapshots.snapshot import Snapshot
+
+    print(json.dumps(Snapshot.open(snapshot).manifest, indent=2))
+
+
+@reports_errors
+def verify(snapshot: SnapshotUrl) -> None:
+    """Check every file of a snapshot against the sha256 and size in its manifest (exit 2 on a mismatch)."""
+    from pipeline.snapshots.snapshot import Snapshot
+
+    snap = Snapshot.open(snapshot)
+    checked = snap.verify()
+    console.print(f"[green]ok[/] {snap.manifest['index_name']} {snap.version}: {len(checked)} files match",
+                  soft_wrap=True)
+
+
+def _seen(expect: str | None, root: str, index: str, alias: str) -> str | None:
+    from pipeline.snapshots.aliases import read_alias
+    from pipeline.storage.backend import Storage
+
+    if expect is None:
+        return read_alias(Storage(root), index, alias).version
+    return None if expect.lower() == "none" else expect
+
+
+@reports_errors
+def promote(
+    root: Root, index: Index, version: Annotated[str, typer.Argument(help="the version to promote")],
+    alias: AliasOpt = "live", expect: Expect = None,
+    metric: Annotated[str, typer.Option(help="gate metric")] = "ndcg@10",
+    mode: Annotated[str, typer.Option(help="gate search mode")] = "exact",
+    min_value: Annotated[float, typer.Option(help="gate: the metric must be at least this")] = 0.0,
+    max_drop: Annotated[float, typer.Option(help="gate: and at most this below live's")] = 0.0,
+    no_gate: Annotated[bool, typer.Option("--no-gate", help="skip the quality gate")] = False,
+    force: Annotated[bool, typer.Option(help="promote even if the gate refuses (recorded in the history)")] = False,
+    by: Annotated[str, typer.Option(help="who promotes (recorded)")] = "cli",
+) -> None:
+    """Move an alias to a committed version by compare-and-swap, through the quality gate."""
+    from pipeline.config import GateConfig
+    from pipeline.snapshots.aliases import promote as do_promote
+    from pipeline.storage.backend import Storage
+
+    gate = None if no_gate else GateConfig(metric=metric, mode=mode, min_value=min_value, max_drop=max_drop)
+    state, result = do_promote(Storage(root), index, alias, version, _seen(expect, root, index, alias), gate,
+                               force, by)
+    forced = " (forced past the gate)" if result and not result.passed else ""
+    console.print(f"[green]promoted[/] {index}/{alias}: {state.previous} -> {state.version}{forced}", soft_wrap=True)
+
+
+@reports_errors
+def rollback(root: Root, index: Index, alias: AliasOpt = "live", expect: Expect = None,
+             by: Annotated[str, typer.Option(help="who rolls back (recorded)")] = "cli") -> None:
+    """Move an alias back to what was live before its current version was promoted."""
+    from pipeline.snapshots.aliases import rollback as do_rollback
+    from pipeline.storage.backend import Storage
+
+    state = do_rollback(Storage(root), index, alias, _seen(expect, root, index, alias), by)
+    console.print(f"[green]rolled back[/] {index}/{alias}: {state.previous} -> {state.version}", soft_wrap=True)
+
+
+@reports_errors
+def gc(root: Root, index: Index,
+       keep_last: Annotated[int, typer.Option(min=1, help="newest committed versions to keep")] = 3,
+       grace_hours: Annotated[float, typer.Option(min=0, help="keep what an alias pointed at, and uploads "
+                                                             "in progress, this recently")] = 24.0,
+       dry_run: Annotated[bool, typer.Option("--dry-run", help="only show what would be deleted")] = False,
+       as_json: JsonFlag = False) -> None:
+    """Delete old versions and abandoned uploads; never what an alias points at."""
+    from pipeline.snapshots.retention import apply_gc, plan_gc
+    from pipeline.storage.backend import Storage
+
+    s = Storage(root)
+    plan = plan_gc(s, index, keep_last, timedelta(hours=grace_hours))
+    deleted = [] if dry_run else apply_gc(s, plan)
+    if as_json:
+        print(json.dumps({"keep": plan.keep, "delete": plan.delete, "deleted": deleted, "dry_run": dry_run}, indent=2))
+        return
+    for v, why in sorted(plan.keep.items()):
+        console.print(f"  keep   {v}  ({why})", soft_wrap=True)
+    for v, why in sorted(plan.delete.items()):
+        console.print(f"  {'would delete' if dry_run else 'deleted'} {v}  ({why})", soft_wrap=True)

@@ -1,0 +1,142 @@
+"""Which documents a run re-chunks and re-embeds, and which it keeps as they are in the live snapshot.
+
+- full build: every document is redone.
+- incremental reindex: a document is redone when its hash (content and chunker parameters) is not the live
+  snapshot's (new, changed, or chunked otherwise); live documents missing from the corpus are dropped; the
+  rest are kept.
+- backfill: the documents a `Selection` picks are redone; every other live document is kept, so the new
+  version differs from the live one only there (documents outside the selection that the live snapshot
+  lacks are left out).
+
+A kept document is not read into the chunker again: its chunk rows come from the live snapshot's ids
+table (text-less) and its vectors from the embedding cache, by chunk hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from pipeline.errors import ConfigError
+
+
+def content_hashes(docs: pl.DataFrame) -> pl.Series:
+    """sha256 of each document's id, title and text (the corpus fingerprint sums them)."""
+    return pl.Series("content_hash", [hashlib.sha256(f"{d}\x00{t}\x00{x}".encode()).hexdigest()
+                                      for d, t, x in docs.select("doc_id", "title", "text").iter_rows()], pl.String)
+
+
+class CorpusFingerprint:
+    """Order-independent digest of the accepted documents, fed batch by batch with their content hashes
+    (content_hashes above): their sum mod 2^256 (a multiset hash), so equal fingerprints mean equal
+    content however it was read."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def update(self, content_hashes: pl.Series) -> None:
+        for digest in content_hashes.to_list():
+            self.total = (self.total + int(digest, 16)) % (1 << 256)
+
+    def hexdigest(self) -> str:
+        return f"{self.total:064x}"
+
+
+def doc_hashes(content: pl.Series, chunking: dict) -> pl.Series:
+    """What decides a document's chunks: its content and the chunker's parameters. A document chunked
+    with other parameters (a backfill's, an older config's) has another hash, so it is redone."""
+    params = json.dumps(chunking, sort_keys=True)
+    return pl.Series("doc_hash", [hashlib.sha256(f"{params}\x00{c}".encode()).hexdigest() for c in content], pl.String)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A backfill's documents: any of these ids, shards, or rows matching a polars SQL expression over the
+    corpus' metadata fields (e.g. "published >= '2024-01-01'")."""
+
+    doc_ids: frozenset[str] = frozenset()
+    shards: frozenset[int] = frozenset()
+    where: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.doc_ids or self.shards or self.where):
+            raise ConfigError("backfill selection is empty: expected doc ids, shards or a --where filter")
+        if self.where:
+            try:
+                pl.sql_expr(self.where)
+            except Exception as exc:  # polars raises several error types for bad SQL
+                raise ConfigError(f"backfill filter {self.where!r} is not a valid polars SQL expression: "
+                                  f"{exc}") from None
+
+    def mask(self, docs: pl.DataFrame) -> pl.Series:
+        """Selected rows of `docs` (doc_id, shard and metadata columns)."""
+        picked = pl.col("doc_id").is_in(list(self.doc_ids)) | pl.col("shard").is_in(list(self.shards))
+        if self.where:
+            picked = picked | pl.sql_expr(self.where).fill_null(False)
+        try:
+            return docs.select(picked.alias("selected"))["selected"]
+        except pl.exceptions.PolarsError as exc:
+            raise ConfigError(f"backfill filter {self.where!r} does not apply to the corpus (columns "
+                              f"{docs.columns}; add metadata fields with corpus.metadata_fields): {exc}") from None
+
+    def describe(self) -> dict:
+        return {"doc_ids": sorted(self.doc_ids), "shards": sorted(self.shards), "where": self.where}
+
+
+@dataclass
+class Delta:
+    """Fed the corpus batch by batch (`split`), then `finish`ed; counts documents by what happened to them."""
+
+    live: pl.DataFrame | None  # the live snapshot's ids table with a `shard` column; None = full build
+    selection: Selection | None = None  # None = incremental (when `live` is set)
+    seen: set[str] = field(default_factory=set)
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ["docs_new", "docs_changed", "docs_unchanged", "docs_deleted", "docs_kept", "docs_redone"], 0))
+
+    def __post_init__(self) -> None:
+        if self.live is not None:
+            self._live_docs = self.live.group_by("doc_id").agg(pl.col("doc_hash").first().alias("live_hash"))
+
+    def split(self, docs: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """(documents to redo, live chunk rows kept for the others) of one batch of the corpus (with
+        `doc_hash` and `shard` columns)."""
+        if self.live is None:
+            self.counts["docs_new"] += docs.height
+            self.counts["docs_redone"] += docs.height
+            return docs, self.live_rows([])
+        self.seen.update(docs["doc_id"].to_list())
+        known = docs.join(self._live_docs, on="doc_id", how="left", maintain_order="left")
+        new, same = known["live_hash"].is_null(), known["live_hash"] == known["doc_hash"]
+        if self.selection is None:
+            redo = ~same.fill_null(False)
+        else:  # only the selection; documents outside it that the live snapshot lacks are left out
+            redo = self.selection.mask(docs)
+            self.counts["docs_outside_selection_not_live"] = self.counts.get(
+                "docs_outside_selection_not_live", 0) + int((~redo & new).sum())
+        keep = ~redo & ~new
+        self.counts["docs_new"] += int((redo & new).sum())
+        self.counts["docs_changed"] += int((redo & ~new & ~same.fill_null(False)).sum())
+        self.counts["docs_unchanged"] += int(same.fill_null(False).sum())
+        self.counts["docs_redone"] += int(redo.sum())
+        self.counts["docs_kept"] += int(keep.sum())
+        return docs.filter(redo), self.live_rows(docs.filter(keep)["doc_id"].to_list())
+
+    def finish(self) -> pl.DataFrame:
+        """Live documents the corpus no longer has: dropped by an incremental run, kept by a backfill."""
+        if self.live is None:
+            return self.live_rows([])
+        gone = self._live_docs.filter(~pl.col("doc_id").is_in(list(self.seen)))["doc_id"].to_list()
+        if self.selection is None:
+            self.counts["docs_deleted"] += len(gone)
+            return self.live_rows([])
+        self.counts["docs_kept"] += len(gone)
+        return self.live_rows(gone)
+
+    def live_rows(self, doc_ids: list[str]) -> pl.DataFrame:
+        """The live chunk rows of `doc_ids`, text-less: their vectors come from the embedding cache."""
+        if self.live is None:
+            return pl.DataFrame()
+        return self.live.filter(pl.col("doc_id").is_in(doc_ids)).with_columns(pl.lit(None, pl.String).alias("text"))

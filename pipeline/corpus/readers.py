@@ -1,0 +1,307 @@
+"""Read corpora, queries and relevance judgments from any fsspec URL.
+
+Every input record is accounted for: it is either accepted into the documents table or written to the
+quarantine table with a reason (read = accepted + quarantined). In strict mode the first bad record
+raises InputError instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import CorpusConfig
+from pipeline.errors import InputError
+from pipeline.storage.backend import redact
+
+DOC_SCHEMA = {"doc_id": pl.String, "title": pl.String, "text": pl.String}
+QUARANTINE_SCHEMA = {"source": pl.String, "position": pl.Int64, "doc_id": pl.String, "reason": pl.String,
+                     "raw": pl.String}
+_RAW_CHARS = 500  # enough of a bad record to recognise it, not enough to bloat the table
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    docs: pl.DataFrame  # doc_id, title, text, then the configured metadata fields
+    quarantine: pl.DataFrame  # source, position, doc_id, reason, raw
+    blank_lines: int = 0  # JSON Lines lines holding only whitespace: no record, but counted
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """read = accepted + quarantined records; read + blank_lines = the lines of a JSON Lines input."""
+        return {"read": self.docs.height + self.quarantine.height, "accepted": self.docs.height,
+                "quarantined": self.quarantine.height, "blank_lines": self.blank_lines}
+
+
+def _lone_surrogate(value: Any) -> int | None:
+    """Where the first lone surrogate of a string (or of the strings nested in a list or dict) is. JSON's
+    "\\ud800" escape decodes to one: valid JSON, not valid Unicode, and no UTF-8 writer accepts it."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return exc.start
+        return None
+    if isinstance(value, dict | list):
+        items = value.values() if isinstance(value, dict) else value
+        return next((at for at in map(_lone_surrogate, items) if at is not None), None)
+    return None
+
+
+class _Collector:
+    """Validates records one by one, keeping the first of each id and a reason for every reject."""
+
+    def __init__(self, cfg: CorpusConfig, source: str) -> None:
+        self.cfg, self.source = cfg, source
+        self.seen: set[str] = set()
+        self.docs: dict[str, list[Any]] = {k: [] for k in [*DOC_SCHEMA, *cfg.metadata_fields]}
+        self.bad: dict[str, list[Any]] = {k: [] for k in QUARANTINE_SCHEMA}
+        self.blank_lines = 0
+
+    def reject(self, position: int, reason: str, raw: Any, doc_id: str | None = None) -> None:
+        if self.cfg.strict:
+            where = f"{redact(self.source)} record {position}"
+            raise InputError(f"{where}: {reason}" + (f" (id {doc_id!r})" if doc_id else ""))
+        raw_text = raw if isinstance(raw, str) else repr(raw)
+        for key, value in zip(QUARANTINE_SCHEMA, (self.source, position, doc_id, reason, raw_text[:_RAW_CHARS]),
+                              strict=True):
+            self.bad[key].append(value)
+
+    def add(self, position: int, record: Any, raw: Any) -> None:
+        cfg = self.cfg
+        if not isinstance(record, dict):
+            return self.reject(position, f"not an object: got {type(record).__name__}", raw)
+        doc_id = record.get(cfg.id_field)
+        if isinstance(doc_id, int) and not isinstance(doc_id, bool):
+            doc_id = str(doc_id)  # BEIR ids are strings, but integer ids in JSON are common and unambiguous
+        if not isinstance(doc_id, str) or not doc_id.strip():
+            return self.reject(position, f"missing id: field {cfg.id_field!r} must be a non-empty string", raw)
+        for name in (cfg.id_field, cfg.title_field, cfg.text_field, *cfg.metadata_fields):
+            at = _lone_surrogate(record.get(name))
+            if at is not None:  # rejected, not repaired: a silently changed text would change its hash
+                return self.reject(position, f"invalid Unicode: field {name!r} holds a lone surrogate (character "
+                                   f"{at})", raw, doc_id.encode("utf-8", "backslashreplace").decode())
+        title, text = record.get(cfg.title_field) or "", record.get(cfg.text_field)
+        if not isinstance(title, str):
+            return self.reject(position, f"bad title: {cfg.title_field!r} must be a string", raw, doc_id)
+        if text is not None and not isinstance(text, str):
+            return self.reject(position, f"bad text: {cfg.text_field!r} must be a string", raw, doc_id)
+        if not (text or "").strip():
+            return self.reject(position, f"empty text: field {cfg.text_field!r} is missing or blank", raw, doc_id)
+        if len(title) + len(text) > cfg.max_chars:
+            return self.reject(position, f"too large: {len(title) + len(text)} chars > max_chars {cfg.max_chars}",
+                               raw, doc_id)
+        if doc_id in self.seen:
+            return self.reject(position, "duplicate id: an earlier record has the same id", raw, doc_id)
+        self.seen.add(doc_id)
+        self.docs["doc_id"].append(doc_id)
+        self.docs["title"].append(title)
+        self.docs["text"].append(text)
+        for name in self.cfg.metadata_fields:
+            self.docs[name].append(record.get(name))
+
+    @property
+    def pending(self) -> int:
+        return len(self.docs["doc_id"]) + len(self.bad["reason"])
+
+    def flush(self) -> ReadResult:
+        """The records collected since the last flush; ids seen so far are kept for duplicate checks."""
+        # Metadata types are inferred (a date string stays a string, a year an integer).
+        result = ReadResult(pl.DataFrame(self.docs, schema_overrides=DOC_SCHEMA, strict=False),
+                            pl.DataFrame(self.bad, schema=QUARANTINE_SCHEMA), self.blank_lines)
+        self.docs = {k: [] for k in self.docs}
+        self.bad = {k: [] for k in self.bad}
+        self.blank_lines = 0
+        return result
+
+
+def _open(url: str, mode: str = "rb"):
+    try:
+        return fsspec.open(url, mode, compression="infer")
+    except (ImportError, ValueError) as exc:
+        raise InputError(f"cannot open {redact(url)}: {exc}") from None
+
+
+def _jsonl_records(url: str) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
+    """Yields (line number, parsed record or None, raw line, error reason or None); a blank line yields
+    (line number, None, "", None): no record, but counted."""
+    try:
+        with _open(url) as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    yield lineno, None, "", None
+                    continue
+                try:
+                    text = line.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a byte-order mark
+                except UnicodeDecodeError as exc:
+                    yield lineno, None, line, f"invalid UTF-8 at byte {exc.start}"
+                    continue
+                try:
+                    yield lineno, json.loads(text), text.rstrip("\n"), None
+                except json.JSONDecodeError as exc:
+                    yield lineno, None, text.rstrip("\n"), f"invalid JSON: {exc.msg} at column {exc.colno}"
+    except FileNotFoundError:
+        raise InputError(f"input not found: {redact(url)} (expected a JSON Lines file)") from None
+    except (OSError, EOFError) as exc:  # e.g. a truncated or non-gzip '.gz'
+        raise InputError(f"cannot read {redact(url)}: {exc}") from None
+
+
+def _parquet_records(url: str, cfg: CorpusConfig) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
+    try:
+        with _open(url) as fh:
+            pf = pq.ParquetFile(fh)
+            names = set(pf.schema_arrow.names)
+            if cfg.id_field not in names or cfg.text_field not in names:
+                raise InputError(f"{redact(url)}: expected columns {cfg.id_field!r} and {cfg.text_field!r}, "
+                                 f"found {sorted(names)}")
+            columns = [c for c in (cfg.id_field, cfg.title_field, cfg.text_field, *cfg.metadata_fields) if c in names]
+            position = 0
+            for batch in pf.iter_batches(columns=columns, batch_size=4096):
+                # Strings as bytes, decoded value by value below: pyarrow does not validate a string column's
+                # UTF-8 when reading, and one bad value would fail the whole batch's conversion.
+                for row in _as_bytes(batch).to_pylist():
+                    position += 1
+                    bad = next((f"invalid UTF-8 in field {k!r}" for k, v in row.items()
+                                if isinstance(v, bytes) and not _is_utf8(v)), None)
+                    if bad:
+                        yield position, None, repr(row), bad
+                        continue
+                    row = {k: v.decode() if isinstance(v, bytes) else v for k, v in row.items()}
+                    yield position, row, json.dumps(row, default=repr), None
+    except FileNotFoundError:
+        raise InputError(f"input not found: {redact(url)} (expected a Parquet file)") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {redact(url)} as Parquet: {exc}") from None
+
+
+def _as_bytes(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The batch with its string columns viewed as binary (no copy, no UTF-8 validation)."""
+    schema = pa.schema([f.with_type(pa.binary() if pa.types.is_string(f.type) else
+                                    pa.large_binary() if pa.types.is_large_string(f.type) else f.type)
+                        for f in batch.schema])
+    return batch.cast(schema)
+
+
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def require_exists(url: str, field: str) -> None:
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        found = fs.exists(path)
+    except (ImportError, ValueError, OSError) as exc:
+        raise InputError(f"{field}: cannot reach {redact(url)}: {type(exc).__name__}") from None
+    if not found:
+        raise InputError(f"{field}: {redact(url)} does not exist")
+
+
+def _beir_file(folder: str, *names: str) -> str:
+    fs, path = fsspec.core.url_to_fs(folder)
+    for name in names:
+        if fs.exists(f"{path.rstrip('/')}/{name}"):
+            return f"{folder.rstrip('/')}/{name}"
+    raise InputError(f"{redact(folder)}: expected one of {list(names)} in this BEIR folder")
+
+
+def corpus_format(cfg: CorpusConfig) -> str:
+    if cfg.format != "auto":
+        return cfg.format
+    src = cfg.source.lower().rstrip("/")
+    if src.endswith(".parquet"):
+        return "parquet"
+    if any(src.endswith(s) for s in (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
+        return "jsonl"
+    fs, path = fsspec.core.url_to_fs(cfg.source)
+    if fs.isdir(path):
+        return "beir"
+    if not fs.exists(path):
+        raise InputError(f"corpus.source: {redact(cfg.source)} does not exist")
+    raise InputError(f"corpus.source {redact(cfg.source)}: cannot tell its format; expected a .jsonl[.gz] or "
+                     ".parquet file, or a BEIR folder (or set corpus.format)")
+
+
+def corpus_url(cfg: CorpusConfig) -> str:
+    fmt = corpus_format(cfg)
+    return _beir_file(cfg.source, "corpus.jsonl", "corpus.jsonl.gz") if fmt == "beir" else cfg.source
+
+
+def iter_corpus(cfg: CorpusConfig, batch_records: int = 10_000) -> Iterator[ReadResult]:
+    """The corpus in batches of about `batch_records` records (at least one batch, maybe empty), so no
+    stage holds it whole; a duplicate is caught whichever batch its first occurrence was in."""
+    url = corpus_url(cfg)
+    records: Iterable = _parquet_records(url, cfg) if corpus_format(cfg) == "parquet" else _jsonl_records(url)
+    collector = _Collector(cfg, url)
+    for position, record, raw, error in records:
+        if error:
+            collector.reject(position, error, raw)
+        elif record is None:
+            collector.blank_lines += 1
+        else:
+            collector.add(position, record, raw)
+        if collector.pending >= batch_records:
+            yield collector.flush()
+    yield collector.flush()
+
+
+def read_corpus(cfg: CorpusConfig) -> ReadResult:
+    """The whole corpus in memory: for small corpora and tests; the pipeline streams with iter_corpus."""
+    batches = list(iter_corpus(cfg))
+    return ReadResult(pl.concat([b.docs for b in batches]), pl.concat([b.quarantine for b in batches]),
+                      sum(b.blank_lines for b in batches))
+
+
+def read_queries(url: str) -> dict[str, str]:
+    """BEIR queries.jsonl: {"_id", "text"} per line. Bad lines fail: a golden set must be exact."""
+    queries: dict[str, str] = {}
+    for lineno, record, _raw, error in _jsonl_records(url):
+        if record is None and not error:
+            continue  # a blank line
+        if error or not isinstance(record, dict) or not isinstance(record.get("text"), str) \
+                or record.get("_id") is None:
+            raise InputError(f"{redact(url)} line {lineno}: expected {{'_id', 'text'}}, {error or 'got ' + _raw}")
+        if _lone_surrogate(record) is not None:
+            raise InputError(f"{redact(url)} line {lineno}: invalid Unicode (a lone surrogate escape)")
+        queries[str(record["_id"])] = record["text"]
+    return queries
+
+
+def read_qrels(url: str) -> dict[str, dict[str, int]]:
+    """BEIR qrels TSV (query-id, corpus-id, score) with a header line; CRLF tolerated."""
+    qrels: dict[str, dict[str, int]] = {}
+    try:
+        with _open(url, "rt") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                parts = line.strip().split("\t")
+                if not line.strip() or (lineno == 1 and parts[0] == "query-id"):
+                    continue
+                if len(parts) != 3 or not parts[2].lstrip("-").isdigit():
+                    raise InputError(f"{redact(url)} line {lineno}: expected 'query-id<TAB>corpus-id<TAB>score'"
+                                     f", got {line.strip()[:100]!r}")
+                qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+    except FileNotFoundError:
+        raise InputError(f"qrels not found: {redact(url)}") from None
+    return qrels
+
+
+def golden_set_urls(corpus: CorpusConfig, queries: str | None, qrels: str | None) -> tuple[str, str] | None:
+    """The evaluation files: explicit ones, else a BEIR corpus folder's own, else None (no evaluation)."""
+    if queries and qrels:
+        return queries, qrels
+    if corpus_format(corpus) == "beir":
+        return (queries or _beir_file(corpus.source, "queries.jsonl", "queries.jsonl.gz"),
+                qrels or _beir_file(corpus.source, "qrels/test.tsv"))
+    if queries or qrels:
+        raise InputError("evaluation: set both queries and qrels, or neither")
+    return None

@@ -1,0 +1,1 @@
+"""Indexes: parameter planning, one class per variant kind, FAISS helpers and compact representations."""

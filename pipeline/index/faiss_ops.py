@@ -1,0 +1,91 @@
+"""Build FAISS indexes from float vectors: exact inner product and IVF-PQ from a factory string.
+
+Vectors are L2-normalised, so inner product is cosine similarity. Every index is serialised to bytes
+that plain `faiss.read_index` reads back.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from pipeline.errors import IndexBuildError
+from pipeline.index.plan import IvfPqPlan
+
+
+def check_vectors(vectors: np.ndarray) -> None:
+    if vectors.ndim != 2 or vectors.dtype != np.float32 or not vectors.flags.c_contiguous:
+        raise IndexBuildError(f"expected a C-contiguous float32 matrix, got {vectors.dtype} {vectors.shape}")
+    if not np.isfinite(vectors).all():
+        raise IndexBuildError("vectors contain NaN or infinity")
+
+
+def build_exact(vectors: np.ndarray) -> faiss.Index:
+    check_vectors(vectors)
+    index = faiss.index_factory(vectors.shape[1], "Flat", faiss.METRIC_INNER_PRODUCT)
+    index.add(vectors)
+    return index
+
+
+def train_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int) -> faiss.Index:
+    """The trained, empty IVF-PQ index: coarse quantizer and PQ codebooks from one seeded sample.
+
+    With a GPU (faiss-gpu and `faiss.get_num_gpus() > 0`) the coarse k-means (the bulk of training: nlist
+    centroids over the whole sample) assigns points on every GPU; the centroids then go into the usual CPU
+    quantizer, so the index, its bytes format and everything after training stay on CPU. GPU float sums differ
+    from CPU ones, so a GPU-trained index is equivalent in recall, not byte-identical (tests/unit/test_gpu.py).
+    """
+    check_vectors(vectors)
+    n, dims = vectors.shape
+    index = faiss.index_factory(dims, plan.factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.extract_index_ivf(index)
+    pq = faiss.downcast_index(ivf).pq
+    ivf.cp.seed = pq.cp.seed = seed
+    pq.cp.min_points_per_centroid = 1  # the plan keeps >= 10 points per PQ centroid; don't warn below 39
+    sample = np.random.default_rng(seed).choice(n, size=plan.train_points, replace=False)
+    # SWIG does not keep an assigned index alive: hold the GPU index here until training is done.
+    gpu_assigner = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(dims)) if faiss.get_num_gpus() > 0 else None
+    if gpu_assigner is not None:
+        ivf.clustering_index = gpu_assigner
+    try:
+        index.train(vectors[np.sort(sample)])
+    finally:
+        if gpu_assigner is not None:
+            ivf.clustering_index = None  # not serialised anyway; drop the pointer before the GPU index goes
+    ivf.nprobe = plan.nprobe
+    return index
+
+
+def add_part(trained: bytes, vectors: np.ndarray, first_row: int) -> bytes:
+    """An empty copy of the trained index holding rows first_row.. of the corpus (a parallel build's part)."""
+    part = from_bytes(trained)
+    part.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
+                      np.arange(first_row, first_row + len(vectors), dtype=np.int64))
+    return to_bytes(part)
+
+
+def merge_parts(trained: bytes, parts: list[bytes]) -> faiss.Index:
+    """Move every part's inverted lists into one index; merging parts in row order reproduces the serial add."""
+    index = from_bytes(trained)
+    for data in parts:
+        part = from_bytes(data)  # keep a reference: FAISS views do not keep their owner alive
+        index.merge_from(part, 0)  # 0: keep the parts' row ids
+    return index
+
+
+def build_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int) -> faiss.Index:
+    index = train_ivfpq(vectors, plan, seed)
+    index.add(vectors)
+    return index
+
+
+def to_bytes(index: faiss.Index | faiss.IndexBinary) -> bytes:
+    if isinstance(index, faiss.IndexBinary):
+        return faiss.serialize_index_binary(index).tobytes()
+    return faiss.serialize_index(index).tobytes()
+
+
+def from_bytes(data: bytes, binary: bool = False) -> faiss.Index | faiss.IndexBinary:
+    """Read an index file's bytes; binary indexes (Hamming) are `faiss.read_index_binary` files."""
+    array = np.frombuffer(data, dtype=np.uint8)
+    return faiss.deserialize_index_binary(array) if binary else faiss.deserialize_index(array)

@@ -1,0 +1,88 @@
+"""What a build does before it reads a document: which documents it redoes, the version it starts from, why, and
+whose IVF-PQ training it may reuse, as one typed plan.
+
+- full build: every document is redone; nothing is reused.
+- incremental reindex: against the version the alias serves, embedded with the same model: new and changed
+  documents are redone, deleted ones dropped, the rest kept (pipeline/corpus/delta.py).
+- backfill: a selection is redone, everything else kept as it is live.
+- migration: a full build with a new model; its lineage names the live (blue) version, whose training it may
+  not reuse (another model's vectors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.config import PipelineConfig
+from pipeline.corpus.delta import Delta, Selection
+from pipeline.corpus.sharding import assign_shards
+from pipeline.errors import InputError
+from pipeline.index.variants import FULL_BUILD, Training
+from pipeline.snapshots.aliases import read_alias
+from pipeline.snapshots.snapshot import Snapshot
+from pipeline.storage.backend import Storage
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    delta: Delta  # which documents are redone, which kept
+    base: str | None  # the version this build starts from (its manifest's lineage), None for a first build
+    why: str  # one line for the summary and the manifest: what kind of build, against what
+    training: Training = FULL_BUILD  # IVF-PQ training to reuse, and why (or why not)
+
+    def lineage(self, job: str) -> dict:
+        return {"job": job, "base": self.base, "how": self.why}
+
+
+def reusable_training(storage: Storage, index_name: str, version: str | None, model_fingerprint: str,
+                      chunking: dict) -> Training:
+    """The IVF-PQ training of a committed version that a build may reuse, and why (or why not). Only a version
+    embedded with the same model and chunked with the same parameters qualifies: codebooks trained on another
+    model's vectors (even of the same dims) would quantise this build's vectors into the wrong cells."""
+    if version is None:
+        return FULL_BUILD
+    snapshot = Snapshot.of(storage, index_name, version)
+    model = snapshot.manifest["model"]
+    if model.get("fingerprint") != model_fingerprint:
+        return Training(why=f"trained on this build's vectors: version {version} was embedded with another model "
+                            f"({model['name']}, fingerprint {model.get('fingerprint')}; this build "
+                            f"{model_fingerprint})")
+    if snapshot.manifest.get("chunking") != chunking:
+        return Training(why=f"trained on this build's vectors: version {version} was chunked with other "
+                            f"parameters ({snapshot.manifest.get('chunking')}; this build {chunking})")
+    params = {name: snapshot.variant_params(name) for name in snapshot.variants}
+    return Training({name: (snapshot.index(name), {**p, "trained_in": p.get("trained_in", version)})
+                     for name, p in params.items() if p["kind"] == "ivfpq"},
+                    why=f"version {version} has the same model ({model_fingerprint}), chunker parameters and plan")
+
+
+def plan_full_build(storage: Storage, cfg: PipelineConfig, model_fingerprint: str, chunking: dict, why: str,
+                    base: str | None = None) -> BuildPlan:
+    """Every document redone; `base` (a migration's blue) is lineage only unless its training qualifies."""
+    return BuildPlan(Delta(live=None), base, why,
+                     reusable_training(storage, cfg.index_name, base, model_fingerprint, chunking))
+
+
+def plan_build(storage: Storage, cfg: PipelineConfig, model_fingerprint: str, chunking: dict,
+               selection: Selection | None = None) -> BuildPlan:
+    """An incremental reindex (or, with a `selection`, a backfill) against the snapshot the alias serves. With
+    nothing comparable live (no alias, another model) an incremental run is a full build; a backfill needs a
+    live snapshot of the same model, since it keeps the rest of it."""
+    alias = cfg.publish.alias
+    version = read_alias(storage, cfg.index_name, alias).version if alias else None
+    snapshot = Snapshot.of(storage, cfg.index_name, version) if version else None
+    if snapshot is None:
+        reason = f"alias {cfg.index_name}/{alias} is not set" if alias else "publish.alias is not set"
+    elif snapshot.manifest["model"]["fingerprint"] != model_fingerprint:
+        reason = f"the live version {version} was embedded with another model ({snapshot.manifest['model']['name']})"
+    elif "doc_hash" not in snapshot.ids.columns:
+        reason = f"the live version {version} has no document hashes (written by an older embedpipe)"
+    else:
+        live = assign_shards(snapshot.ids.drop("row"), cfg.run.shards)
+        how = f"backfill of {selection.describe()}" if selection else "incremental"
+        return BuildPlan(Delta(live, selection), version, f"{how} against live version {version}",
+                         reusable_training(storage, cfg.index_name, version, model_fingerprint, chunking))
+    if selection is not None:
+        raise InputError(f"backfill of {cfg.index_name}: {reason}; a backfill keeps the rest of the live snapshot, "
+                         "so it needs one embedded with this model (use migrate for a new model)")
+    return BuildPlan(Delta(live=None), None, f"full build: {reason}")

@@ -1,0 +1,74 @@
+"""The model card: everything needed to encode queries exactly as the indexed passages were encoded. It travels
+with the vectors (Parquet footers) and into every manifest; its fingerprint keys the embedding cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from pipeline.config import ModelConfig
+from pipeline.errors import ModelError
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+@lru_cache(maxsize=8)
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_sha256(folder: Path) -> str:
+    for name in _WEIGHT_FILES:
+        if (folder / name).is_file():
+            return file_sha256(folder / name)
+    raise ModelError(f"model folder {folder}: expected one of {list(_WEIGHT_FILES)}")
+
+
+def model_max_tokens(folder: Path, tokenizer_limit: int) -> int:
+    """sentence-transformers' max_seq_length when present (256 for MiniLM), else the model's own limit."""
+    st = folder / "sentence_bert_config.json"
+    if st.is_file():
+        return int(json.loads(st.read_text())["max_seq_length"])
+    positions = json.loads((folder / "config.json").read_text()).get("max_position_embeddings", tokenizer_limit)
+    return min(tokenizer_limit, positions)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything needed to encode queries exactly as the indexed passages were encoded."""
+
+    name: str
+    source: dict  # {"package": ...} or {"path": ...}: how to find the weights again
+    dims: int
+    pooling: str
+    normalize: bool
+    max_tokens: int
+    query_prefix: str
+    passage_prefix: str
+    weights_sha256: str
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever vectors could change: the key of the embedding cache."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["source"] = dict(self.source)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelCard:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(name=self.name, package=self.source.get("package"), path=self.source.get("path"),
+                           pooling=self.pooling, normalize=self.normalize, max_tokens=self.max_tokens,
+                           query_prefix=self.query_prefix, passage_prefix=self.passage_prefix)

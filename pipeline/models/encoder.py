@@ -1,0 +1,65 @@
+"""What every encoder offers, and the one place that picks a model family from a config.
+
+Families: `transformer` (transformers models from a folder or package, pipeline/models/transformer.py)
+and `static` (wordllama token-embedding averages, pipeline/models/static.py). Chunking, the Ray actors
+and search only see this interface.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal, Protocol
+
+import numpy as np
+
+from pipeline.config import ModelConfig
+from pipeline.errors import ModelError
+from pipeline.models.card import ModelCard
+
+
+class Encoder(Protocol):
+    card: ModelCard
+    tokenizer: object  # a transformers fast tokenizer: chunking and token counts use it
+    tokens_encoded: int  # tokens sent through the model so far (after truncation)
+
+    def encode(self, texts: list[str], kind: Literal["query", "passage"] = "passage") -> np.ndarray:
+        """float32 vectors (len(texts) x card.dims), in the order of `texts`."""
+        ...
+
+
+def load_encoder(cfg: ModelConfig, device: str | None = None, threads: int | None = None) -> Encoder:
+    if cfg.family == "static":
+        from pipeline.models.static import WordLlamaEncoder
+
+        return WordLlamaEncoder(cfg)
+    from pipeline.models.transformer import TransformerEncoder
+
+    return TransformerEncoder(cfg, device=device, threads=threads)
+
+
+def tokenizer_for(cfg: ModelConfig) -> tuple[object, int]:
+    """The family's tokenizer and token limit, without loading weights (for chunking and preflight)."""
+    if cfg.family == "static":
+        from pipeline.models.static import wordllama_tokenizer
+
+        return wordllama_tokenizer(cfg)
+    from pipeline.models.transformer import transformer_tokenizer
+
+    return transformer_tokenizer(cfg)
+
+
+@lru_cache(maxsize=2)
+def cached_encoder(cfg: ModelConfig) -> Encoder:
+    """One loaded model per process and config (loading costs seconds; a CLI call may need it twice)."""
+    return load_encoder(cfg)
+
+
+def encoder_for_card(card: ModelCard) -> Encoder:
+    """The encoder a snapshot was built with; refuses different weights or dimensions."""
+    enc = cached_encoder(card.model_config())
+    if enc.card.weights_sha256 != card.weights_sha256:
+        raise ModelError(f"model {card.name}: weights sha256 {enc.card.weights_sha256[:12]}... differ from the "
+                         f"{card.weights_sha256[:12]}... recorded in the snapshot; expected the same model")
+    if enc.card.dims != card.dims:
+        raise ModelError(f"model {card.name} gives {enc.card.dims} dims; the snapshot expects {card.dims}")
+    return enc

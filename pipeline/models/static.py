@@ -1,0 +1,97 @@
+"""The static family: wordllama, a Matryoshka-trained table of token embeddings averaged over a text.
+
+Loaded offline from the installed PyPI package (only its 256-dim weights ship). Thousands of texts per
+second on a CPU; its quality is measured by benchmarks/representations.py, not assumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from pipeline.config import ModelConfig
+from pipeline.errors import ModelError
+from pipeline.models.card import ModelCard, file_sha256
+
+WEIGHTS = "weights/l2_supercat_256.safetensors"
+DEFAULT_MAX_TOKENS = 8192  # averaging has no position limit; this bounds pathological documents
+
+
+def _package_dir() -> Path:
+    try:
+        import wordllama
+    except ImportError:
+        raise ModelError("model.package 'wordllama' is not installed (pip install wordllama==0.4.0.post1)") from None
+    folder = Path(wordllama.__file__).parent
+    if not (folder / WEIGHTS).is_file():
+        raise ModelError(f"wordllama package at {folder}: expected {WEIGHTS}")
+    return folder
+
+
+def _without_word_cache(tokenizer: object) -> None:
+    """Turn off the BPE model's word cache. This tokenizer has no pre-tokenizer, so its "words" are whole
+    texts: the cache almost never hits, and a worker's memory grew with every part it embedded (+54 MB
+    over 80 parts of ~1,100 chunks, still rising; +8 MB without the cache, at the same speed; see
+    huggingface/tokenizers#1539). `_resize_cache` is the binding's own switch (a private name); where a
+    tokenizers release lacks it, nothing changes."""
+    resize = getattr(getattr(tokenizer, "model", None), "_resize_cache", None)
+    if resize is not None:
+        resize(0)
+
+
+def wordllama_tokenizer(cfg: ModelConfig) -> tuple[object, int]:
+    """wordllama's tokenizer as a transformers fast tokenizer (offsets, word ids) and the token limit."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    config = _package_dir() / "tokenizers" / "l2_supercat_tokenizer_config.json"
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_file(str(config)))
+    _without_word_cache(tokenizer.backend_tokenizer)
+    return tokenizer, cfg.max_tokens or DEFAULT_MAX_TOKENS
+
+
+class WordLlamaEncoder:
+    def __init__(self, cfg: ModelConfig) -> None:
+        from wordllama import WordLlama
+
+        folder = _package_dir()
+        logging.getLogger("wordllama").setLevel(logging.WARNING)
+        with contextlib.redirect_stdout(io.StringIO()):
+            # cache_dir=the package folder: its default looks elsewhere and then tries the network
+            self.model = WordLlama.load(cache_dir=folder, disable_download=True)
+        _without_word_cache(self.model.tokenizer)  # wordllama tokenizes again with its own copy
+        self.tokenizer, max_tokens = wordllama_tokenizer(cfg)
+        self.batch_size = cfg.batch_size
+        self.tokens_encoded = 0  # running total, for throughput reports
+        self.card = ModelCard(
+            name=cfg.name, source={"package": "wordllama"}, dims=int(self.model.embedding.shape[1]),
+            pooling="mean", normalize=cfg.normalize, max_tokens=max_tokens, query_prefix=cfg.query_prefix,
+            passage_prefix=cfg.passage_prefix, weights_sha256=file_sha256(folder / WEIGHTS))
+
+    def _truncate(self, texts: list[str]) -> list[str]:
+        """Cut texts longer than max_tokens at that token's end (wordllama itself never truncates)."""
+        limit = self.card.max_tokens
+        ids = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        self.tokens_encoded += sum(min(len(x), limit) for x in ids)
+        long = [i for i, x in enumerate(ids) if len(x) > limit]
+        if not long:
+            return texts
+        out = list(texts)
+        for i in long:
+            offsets = self.tokenizer(texts[i], add_special_tokens=False, return_offsets_mapping=True,
+                                     verbose=False)["offset_mapping"]
+            out[i] = texts[i][: offsets[limit - 1][1]]
+        return out
+
+    def encode(self, texts: list[str], kind: Literal["query", "passage"] = "passage") -> np.ndarray:
+        prefix = self.card.query_prefix if kind == "query" else self.card.passage_prefix
+        if not texts:
+            return np.empty((0, self.card.dims), dtype=np.float32)
+        batch = self._truncate([prefix + t for t in texts])
+        vectors = self.model.embed(batch, norm=self.card.normalize, batch_size=self.batch_size)
+        return np.ascontiguousarray(vectors, dtype=np.float32)

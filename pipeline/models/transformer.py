@@ -1,0 +1,125 @@
+"""The transformer family: mean (or CLS) pooling, L2 normalisation, batches grouped by length.
+
+The model is loaded once per process (a Ray actor holds one Encoder for its whole life). Texts are
+tokenized once, sorted by length and cut into batches, so each batch pads only to its own longest text.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from pipeline.config import ModelConfig
+from pipeline.errors import ModelError
+from pipeline.models import bert, onednn
+from pipeline.models.batching import token_budget_batches
+from pipeline.models.card import ModelCard, model_max_tokens, weights_sha256
+from pipeline.models.sources import resolve_model_dir
+
+
+def load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, use_fast=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the tokenizer from {folder}: {exc}") from None
+
+
+def _pooling_mode(folder: Path, configured: str) -> str:
+    """sentence-transformers folders say their pooling in 1_Pooling/config.json; it must match the config."""
+    cfg = folder / "1_Pooling" / "config.json"
+    if cfg.is_file():
+        st = json.loads(cfg.read_text())
+        declared = "mean" if st.get("pooling_mode_mean_tokens") else "cls" if st.get("pooling_mode_cls_token") else None
+        if declared and declared != configured:
+            raise ModelError(f"model.pooling is {configured!r} but {folder} was trained with {declared!r} pooling")
+    return configured
+
+
+class _AutoModel(torch.nn.Module):
+    """transformers' AutoModel behind BertEncoder's call: (input_ids, attention_mask) -> last hidden state."""
+
+    def __init__(self, folder: Path) -> None:
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        super().__init__()
+        hf_logging.disable_progress_bar()  # one bar per model load is noise in actor logs
+        self.model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def _load_model(folder: Path) -> torch.nn.Module:
+    """BERT models (MiniLM) through pipeline/models/bert.py, which skips importing transformers' modeling code
+    (2.2 s); every other architecture through transformers."""
+    return (bert.load_bert(folder) if bert.supports(folder) else _AutoModel(folder)).eval()
+
+
+class TransformerEncoder:
+    def __init__(self, cfg: ModelConfig, device: str | None = None, threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs we asked for
+        self.folder = resolve_model_dir(cfg)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = load_tokenizer(self.folder)
+        try:
+            self.model = _load_model(self.folder).to(self.device)
+            if self.device.startswith("cuda"):
+                self.model.half()  # fp16 on GPUs: ~2x the throughput; bf16 on this CPU was 6x slower
+            elif cfg.cpu_onednn and onednn.available():
+                onednn.use_onednn_linears(self.model)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"cannot load the model from {self.folder}: {exc}") from None
+        limit = model_max_tokens(self.folder, self.tokenizer.model_max_length)
+        if cfg.max_tokens and cfg.max_tokens > limit:
+            raise ModelError(f"model.max_tokens ({cfg.max_tokens}) exceeds what {cfg.name} supports ({limit})")
+        self.batch_size, self.batch_tokens = cfg.batch_size, cfg.batch_tokens.for_device(self.device)
+        self.tokens_encoded = 0  # running total, for throughput reports
+        self.card = ModelCard(
+            name=cfg.name,
+            source={"path": str(self.folder)} if cfg.path else {"package": cfg.package},
+            dims=int(json.loads((self.folder / "config.json").read_text())["hidden_size"]),
+            pooling=_pooling_mode(self.folder, cfg.pooling),
+            normalize=cfg.normalize,
+            max_tokens=cfg.max_tokens or limit,
+            query_prefix=cfg.query_prefix,
+            passage_prefix=cfg.passage_prefix,
+            weights_sha256=weights_sha256(self.folder),
+        )
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], kind: Literal["query", "passage"] = "passage") -> np.ndarray:
+        """float32 vectors (len(texts) x dims), in the order of `texts`."""
+        prefix = self.card.query_prefix if kind == "query" else self.card.passage_prefix
+        out = np.empty((len(texts), self.card.dims), dtype=np.float32)
+        if not texts:
+            return out
+        ids = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=self.card.max_tokens)["input_ids"]
+        self.tokens_encoded += sum(map(len, ids))
+        for rows in token_budget_batches([len(x) for x in ids], self.batch_tokens, self.batch_size):
+            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            hidden = self.model(batch["input_ids"], batch["attention_mask"])
+            if self.card.pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            if self.card.normalize:
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+            out[rows] = pooled.float().cpu().numpy()
+        return out
+
+
+def transformer_tokenizer(cfg: ModelConfig) -> tuple[object, int]:
+    """The model's tokenizer and its token limit, without loading the weights (for chunking)."""
+    folder = resolve_model_dir(cfg)
+    tokenizer = load_tokenizer(folder)
+    return tokenizer, cfg.max_tokens or model_max_tokens(folder, tokenizer.model_max_length)

@@ -1,0 +1,74 @@
+"""Measure a committed snapshot on a golden set: every search mode's metrics, and the drift summary of one
+mode (vector geometry, golden-query score distributions, relevant/non-relevant gap).
+
+Migration and monitoring both measure through here, from the published files, with the model recorded in
+the snapshot's manifest (Searcher.from_snapshot checks its weights and dims), so blue, green and a
+monitored version are measured by one piece of code on the same queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.errors import SnapshotError
+from pipeline.quality.drift import snapshot_stats
+from pipeline.quality.golden import GoldenSet
+from pipeline.quality.metrics import METRICS, Run
+from pipeline.quality.search import Searcher
+from pipeline.snapshots.snapshot import Snapshot
+from pipeline.storage.backend import redact
+
+
+def snapshot_vectors(snapshot: Snapshot) -> np.ndarray:
+    """The snapshot's vectors in FAISS row order: its fp16 rescoring store, else reconstructed from a
+    full-dimension float variant (exact, fp16, int8: lossy for the quantised ones)."""
+    stored = snapshot.rescore_store()
+    if stored is not None:
+        return stored.astype(np.float32)
+    for name in ("exact", "fp16", "int8"):
+        if name in snapshot.variants:
+            index = snapshot.index(name)
+            return index.reconstruct_n(0, index.ntotal)
+    raise SnapshotError(f"{redact(snapshot.url)}: no fp16 store and no exact, fp16 or int8 variant to read its "
+                        f"vectors from (it has {snapshot.variants}); drift statistics need them")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    index_name: str
+    version: str
+    model: str
+    dims: int
+    mode: str  # the search mode `run` and `stats` describe
+    modes: dict[str, dict[str, float]]  # every search mode's golden-set metrics (Searcher.evaluate)
+    run: Run  # query id -> doc id -> score, for `mode`
+    stats: dict  # drift.snapshot_stats of `mode`
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The golden-set metrics of `mode` (no timings or counts)."""
+        return {m: v for m, v in self.modes[self.mode].items() if m in METRICS}
+
+    def evaluation(self) -> dict:
+        """In the manifest's "evaluation" shape, for the quality gate."""
+        return {"modes": self.modes}
+
+
+def measure(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, searcher: Searcher | None = None,
+            sample: int = 1000, seed: int = 0) -> Measurement:
+    """Evaluate every search mode of `snapshot` on `golden` (k results per query) and summarise `mode`."""
+    searcher = searcher or Searcher.from_snapshot(snapshot)
+    if mode not in searcher.modes():
+        raise SnapshotError(f"{snapshot.manifest['index_name']} {snapshot.version} has no search mode {mode!r}; "
+                            f"it has {searcher.modes()}")
+    runs: dict[str, Run] = {}
+    modes = searcher.evaluate(golden.queries, golden.qrels, k, runs=runs)
+    card = snapshot.model_card
+    metrics = {m: v for m, v in modes[mode].items() if m in METRICS}
+    stats = snapshot_stats(snapshot_vectors(snapshot), runs[mode], model=card.name, version=snapshot.version,
+                           corpus=(snapshot.manifest.get("corpus") or {}).get("fingerprint"), metrics=metrics,
+                           qrels=golden.qrels, sample=sample, seed=seed)
+    return Measurement(snapshot.manifest["index_name"], snapshot.version, card.name, card.dims, mode, modes,
+                       runs[mode], stats)

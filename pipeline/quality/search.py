@@ -1,0 +1,220 @@
+"""Search every index variant with queries encoded by the model that built it; collapse chunks to documents.
+
+A search *mode* is a variant name, optionally with a suffix:
+    <variant>            the variant's own scoring (binary: Hamming candidates re-ranked by the float query
+                         against the sign bits, which needs nothing but the codes)
+    <variant>+rescore    the top k x rescore_factor candidates re-scored with the stored fp16 vectors
+    <binary>+hamming     plain symmetric Hamming distance (reported to show why it is not the default)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import polars as pl
+
+from pipeline.errors import InputError, ModelError, SnapshotError
+from pipeline.index.ranking import rerank
+from pipeline.index.representations import rescore
+from pipeline.index.variants import Variant
+from pipeline.models.encoder import Encoder, encoder_for_card
+from pipeline.quality.metrics import Qrels, Run, evaluate_run, overlap_at_k, top_k
+from pipeline.snapshots.snapshot import Snapshot
+
+MAX_CHUNKS_FETCHED_PER_DOC = 10  # bounds the over-fetch used to fill k distinct documents
+FLOAT_STORE_MAX_BYTES = 128 << 20  # fp16 stores up to this size as float32 are converted once, not per gather
+BINARY_ONE_THREAD_BELOW = 1 << 20  # binary indexes with fewer codes are searched on one thread (see _ranked)
+
+
+@dataclass(frozen=True)
+class Hit:
+    doc_id: str
+    title: str
+    score: float
+    chunk_id: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class QueryCheck:
+    """A query's length in the model's tokens, against the most the model reads (the rest is cut off)."""
+
+    tokens: int
+    limit: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.tokens > self.limit
+
+    def note(self) -> str | None:
+        return (f"the query has {self.tokens:,} tokens; the model reads the first {self.limit} (truncated to "
+                f"{self.limit} tokens)") if self.truncated else None
+
+
+def check_query(encoder: Encoder, query: str) -> QueryCheck:
+    """Refuse an empty query (it would still "match" something); measure it against the model's token limit."""
+    if not isinstance(query, str) or not query.strip():
+        raise InputError(f"query {query!r} is empty: expected some text to search for")
+    ids = encoder.tokenizer(encoder.card.query_prefix + query, verbose=False)["input_ids"]
+    return QueryCheck(len(ids), encoder.card.max_tokens)
+
+
+def _lists(scores: np.ndarray, rows: np.ndarray) -> Iterator[tuple[list[float], list[int]]]:
+    """Each query's (scores, rows) as Python lists, without the -1 padding."""
+    for ss, rr, n in zip(scores.tolist(), rows.tolist(), (rows >= 0).sum(1).tolist(), strict=True):
+        yield ss[:n], rr[:n]
+
+
+@contextmanager
+def _one_faiss_thread() -> Iterator[None]:
+    """FAISS on one OpenMP thread in the calling thread (OpenMP's thread count is a per-thread setting)."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+class Searcher:
+    def __init__(self, variants: Mapping[str, Variant], ids: pl.DataFrame, encoder: Encoder,
+                 max_chunks_per_doc: int = 1, fp16: np.ndarray | None = None, rescore_factor: int = 10) -> None:
+        dims = encoder.card.dims
+        for name, v in variants.items():
+            if v.dims != (v.spec.dims or dims):
+                raise ModelError(f"index {name!r} holds {v.dims}-dim vectors but model {encoder.card.name} gives "
+                                 f"{dims}; expected the model the index was built with")
+            if v.index.ntotal != ids.height:
+                raise SnapshotError(f"index {name!r} has {v.index.ntotal} vectors but the id table has {ids.height}")
+        if fp16 is not None and fp16.shape != (ids.height, dims):
+            raise SnapshotError(f"rescoring store has shape {fp16.shape}; expected ({ids.height}, {dims})")
+        # Converting gathered fp16 candidates costs more than their products, so a small store is converted once.
+        small = fp16 is not None and 2 * fp16.nbytes <= FLOAT_STORE_MAX_BYTES
+        self.store = fp16.astype(np.float32) if small else fp16  # the rescoring vectors
+        self.variants, self.encoder, self.rescore_factor = dict(variants), encoder, rescore_factor
+        self.rows = ids.select("doc_id", "title", "chunk_id", "start", "end").rows()
+        self.doc_ids = ids["doc_id"].to_list()
+        self.doc_codes = ids["doc_id"].rank("dense").to_numpy().astype(np.int64)  # row -> document number
+        self.max_chunks = int(np.bincount(self.doc_codes).max()) if ids.height else 1  # chunks of the largest doc
+        self.fetch_factor = max(1, min(max_chunks_per_doc, MAX_CHUNKS_FETCHED_PER_DOC))
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Snapshot, encoder: Encoder | None = None) -> Searcher:
+        card = snapshot.model_card
+        if encoder is None:
+            encoder = encoder_for_card(card)
+        elif encoder.card.fingerprint != card.fingerprint:
+            raise ModelError(f"snapshot {snapshot.version} was built with {card.name} ({card.fingerprint}); "
+                             f"refusing to search it with {encoder.card.name} ({encoder.card.fingerprint})")
+        indexes = {v: snapshot.index(v) for v in snapshot.variants}
+        return cls.build(indexes, snapshot.manifest["index"], snapshot.ids, encoder,
+                         snapshot.manifest["counts"]["max_chunks_per_doc"], snapshot.rescore_store())
+
+    @classmethod
+    def build(cls, indexes: Mapping[str, object], index_params: dict, ids: pl.DataFrame, encoder: Encoder,
+              max_chunks_per_doc: int, fp16: np.ndarray | None) -> Searcher:
+        """From indexes and the manifest's "index" section (a loaded snapshot, or indexes just built)."""
+        variants = {name: Variant.load(name, ix, index_params["variants"][name]) for name, ix in indexes.items()}
+        factor = (index_params.get("rescore") or {}).get("factor", 10)
+        return cls(variants, ids, encoder, max_chunks_per_doc, fp16, factor)
+
+    def modes(self) -> list[str]:
+        """Every search mode worth reporting for this snapshot's variants."""
+        out = []
+        for name, v in self.variants.items():
+            out += [f"{name}+hamming"] if v.spec.kind.binary else []
+            out.append(name)
+            out += [f"{name}+rescore"] if self.store is not None and not v.spec.lossless else []
+        return out
+
+    def search_vectors(self, vectors: np.ndarray, k: int, mode: str = "exact") -> list[list[Hit]]:
+        ranked = _lists(*self._ranked(vectors, k, mode))
+        return [[self._hit(s, r) for s, r in zip(ss, rr, strict=True)] for ss, rr in ranked]
+
+    def _hit(self, score: float, row: int) -> Hit:
+        doc_id, title, chunk_id, start, end = self.rows[row]
+        return Hit(doc_id, title, score, chunk_id, start, end)
+
+    def _ranked(self, vectors: np.ndarray, k: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows) per query: the best chunk of each of up to k documents, best first, rows -1 after."""
+        name, _, suffix = mode.partition("+")
+        if name not in self.variants or suffix not in ("", "rescore", "hamming"):
+            raise SnapshotError(f"no search mode {mode!r}; available: {self.modes()}")
+        variant = self.variants[name]
+        if suffix == "hamming" and not variant.spec.kind.binary:
+            raise SnapshotError(f"mode {mode!r}: +hamming applies to binary variants only")
+        if suffix == "rescore" and self.store is None:
+            raise SnapshotError(f"mode {mode!r}: this snapshot stores no fp16 vectors to rescore with")
+        q = np.ascontiguousarray(vectors, dtype=np.float32)
+        widen = self.rescore_factor if suffix == "rescore" or (variant.spec.kind.binary and not suffix) else 1
+        fetch = min(variant.index.ntotal, k * self.fetch_factor * widen)
+        # FAISS's Hamming search (also binary-ivf's coarse step) forks and joins its OpenMP team per 32 queries:
+        # with few codes each join waits longer than the work, worst when another process holds a core and
+        # the join waits on a descheduled thread. 300 SciFact queries on binary, machine shared with a benchmark:
+        # 0.23 s on 2 threads, 0.011 s on one (under a light load: 0.007 vs 0.010). Float indexes gain from threads.
+        small_binary = variant.spec.kind.binary and variant.index.ntotal < BINARY_ONE_THREAD_BELOW
+        # Valid rows come first (FAISS pads with -1), so the best k x max_chunks rows hold k documents if any do.
+        keep = k * self.max_chunks
+        with _one_faiss_thread() if small_binary else nullcontext():
+            # Rescoring re-ranks the candidates anyway, so binary candidates skip the asymmetric re-rank.
+            scores, rows = variant.candidates(q, fetch, suffix in ("hamming", "rescore"), keep)
+        if suffix == "rescore":
+            bytes_per_candidate = q.shape[1] * (4 if self.store.dtype == np.float32 else 6)  # + fp16 before conversion
+            scores, rows = rerank(rows, lambda sl, r: rescore(q[sl], r, self.store), bytes_per_candidate, keep)
+        return self._collapse(scores[:, :keep], rows[:, :keep], k)
+
+    def _collapse(self, scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Keep each document's first (best) chunk and each query's first k documents; rows -1 pad the rest."""
+        valid = rows >= 0
+        codes = np.where(valid, self.doc_codes[rows], -1)
+        order = np.argsort(codes, axis=1, kind="stable")  # each document's rows together, in rank order
+        grouped = np.take_along_axis(codes, order, 1)
+        repeat = np.zeros(rows.shape, dtype=bool)
+        repeat[:, 1:] = grouped[:, 1:] == grouped[:, :-1]
+        first = np.empty_like(repeat)
+        np.put_along_axis(first, order, ~repeat, 1)
+        first &= valid
+        pick = np.argsort(~first, axis=1, kind="stable")[:, :k]  # each document's first row, in rank order
+        kept = np.take_along_axis(first, pick, 1)
+        return (np.where(kept, np.take_along_axis(scores, pick, 1), -np.inf),
+                np.where(kept, np.take_along_axis(rows, pick, 1), -1))
+
+    def search(self, queries: list[str], k: int = 10, mode: str = "exact") -> list[list[Hit]]:
+        for query in queries:
+            if not isinstance(query, str) or not query.strip():
+                raise InputError(f"query {query!r} is empty: expected some text to search for")
+        return self.search_vectors(self.encoder.encode(queries, kind="query"), k, mode)
+
+    def evaluate(self, queries: Mapping[str, str], qrels: Qrels, k: int = 100, modes: list[str] | None = None,
+                 runs: dict[str, Run] | None = None) -> dict[str, dict[str, float]]:
+        """Per mode: nDCG@10, MAP@10, Recall@10/100, MRR@10, ms/query; beside `exact`, Recall@10 against it
+        and nDCG@10 retention. `runs`, when given, receives each mode's run (for drift statistics)."""
+        qids = [q for q in qrels if q in queries]
+        if not qids:
+            raise SnapshotError("none of the judged query ids are in the queries file; expected overlapping ids")
+        vectors = self.encoder.encode([queries[q] for q in qids], kind="query")
+        runs, report = {} if runs is None else runs, {}
+        for mode in modes or self.modes():
+            start = time.perf_counter()
+            scores, rows = self._ranked(vectors, k, mode)
+            ms = (time.perf_counter() - start) * 1000 / len(qids)
+            # The run straight from the arrays: no Hit objects, whose numbers would trigger full GC passes
+            # over the model's objects (~0.25 s each on SciFact).
+            runs[mode] = {q: {self.doc_ids[r]: s for s, r in zip(ss, rr, strict=True)}
+                          for q, (ss, rr) in zip(qids, _lists(scores, rows), strict=True)}
+            report[mode] = {m: round(v, 5) for m, v in evaluate_run(qrels, runs[mode]).items()}
+            report[mode] |= {"queries": len(qids), "ms_per_query": round(ms, 3)}
+        if "exact" in runs:
+            exact_top = top_k(runs["exact"], 10)  # cut once, not per mode
+            for mode, run in runs.items():
+                if mode != "exact":
+                    report[mode]["recall@10_vs_exact"] = round(overlap_at_k(run, exact_top, 10), 5)
+                    report[mode]["ndcg@10_retention"] = round(report[mode]["ndcg@10"] / report["exact"]["ndcg@10"], 5) \
+                        if report["exact"]["ndcg@10"] else 0.0
+        return report

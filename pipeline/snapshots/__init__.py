@@ -1,0 +1,1 @@
+"""Snapshots: publishing and reading versions, manifests, aliases with their quality gate, retention."""

@@ -1,0 +1,77 @@
+"""Garbage collection of snapshot versions, planned first (dry run) and then applied.
+
+Kept: the newest `keep_last` committed versions; every version an alias points at; every version an
+alias pointed at within the grace period; uncommitted folders younger than the grace period (a publish
+may still be uploading). Deleted: other committed versions, and abandoned uploads (no manifest) older
+than the grace period. A version's age comes from its id (UTC timestamp); an id that does not parse is
+kept. A committed version is deleted manifest first, so it turns invisible before its files go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from pipeline.snapshots.aliases import list_aliases, read_alias
+from pipeline.storage import layout
+from pipeline.storage.backend import Storage
+from pipeline.storage.layout import MANIFEST
+
+
+@dataclass(frozen=True)
+class GcPlan:
+    index: str
+    keep: dict[str, str]  # version -> why it stays
+    delete: dict[str, str]  # version -> why it goes
+
+
+def version_time(version: str) -> datetime | None:
+    try:
+        return datetime.strptime(version.split("-")[0], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def plan_gc(storage: Storage, index: str, keep_last: int, grace: timedelta, now: datetime | None = None) -> GcPlan:
+    now = now or datetime.now(UTC)
+    prefix = layout.index_prefix(index)
+    versions = storage.list(prefix)
+    committed = [v for v in versions if storage.exists(f"{prefix}/{v}/{MANIFEST}")]
+    keep: dict[str, str] = {v: f"one of the newest {keep_last}" for v in committed[-keep_last:]} if keep_last else {}
+    for alias in list_aliases(storage, index):
+        state = read_alias(storage, index, alias)
+        if state.version:
+            keep[state.version] = f"alias {alias} points at it"
+        for event in state.history:
+            at = datetime.fromisoformat(event["at"])
+            for v in (event.get("version"), event.get("from")):
+                if v and now - at < grace and v not in keep:
+                    keep[v] = f"alias {alias} pointed at it within the grace period"
+    delete = {}
+    for v in versions:
+        if v in keep:
+            continue
+        born = version_time(v)
+        if born is None:
+            keep[v] = "unrecognised version id"
+        elif v not in committed and now - born < grace:
+            keep[v] = "upload in progress (younger than the grace period)"
+        else:
+            delete[v] = "abandoned upload (no manifest)" if v not in committed else "older than the kept versions"
+    return GcPlan(index, keep, delete)
+
+
+def _alias_targets(storage: Storage, index: str) -> set[str]:
+    return {v for v in (read_alias(storage, index, a).version for a in list_aliases(storage, index)) if v}
+
+
+def apply_gc(storage: Storage, plan: GcPlan) -> list[str]:
+    """Delete what the plan says, except versions an alias moved to since the plan was made."""
+    deleted, pinned = [], _alias_targets(storage, plan.index)
+    for version in sorted(set(plan.delete) - pinned):
+        folder = layout.snapshot_prefix(plan.index, version)
+        if storage.exists(f"{folder}/{MANIFEST}"):
+            storage.delete(f"{folder}/{MANIFEST}")  # invisible first
+        storage.delete(folder, recursive=True)
+        deleted.append(version)
+    return deleted

@@ -1,0 +1,271 @@
+"""One storage abstraction over fsspec, for every backend (local paths, file://, s3://, ...).
+
+Keys are '/'-separated paths relative to the root; a key that could escape the root is refused. Writes
+are atomic (temp name + rename locally; a single PUT is atomic on object stores). Two commit primitives
+that fsspec lacks:
+
+- `put_if_absent`: S3 `PutObject` with `IfNoneMatch='*'`; locally a hard link, which fails if the name
+  exists. Snapshot manifests are written with it: their existence is the commit.
+- `compare_and_swap` on a version tag: S3 `PutObject` with `IfMatch=<etag>`; locally, lock-free, each
+  value is a new numbered record `<key>.v/<n>` created with put_if_absent, so only one writer can create
+  record n+1 after seeing n. Aliases move only through it.
+
+Credentials come from the environment (AWS_ACCESS_KEY_ID, ..., AWS_ENDPOINT_URL) or the `options`
+given to fsspec, and never appear in errors: URLs are redacted and exception texts are not echoed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cached_property
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from pipeline.config import StorageConfig
+from pipeline.errors import PreconditionFailed, StorageError
+from pipeline.storage.layout import probe_key
+
+_USERINFO = re.compile(r"(?<=://)[^/@]+@")
+_BAD_KEY = re.compile(r"(^/)|(^|/)\.\.?(/|$)|//|[\\\x00-\x1f]")
+_RECORDS = ".v"  # local compare-and-swap records live in <key>.v/
+
+
+def redact(url: str) -> str:
+    """Drop credentials embedded in a URL (s3://KEY:SECRET@bucket) before it reaches a log or error."""
+    return _USERINFO.sub("***@", url)
+
+
+def check_key(key: str) -> str:
+    """Keys are built from user-given names: refuse any that could leave the root."""
+    if _BAD_KEY.search(key):
+        raise StorageError(f"refusing object key {key!r}: expected a relative path without '..', '.', '//', "
+                           "backslashes or control characters")
+    return key
+
+
+class Storage:
+    def __init__(self, root: str, **options: object) -> None:
+        self.url, self.options = root.rstrip("/"), options
+        try:
+            self.fs, path = fsspec.core.url_to_fs(self.url, **options)
+        except (ImportError, ValueError) as exc:
+            raise StorageError(f"cannot open storage root {redact(self.url)}: {type(exc).__name__}") from None
+        self.root = path.rstrip("/")
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+        self.is_s3 = "s3" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        if self.is_local:
+            self.url = self.root  # absolute, so Ray workers with another working directory agree on it
+
+    @classmethod
+    def of(cls, cfg: StorageConfig) -> Storage:
+        """The storage root a config names, with its fsspec options."""
+        return cls(cfg.root, **cfg.options)
+
+    def __repr__(self) -> str:
+        return f"Storage({redact(self.url)!r})"
+
+    def path(self, key: str) -> str:
+        return f"{self.root}/{check_key(key)}" if key else self.root
+
+    def url_of(self, key: str) -> str:
+        return f"{self.url}/{key.lstrip('/')}" if key else self.url
+
+    def child(self, key: str) -> Storage:
+        """A Storage rooted at a sub-folder, sharing this one's filesystem."""
+        sub = Storage.__new__(Storage)
+        sub.__dict__.update(self.__dict__)
+        sub.url, sub.root = self.url_of(key), self.path(key)
+        return sub
+
+    @contextmanager
+    def _errors(self, key: str) -> Iterator[None]:
+        """Backend failures as one StorageError naming the object and what to check; the backend's own message
+        is not echoed (it can hold a signed URL)."""
+        try:
+            yield
+        except FileNotFoundError:
+            raise StorageError(f"not found: {redact(self.url_of(key))}") from None
+        except PermissionError:
+            raise StorageError(f"permission denied on {redact(self.url_of(key))}: check the credentials "
+                               "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and the bucket's policy") from None
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            raise StorageError(f"storage error on {redact(self.url_of(key))}: {type(exc).__name__}") from None
+        except Exception as exc:
+            reason = self._backend_failure(exc)
+            if reason is None:
+                raise
+            raise StorageError(f"storage root {redact(self.url)}: {reason} (while accessing {key or '/'})") from None
+
+    def _endpoint(self) -> str:
+        client_kwargs = self.options.get("client_kwargs") or {}
+        endpoint = self.options.get("endpoint_url") or client_kwargs.get("endpoint_url") or \
+            os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        return redact(endpoint) if endpoint else "AWS's default endpoint"
+
+    def _backend_failure(self, exc: Exception) -> str | None:
+        """What an S3 client failure (botocore's errors, which are not OSErrors) means for the user."""
+        try:
+            from botocore import exceptions as boto
+        except ImportError:
+            return None
+        if isinstance(exc, boto.ReadTimeoutError | boto.ConnectTimeoutError):
+            return f"the storage endpoint {self._endpoint()} timed out; is it reachable from here?"
+        if isinstance(exc, boto.ConnectionError | boto.HTTPClientError):
+            return (f"cannot connect to the storage endpoint {self._endpoint()}; is the server running, and are "
+                    "AWS_ENDPOINT_URL (or storage.options.endpoint_url) and the network right?")
+        if isinstance(exc, boto.NoCredentialsError | boto.PartialCredentialsError):
+            return "no storage credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile)"
+        if isinstance(exc, boto.ClientError):
+            code = exc.response.get("Error", {}).get("Code", "unknown")
+            if code == "NoSuchBucket":
+                return f"the bucket {self.root.split('/')[0]!r} does not exist"
+            return f"the storage service refused the request ({code}); check the credentials and the bucket's policy"
+        if isinstance(exc, boto.BotoCoreError):
+            return f"S3 client error {type(exc).__name__}"
+        return None
+
+    def probe(self) -> None:
+        """Fail fast when the root cannot be reached or written: a small object is put, read back and deleted."""
+        key, payload = probe_key(), b"embedpipe storage probe"
+        try:
+            self.write_bytes(key, payload)
+            readable = self.read_bytes(key) == payload
+            self.delete(key)
+        except StorageError as exc:
+            if str(exc).startswith("not found"):  # writing creates folders, not buckets
+                raise StorageError(f"storage root {redact(self.url)}: cannot write there: its bucket does not "
+                                   "exist") from None
+            raise
+        if not readable:
+            raise StorageError(f"storage root {redact(self.url)}: an object written there reads back different")
+
+    # --- plain operations -------------------------------------------------------------------------------------
+
+    def exists(self, key: str) -> bool:
+        with self._errors(key):
+            return self.fs.exists(self.path(key))
+
+    def read_bytes(self, key: str) -> bytes:
+        with self._errors(key):
+            return self.fs.cat_file(self.path(key))
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Atomic: a reader sees the old object or the new one, never a part."""
+        target = self.path(key)
+        with self._errors(key):
+            if not self.is_local:
+                self.fs.pipe_file(target, data)
+                return
+            os.replace(self._local_temp(target, data), target)
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Names directly under `prefix` (folders included), sorted; [] if it is absent."""
+        base = self.path(prefix)
+        with self._errors(prefix):
+            self.fs.invalidate_cache(base)
+            if not self.fs.exists(base):
+                return []
+            names = self.fs.ls(base, detail=False)
+        return sorted(n.rstrip("/").rsplit("/", 1)[-1] for n in names)
+
+    def delete(self, key: str, recursive: bool = False) -> None:
+        with self._errors(key):
+            self.fs.rm(self.path(key), recursive=recursive)
+
+    # --- commit primitives --------------------------------------------------------------------------------------
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        """Create `key` only if no object has that name; the loser gets PreconditionFailed."""
+        target = self.path(key)
+        with self._errors(key):
+            if self.is_local:
+                # Write a temp file, then hard-link it: link() fails if the name exists, so the
+                # committed file is always complete and only one writer can win.
+                tmp = self._local_temp(target, data)
+                try:
+                    os.link(tmp, target)
+                except FileExistsError:
+                    raise PreconditionFailed(f"already exists: {redact(self.url_of(key))}") from None
+                finally:
+                    os.unlink(tmp)
+            elif self.is_s3:
+                self._s3_put(key, data, IfNoneMatch="*")
+            else:
+                raise StorageError(f"put_if_absent is not supported on {redact(self.url)} (local and s3 are)")
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """(value, tag) of a compare-and-swap key, or None if it was never written."""
+        with self._errors(key):
+            if self.is_s3:
+                bucket, name = self._bucket_key(key)
+                try:
+                    got = self._s3.get_object(Bucket=bucket, Key=name)
+                except self._s3.exceptions.NoSuchKey:
+                    return None
+                return got["Body"].read(), got["ETag"]
+            records = [r for r in self.list(key + _RECORDS) if r.isdigit()]
+            if not records:
+                return None
+            return self.read_bytes(f"{key}{_RECORDS}/{records[-1]}"), records[-1]
+
+    def compare_and_swap(self, key: str, data: bytes, expected: str | None) -> str:
+        """Replace the value of `key` only if its tag is still `expected` (None: only if absent).
+        Returns the new tag; a writer that lost the race gets PreconditionFailed."""
+        with self._errors(key):
+            if self.is_s3:
+                condition = {"IfMatch": expected} if expected else {"IfNoneMatch": "*"}
+                return self._s3_put(key, data, **condition)
+            if not self.is_local:
+                raise StorageError(f"compare_and_swap is not supported on {redact(self.url)} (local and s3 are)")
+            tag = f"{(int(expected) + 1) if expected else 0:012d}"
+            self.put_if_absent(f"{key}{_RECORDS}/{tag}", data)
+            return tag
+
+    # --- backend details ------------------------------------------------------------------------------------------
+
+    def _local_temp(self, target: str, data: bytes) -> str:
+        """Write `data` durably to a fresh temp name beside `target`; the caller renames or links it."""
+        self.fs.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return tmp
+
+    @cached_property
+    def _s3(self):
+        """boto3 for the conditional writes s3fs cannot make; same endpoint and credentials as s3fs."""
+        import boto3
+
+        client_kwargs = dict(self.options.get("client_kwargs") or {})
+        endpoint = self.options.get("endpoint_url") or client_kwargs.get("endpoint_url")
+        kwargs = {"endpoint_url": endpoint} if endpoint else {}
+        if self.options.get("key"):
+            kwargs |= {"aws_access_key_id": self.options["key"], "aws_secret_access_key": self.options.get("secret")}
+        return boto3.client("s3", **kwargs)
+
+    def _bucket_key(self, key: str) -> tuple[str, str]:
+        bucket, _, prefix = self.path(key).partition("/")
+        return bucket, prefix
+
+    def _s3_put(self, key: str, data: bytes, **condition: str) -> str:
+        from botocore.exceptions import ClientError
+
+        bucket, name = self._bucket_key(key)
+        try:
+            etag = self._s3.put_object(Bucket=bucket, Key=name, Body=data, **condition)["ETag"]
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+                raise PreconditionFailed(f"precondition failed (someone else wrote first): "
+                                         f"{redact(self.url_of(key))}") from None
+            raise
+        self.fs.invalidate_cache(self.path(key))
+        return etag

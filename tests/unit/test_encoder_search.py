@@ -1,0 +1,96 @@
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from pipeline.errors import ModelError
+from pipeline.index.faiss_ops import build_exact
+from pipeline.models.card import ModelCard
+from pipeline.quality.search import Searcher, Variant
+
+PAIR = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby."]
+
+
+def test_minilm_loads_offline_with_its_card(encoder):
+    card = encoder.card
+    assert (card.name, card.dims, card.pooling, card.max_tokens) == ("all-MiniLM-L6-v2", 384, "mean", 256)
+    # the upstream model.safetensors of sentence-transformers/all-MiniLM-L6-v2
+    assert card.weights_sha256 == "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+    assert ModelCard.from_dict(card.to_dict()).fingerprint == card.fingerprint
+
+
+def test_sanity_pair_and_unit_norm(encoder):
+    v = encoder.encode(PAIR)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    assert v[0] @ v[1] == pytest.approx(0.7553, abs=1e-3) and abs(v[0] @ v[2]) < 0.15
+
+
+def test_length_grouped_batches_keep_input_order_and_match_sentence_transformers(encoder, sample_docs):
+    from sentence_transformers import SentenceTransformer
+
+    texts = [d["title"] + " " + d["text"] for d in sample_docs[:24]] + PAIR  # mixed lengths
+    ours = encoder.encode(texts)
+    one_by_one = np.vstack([encoder.encode([t]) for t in texts[::5]])
+    assert np.abs(ours[::5] - one_by_one).max() < 1e-5
+    st = SentenceTransformer(str(encoder.folder), device="cpu").encode(texts, convert_to_numpy=True)
+    assert np.abs(ours - st).max() < 1e-5
+
+
+def test_cpu_encoder_runs_linears_through_onednn_with_the_same_vectors(encoder, sample_docs):
+    from pipeline.models import onednn
+    from pipeline.models.encoder import load_encoder
+
+    if encoder.device != "cpu" or not onednn.available():
+        pytest.skip("the oneDNN path is for CPUs with torch's mkldnn ops")
+    plain = load_encoder(encoder.card.model_config().model_copy(update={"cpu_onednn": False}))
+    linears = sum(isinstance(m, torch.nn.Linear) for m in plain.model.modules())
+    assert linears == 6 * 6  # 6 layers of query, key, value, attention output, up, down
+    assert sum(isinstance(m, onednn.OneDnnLinear) for m in encoder.model.modules()) == linears
+    assert not any(isinstance(m, torch.nn.Linear) for m in encoder.model.modules())
+    texts = [d["title"] + " " + d["text"] for d in sample_docs[:16]]
+    assert np.abs(encoder.encode(texts) - plain.encode(texts)).max() < 1e-5
+
+
+def test_plain_torch_bert_equals_transformers_bertmodel_on_a_padded_batch(encoder, sample_docs):
+    from pipeline.models.bert import BertEncoder
+    from pipeline.models.transformer import _AutoModel
+
+    assert isinstance(encoder.model, BertEncoder)  # MiniLM skips transformers' modeling import
+    texts = [d["title"] + " " + d["text"] for d in sample_docs[:6]] + PAIR  # lengths 10..256: padding
+    batch = encoder.tokenizer(texts, truncation=True, max_length=256, padding=True, return_tensors="pt")
+    assert not bool(batch["attention_mask"].all())
+    reference = _AutoModel(encoder.folder).eval()
+    with torch.inference_mode():
+        ours = encoder.model(batch["input_ids"], batch["attention_mask"])
+        theirs = reference(batch["input_ids"], batch["attention_mask"])
+    real = batch["attention_mask"].bool()  # padded positions are never pooled
+    assert ours.shape == theirs.shape and (ours - theirs)[real].abs().max() < 1e-4
+
+
+def test_searcher_refuses_a_model_of_another_dimension(encoder):
+    index = build_exact(np.eye(8, dtype=np.float32))
+    ids = pl.DataFrame({"doc_id": list("abcdefgh"), "title": [""] * 8, "chunk_id": list("abcdefgh"),
+                        "start": [0] * 8, "end": [1] * 8})
+    with pytest.raises(ModelError, match="holds 8-dim vectors but model all-MiniLM-L6-v2 gives 384"):
+        Searcher({"exact": Variant.load("exact", index, {})}, ids, encoder)
+
+
+def test_searcher_collapses_chunks_to_their_documents_best_score(encoder):
+    texts = ["Aspirin reduces the risk of heart attack.", "Heart attacks are less likely with aspirin.",
+             "Volcanoes erupt molten rock.", "Penguins live in Antarctica."]
+    index = build_exact(encoder.encode(texts))
+    ids = pl.DataFrame({"doc_id": ["aspirin", "aspirin", "volcano", "penguin"], "title": ["A", "A", "V", "P"],
+                        "chunk_id": ["aspirin#0", "aspirin#1", "volcano#0", "penguin#0"],
+                        "start": [0, 40, 0, 0], "end": [40, 80, 28, 28]})
+    searcher = Searcher({"exact": Variant.load("exact", index, {})}, ids, encoder, max_chunks_per_doc=2)
+    hits = searcher.search(["does aspirin prevent heart attacks"], 3)[0]
+    assert hits[0].doc_id == "aspirin" and hits[0].chunk_id in {"aspirin#0", "aspirin#1"}
+    assert sorted(h.doc_id for h in hits) == ["aspirin", "penguin", "volcano"]  # one hit per document
+
+
+def test_snapshot_model_with_other_weights_is_refused(encoder):
+    from pipeline.models.encoder import encoder_for_card
+
+    card = ModelCard(**{**encoder.card.to_dict(), "weights_sha256": "0" * 64})
+    with pytest.raises(ModelError, match="weights sha256 .* differ"):
+        encoder_for_card(card)

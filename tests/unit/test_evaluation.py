@@ -1,0 +1,36 @@
+import math
+
+import pytest
+
+from pipeline.quality.metrics import evaluate_run, overlap_at_k
+
+# Two queries, worked out by hand:
+#  q1 relevant {d1, d3}; ranking d1, d2, d3 -> hits at ranks 1 and 3.
+#     DCG = 1 + 1/log2(4) = 1.5; IDCG = 1 + 1/log2(3); AP@10 = (1/1 + 2/3)/2; RR = 1
+#  q2 relevant {d9}; ranking d5, d9 -> hit at rank 2. nDCG = 1/log2(3); AP = 1/2; RR = 1/2
+QRELS = {"q1": {"d1": 1, "d3": 1}, "q2": {"d9": 1}}
+RUN = {"q1": {"d1": 3.0, "d2": 2.0, "d3": 1.0}, "q2": {"d5": 0.9, "d9": 0.8}}
+
+
+def test_metrics_match_hand_worked_values():
+    m = evaluate_run(QRELS, RUN)
+    ndcg_q1 = 1.5 / (1 + 1 / math.log2(3))
+    ndcg_q2 = 1 / math.log2(3)
+    assert m["ndcg@10"] == pytest.approx((ndcg_q1 + ndcg_q2) / 2, abs=1e-6)
+    assert m["map@10"] == pytest.approx(((1 + 2 / 3) / 2 + 1 / 2) / 2, abs=1e-6)
+    assert m["mrr@10"] == pytest.approx((1 + 1 / 2) / 2, abs=1e-6)
+    assert m["recall@10"] == pytest.approx(1.0) and m["recall@100"] == pytest.approx(1.0)
+
+
+def test_cutoffs_and_missing_queries():
+    # relevant doc at rank 11: outside every @10 metric, inside recall@100; an unanswered query scores 0
+    run = {"q1": {f"x{i:02d}": 100.0 - i for i in range(10)} | {"d1": 1.0}}
+    m = evaluate_run(QRELS, run)
+    assert m["ndcg@10"] == 0 and m["mrr@10"] == 0 and m["recall@10"] == 0
+    assert m["recall@100"] == pytest.approx((1 / 2 + 0) / 2)
+
+
+def test_overlap_against_reference_run():
+    ref = {"q": {f"d{i}": 10.0 - i for i in range(10)}}
+    cand = {"q": {f"d{i}": 10.0 - i for i in range(7)} | {"z1": 1.0, "z2": 0.5, "z3": 0.1}}
+    assert overlap_at_k(cand, ref, 10) == pytest.approx(0.7)

@@ -1,0 +1,131 @@
+import faiss
+import numpy as np
+import pytest
+
+from pipeline.config import IvfConfig
+from pipeline.errors import IndexBuildError
+from pipeline.index.faiss_ops import build_exact, build_ivfpq, from_bytes, to_bytes
+from pipeline.index.plan import plan_ivfpq
+
+
+@pytest.mark.parametrize(
+    ("n", "nlist", "nbits", "nprobe"),
+    [(2, 1, 1, 1), (200, 5, 4, 5), (500, 12, 5, 12), (5183, 132, 8, 66), (1_000_000, 4096, 8, 64),
+     (100_000_000, 5128, 8, 80)],
+)
+def test_plan_clamps_for_small_and_large_n(n, nlist, nbits, nprobe):
+    plan = plan_ivfpq(n, 384, IvfConfig())
+    assert (plan.nlist, plan.nbits, plan.nprobe) == (nlist, nbits, nprobe)
+    assert plan.pq_m == 48 and 384 % plan.pq_m == 0 and plan.factory.endswith("np")
+    assert plan.nlist * 39 <= max(plan.train_points, 39) and 2**plan.nbits * 10 <= max(plan.train_points, 20)
+    assert plan.train_points == min(n, 200_000)  # FAISS gets >= 39 points per list; the sample stays in budget
+
+
+@pytest.mark.parametrize("dims", [256, 384, 768])
+@pytest.mark.parametrize("n", [1_000, 2_047, 10_000, 99_999, 100_000, 1_000_000, 7_800_000, 10_000_000,
+                               100_000_000])
+@pytest.mark.parametrize("budget", [50_000, 200_000, 1_000_000])
+def test_training_sample_covers_every_list_within_the_budget(n, dims, budget):
+    plan = plan_ivfpq(n, dims, IvfConfig(max_train_points=budget))
+    assert plan.train_points >= 39 * plan.nlist or plan.train_points == n  # no FAISS "too few points" warning
+    assert plan.train_points == min(n, budget)  # the sample is the budget (points x dims x 4 bytes) at most
+
+
+def test_an_explicit_nlist_beyond_the_training_budget_is_refused_when_the_config_loads():
+    from pipeline.config import parse_config
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"index.ivf.*nlist \(16384\) needs 638,976 training points.*200,000"):
+        parse_config({"index_name": "t", "corpus": {"source": "c.jsonl"}, "index": {"ivf": {"nlist": 16_384}}})
+    plan = plan_ivfpq(10_000_000, 384, IvfConfig(nlist=16_384, max_train_points=640_000))
+    assert plan.train_points == 640_000 and plan.nlist == 16_384
+
+
+def test_a_smaller_training_budget_caps_the_lists():
+    plan = plan_ivfpq(1_000_000, 384, IvfConfig(max_train_points=50_000))
+    assert plan.train_points == 50_000 and plan.nlist == 1282 and plan.nlist * 39 <= 50_000
+
+
+def test_plan_respects_explicit_values_and_rejects_impossible_ones():
+    plan = plan_ivfpq(10_000, 768, IvfConfig(nlist=64, pq_m=96, nbits=6, nprobe=4))
+    assert plan.factory == "IVF64,PQ96x6np" and plan.nprobe == 4 and plan.code_bytes == 72
+    assert plan_ivfpq(10_000, 256, IvfConfig()).pq_m == 32
+    with pytest.raises(IndexBuildError, match=r"pq_m \(50\) must divide the vector dims \(384\)"):
+        plan_ivfpq(1000, 384, IvfConfig(pq_m=50))
+    with pytest.raises(IndexBuildError, match="at least 2 vectors"):
+        plan_ivfpq(1, 384, IvfConfig())
+
+
+def clustered(n: int, d: int = 64, seed: int = 0) -> np.ndarray:
+    # n/10 tight clusters of ~10 points: a point's 10 nearest neighbours are mostly its cluster mates
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((n // 10, d))
+    x = (centers[rng.integers(0, n // 10, n)] + 0.15 * rng.standard_normal((n, d))).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_ivfpq_finds_most_exact_neighbours_and_round_trips():
+    x = clustered(4000)
+    exact, ivf = build_exact(x), build_ivfpq(x, plan_ivfpq(len(x), 64, IvfConfig()), seed=0)
+    _, truth = exact.search(x[:200], 10)
+    _, approx = from_bytes(to_bytes(ivf)).search(x[:200], 10)
+    recall = np.mean([len(set(a) & set(t)) / 10 for a, t in zip(approx, truth, strict=True)])
+    assert recall > 0.6  # an 8-byte code for 64 dims is coarse, but far above chance (10/4000)
+    assert faiss.extract_index_ivf(from_bytes(to_bytes(ivf))).nprobe == plan_ivfpq(4000, 64, IvfConfig()).nprobe
+
+
+def test_same_vectors_and_seed_give_identical_index_bytes():
+    x = clustered(1500)
+    plan = plan_ivfpq(len(x), 64, IvfConfig())
+    assert to_bytes(build_ivfpq(x, plan, seed=3)) == to_bytes(build_ivfpq(x, plan, seed=3))
+
+
+def test_bad_vectors_rejected():
+    with pytest.raises(IndexBuildError, match="NaN"):
+        build_exact(np.full((3, 4), np.nan, dtype=np.float32))
+    with pytest.raises(IndexBuildError, match="float32"):
+        build_exact(np.zeros((3, 4), dtype=np.float64))
+
+
+def test_parallel_parts_merged_in_row_order_equal_the_serial_build():
+    from pipeline.index.faiss_ops import add_part, merge_parts, train_ivfpq
+
+    x = clustered(6000)
+    plan = plan_ivfpq(len(x), 64, IvfConfig())
+    trained = to_bytes(train_ivfpq(x, plan, seed=0))
+    parts = [add_part(trained, x[s:s + 1700], s) for s in range(0, len(x), 1700)]  # uneven last part
+    assert to_bytes(merge_parts(trained, parts)) == to_bytes(build_ivfpq(x, plan, seed=0))
+
+
+def test_parallel_build_on_ray_equals_the_serial_build():
+    import ray
+
+    from operators.ivfpq import parallel_ivfpq
+
+    x = clustered(5000, seed=3)
+    plan = plan_ivfpq(len(x), 64, IvfConfig())
+    try:
+        merged = parallel_ivfpq(x, plan, seed=0, parts=3)
+    finally:
+        ray.shutdown()
+    serial = build_ivfpq(x, plan, seed=0)
+    assert to_bytes(merged) == to_bytes(serial)
+    assert np.array_equal(merged.search(x[:50], 10)[1], serial.search(x[:50], 10)[1])
+
+
+def test_gpu_training_branch_uses_the_assigner_and_changes_nothing_else(monkeypatch):
+    """The GPU branch of train_ivfpq, run on CPU: a CPU flat index stands in for the GPU one, so the
+    coarse k-means only moves to another (identical) assigner and the bytes must not change."""
+    from pipeline.index.faiss_ops import train_ivfpq
+
+    x = clustered(3000)
+    plan = plan_ivfpq(len(x), 64, IvfConfig())
+    cpu = to_bytes(build_ivfpq(x, plan, seed=0))
+    assigners = []
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda index: assigners.append(index) or index)
+    trained = train_ivfpq(x, plan, seed=0)
+    assert len(assigners) == 1 and assigners[0].ntotal == plan.nlist  # k-means assigned through it
+    assert faiss.extract_index_ivf(trained).clustering_index is None  # no pointer left to a freed index
+    trained.add(x)
+    assert to_bytes(trained) == cpu

@@ -1,0 +1,203 @@
+import json
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import CorpusConfig
+from pipeline.corpus.readers import golden_set_urls, read_corpus, read_qrels, read_queries
+from pipeline.errors import InputError
+from tests.conftest import SAMPLE, write_jsonl
+
+GOOD = {"_id": "d1", "title": "T", "text": "body one"}
+
+
+def reasons(result) -> dict[int, str]:
+    return dict(zip(result.quarantine["position"].to_list(), result.quarantine["reason"].to_list(), strict=True))
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ({"title": "no id", "text": "x"}, "missing id"),
+        ({"_id": "", "text": "x"}, "missing id"),
+        ({"_id": "d2", "title": "t"}, "empty text"),
+        ({"_id": "d2", "text": "   \n"}, "empty text"),
+        ({"_id": "d2", "text": 42}, "bad text"),
+        ({"_id": "d2", "title": ["t"], "text": "x"}, "bad title"),
+        ('{"_id": "d2", "text": "unterminated', "invalid JSON"),
+        ('["an", "array"]', "not an object"),
+        (b'{"_id": "d2", "text": "caf\xe9"}', "invalid UTF-8"),
+        ({"_id": "d1", "text": "same id again"}, "duplicate id"),
+        ({"_id": "d2", "text": "x" * 2000}, "too large"),
+    ],
+)
+def test_each_bad_record_is_quarantined_with_its_reason(tmp_path, line, reason):
+    path = write_jsonl(tmp_path / "c.jsonl", [GOOD, line, {"_id": "d3", "text": "fine"}])
+    result = read_corpus(CorpusConfig(source=str(path), max_chars=1000))
+    assert result.docs["doc_id"].to_list() == ["d1", "d3"]
+    assert list(reasons(result).keys()) == [2] and reasons(result)[2].startswith(reason)
+    assert result.counts == {"read": 3, "accepted": 2, "quarantined": 1, "blank_lines": 0}
+
+
+# JSON's \ud800 escape is valid JSON but no valid text: written raw so json.dumps does not touch it
+SURROGATES = [
+    ('{"_id": "b1", "text": "bad \\ud800 surrogate"}', "'text'"),
+    ('{"_id": "b1", "title": "t \\udc00", "text": "ok"}', "'title'"),
+    ('{"_id": "b1\\ud800", "text": "ok"}', "'_id'"),
+    ('{"_id": "b1", "text": "ok", "source": ["x", "\\udfff"]}', "'source'"),
+]
+
+
+@pytest.mark.parametrize(("line", "field"), SURROGATES)
+def test_lone_surrogates_are_quarantined_not_a_crash(tmp_path, line, field):
+    path = write_jsonl(tmp_path / "c.jsonl", [GOOD, line, {"_id": "d3", "text": "fine"}])
+    cfg = CorpusConfig(source=str(path), metadata_fields=["source"])
+    result = read_corpus(cfg)
+    assert result.docs["doc_id"].to_list() == ["d1", "d3"]
+    assert reasons(result)[2].startswith(f"invalid Unicode: field {field} holds a lone surrogate")
+    assert result.counts == {"read": 3, "accepted": 2, "quarantined": 1, "blank_lines": 0}
+    with pytest.raises(InputError, match=rf"c\.jsonl record 2: invalid Unicode: field {field}"):
+        read_corpus(cfg.model_copy(update={"strict": True}))
+
+
+def _parquet_with_raw_strings(path, columns: dict[str, list[bytes | None]]) -> None:
+    """A Parquet file whose string columns hold these bytes unchecked (pyarrow validates UTF-8 on cast, and
+    real writers do not always)."""
+    import numpy as np
+
+    arrays = {}
+    for name, values in columns.items():
+        data = [v or b"" for v in values]
+        offsets = np.cumsum([0] + [len(v) for v in data]).astype(np.int32)
+        validity = pa.array([v is not None for v in values]).buffers()[1]
+        arrays[name] = pa.Array.from_buffers(pa.string(), len(values), [validity, pa.py_buffer(offsets.tobytes()),
+                                                                        pa.py_buffer(b"".join(data))])
+    pq.write_table(pa.table(arrays), path)
+
+
+@pytest.mark.parametrize("field", ["text", "title", "source"])
+def test_parquet_string_columns_with_invalid_utf8_are_quarantined(tmp_path, field):
+    # b"\xed\xa0\x80" is a surrogate encoded as UTF-8 (CESU-8), which no UTF-8 decoder accepts
+    columns = {"_id": [b"a", b"b", b"c"], "title": [b"", b"", b""], "text": [b"one", b"two", b"three"],
+               "source": [b"x", b"y", b"z"]}
+    columns[field] = [columns[field][0], b"bad \xed\xa0\x80", columns[field][2]]
+    _parquet_with_raw_strings(tmp_path / "c.parquet", columns)
+    cfg = CorpusConfig(source=str(tmp_path / "c.parquet"), metadata_fields=["source"])
+    result = read_corpus(cfg)
+    assert result.docs["doc_id"].to_list() == ["a", "c"]
+    assert reasons(result) == {2: f"invalid UTF-8 in field {field!r}"}
+    with pytest.raises(InputError, match=rf"c\.parquet record 2: invalid UTF-8 in field '{field}'"):
+        read_corpus(cfg.model_copy(update={"strict": True}))
+
+
+def test_blank_lines_are_counted_so_every_line_is_accounted_for(tmp_path):
+    lines = ["", GOOD, "   ", {"_id": "d1", "text": "dup"}, "\t", GOOD | {"_id": "d4"}]
+    path = write_jsonl(tmp_path / "c.jsonl", lines)
+    result = read_corpus(CorpusConfig(source=str(path)))
+    lines = len(path.read_bytes().splitlines())  # what `wc -l` counts
+    assert result.counts == {"read": 3, "accepted": 2, "quarantined": 1, "blank_lines": 3}
+    assert result.counts["read"] + result.counts["blank_lines"] == lines == 6
+
+
+def test_strict_mode_fails_on_first_bad_record(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [GOOD, {"_id": "d1", "text": "dup"}])
+    with pytest.raises(InputError, match=r"c\.jsonl record 2: duplicate id.*'d1'"):
+        read_corpus(CorpusConfig(source=str(path), strict=True))
+
+
+def test_gzip_jsonl_and_integer_ids(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl.gz", [{"_id": 7, "text": "seven"}, "", GOOD])
+    result = read_corpus(CorpusConfig(source=str(path)))
+    assert result.docs["doc_id"].to_list() == ["7", "d1"] and result.quarantine.height == 0
+
+
+def test_utf8_byte_order_mark_is_tolerated(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n")
+    assert read_corpus(CorpusConfig(source=str(path))).docs["doc_id"].to_list() == ["d1"]
+
+
+def test_file_url_and_custom_field_names(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "body": "text a", "name": "A"}])
+    result = read_corpus(CorpusConfig(source=f"file://{path}", id_field="id", text_field="body", title_field="name"))
+    assert result.docs.row(0) == ("a", "A", "text a")
+
+
+def test_parquet_with_bad_rows(tmp_path):
+    table = pa.table({"_id": ["a", None, "a", "b", "c"], "title": ["", "t", "t", "t", None],
+                      "text": ["x", "y", "dup", "", "ok"]})
+    pq.write_table(table, tmp_path / "c.parquet")
+    result = read_corpus(CorpusConfig(source=str(tmp_path / "c.parquet")))
+    assert result.docs["doc_id"].to_list() == ["a", "c"]
+    assert [r.split(":")[0] for r in reasons(result).values()] == ["missing id", "duplicate id", "empty text"]
+
+
+def test_parquet_binary_column_with_invalid_utf8(tmp_path):
+    table = pa.table({"_id": ["a", "b"], "text": pa.array([b"fine", b"caf\xe9"], pa.binary())})
+    pq.write_table(table, tmp_path / "c.parquet")
+    result = read_corpus(CorpusConfig(source=str(tmp_path / "c.parquet")))
+    assert result.docs["doc_id"].to_list() == ["a"] and reasons(result)[2].startswith("invalid UTF-8")
+
+
+def test_parquet_missing_columns_is_a_clear_error(tmp_path):
+    pq.write_table(pa.table({"id": ["a"]}), tmp_path / "c.parquet")
+    with pytest.raises(InputError, match=r"expected columns '_id' and 'text', found \['id'\]"):
+        read_corpus(CorpusConfig(source=str(tmp_path / "c.parquet")))
+
+
+def test_beir_folder_reads_corpus_queries_and_qrels():
+    cfg = CorpusConfig(source=str(SAMPLE))
+    result = read_corpus(cfg)
+    assert result.counts == {"read": 500, "accepted": 500, "quarantined": 0, "blank_lines": 0}
+    queries_url, qrels_url = golden_set_urls(cfg, None, None)
+    queries, qrels = read_queries(queries_url), read_qrels(qrels_url)
+    assert len(queries) == 50 and sum(len(v) for v in qrels.values()) == 60
+    assert set(qrels) <= set(queries) and qrels["1"] == {"31715818": 1}
+
+
+def test_qrels_accept_crlf(tmp_path):
+    (tmp_path / "q.tsv").write_bytes(b"query-id\tcorpus-id\tscore\r\n1\tdocA\t1\r\n1\tdocB\t2\r\n")
+    assert read_qrels(str(tmp_path / "q.tsv")) == {"1": {"docA": 1, "docB": 2}}
+    (tmp_path / "bad.tsv").write_text("query-id\tcorpus-id\tscore\n1 docA 1\n")
+    with pytest.raises(InputError, match="line 2: expected 'query-id<TAB>corpus-id<TAB>score'"):
+        read_qrels(str(tmp_path / "bad.tsv"))
+
+
+def test_missing_and_corrupt_inputs_are_clear_errors(tmp_path):
+    with pytest.raises(InputError, match="input not found: .*nope.jsonl"):
+        read_corpus(CorpusConfig(source=str(tmp_path / "nope.jsonl")))
+    (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(InputError, match=r"cannot read .*bad\.jsonl\.gz"):
+        read_corpus(CorpusConfig(source=str(tmp_path / "bad.jsonl.gz")))
+    (tmp_path / "unknown.txt").write_text("x")
+    with pytest.raises(InputError, match="cannot tell its format"):
+        read_corpus(CorpusConfig(source=str(tmp_path / "unknown.txt")))
+
+
+def test_quarantine_keeps_a_readable_excerpt(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", ['{"_id": "x", "text": ' + '"a' * 1000])
+    q = read_corpus(CorpusConfig(source=str(path))).quarantine
+    assert q.schema["raw"] == pl.String and 0 < len(q["raw"][0]) <= 500
+    assert json.dumps(q.to_dicts())  # the table serialises as-is to parquet/json
+
+
+def test_preflight_names_the_missing_input(tmp_path):
+    from pipeline.config import parse_config
+    from pipeline.jobs.prepare import check_inputs as check_inputs_of
+    from pipeline.storage.backend import Storage
+
+    base = {"index_name": "x", "corpus": {"source": str(SAMPLE)}, "storage": {"root": str(tmp_path / "store")}}
+
+    def check_inputs(cfg):
+        return check_inputs_of(cfg, Storage.of(cfg.storage))
+
+    check_inputs(parse_config(base))  # the shipped sample is complete
+    with pytest.raises(InputError, match=r"corpus\.source: .*nope\.jsonl does not exist"):
+        check_inputs(parse_config({**base, "corpus": {"source": str(tmp_path / "nope.jsonl")}}))
+    with pytest.raises(InputError, match=r"corpus\.source: .*missing-dir does not exist"):
+        check_inputs(parse_config({**base, "corpus": {"source": str(tmp_path / "missing-dir")}}))
+    with pytest.raises(InputError, match=r"evaluation\.qrels: .*q\.tsv does not exist"):
+        check_inputs(parse_config({**base, "evaluation": {"queries": str(SAMPLE / "queries.jsonl"),
+                                                          "qrels": str(tmp_path / "q.tsv")}}))

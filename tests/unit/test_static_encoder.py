@@ -1,0 +1,55 @@
+"""The static (wordllama) family behind the same encoder interface as the transformer."""
+
+import pathlib
+
+import numpy as np
+import pytest
+
+from pipeline.config import ChunkingConfig, ModelConfig
+from pipeline.corpus.chunking import Chunker
+from pipeline.index.representations import matryoshka
+from pipeline.models.encoder import encoder_for_card, load_encoder, tokenizer_for
+
+WORDLLAMA = ModelConfig(name="wordllama-l2-supercat", package="wordllama")
+PAIR = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby."]
+
+
+@pytest.fixture(scope="module")
+def static():
+    return load_encoder(WORDLLAMA)
+
+
+def test_loads_offline_with_a_model_card(static):
+    card = static.card
+    assert (card.dims, card.pooling, card.source) == (256, "mean", {"package": "wordllama"})
+    assert len(card.weights_sha256) == 64 and encoder_for_card(card).card == card
+
+
+def test_sanity_pair(static):
+    v = static.encode(PAIR)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    assert v[0] @ v[1] == pytest.approx(0.7070, abs=1e-3) and abs(v[0] @ v[2]) < 0.1
+
+
+def test_matryoshka_prefix_equals_wordllamas_own_truncated_model(static):
+    import wordllama
+    from wordllama import WordLlama
+
+    pkg = pathlib.Path(wordllama.__file__).parent
+    wl64 = WordLlama.load(cache_dir=pkg, trunc_dim=64, disable_download=True)
+    assert np.allclose(matryoshka(static.encode(PAIR), 64), wl64.embed(PAIR, norm=True), atol=1e-5)
+
+
+def test_chunking_works_with_its_tokenizer(sample_docs):
+    tokenizer, limit = tokenizer_for(WORDLLAMA)
+    text = sample_docs[0]["title"] + " " + sample_docs[0]["text"]
+    chunker = Chunker(tokenizer, ChunkingConfig(max_tokens=64, overlap=8), limit)
+    spans = chunker.spans(text)
+    assert len(spans) > 2 and spans[0][0] == 0 and spans[-1][1] == len(text)
+    assert all(n <= chunker.token_budget() for _, _, n in spans)
+
+
+def test_long_texts_are_truncated_at_max_tokens():
+    enc = load_encoder(ModelConfig(name="w", package="wordllama", max_tokens=8))
+    head = "alpha beta gamma delta epsilon zeta eta theta"
+    assert np.allclose(enc.encode([head + " iota kappa lambda mu"]), enc.encode([head]), atol=1e-6)
