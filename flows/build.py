@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.artifacts import png_artifact
-from flows.engine import embedder_for, ivfpq_builder_for
+from flows.engine import analyzer_for, embedder_for, ivfpq_builder_for
 from flows.progress import report
 from flows.tasks import local_task
 from pipeline.config import PipelineConfig
@@ -32,8 +32,10 @@ from pipeline.jobs.build import (
     id_table,
     manifest_for,
     snapshot_files,
+    with_bm25,
 )
 from pipeline.jobs.embedder import EmbedCounts
+from pipeline.jobs.lexical import AnalyzedShard, build_bm25
 from pipeline.jobs.plan import BuildPlan
 from pipeline.jobs.prepare import PreparedRun, make_chunker, prepare
 from pipeline.jobs.shards import ShardResult, load_vectors
@@ -73,6 +75,30 @@ def embed_task(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun) -> 
 
     report("embedding shards", 0, len(prepared.shards))
     return EmbedCounts.of(embedder.embed(prepared.run_id, prepared.shards, progress), embedder.where)
+
+
+@local_task(name="analyse shards for bm25")
+def analyze_task(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun) -> dict:
+    """The bm25 map step, shard by shard; its counts join the run's (bm25_*)."""
+    analyzer = analyzer_for(cfg, storage, prepared.counts["chunks_redone"])
+    done: list[AnalyzedShard] = []
+
+    def progress(result: AnalyzedShard) -> None:
+        done.append(result)
+        report("analysing shards for bm25", len(done), len(prepared.shards))
+
+    results = analyzer.analyze(prepared.run_id, prepared.shards, progress)
+    fresh = [r for r in results if not r.skipped]
+    return {"bm25_analysed_in": analyzer.where, "bm25_analysed": sum(r.analysed for r in fresh),
+            "bm25_terms_from_cache": sum(r.cached for r in fresh),
+            "bm25_analyse_seconds": round(sum(r.seconds for r in fresh), 3)}
+
+
+@local_task(name="build the bm25 index")
+def bm25_task(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun, built: BuiltIndexes,
+              ids: pl.DataFrame) -> BuiltIndexes:
+    """The bm25 reduce step: corpus-wide statistics from the shards', postings scored with them."""
+    return with_bm25(cfg, built, *build_bm25(storage, prepared.run_id, prepared.shards, ids, cfg.index.bm25))
 
 
 @local_task(name="build indexes")
@@ -138,9 +164,12 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
     logger.info("%s", plan.why)
     prepared = timed("prepare", prepare_task, cfg, storage, run_id, plan)
     embedded = timed("embed", embed_task, cfg, storage, prepared)
+    analysed = timed("analyze", analyze_task, cfg, storage, prepared) if cfg.index.lexical else {}
     built, ids = timed("index", index_task, cfg, storage, prepared, plan)
+    if cfg.index.lexical:
+        built = timed("bm25", bm25_task, cfg, storage, prepared, built, ids)
     evaluation = timed("evaluate", evaluate_task, cfg, storage, built, ids, prepared)
-    counts = {**prepared.counts, **embedded.to_dict()}
+    counts = {**prepared.counts, **embedded.to_dict(), **analysed}
     files = snapshot_files(built, ids)
     index_params = describe_variants(built.params, files, evaluation)
     manifest = manifest_for(cfg, run_id, job, plan, card, prepared, index_params, counts, evaluation, timings)

@@ -138,7 +138,29 @@ class IvfConfig(_Strict):
 # The variant kinds, one class each in pipeline/index/variants.py (which checks the two lists agree)
 VARIANT_KINDS = ("exact", "fp16", "ivfpq", "int8", "int8-ivf", "binary", "binary-ivf")
 VARIANT_PATTERN = rf"^({'|'.join(map(re.escape, VARIANT_KINDS))})(@[1-9][0-9]*)?$"
-VariantName = Annotated[str, Field(pattern=VARIANT_PATTERN)]
+BM25 = "bm25"  # the lexical variant: built from the chunks' text, not from vectors (pipeline/index/bm25.py)
+VariantName = Annotated[str, Field(pattern=rf"{VARIANT_PATTERN}|^{BM25}$")]
+
+
+class Bm25Config(_Strict):
+    """The `bm25` variant: how chunk text becomes terms (the analyzer, applied to queries too) and how they are
+    scored (Lucene's BM25). Recorded in the manifest."""
+
+    k1: Annotated[float, Field(ge=0)] = 1.2
+    b: Annotated[float, Field(ge=0, le=1)] = 0.75
+    stopwords: Literal["en", "none"] = Field("en", description="English stop words (bm25s' list) or none")
+    stemmer: str | None = Field("english", description="a Snowball stemmer language (PyStemmer), or null")
+    lower: bool = True
+
+
+class FusionConfig(_Strict):
+    """How `hybrid:<dense mode>` search fuses the dense and BM25 rankings of a query: convex fusion of per-query
+    min-max normalised scores, `weight` the BM25 share (`hybrid-rrf:<dense mode>`: reciprocal-rank fusion)."""
+
+    weight: Annotated[float, Field(ge=0, le=1)] = Field(0.5, description="BM25's share; the dense side has 1 - it")
+    rrf_k: Annotated[int, Field(ge=1)] = Field(60, description="k in 1 / (k + rank) of reciprocal-rank fusion")
+    depth: Annotated[int, Field(ge=1)] = Field(100, description="documents taken from each side before fusing "
+                                                                 "(at least the k asked for)")
 
 
 class IndexConfig(_Strict):
@@ -151,12 +173,25 @@ class IndexConfig(_Strict):
     store_fp16: bool = Field(True, description="store fp16 vectors in the snapshot, for rescoring")
     parallel_parts: Annotated[int, Field(ge=1)] = Field(
         1, description="IVF-PQ: train once, then add the vectors in this many parallel Ray tasks and merge")
+    bm25: Bm25Config = Field(default_factory=Bm25Config, description="the bm25 variant's analyzer and scoring")
+    fusion: FusionConfig = Field(default_factory=FusionConfig, description="hybrid search: dense x bm25")
 
     @model_validator(mode="after")
     def _unique(self) -> IndexConfig:
         if len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants must be unique, got {self.variants}")
+        if self.variants == [BM25]:
+            raise ValueError("variants [bm25]: expected at least one vector variant beside bm25 (e.g. exact)")
         return self
+
+    @property
+    def lexical(self) -> bool:
+        """Whether the snapshot carries the bm25 variant."""
+        return BM25 in self.variants
+
+    @property
+    def vector_variants(self) -> list[str]:
+        return [v for v in self.variants if v != BM25]
 
 
 class EvaluationConfig(_Strict):

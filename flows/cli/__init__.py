@@ -27,7 +27,7 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="on an error, print
         os.environ[DEBUG_ENV] = "1"
 
 
-for _command in (jobs.run, jobs.backfill, snapshots.search, snapshots.evaluate, deploy.deploy, snapshots.versions,
-                 snapshots.show, snapshots.verify, snapshots.promote, snapshots.rollback, snapshots.gc, jobs.migrate,
-                 jobs.monitor):
+for _command in (jobs.run, jobs.backfill, snapshots.search, snapshots.evaluate, snapshots.tune_fusion, deploy.deploy,
+                 snapshots.versions, snapshots.show, snapshots.verify, snapshots.promote, snapshots.rollback,
+                 snapshots.gc, jobs.migrate, jobs.monitor):
     app.command()(_command)

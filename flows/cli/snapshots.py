@@ -1,5 +1,5 @@
-"""`embedpipe search | evaluate | versions | show | verify | promote | rollback | gc`: reading and managing
-published snapshots. No Prefect, no Ray.
+"""`embedpipe search | evaluate | tune-fusion | versions | show | verify | promote | rollback | gc`: reading and
+managing published snapshots. No Prefect, no Ray.
 
 ROOT is the storage root (a path or URL; S3 credentials and endpoint come from the environment). A SNAPSHOT URL is
 a version folder, snapshots/<index> (its newest committed version) or aliases/<index>/<alias>.
@@ -25,6 +25,10 @@ SnapshotUrl = Annotated[str, typer.Argument(help="snapshot URL: a version folder
 AliasOpt = Annotated[str, typer.Option("--alias", help="alias name")]
 Expect = Annotated[str | None, typer.Option(help="the version you saw the alias at ('none' if unset); default: "
                                                  "read it now")]
+Weight = Annotated[float | None, typer.Option(min=0, max=1, help="hybrid modes: BM25's share in convex fusion "
+                                                                 "(default: the one the manifest records)")]
+Queries = Annotated[str | None, typer.Option(help="BEIR queries.jsonl (default: the snapshot's golden set)")]
+QrelsOpt = Annotated[str | None, typer.Option("--qrels", help="BEIR qrels TSV (default: the snapshot's golden set)")]
 
 
 def _hits_table(query: str, hits) -> RichTable:
@@ -36,12 +40,37 @@ def _hits_table(query: str, hits) -> RichTable:
     return table
 
 
-def print_search(snapshot_url: str, query: str, k: int, mode: str, as_json: bool = False) -> None:
-    from pipeline.quality.search import Searcher, check_query
+def _searcher(snapshot, weight: float | None):
+    """A Searcher of the snapshot; `weight` overrides the recorded fusion weight."""
+    from dataclasses import replace
+
+    from pipeline.quality.fusion import Fusion
+    from pipeline.quality.search import Searcher
+
+    fusion = None
+    if weight is not None:
+        fusion = replace(Fusion.from_dict(snapshot.manifest["index"].get("fusion")), weight=weight)
+    return Searcher.from_snapshot(snapshot, fusion=fusion)
+
+
+def _golden(snap, queries: str | None, qrels: str | None) -> tuple[dict, dict]:
+    from pipeline.corpus.readers import read_qrels, read_queries
+    from pipeline.errors import InputError
+
+    golden = snap.manifest.get("evaluation") or {}
+    queries, qrels = queries or golden.get("queries"), qrels or golden.get("qrels")
+    if not (queries and qrels):
+        raise InputError("no golden set recorded in this snapshot: pass --queries and --qrels")
+    return read_queries(queries), read_qrels(qrels)
+
+
+def print_search(snapshot_url: str, query: str, k: int, mode: str, as_json: bool = False,
+                 weight: float | None = None) -> None:
+    from pipeline.quality.search import check_query
     from pipeline.snapshots.snapshot import Snapshot
 
     snapshot = Snapshot.open(snapshot_url)
-    searcher = Searcher.from_snapshot(snapshot)
+    searcher = _searcher(snapshot, weight)
     checked = check_query(searcher.encoder, query)
     hits = searcher.search([query], k, mode)[0]
     if as_json:
@@ -60,37 +89,70 @@ def search(
     query: Annotated[str, typer.Argument(help="the query text")],
     k: Annotated[int, typer.Option("-k", min=1, help="documents to return")] = 10,
     mode: Annotated[str, typer.Option(help="index variant (exact, ivfpq, int8, binary, exact@64...), optionally "
-                                           "+rescore (fp16 re-ranking) or +hamming (binary)")] = "exact",
+                                           "+rescore (fp16 re-ranking) or +hamming (binary); bm25; hybrid:<mode> "
+                                           "(convex fusion with bm25) or hybrid-rrf:<mode>")] = "exact",
+    weight: Weight = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Search a snapshot; the query is encoded with the model recorded in its manifest."""
-    print_search(snapshot, query, k, mode, as_json)
+    """Search a snapshot; the query is encoded with the model recorded in its manifest (and, for bm25 and hybrid
+    modes, analysed as its manifest records)."""
+    print_search(snapshot, query, k, mode, as_json, weight)
 
 
 @reports_errors
 def evaluate(
     snapshot: SnapshotUrl,
-    queries: Annotated[str | None, typer.Option(help="BEIR queries.jsonl (default: the snapshot's golden set)")] = None,
-    qrels: Annotated[str | None, typer.Option(help="BEIR qrels TSV (default: the snapshot's golden set)")] = None,
+    queries: Queries = None,
+    qrels: QrelsOpt = None,
     k: Annotated[int, typer.Option("-k", min=10, help="documents retrieved per query")] = 100,
+    mode: Annotated[list[str] | None, typer.Option("--mode", help="only these search modes (repeat it); default: "
+                                                                  "every mode of the snapshot")] = None,
+    weight: Weight = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """nDCG@10, MAP@10, Recall@10/100 and MRR@10 of every index variant of a snapshot."""
-    from pipeline.corpus.readers import read_qrels, read_queries
-    from pipeline.errors import InputError
-    from pipeline.quality.search import Searcher
+    """nDCG@10, MAP@10, Recall@10/100 and MRR@10 of every search mode of a snapshot."""
     from pipeline.snapshots.snapshot import Snapshot
 
     snap = Snapshot.open(snapshot)
-    golden = snap.manifest.get("evaluation") or {}
-    queries, qrels = queries or golden.get("queries"), qrels or golden.get("qrels")
-    if not (queries and qrels):
-        raise InputError("no golden set recorded in this snapshot: pass --queries and --qrels")
-    report = Searcher.from_snapshot(snap).evaluate(read_queries(queries), read_qrels(qrels), k)
+    report = _searcher(snap, weight).evaluate(*_golden(snap, queries, qrels), k, modes=mode or None)
     if as_json:
         print(json.dumps({"snapshot": snap.url, "version": snap.version, "modes": report}, indent=2))
     else:
         console.print(rich_table(quality_table(f"{snap.manifest['index_name']} {snap.version}", report, short=True)))
+
+
+@reports_errors
+def tune_fusion(
+    snapshot: SnapshotUrl,
+    queries: Queries = None,
+    qrels: QrelsOpt = None,
+    mode: Annotated[str, typer.Option(help="the dense mode fused with bm25 (hybrid:<mode>)")] = "exact",
+    metric: Annotated[str, typer.Option(help="the metric to maximise")] = "ndcg@10",
+    folds: Annotated[int, typer.Option(min=2, help="k of the k-fold cross-validation over the queries")] = 5,
+    step: Annotated[float, typer.Option(min=0.001, max=1, help="the weight grid's step, from 0 to 1")] = 0.05,
+    seed: Annotated[int, typer.Option(help="seed of the queries' split into folds")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Choose hybrid search's BM25 weight on a golden set by k-fold cross-validation over its queries: prints the
+    chosen weight and its held-out score. Changes nothing: set index.fusion.weight to use it (or --weight)."""
+    from pipeline.quality.tuning import tune_weight
+    from pipeline.reports.tables import Table
+    from pipeline.snapshots.snapshot import Snapshot
+
+    snap = Snapshot.open(snapshot)
+    tuned = tune_weight(_searcher(snap, None), *_golden(snap, queries, qrels), mode, metric, folds, step, seed)
+    if as_json:
+        print(json.dumps({"snapshot": snap.url, "version": snap.version, **tuned.to_dict()}, indent=2))
+        return
+    rows = [[str(i + 1), str(f.queries), f"{f.weight:g}", f"{f.train:.4f}", f"{f.held_out:.4f}"]
+            for i, f in enumerate(tuned.folds)]
+    console.print(rich_table(Table(f"hybrid:{mode} {metric}, {folds} folds", ["fold", "queries", "weight",
+                                                                             "other folds", "held out"], rows)))
+    console.print(f"chosen weight {tuned.weight:g} (BM25's share): {metric} {tuned.in_sample:.4f} on every query, "
+                  f"[bold]{tuned.held_out:.4f} held out[/] (cross-validated); the default {tuned.default_weight:g} "
+                  f"gives {tuned.default:.4f}", soft_wrap=True)
+    console.print(f"to use it: set index.fusion.weight: {tuned.weight:g} in the config (the next build records it), "
+                  f"or search with --weight {tuned.weight:g}", soft_wrap=True)
 
 
 @reports_errors

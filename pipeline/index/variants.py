@@ -269,7 +269,7 @@ def build_variant(spec: VariantSpec, vectors: np.ndarray, cfg: IndexConfig, seed
 def build_variants(cfg: IndexConfig, vectors: np.ndarray, seed: int, ivfpq_builder: IvfPqBuilder = build_ivfpq,
                    training: Training = FULL_BUILD) -> tuple[dict[str, object], dict]:
     indexes, params = {}, {}
-    for name in cfg.variants:
+    for name in cfg.vector_variants:
         spec = VariantSpec.parse(name)
         indexes[spec.name], params[spec.name] = build_variant(spec, vectors, cfg, seed, ivfpq_builder, training)
     return indexes, params

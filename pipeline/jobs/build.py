@@ -8,12 +8,14 @@ set, the snapshot's files and manifest, and the typed summary a build job return
 from __future__ import annotations
 
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import polars as pl
 
-from pipeline.config import PipelineConfig
+from pipeline.config import BM25, PipelineConfig
+from pipeline.errors import IndexBuildError
+from pipeline.index.bm25 import Bm25Index, CorpusStatistics
 from pipeline.index.faiss_ops import build_ivfpq, to_bytes
 from pipeline.index.variants import FULL_BUILD, IvfPqBuilder, Training, build_variants
 from pipeline.jobs.plan import BuildPlan
@@ -21,8 +23,9 @@ from pipeline.jobs.prepare import PreparedRun
 from pipeline.jobs.shards import INPUT_COLUMNS
 from pipeline.models.card import ModelCard
 from pipeline.models.encoder import Encoder
+from pipeline.quality.fusion import Fusion
 from pipeline.quality.golden import GoldenSet
-from pipeline.quality.search import Searcher
+from pipeline.quality.search import Searcher, variant_of
 from pipeline.snapshots.aliases import Promotion
 from pipeline.snapshots.manifest import build_manifest
 from pipeline.storage.layout import IDS, RESCORE_STORE
@@ -34,17 +37,31 @@ class BuiltIndexes:
     indexes: dict[str, object]  # variant name -> faiss.Index or faiss.IndexBinary (FAISS row i = vectors[i])
     params: dict  # the manifest's "index" section
     fp16: np.ndarray | None  # the rescoring store
+    lexical: Bm25Index | None = None  # the bm25 variant (row i = FAISS row i)
+    lexical_files: dict[str, bytes] = field(default_factory=dict, repr=False)
 
 
 def build_indexes(cfg: PipelineConfig, vectors: np.ndarray, ivfpq_builder: IvfPqBuilder = build_ivfpq,
                   training: Training = FULL_BUILD) -> BuiltIndexes:
-    """Every configured variant over the same vectors, their parameters, and the fp16 rescoring store."""
+    """Every configured vector variant over the same vectors, their parameters, and the fp16 rescoring store
+    (the bm25 variant joins them with `with_bm25`)."""
     indexes, variants = build_variants(cfg.index, vectors, cfg.run.seed, ivfpq_builder, training)
     fp16 = vectors.astype(np.float16) if cfg.index.store_fp16 else None
     params = {"metric": "inner_product", "variants": variants,
               "rescore": {"file": RESCORE_STORE, "dtype": "float16", "factor": cfg.index.rescore_factor}
               if fp16 is not None else None}
     return BuiltIndexes(indexes, params, fp16)
+
+
+def with_bm25(cfg: PipelineConfig, built: BuiltIndexes, bm25: Bm25Index, stats: CorpusStatistics) -> BuiltIndexes:
+    """`built` plus the bm25 variant (jobs/lexical.build_bm25's index and statistics, rows = FAISS rows): its files,
+    its manifest entry, and the fusion settings hybrid search uses."""
+    if not cfg.index.lexical:
+        raise IndexBuildError(f"index.variants {cfg.index.variants} has no {BM25}; expected it listed to build one")
+    files = bm25.files()
+    params = {**built.params, "variants": {**built.params["variants"], BM25: bm25.manifest_params(files, stats)},
+              "fusion": Fusion.of(cfg.index.fusion).to_dict()}
+    return BuiltIndexes(built.indexes, params, built.fp16, bm25, files)
 
 
 def id_table(embedded: pl.DataFrame) -> pl.DataFrame:
@@ -57,7 +74,8 @@ def evaluate(built: BuiltIndexes, ids: pl.DataFrame, golden: GoldenSet | None, e
     """Every search mode on the golden set (the manifest's "evaluation" section); {} without a golden set."""
     if golden is None:
         return {}
-    searcher = Searcher.build(built.indexes, built.params, ids, encoder, max_chunks_per_doc, built.fp16)
+    searcher = Searcher.build(built.indexes, built.params, ids, encoder, max_chunks_per_doc, built.fp16,
+                              built.lexical)
     return {"queries": golden.queries_url, "qrels": golden.qrels_url,
             "modes": searcher.evaluate(golden.queries, golden.qrels, k)}
 
@@ -69,7 +87,7 @@ def snapshot_files(built: BuiltIndexes, ids: pl.DataFrame) -> dict[str, bytes]:
         buf = io.BytesIO()
         np.save(buf, built.fp16, allow_pickle=False)
         files[RESCORE_STORE] = buf.getvalue()
-    return files
+    return files | built.lexical_files
 
 
 def describe_variants(params: dict, files: dict[str, bytes], evaluation: dict) -> dict:
@@ -78,8 +96,9 @@ def describe_variants(params: dict, files: dict[str, bytes], evaluation: dict) -
     modes = evaluation.get("modes", {})
     variants = {}
     for name, p in params["variants"].items():
-        quality = {mode: metrics for mode, metrics in modes.items() if mode.partition("+")[0] == name}
-        variants[name] = {**p, "index_bytes": len(files[p["file"]]), "quality": quality}
+        quality = {mode: metrics for mode, metrics in modes.items() if variant_of(mode) == name}
+        size = sum(len(files[f]) for f in p["files"]) if "files" in p else len(files[p["file"]])
+        variants[name] = {**p, "index_bytes": size, "quality": quality}
     return {**params, "variants": variants}
 
 

@@ -9,14 +9,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.config import GateConfig
+from pipeline.config import BM25, GateConfig
 from pipeline.quality.drift import compare
+from pipeline.quality.fusion import CONVEX, parse_hybrid
 from pipeline.quality.golden import GoldenSet
 from pipeline.quality.measure import Measurement
+from pipeline.quality.metrics import METRICS
 from pipeline.snapshots.aliases import Promotion
 from pipeline.snapshots.gate import GateResult, check_gate
 
 TOPK = 10  # the overlap of the top-10 documents per golden query
+
+
+def hybrid_mode(gate: GateConfig, blue: Measurement, green: Measurement) -> str | None:
+    """The hybrid mode the report sets side by side beside the gate's: hybrid over the gate's dense mode, when
+    both sides carry bm25 (None when the gate's mode is itself bm25 or hybrid, or a side lacks it)."""
+    mode = gate.mode if gate.mode == BM25 or parse_hybrid(gate.mode) else f"{CONVEX}:{gate.mode}"
+    return None if mode == gate.mode or mode not in blue.modes or mode not in green.modes else mode
 
 
 def gate_check(gate: GateConfig, blue: Measurement, green: Measurement) -> GateResult:
@@ -31,11 +40,12 @@ def migration_report(alias: str, golden: GoldenSet, gate: GateConfig, result: Ga
                      blue: Measurement, green: Measurement) -> dict:
     """Everything the decision rests on, as a JSON document: both sides' metrics per search mode, the gate, what
     happened to the alias, and the drift comparison (top-k overlap only when both index the same corpus)."""
+    hybrid = hybrid_mode(gate, blue, green)
     return {"index_name": green.index_name, "alias": alias,
             "golden_set": {"queries": golden.queries_url, "qrels": golden.qrels_url,
                            "judged_queries": len(golden.qrels)},
             "gate": gate.model_dump(), "gate_result": result.to_dict(), "promotion": promotion.to_dict(),
-            "blue": _side(blue), "green": _side(green),
+            "blue": _side(blue), "green": _side(green), **({"hybrid_mode": hybrid} if hybrid else {}),
             "drift": compare(blue.stats, green.stats, runs=(blue.run, green.run), k=TOPK)}
 
 
@@ -62,7 +72,11 @@ class MigrationSummary:
         def side(m: Measurement) -> dict:
             return {"version": m.version, "model": m.model, "dims": m.dims, "metrics": m.metrics}
 
-        return {"job": "migrate", "index_name": self.index_name, "alias": self.alias, "run_id": self.run_id,
+        hybrid = {}
+        if mode := self.report.get("hybrid_mode"):  # blue against green on hybrid search too
+            hybrid = {"hybrid": {"mode": mode, **{name: {m: v for m, v in s.modes[mode].items() if m in METRICS}
+                                                  for name, s in (("blue", self.blue), ("green", self.green))}}}
+        return hybrid | {"job": "migrate", "index_name": self.index_name, "alias": self.alias, "run_id": self.run_id,
                 "flow_run_id": self.flow_run_id, "blue": side(self.blue),
                 "green": side(self.green) | {"snapshot": self.green_snapshot, "counts": self.green_counts},
                 "mode": self.gate.mode,

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.config import PipelineConfig
+from pipeline.config import BM25, PipelineConfig
 from pipeline.corpus.delta import Delta, Selection
 from pipeline.corpus.sharding import assign_shards
 from pipeline.errors import InputError
+from pipeline.index.analyzer import Analyzer, fingerprint
 from pipeline.index.variants import FULL_BUILD, Training
 from pipeline.snapshots.aliases import read_alias
 from pipeline.snapshots.snapshot import Snapshot
@@ -56,6 +57,17 @@ def reusable_training(storage: Storage, index_name: str, version: str | None, mo
                     why=f"version {version} has the same model ({model_fingerprint}), chunker parameters and plan")
 
 
+def _terms_not_cached(cfg: PipelineConfig, manifest: dict) -> str | None:
+    """Why the live version's chunks have no terms in the cache for this config's analyzer, or None."""
+    live = manifest["index"]["variants"].get(BM25)
+    if live is None:
+        return f"the live version {manifest['version']} has no bm25 variant"
+    ours, theirs = Analyzer.of(cfg.index.bm25).fingerprint, fingerprint(live["analyzer"])
+    if theirs != ours:
+        return f"the live version {manifest['version']}'s bm25 terms come from another analyzer ({theirs}, not {ours})"
+    return None
+
+
 def plan_full_build(storage: Storage, cfg: PipelineConfig, model_fingerprint: str, chunking: dict, why: str,
                     base: str | None = None) -> BuildPlan:
     """Every document redone; `base` (a migration's blue) is lineage only unless its training qualifies."""
@@ -77,6 +89,14 @@ def plan_build(storage: Storage, cfg: PipelineConfig, model_fingerprint: str, ch
         reason = f"the live version {version} was embedded with another model ({snapshot.manifest['model']['name']})"
     elif "doc_hash" not in snapshot.ids.columns:
         reason = f"the live version {version} has no document hashes (written by an older embedpipe)"
+    elif cfg.index.lexical and (why_not := _terms_not_cached(cfg, snapshot.manifest)):
+        # Kept rows carry no text: their terms must come from the term cache, which only a bm25 build with this
+        # analyzer filled. A full build analyses every chunk; its vectors still come from the embedding cache.
+        if selection is not None:
+            raise InputError(f"backfill of {cfg.index_name}: {why_not}; a backfill keeps the rest of the live "
+                             "snapshot, so reindex first (embedpipe run) to give it a bm25 index")
+        return BuildPlan(Delta(live=None), version, f"full build: {why_not}",
+                         reusable_training(storage, cfg.index_name, version, model_fingerprint, chunking))
     else:
         live = assign_shards(snapshot.ids.drop("row"), cfg.run.shards)
         how = f"backfill of {selection.describe()}" if selection else "incremental"

@@ -14,6 +14,7 @@ from pipeline.corpus.delta import CorpusFingerprint, Delta, content_hashes, doc_
 from pipeline.corpus.readers import corpus_url, golden_set_urls, iter_corpus, require_exists
 from pipeline.corpus.sharding import assign_shards
 from pipeline.errors import InputError
+from pipeline.index.analyzer import Analyzer
 from pipeline.jobs.shards import clear_uncommitted_inputs, write_shard_inputs
 from pipeline.models.encoder import tokenizer_for
 from pipeline.storage.backend import Storage, redact
@@ -32,13 +33,15 @@ class PreparedRun:
 
 def check_inputs(cfg: PipelineConfig, storage: Storage) -> None:
     """Fail fast, before any engine starts, on a storage root that cannot be reached or written, or a corpus,
-    golden set or model that cannot be found."""
+    golden set, model or bm25 stemmer that cannot be found."""
     storage.probe()
     require_exists(corpus_url(cfg.corpus), "corpus.source")
     golden = golden_set_urls(cfg.corpus, cfg.evaluation.queries, cfg.evaluation.qrels)
     for url, field in zip(golden or (), ("evaluation.queries", "evaluation.qrels"), strict=False):
         require_exists(url, field)
     tokenizer_for(cfg.model)
+    if cfg.index.lexical:
+        Analyzer.of(cfg.index.bm25)  # a stemmer language PyStemmer lacks fails here, not after embedding
 
 
 def make_chunker(cfg: PipelineConfig) -> Chunker:

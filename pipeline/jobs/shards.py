@@ -23,7 +23,7 @@ from pipeline.errors import SnapshotError
 from pipeline.models.cache import EmbeddingCache
 from pipeline.models.encoder import Encoder
 from pipeline.storage.backend import Storage
-from pipeline.storage.layout import MARKER, shard_key
+from pipeline.storage.layout import LEXICON, MARKER, TERMS, TERMS_MARKER, shard_key
 from pipeline.storage.tables import read_parquet, write_parquet
 
 MODEL_CARD_KEY = "embedpipe.model_card"
@@ -35,10 +35,14 @@ def is_committed(storage: Storage, run_id: str, shard: int) -> bool:
 
 
 def clear_uncommitted_inputs(storage: Storage, run_id: str, shards: int) -> None:
-    """Before (re)writing a run's inputs: parts left by an earlier attempt must not be embedded twice."""
+    """Before (re)writing a run's inputs: parts left by an earlier attempt must not be embedded twice, nor their
+    bm25 terms outlive them (pipeline/jobs/lexical.py)."""
     for shard in range(shards):
         if not is_committed(storage, run_id, shard) and storage.exists(shard_key(run_id, shard, "chunks")):
             storage.delete(shard_key(run_id, shard, "chunks"), recursive=True)
+            for key in (TERMS_MARKER, TERMS, LEXICON):
+                if storage.exists(shard_key(run_id, shard, key)):
+                    storage.delete(shard_key(run_id, shard, key), recursive=key == TERMS)
 
 
 def write_shard_inputs(storage: Storage, run_id: str, chunks: pl.DataFrame, part: int) -> set[int]:

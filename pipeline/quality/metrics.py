@@ -40,6 +40,22 @@ def evaluate_run(qrels: Qrels, run: Run) -> dict[str, float]:
     return out
 
 
+_MEASURES = {"ndcg@10": "ndcg_cut.10", "map@10": "map_cut.10", "recall@10": "recall.10", "recall@100": "recall.100"}
+
+
+def per_query(qrels: Qrels, run: Run, metric: str) -> dict[str, float]:
+    """One metric per judged query (a query missing from the run scores 0), as `evaluate_run` averages it."""
+    judged = {q: dict(d) for q, d in qrels.items() if any(v > 0 for v in d.values())}
+    if not judged:
+        return {}
+    run_f = {q: {d: float(s) for d, s in run.get(q, {}).items()} for q in judged}
+    if metric == "mrr@10":
+        scored, key = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(top_k(run_f, 10)), "recip_rank"
+    else:
+        scored, key = pytrec_eval.RelevanceEvaluator(judged, {_MEASURES[metric]}).evaluate(run_f), _TREC[metric]
+    return {q: scored.get(q, {}).get(key, 0.0) for q in judged}
+
+
 def overlap_at_k(candidate: Run, reference: Run, k: int = 10) -> float:
     """Recall@k of a run against a reference run (e.g. IVF-PQ against exact search): shared top-k / k."""
     cand, ref = top_k(candidate, k), top_k(reference, k)

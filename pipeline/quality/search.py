@@ -5,6 +5,9 @@ A search *mode* is a variant name, optionally with a suffix:
                          against the sign bits, which needs nothing but the codes)
     <variant>+rescore    the top k x rescore_factor candidates re-scored with the stored fp16 vectors
     <binary>+hamming     plain symmetric Hamming distance (reported to show why it is not the default)
+    bm25                 the bm25 variant: the query analysed as the chunks were, Lucene BM25 scores
+    hybrid:<dense mode>  the dense mode's and bm25's documents fused (pipeline/quality/fusion.py): convex
+                         fusion of min-max normalised scores; hybrid-rrf:<dense mode> reciprocal-rank fusion
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ import faiss
 import numpy as np
 import polars as pl
 
+from pipeline.config import BM25
 from pipeline.errors import InputError, ModelError, SnapshotError
+from pipeline.index.bm25 import Bm25Index
 from pipeline.index.ranking import rerank
 from pipeline.index.representations import rescore
 from pipeline.index.variants import Variant
 from pipeline.models.encoder import Encoder, encoder_for_card
+from pipeline.quality.fusion import RRF, Fusion, Ranked, fuse, parse_hybrid
 from pipeline.quality.metrics import Qrels, Run, evaluate_run, overlap_at_k, top_k
 from pipeline.snapshots.snapshot import Snapshot
 
@@ -71,6 +77,38 @@ def _lists(scores: np.ndarray, rows: np.ndarray) -> Iterator[tuple[list[float], 
         yield ss[:n], rr[:n]
 
 
+def variant_of(mode: str) -> str:
+    """The variant whose manifest entry reports a mode's quality: bm25 for bm25 and hybrid modes (they need it;
+    the dense side's bytes are its own variant's), else the variant the mode searches."""
+    return BM25 if mode == BM25 or parse_hybrid(mode) else mode.partition("+")[0]
+
+
+class Queries:
+    """A batch of queries as each side needs it, made once: vectors for the dense modes (encoded on first use
+    unless given), terms for bm25 (analysed on first use)."""
+
+    def __init__(self, searcher: Searcher, texts: list[str] | None = None, vectors: np.ndarray | None = None) -> None:
+        self._searcher, self.texts = searcher, texts
+        self._vectors = None if vectors is None else np.ascontiguousarray(vectors, dtype=np.float32)
+        self._terms: list[list[str]] | None = None
+
+    @property
+    def vectors(self) -> np.ndarray:
+        if self._vectors is None:
+            self._vectors = np.ascontiguousarray(self._searcher.encoder.encode(self.texts, kind="query"),
+                                                 dtype=np.float32)
+        return self._vectors
+
+    @property
+    def terms(self) -> list[list[str]]:
+        if self._terms is None:
+            if self.texts is None:
+                raise SnapshotError("bm25 and hybrid modes analyse the query text; search with the texts "
+                                    "(Searcher.search), not vectors alone")
+            self._terms = self._searcher.lexical.analyzer.terms(self.texts)
+        return self._terms
+
+
 @contextmanager
 def _one_faiss_thread() -> Iterator[None]:
     """FAISS on one OpenMP thread in the calling thread (OpenMP's thread count is a per-thread setting)."""
@@ -84,7 +122,8 @@ def _one_faiss_thread() -> Iterator[None]:
 
 class Searcher:
     def __init__(self, variants: Mapping[str, Variant], ids: pl.DataFrame, encoder: Encoder,
-                 max_chunks_per_doc: int = 1, fp16: np.ndarray | None = None, rescore_factor: int = 10) -> None:
+                 max_chunks_per_doc: int = 1, fp16: np.ndarray | None = None, rescore_factor: int = 10,
+                 lexical: Bm25Index | None = None, fusion: Fusion | None = None) -> None:
         dims = encoder.card.dims
         for name, v in variants.items():
             if v.dims != (v.spec.dims or dims):
@@ -94,6 +133,9 @@ class Searcher:
                 raise SnapshotError(f"index {name!r} has {v.index.ntotal} vectors but the id table has {ids.height}")
         if fp16 is not None and fp16.shape != (ids.height, dims):
             raise SnapshotError(f"rescoring store has shape {fp16.shape}; expected ({ids.height}, {dims})")
+        if lexical is not None and lexical.num_docs != ids.height:
+            raise SnapshotError(f"the bm25 index has {lexical.num_docs} chunks but the id table has {ids.height}")
+        self.lexical, self.fusion = lexical, fusion or Fusion()
         # Converting gathered fp16 candidates costs more than their products, so a small store is converted once.
         small = fp16 is not None and 2 * fp16.nbytes <= FLOAT_STORE_MAX_BYTES
         self.store = fp16.astype(np.float32) if small else fp16  # the rescoring vectors
@@ -105,44 +147,91 @@ class Searcher:
         self.fetch_factor = max(1, min(max_chunks_per_doc, MAX_CHUNKS_FETCHED_PER_DOC))
 
     @classmethod
-    def from_snapshot(cls, snapshot: Snapshot, encoder: Encoder | None = None) -> Searcher:
+    def from_snapshot(cls, snapshot: Snapshot, encoder: Encoder | None = None, fusion: Fusion | None = None
+                      ) -> Searcher:
+        """`fusion`: hybrid search with other settings than those the manifest records (e.g. a tuned weight)."""
         card = snapshot.model_card
         if encoder is None:
             encoder = encoder_for_card(card)
         elif encoder.card.fingerprint != card.fingerprint:
             raise ModelError(f"snapshot {snapshot.version} was built with {card.name} ({card.fingerprint}); "
                              f"refusing to search it with {encoder.card.name} ({encoder.card.fingerprint})")
-        indexes = {v: snapshot.index(v) for v in snapshot.variants}
+        indexes = {v: snapshot.index(v) for v in snapshot.vector_variants}
         return cls.build(indexes, snapshot.manifest["index"], snapshot.ids, encoder,
-                         snapshot.manifest["counts"]["max_chunks_per_doc"], snapshot.rescore_store())
+                         snapshot.manifest["counts"]["max_chunks_per_doc"], snapshot.rescore_store(), snapshot.bm25(),
+                         fusion)
 
     @classmethod
     def build(cls, indexes: Mapping[str, object], index_params: dict, ids: pl.DataFrame, encoder: Encoder,
-              max_chunks_per_doc: int, fp16: np.ndarray | None) -> Searcher:
+              max_chunks_per_doc: int, fp16: np.ndarray | None, lexical: Bm25Index | None = None,
+              fusion: Fusion | None = None) -> Searcher:
         """From indexes and the manifest's "index" section (a loaded snapshot, or indexes just built)."""
         variants = {name: Variant.load(name, ix, index_params["variants"][name]) for name, ix in indexes.items()}
         factor = (index_params.get("rescore") or {}).get("factor", 10)
-        return cls(variants, ids, encoder, max_chunks_per_doc, fp16, factor)
+        return cls(variants, ids, encoder, max_chunks_per_doc, fp16, factor, lexical,
+                   fusion or Fusion.from_dict(index_params.get("fusion")))
 
     def modes(self) -> list[str]:
-        """Every search mode worth reporting for this snapshot's variants."""
+        """Every search mode worth reporting for this snapshot's variants: with bm25, also hybrid over each
+        dense mode (but plain Hamming), and reciprocal-rank fusion over the best one as a comparison."""
         out = []
         for name, v in self.variants.items():
             out += [f"{name}+hamming"] if v.spec.kind.binary else []
             out.append(name)
             out += [f"{name}+rescore"] if self.store is not None and not v.spec.lossless else []
-        return out
+        if self.lexical is None:
+            return out
+        dense = [m for m in out if not m.endswith("+hamming")]
+        reference = "exact" if "exact" in dense else dense[0]
+        return out + [BM25] + [f"hybrid:{m}" for m in dense] + [f"{RRF}:{reference}"]
 
     def search_vectors(self, vectors: np.ndarray, k: int, mode: str = "exact") -> list[list[Hit]]:
-        ranked = _lists(*self._ranked(vectors, k, mode))
-        return [[self._hit(s, r) for s, r in zip(ss, rr, strict=True)] for ss, rr in ranked]
+        """Dense modes, for queries already encoded (bm25 and hybrid modes need the texts: `search`)."""
+        return self._hits(self._ranked(Queries(self, vectors=vectors), k, mode))
+
+    def _hits(self, ranked: Ranked) -> list[list[Hit]]:
+        return [[self._hit(s, r) for s, r in zip(ss, rr, strict=True)] for ss, rr in _lists(*ranked)]
 
     def _hit(self, score: float, row: int) -> Hit:
         doc_id, title, chunk_id, start, end = self.rows[row]
         return Hit(doc_id, title, score, chunk_id, start, end)
 
-    def _ranked(self, vectors: np.ndarray, k: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows) per query: the best chunk of each of up to k documents, best first, rows -1 after."""
+    def _ranked(self, queries: Queries, k: int, mode: str, memo: dict | None = None) -> Ranked:
+        """(scores, rows) per query: the best chunk of each of up to k documents, best first, rows -1 after.
+        `memo` keeps each (mode, k)'s ranking and seconds, so hybrid modes reuse the sides already ranked; a
+        hybrid mode's seconds are its fusion's plus both sides'."""
+        memo = {} if memo is None else memo
+        if (mode, k) in memo:
+            return memo[mode, k][0]
+        start = time.perf_counter()
+        if hybrid := parse_hybrid(mode):
+            how, dense = hybrid
+            self._check_lexical(mode)
+            if dense == BM25 or parse_hybrid(dense):
+                raise SnapshotError(f"mode {mode!r}: expected a dense mode after {how}:, e.g. {how}:exact")
+            depth = max(k, self.fusion.depth)
+            sides = [self._ranked(queries, depth, side, memo) for side in (dense, BM25)]
+            start = time.perf_counter()
+            ranked = fuse(*sides, self.doc_codes, k, how, self.fusion)
+            seconds = time.perf_counter() - start + memo[dense, depth][1] + memo[BM25, depth][1]
+        elif mode == BM25:
+            self._check_lexical(mode)
+            terms = queries.terms
+            start = time.perf_counter()  # like query encoding, query analysis is not search time
+            fetch = min(self.lexical.num_docs, k * self.max_chunks)  # every chunk of k documents: exact collapse
+            ranked = self._collapse(*self.lexical.search(terms, fetch), k)
+            seconds = time.perf_counter() - start
+        else:
+            ranked = self._ranked_dense(queries, k, mode)
+            seconds = time.perf_counter() - start
+        memo[mode, k] = (ranked, seconds)
+        return ranked
+
+    def _check_lexical(self, mode: str) -> None:
+        if self.lexical is None:
+            raise SnapshotError(f"mode {mode!r}: this snapshot has no bm25 variant; available: {self.modes()}")
+
+    def _ranked_dense(self, queries: Queries, k: int, mode: str) -> Ranked:
         name, _, suffix = mode.partition("+")
         if name not in self.variants or suffix not in ("", "rescore", "hamming"):
             raise SnapshotError(f"no search mode {mode!r}; available: {self.modes()}")
@@ -151,7 +240,7 @@ class Searcher:
             raise SnapshotError(f"mode {mode!r}: +hamming applies to binary variants only")
         if suffix == "rescore" and self.store is None:
             raise SnapshotError(f"mode {mode!r}: this snapshot stores no fp16 vectors to rescore with")
-        q = np.ascontiguousarray(vectors, dtype=np.float32)
+        q = queries.vectors
         widen = self.rescore_factor if suffix == "rescore" or (variant.spec.kind.binary and not suffix) else 1
         fetch = min(variant.index.ntotal, k * self.fetch_factor * widen)
         # FAISS's Hamming search (also binary-ivf's coarse step) forks and joins its OpenMP team per 32 queries:
@@ -189,7 +278,18 @@ class Searcher:
         for query in queries:
             if not isinstance(query, str) or not query.strip():
                 raise InputError(f"query {query!r} is empty: expected some text to search for")
-        return self.search_vectors(self.encoder.encode(queries, kind="query"), k, mode)
+        return self._hits(self._ranked(Queries(self, texts=list(queries)), k, mode))
+
+    def rankings(self, texts: list[str], k: int, modes: list[str]) -> dict[str, Ranked]:
+        """Each mode's (scores, rows) for `texts`, the sides of hybrid modes ranked once (weight tuning)."""
+        batch, memo = Queries(self, texts=texts), {}
+        return {mode: self._ranked(batch, k, mode, memo) for mode in modes}
+
+    def run_of(self, qids: list[str], ranked: Ranked) -> Run:
+        """query id -> doc id -> score. Straight from the arrays: no Hit objects, whose numbers would trigger full
+        GC passes over the model's objects (~0.25 s each on SciFact)."""
+        return {q: {self.doc_ids[r]: s for s, r in zip(ss, rr, strict=True)}
+                for q, (ss, rr) in zip(qids, _lists(*ranked), strict=True)}
 
     def evaluate(self, queries: Mapping[str, str], qrels: Qrels, k: int = 100, modes: list[str] | None = None,
                  runs: dict[str, Run] | None = None) -> dict[str, dict[str, float]]:
@@ -198,16 +298,15 @@ class Searcher:
         qids = [q for q in qrels if q in queries]
         if not qids:
             raise SnapshotError("none of the judged query ids are in the queries file; expected overlapping ids")
-        vectors = self.encoder.encode([queries[q] for q in qids], kind="query")
+        modes = modes or self.modes()
+        batch, memo = Queries(self, texts=[queries[q] for q in qids]), {}
+        if any(m != BM25 for m in modes):
+            _ = batch.vectors  # encoded before timing: a query's encoding is not search time
         runs, report = {} if runs is None else runs, {}
-        for mode in modes or self.modes():
-            start = time.perf_counter()
-            scores, rows = self._ranked(vectors, k, mode)
-            ms = (time.perf_counter() - start) * 1000 / len(qids)
-            # The run straight from the arrays: no Hit objects, whose numbers would trigger full GC passes
-            # over the model's objects (~0.25 s each on SciFact).
-            runs[mode] = {q: {self.doc_ids[r]: s for s, r in zip(ss, rr, strict=True)}
-                          for q, (ss, rr) in zip(qids, _lists(scores, rows), strict=True)}
+        for mode in modes:
+            scores, rows = self._ranked(batch, k, mode, memo)
+            ms = memo[mode, k][1] * 1000 / len(qids)
+            runs[mode] = self.run_of(qids, (scores, rows))
             report[mode] = {m: round(v, 5) for m, v in evaluate_run(qrels, runs[mode]).items()}
             report[mode] |= {"queries": len(qids), "ms_per_query": round(ms, 3)}
         if "exact" in runs:

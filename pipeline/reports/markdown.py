@@ -84,6 +84,17 @@ def drift_markdown(comparison: Mapping) -> str:
     return "\n".join(lines)
 
 
+def _metrics_rows(mode: str, blue: dict, green: dict) -> list[str]:
+    """A mode's golden-set metrics, blue against green, as a markdown section."""
+    lines = [f"## Golden-set metrics, mode `{mode}`", "", "| metric | blue | green | delta |", "|---|---:|---:|---:|"]
+    b, g = blue["modes"].get(mode, {}), green["modes"].get(mode, {})
+    for m in METRICS:
+        if m in b or m in g:
+            delta = g[m] - b[m] if m in b and m in g else None
+            lines.append(f"| {m} | {num(b.get(m))} | {num(g.get(m))} | {'-' if delta is None else f'{delta:+.4f}'} |")
+    return lines
+
+
 def migration_markdown(report: dict) -> str:
     """The report side by side, for a Prefect markdown artifact and report.md."""
     blue, green, promotion, gate = report["blue"], report["green"], report["promotion"], report["gate"]
@@ -101,14 +112,9 @@ def migration_markdown(report: dict) -> str:
              "| | blue (live) | green (candidate) |", "|---|---|---|",
              f"| version | {blue['version']} | {green['version']} |",
              f"| model | `{blue['model']}` | `{green['model']}` |", f"| dims | {blue['dims']} | {green['dims']} |", "",
-             f"## Golden-set metrics, mode `{gate['mode']}`", "", "| metric | blue | green | delta |",
-             "|---|---:|---:|---:|"]
-    b, g = blue["modes"].get(gate["mode"], {}), green["modes"].get(gate["mode"], {})
-    for m in METRICS:
-        if m in b or m in g:
-            delta = g[m] - b[m] if m in b and m in g else None
-            lines.append(f"| {m} | {num(b.get(m))} | {num(g.get(m))} | "
-                         f"{'-' if delta is None else f'{delta:+.4f}'} |")
+             *_metrics_rows(gate["mode"], blue, green)]
+    if hybrid := report.get("hybrid_mode"):  # with bm25 on both sides: blue against green on hybrid search too
+        lines += ["", *_metrics_rows(hybrid, blue, green)]
     common = [mode for mode in green["modes"] if mode in blue["modes"]]
     if len(common) > 1:
         lines += ["", "## nDCG@10 per search mode", "", "| mode | blue | green | delta |", "|---|---:|---:|---:|"]

@@ -13,12 +13,14 @@ from collections.abc import Mapping
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from pipeline.quality.fusion import CONVEX, RRF, parse_hybrid
 from pipeline.quality.metrics import METRICS
 
 BLUE, GREEN = "tab:blue", "tab:green"
 _KIND_COLORS = {"exact": "tab:gray", "fp16": "tab:purple", "int8": "tab:orange", "ivfpq": "tab:red",
-                "binary": "tab:cyan"}
+                "binary": "tab:cyan", "bm25": "tab:green"}
 _SUFFIX_MARKERS = {"": "o", "rescore": "^", "hamming": "x"}
+_LEXICAL_MARKERS = {"bm25": "D", CONVEX: "*", RRF: "P"}  # bm25, and hybrid modes (colour: their dense side's)
 
 
 def _png(fig: Figure) -> bytes:
@@ -28,27 +30,45 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def _point(mode: str, name: str, v: Mapping, variants: Mapping) -> tuple[float, str, str]:
+    """(bytes per vector, colour family, marker) of a search mode: a hybrid mode reads its dense variant's bytes
+    and bm25's (per chunk), and takes its dense side's colour."""
+    kind = v.get("kind", name.partition("@")[0])
+    if hybrid := parse_hybrid(mode):
+        dense = variants.get(hybrid[1].partition("+")[0], {})
+        kind = dense.get("kind", hybrid[1])
+        return v["bytes_per_vector"] + dense.get("bytes_per_vector", 0), kind, _LEXICAL_MARKERS[hybrid[0]]
+    if kind == "bm25":
+        return v["bytes_per_vector"], kind, _LEXICAL_MARKERS["bm25"]
+    return v["bytes_per_vector"], kind, _SUFFIX_MARKERS.get(mode.partition("+")[2], "s")
+
+
 def quality_vs_bytes_png(variants: Mapping, title: str | None = None) -> bytes:
     """nDCG@10 (y) against bytes per vector of the index codes (x, log scale), one labelled point per
     search mode. `variants` is the manifest's "index" section (or its "variants" mapping): each variant
-    has "bytes_per_vector" and "quality" {mode: metrics}. Rescored modes also read the fp16 store."""
+    has "bytes_per_vector" and "quality" {mode: metrics}. Rescored modes also read the fp16 store; bm25's bytes
+    are per chunk, and a hybrid mode's are its dense variant's plus bm25's."""
     variants = variants.get("variants", variants)
-    points = [(mode, v["bytes_per_vector"], q["ndcg@10"], v.get("kind", name.partition("@")[0]))
+    points = [(mode, *_point(mode, name, v, variants), q["ndcg@10"])
               for name, v in variants.items() for mode, q in (v.get("quality") or {}).items() if "ndcg@10" in q]
     if not points:
         raise ValueError("no variant has an evaluated search mode (quality with ndcg@10) to plot")
     fig = Figure(figsize=(10, 6.5))
     ax = fig.add_subplot()
-    for mode, x, y, kind in points:
+    for _, x, kind, marker, y in points:
         family = next((k for k in _KIND_COLORS if kind.startswith(k)), "exact")
-        ax.scatter([x], [y], color=_KIND_COLORS[family], marker=_SUFFIX_MARKERS.get(mode.partition("+")[2], "s"), s=40)
+        ax.scatter([x], [y], color=_KIND_COLORS[family], marker=marker, s=40)
     xs = [p[1] for p in points]
     ax.set_xscale("log")
     ax.set_xlim(min(xs) / 1.5, max(xs) * 4)  # room on the right for the largest variant's labels
     ax.autoscale_view()
-    _label(ax, [(x, y, f"{mode} {y:.3f}") for mode, x, y, _ in points])
+    _label(ax, [(x, y, f"{mode} {y:.3f}") for mode, x, _, _, y in points])
     for suffix, marker in _SUFFIX_MARKERS.items():
         ax.scatter([], [], color="black", marker=marker, label=f"+{suffix}" if suffix else "own scoring")
+    if any(kind == "bm25" or marker in (_LEXICAL_MARKERS[CONVEX], _LEXICAL_MARKERS[RRF]) for _, _, kind, marker, _ in
+           points):
+        for label, marker in (("bm25", "D"), (f"{CONVEX}: (convex fusion)", "*"), (f"{RRF}:", "P")):
+            ax.scatter([], [], color="black", marker=marker, label=label)
     ax.set_xlabel("bytes per vector (index codes, log scale; +rescore also reads 2 x dims of fp16)")
     ax.set_ylabel("nDCG@10 on the golden queries")
     ax.set_title(title or "nDCG@10 against bytes per vector, per search mode")

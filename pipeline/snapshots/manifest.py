@@ -30,6 +30,12 @@ def _redacted(value):
     return redact(value) if isinstance(value, str) else value
 
 
+def _unrecorded(cfg: PipelineConfig) -> dict:
+    """Storage options (credentials); and bm25's settings where there is no bm25 variant, so those manifests
+    stay as they were before it existed."""
+    return {"storage": {"options"}} | ({} if cfg.index.lexical else {"index": {"bm25", "fusion"}})
+
+
 def build_manifest(cfg: PipelineConfig, *, run_id: str, model: dict, chunking: dict, index: dict, counts: dict,
                    corpus: dict, evaluation: dict, timings: dict, lineage: dict | None = None) -> dict:
     return {
@@ -42,6 +48,6 @@ def build_manifest(cfg: PipelineConfig, *, run_id: str, model: dict, chunking: d
         "corpus": corpus,
         "evaluation": evaluation,
         "timings_s": timings,
-        "config": _redacted(cfg.model_dump(mode="json", exclude={"storage": {"options"}})),
+        "config": _redacted(cfg.model_dump(mode="json", exclude=_unrecorded(cfg))),
         "libraries": library_versions(),
     }

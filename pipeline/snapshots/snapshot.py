@@ -16,7 +16,9 @@ import faiss
 import numpy as np
 import polars as pl
 
+from pipeline.config import BM25
 from pipeline.errors import PreconditionFailed, SnapshotError, StorageError
+from pipeline.index.bm25 import Bm25Index
 from pipeline.index.faiss_ops import from_bytes
 from pipeline.index.variants import KINDS
 from pipeline.models.card import ModelCard
@@ -130,6 +132,11 @@ class Snapshot:
     def variants(self) -> list[str]:
         return list(self.manifest["index"]["variants"])
 
+    @property
+    def vector_variants(self) -> list[str]:
+        """The FAISS variants (every variant but bm25)."""
+        return [v for v, p in self.manifest["index"]["variants"].items() if p["kind"] != BM25]
+
     def variant_params(self, variant: str) -> dict:
         if variant not in self.variants:
             raise SnapshotError(f"{redact(self.url)} has no variant {variant!r}; it has {self.variants}")
@@ -166,7 +173,16 @@ class Snapshot:
 
     def index(self, variant: str) -> faiss.Index | faiss.IndexBinary:
         params = self.variant_params(variant)
+        if params["kind"] == BM25:
+            raise SnapshotError(f"{redact(self.url)}: variant {variant!r} is not a FAISS index; Snapshot.bm25() "
+                                "loads it")
         return from_bytes(self.read_verified(params["file"]), binary=KINDS[params["kind"]].binary)
+
+    def bm25(self) -> Bm25Index | None:
+        """The bm25 variant, its files checked against the manifest; None when the snapshot has none."""
+        params = self.manifest["index"]["variants"].get(BM25)
+        return None if params is None else Bm25Index.from_files(self.read_verified, params,
+                                                                f"{redact(self.url)} variant {BM25}")
 
     def rescore_store(self) -> np.ndarray | None:
         """The fp16 vectors (FAISS row order) used for rescoring, or None when the snapshot has none."""

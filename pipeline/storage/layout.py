@@ -4,11 +4,16 @@
     runs/<run_id>/shards/<shard>/chunks/<part>.parquet     what to embed (one part per read batch)
     runs/<run_id>/shards/<shard>/vectors/<part>.parquet    the same rows with their vectors
     runs/<run_id>/shards/<shard>/_SUCCESS                  the shard's commit marker, written last
+    runs/<run_id>/shards/<shard>/terms/<part>.parquet      bm25: each chunk's terms and their counts
+    runs/<run_id>/shards/<shard>/lexicon.parquet           bm25: the shard's document frequency per term
+    runs/<run_id>/shards/<shard>/_TERMS                    bm25: the shard's analysis marker (chunks, tokens)
     runs/<run_id>/migration/report.{json,md}, blue_green.png
     cache/embeddings/<model_fingerprint>/<name>.parquet    vectors by chunk hash, shared by every run of a model
     cache/queries/<model_fingerprint>/<name>.parquet       golden-query vectors by query hash
+    cache/terms/<analyzer_fingerprint>/<name>.parquet      bm25: chunk terms by chunk hash, shared likewise
     snapshots/<index>/<version>/_CLAIM                     who publishes this version (put-if-absent, first)
     snapshots/<index>/<version>/index/<variant>.faiss      plain faiss.read_index(_binary) files
+    snapshots/<index>/<version>/index/bm25/*               the bm25 variant: bm25s' own files (.npy and JSON)
     snapshots/<index>/<version>/ids.parquet                FAISS row -> chunk, document, offsets
     snapshots/<index>/<version>/vectors.f16.npy            fp16 vectors in FAISS row order, for rescoring
     snapshots/<index>/<version>/manifest.json              the commit (put-if-absent, last)
@@ -34,6 +39,12 @@ CLAIM = "_CLAIM"
 IDS = "ids.parquet"
 RESCORE_STORE = "vectors.f16.npy"
 MARKER = "_SUCCESS"  # a shard's commit marker
+TERMS_MARKER = "_TERMS"  # a shard's bm25 analysis marker
+TERMS = "terms"  # a shard's folder of analysed parts
+LEXICON = "lexicon.parquet"  # a shard's document frequencies
+BM25_FOLDER = "index/bm25"  # the bm25 variant's files, named as bm25s saves and loads them
+BM25_FILES = {"data": "data.csc.index.npy", "indices": "indices.csc.index.npy", "indptr": "indptr.csc.index.npy",
+              "vocab": "vocab.index.json", "params": "params.index.json"}
 
 NAME = re.compile(NAME_PATTERN)  # index and alias names
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -67,9 +78,10 @@ def migration_key(run_id: str, name: str) -> str:
 
 # --- caches -------------------------------------------------------------------------------------------------------
 
-def cache_prefix(kind: str, model_fingerprint: str) -> str:
-    """kind: "embeddings" (chunks) or "queries" (golden queries)."""
-    return f"cache/{kind}/{model_fingerprint}"
+def cache_prefix(kind: str, fingerprint: str) -> str:
+    """kind: "embeddings" (chunks) or "queries" (golden queries), by model fingerprint; "terms" (chunks), by
+    analyzer fingerprint."""
+    return f"cache/{kind}/{fingerprint}"
 
 
 # --- snapshots and aliases ----------------------------------------------------------------------------------------
@@ -85,6 +97,11 @@ def snapshot_prefix(index: str, version: str) -> str:
 def variant_file(variant: str) -> str:
     """A variant's FAISS file inside the version folder."""
     return f"index/{variant}.faiss"
+
+
+def bm25_file(part: str) -> str:
+    """One of the bm25 variant's files inside the version folder (part: a key of BM25_FILES)."""
+    return f"{BM25_FOLDER}/{BM25_FILES[part]}"
 
 
 def aliases_prefix(index: str) -> str:
