@@ -65,11 +65,12 @@ def quality_vs_bytes_png(variants: Mapping, title: str | None = None) -> bytes:
     _label(ax, [(x, y, f"{mode} {y:.3f}") for mode, x, _, _, y in points])
     for suffix, marker in _SUFFIX_MARKERS.items():
         ax.scatter([], [], color="black", marker=marker, label=f"+{suffix}" if suffix else "own scoring")
-    if any(kind == "bm25" or marker in (_LEXICAL_MARKERS[CONVEX], _LEXICAL_MARKERS[RRF]) for _, _, kind, marker, _ in
-           points):
+    xlabel = "bytes per vector (index codes, log scale; +rescore also reads 2 x dims of fp16)"
+    if any(marker in _LEXICAL_MARKERS.values() for _, _, _, marker, _ in points):
         for label, marker in (("bm25", "D"), (f"{CONVEX}: (convex fusion)", "*"), (f"{RRF}:", "P")):
             ax.scatter([], [], color="black", marker=marker, label=label)
-    ax.set_xlabel("bytes per vector (index codes, log scale; +rescore also reads 2 x dims of fp16)")
+        xlabel += "; bm25: per chunk; hybrid: dense + bm25"
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("nDCG@10 on the golden queries")
     ax.set_title(title or "nDCG@10 against bytes per vector, per search mode")
     ax.grid(True, which="both", alpha=0.3)

@@ -15,6 +15,7 @@ from tests.conftest import REPO
 # script -> top-level keys its JSON report must have (beside cpu_model, cpus and smoke, which every report has)
 REPORT_KEYS = {
     "embedding_throughput": {"texts", "seconds", "texts_per_s", "max_abs_diff_vs_st", "ratio_c_over_a"},
+    "hybrid": {"table", "targets", "timing", "tuning", "met", "same_as_manifest"},
     "incremental_reindex": {"edits", "runs", "identity", "incremental_over_full_flow_run", "met_flow_run"},
     "index_build": {"n", "plan", "seconds", "bytes_identical", "recall@10_vs_exact", "nprobe_sweep_serial"},
     "kill_resume": {"runs", "identical_snapshots", "killed_run_published", "restart_cost_s"},

@@ -72,7 +72,8 @@ def store(tmp_path_factory, sample_docs, prefect_api):
     from flows.reindex import reindex
 
     folder = tmp_path_factory.mktemp("migrate")
-    config = _config(folder, write_golden_subset(folder / "data", sample_docs, 20, 200), "wordllama-l2-supercat")
+    config = _config(folder, write_golden_subset(folder / "data", sample_docs, 20, 200), "wordllama-l2-supercat",
+                     index={"variants": ["exact", "int8", "bm25"]})  # blue and green compared on hybrid too
     blue = _in_prefect(prefect_api, reindex, config)
     assert blue["promotion"]["promoted"]
     yield config, blue
@@ -107,6 +108,9 @@ def test_a_better_model_passes_the_gate_and_takes_the_alias(store, accepted):
     assert green.manifest["model"]["name"] == "all-MiniLM-L6-v2"
     overlap = accepted["topk_overlap"]  # same corpus, doc ids comparable
     assert overlap["queries"] == 20 and 0 < overlap["mean"] < 1
+    hybrid = accepted["hybrid"]  # both sides measured on hybrid search too: the bm25 side is the same corpus's
+    assert hybrid["mode"] == "hybrid:exact" and hybrid["blue"]["ndcg@10"] > b["ndcg@10"]
+    assert hybrid["blue"]["ndcg@10"] == blue["evaluation"]["modes"]["hybrid:exact"]["ndcg@10"]
 
 
 def test_the_report_is_stored_beside_the_run_and_attached_as_artifacts(store, accepted, prefect_api):
@@ -125,6 +129,7 @@ def test_the_report_is_stored_beside_the_run_and_attached_as_artifacts(store, ac
     [md] = _artifacts(prefect_api, f"migration-{INDEX}")[:1]
     assert "**Promoted**" in md.data and accepted["green"]["version"] in md.data and "| ndcg@10 |" in md.data
     assert "Top-10 overlap" in md.data and "Vector geometry" in md.data
+    assert "## Golden-set metrics, mode `hybrid:exact`" in md.data and report["hybrid_mode"] == "hybrid:exact"
     [png] = _artifacts(prefect_api, f"blue-green-{INDEX}")[:1]
     assert "data:image/png;base64," in png.data
 

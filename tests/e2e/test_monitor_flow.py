@@ -58,7 +58,7 @@ def live(tmp_path_factory, sample_docs, prefect_api):
     cfg = {"index_name": INDEX, "corpus": {"source": str(paths["corpus"])}, "chunking": {"mode": "none"},
            "model": model_section("wordllama-l2-supercat"),
            "evaluation": {"queries": str(paths["queries"]), "qrels": str(paths["qrels"])},
-           "index": {"variants": ["exact"]}, "run": {"shards": 2, "local_embed_max_chunks": 10_000},
+           "index": {"variants": ["exact", "bm25"]}, "run": {"shards": 2, "local_embed_max_chunks": 10_000},
            "storage": {"root": str(folder / "store")}, "publish": {"alias": "live"}}
     config = folder / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
@@ -83,6 +83,19 @@ def test_a_healthy_live_index_passes_and_leaves_its_artifact(live, prefect_api):
     artifact = _latest_artifact(prefect_api, f"monitor-{INDEX}-live")
     assert "**PASSED**" in artifact.data and f"| recall@10 | {baseline['recall@10']:.4f} |" in artifact.data
     assert _client_call(prefect_api, "read_flow_run", artifact.flow_run_id).state.is_completed()
+
+
+def test_monitoring_watches_a_hybrid_mode_like_any_other(live, prefect_api):
+    from flows.monitor import monitor
+
+    config, built = live
+    result = _in_prefect(prefect_api, monitor, config, {"monitor.mode": "hybrid:exact", "monitor.max_drop":
+                                                        {"ndcg@10": 0.0}})
+    baseline = built["evaluation"]["modes"]["hybrid:exact"]
+    assert result["passed"] and result["mode"] == "hybrid:exact" and "bm25" in result["modes"]
+    assert [(r["metric"], r["baseline"], r["current"]) for r in result["rows"]] == [
+        ("ndcg@10", baseline["ndcg@10"], baseline["ndcg@10"])]
+    assert baseline["ndcg@10"] > built["evaluation"]["modes"]["exact"]["ndcg@10"]
 
 
 def _publish_corrupted_copy(config: str) -> str:

@@ -1,4 +1,5 @@
-"""End to end: the `reindex` flow through a real Prefect server and local Ray on ~200 SciFact documents."""
+"""End to end: the `reindex` flow through a real Prefect server and local Ray on ~200 SciFact documents, with
+vector variants and bm25 (hybrid search from the CLI, the bm25 files read by plain bm25s)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def config_path(small_corpus, tmp_path_factory):
     cfg = {"index_name": "scifact-small", "corpus": {"source": str(folder / "corpus.jsonl")},
            "chunking": {"mode": "tokens", "max_tokens": 128, "overlap": 16},
            "evaluation": {"queries": str(folder / "queries.jsonl"), "qrels": str(folder / "qrels.tsv")},
-           "index": {"variants": ["exact", "ivfpq"], "parallel_parts": 2},  # IVF-PQ added by 2 Ray tasks
+           "index": {"variants": ["exact", "ivfpq", "bm25"], "parallel_parts": 2},  # IVF-PQ added by 2 Ray tasks
            "run": {"shards": 4, "actors": 2, "cpus_per_actor": 0.5}, "storage": {"root": str(root)}}
     path = tmp_path_factory.mktemp("cfg") / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -74,7 +75,9 @@ def test_flow_publishes_a_verified_snapshot_with_reconciled_counts(first_run):
     assert counts["blank_lines"] == 1  # every line of the file is accounted for: 204 + 1 = 205 lines
     assert counts["vectors"] == counts["chunks"] > 200 and counts["shards_embedded"] == 4
     snap = Snapshot.open(first_run["snapshot"])
-    assert set(snap.verify()) == {"ids.parquet", "index/exact.faiss", "index/ivfpq.faiss", "vectors.f16.npy"}
+    bm25 = {f"index/bm25/{name}" for name in ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy",
+                                               "vocab.index.json", "params.index.json")}
+    assert set(snap.verify()) == {"ids.parquet", "index/exact.faiss", "index/ivfpq.faiss", "vectors.f16.npy"} | bm25
     assert snap.ids.height == counts["chunks"] and snap.ids["doc_id"].n_unique() == 200
     m = snap.manifest
     assert m["counts"]["blank_lines"] == 1 and m["counts"]["quarantined"] == 4
@@ -84,6 +87,35 @@ def test_flow_publishes_a_verified_snapshot_with_reconciled_counts(first_run):
     assert ivfpq["index_bytes"] == m["files"]["index/ivfpq.faiss"]["bytes"] and "ivfpq+rescore" in ivfpq["quality"]
     assert m["evaluation"]["modes"]["exact"]["ndcg@10"] > 0.7
     assert "recall@10_vs_exact" in m["evaluation"]["modes"]["ivfpq"]
+    lexical = m["index"]["variants"]["bm25"]
+    assert lexical["scoring"] == {"method": "lucene", "k1": 1.2, "b": 0.75} and lexical["statistics"]["chunks"] == \
+        counts["chunks"]
+    assert lexical["analyzer"]["stopwords"] == "en" and lexical["analyzer"]["stemmer"] == "english"
+    assert m["index"]["fusion"]["weight"] == 0.5 and m["config"]["index"]["bm25"]["k1"] == 1.2
+    assert set(lexical["quality"]) == {"bm25", "hybrid:exact", "hybrid:ivfpq", "hybrid:ivfpq+rescore",
+                                       "hybrid-rrf:exact"}
+    assert lexical["index_bytes"] == sum(m["files"][f]["bytes"] for f in bm25)
+    modes = m["evaluation"]["modes"]
+    assert modes["hybrid:exact"]["ndcg@10"] > max(modes["exact"]["ndcg@10"], modes["bm25"]["ndcg@10"])
+
+
+def test_plain_bm25s_reads_the_published_bm25_files(first_run):
+    """A reader without embedpipe: bm25s loads the folder memory-mapped, queries analysed as the manifest says."""
+    import bm25s
+    import Stemmer
+
+    from pipeline.quality.search import Searcher
+    from pipeline.snapshots.snapshot import Snapshot
+
+    snap = Snapshot.open(first_run["snapshot"])
+    analyzer = snap.manifest["index"]["variants"]["bm25"]["analyzer"]
+    retriever = bm25s.BM25.load(Path(first_run["snapshot"]) / "index" / "bm25", mmap=True)
+    query = "biomaterials with inductive properties"
+    tokens = bm25s.tokenize([query], stopwords=analyzer["stopwords"], stemmer=Stemmer.Stemmer(analyzer["stemmer"]),
+                            return_ids=False, show_progress=False)
+    rows, _ = retriever.retrieve(tokens, k=5, show_progress=False)
+    docs = snap.ids["doc_id"].gather(rows[0].tolist()).to_list()  # FAISS row = bm25 row -> chunk -> document
+    assert docs[0] == Searcher.from_snapshot(snap).search([query], 5, "bm25")[0][0].doc_id == "31715818"
 
 
 def test_quarantine_table_keeps_each_bad_record_with_its_reason(first_run, config_path):
@@ -164,6 +196,10 @@ def test_rerun_after_a_crash_redoes_only_the_unfinished_shard(first_run, prefect
     a, b = Snapshot.open(first_run["snapshot"]), Snapshot.open(again["snapshot"])
     assert a.ids.equals(b.ids)  # same chunks, same FAISS rows
     assert a.manifest["files"]["index/exact.faiss"]["sha256"] == b.manifest["files"]["index/exact.faiss"]["sha256"]
+    # the re-prepared shard was analysed again (its old terms cleared with its inputs), its terms from the cache
+    c = again["counts"]
+    assert c["bm25_analysed"] == 0 < c["bm25_terms_from_cache"] < c["vectors"]
+    assert all(a.manifest["files"][f] == b.manifest["files"][f] for f in a.variant_params("bm25")["files"])
 
 
 def test_cli_search_and_evaluate_print_json(first_run, small_corpus):
@@ -180,8 +216,30 @@ def test_cli_search_and_evaluate_print_json(first_run, small_corpus):
     def quality(metrics: dict) -> dict:
         return {k: v for k, v in metrics.items() if k != "ms_per_query"}  # a timing, not a quality figure
 
-    for mode, metrics in first_run["evaluation"]["modes"].items():  # same snapshot, same numbers
+    for mode, metrics in first_run["evaluation"]["modes"].items():  # same snapshot, same numbers, hybrid included
         assert quality(report[mode]) == quality(metrics), mode
+
+
+def test_cli_hybrid_search_and_weight_tuning(first_run, small_corpus):
+    folder, _, _ = small_corpus
+    cli = shutil.which("embedpipe", path=str(Path(sys.executable).parent))
+    hits = {}
+    for mode, extra in (("hybrid:exact", []), ("bm25", []), ("hybrid:ivfpq+rescore", ["--weight", "1"])):
+        out = subprocess.run([cli, "search", first_run["snapshot"], "biomaterials inductive properties", "-k", "5",
+                              "--mode", mode, *extra, "--json"], capture_output=True, text=True, check=True, cwd=REPO)
+        hits[mode] = [h["doc_id"] for h in json.loads(out.stdout)["hits"]]
+    assert hits["hybrid:exact"][0] == "31715818" and len(set(hits["hybrid:exact"])) == 5
+    assert hits["hybrid:ivfpq+rescore"] == hits["bm25"]  # weight 1: all BM25 (ties aside, none here)
+    out = subprocess.run([cli, "tune-fusion", first_run["snapshot"], "--queries", str(folder / "queries.jsonl"),
+                          "--qrels", str(folder / "qrels.tsv"), "--folds", "4", "--step", "0.25", "--json"],
+                         capture_output=True, text=True, check=True)
+    tuned = json.loads(out.stdout)
+    assert tuned["version"] == first_run["version"] and len(tuned["folds"]) == 4 and tuned["queries"] == 20
+    assert tuned["weight"] in tuned["grid"]
+    assert tuned["default"] == pytest.approx(first_run["evaluation"]["modes"]["hybrid:exact"]["ndcg@10"], abs=1e-5)
+    out = subprocess.run([cli, "search", first_run["snapshot"], "heart", "--mode", "hybrid:int8"], capture_output=True,
+                         text=True)
+    assert out.returncode == 2 and "no search mode 'int8'" in out.stderr
 
 
 def test_cli_search_refuses_an_empty_query_and_says_when_one_is_truncated(first_run):

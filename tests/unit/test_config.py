@@ -8,7 +8,8 @@ from tests.conftest import REPO
 def test_demo_config_loads_with_defaults():
     cfg = load_config(REPO / "configs" / "demo.yaml")
     assert cfg.index_name == "scifact-demo" and cfg.chunking.max_tokens == 256
-    assert cfg.index.variants == ["exact", "ivfpq", "int8", "binary"] and cfg.run.shards == 4
+    assert cfg.index.variants == ["exact", "ivfpq", "int8", "binary", "bm25"] and cfg.run.shards == 4
+    assert cfg.index.lexical and cfg.index.fusion.weight == 0.5
 
 
 def test_unknown_key_is_named(tmp_path):

@@ -250,3 +250,42 @@ def test_blue_green_png_draws_both_snapshots(corpus):
     sparse = blue_green_png({"model": "a"}, {"model": "b"})  # nothing measured yet still renders
     assert png_size(sparse)[0] == width
     assert plt.get_fignums() == []
+
+
+def test_quality_vs_bytes_png_places_bm25_per_chunk_and_hybrid_at_dense_plus_bm25_bytes():
+    from pipeline.reports.plots import _point
+
+    variants = {"exact": {"kind": "exact", "bytes_per_vector": 1536, "quality": {"exact": {"ndcg@10": 0.645}}},
+                "binary": {"kind": "binary", "bytes_per_vector": 48, "quality": {}},
+                "bm25": {"kind": "bm25", "bytes_per_vector": 140, "quality": {
+                    "bm25": {"ndcg@10": 0.679}, "hybrid:exact": {"ndcg@10": 0.733},
+                    "hybrid:binary+rescore": {"ndcg@10": 0.732}, "hybrid-rrf:exact": {"ndcg@10": 0.714}}}}
+    v = variants["bm25"]
+    assert _point("bm25", "bm25", v, variants) == (140, "bm25", "D")
+    assert _point("hybrid:exact", "bm25", v, variants) == (1676, "exact", "*")
+    assert _point("hybrid:binary+rescore", "bm25", v, variants) == (188, "binary", "*")
+    assert _point("hybrid-rrf:exact", "bm25", v, variants) == (1676, "exact", "P")
+    data = quality_vs_bytes_png(variants, title="hybrid")
+    assert pixels_of(data, (44, 160, 44)) > 20  # tab:green: the bm25 point
+
+
+def test_migration_markdown_sets_blue_and_green_side_by_side_on_hybrid_too():
+    from pipeline.config import GateConfig
+    from pipeline.jobs.migration import hybrid_mode
+    from pipeline.reports.markdown import migration_markdown
+
+    def side(version: str, exact: float, hybrid: float) -> dict:
+        return {"version": version, "model": "m", "dims": 384,
+                "modes": {"exact": {"ndcg@10": exact}, "bm25": {"ndcg@10": 0.6}, "hybrid:exact": {"ndcg@10": hybrid}}}
+
+    blue, green = side("b1", 0.60, 0.70), side("g1", 0.64, 0.72)
+    measured = [type("M", (), {"modes": s["modes"]})() for s in (blue, green)]
+    assert hybrid_mode(GateConfig(), *measured) == "hybrid:exact"
+    assert hybrid_mode(GateConfig(mode="hybrid:exact"), *measured) is None  # the gate's own table shows it
+    report = {"index_name": "i", "alias": "live", "blue": blue, "green": green, "hybrid_mode": "hybrid:exact",
+              "promotion": {"promoted": True}, "gate": GateConfig().model_dump(),
+              "golden_set": {"queries": "q", "judged_queries": 3},
+              "drift": {"blue": {}, "green": {}, "delta": {}, "notes": []}}
+    md = migration_markdown(report)
+    assert "## Golden-set metrics, mode `exact`" in md and "## Golden-set metrics, mode `hybrid:exact`" in md
+    assert "| ndcg@10 | 0.7000 | 0.7200 | +0.0200 |" in md
