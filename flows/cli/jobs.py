@@ -68,7 +68,7 @@ def _print_summary(summary, example: bool) -> None:
             from pipeline.corpus.readers import read_queries
 
             query = next(iter(read_queries(summary.evaluation["queries"]).values()))
-            print_search(summary.snapshot, query, 5, "exact")
+            print_search(summary.snapshot, query, 5, "hybrid:exact" if "hybrid:exact" in modes else "exact")
 
 
 @reports_errors
