@@ -67,7 +67,7 @@ def main() -> int:
     tuning = tune_weight(searcher, golden.queries, golden.qrels, "exact", "ndcg@10", folds=5).to_dict()
 
     embed_s = shard_seconds(root, "_SUCCESS")
-    analyse_s, reduce_s = shard_seconds(root, "_TERMS"), summary["timings_s"]["bm25"]
+    analyse_s, reduce_s = shard_seconds(root, "_TERMS"), summary["counts"]["bm25_reduce_seconds"]
     index_s = round(analyse_s + reduce_s, 3)
     bm25 = snapshot.variant_params("bm25")
     timing = {"embed_shard_seconds": embed_s, "bm25_analyse_shard_seconds": analyse_s, "bm25_reduce_s": reduce_s,
