@@ -127,3 +127,11 @@ def stop_processes_mentioning(text: str) -> None:
             return False
 
     stop([p for p in psutil.process_iter() if mentions(p)])
+
+
+@pytest.fixture(scope="session")
+def serving_corpus(encoder, sample_docs):
+    """60 abstracts of the demo sample embedded with the real model, for the serving tests' snapshots."""
+    from tests.serving import sample_corpus
+
+    return sample_corpus(encoder, sample_docs, 60)

@@ -21,6 +21,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cached_property
 
 import fsspec
@@ -33,6 +34,16 @@ from pipeline.storage.layout import probe_key
 _USERINFO = re.compile(r"(?<=://)[^/@]+@")
 _BAD_KEY = re.compile(r"(^/)|(^|/)\.\.?(/|$)|//|[\\\x00-\x1f]")
 _RECORDS = ".v"  # local compare-and-swap records live in <key>.v/
+
+
+@dataclass(frozen=True)
+class VersionedRead:
+    """A conditional read of a compare-and-swap key. `changed` False: its tag is still the one the reader had, and
+    nothing was transferred; otherwise its value and tag now (both None: the key is absent)."""
+
+    changed: bool
+    data: bytes | None = None
+    tag: str | None = None
 
 
 def redact(url: str) -> str:
@@ -214,6 +225,33 @@ class Storage:
             if not records:
                 return None
             return self.read_bytes(f"{key}{_RECORDS}/{records[-1]}"), records[-1]
+
+    def read_versioned_if_changed(self, key: str, tag: str | None) -> VersionedRead:
+        """`read_versioned` for a reader that polls: cheap when the value still has `tag` (S3: GetObject with
+        IfNoneMatch, answered 304 without a body; locally: the highest record number, no read)."""
+        with self._errors(key):
+            if self.is_s3:
+                if tag is None:
+                    got = self.read_versioned(key)
+                    return VersionedRead(True, *got) if got else VersionedRead(False)
+                from botocore.exceptions import ClientError
+
+                bucket, name = self._bucket_key(key)
+                try:
+                    obj = self._s3.get_object(Bucket=bucket, Key=name, IfNoneMatch=tag)
+                except self._s3.exceptions.NoSuchKey:
+                    return VersionedRead(True)
+                except ClientError as exc:
+                    if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 304:
+                        return VersionedRead(False)
+                    raise
+                return VersionedRead(True, obj["Body"].read(), obj["ETag"])
+            records = [r for r in self.list(key + _RECORDS) if r.isdigit()]
+            if not records:
+                return VersionedRead(tag is not None)
+            if records[-1] == tag:
+                return VersionedRead(False)
+            return VersionedRead(True, self.read_bytes(f"{key}{_RECORDS}/{records[-1]}"), records[-1])
 
     def compare_and_swap(self, key: str, data: bytes, expected: str | None) -> str:
         """Replace the value of `key` only if its tag is still `expected` (None: only if absent).

@@ -21,6 +21,7 @@ REPORT_KEYS = {
     "migration": {"migrations"},
     "representations": {"models", "plot"},
     "scifact_reference": {"exact", "ivfpq", "ivfpq_nprobe_sweep", "reproduces_published", "throughput"},
+    "serve": {"datasets", "clients", "k", "modes"},
     "worker_memory": {"runs", "worker_ratio", "met"},
 }
 PLOTS = {"representations": ["representations.png"]}
