@@ -5,13 +5,15 @@ Each dataset's snapshot comes from the real `reindex` flow under OUT/store with 
 a committed version of that run is already there (full SciFact: the same config, root and run id as
 benchmarks/representations.py, so either benchmark reuses the other's embedding). Alias `bench` points at it, and
 `embedpipe serve` (its own process) serves it. Per mode, the golden-set queries (judged ones; k = 10):
-  in-process   Searcher.search([query], 10, mode), one query at a time, in this process (model encoding included)
+  in-process   Searcher.search([query], 10, mode), one query at a time, in this process (model encoding included;
+               on a thread other than the main one, as the service's searches run: see measure())
   http x1      POST /search with the same queries, one client, keep-alive
   http x8      the same queries spread over 8 concurrent keep-alive clients
-Each setting runs the query list `--passes` times after one warm-up pass, the three settings taking turns pass by
-pass (a neighbour's load on the machine then falls on all three alike). The HTTP overhead is the ratio of http x1 to
-in-process (p50 latency), and of their requests per second. Writes OUT/serve.{json,md}.
---smoke: a 40-document cut of the demo sample (the reindex flow embeds it in-process), one pass.
+Each setting runs the query list `--passes` times after one warm-up pass; in-process and http x1 take turns query by
+query (a neighbour's load on the machine then falls on both alike), and their requests per second are 1 / mean
+latency. The HTTP overhead is the ratio of http x1 to in-process: p50 latency, and requests per second. Writes
+OUT/serve.{json,md}.
+--smoke: a 40-document cut of the demo sample (small enough for the flow to embed without Ray), one pass.
 
 Usage: .venv/bin/python benchmarks/serve.py [--only demo|scifact] [--passes N] [--smoke] [--out DIR]
 """
@@ -30,6 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -98,34 +101,46 @@ def searcher_for(root: str, index: str, version: str):
     return Searcher.from_snapshot(Snapshot.of(Storage(root), index, version))
 
 
-def in_process_run(searcher, queries: list[str], mode: str) -> tuple[list[float], float]:
-    """Each query once, one at a time: (latencies in s, wall s)."""
-    latencies, start = [], time.perf_counter()
+def connect(port: int) -> http.client.HTTPConnection:
+    return http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+
+def post_search(conn: http.client.HTTPConnection, query: str, mode: str) -> None:
+    conn.request("POST", "/search", json.dumps({"query": query, "k": K, "mode": mode}),
+                 {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    payload = json.loads(resp.read())
+    if resp.status != 200 or len(payload["hits"]) != K:
+        raise RuntimeError(f"{resp.status}: {str(payload)[:300]}")
+
+
+def paired_run(port: int, searcher, queries: list[str], mode: str) -> tuple[list[float], list[float]]:
+    """Each query in-process and then over HTTP (one client), one after the other: a neighbour's load on the
+    machine falls on both alike. (in-process latencies, http latencies) in s."""
+    local, remote, conn = [], [], connect(port)
     for q in queries:
         t = time.perf_counter()
         hits = searcher.search([q], K, mode)[0]
-        latencies.append(time.perf_counter() - t)
+        local.append(time.perf_counter() - t)
         assert len(hits) == K, (mode, q)
-    return latencies, time.perf_counter() - start
+        t = time.perf_counter()
+        post_search(conn, q, mode)
+        remote.append(time.perf_counter() - t)
+    conn.close()
+    return local, remote
 
 
-def http_run(port: int, queries: list[str], mode: str, clients: int) -> tuple[list[float], float]:
+def concurrent_run(port: int, queries: list[str], mode: str, clients: int) -> tuple[list[float], float]:
     """Every query once, spread over `clients` keep-alive connections: (latencies in s, wall s)."""
     shares = [queries[i::clients] for i in range(clients)]
     latencies: list[list[float]] = [[] for _ in range(clients)]
-    failures: list[str] = []
 
     def client(i: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn = connect(port)
         for q in shares[i]:
-            body = json.dumps({"query": q, "k": K, "mode": mode})
             t = time.perf_counter()
-            conn.request("POST", "/search", body, {"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            payload = json.loads(resp.read())
+            post_search(conn, q, mode)
             latencies[i].append(time.perf_counter() - t)
-            if resp.status != 200 or len(payload["hits"]) != K:
-                failures.append(f"{resp.status}: {str(payload)[:200]}")
         conn.close()
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -135,31 +150,36 @@ def http_run(port: int, queries: list[str], mode: str, clients: int) -> tuple[li
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    if failures:
-        raise RuntimeError(f"{len(failures)} failed requests, e.g. {failures[0]}")
+    if sum(map(len, latencies)) != len(queries):
+        raise RuntimeError("a client failed; see its traceback above")
     return [x for per in latencies for x in per], wall
 
 
 def measure(port: int, searcher, queries: list[str], passes: int) -> dict[str, dict]:
-    """Per mode: in-process, http x1 and http x8, one pass of each in turn (so a neighbour's load on the machine
-    falls on all three alike), after a warm-up pass of each."""
+    """Per mode, after a warm-up pass of each: in-process and http x1 paired query by query, then http x8.
+
+    The in-process searches run on one thread that is not the main thread, as the service's do: on 2 vCPUs a
+    search from the main thread, alternating torch's and FAISS's OpenMP runtimes (two libgomp copies), stalled
+    while both kept their threads spinning (p50 265 ms against 8 ms from another thread of the same process,
+    interleaved; OMP_WAIT_POLICY=PASSIVE removes it), which would flatter the HTTP side."""
     out = {}
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="in-process")
     for mode in MODES:
-        runs = {"in_process": lambda m=mode: in_process_run(searcher, queries, m),
-                "http_x1": lambda m=mode: http_run(port, queries, m, 1),
-                f"http_x{CLIENTS}": lambda m=mode: http_run(port, queries, m, CLIENTS)}
-        for run in runs.values():
-            run()
-        got = {name: ([], 0.0) for name in runs}
+        worker.submit(paired_run, port, searcher, queries, mode).result()
+        concurrent_run(port, queries, mode, CLIENTS)
+        local, remote, many, wall = [], [], [], 0.0
         for _ in range(passes):
-            for name, run in runs.items():
-                latencies, wall = run()
-                got[name] = (got[name][0] + latencies, got[name][1] + wall)
-        out[mode] = {name: figures(*got[name]) for name in runs}
+            a, b = worker.submit(paired_run, port, searcher, queries, mode).result()
+            c, w = concurrent_run(port, queries, mode, CLIENTS)
+            local, remote, many, wall = local + a, remote + b, many + c, wall + w
+        # one request at a time: requests per second = 1 / mean latency
+        out[mode] = {"in_process": figures(local, sum(local)), "http_x1": figures(remote, sum(remote)),
+                     f"http_x{CLIENTS}": figures(many, wall)}
         a, b = out[mode]["in_process"], out[mode]["http_x1"]
         out[mode] |= {"overhead_p50": round(b["p50_ms"] / a["p50_ms"], 2),
                       "throughput_ratio_x1": round(b["requests_per_s"] / a["requests_per_s"], 2)}
         print(f"{mode}: {json.dumps(out[mode])}", flush=True)
+    worker.shutdown()
     return out
 
 

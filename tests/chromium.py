@@ -95,8 +95,15 @@ class Chromium:
             self.send("Input.dispatchMouseEvent", {"type": kind, "x": box[0], "y": box[1], "button": "left",
                                                    "clickCount": 1})
 
-    def screenshot(self, path: Path) -> None:
-        path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", {"format": "png"})["data"]))
+    def screenshot(self, path: Path, full_page: bool = False) -> None:
+        """A PNG of the viewport, or of the whole page (its scroll size) with `full_page`."""
+        params: dict = {"format": "png"}
+        if full_page:
+            page = "document.documentElement"
+            width, height = self.evaluate(f"[{page}.scrollWidth, {page}.scrollHeight]")
+            params |= {"captureBeyondViewport": True, "clip": {"x": 0, "y": 0, "width": width, "height": height,
+                                                               "scale": 1}}
+        path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", params)["data"]))
 
     def close(self) -> None:
         if getattr(self, "ws", None) is not None:
