@@ -38,6 +38,7 @@ from pipeline.jobs.executor import Executor
 from pipeline.jobs.plan import BuildPlan
 from pipeline.jobs.prepare import PreparedRun, make_chunker, prepare
 from pipeline.jobs.shards import ShardResult
+from pipeline.jobs.worker import peak_rss_mb
 from pipeline.models.cache import CachedQueries
 from pipeline.models.card import ModelCard
 from pipeline.models.encoder import cached_encoder
@@ -151,7 +152,8 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
     target = storage.child(layout.snapshot_prefix(cfg.index_name, version))
     staged = timed("index", index_task, cfg, storage, prepared, plan, target, card, executor)
     evaluation = timed("evaluate", evaluate_task, cfg, storage, target, staged, card, prepared)
-    counts = {**prepared.counts, **embedded.to_dict(), "executor": executor.where}
+    counts = {**prepared.counts, **embedded.to_dict(), "executor": executor.where,
+              "driver_peak_rss_mb": peak_rss_mb()}  # this process: it holds counts, not the corpus
     index_params = describe_variants(staged.params, staged.files, evaluation)
     manifest = manifest_for(cfg, run_id, job, plan, card, prepared, index_params, counts, evaluation, timings)
     url = timed("publish", commit, storage, cfg.index_name, version, staged.files, manifest)

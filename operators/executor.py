@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import ray
 
-from operators.cluster import ensure_ray, unwrap
+from operators.cluster import ensure_ray, mark_node, unwrap
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -16,6 +16,7 @@ R = TypeVar("R")
 
 @ray.remote(max_retries=2)
 def _call(fn: Callable[[T], R], item: T) -> R:
+    mark_node()
     return fn(item)
 
 

@@ -37,6 +37,7 @@ from pipeline.corpus.sharding import assign_shards, bucket_range
 from pipeline.errors import InputError, SnapshotError
 from pipeline.jobs.executor import Executor
 from pipeline.jobs.shards import INPUT_COLUMNS, MODEL_CARD_KEY
+from pipeline.jobs.worker import node, peak_rss_mb
 from pipeline.models.cache import EmbeddingCache
 from pipeline.models.card import ModelCard
 from pipeline.models.encoder import tokenizer_for
@@ -74,6 +75,7 @@ class PieceResult:
     piece: int
     counts: dict[str, int]  # read, accepted, quarantined, blank_lines
     skipped: bool = False  # committed by an earlier attempt
+    peak_rss_mb: float = 0.0  # the worker's
 
 
 def read_piece(cfg: PipelineConfig, storage: Storage, run_id: str, piece: Piece, chunking: dict) -> PieceResult:
@@ -95,8 +97,8 @@ def read_piece(cfg: PipelineConfig, storage: Storage, run_id: str, piece: Piece,
             write_parquet(storage, shard_key(run_id, int(shard), f"docs/{piece.index:06d}-{batch_no:05d}.parquet"),
                           rows)
     write_parquet(storage, quarantine_key(run_id, f"piece-{piece.index:06d}.parquet"), pl.concat(quarantine))
-    storage.write_bytes(marker, json.dumps({"piece": piece.to_dict(), "counts": counts}).encode())
-    return PieceResult(piece.index, counts)
+    storage.write_bytes(marker, json.dumps({"piece": piece.to_dict(), "counts": counts, "node": node()}).encode())
+    return PieceResult(piece.index, counts, peak_rss_mb=peak_rss_mb())
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,8 @@ class ShardPrep:
     fingerprint: int
     chunk_parts: list[str] = field(default_factory=list)  # chunks/ parts with rows to embed
     skipped: bool = False
+    node: str = ""  # where it was prepared
+    peak_rss_mb: float = 0.0  # the worker's
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -194,7 +198,8 @@ def prepare_shard(cfg: PipelineConfig, storage: Storage, run_id: str, shard: int
     counts |= delta.counts
     to_embed = _attach_cached(storage, run_id, shard, lo, hi, pl.concat(metadata) if metadata else None, card,
                               counts)
-    prep = ShardPrep(shard, (lo, hi), counts, fingerprint % (1 << 256), [p for p in parts if p in to_embed])
+    prep = ShardPrep(shard, (lo, hi), counts, fingerprint % (1 << 256), [p for p in parts if p in to_embed],
+                     node=node(), peak_rss_mb=peak_rss_mb())
     storage.write_bytes(marker, json.dumps(prep.to_dict() | {"skipped": False}).encode())
     return prep
 
@@ -251,6 +256,7 @@ class PreparedRun:
         shards = [p.shard for p in preps if p.counts["chunks"]]
         counts["shards"] = len(shards)
         counts["pieces"] = len(pieces)
+        counts["prepare_peak_rss_mb"] = max([p.peak_rss_mb for p in [*pieces, *preps]], default=0.0)
         fingerprint = sum(p.fingerprint for p in preps) % (1 << 256)
         corpus = {"source": redact(corpus_url(cfg.corpus)), "fingerprint": f"{fingerprint:064x}"}
         return cls(run_id, shards, {p.shard: p.counts["chunks"] for p in preps}, counts, corpus, chunking)

@@ -11,7 +11,6 @@ exists, so a crash costs only unfinished shards; redoing a shard rewrites the sa
 from __future__ import annotations
 
 import json
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -19,6 +18,7 @@ from dataclasses import asdict, dataclass
 import polars as pl
 
 from pipeline.errors import SnapshotError
+from pipeline.jobs.worker import node, peak_rss_mb
 from pipeline.models.cache import EmbeddingCache
 from pipeline.models.encoder import Encoder
 from pipeline.storage.backend import Storage
@@ -49,10 +49,6 @@ class ShardResult:
         return asdict(self)
 
 
-def _peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
-
-
 def _cached_hashes(storage: Storage, run_id: str, shard: int) -> pl.Series:
     """The chunk hashes whose vectors preparing the shard found in the cache (vectors/cached-*.parquet)."""
     names = [n for n in storage.list(shard_key(run_id, shard, "vectors")) if n.startswith("cached-")]
@@ -81,8 +77,9 @@ def embed_shard(storage: Storage, run_id: str, shard: int, encoder: Encoder,
     cache = EmbeddingCache(storage, encoder.card.fingerprint)
     card = json.dumps(encoder.card.to_dict(), sort_keys=True)
     cached = _cached_hashes(storage, run_id, shard)
-    embedded = 0
+    embedded, part_seconds = 0, []
     for name in prep["chunk_parts"]:
+        part_start = time.perf_counter()
         part = read_parquet(storage, shard_key(run_id, shard, f"chunks/{name}"))
         todo = part.filter(~pl.col("chunk_hash").is_in(cached))
         fresh = encoder.encode(todo["text"].to_list(), kind="passage")
@@ -95,11 +92,13 @@ def embed_shard(storage: Storage, run_id: str, shard: int, encoder: Encoder,
         cache.add(lo, hi, f"{run_id}-{shard:05d}-{name.removesuffix('.parquet')}", todo["chunk_hash"].to_list(),
                   fresh)
         embedded += todo.height
+        part_seconds.append([todo.height, round(time.perf_counter() - part_start, 4)])
     cache.compact(lo, hi)
     tokens, seconds = encoder.tokens_encoded - tokens_before, round(time.perf_counter() - start, 3)
     chunks = prep["counts"]["chunks"]
     storage.write_bytes(marker_key, json.dumps({"chunks": chunks, "tokens": tokens, "seconds": seconds,
                                                 "embedded": embedded, "cached": chunks - embedded,
-                                                "model_fingerprint": encoder.card.fingerprint}).encode())
+                                                "model_fingerprint": encoder.card.fingerprint,
+                                                "node": node(), "parts": part_seconds}).encode())
     return ShardResult(shard, chunks, tokens, seconds, skipped=False, embedded=embedded, cached=chunks - embedded,
-                       peak_rss_mb=_peak_rss_mb())
+                       peak_rss_mb=peak_rss_mb())

@@ -36,14 +36,18 @@ class EmbeddingCache:
     def __init__(self, storage: Storage, model_fingerprint: str) -> None:
         self.storage, self.prefix = storage, layout.cache_prefix("embeddings", model_fingerprint)
 
-    def _partitions(self, lo: int, hi: int) -> list[str]:
-        """The partitions whose bucket range overlaps [lo, hi)."""
+    def partitions(self) -> list[tuple[int, int]]:
+        """The bucket range [lo, hi) of every partition."""
         out = []
         for name in self.storage.list(self.prefix):
             a, _, b = name.removeprefix("b").partition("-")
-            if a.isdigit() and b.isdigit() and int(a) < hi and lo < int(b):
-                out.append(name)
+            if name.startswith("b") and a.isdigit() and b.isdigit():
+                out.append((int(a), int(b)))
         return out
+
+    def _partitions(self, lo: int, hi: int) -> list[str]:
+        """The partitions whose bucket range overlaps [lo, hi)."""
+        return [layout.cache_partition(a, b) for a, b in self.partitions() if a < hi and lo < b]
 
     def lookup(self, lo: int, hi: int, hashes: set[str]) -> Iterator[pl.DataFrame]:
         """(chunk_hash, vector) rows for the wanted hashes, a cache file at a time (memory: one file's matches)."""
@@ -70,22 +74,34 @@ class EmbeddingCache:
                                                                                                  keep="first")
         write_parquet(self.storage, f"{self.prefix}/{layout.cache_partition(lo, hi)}/{name}.parquet", table)
 
-    def compact(self, lo: int, hi: int, keep: set[str] | None = None) -> bool:
-        """Merge the partition of [lo, hi) into one file when it holds more than COMPACT_AT (or when `keep`, the
-        hashes retained snapshots need, is given: then entries outside it are dropped). True if it compacted."""
+    def compact(self, lo: int, hi: int) -> bool:
+        """Merge the partition of [lo, hi) into one file when it holds more than COMPACT_AT. True if it did."""
         folder = f"{self.prefix}/{layout.cache_partition(lo, hi)}"
         names = self.storage.list(folder)
-        if len(names) <= COMPACT_AT and keep is None:
+        if len(names) <= COMPACT_AT:
             return False
-        frames = [read_parquet(self.storage, f"{folder}/{name}") for name in names]
-        merged = pl.concat(frames).unique("chunk_hash", keep="first", maintain_order=True)
-        if keep is not None:
-            merged = merged.filter(pl.col("chunk_hash").is_in(pl.Series(sorted(keep), dtype=pl.String)))
-        digest = hashlib.blake2b("\n".join(names).encode(), digest_size=8).hexdigest()
-        self.storage.write_bytes(f"{folder}/compacted-{digest}.parquet", parquet_bytes(merged))
-        for name in names:  # the compacted file is written first: a reader sees every entry at every moment
-            self.storage.delete(f"{folder}/{name}")
+        self._rewrite(folder, names, pl.concat([read_parquet(self.storage, f"{folder}/{n}") for n in names]))
         return True
+
+    def collect(self, lo: int, hi: int, keep: set[str], dry_run: bool = False) -> tuple[int, int]:
+        """Keep only the entries whose hash is in `keep` (what retained snapshots need) in the partition of
+        [lo, hi); returns its entries (before, after)."""
+        folder = f"{self.prefix}/{layout.cache_partition(lo, hi)}"
+        names = self.storage.list(folder)
+        table = pl.concat([read_parquet(self.storage, f"{folder}/{n}") for n in names]).unique("chunk_hash")
+        kept = table.filter(pl.col("chunk_hash").is_in(pl.Series(sorted(keep), dtype=pl.String)))
+        if not dry_run and kept.height < table.height:
+            self._rewrite(folder, names, kept)
+        return table.height, kept.height
+
+    def _rewrite(self, folder: str, names: list[str], table: pl.DataFrame) -> None:
+        """Replace a partition's files by one: written first, so a reader sees every entry at every moment."""
+        table = table.unique("chunk_hash", keep="first", maintain_order=True)
+        if table.height:
+            digest = hashlib.blake2b("\n".join(names).encode(), digest_size=8).hexdigest()
+            self.storage.write_bytes(f"{folder}/compacted-{digest}.parquet", parquet_bytes(table))
+        for name in names:
+            self.storage.delete(f"{folder}/{name}")
 
 
 def _text_hash(text: str) -> str:

@@ -263,6 +263,17 @@ class Snapshot:
             return None
         return np.load(self.local_file(spec["file"]), mmap_mode="r", allow_pickle=False)
 
+    def chunk_hashes(self, lo: int, hi: int) -> set[str]:
+        """The chunk hashes of documents in buckets [lo, hi) (only the id table's row groups that hold them are
+        read; an id table without buckets, written before format 3, is read whole)."""
+        import pyarrow.parquet as pq
+
+        path = self.local_file(layout.IDS)
+        if "bucket" not in pq.read_schema(path).names:
+            return set(self.ids["chunk_hash"].to_list())
+        table = pq.read_table(path, columns=["chunk_hash"], filters=[("bucket", ">=", lo), ("bucket", "<", hi)])
+        return set(table.column("chunk_hash").to_pylist())
+
     @cached_property
     def ids(self) -> pl.DataFrame:
         return pl.read_parquet(self.local_file(layout.IDS))

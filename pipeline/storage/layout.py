@@ -86,8 +86,8 @@ def migration_key(run_id: str, name: str) -> str:
 # --- caches -------------------------------------------------------------------------------------------------------
 
 def cache_prefix(kind: str, model_fingerprint: str) -> str:
-    """kind: "embeddings" (chunks) or "queries" (golden queries)."""
-    return f"cache/{kind}/{model_fingerprint}"
+    """kind: "embeddings" (chunks) or "queries" (golden queries); no fingerprint: the kind's folder."""
+    return f"cache/{kind}/{model_fingerprint}".rstrip("/")
 
 
 def cache_partition(lo: int, hi: int) -> str:

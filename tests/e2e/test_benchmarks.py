@@ -20,6 +20,7 @@ REPORT_KEYS = {
     "kill_resume": {"runs", "identical_snapshots", "killed_run_published", "restart_cost_s"},
     "migration": {"migrations"},
     "representations": {"models", "plot"},
+    "scale": {"sizes", "cache_runs", "prepare", "ratios", "targets"},
     "scifact_reference": {"exact", "ivfpq", "ivfpq_nprobe_sweep", "reproduces_published", "throughput"},
     "worker_memory": {"runs", "worker_ratio", "met"},
 }

@@ -143,6 +143,35 @@ def test_a_rerun_redoes_only_unfinished_pieces_and_shards(tmp_path, sample_docs,
         json.loads(marker)
 
 
+def test_cache_gc_keeps_what_committed_snapshots_need(tmp_path, sample_docs, encoder):
+    from pipeline.snapshots.retention import collect_cache
+    from pipeline.snapshots.snapshot import commit
+
+    storage = Storage(str(tmp_path / "store"))
+    kept = write_jsonl(tmp_path / "kept.jsonl", sample_docs[:6])
+    gone = write_jsonl(tmp_path / "gone.jsonl", sample_docs[6:10])
+    for run_id, corpus in (("kept", kept), ("gone", gone)):  # both runs fill the cache; only "kept" publishes
+        cfg = config(corpus, tmp_path / "store")
+        prepared = prepared_run(cfg, storage, run_id, encoder)
+        for s in prepared.shards:
+            embed_shard(storage, run_id, s, encoder)
+        if run_id == "kept":
+            claim(storage, "t", "v1", run_id)
+            staged = build_indexes(cfg, storage, prepared, storage.child("snapshots/t/v1"), FULL,
+                                   encoder.card.dims, LOCAL)
+            commit(storage, "t", "v1", staged.files, {"index": staged.params, "counts": prepared.counts,
+                                                      "model": encoder.card.to_dict() | {
+                                                          "fingerprint": encoder.card.fingerprint}})
+            needed = prepared.counts["chunks"]
+    [dry] = collect_cache(storage, dry_run=True)
+    assert dry.kept == needed and dry.dropped > 0
+    [done] = collect_cache(storage)
+    assert (done.kept, done.dropped) == (dry.kept, dry.dropped)
+    again = prepared_run(config(kept, tmp_path / "store"), storage, "again", encoder)
+    assert again.counts["cached"] == again.counts["chunks"]  # everything the snapshot needs is still cached
+    assert prepared_run(config(gone, tmp_path / "store"), storage, "gone-again", encoder).counts["cached"] == 0
+
+
 def test_golden_queries_are_encoded_once_per_model(tmp_path, encoder):
     from pipeline.models.cache import CachedQueries
 
