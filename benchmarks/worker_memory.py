@@ -62,7 +62,9 @@ def one(docs: int, read_batch: int, work: Path, words_from: Path) -> dict:
     from operators.cluster import ensure_ray, shutdown_ray
     from operators.embedding import RayEmbedder
     from pipeline.config import PipelineConfig
-    from pipeline.jobs.prepare import prepare
+    from pipeline.jobs.executor import LocalExecutor
+    from pipeline.jobs.prepare import ShardInput, prepare
+    from pipeline.models.encoder import load_encoder
     from pipeline.storage.backend import Storage
 
     corpus = work / f"corpus-{docs}.jsonl"
@@ -78,7 +80,7 @@ def one(docs: int, read_batch: int, work: Path, words_from: Path) -> dict:
     storage = Storage.of(cfg.storage)
     baseline = loaded_model_mb(storage.url, cfg.model.model_dump(), cfg.run.cpus_per_actor)
     start = time.perf_counter()
-    prepared = prepare(cfg, storage, "memory")
+    prepared = prepare(cfg, storage, "memory", ShardInput(None), load_encoder(cfg.model).card, LocalExecutor())
     results = RayEmbedder(storage, cfg.model, cfg.run).embed("memory", prepared.shards, lambda result: None)
     shutdown_ray()
     parts = max(len(list((root / "runs/memory/shards" / f"{s:05d}" / "vectors").iterdir())) for s in prepared.shards)
