@@ -3,14 +3,19 @@ damage the serving tests do to them."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import polars as pl
 
 from pipeline.config import parse_config
-from pipeline.jobs.build import build_indexes, describe_variants, snapshot_files
+from pipeline.index.faiss_ops import to_bytes
+from pipeline.index.variants import build_variants
+from pipeline.jobs.build import describe_variants
 from pipeline.snapshots.snapshot import publish
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
+from pipeline.storage.tables import parquet_bytes
 
 INDEX = "idx"
 
@@ -42,12 +47,18 @@ def publish_version(storage: Storage, version: str, encoder, vectors: np.ndarray
                     variants: tuple[str, ...] = ("exact", "binary"), model: dict | None = None) -> str:
     """Publish a committed version of INDEX with these vectors; `model` replaces the manifest's model card."""
     cfg = parse_config({"index_name": INDEX, "corpus": {"source": "x"}, "index": {"variants": list(variants)}})
-    built = build_indexes(cfg, vectors)
-    files = snapshot_files(built, ids)
+    indexes, params = build_variants(cfg.index, vectors, seed=0)  # in memory: one shard, so no IVF lists on disk
+    store = io.BytesIO()
+    np.save(store, vectors.astype(np.float16), allow_pickle=False)
+    data = {layout.IDS: parquet_bytes(ids), layout.RESCORE_STORE: store.getvalue(),
+            **{params[name]["file"]: to_bytes(index) for name, index in indexes.items()}}
+    files = {name: {"bytes": len(b)} for name, b in data.items()}
+    index = {"metric": "inner_product", "variants": params,
+             "rescore": {"file": layout.RESCORE_STORE, "dtype": "float16", "factor": cfg.index.rescore_factor}}
     card = encoder.card
-    manifest = {"index": describe_variants(built.params, files, {}), "counts": {"max_chunks_per_doc": 1},
+    manifest = {"index": describe_variants(index, files, {}), "counts": {"max_chunks_per_doc": 1},
                 "model": model or card.to_dict() | {"fingerprint": card.fingerprint}}
-    publish(storage, INDEX, version, files, manifest)
+    publish(storage, INDEX, version, data, manifest)
     return version
 
 

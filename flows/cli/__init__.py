@@ -28,6 +28,6 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="on an error, print
 
 
 for _command in (jobs.run, jobs.backfill, snapshots.search, snapshots.evaluate, deploy.deploy, snapshots.versions,
-                 snapshots.show, snapshots.verify, snapshots.promote, snapshots.rollback, snapshots.gc, jobs.migrate,
-                 jobs.monitor, serve.serve):
+                 snapshots.show, snapshots.verify, snapshots.promote, snapshots.rollback, snapshots.gc,
+                 snapshots.gc_cache, jobs.migrate, jobs.monitor, serve.serve):
     app.command()(_command)

@@ -44,7 +44,7 @@ def _open(root: Storage, index: str, version: str) -> Snapshot:
     except SnapshotError as exc:  # not committed (or garbage-collected), or an unreadable manifest
         raise _refuse(index, version, "snapshot", exc) from None
     try:
-        snapshot.verify()  # every file read once and checked; the loads below reuse the verified bytes
+        snapshot.localize()  # every file checked once, before any is loaded; the loads below map these files
     except StorageError as exc:
         raise _refuse(index, version, "storage", exc) from None
     except SnapshotError as exc:
@@ -106,6 +106,6 @@ def load_version(root: Storage, index: str, version: str, encode_lock: threading
     _warm_up(searcher, settings, index, version)
     loaded = ServingVersion(index, version, searcher, snapshot.model_card, datetime.now(UTC),
                             time.perf_counter() - started, snapshot.bytes, default)
-    del snapshot  # the verified file bytes: the indexes hold their own copies
+    del snapshot
     return_freed_memory()
     return loaded

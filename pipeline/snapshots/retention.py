@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from pipeline.models.cache import EmbeddingCache
 from pipeline.snapshots.aliases import list_aliases, read_alias
+from pipeline.snapshots.snapshot import Snapshot, committed_versions
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
 from pipeline.storage.layout import MANIFEST
@@ -75,3 +77,35 @@ def apply_gc(storage: Storage, plan: GcPlan) -> list[str]:
         storage.delete(folder, recursive=True)
         deleted.append(version)
     return deleted
+
+
+@dataclass(frozen=True)
+class CacheGc:
+    """What collecting one model's embedding cache kept and dropped."""
+
+    model_fingerprint: str
+    partitions: int
+    kept: int
+    dropped: int
+
+
+def collect_cache(storage: Storage, dry_run: bool = False) -> list[CacheGc]:
+    """Drop the embedding-cache entries that no committed snapshot of any index needs (the chunk hashes in their
+    id tables, for their model), partition by partition: each partition reads only the id rows of its bucket range.
+    Run it after `gc` retired old versions, while no build of the root runs (a running build would embed again
+    what it loses)."""
+    needed: dict[str, list[Snapshot]] = {}
+    for index in storage.list("snapshots"):
+        for _, snap in committed_versions(storage, index):
+            if snap is not None:
+                needed.setdefault(snap.manifest["model"].get("fingerprint", ""), []).append(snap)
+    out = []
+    for fingerprint in storage.list(layout.cache_prefix("embeddings", "")):
+        cache = EmbeddingCache(storage, fingerprint)
+        partitions = kept = dropped = 0
+        for lo, hi in cache.partitions():
+            keep = set().union(*(snap.chunk_hashes(lo, hi) for snap in needed.get(fingerprint, [])))
+            before, after = cache.collect(lo, hi, keep, dry_run)
+            partitions, kept, dropped = partitions + 1, kept + after, dropped + before - after
+        out.append(CacheGc(fingerprint, partitions, kept, dropped))
+    return out

@@ -44,7 +44,7 @@ def config_path(small_corpus, tmp_path_factory):
     cfg = {"index_name": "scifact-small", "corpus": {"source": str(folder / "corpus.jsonl")},
            "chunking": {"mode": "tokens", "max_tokens": 128, "overlap": 16},
            "evaluation": {"queries": str(folder / "queries.jsonl"), "qrels": str(folder / "qrels.tsv")},
-           "index": {"variants": ["exact", "ivfpq"], "parallel_parts": 2},  # IVF-PQ added by 2 Ray tasks
+           "index": {"variants": ["exact", "ivfpq"]},
            "run": {"shards": 4, "actors": 2, "cpus_per_actor": 0.5}, "storage": {"root": str(root)}}
     path = tmp_path_factory.mktemp("cfg") / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -74,14 +74,16 @@ def test_flow_publishes_a_verified_snapshot_with_reconciled_counts(first_run):
     assert counts["blank_lines"] == 1  # every line of the file is accounted for: 204 + 1 = 205 lines
     assert counts["vectors"] == counts["chunks"] > 200 and counts["shards_embedded"] == 4
     snap = Snapshot.open(first_run["snapshot"])
-    assert set(snap.verify()) == {"ids.parquet", "index/exact.faiss", "index/ivfpq.faiss", "vectors.f16.npy"}
+    assert set(snap.verify()) == {"ids.parquet", "index/exact.faiss", "index/ivfpq.faiss", "index/ivfpq.ivfdata",
+                                  "index/ivfpq.trained.faiss", "vectors.f16.npy"}
     assert snap.ids.height == counts["chunks"] and snap.ids["doc_id"].n_unique() == 200
     m = snap.manifest
     assert m["counts"]["blank_lines"] == 1 and m["counts"]["quarantined"] == 4
     assert m["model"]["weights_sha256"].startswith("53aa5117") and m["chunking"]["max_tokens"] == 128
     ivfpq = m["index"]["variants"]["ivfpq"]
     assert ivfpq["factory"].startswith("IVF") and ivfpq["factory"].endswith("np")
-    assert ivfpq["index_bytes"] == m["files"]["index/ivfpq.faiss"]["bytes"] and "ivfpq+rescore" in ivfpq["quality"]
+    on_disk = m["files"]["index/ivfpq.faiss"]["bytes"] + m["files"]["index/ivfpq.ivfdata"]["bytes"]
+    assert ivfpq["index_bytes"] == on_disk and "ivfpq+rescore" in ivfpq["quality"]
     assert m["evaluation"]["modes"]["exact"]["ndcg@10"] > 0.7
     assert "recall@10_vs_exact" in m["evaluation"]["modes"]["ivfpq"]
 
@@ -90,7 +92,7 @@ def test_quarantine_table_keeps_each_bad_record_with_its_reason(first_run, confi
     import polars as pl
 
     root = yaml.safe_load(config_path.read_text())["storage"]["root"]
-    q = pl.read_parquet(Path(root) / "runs" / first_run["run_id"] / "quarantine.parquet")
+    q = pl.read_parquet(Path(root) / "runs" / first_run["run_id"] / "quarantine" / "*.parquet")
     assert sorted(r.split(":")[0] for r in q["reason"]) == ["duplicate id", "empty text", "invalid JSON",
                                                             "invalid Unicode"]
     assert q.filter(pl.col("reason").str.starts_with("duplicate"))["position"].to_list() == [102]
