@@ -1,5 +1,5 @@
 # `make demo` and `make test` work on a fresh machine: both create or reuse .venv first.
-.PHONY: demo demo-s3 test lint bench clean
+.PHONY: demo demo-s3 serve test test-cluster lint bench clean
 
 VENV := .venv
 export DO_NOT_TRACK := 1
@@ -12,12 +12,19 @@ $(VENV)/.installed: pyproject.toml infra/bootstrap.sh infra/models-no-deps.txt
 demo: $(VENV)/.installed
 	$(VENV)/bin/embedpipe run configs/demo.yaml
 
+# the demo's live alias on http://127.0.0.1:8000 (after make demo); follows promotions and rollbacks
+serve: $(VENV)/.installed
+	$(VENV)/bin/embedpipe serve .embedpipe scifact-demo --alias live
+
 demo-s3: $(VENV)/.installed
 	./infra/demo-s3.sh
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest
+
+test-cluster: $(VENV)/.installed  # the two-node Ray cluster test (~3 minutes); CI runs it after `make test`
+	$(VENV)/bin/python -m pytest -m cluster
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/scifact_reference.py

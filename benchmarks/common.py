@@ -84,6 +84,22 @@ def smoke_overrides(folder: Path, docs: int, queries: int = 10) -> dict[str, obj
     return {"corpus.source": str(sample_subset(folder, docs, queries)), "run.local_embed_max_chunks": 0}
 
 
+def synthetic_corpus(path: Path, docs: int, seed: int, words_from: Path = SAMPLE, mean_words: int = 200,
+                     first_id: int = 0) -> None:
+    """Documents of words drawn from SciFact's vocabulary, lengths log-normal around `mean_words` words, ids
+    d<first_id>.. (a later corpus can continue where one ended)."""
+    import numpy as np
+
+    with gzip.open(words_from / "corpus.jsonl.gz", "rt") as fh:
+        words = sorted({w for line in fh for w in json.loads(line)["text"].split()})
+    rng = np.random.default_rng(seed)
+    with path.open("w") as out:
+        for i in range(first_id, first_id + docs):
+            n = int(np.clip(rng.lognormal(np.log(mean_words), 0.4), 5, 5 * mean_words))
+            text = " ".join(words[j] for j in rng.integers(0, len(words), n))
+            out.write(json.dumps({"_id": f"d{i}", "title": f"document {i}", "text": text}) + "\n")
+
+
 @contextlib.contextmanager
 def prefect_server(home: Path) -> Iterator[str]:
     """The PREFECT_API_URL to use: the caller's, or a loopback server started here."""

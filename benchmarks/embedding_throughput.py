@@ -46,13 +46,14 @@ def main() -> int:
     parser.add_argument("--texts", type=int, default=600)
     parser.add_argument("--actors", type=int, default=2, help="embedpipe actors (c); their CPUs share the machine's 2")
     args = parse_args(parser)
-    import polars as pl
     import ray
 
     from operators.cluster import ensure_ray
     from operators.embedding import RayEmbedder
-    from pipeline.config import ModelConfig, RunConfig
-    from pipeline.jobs.shards import load_vectors, write_shard_inputs
+    from pipeline.config import ModelConfig, PipelineConfig
+    from pipeline.jobs.executor import LocalExecutor
+    from pipeline.jobs.indexing import load_vectors
+    from pipeline.jobs.prepare import ShardInput, prepare
     from pipeline.models.encoder import load_encoder
     from pipeline.models.sources import resolve_model_dir
     from pipeline.storage.backend import Storage
@@ -89,18 +90,18 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as root:
         storage = Storage(root)
-        n = len(texts)
-        chunks = pl.DataFrame({"chunk_id": [f"d{i:05d}#0" for i in range(n)], "doc_id": [f"d{i:05d}" for i in range(n)],
-                               "chunk_index": [0] * n, "start": [0] * n, "end": [len(t) for t in texts],
-                               "n_tokens": [0] * n, "chunk_hash": [f"h{i}" for i in range(n)],
-                               "doc_hash": [f"d{i}" for i in range(n)], "title": [""] * n, "text": texts,
-                               "shard": [i % 8 for i in range(n)]})
-        shards = sorted(write_shard_inputs(storage, "bench", chunks, part=0))
+        corpus = Path(root) / "corpus.jsonl"
+        corpus.write_text("".join(json.dumps({"_id": f"d{i:05d}", "text": t}) + "\n" for i, t in enumerate(texts)))
+        cfg = PipelineConfig.model_validate({  # whole texts, as ST gets them; 8 shards
+            "index_name": "bench", "corpus": {"source": str(corpus)}, "chunking": {"mode": "none"},
+            "run": {"shards": 8, "actors": args.actors, "cpus_per_actor": 2.0 / args.actors}})
+        encoder_card = load_encoder(model_cfg).card
+        prepared = prepare(cfg, storage, "bench", ShardInput(None), encoder_card, LocalExecutor())
         start = time.perf_counter()
-        run = RunConfig(actors=args.actors, cpus_per_actor=2.0 / args.actors)
-        RayEmbedder(storage, model_cfg, run).embed("bench", shards, lambda result: None)
+        RayEmbedder(storage, model_cfg, cfg.run).embed("bench", prepared.shards, lambda result: None)
         results["c_embedpipe_actor_path"] = time.perf_counter() - start
-        _, ours = load_vectors(storage, "bench", shards)
+        rows, vectors = load_vectors(storage, "bench", prepared.shards)
+        ours = vectors[np.argsort([int(d[1:]) for d in rows["doc_id"].to_list()])]  # back to input order
     ray.shutdown()
 
     tokens = sum(len(x) for x in load_encoder(model_cfg).tokenizer(texts, truncation=True, max_length=256)["input_ids"])

@@ -132,7 +132,8 @@ def main() -> int:
     ratio = inc["wall_s"] / full["wall_s"]
     flow_ratio = inc["flow_run_s"] / full["flow_run_s"]
     stage_ratio = sum(inc["timings_s"].values()) / sum(full["timings_s"].values())
-    same = identity["ids_equal"] and (identity["max_abs_vector_diff"] or 1) <= 1e-5
+    diff = identity["max_abs_vector_diff"]
+    same = identity["ids_equal"] and diff is not None and diff <= 1e-5
     report = {"config": args.config, "overrides": extra_sets, "edits": edits, "runs": runs, "identity": identity,
               "incremental_over_full_wall": round(ratio, 4), "incremental_over_full_flow_run": round(flow_ratio, 4),
               "incremental_over_full_stages": round(stage_ratio, 4), "target": 0.05,

@@ -17,7 +17,6 @@ Usage: .venv/bin/python benchmarks/worker_memory.py [--docs 2000 --factor 10 --r
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import resource
 import shutil
@@ -28,23 +27,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.common import SAMPLE, SCIFACT, parse_args, write_report  # noqa: E402
+from benchmarks.common import SAMPLE, SCIFACT, parse_args, synthetic_corpus, write_report  # noqa: E402
 
 SMOKE = {"docs": 40, "factor": 3, "read_batch": 20}
-
-
-def synthetic_corpus(path: Path, docs: int, seed: int, words_from: Path) -> None:
-    """Abstract-like documents: words drawn from SciFact's vocabulary, lengths log-normal around 200 words."""
-    import numpy as np
-
-    with gzip.open(words_from / "corpus.jsonl.gz", "rt") as fh:
-        words = sorted({w for line in fh for w in json.loads(line)["text"].split()})
-    rng = np.random.default_rng(seed)
-    with path.open("w") as out:
-        for i in range(docs):
-            n = int(np.clip(rng.lognormal(np.log(200), 0.4), 20, 1000))
-            text = " ".join(words[j] for j in rng.integers(0, len(words), n))
-            out.write(json.dumps({"_id": f"d{i}", "title": f"document {i}", "text": text}) + "\n")
 
 
 def loaded_model_mb(root: str, model: dict, cpus: float) -> float:
@@ -77,11 +62,13 @@ def one(docs: int, read_batch: int, work: Path, words_from: Path) -> dict:
     from operators.cluster import ensure_ray, shutdown_ray
     from operators.embedding import RayEmbedder
     from pipeline.config import PipelineConfig
-    from pipeline.jobs.prepare import prepare
+    from pipeline.jobs.executor import LocalExecutor
+    from pipeline.jobs.prepare import ShardInput, prepare
+    from pipeline.models.encoder import load_encoder
     from pipeline.storage.backend import Storage
 
     corpus = work / f"corpus-{docs}.jsonl"
-    synthetic_corpus(corpus, docs, seed=0, words_from=words_from)
+    synthetic_corpus(corpus, docs, seed=0, words_from=words_from, mean_words=200)
     root = work / f"store-{docs}"
     cfg = PipelineConfig.model_validate({
         "index_name": "memory", "corpus": {"source": str(corpus)},
@@ -93,7 +80,7 @@ def one(docs: int, read_batch: int, work: Path, words_from: Path) -> dict:
     storage = Storage.of(cfg.storage)
     baseline = loaded_model_mb(storage.url, cfg.model.model_dump(), cfg.run.cpus_per_actor)
     start = time.perf_counter()
-    prepared = prepare(cfg, storage, "memory")
+    prepared = prepare(cfg, storage, "memory", ShardInput(None), load_encoder(cfg.model).card, LocalExecutor())
     results = RayEmbedder(storage, cfg.model, cfg.run).embed("memory", prepared.shards, lambda result: None)
     shutdown_ray()
     parts = max(len(list((root / "runs/memory/shards" / f"{s:05d}" / "vectors").iterdir())) for s in prepared.shards)

@@ -1,45 +1,47 @@
 """The tasks every build job shares, and `build_snapshot`, which runs them in order:
 
-plan (what to redo, against which version) -> read, shard, chunk -> embed (flows/engine.py picks where) ->
-build indexes (-> bm25: analyse each shard, then reduce) -> evaluate -> publish -> promote through the quality
-gate.
+plan (what to redo, against which version, the new version's id) -> read pieces and prepare shards -> embed ->
+index (train once, fill per shard, assemble the version's files) -> bm25 (analyse per shard, then reduce) ->
+evaluate -> commit -> promote through the gate.
 
-Each task is a thin wrapper around a `pipeline.jobs` step (or the Ray engine), so the same code runs in unit
-tests; flows/tasks.py says how tasks keep their results.
+Each task is a thin wrapper around `pipeline.jobs` steps; flows/engine.py decides where they run (this process, or
+Ray tasks and actors), and the driver only sums what comes back. flows/tasks.py says how tasks keep their results.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
 
-import polars as pl
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.artifacts import png_artifact
-from flows.engine import analyzer_for, embedder_for, ivfpq_builder_for
+from flows.engine import embedder_for, executor_for
 from flows.progress import report
 from flows.tasks import local_task
 from pipeline.config import PipelineConfig
+from pipeline.corpus.readers import describe_corpus
 from pipeline.jobs.build import (
     BuildSummary,
-    BuiltIndexes,
+    StagedIndexes,
     build_indexes,
     describe_variants,
     evaluate,
-    id_table,
     manifest_for,
-    snapshot_files,
+    staged_snapshot,
     with_bm25,
 )
 from pipeline.jobs.embedder import EmbedCounts
-from pipeline.jobs.lexical import AnalyzedShard, build_bm25
+from pipeline.jobs.executor import Executor
+from pipeline.jobs.lexical import Bm25Build, build_bm25
 from pipeline.jobs.plan import BuildPlan
 from pipeline.jobs.prepare import PreparedRun, make_chunker, prepare
-from pipeline.jobs.shards import ShardResult, load_vectors
+from pipeline.jobs.shards import ShardResult
+from pipeline.jobs.worker import peak_rss_mb
 from pipeline.models.cache import CachedQueries
 from pipeline.models.card import ModelCard
 from pipeline.models.encoder import cached_encoder
@@ -47,7 +49,8 @@ from pipeline.quality.golden import golden_set_of
 from pipeline.reports.markdown import build_markdown
 from pipeline.reports.plots import quality_vs_bytes_png
 from pipeline.snapshots.aliases import Promotion, promote_or_stay, read_alias
-from pipeline.snapshots.snapshot import new_version, publish
+from pipeline.snapshots.snapshot import claim, commit, new_version
+from pipeline.storage import layout
 from pipeline.storage.backend import Storage, redact
 
 # What a job hands build_snapshot to plan its build: a jobs.plan function with the config bound, called with
@@ -60,14 +63,15 @@ def plan_task(planner: Planner, storage: Storage, card: ModelCard, chunking: dic
     return planner(storage=storage, model_fingerprint=card.fingerprint, chunking=chunking)
 
 
-@local_task(name="read, shard and chunk")
-def prepare_task(cfg: PipelineConfig, storage: Storage, run_id: str, plan: BuildPlan) -> PreparedRun:
-    return prepare(cfg, storage, run_id, plan.delta)
+@local_task(name="read pieces and prepare shards")
+def prepare_task(cfg: PipelineConfig, storage: Storage, run_id: str, plan: BuildPlan, card: ModelCard,
+                 executor: Executor) -> PreparedRun:
+    return prepare(cfg, storage, run_id, plan.against, card, executor)
 
 
 @local_task(name="embed shards")
 def embed_task(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun) -> EmbedCounts:
-    embedder = embedder_for(cfg, storage, prepared.counts["chunks_redone"])
+    embedder = embedder_for(cfg, storage, prepared.counts["to_embed"])
     done: list[ShardResult] = []
 
     def progress(result: ShardResult) -> None:
@@ -78,59 +82,23 @@ def embed_task(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun) -> 
     return EmbedCounts.of(embedder.embed(prepared.run_id, prepared.shards, progress), embedder.where)
 
 
-@local_task(name="analyse shards for bm25")
-def analyze_task(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun) -> dict:
-    """The bm25 map step, shard by shard; its counts join the run's (bm25_*)."""
-    analyzer = analyzer_for(cfg, storage, prepared.counts["chunks_redone"])
-    done: list[AnalyzedShard] = []
-
-    def progress(result: AnalyzedShard) -> None:
-        done.append(result)
-        report("analysing shards for bm25", len(done), len(prepared.shards))
-
-    results = analyzer.analyze(prepared.run_id, prepared.shards, progress)
-    fresh = [r for r in results if not r.skipped]
-    return {"bm25_analysed_in": analyzer.where, "bm25_analysed": sum(r.analysed for r in fresh),
-            "bm25_terms_from_cache": sum(r.cached for r in fresh),
-            "bm25_analyse_seconds": round(sum(r.seconds for r in fresh), 3)}
+@local_task(name="build indexes")
+def index_task(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun, plan: BuildPlan, target: Storage,
+               card: ModelCard, executor: Executor) -> StagedIndexes:
+    return build_indexes(cfg, storage, prepared, target, plan, card.dims, executor)
 
 
 @local_task(name="build the bm25 index")
-def bm25_task(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun, built: BuiltIndexes,
-              ids: pl.DataFrame) -> BuiltIndexes:
-    """The bm25 reduce step: corpus-wide statistics from the shards', postings scored with them."""
-    return with_bm25(cfg, built, *build_bm25(storage, prepared.run_id, prepared.shards, ids, cfg.index.bm25))
-
-
-def bm25_stage(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun, built: BuiltIndexes,
-               ids: pl.DataFrame) -> tuple[BuiltIndexes, dict]:
-    """The bm25 variant, timed as one stage: the map (per shard) then the reduce; their counts (bm25_*)."""
-    counts = analyze_task(cfg, storage, prepared)
-    start = time.perf_counter()
-    built = bm25_task(cfg, storage, prepared, built, ids)
-    return built, counts | {"bm25_reduce_seconds": round(time.perf_counter() - start, 3)}
-
-
-@local_task(name="build indexes")
-def index_task(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun,
-               plan: BuildPlan) -> tuple[BuiltIndexes, pl.DataFrame]:
-    embedded, vectors = load_vectors(storage, prepared.run_id, prepared.shards)
-    return build_indexes(cfg, vectors, ivfpq_builder_for(cfg), plan.training), id_table(embedded)
+def bm25_task(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun, target: Storage,
+              executor: Executor) -> Bm25Build:
+    return build_bm25(cfg, storage, prepared, target, executor)
 
 
 @local_task(name="evaluate on golden queries")
-def evaluate_task(cfg: PipelineConfig, storage: Storage, built: BuiltIndexes, ids: pl.DataFrame,
+def evaluate_task(cfg: PipelineConfig, storage: Storage, target: Storage, staged: StagedIndexes, card: ModelCard,
                   prepared: PreparedRun) -> dict:
     encoder = CachedQueries(cached_encoder(cfg.model), storage)  # the golden set is encoded once per model
-    return evaluate(built, ids, golden_set_of(cfg), encoder, prepared.counts["max_chunks_per_doc"],
-                    cfg.evaluation.k)
-
-
-@local_task(name="publish snapshot")
-def publish_task(cfg: PipelineConfig, storage: Storage, files: dict[str, bytes], manifest: dict,
-                 run_id: str) -> tuple[str, str]:
-    version = new_version()
-    return publish(storage, cfg.index_name, version, files, manifest, publisher=run_id), version
+    return evaluate(staged_snapshot(target, staged, card, prepared), golden_set_of(cfg), encoder, cfg.evaluation.k)
 
 
 @local_task(name="promote through the quality gate")
@@ -154,6 +122,19 @@ def default_run_id(cfg: PipelineConfig, job: str) -> str:
     return cfg.run.run_id or (f"{job}-{flow_run.id}" if flow_run.id else new_version())
 
 
+def run_version(storage: Storage, run_id: str, index_name: str) -> str:
+    """The version a run publishes, chosen when it first starts and kept in its folder, so a resumed run writes
+    into the version folder it claimed."""
+    key = layout.plan_key(run_id)
+    if storage.exists(key):
+        version = json.loads(storage.read_bytes(key))["version"]
+        if not storage.exists(f"{layout.snapshot_prefix(index_name, version)}/{layout.MANIFEST}"):
+            return version  # not committed yet: finish it
+    version = new_version()  # a rerun of a finished run publishes a version of its own
+    storage.write_bytes(key, json.dumps({"version": version}).encode())
+    return version
+
+
 def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str, planner: Planner) -> BuildSummary:
     """Run the stages, publish a new version and promote it through the gate; returns the run's summary."""
     logger = get_run_logger()
@@ -170,20 +151,25 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
         return out
 
     card = cached_encoder(cfg.model).card
+    executor = executor_for(cfg, sum(f.size for f in describe_corpus(cfg.corpus)))
     plan = timed("compare", plan_task, planner, storage, card, make_chunker(cfg).params)
     logger.info("%s", plan.why)
-    prepared = timed("prepare", prepare_task, cfg, storage, run_id, plan)
+    prepared = timed("prepare", prepare_task, cfg, storage, run_id, plan, card, executor)
     embedded = timed("embed", embed_task, cfg, storage, prepared)
-    built, ids = timed("index", index_task, cfg, storage, prepared, plan)
-    analysed = {}
+    version = run_version(storage, run_id, cfg.index_name)
+    claim(storage, cfg.index_name, version, publisher=run_id)
+    target = storage.child(layout.snapshot_prefix(cfg.index_name, version))
+    staged = timed("index", index_task, cfg, storage, prepared, plan, target, card, executor)
+    lexical = {}
     if cfg.index.lexical:
-        built, analysed = timed("bm25", bm25_stage, cfg, storage, prepared, built, ids)
-    evaluation = timed("evaluate", evaluate_task, cfg, storage, built, ids, prepared)
-    counts = {**prepared.counts, **embedded.to_dict(), **analysed}
-    files = snapshot_files(built, ids)
-    index_params = describe_variants(built.params, files, evaluation)
+        bm25 = timed("bm25", bm25_task, cfg, storage, prepared, target, executor)
+        staged, lexical = with_bm25(cfg, staged, bm25.staged), bm25.counts
+    evaluation = timed("evaluate", evaluate_task, cfg, storage, target, staged, card, prepared)
+    counts = {**prepared.counts, **embedded.to_dict(), **lexical, "executor": executor.where,
+              "driver_peak_rss_mb": peak_rss_mb()}  # this process: it holds counts, not the corpus
+    index_params = describe_variants(staged.params, staged.files, evaluation)
     manifest = manifest_for(cfg, run_id, job, plan, card, prepared, index_params, counts, evaluation, timings)
-    url, version = timed("publish", publish_task, cfg, storage, files, manifest, run_id)
+    url = timed("publish", commit, storage, cfg.index_name, version, staged.files, manifest)
     promotion = timed("promote", promote_task, cfg, storage, version, seen, job) if cfg.publish.alias else None
     summary = BuildSummary(job, cfg.index_name, version, redact(url), run_id, plan.why, counts, evaluation,
                            index_params, timings, promotion)

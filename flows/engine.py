@@ -1,18 +1,23 @@
-"""Where the work runs, decided in one place: embedding in this process or on Ray actors, bm25 analysis in this
-process or in Ray tasks (one per shard), IVF-PQ added serially or in parallel Ray tasks. Ray is imported only by
-runs that use it."""
+"""Where the work runs, decided in one place: per-piece and per-shard steps in this process or as Ray tasks,
+embedding in this process or on Ray actors. Ray is imported only by runs that use it."""
 
 from __future__ import annotations
 
-from functools import partial
-
 from pipeline.config import PipelineConfig
-from pipeline.index.faiss_ops import build_ivfpq
-from pipeline.index.variants import IvfPqBuilder
 from pipeline.jobs.embedder import Embedder, LocalEmbedder
-from pipeline.jobs.lexical import LocalAnalyzer
+from pipeline.jobs.executor import Executor, LocalExecutor
 from pipeline.models.encoder import cached_encoder
 from pipeline.storage.backend import Storage
+
+
+def executor_for(cfg: PipelineConfig, input_bytes: int) -> Executor:
+    """A corpus of at most run.local_prepare_max_bytes is read, chunked and indexed here: starting Ray costs more
+    than that much work. Anything larger runs as Ray tasks across the cluster."""
+    if input_bytes <= cfg.run.local_prepare_max_bytes:
+        return LocalExecutor()
+    from operators.executor import RayExecutor
+
+    return RayExecutor()
 
 
 def embedder_for(cfg: PipelineConfig, storage: Storage, chunks_to_embed: int) -> Embedder:
@@ -23,22 +28,3 @@ def embedder_for(cfg: PipelineConfig, storage: Storage, chunks_to_embed: int) ->
     from operators.embedding import RayEmbedder
 
     return RayEmbedder(storage, cfg.model, cfg.run)
-
-
-def analyzer_for(cfg: PipelineConfig, storage: Storage, chunks_to_analyze: int):
-    """Where each shard's bm25 analysis runs: beside the embedding (this process for a small delta, whose other
-    chunks' terms come from the cache; Ray tasks otherwise)."""
-    if chunks_to_analyze <= cfg.run.local_embed_max_chunks:
-        return LocalAnalyzer(storage, cfg.index.bm25)
-    from operators.lexical import RayAnalyzer
-
-    return RayAnalyzer(storage, cfg.index.bm25)
-
-
-def ivfpq_builder_for(cfg: PipelineConfig) -> IvfPqBuilder:
-    """Train once, then add in index.parallel_parts Ray tasks and merge (byte-identical to the serial build)."""
-    if cfg.index.parallel_parts <= 1:
-        return build_ivfpq
-    from operators.ivfpq import parallel_ivfpq
-
-    return partial(parallel_ivfpq, parts=cfg.index.parallel_parts)

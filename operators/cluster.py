@@ -8,6 +8,7 @@ import socket
 import ray
 
 from pipeline.errors import ClusterError, EmbedpipeError
+from pipeline.jobs.worker import NODE_ENV
 
 # What every worker process needs, whoever started it: no model hub, no tokenizer thread pools in workers
 # that already run one task per CPU, and the EMBEDPIPE_* settings (fault injection, model cache).
@@ -50,6 +51,11 @@ def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:
             return None
     except OSError as exc:
         return f"nothing answers there ({exc.strerror or type(exc).__name__})"
+
+
+def mark_node() -> None:
+    """In a worker: record its Ray node in the environment, where the pipeline's markers read it."""
+    os.environ[NODE_ENV] = ray.get_runtime_context().get_node_id()
 
 
 def unwrap(exc: ray.exceptions.RayError) -> Exception:

@@ -13,7 +13,7 @@ import math
 import ray
 from ray.util.actor_pool import ActorPool
 
-from operators.cluster import ensure_ray, unwrap
+from operators.cluster import ensure_ray, mark_node, unwrap
 from operators.faults import maybe_exit_driver, maybe_kill_actor
 from pipeline.config import ModelConfig, RunConfig
 from pipeline.jobs.embedder import OnResult
@@ -25,6 +25,7 @@ from pipeline.storage.backend import Storage
 @ray.remote(max_restarts=2, max_task_retries=2)  # embed_shard is idempotent, so a retried shard is safe
 class EmbedActor:
     def __init__(self, root_url: str, options: dict, model: dict, threads: int) -> None:
+        mark_node()
         self.storage = Storage(root_url, **options)
         self.encoder = load_encoder(ModelConfig(**model), threads=threads)
 

@@ -171,8 +171,6 @@ class IndexConfig(_Strict):
     rescore_factor: Annotated[int, Field(ge=1)] = Field(
         10, description="rescoring re-ranks the top k x rescore_factor candidates with stored fp16 vectors")
     store_fp16: bool = Field(True, description="store fp16 vectors in the snapshot, for rescoring")
-    parallel_parts: Annotated[int, Field(ge=1)] = Field(
-        1, description="IVF-PQ: train once, then add the vectors in this many parallel Ray tasks and merge")
     bm25: Bm25Config = Field(default_factory=Bm25Config, description="the bm25 variant's analyzer and scoring")
     fusion: FusionConfig = Field(default_factory=FusionConfig, description="hybrid search: dense x bm25")
 
@@ -209,9 +207,15 @@ class RunConfig(_Strict):
     gpus_per_actor: Annotated[float, Field(ge=0)] = 0.0
     seed: int = 0
     run_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] | None = None
-    # Records read, chunked and written per step: the driver holds one batch of text at a time, and each
+    # Records read, chunked and written per step: a worker holds one batch of text at a time, and each
     # shard's input arrives as one part per batch, which the embedding actors process part by part.
     read_batch: Annotated[int, Field(gt=0)] = 10_000
+    piece_bytes: Annotated[int, Field(ge=1 << 16)] = Field(
+        64 << 20, description="the corpus is read in pieces of about this many bytes, each by one worker (a JSON "
+        "Lines file is cut at line starts, Parquet at row groups; a compressed file is one piece)")
+    local_prepare_max_bytes: Annotated[int, Field(ge=0)] = Field(
+        32 << 20, description="a corpus of at most this many bytes is read and chunked in the flow's own process "
+        "(starting Ray costs more than that much work); larger ones on Ray workers; 0 = always on Ray")
     local_embed_max_chunks: Annotated[int, Field(ge=0)] = Field(
         256, description="a run with at most this many chunks to (re)embed embeds them in the flow's own process: "
         "starting Ray and loading the model in each actor costs more (~14 s on 2 CPUs); 0 = always Ray actors")

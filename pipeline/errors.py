@@ -55,3 +55,15 @@ class MonitoringFailed(EmbedpipeError):
 
     def __reduce__(self):  # picklable with its result (Prefect and Ray may pickle exceptions)
         return (type(self), (str(self), self.result))
+
+
+class VersionRefused(EmbedpipeError):
+    """A version a service was asked to serve failed a check before serving (`check`: storage, snapshot, checksum,
+    model, index or warm-up); the version it serves keeps serving."""
+
+    def __init__(self, message: str, check: str) -> None:
+        super().__init__(message)
+        self.check = check
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.check))

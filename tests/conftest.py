@@ -3,6 +3,9 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,3 +130,29 @@ def stop_processes_mentioning(text: str) -> None:
             return False
 
     stop([p for p in psutil.process_iter() if mentions(p)])
+
+
+@pytest.fixture(scope="session")
+def serving_corpus(encoder, sample_docs):
+    """60 abstracts of the demo sample embedded with the real model, for the serving tests' snapshots."""
+    from tests.serving import sample_corpus
+
+    return sample_corpus(encoder, sample_docs, 60)
+
+
+def moto_server(port: int) -> subprocess.Popen:
+    """moto's S3 server in a process of its own, on loopback: a test can kill it, or share it with other processes
+    (a Ray cluster's workers)."""
+    import urllib.request
+
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=2)
+            return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("moto_server did not start")

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli import deploy, jobs, snapshots
+from flows.cli import deploy, jobs, serve, snapshots
 from flows.cli.common import DEBUG_ENV, PROCESS_ENV
 
 app = typer.Typer(help="Batch embedding and indexing pipeline: corpus -> chunks -> vectors -> FAISS snapshots.",
@@ -29,5 +29,5 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="on an error, print
 
 for _command in (jobs.run, jobs.backfill, snapshots.search, snapshots.evaluate, snapshots.tune_fusion, deploy.deploy,
                  snapshots.versions, snapshots.show, snapshots.verify, snapshots.promote, snapshots.rollback,
-                 snapshots.gc, jobs.migrate, jobs.monitor):
+                 snapshots.gc, snapshots.gc_cache, jobs.migrate, jobs.monitor, serve.serve):
     app.command()(_command)

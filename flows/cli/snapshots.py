@@ -275,3 +275,21 @@ def gc(root: Root, index: Index,
         console.print(f"  keep   {v}  ({why})", soft_wrap=True)
     for v, why in sorted(plan.delete.items()):
         console.print(f"  {'would delete' if dry_run else 'deleted'} {v}  ({why})", soft_wrap=True)
+
+
+@reports_errors
+def gc_cache(root: Root,
+             dry_run: Annotated[bool, typer.Option("--dry-run", help="only count what would be dropped")] = False,
+             as_json: JsonFlag = False) -> None:
+    """Drop cached vectors and bm25 terms that no committed snapshot needs (run after gc, while no build runs)."""
+    from pipeline.snapshots.retention import collect_cache
+    from pipeline.storage.backend import Storage
+
+    results = collect_cache(Storage(root), dry_run)
+    if as_json:
+        print(json.dumps([asdict(r) | {"dry_run": dry_run} for r in results], indent=2))
+        return
+    for r in results:
+        what = "vectors of model" if r.kind == "embeddings" else "bm25 terms of analyzer"
+        console.print(f"  {what} {r.fingerprint}: {r.partitions} partitions, kept {r.kept:,} chunks, "
+                      f"{'would drop' if dry_run else 'dropped'} {r.dropped:,}", soft_wrap=True)

@@ -8,7 +8,7 @@ raises InputError instead.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,19 +18,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import CorpusConfig
+from pipeline.corpus.pieces import InputFile, Piece, describe_inputs, plan_pieces
 from pipeline.errors import InputError
 from pipeline.storage.backend import redact
 
 DOC_SCHEMA = {"doc_id": pl.String, "title": pl.String, "text": pl.String}
+# position: the line (JSON Lines) or row (Parquet) number, counted from the start of its read piece (a whole file
+# unless a large JSON Lines file was cut into byte ranges: the run's pieces/<piece>/_SUCCESS records each range)
 QUARANTINE_SCHEMA = {"source": pl.String, "position": pl.Int64, "doc_id": pl.String, "reason": pl.String,
-                     "raw": pl.String}
+                     "raw": pl.String, "piece": pl.Int32}
 _RAW_CHARS = 500  # enough of a bad record to recognise it, not enough to bloat the table
 
 
 @dataclass(frozen=True)
 class ReadResult:
-    docs: pl.DataFrame  # doc_id, title, text, then the configured metadata fields
-    quarantine: pl.DataFrame  # source, position, doc_id, reason, raw
+    docs: pl.DataFrame  # doc_id, title, text, the configured metadata fields (and source, position if asked)
+    quarantine: pl.DataFrame  # source, position, doc_id, reason, raw, piece
     blank_lines: int = 0  # JSON Lines lines holding only whitespace: no record, but counted
 
     @property
@@ -58,10 +61,11 @@ def _lone_surrogate(value: Any) -> int | None:
 class _Collector:
     """Validates records one by one, keeping the first of each id and a reason for every reject."""
 
-    def __init__(self, cfg: CorpusConfig, source: str) -> None:
-        self.cfg, self.source = cfg, source
+    def __init__(self, cfg: CorpusConfig, source: str, piece: int = 0, positions: bool = False) -> None:
+        self.cfg, self.source, self.piece, self.positions = cfg, source, piece, positions
         self.seen: set[str] = set()
-        self.docs: dict[str, list[Any]] = {k: [] for k in [*DOC_SCHEMA, *cfg.metadata_fields]}
+        self.docs: dict[str, list[Any]] = {k: [] for k in [*DOC_SCHEMA, *cfg.metadata_fields,
+                                                            *(("source", "position") if positions else ())]}
         self.bad: dict[str, list[Any]] = {k: [] for k in QUARANTINE_SCHEMA}
         self.blank_lines = 0
 
@@ -70,8 +74,8 @@ class _Collector:
             where = f"{redact(self.source)} record {position}"
             raise InputError(f"{where}: {reason}" + (f" (id {doc_id!r})" if doc_id else ""))
         raw_text = raw if isinstance(raw, str) else repr(raw)
-        for key, value in zip(QUARANTINE_SCHEMA, (self.source, position, doc_id, reason, raw_text[:_RAW_CHARS]),
-                              strict=True):
+        for key, value in zip(QUARANTINE_SCHEMA, (self.source, position, doc_id, reason, raw_text[:_RAW_CHARS],
+                                                  self.piece), strict=True):
             self.bad[key].append(value)
 
     def add(self, position: int, record: Any, raw: Any) -> None:
@@ -106,6 +110,9 @@ class _Collector:
         self.docs["text"].append(text)
         for name in self.cfg.metadata_fields:
             self.docs[name].append(record.get(name))
+        if self.positions:  # where the record was: a later duplicate is reported there
+            self.docs["source"].append(self.source)
+            self.docs["position"].append(position)
 
     @property
     def pending(self) -> int:
@@ -129,17 +136,27 @@ def _open(url: str, mode: str = "rb"):
         raise InputError(f"cannot open {redact(url)}: {exc}") from None
 
 
-def _jsonl_records(url: str) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
-    """Yields (line number, parsed record or None, raw line, error reason or None); a blank line yields
-    (line number, None, "", None): no record, but counted."""
+def _jsonl_records(url: str, start: int = 0, end: int | None = None
+                   ) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
+    """Yields (line number, parsed record or None, raw line, error reason or None) of the lines that start in
+    bytes [start, end) (line numbers count from the range's first line); a blank line yields (line number,
+    None, "", None): no record, but counted."""
     try:
         with _open(url) as fh:
+            if start:  # a line belongs to the range it starts in: finish the one that starts before ours
+                fh.seek(start - 1)
+                if fh.read(1) != b"\n":
+                    fh.readline()
+            offset = fh.tell() if start else 0
             for lineno, line in enumerate(fh, start=1):
+                if end is not None and offset >= end:
+                    break
+                offset += len(line)
                 if not line.strip():
                     yield lineno, None, "", None
                     continue
                 try:
-                    text = line.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a byte-order mark
+                    text = line.decode("utf-8-sig" if lineno == 1 and not start else "utf-8")  # a byte-order mark
                 except UnicodeDecodeError as exc:
                     yield lineno, None, line, f"invalid UTF-8 at byte {exc.start}"
                     continue
@@ -153,7 +170,9 @@ def _jsonl_records(url: str) -> Iterator[tuple[int, Any, str | bytes, str | None
         raise InputError(f"cannot read {redact(url)}: {exc}") from None
 
 
-def _parquet_records(url: str, cfg: CorpusConfig) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
+def _parquet_records(url: str, cfg: CorpusConfig, row_groups: range | None = None, first_row: int = 0
+                     ) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
+    """Like _jsonl_records, for the rows of `row_groups` (default all); positions are the file's row numbers."""
     try:
         with _open(url) as fh:
             pf = pq.ParquetFile(fh)
@@ -162,8 +181,9 @@ def _parquet_records(url: str, cfg: CorpusConfig) -> Iterator[tuple[int, Any, st
                 raise InputError(f"{redact(url)}: expected columns {cfg.id_field!r} and {cfg.text_field!r}, "
                                  f"found {sorted(names)}")
             columns = [c for c in (cfg.id_field, cfg.title_field, cfg.text_field, *cfg.metadata_fields) if c in names]
-            position = 0
-            for batch in pf.iter_batches(columns=columns, batch_size=4096):
+            groups = list(row_groups if row_groups is not None else range(pf.num_row_groups))
+            position = first_row
+            for batch in pf.iter_batches(columns=columns, batch_size=4096, row_groups=groups):
                 # Strings as bytes, decoded value by value below: pyarrow does not validate a string column's
                 # UTF-8 when reading, and one bad value would fail the whole batch's conversion.
                 for row in _as_bytes(batch).to_pylist():
@@ -237,13 +257,20 @@ def corpus_url(cfg: CorpusConfig) -> str:
     return _beir_file(cfg.source, "corpus.jsonl", "corpus.jsonl.gz") if fmt == "beir" else cfg.source
 
 
-def iter_corpus(cfg: CorpusConfig, batch_records: int = 10_000) -> Iterator[ReadResult]:
-    """The corpus in batches of about `batch_records` records (at least one batch, maybe empty), so no
-    stage holds it whole; a duplicate is caught whichever batch its first occurrence was in."""
-    url = corpus_url(cfg)
-    records: Iterable = _parquet_records(url, cfg) if corpus_format(cfg) == "parquet" else _jsonl_records(url)
-    collector = _Collector(cfg, url)
-    for position, record, raw, error in records:
+def piece_records(cfg: CorpusConfig, piece: Piece) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
+    if piece.format == "parquet":
+        return _parquet_records(piece.url, cfg, range(piece.start, piece.end), piece.first_row)
+    return _jsonl_records(piece.url, piece.start, piece.end)
+
+
+def iter_piece(cfg: CorpusConfig, piece: Piece, batch_records: int = 10_000,
+               collector: _Collector | None = None) -> Iterator[ReadResult]:
+    """A piece's records in batches of about `batch_records` (at least one batch, maybe empty), validated; an id
+    seen before in the piece (or by `collector`, when several pieces share one) is quarantined as a duplicate.
+    Without a `collector` the documents carry their source and position."""
+    collector = collector or _Collector(cfg, piece.url, positions=True)
+    collector.source, collector.piece = piece.url, piece.index
+    for position, record, raw, error in piece_records(cfg, piece):
         if error:
             collector.reject(position, error, raw)
         elif record is None:
@@ -255,9 +282,20 @@ def iter_corpus(cfg: CorpusConfig, batch_records: int = 10_000) -> Iterator[Read
     yield collector.flush()
 
 
+def describe_corpus(cfg: CorpusConfig) -> list[InputFile]:
+    """The corpus's files with their sizes (and row groups): what planning its pieces needs."""
+    return describe_inputs(corpus_url(cfg), "parquet" if corpus_format(cfg) == "parquet" else "jsonl")
+
+
+def corpus_pieces(cfg: CorpusConfig, piece_bytes: int = 64 << 20) -> list[Piece]:
+    return plan_pieces(describe_corpus(cfg), piece_bytes)
+
+
 def read_corpus(cfg: CorpusConfig) -> ReadResult:
-    """The whole corpus in memory: for small corpora and tests; the pipeline streams with iter_corpus."""
-    batches = list(iter_corpus(cfg))
+    """The whole corpus in memory, every piece in order with one duplicate check: for small corpora and tests;
+    the pipeline reads piece by piece on workers (pipeline/jobs/prepare.py)."""
+    collector = _Collector(cfg, cfg.source)
+    batches = [batch for piece in corpus_pieces(cfg) for batch in iter_piece(cfg, piece, collector=collector)]
     return ReadResult(pl.concat([b.docs for b in batches]), pl.concat([b.quarantine for b in batches]),
                       sum(b.blank_lines for b in batches))
 

@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import version
+from pathlib import Path
 
 import bm25s
 import numpy as np
@@ -164,9 +165,9 @@ class Bm25Index:
         out[bm25_file("params")] = json.dumps(bm25s_params, indent=4).encode()
         return out
 
-    def manifest_params(self, files: dict[str, bytes], stats: CorpusStatistics) -> dict:
-        """The variant's entry in the manifest's "index" section."""
-        size = sum(len(files[bm25_file(p)]) for p in BM25_FILES)
+    def manifest_params(self, sizes: dict[str, int], stats: CorpusStatistics) -> dict:
+        """The variant's entry in the manifest's "index" section (`sizes`: its files' bytes by name)."""
+        size = sum(sizes[bm25_file(p)] for p in BM25_FILES)
         return {"kind": BM25, "unit": "chunk", "folder": BM25_FOLDER, "files": [bm25_file(p) for p in BM25_FILES],
                 "scoring": self.params.to_dict(), "analyzer": self.analyzer.describe(),
                 "statistics": {"chunks": stats.chunks, "avg_length": round(stats.avg_length, 4),
@@ -175,11 +176,14 @@ class Bm25Index:
                 "reader": f"bm25s.BM25.load('<version>/{BM25_FOLDER}', mmap=True); queries analysed as 'analyzer' says"}
 
     @classmethod
-    def from_files(cls, read: Callable[[str], bytes], params: dict, where: str) -> Bm25Index:
-        """From a snapshot's files (`read`: snapshot-relative path -> verified bytes) and manifest entry. Arrays
-        are loaded with allow_pickle=False."""
+    def from_files(cls, path: Callable[[str], Path], params: dict, where: str) -> Bm25Index:
+        """From a snapshot's files (`path`: snapshot-relative name -> a verified local file) and manifest entry.
+        Arrays are memory-mapped, with allow_pickle=False."""
         def array(part: str) -> np.ndarray:
-            return np.load(io.BytesIO(read(bm25_file(part))), allow_pickle=False)
+            return np.load(path(bm25_file(part)), mmap_mode="r", allow_pickle=False)
+
+        def read(name: str) -> bytes:
+            return path(name).read_bytes()
 
         saved = json.loads(read(bm25_file("params")))
         scoring = params.get("scoring") or {}

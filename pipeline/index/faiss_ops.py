@@ -6,6 +6,11 @@ that plain `faiss.read_index` reads back.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
 import faiss
 import numpy as np
 
@@ -56,27 +61,25 @@ def train_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int) -> faiss.Index:
     return index
 
 
-def add_part(trained: bytes, vectors: np.ndarray, first_row: int) -> bytes:
-    """An empty copy of the trained index holding rows first_row.. of the corpus (a parallel build's part)."""
-    part = from_bytes(trained)
-    part.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
-                      np.arange(first_row, first_row + len(vectors), dtype=np.int64))
-    return to_bytes(part)
-
-
-def merge_parts(trained: bytes, parts: list[bytes]) -> faiss.Index:
-    """Move every part's inverted lists into one index; merging parts in row order reproduces the serial add."""
-    index = from_bytes(trained)
-    for data in parts:
-        part = from_bytes(data)  # keep a reference: FAISS views do not keep their owner alive
-        index.merge_from(part, 0)  # 0: keep the parts' row ids
-    return index
-
-
 def build_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int) -> faiss.Index:
     index = train_ivfpq(vectors, plan, seed)
     index.add(vectors)
     return index
+
+
+@contextlib.contextmanager
+def native_stdout_silenced() -> Iterator[None]:
+    """FAISS's on-disk lists print notes ("resizing ...", "updating ondisk filename ...") with C printf, to the
+    process's stdout, where a CLI's --json output goes: send file descriptor 1 to /dev/null meanwhile."""
+    sys.stdout.flush()
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
 
 
 def to_bytes(index: faiss.Index | faiss.IndexBinary) -> bytes:

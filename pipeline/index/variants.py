@@ -1,6 +1,7 @@
 """Index variants: one FAISS index per `kind[@dims]` spec, all built from the same float vectors. Each kind is
-one class below that knows how to build its index, what a reader needs (its manifest parameters), and how a
-query is represented to search it.
+one class below that knows how to train its index (once, on a bounded sample), fill it with vectors (shard by
+shard, at any row offset), what a reader needs (its manifest parameters), and how a query is represented to
+search it.
 
     exact        fp32 flat, inner product            4*d bytes/vector
     fp16         flat, half precision (FAISS SQfp16) 2*d
@@ -11,14 +12,14 @@ query is represented to search it.
     binary-ivf   IVF Hamming on packed sign bits      d/8
     `@k` on any kind first takes the Matryoshka prefix of k dims (e.g. `exact@64`).
 
-IVF kinds share the planned nlist/nprobe (pipeline/index/plan.py); every trained part uses the same seeded
-sample, so a config and seed always give the same index.
+Flat kinds keep their rows in order, so shard files concatenate into one file; IVF kinds carry global row ids,
+so shard files merge list by list (pipeline/index/assemble.py). IVF kinds share the planned nlist/nprobe
+(pipeline/index/plan.py) and one seeded training sample, so a config and seed always give the same index.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import faiss
@@ -26,20 +27,20 @@ import numpy as np
 
 from pipeline.config import VARIANT_KINDS, VARIANT_PATTERN, IndexConfig
 from pipeline.errors import IndexBuildError, SnapshotError
-from pipeline.index.faiss_ops import build_exact, build_ivfpq, check_vectors
-from pipeline.index.plan import IvfPlan, IvfPqPlan, plan_ivf, plan_ivfpq
+from pipeline.index.faiss_ops import check_vectors, from_bytes, to_bytes, train_ivfpq
+from pipeline.index.plan import IvfPlan, plan_ivf, plan_ivfpq
 from pipeline.index.ranking import rerank
 from pipeline.index.representations import Int8Ranges, asymmetric_binary_scores, matryoshka, pack_signs
-from pipeline.storage.layout import variant_file
+from pipeline.storage.layout import trained_file, variant_file
 
-IvfPqBuilder = Callable[[np.ndarray, IvfPqPlan, int], faiss.Index]
-Trained = tuple[faiss.Index, dict]  # a built index of the variant and its manifest parameters
+Trained = tuple[bytes, dict]  # a variant's trained, empty index (FAISS bytes) and its manifest parameters
 
 
 @dataclass(frozen=True)
 class Training:
-    """IVF-PQ training a build may reuse: a committed version's IVF-PQ variants (name -> index and manifest
-    parameters), and why they may be reused, or none and why not. Recorded per variant in the manifest."""
+    """IVF-PQ training a build may reuse: a committed version's trained, empty IVF-PQ indexes and their manifest
+    parameters (variant name -> Trained), and why they may be reused, or none and why not. Recorded per variant in
+    the manifest."""
 
     variants: dict[str, Trained] = field(default_factory=dict)
     why: str = "trained on this build's vectors: a full build"
@@ -49,28 +50,38 @@ FULL_BUILD = Training()
 
 
 @dataclass(frozen=True)
-class BuildContext:
-    """What every kind's build may use: the index config, the seed, the IVF plan and its training sample (for
-    the kinds that train), the IVF-PQ builder (serial or parallel) and any training to reuse."""
+class TrainContext:
+    """What training may use: the index config, the seed, the IVF plan (for the kinds that train) and any
+    training to reuse."""
 
     cfg: IndexConfig
     seed: int
-    ivfpq_builder: IvfPqBuilder
     training: Training
+    name: str  # the variant's name (training is reused by name)
+    n: int  # rows the index will hold
     ivf: IvfPlan | None = None
-    sample: np.ndarray | None = None  # sorted row numbers of the training sample
 
 
 class Kind:
-    """One variant kind. `build` returns the index and its manifest parameters; `query_side` what a search needs
-    besides the index (int8 ranges, binary codes), checked against the index; `search` the candidates."""
+    """One variant kind. `train` returns its trained, empty index and its manifest parameters; `fill` adds rows to
+    such an index; `query_side` what a search needs besides the index (int8 ranges, binary codes), checked
+    against the index; `search` the candidates."""
 
     name = ""
     binary = False  # a faiss.IndexBinary: faiss.read_index_binary reads its file
     trains = False  # needs the IVF plan and a training sample
+    ivf = False  # inverted lists: shard files merge by list, rows carry their ids
 
-    def build(self, x: np.ndarray, spec: VariantSpec, ctx: BuildContext) -> tuple[object, dict]:
+    def train(self, sample: np.ndarray, dims: int, ctx: TrainContext) -> tuple[object, dict]:
         raise NotImplementedError
+
+    def fill(self, index, x: np.ndarray, first_row: int) -> None:
+        """Add rows first_row.. (x: float vectors of the variant's dims)."""
+        codes = pack_signs(x) if self.binary else x
+        if self.ivf:
+            index.add_with_ids(codes, np.arange(first_row, first_row + len(x), dtype=np.int64))
+        else:
+            index.add(codes)
 
     def query_side(self, index, params: dict, where: str) -> object:
         return None
@@ -87,39 +98,36 @@ class Kind:
 class Exact(Kind):
     name = "exact"
 
-    def build(self, x, spec, ctx):
-        return build_exact(x), {"factory": "Flat", "bytes_per_vector": 4 * x.shape[1]}
+    def train(self, sample, dims, ctx):
+        return faiss.index_factory(dims, "Flat", faiss.METRIC_INNER_PRODUCT), {"factory": "Flat",
+                                                                               "bytes_per_vector": 4 * dims}
 
 
 class Fp16(Kind):
     name = "fp16"
 
-    def build(self, x, spec, ctx):
-        index = faiss.index_factory(x.shape[1], "SQfp16", faiss.METRIC_INNER_PRODUCT)  # needs no training
-        index.add(x)
-        return index, {"factory": "SQfp16", "bytes_per_vector": 2 * x.shape[1]}
+    def train(self, sample, dims, ctx):  # needs no training
+        return faiss.index_factory(dims, "SQfp16", faiss.METRIC_INNER_PRODUCT), {"factory": "SQfp16",
+                                                                                 "bytes_per_vector": 2 * dims}
 
 
 class IvfPq(Kind):
     name = "ivfpq"
-    trains = True
+    trains = ivf = True
 
-    def build(self, x, spec, ctx):
-        n, d = x.shape
-        plan = plan_ivfpq(n, d, ctx.cfg.ivf)
-        earlier = ctx.training.variants.get(spec.name)
-        if earlier is not None and earlier[1]["factory"] == plan.factory and earlier[1]["dims"] == d:
-            # The earlier version's coarse quantizer and PQ codebooks, emptied and refilled: training is most
-            # of an incremental run's index time. The plan changing (the corpus grew) retrains.
-            index = faiss.clone_index(earlier[0])
-            index.reset()
-            index.add(x)
+    def train(self, sample, dims, ctx):
+        plan = plan_ivfpq(ctx.n, dims, ctx.cfg.ivf)
+        earlier = ctx.training.variants.get(ctx.name)
+        if earlier is not None and earlier[1]["factory"] == plan.factory and earlier[1]["dims"] == dims:
+            # The earlier version's coarse quantizer and PQ codebooks: training is most of an incremental run's
+            # index time. The plan changing (the corpus grew) retrains.
             params = {k: v for k, v in earlier[1].items() if k not in ("index_bytes", "quality", "training")}
-            return index, params | {"training": f"reused from version {params['trained_in']}: {ctx.training.why}"}
+            return from_bytes(earlier[0]), params | {
+                "training": f"reused from version {params['trained_in']}: {ctx.training.why}"}
         why = ctx.training.why if earlier is None else \
             f"trained on this build's vectors: the plan changed ({earlier[1]['factory']} -> {plan.factory})"
-        return ctx.ivfpq_builder(x, plan, ctx.seed), {**plan.to_dict(), "seed": ctx.seed,
-                                                      "bytes_per_vector": plan.code_bytes, "training": why}
+        return train_ivfpq(sample, plan, ctx.seed), {**plan.to_dict(), "seed": ctx.seed,
+                                                     "bytes_per_vector": plan.code_bytes, "training": why}
 
 
 class Int8(Kind):
@@ -135,17 +143,15 @@ class Int8(Kind):
     def quantizer(self, index) -> faiss.ScalarQuantizer:
         return faiss.downcast_index(index).sq
 
-    def build(self, x, spec, ctx):
-        d = x.shape[1]
-        index = faiss.index_factory(d, self.factory(ctx.ivf), faiss.METRIC_INNER_PRODUCT)
+    def train(self, sample, dims, ctx):
+        index = faiss.index_factory(dims, self.factory(ctx.ivf), faiss.METRIC_INNER_PRODUCT)
         params = self.prepare(index, ctx)
-        index.train(x[ctx.sample])
-        index.add(x)
-        return index, {"factory": self.factory(ctx.ivf), "bytes_per_vector": d,
+        index.train(sample)
+        return index, {"factory": self.factory(ctx.ivf), "bytes_per_vector": dims,
                        "int8_ranges": Int8Ranges.from_index(self.quantizer(index)).to_dict(),
                        "train_points": ctx.ivf.train_points, "seed": ctx.seed, **params}
 
-    def prepare(self, index, ctx: BuildContext) -> dict:
+    def prepare(self, index, ctx: TrainContext) -> dict:
         return {}
 
     def query_side(self, index, params, where):
@@ -160,6 +166,7 @@ class Int8(Kind):
 
 class Int8Ivf(Int8):
     name = "int8-ivf"
+    ivf = True
 
     def factory(self, ivf: IvfPlan) -> str:
         return f"IVF{ivf.nlist},SQ8"
@@ -181,14 +188,8 @@ class Binary(Kind):
     name = "binary"
     binary = True
 
-    def make(self, d: int, ctx: BuildContext, codes: np.ndarray) -> tuple[faiss.IndexBinary, dict]:
-        return faiss.IndexBinaryFlat(d), {"factory": "BFlat"}
-
-    def build(self, x, spec, ctx):
-        d, codes = x.shape[1], pack_signs(x)
-        index, params = self.make(d, ctx, codes)
-        index.add(codes)
-        return index, {**params, "bytes_per_vector": d // 8, "threshold": 0.0}
+    def train(self, sample, dims, ctx):
+        return faiss.IndexBinaryFlat(dims), {"factory": "BFlat", "bytes_per_vector": dims // 8, "threshold": 0.0}
 
     def query_side(self, index, params, where):
         return index.reconstruct_n(0, index.ntotal)  # the codes, for the asymmetric re-rank
@@ -203,18 +204,20 @@ class Binary(Kind):
 
 class BinaryIvf(Binary):
     name = "binary-ivf"
-    trains = True
+    trains = ivf = True
 
-    def make(self, d, ctx, codes):
-        index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(d), d, ctx.ivf.nlist)
+    def train(self, sample, dims, ctx):
+        index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(dims), dims, ctx.ivf.nlist)
         index.cp.seed = ctx.seed
-        index.train(codes[ctx.sample])
+        index.train(pack_signs(sample))
         index.nprobe = ctx.ivf.nprobe
         return index, {"factory": f"BIVF{ctx.ivf.nlist}", "nlist": ctx.ivf.nlist, "nprobe": ctx.ivf.nprobe,
-                       "train_points": ctx.ivf.train_points, "seed": ctx.seed}
+                       "train_points": ctx.ivf.train_points, "seed": ctx.seed, "bytes_per_vector": dims // 8,
+                       "threshold": 0.0}
 
     def query_side(self, index, params, where):
-        index.make_direct_map()  # reconstruct_n needs it on an IVF index
+        if not index.direct_map.type:  # reconstruct_n needs one on an IVF index
+            index.make_direct_map()
         return super().query_side(index, params, where)
 
 
@@ -249,30 +252,65 @@ class VariantSpec:
         return isinstance(self.kind, Exact) and self.dims is None
 
 
-def _sample(n: int, size: int, seed: int) -> np.ndarray:
+def training_rows(n: int, cfg: IndexConfig, seed: int) -> np.ndarray:
+    """The rows every variant that trains is trained on: a seeded sample of the planned size, in row order."""
+    size = plan_ivf(n, cfg.ivf).train_points
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
-def build_variant(spec: VariantSpec, vectors: np.ndarray, cfg: IndexConfig, seed: int,
-                  ivfpq_builder: IvfPqBuilder = build_ivfpq, training: Training = FULL_BUILD) -> tuple[object, dict]:
-    """The FAISS index of one variant and the parameters a reader needs (recorded in the manifest).
-    `ivfpq_builder` lets an engine build IVF-PQ in parallel (operators/ivfpq.py); `training` holds an
-    earlier version's IVF-PQ variants, whose training is reused while the plan is unchanged."""
-    check_vectors(vectors)
-    x = matryoshka(vectors, spec.dims)
-    ivf = plan_ivf(len(x), cfg.ivf) if spec.kind.trains else None
-    sample = _sample(len(x), ivf.train_points, seed) if ivf else None
-    index, params = spec.kind.build(x, spec, BuildContext(cfg, seed, ivfpq_builder, training, ivf, sample))
-    return index, {"kind": spec.kind.name, "dims": x.shape[1], "file": spec.file, **params}
+@dataclass(frozen=True)
+class TrainedVariant:
+    """A variant ready to be filled, shard by shard: its trained, empty index and its manifest parameters."""
+
+    spec: VariantSpec
+    empty: bytes
+    params: dict
+
+    def fill(self, vectors: np.ndarray, first_row: int = 0) -> object:
+        """The trained index holding `vectors` (full dims) as rows first_row.. (an empty copy, filled)."""
+        index = from_bytes(self.empty, binary=self.spec.kind.binary)
+        self.spec.kind.fill(index, matryoshka(vectors, self.spec.dims), first_row)
+        return index
 
 
-def build_variants(cfg: IndexConfig, vectors: np.ndarray, seed: int, ivfpq_builder: IvfPqBuilder = build_ivfpq,
-                   training: Training = FULL_BUILD) -> tuple[dict[str, object], dict]:
-    indexes, params = {}, {}
+def train_variants(cfg: IndexConfig, n: int, dims: int, sample: np.ndarray, seed: int,
+                   training: Training = FULL_BUILD) -> list[TrainedVariant]:
+    """Every configured vector variant trained once: `sample` holds the vectors of training_rows(n) (full dims)."""
+    out = []
     for name in cfg.vector_variants:
         spec = VariantSpec.parse(name)
-        indexes[spec.name], params[spec.name] = build_variant(spec, vectors, cfg, seed, ivfpq_builder, training)
-    return indexes, params
+        kind = spec.kind
+        x = matryoshka(sample, spec.dims) if len(sample) else np.empty((0, spec.dims or dims), np.float32)
+        d = spec.dims or dims
+        if spec.dims and spec.dims > dims:
+            raise IndexBuildError(f"Matryoshka prefix of {spec.dims} dims asked of {dims}-dim vectors")
+        ctx = TrainContext(cfg, seed, training, spec.name, n, plan_ivf(n, cfg.ivf) if kind.trains else None)
+        index, params = kind.train(x, d, ctx)
+        params = {"kind": kind.name, "dims": d, "file": spec.file, **params}
+        if kind.ivf:
+            params["trained_file"] = trained_file(spec.name)
+        out.append(TrainedVariant(spec, to_bytes(index), params))
+    return out
+
+
+def build_variant(spec: VariantSpec, vectors: np.ndarray, cfg: IndexConfig, seed: int,
+                  training: Training = FULL_BUILD) -> tuple[object, dict]:
+    """The FAISS index of one variant over every row of `vectors`, in memory, and its manifest parameters: the
+    one-shard build (the sharded build trains and fills the same way, pipeline/jobs/indexing.py)."""
+    check_vectors(vectors)
+    rows = training_rows(len(vectors), cfg, seed) if spec.kind.trains else np.empty(0, dtype=np.int64)
+    one = IndexConfig.model_validate({**cfg.model_dump(), "variants": [spec.name]})
+    [trained] = train_variants(one, len(vectors), vectors.shape[1], vectors[rows], seed, training)
+    return trained.fill(vectors), trained.params
+
+
+def build_variants(cfg: IndexConfig, vectors: np.ndarray, seed: int,
+                   training: Training = FULL_BUILD) -> tuple[dict[str, object], dict]:
+    check_vectors(vectors)
+    trains = any(VariantSpec.parse(v).kind.trains for v in cfg.vector_variants)
+    rows = training_rows(len(vectors), cfg, seed) if trains else np.empty(0, dtype=np.int64)
+    trained = train_variants(cfg, len(vectors), vectors.shape[1], vectors[rows], seed, training)
+    return {t.spec.name: t.fill(vectors) for t in trained}, {t.spec.name: t.params for t in trained}
 
 
 @dataclass(frozen=True)

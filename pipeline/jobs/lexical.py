@@ -1,30 +1,38 @@
-"""The bm25 variant over a run's shards, in two steps (pipeline/index/bm25.py has the scoring):
+"""The bm25 variant over a run's shards, in two steps on the executor's workers (pipeline/index/bm25.py has the
+scoring); the driver only sums counts:
 
-- analyse (map, one shard at a time, wherever the engine runs it: this process or Ray tasks): each input part's
-  chunk texts become terms and counts (runs/<run>/shards/<s>/terms/<part>.parquet); rows kept from the live
-  snapshot carry no text and take theirs from the term cache by chunk hash. The shard's statistics (chunks,
-  tokens, document frequency per term) go beside them, then its marker. A shard already analysed with the same
-  analyzer is skipped, so a resumed run redoes only what is missing.
-- reduce (the driver): merge the shards' statistics into corpus-wide ones, score each shard's postings with them
-  and assemble one index in FAISS row order. It reads terms, one part at a time, never texts.
+- `analyze_shard` (map, once per shard): each chunk part's texts become terms and counts
+  (runs/<run>/shards/<s>/terms/<part>.parquet); chunks analysed before, and rows kept from the live snapshot
+  (which carry no text), take theirs from the term cache, looked up once per shard in its bucket range. The shard's
+  statistics (chunks, tokens, document frequency per term) go beside them, then its marker. A shard already
+  analysed with the same analyzer is skipped, so a resumed run redoes only what is missing.
+- `assemble_bm25` (reduce, one task): merge the shards' statistics into corpus-wide ones, score each shard's
+  postings with them in the snapshot's row order (the shard's id rows from the index stage) and write the variant's
+  files into the version folder. It reads terms, never texts; it holds the variant's postings, which it writes
+  as one matrix.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import polars as pl
 
-from pipeline.config import Bm25Config
+from pipeline.config import PipelineConfig
+from pipeline.corpus.sharding import bucket_range
 from pipeline.errors import IndexBuildError, SnapshotError
 from pipeline.index.analyzer import Analyzer
 from pipeline.index.bm25 import Bm25Index, Bm25Params, CorpusStatistics, ShardStatistics, score_postings
 from pipeline.index.term_cache import TERMS_SCHEMA, TermCache
+from pipeline.jobs.executor import Executor
+from pipeline.jobs.indexing import FileEntry, ShardRows, row_layout
+from pipeline.jobs.prepare import PreparedRun
+from pipeline.snapshots.snapshot import sha256
 from pipeline.storage.backend import Storage
-from pipeline.storage.layout import LEXICON, TERMS, TERMS_MARKER, shard_key
+from pipeline.storage.layout import LEXICON, TERMS, TERMS_MARKER, index_shard_key, shard_key
 from pipeline.storage.tables import read_parquet, write_parquet
 
 
@@ -42,36 +50,14 @@ class AnalyzedShard:
         return asdict(self)
 
 
-OnAnalyzed = Callable[[AnalyzedShard], None]
-
-
-def _analyze_part(cache: TermCache, analyzer: Analyzer, chunks: pl.DataFrame, name: str
-                  ) -> tuple[pl.DataFrame, int, int]:
-    """(chunk_id, chunk_hash, terms, tf) of one input part: cached where the chunk hash was analysed before."""
-    hashes, texts = chunks["chunk_hash"].to_list(), chunks["text"].to_list()
-    known = cache.lookup(hashes)
-    seen = set(known["chunk_hash"].to_list())
-    missing = [i for i, h in enumerate(hashes) if h not in seen]
-    lost = [chunks["chunk_id"][i] for i in missing if texts[i] is None]
-    if lost:  # rows kept from the live snapshot carry no text: their terms must be in the cache
-        raise SnapshotError(f"{len(lost)} chunks kept from the live snapshot (first: {lost[0]}) have no terms in "
-                            f"{cache.prefix}; run a full reindex (--full) to analyse them again")
-    terms, tf = analyzer.counts([texts[i] for i in missing])
-    fresh = pl.DataFrame({"chunk_hash": [hashes[i] for i in missing], "terms": terms, "tf": tf}, schema=TERMS_SCHEMA)
-    fresh = fresh.unique("chunk_hash", keep="first", maintain_order=True)  # a text repeated in the part
-    cache.add(name, fresh)
-    table = pl.concat([known, fresh])
-    out = chunks.select("chunk_id", "chunk_hash").join(table, on="chunk_hash", how="left", maintain_order="left")
-    return out, len(missing), len(hashes) - len(missing)
-
-
 def _marker(storage: Storage, run_id: str, shard: int) -> dict | None:
     key = shard_key(run_id, shard, TERMS_MARKER)
     return json.loads(storage.read_bytes(key)) if storage.exists(key) else None
 
 
-def analyze_shard(storage: Storage, run_id: str, shard: int, analyzer: Analyzer) -> AnalyzedShard:
-    """Analyse one shard's input parts and commit them by the shard's marker; idempotent."""
+def analyze_shard(cfg: PipelineConfig, storage: Storage, run_id: str, shard: int) -> AnalyzedShard:
+    """Analyse one shard's chunk parts and commit them by the shard's marker; idempotent."""
+    analyzer = Analyzer.of(cfg.index.bm25)
     done = _marker(storage, run_id, shard)
     if done is not None:
         if done["analyzer"] != analyzer.fingerprint:
@@ -79,67 +65,103 @@ def analyze_shard(storage: Storage, run_id: str, shard: int, analyzer: Analyzer)
                                 f"{analyzer.fingerprint}; start a new run id for other bm25 settings")
         return AnalyzedShard(shard, done["chunks"], done["tokens"], 0, 0, done["seconds"], skipped=True)
     start = time.perf_counter()
-    cache = TermCache(storage, analyzer.fingerprint)
+    lo, hi = bucket_range(shard, cfg.run.shards)
     parts = sorted(storage.list(shard_key(run_id, shard, "chunks")))
     if not parts:
-        raise SnapshotError(f"run {run_id} shard {shard} has no input parts under {shard_key(run_id, shard, 'chunks')}")
-    frames, analysed, cached = [], 0, 0
-    for name in parts:
-        chunks = read_parquet(storage, shard_key(run_id, shard, f"chunks/{name}"))
-        out, fresh, hits = _analyze_part(cache, analyzer, chunks, f"{run_id}-{shard:05d}-{name.split('.')[0]}")
+        raise SnapshotError(f"run {run_id} shard {shard} has no chunk parts under {shard_key(run_id, shard, 'chunks')}")
+    chunks = {name: read_parquet(storage, shard_key(run_id, shard, f"chunks/{name}")).select(
+        "chunk_id", "chunk_hash", "text") for name in parts}
+    cache = TermCache(storage, analyzer.fingerprint)
+    known = cache.terms(lo, hi, {h for c in chunks.values() for h in c["chunk_hash"].to_list()})
+    fresh_rows, frames = [], []
+    for name, part in chunks.items():
+        missing = part.join(known.select("chunk_hash"), on="chunk_hash", how="anti")
+        lost = missing.filter(pl.col("text").is_null())
+        if lost.height:  # kept from the live snapshot (no text): their terms must be in the cache
+            raise SnapshotError(f"{lost.height} chunks kept from the live snapshot (first: {lost['chunk_id'][0]}) "
+                                f"have no terms in {cache.prefix}; run a full reindex (--full) to analyse them again")
+        missing = missing.unique("chunk_hash", keep="first", maintain_order=True)
+        terms, tf = analyzer.counts(missing["text"].to_list())
+        fresh = pl.DataFrame({"chunk_hash": missing["chunk_hash"], "terms": terms, "tf": tf}, schema=TERMS_SCHEMA)
+        fresh_rows.append(fresh)
+        known = pl.concat([known, fresh])  # a later part may repeat a text of this one
+        out = part.select("chunk_id", "chunk_hash").join(known, on="chunk_hash", how="left", maintain_order="left")
         write_parquet(storage, shard_key(run_id, shard, f"{TERMS}/{name}"), out)
         frames.append(out.select("terms", "tf"))
-        analysed, cached = analysed + fresh, cached + hits
+    fresh = pl.concat(fresh_rows)
+    cache.add(lo, hi, f"{run_id}-{shard:05d}", fresh)
+    cache.compact(lo, hi)
     terms = pl.concat(frames)
     stats = ShardStatistics.of(terms["terms"], terms["tf"])
     write_parquet(storage, shard_key(run_id, shard, LEXICON), stats.df)
     seconds = round(time.perf_counter() - start, 3)
+    analysed = fresh.height
     storage.write_bytes(shard_key(run_id, shard, TERMS_MARKER), json.dumps(
-        {"analyzer": analyzer.fingerprint, **stats.to_dict(), "parts": parts, "analysed": analysed, "cached": cached,
-         "seconds": seconds}).encode())
-    return AnalyzedShard(shard, stats.chunks, stats.tokens, analysed, cached, seconds, skipped=False)
+        {"analyzer": analyzer.fingerprint, **stats.to_dict(), "parts": parts, "analysed": analysed,
+         "cached": stats.chunks - analysed, "seconds": seconds}).encode())
+    return AnalyzedShard(shard, stats.chunks, stats.tokens, analysed, stats.chunks - analysed, seconds, skipped=False)
 
 
-class LocalAnalyzer:
-    """Shards analysed one after another in this process (the other engine: operators/lexical.py)."""
+@dataclass(frozen=True)
+class StagedBm25:
+    """The bm25 variant, written into the version folder: its manifest entry and files."""
 
-    where = "flow process"
-
-    def __init__(self, storage: Storage, cfg: Bm25Config) -> None:
-        self.storage, self.analyzer = storage, Analyzer.of(cfg)
-
-    def analyze(self, run_id: str, shards: list[int], on_result: OnAnalyzed) -> list[AnalyzedShard]:
-        results = []
-        for shard in shards:
-            results.append(analyze_shard(self.storage, run_id, shard, self.analyzer))
-            on_result(results[-1])
-        return results
+    params: dict
+    files: list[FileEntry]
 
 
-def build_bm25(storage: Storage, run_id: str, shards: list[int], ids: pl.DataFrame, cfg: Bm25Config
-               ) -> tuple[Bm25Index, CorpusStatistics]:
+def assemble_bm25(cfg: PipelineConfig, storage: Storage, run_id: str, target: Storage,
+                  shards: list[ShardRows]) -> StagedBm25:
     """The reduce step: corpus-wide statistics from the shards', then every shard's postings scored with them, in
-    the row order of `ids` (row, chunk_id: the FAISS rows)."""
-    analyzer = Analyzer.of(cfg)
+    snapshot row order; the variant's files written into `target`."""
+    analyzer = Analyzer.of(cfg.index.bm25)
     markers = {}
-    for shard in shards:
-        markers[shard] = _marker(storage, run_id, shard)
-        if markers[shard] is None or markers[shard]["analyzer"] != analyzer.fingerprint:
-            raise SnapshotError(f"run {run_id} shard {shard} has no {TERMS_MARKER} marker of analyzer "
+    for s in shards:
+        markers[s.shard] = _marker(storage, run_id, s.shard)
+        if markers[s.shard] is None or markers[s.shard]["analyzer"] != analyzer.fingerprint:
+            raise SnapshotError(f"run {run_id} shard {s.shard} has no {TERMS_MARKER} marker of analyzer "
                                 f"{analyzer.fingerprint}; it was not analysed for bm25")
-    lexicons = {s: read_parquet(storage, shard_key(run_id, s, LEXICON)) for s in shards}  # small: terms, counts
-    stats = CorpusStatistics.merge(ShardStatistics(markers[s]["chunks"], markers[s]["tokens"], lexicons[s])
+    stats = CorpusStatistics.merge(ShardStatistics(markers[s.shard]["chunks"], markers[s.shard]["tokens"],
+                                                   read_parquet(storage, shard_key(run_id, s.shard, LEXICON)))
                                    for s in shards)
-    if stats.chunks != ids.height:
+    if stats.chunks != sum(s.rows for s in shards):
         raise IndexBuildError(f"run {run_id}: the shards' bm25 statistics count {stats.chunks} chunks, the id table "
-                              f"{ids.height}; expected the same chunks")
-    rows, params, parts = ids.select("chunk_id", "row"), Bm25Params.of(cfg), []
-    for shard in shards:
-        for name in markers[shard]["parts"]:
-            part = read_parquet(storage, shard_key(run_id, shard, f"{TERMS}/{name}"))
+                              f"{sum(s.rows for s in shards)}; expected the same chunks")
+    params, parts = Bm25Params.of(cfg.index.bm25), []
+    for s in shards:
+        rows = read_parquet(storage, index_shard_key(run_id, s.shard, "ids.parquet")).select("chunk_id", "row")
+        for name in markers[s.shard]["parts"]:
+            part = read_parquet(storage, shard_key(run_id, s.shard, f"{TERMS}/{name}"))
             part = part.join(rows, on="chunk_id", how="left")
             if part["row"].null_count():
                 lost = part.filter(pl.col("row").is_null())["chunk_id"][0]
-                raise IndexBuildError(f"run {run_id} shard {shard}: chunk {lost} has terms but no row in the id table")
+                raise IndexBuildError(f"run {run_id} shard {s.shard}: chunk {lost} has terms but no row in the id "
+                                      "table")
             parts.append(score_postings(part, stats, params))
-    return Bm25Index.assemble(parts, stats, params, analyzer), stats
+    index = Bm25Index.assemble(parts, stats, params, analyzer)
+    del parts
+    entries = []
+    for name, data in index.files().items():
+        target.write_bytes(name, data)
+        entries.append(FileEntry(name, sha256(data), len(data)))
+    return StagedBm25(index.manifest_params({e.name: e.bytes for e in entries}, stats), entries)
+
+
+@dataclass(frozen=True)
+class Bm25Build:
+    staged: StagedBm25
+    counts: dict  # bm25_*: where and how much was analysed, and the reduce's seconds
+
+
+def build_bm25(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun, target: Storage,
+               executor: Executor) -> Bm25Build:
+    """Analyse every shard, then assemble the variant, on the executor's workers."""
+    shards = row_layout(prepared.shards, prepared.shard_rows)
+    analysed = executor.map(partial(analyze_shard, cfg, storage, prepared.run_id), [s.shard for s in shards])
+    start = time.perf_counter()
+    [staged] = executor.map(partial(assemble_bm25, cfg, storage, prepared.run_id, target), [shards])
+    fresh = [r for r in analysed if not r.skipped]
+    return Bm25Build(staged, {"bm25_analysed_in": executor.where, "bm25_analysed": sum(r.analysed for r in fresh),
+                              "bm25_terms_from_cache": sum(r.cached for r in fresh),
+                              "bm25_analyse_seconds": round(sum(r.seconds for r in fresh), 3),
+                              "bm25_reduce_seconds": round(time.perf_counter() - start, 3)})

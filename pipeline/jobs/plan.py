@@ -13,20 +13,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pyarrow.parquet as pq
+
 from pipeline.config import BM25, PipelineConfig
-from pipeline.corpus.delta import Delta, Selection
-from pipeline.corpus.sharding import assign_shards
+from pipeline.corpus.delta import Selection
 from pipeline.errors import InputError
 from pipeline.index.analyzer import Analyzer, fingerprint
 from pipeline.index.variants import FULL_BUILD, Training
+from pipeline.jobs.prepare import ShardInput
 from pipeline.snapshots.aliases import read_alias
 from pipeline.snapshots.snapshot import Snapshot
 from pipeline.storage.backend import Storage
+from pipeline.storage.layout import IDS
 
 
 @dataclass(frozen=True)
 class BuildPlan:
-    delta: Delta  # which documents are redone, which kept
+    against: ShardInput  # what each shard is compared with: the live version and a backfill's selection
     base: str | None  # the version this build starts from (its manifest's lineage), None for a first build
     why: str  # one line for the summary and the manifest: what kind of build, against what
     training: Training = FULL_BUILD  # IVF-PQ training to reuse, and why (or why not)
@@ -52,7 +55,7 @@ def reusable_training(storage: Storage, index_name: str, version: str | None, mo
         return Training(why=f"trained on this build's vectors: version {version} was chunked with other "
                             f"parameters ({snapshot.manifest.get('chunking')}; this build {chunking})")
     params = {name: snapshot.variant_params(name) for name in snapshot.variants}
-    return Training({name: (snapshot.index(name), {**p, "trained_in": p.get("trained_in", version)})
+    return Training({name: (snapshot.trained(name), {**p, "trained_in": p.get("trained_in", version)})
                      for name, p in params.items() if p["kind"] == "ivfpq"},
                     why=f"version {version} has the same model ({model_fingerprint}), chunker parameters and plan")
 
@@ -71,7 +74,7 @@ def _terms_not_cached(cfg: PipelineConfig, manifest: dict) -> str | None:
 def plan_full_build(storage: Storage, cfg: PipelineConfig, model_fingerprint: str, chunking: dict, why: str,
                     base: str | None = None) -> BuildPlan:
     """Every document redone; `base` (a migration's blue) is lineage only unless its training qualifies."""
-    return BuildPlan(Delta(live=None), base, why,
+    return BuildPlan(ShardInput(None), base, why,
                      reusable_training(storage, cfg.index_name, base, model_fingerprint, chunking))
 
 
@@ -87,22 +90,22 @@ def plan_build(storage: Storage, cfg: PipelineConfig, model_fingerprint: str, ch
         reason = f"alias {cfg.index_name}/{alias} is not set" if alias else "publish.alias is not set"
     elif snapshot.manifest["model"]["fingerprint"] != model_fingerprint:
         reason = f"the live version {version} was embedded with another model ({snapshot.manifest['model']['name']})"
-    elif "doc_hash" not in snapshot.ids.columns:
-        reason = f"the live version {version} has no document hashes (written by an older embedpipe)"
+    elif not {"doc_hash", "bucket"} <= set(pq.read_schema(snapshot.storage.path(IDS),
+                                                         filesystem=snapshot.storage.fs).names):
+        reason = f"the live version {version} has no document hashes or buckets (written by an older embedpipe)"
     elif cfg.index.lexical and (why_not := _terms_not_cached(cfg, snapshot.manifest)):
         # Kept rows carry no text: their terms must come from the term cache, which only a bm25 build with this
         # analyzer filled. A full build analyses every chunk; its vectors still come from the embedding cache.
         if selection is not None:
             raise InputError(f"backfill of {cfg.index_name}: {why_not}; a backfill keeps the rest of the live "
                              "snapshot, so reindex first (embedpipe run) to give it a bm25 index")
-        return BuildPlan(Delta(live=None), version, f"full build: {why_not}",
+        return BuildPlan(ShardInput(None), version, f"full build: {why_not}",
                          reusable_training(storage, cfg.index_name, version, model_fingerprint, chunking))
     else:
-        live = assign_shards(snapshot.ids.drop("row"), cfg.run.shards)
         how = f"backfill of {selection.describe()}" if selection else "incremental"
-        return BuildPlan(Delta(live, selection), version, f"{how} against live version {version}",
+        return BuildPlan(ShardInput(snapshot.storage, selection), version, f"{how} against live version {version}",
                          reusable_training(storage, cfg.index_name, version, model_fingerprint, chunking))
     if selection is not None:
         raise InputError(f"backfill of {cfg.index_name}: {reason}; a backfill keeps the rest of the live snapshot, "
                          "so it needs one embedded with this model (use migrate for a new model)")
-    return BuildPlan(Delta(live=None), None, f"full build: {reason}")
+    return BuildPlan(ShardInput(None), None, f"full build: {reason}")

@@ -1,71 +1,170 @@
-"""Read, validate, shard and chunk the corpus into per-shard input parts: the first step of every build, and
-the checks that run before any engine starts.
+"""The first steps of every build, as units of work that run on any worker:
+
+1. `read_piece`, once per read piece (corpus/pieces.py): read and validate its records, hash and shard them, and
+   write each shard's documents as one part per batch; bad records go to the piece's quarantine file.
+2. `prepare_shard`, once per shard: take the shard's documents in input order, drop later copies of an id (two
+   records with the same id always land in the same shard, so this is the whole corpus's duplicate check),
+   compare with the live snapshot's rows of this shard only, chunk what is redone, and look the chunks up in the
+   embedding cache (the shard's partition, once): the chunks to embed go to `chunks/` parts, the cached ones
+   straight to `vectors/`.
+
+Each commits a marker written last (its counts), so a rerun of the run id redoes only unfinished units; the
+driver only sums counts (`PreparedRun.of`). Also here: the checks that run before any engine starts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache, partial
 
 import polars as pl
 
-from pipeline.config import PipelineConfig
+from pipeline.config import ChunkingConfig, ModelConfig, PipelineConfig
 from pipeline.corpus.chunking import Chunker
-from pipeline.corpus.delta import CorpusFingerprint, Delta, content_hashes, doc_hashes
-from pipeline.corpus.readers import corpus_url, golden_set_urls, iter_corpus, require_exists
-from pipeline.corpus.sharding import assign_shards
-from pipeline.errors import InputError
+from pipeline.corpus.delta import Delta, Selection, content_hashes, doc_hashes
+from pipeline.corpus.pieces import Piece
+from pipeline.corpus.readers import (
+    QUARANTINE_SCHEMA,
+    corpus_pieces,
+    corpus_url,
+    describe_corpus,
+    golden_set_urls,
+    iter_piece,
+    require_exists,
+)
+from pipeline.corpus.sharding import assign_shards, bucket_range
+from pipeline.errors import InputError, SnapshotError
 from pipeline.index.analyzer import Analyzer
-from pipeline.jobs.shards import clear_uncommitted_inputs, write_shard_inputs
+from pipeline.jobs.executor import Executor
+from pipeline.jobs.shards import INPUT_COLUMNS, MODEL_CARD_KEY
+from pipeline.jobs.worker import node, peak_rss_mb
+from pipeline.models.cache import EmbeddingCache
+from pipeline.models.card import ModelCard
 from pipeline.models.encoder import tokenizer_for
 from pipeline.storage.backend import Storage, redact
-from pipeline.storage.layout import quarantine_key
-from pipeline.storage.tables import write_parquet
+from pipeline.storage.layout import MARKER, PREPARED, piece_key, quarantine_key, shard_key
+from pipeline.storage.tables import read_parquet, write_parquet
 
-
-@dataclass(frozen=True)
-class PreparedRun:
-    run_id: str
-    shards: list[int]
-    counts: dict[str, int]
-    corpus: dict[str, str]
-    chunking: dict
+READ_COUNTS = ("read", "accepted", "quarantined", "blank_lines")
 
 
 def check_inputs(cfg: PipelineConfig, storage: Storage) -> None:
     """Fail fast, before any engine starts, on a storage root that cannot be reached or written, or a corpus,
     golden set, model or bm25 stemmer that cannot be found."""
     storage.probe()
-    require_exists(corpus_url(cfg.corpus), "corpus.source")
+    describe_corpus(cfg.corpus)  # every corpus file exists and can be read
     golden = golden_set_urls(cfg.corpus, cfg.evaluation.queries, cfg.evaluation.qrels)
-    for url, field in zip(golden or (), ("evaluation.queries", "evaluation.qrels"), strict=False):
-        require_exists(url, field)
+    for url, name in zip(golden or (), ("evaluation.queries", "evaluation.qrels"), strict=False):
+        require_exists(url, name)
     tokenizer_for(cfg.model)
     if cfg.index.lexical:
         Analyzer.of(cfg.index.bm25)  # a stemmer language PyStemmer lacks fails here, not after embedding
 
 
 def make_chunker(cfg: PipelineConfig) -> Chunker:
-    tokenizer, limit = tokenizer_for(cfg.model)
-    return Chunker(tokenizer, cfg.chunking, limit, cfg.model.passage_prefix)
+    """The config's chunker (one per process and model: loading a tokenizer takes a second)."""
+    return _chunker(cfg.model, cfg.chunking)
 
 
-def prepare(cfg: PipelineConfig, storage: Storage, run_id: str, delta: Delta | None = None) -> PreparedRun:
-    """Read and validate the corpus batch by batch, quarantine bad records, shard and chunk each batch, and
-    write it as one input part per shard: no more than one batch of text is in memory at a time. With a
-    `delta`, only the documents it redoes are chunked; the live chunk rows it keeps join their shards."""
-    delta = delta or Delta(live=None)
+@lru_cache(maxsize=4)
+def _chunker(model: ModelConfig, chunking: ChunkingConfig) -> Chunker:
+    tokenizer, limit = tokenizer_for(model)
+    return Chunker(tokenizer, chunking, limit, model.passage_prefix)
+
+
+@dataclass(frozen=True)
+class PieceResult:
+    piece: int
+    counts: dict[str, int]  # read, accepted, quarantined, blank_lines
+    skipped: bool = False  # committed by an earlier attempt
+    peak_rss_mb: float = 0.0  # the worker's
+
+
+def read_piece(cfg: PipelineConfig, storage: Storage, run_id: str, piece: Piece, chunking: dict) -> PieceResult:
+    """Read, validate, hash and shard one piece: each batch's accepted documents go to their shards as
+    docs/<piece>-<batch>.parquet, its rejects to the piece's quarantine file; then the marker (its counts)."""
+    marker = piece_key(run_id, piece.index, MARKER)
+    if storage.exists(marker):
+        return PieceResult(piece.index, json.loads(storage.read_bytes(marker))["counts"], skipped=True)
+    counts, quarantine = dict.fromkeys(READ_COUNTS, 0), []
+    for batch_no, batch in enumerate(iter_piece(cfg.corpus, piece, cfg.run.read_batch)):
+        counts = {k: counts[k] + v for k, v in batch.counts.items()}
+        quarantine.append(batch.quarantine.with_columns(pl.lit(piece.index, pl.Int32).alias("piece")))
+        if batch.docs.is_empty():
+            continue
+        content = content_hashes(batch.docs)
+        docs = assign_shards(batch.docs.with_columns(content, doc_hashes(content, chunking)), cfg.run.shards)
+        docs = docs.with_columns(pl.lit(piece.index, pl.Int32).alias("piece"))
+        for (shard,), rows in docs.partition_by("shard", as_dict=True, maintain_order=True).items():
+            write_parquet(storage, shard_key(run_id, int(shard), f"docs/{piece.index:06d}-{batch_no:05d}.parquet"),
+                          rows)
+    write_parquet(storage, quarantine_key(run_id, f"piece-{piece.index:06d}.parquet"), pl.concat(quarantine))
+    storage.write_bytes(marker, json.dumps({"piece": piece.to_dict(), "counts": counts, "node": node()}).encode())
+    return PieceResult(piece.index, counts, peak_rss_mb=peak_rss_mb())
+
+
+@dataclass(frozen=True)
+class ShardPrep:
+    """What preparing a shard found: its counts (documents by fate, chunks, cache hits) and its share of the
+    corpus fingerprint (a sum of content hashes, so the shards' shares add up to the corpus's)."""
+
+    shard: int
+    buckets: tuple[int, int]  # the bucket range [lo, hi) the shard owns
+    counts: dict[str, int]
+    fingerprint: int
+    chunk_parts: list[str] = field(default_factory=list)  # chunks/ parts with rows to embed
+    skipped: bool = False
+    node: str = ""  # where it was prepared
+    peak_rss_mb: float = 0.0  # the worker's
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ShardInput:
+    """What a shard is compared with: the live version (None: a full build) and a backfill's selection."""
+
+    live: Storage | None  # the live snapshot's version folder
+    selection: Selection | None = None
+
+
+def _live_rows(live: Storage | None, lo: int, hi: int) -> pl.DataFrame | None:
+    """The live snapshot's id rows of documents in buckets [lo, hi): only the row groups that hold them are read."""
+    if live is None:
+        return None
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(live.path("ids.parquet"), filesystem=live.fs,
+                          filters=[("bucket", ">=", lo), ("bucket", "<", hi)])
+    return pl.from_arrow(table).drop("row", strict=False)
+
+
+def prepare_shard(cfg: PipelineConfig, storage: Storage, run_id: str, shard: int, against: ShardInput,
+                  card: ModelCard) -> ShardPrep:
+    """Deduplicate, compare, chunk and look up one shard (see the module's docstring); idempotent."""
+    marker = shard_key(run_id, shard, PREPARED)
+    if storage.exists(marker):
+        done = json.loads(storage.read_bytes(marker))
+        return ShardPrep(**done | {"buckets": tuple(done["buckets"]), "skipped": True})
+    lo, hi = bucket_range(shard, cfg.run.shards)
     chunker = make_chunker(cfg)
-    clear_uncommitted_inputs(storage, run_id, cfg.run.shards)
-    fingerprint, quarantine, shards = CorpusFingerprint(), [], set()
-    counts = dict.fromkeys(["read", "accepted", "quarantined", "blank_lines", "chunks", "chunks_redone",
-                            "chunks_kept", "max_chunks_per_doc", "truncated_chunks"], 0)
+    delta = Delta(_live_rows(against.live, lo, hi), against.selection)
+    counts = dict.fromkeys(["accepted", "quarantined", "chunks", "chunks_redone", "chunks_kept",
+                            "max_chunks_per_doc", "truncated_chunks"], 0)
+    seen: set[str] = set()
+    fingerprint, dupes, metadata, parts = 0, [], [], []
 
-    def write(part: int, chunks: pl.DataFrame, kept: pl.DataFrame) -> None:
+    def write(name: str, chunks: pl.DataFrame, kept: pl.DataFrame) -> None:
         frames = [f for f in (chunks, kept) if f.height]
         if not frames:
             return
-        rows = pl.concat(frames, how="diagonal_relaxed")
-        shards.update(write_shard_inputs(storage, run_id, rows, part))
+        rows = pl.concat(frames, how="diagonal_relaxed").select(*INPUT_COLUMNS, "text")
+        write_parquet(storage, shard_key(run_id, shard, f"chunks/{name}"), rows)
+        parts.append(name)
+        metadata.append(rows.select(*INPUT_COLUMNS, pl.col("text").is_not_null().alias("has_text"),
+                                    pl.lit(name).alias("part")))
         counts["chunks"] += rows.height
         counts["chunks_redone"] += chunks.height
         counts["chunks_kept"] += kept.height
@@ -73,26 +172,110 @@ def prepare(cfg: PipelineConfig, storage: Storage, run_id: str, delta: Delta | N
         counts["max_chunks_per_doc"] = max(counts["max_chunks_per_doc"], per_doc)
         counts["truncated_chunks"] += int((rows["n_tokens"] > chunker.token_budget()).sum())
 
-    part = -1
-    for part, batch in enumerate(iter_corpus(cfg.corpus, cfg.run.read_batch)):
-        quarantine.append(batch.quarantine)  # rejects keep <= 500 chars of their record each
-        for key, value in batch.counts.items():
-            counts[key] += value
-        if batch.docs.is_empty():
-            continue
-        content = content_hashes(batch.docs)
-        fingerprint.update(content)
-        docs = assign_shards(batch.docs.with_columns(doc_hashes(content, chunker.params)), cfg.run.shards)
+    for name in sorted(storage.list(shard_key(run_id, shard, "docs"))):  # piece, then batch: input order
+        docs = read_parquet(storage, shard_key(run_id, shard, f"docs/{name}"))
+        first = docs["doc_id"].is_first_distinct() & ~docs["doc_id"].is_in(pl.Series(list(seen), dtype=pl.String))
+        if not first.all():
+            later = docs.filter(~first)
+            if cfg.corpus.strict:
+                raise InputError(f"{redact(later['source'][0])} record {later['position'][0]}: duplicate id: an "
+                                 f"earlier record has the same id (id {later['doc_id'][0]!r})")
+            dupes.append(later)
+            docs = docs.filter(first)
+        seen.update(docs["doc_id"].to_list())
+        counts["accepted"] += docs.height
+        fingerprint += sum(int(h, 16) for h in docs["content_hash"].to_list())
         redo, kept = delta.split(docs)
-        chunks = chunker.chunk(redo).join(redo.select("doc_id", "doc_hash", "title", "shard"), on="doc_id",
+        chunks = chunker.chunk(redo).join(redo.select("doc_id", "doc_hash", "title", "bucket"), on="doc_id",
                                           how="left", maintain_order="left")
-        write(part, chunks, kept)
-    write(part + 1, pl.DataFrame(), delta.finish())  # a backfill keeps live documents the corpus lacks
-    write_parquet(storage, quarantine_key(run_id), pl.concat(quarantine))
-    if not counts["accepted"]:
-        raise InputError(f"corpus {redact(cfg.corpus.source)}: no document accepted ({counts['read']} read, "
-                         f"{counts['quarantined']} quarantined; reasons in {storage.url_of(quarantine_key(run_id))})")
+        write(name, chunks, kept)
+    write("zz-kept.parquet", pl.DataFrame(), delta.finish())  # a backfill keeps live documents the corpus lacks
+    if dupes:
+        rejected = pl.concat(dupes)
+        counts["quarantined"] = rejected.height
+        write_parquet(storage, quarantine_key(run_id, f"shard-{shard:05d}.parquet"), rejected.select(
+            pl.col("source"), pl.col("position"), pl.col("doc_id"),
+            pl.lit("duplicate id: an earlier record has the same id").alias("reason"),
+            pl.concat_str([pl.lit('{"_id": '), pl.col("doc_id"), pl.lit(" ...}")]).alias("raw"),
+            pl.col("piece")).cast({k: v for k, v in QUARANTINE_SCHEMA.items()}))
     counts |= delta.counts
-    counts["shards"] = len(shards)
-    corpus = {"source": redact(corpus_url(cfg.corpus)), "fingerprint": fingerprint.hexdigest()}
-    return PreparedRun(run_id, sorted(shards), counts, corpus, chunker.params)
+    to_embed = _attach_cached(storage, run_id, shard, lo, hi, pl.concat(metadata) if metadata else None, card,
+                              counts)
+    prep = ShardPrep(shard, (lo, hi), counts, fingerprint % (1 << 256), [p for p in parts if p in to_embed],
+                     node=node(), peak_rss_mb=peak_rss_mb())
+    storage.write_bytes(marker, json.dumps(prep.to_dict() | {"skipped": False}).encode())
+    return prep
+
+
+def _attach_cached(storage: Storage, run_id: str, shard: int, lo: int, hi: int, metadata: pl.DataFrame | None,
+                   card: ModelCard, counts: dict) -> set[str]:
+    """Write the vectors the cache has for this shard's chunks as vectors/cached-<n>.parquet (chunk rows with their
+    vector); returns the chunk parts that still hold rows to embed. Rows kept from the live snapshot have no
+    text, so their vectors must be in the cache."""
+    counts["cached"] = 0
+    if metadata is None:
+        return set()
+    cache, found = EmbeddingCache(storage, card.fingerprint), set()
+    footer = {MODEL_CARD_KEY: json.dumps(card.to_dict(), sort_keys=True)}  # as on embedded parts
+    for n, hits in enumerate(cache.lookup(lo, hi, set(metadata["chunk_hash"].to_list()))):
+        rows = metadata.join(hits.unique("chunk_hash"), on="chunk_hash", how="inner", maintain_order="left")
+        rows = rows.filter(~pl.col("chunk_hash").is_in(pl.Series(list(found), dtype=pl.String)))
+        if rows.height:
+            write_parquet(storage, shard_key(run_id, shard, f"vectors/cached-{n:05d}.parquet"),
+                          rows.select(*INPUT_COLUMNS, "vector"), footer)
+            found.update(rows["chunk_hash"].to_list())
+            counts["cached"] += rows.height
+    missing = metadata.filter(~pl.col("chunk_hash").is_in(pl.Series(list(found), dtype=pl.String)))
+    lost = missing.filter(~pl.col("has_text"))
+    if lost.height:  # kept from the live snapshot (no text), yet no vector: embedding them needs their documents
+        raise SnapshotError(f"{lost.height} chunks kept from the live snapshot (first: {lost['chunk_id'][0]}) have "
+                            f"no vector in {cache.prefix}; run a full reindex (--full) to embed them again")
+    counts["to_embed"] = missing.height
+    return set(missing["part"].to_list())
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """The prepared run as the driver sees it: summed counts, and which shards have chunks."""
+
+    run_id: str
+    shards: list[int]  # the shards that hold chunks
+    shard_rows: dict[int, int]  # chunks per shard: the snapshot's rows, shard after shard
+    counts: dict[str, int]
+    corpus: dict[str, str]  # its source (redacted) and fingerprint
+    chunking: dict
+
+    @classmethod
+    def of(cls, run_id: str, cfg: PipelineConfig, pieces: list[PieceResult], preps: list[ShardPrep],
+           chunking: dict) -> PreparedRun:
+        counts = {k: sum(p.counts[k] for p in pieces) for k in READ_COUNTS}
+        counts["accepted"] = sum(p.counts["accepted"] for p in preps)  # after the shards dropped duplicates
+        counts["quarantined"] += sum(p.counts["quarantined"] for p in preps)
+        for prep in preps:
+            for key, value in prep.counts.items():
+                if key not in READ_COUNTS:
+                    counts[key] = max(counts.get(key, 0), value) if key.startswith("max_") else \
+                        counts.get(key, 0) + value
+        shards = [p.shard for p in preps if p.counts["chunks"]]
+        counts["shards"] = len(shards)
+        counts["pieces"] = len(pieces)
+        counts["prepare_peak_rss_mb"] = max([p.peak_rss_mb for p in [*pieces, *preps]], default=0.0)
+        fingerprint = sum(p.fingerprint for p in preps) % (1 << 256)
+        corpus = {"source": redact(corpus_url(cfg.corpus)), "fingerprint": f"{fingerprint:064x}"}
+        return cls(run_id, shards, {p.shard: p.counts["chunks"] for p in preps}, counts, corpus, chunking)
+
+
+def prepare(cfg: PipelineConfig, storage: Storage, run_id: str, against: ShardInput, card: ModelCard,
+            executor: Executor) -> PreparedRun:
+    """Read every piece, then prepare every shard, on `executor`'s workers; the driver holds only counts."""
+    chunking = make_chunker(cfg).params
+    pieces = corpus_pieces(cfg.corpus, cfg.run.piece_bytes)
+    read = executor.map(partial(read_piece, cfg, storage, run_id, chunking=chunking), pieces)
+    preps = executor.map(partial(prepare_shard, cfg, storage, run_id, against=against, card=card),
+                         list(range(cfg.run.shards)))
+    prepared = PreparedRun.of(run_id, cfg, read, preps, chunking)
+    if not prepared.counts["accepted"]:
+        raise InputError(f"corpus {redact(cfg.corpus.source)}: no document accepted ({prepared.counts['read']} read, "
+                         f"{prepared.counts['quarantined']} quarantined; reasons in "
+                         f"{storage.url_of(quarantine_key(run_id))})")
+    return prepared

@@ -1,15 +1,13 @@
-"""Vectors by (model fingerprint, chunk hash), shared by every run of that model: a chunk whose text,
-chunker parameters and model did not change is never embedded again. Golden-set queries are kept the
-same way (`CachedQueries`), so re-evaluating with the same model encodes only queries it has not seen.
-
-One file (chunk_hash, vector) per embedded part or query batch, under layout.cache_prefix: each is written
-before its shard's marker, so entries are immutable and concurrent runs never write the same object. A lookup
-reads the model's files one at a time and keeps the rows it needs; its I/O grows with the cache.
+"""Vectors by (model fingerprint, chunk hash), shared by every run of that model: a chunk whose text, chunker
+parameters and model did not change is never embedded again (partitioned by bucket range like the shards:
+pipeline/storage/chunk_cache.py). Golden-set queries are kept the same way (`CachedQueries`), so re-evaluating
+with the same model encodes only queries it has not seen. Keys: layout.cache_prefix.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 from typing import Literal
 
 import numpy as np
@@ -18,30 +16,21 @@ import polars as pl
 from pipeline.models.encoder import Encoder
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
-from pipeline.storage.tables import read_parquet, write_parquet
+from pipeline.storage.chunk_cache import ChunkCache
+from pipeline.storage.tables import write_parquet
 
 
-class EmbeddingCache:
-    def __init__(self, storage: Storage, model_fingerprint: str, kind: str = "embeddings") -> None:
-        self.storage, self.prefix = storage, layout.cache_prefix(kind, model_fingerprint)
+class EmbeddingCache(ChunkCache):
+    """The chunk vectors of one model: (chunk_hash, vector) rows."""
 
-    def lookup(self, hashes: list[str]) -> dict[str, np.ndarray]:
-        wanted = set(hashes)
-        found: dict[str, np.ndarray] = {}
-        for name in self.storage.list(self.prefix):
-            if not name.endswith(".parquet") or len(found) == len(wanted):
-                continue
-            # One file is one embedded part (<= run.read_batch chunks), so memory stays bounded.
-            part = read_parquet(self.storage, f"{self.prefix}/{name}").filter(pl.col("chunk_hash").is_in(wanted))
-            found.update(zip(part["chunk_hash"].to_list(), part["vector"].to_numpy(), strict=True))
-        return found
+    def __init__(self, storage: Storage, model_fingerprint: str) -> None:
+        super().__init__(storage, layout.cache_prefix("embeddings", model_fingerprint))
 
-    def add(self, name: str, hashes: list[str], vectors: np.ndarray) -> None:
-        if not hashes:
-            return
-        table = pl.DataFrame({"chunk_hash": hashes}).with_columns(
-            pl.Series("vector", vectors, dtype=pl.Array(pl.Float32, vectors.shape[1])))
-        write_parquet(self.storage, f"{self.prefix}/{name}.parquet", table)
+    def add(self, lo: int, hi: int, name: str, hashes: list[str], vectors: np.ndarray) -> None:
+        """One immutable file of new entries in the partition of bucket range [lo, hi)."""
+        if hashes:
+            self.add_rows(lo, hi, name, pl.DataFrame({"chunk_hash": hashes}).with_columns(
+                pl.Series("vector", vectors, dtype=pl.Array(pl.Float32, vectors.shape[1]))))
 
 
 def _text_hash(text: str) -> str:
@@ -51,26 +40,37 @@ def _text_hash(text: str) -> str:
 class CachedQueries:
     """An encoder whose query vectors come from the cache when the same model encoded the same query before
     (every scheduled reindex, migration and monitoring run evaluates the same golden set); passages go
-    straight through."""
+    straight through. Golden sets are small: one file per encoded batch, looked up whole."""
 
     def __init__(self, encoder: Encoder, storage: Storage) -> None:
         self.encoder, self.card, self.tokenizer = encoder, encoder.card, encoder.tokenizer
-        self.cache = EmbeddingCache(storage, encoder.card.fingerprint, kind="queries")
+        self.storage, self.prefix = storage, layout.cache_prefix("queries", encoder.card.fingerprint)
 
     @property
     def tokens_encoded(self) -> int:
         return self.encoder.tokens_encoded
 
+    def _known(self, hashes: list[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        for name in self.storage.list(self.prefix):
+            table = pl.read_parquet(io.BytesIO(self.storage.read_bytes(f"{self.prefix}/{name}")))
+            hits = table.filter(pl.col("chunk_hash").is_in(hashes))
+            found.update(zip(hits["chunk_hash"].to_list(), hits["vector"].to_numpy(), strict=True))
+        return found
+
     def encode(self, texts: list[str], kind: Literal["query", "passage"] = "passage") -> np.ndarray:
         if kind != "query":
             return self.encoder.encode(texts, kind)
         hashes = [_text_hash(t) for t in texts]
-        known = self.cache.lookup(hashes)
+        known = self._known(hashes)
         missing = list({h: i for i, h in enumerate(hashes) if h not in known}.values())
         if missing:
             fresh = self.encoder.encode([texts[i] for i in missing], kind="query")
             added = [hashes[i] for i in missing]
-            self.cache.add(_text_hash("\n".join(added)), added, fresh)  # same batch, same name: idempotent
+            table = pl.DataFrame({"chunk_hash": added}).with_columns(
+                pl.Series("vector", fresh, dtype=pl.Array(pl.Float32, fresh.shape[1])))
+            # same batch, same name: idempotent
+            write_parquet(self.storage, f"{self.prefix}/{_text_hash(chr(10).join(added))}.parquet", table)
             known.update(zip(added, fresh, strict=True))
         out = np.empty((len(texts), self.card.dims), dtype=np.float32)
         for i, h in enumerate(hashes):

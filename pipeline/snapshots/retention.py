@@ -12,7 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from pipeline.config import BM25
+from pipeline.index.analyzer import fingerprint as analyzer_fingerprint
+from pipeline.index.term_cache import TermCache
+from pipeline.models.cache import EmbeddingCache
 from pipeline.snapshots.aliases import list_aliases, read_alias
+from pipeline.snapshots.snapshot import Snapshot, committed_versions
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
 from pipeline.storage.layout import MANIFEST
@@ -75,3 +80,47 @@ def apply_gc(storage: Storage, plan: GcPlan) -> list[str]:
         storage.delete(folder, recursive=True)
         deleted.append(version)
     return deleted
+
+
+@dataclass(frozen=True)
+class CacheGc:
+    """What collecting one cache (the vectors of one model, or the bm25 terms of one analyzer) kept and dropped."""
+
+    kind: str  # "embeddings" (keyed by model fingerprint) or "terms" (keyed by analyzer fingerprint)
+    fingerprint: str
+    partitions: int
+    kept: int
+    dropped: int
+
+
+def _cache_keys(snap: Snapshot) -> dict[str, str]:
+    """The fingerprint of each cache a committed snapshot was built from."""
+    keys = {"embeddings": snap.manifest["model"].get("fingerprint", "")}
+    bm25 = snap.manifest["index"]["variants"].get(BM25)
+    if bm25 is not None:
+        keys["terms"] = analyzer_fingerprint(bm25.get("analyzer") or {})
+    return keys
+
+
+def collect_cache(storage: Storage, dry_run: bool = False) -> list[CacheGc]:
+    """Drop the cache entries (vectors, bm25 terms) that no committed snapshot of any index needs (the chunk hashes
+    in their id tables, for their model or analyzer), partition by partition: each partition reads only the id rows
+    of its bucket range. Run it after `gc` retired old versions, while no build of the root runs (a running build
+    would embed or analyse again what it loses)."""
+    needed: dict[tuple[str, str], list[Snapshot]] = {}
+    for index in storage.list("snapshots"):
+        for _, snap in committed_versions(storage, index):
+            if snap is not None:
+                for kind, key in _cache_keys(snap).items():
+                    needed.setdefault((kind, key), []).append(snap)
+    out = []
+    for kind, open_cache in (("embeddings", EmbeddingCache), ("terms", TermCache)):
+        for fingerprint in storage.list(layout.cache_prefix(kind, "")):
+            cache = open_cache(storage, fingerprint)
+            partitions = kept = dropped = 0
+            for lo, hi in cache.partitions():
+                keep = set().union(*(snap.chunk_hashes(lo, hi) for snap in needed.get((kind, fingerprint), [])))
+                before, after = cache.collect(lo, hi, keep, dry_run)
+                partitions, kept, dropped = partitions + 1, kept + after, dropped + before - after
+            out.append(CacheGc(kind, fingerprint, partitions, kept, dropped))
+    return out

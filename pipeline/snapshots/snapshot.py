@@ -5,12 +5,13 @@ commit: a version without it is invisible). Where each file goes: pipeline/stora
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import os
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -19,7 +20,7 @@ import polars as pl
 from pipeline.config import BM25
 from pipeline.errors import PreconditionFailed, SnapshotError, StorageError
 from pipeline.index.bm25 import Bm25Index
-from pipeline.index.faiss_ops import from_bytes
+from pipeline.index.faiss_ops import native_stdout_silenced, to_bytes
 from pipeline.index.variants import KINDS
 from pipeline.models.card import ModelCard
 from pipeline.snapshots.aliases import read_alias
@@ -27,7 +28,10 @@ from pipeline.storage import layout
 from pipeline.storage.backend import Storage, redact
 from pipeline.storage.layout import CLAIM, MANIFEST
 
-FORMAT_VERSION = 2  # 2: index variants as a mapping with per-variant files, params and quality
+# 2: index variants as a mapping with per-variant files, params and quality; 3: IVF lists on disk (.ivfdata),
+# trained IVF indexes kept, id rows in bucket order with a bucket column
+FORMAT_VERSION = 3
+READABLE_FORMATS = (2, 3)
 
 
 def new_version(now: datetime | None = None) -> str:
@@ -40,15 +44,13 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def publish(storage: Storage, index_name: str, version: str, files: dict[str, bytes], manifest: dict,
-            publisher: str | None = None) -> str:
-    """Claim the version, upload every file, then commit by writing the manifest (with each file's sha256
-    and size) if absent. Only the claim's holder writes files, so a second publisher of the same version
-    fails before it can touch the winner's; the same `publisher` may rerun after a crash to complete."""
+def claim(storage: Storage, index_name: str, version: str, publisher: str) -> None:
+    """Claim a version before writing any of its files: only the claim's holder writes them, so a second publisher
+    of the same version fails before it can touch the winner's; the same `publisher` may claim again after a
+    crash, to complete it."""
     prefix = layout.snapshot_prefix(index_name, version)
     if storage.exists(f"{prefix}/{MANIFEST}"):
         raise SnapshotError(f"snapshot {index_name}/{version} already exists; versions are immutable")
-    publisher = publisher or secrets.token_hex(8)
     try:
         storage.put_if_absent(f"{prefix}/{CLAIM}", json.dumps({"publisher": publisher}).encode())
     except PreconditionFailed:
@@ -56,17 +58,34 @@ def publish(storage: Storage, index_name: str, version: str, files: dict[str, by
         if holder != publisher:
             raise SnapshotError(f"snapshot {index_name}/{version} is being published by another publisher "
                                 f"({holder}); versions are immutable") from None
-    entries = {}
-    for name, data in sorted(files.items()):
-        storage.write_bytes(f"{prefix}/{name}", data)
-        entries[name] = {"sha256": sha256(data), "bytes": len(data)}
+
+
+def commit(storage: Storage, index_name: str, version: str, files: dict[str, dict], manifest: dict) -> str:
+    """Commit a claimed version whose files are written: its manifest (with `files`, each file's sha256 and size)
+    written if absent. Returns the version folder's URL."""
+    prefix = layout.snapshot_prefix(index_name, version)
     body = {**manifest, "format": FORMAT_VERSION, "index_name": index_name, "version": version,
-            "created_at": datetime.now(UTC).isoformat(), "files": entries}
+            "created_at": datetime.now(UTC).isoformat(), "files": dict(sorted(files.items()))}
     try:
         storage.put_if_absent(f"{prefix}/{MANIFEST}", json.dumps(body, indent=2, sort_keys=True).encode())
     except PreconditionFailed:
         raise SnapshotError(f"snapshot {index_name}/{version} was committed by another publisher") from None
     return storage.url_of(prefix)
+
+
+def publish(storage: Storage, index_name: str, version: str, files: dict[str, bytes], manifest: dict,
+            publisher: str | None = None) -> str:
+    """Claim, write and commit a version whose files are given as bytes (small snapshots, tests)."""
+    claim(storage, index_name, version, publisher or secrets.token_hex(8))
+    prefix = layout.snapshot_prefix(index_name, version)
+    for name, data in sorted(files.items()):
+        storage.write_bytes(f"{prefix}/{name}", data)
+    return commit(storage, index_name, version, {name: {"sha256": sha256(data), "bytes": len(data)}
+                                                 for name, data in files.items()}, manifest)
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("EMBEDPIPE_SNAPSHOT_CACHE", Path.home() / ".cache" / "embedpipe" / "snapshots"))
 
 
 @dataclass
@@ -75,7 +94,7 @@ class Snapshot:
 
     storage: Storage  # rooted at the version folder
     manifest: dict
-    _cache: dict[str, bytes] = field(default_factory=dict, repr=False)
+    _cache: dict[str, Path] = field(default_factory=dict, repr=False)  # verified local files
 
     @classmethod
     def open(cls, url: str) -> Snapshot:
@@ -111,7 +130,7 @@ class Snapshot:
             manifest = json.loads(storage.read_bytes(MANIFEST))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise SnapshotError(f"{redact(storage.url)}/{MANIFEST} is not valid JSON") from None
-        if manifest.get("format") != FORMAT_VERSION:
+        if manifest.get("format") not in READABLE_FORMATS:
             raise SnapshotError(f"{redact(storage.url)}: manifest format {manifest.get('format')!r}, expected "
                                 f"{FORMAT_VERSION}")
         return cls(storage, manifest)
@@ -151,49 +170,149 @@ class Snapshot:
         """A golden-set metric of a search mode as measured at publish time, if it was."""
         return ((self.manifest.get("evaluation") or {}).get("modes") or {}).get(mode, {}).get(metric)
 
+    def _expected(self, name: str) -> dict:
+        expected = self.manifest["files"].get(name)
+        if expected is None:
+            raise SnapshotError(f"{redact(self.url)}: {name} is not listed in the manifest")
+        return expected
+
+    def _mismatch(self, name: str, digest: str, size: int) -> SnapshotError:
+        expected = self._expected(name)
+        return SnapshotError(f"{redact(self.url)}: {name} fails its checksum (sha256 {digest[:12]}..., {size} bytes; "
+                             f"manifest says {expected['sha256'][:12]}..., {expected['bytes']} bytes)")
+
     def read_verified(self, name: str) -> bytes:
-        if name not in self._cache:
-            expected = self.manifest["files"].get(name)
-            if expected is None:
-                raise SnapshotError(f"{redact(self.url)}: {name} is not listed in the manifest")
+        """A (small) file's bytes, checked against the manifest."""
+        expected = self._expected(name)
+        try:
+            data = self.storage.read_bytes(name)
+        except StorageError as exc:
+            raise SnapshotError(f"{redact(self.url)}: {name} is missing ({exc})") from None
+        if len(data) != expected["bytes"] or sha256(data) != expected["sha256"]:
+            raise self._mismatch(name, sha256(data), len(data))
+        return data
+
+    def local_file(self, name: str) -> Path:
+        """A local path to the file, checked against the manifest once (by streaming it): the file itself on a
+        local root; on a remote one a copy under EMBEDPIPE_SNAPSHOT_CACHE (~/.cache/embedpipe/snapshots), kept
+        beside its version's other files (an IVF index finds its .ivfdata there), written only once verified."""
+        if name in self._cache:
+            return self._cache[name]
+        expected = self._expected(name)
+        if self.storage.is_local:
+            path = Path(self.storage.path(name))
             try:
-                data = self.storage.read_bytes(name)
-            except StorageError as exc:
-                raise SnapshotError(f"{redact(self.url)}: {name} is missing ({exc})") from None
-            if len(data) != expected["bytes"] or sha256(data) != expected["sha256"]:
-                raise SnapshotError(f"{redact(self.url)}: {name} fails its checksum (sha256 {sha256(data)[:12]}..., "
-                                    f"{len(data)} bytes; manifest says {expected['sha256'][:12]}..., "
-                                    f"{expected['bytes']} bytes)")
-            self._cache[name] = data
-        return self._cache[name]
+                digest, size = _file_sha256(path)
+            except FileNotFoundError:
+                raise SnapshotError(f"{redact(self.url)}: {name} is missing") from None
+        else:
+            folder = _cache_root() / hashlib.sha256(self.url.encode()).hexdigest()[:24]
+            path = folder / name
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(4)}")
+                try:
+                    self.storage.get_file(name, tmp)
+                except StorageError as exc:
+                    raise SnapshotError(f"{redact(self.url)}: {name} is missing ({exc})") from None
+                digest, size = _file_sha256(tmp)
+                if (digest, size) == (expected["sha256"], expected["bytes"]):
+                    os.replace(tmp, path)
+                else:
+                    tmp.unlink()
+            else:
+                digest, size = expected["sha256"], expected["bytes"]  # renamed into place only once verified
+        if (digest, size) != (expected["sha256"], expected["bytes"]):
+            raise self._mismatch(name, digest, size)
+        self._cache[name] = path
+        return path
+
+    def localize(self) -> None:
+        """Every file made local and checked against the manifest once (what a server does before loading any:
+        the loads then map these files)."""
+        for name in self.manifest["files"]:
+            self.local_file(name)
 
     def verify(self) -> dict[str, str]:
-        """Check every file; returns {name: "ok"} or raises SnapshotError naming the first bad one."""
-        return {name: "ok" for name in self.manifest["files"] if self.read_verified(name)}
+        """Check every file as it is on storage now (streamed, not from a local copy); returns {name: "ok"} or
+        raises SnapshotError naming the first bad one."""
+        for name, expected in self.manifest["files"].items():
+            try:
+                with self.storage.open_read(name) as fh:
+                    digest, size = _stream_sha256(fh)
+            except (StorageError, FileNotFoundError):
+                raise SnapshotError(f"{redact(self.url)}: {name} is missing") from None
+            if (digest, size) != (expected["sha256"], expected["bytes"]):
+                raise self._mismatch(name, digest, size)
+        return dict.fromkeys(self.manifest["files"], "ok")
 
     def index(self, variant: str) -> faiss.Index | faiss.IndexBinary:
+        """A variant's index, memory-mapped where FAISS allows: IVF lists on disk (their .ivfdata beside the index
+        file), flat float codes mapped from the file."""
         params = self.variant_params(variant)
         if params["kind"] == BM25:
             raise SnapshotError(f"{redact(self.url)}: variant {variant!r} is not a FAISS index; Snapshot.bm25() "
                                 "loads it")
-        return from_bytes(self.read_verified(params["file"]), binary=KINDS[params["kind"]].binary)
+        path = str(self.local_file(params["file"]))
+        read = faiss.read_index_binary if KINDS[params["kind"]].binary else faiss.read_index
+        ivfdata = layout.ivfdata_file(variant)
+        if ivfdata in self.manifest["files"]:
+            self.local_file(ivfdata)
+            with native_stdout_silenced():
+                return read(path, faiss.IO_FLAG_ONDISK_SAME_DIR)
+        return read(path) if KINDS[params["kind"]].binary else read(path, faiss.IO_FLAG_MMAP_IFC)
+
+    def trained(self, variant: str) -> bytes:
+        """An IVF variant's trained, empty index (what a later build of the same model may reuse)."""
+        name = layout.trained_file(variant)
+        if name in self.manifest["files"]:
+            return self.read_verified(name)
+        index = self.index(variant)  # written before trained files were kept: empty a copy
+        empty = faiss.clone_index(index)
+        empty.reset()
+        return to_bytes(empty)
 
     def bm25(self) -> Bm25Index | None:
-        """The bm25 variant, its files checked against the manifest; None when the snapshot has none."""
+        """The bm25 variant, memory-mapped from its files (checked against the manifest); None when the snapshot has
+        none."""
         params = self.manifest["index"]["variants"].get(BM25)
-        return None if params is None else Bm25Index.from_files(self.read_verified, params,
+        return None if params is None else Bm25Index.from_files(self.local_file, params,
                                                                 f"{redact(self.url)} variant {BM25}")
 
     def rescore_store(self) -> np.ndarray | None:
-        """The fp16 vectors (FAISS row order) used for rescoring, or None when the snapshot has none."""
+        """The fp16 vectors (FAISS row order) used for rescoring, memory-mapped; None when the snapshot has none."""
         spec = self.manifest["index"].get("rescore")
         if not spec:
             return None
-        return np.load(io.BytesIO(self.read_verified(spec["file"])), allow_pickle=False)
+        return np.load(self.local_file(spec["file"]), mmap_mode="r", allow_pickle=False)
+
+    def chunk_hashes(self, lo: int, hi: int) -> set[str]:
+        """The chunk hashes of documents in buckets [lo, hi) (only the id table's row groups that hold them are
+        read; an id table without buckets, written before format 3, is read whole)."""
+        import pyarrow.parquet as pq
+
+        path = self.local_file(layout.IDS)
+        if "bucket" not in pq.read_schema(path).names:
+            return set(self.ids["chunk_hash"].to_list())
+        table = pq.read_table(path, columns=["chunk_hash"], filters=[("bucket", ">=", lo), ("bucket", "<", hi)])
+        return set(table.column("chunk_hash").to_pylist())
 
     @cached_property
     def ids(self) -> pl.DataFrame:
-        return pl.read_parquet(io.BytesIO(self.read_verified(layout.IDS)))
+        return pl.read_parquet(self.local_file(layout.IDS))
+
+
+def _stream_sha256(fh) -> tuple[str, int]:
+    h, size = hashlib.sha256(), 0
+    while block := fh.read(8 << 20):
+        h.update(block)
+        size += len(block)
+    return h.hexdigest(), size
+
+
+def _file_sha256(path: Path) -> tuple[str, int]:
+    with open(path, "rb") as fh:
+        return _stream_sha256(fh)
 
 
 def committed_versions(root: Storage, index_name: str) -> list[tuple[str, Snapshot | None]]:

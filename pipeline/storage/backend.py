@@ -16,12 +16,17 @@ given to fsspec, and never appear in errors: URLs are redacted and exception tex
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cached_property
+from typing import BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -33,6 +38,45 @@ from pipeline.storage.layout import probe_key
 _USERINFO = re.compile(r"(?<=://)[^/@]+@")
 _BAD_KEY = re.compile(r"(^/)|(^|/)\.\.?(/|$)|//|[\\\x00-\x1f]")
 _RECORDS = ".v"  # local compare-and-swap records live in <key>.v/
+
+
+@dataclass(frozen=True)
+class VersionedRead:
+    """A conditional read of a compare-and-swap key. `changed` False: its tag is still the one the reader had, and
+    nothing was transferred; otherwise its value and tag now (both None: the key is absent)."""
+
+    changed: bool
+    data: bytes | None = None
+    tag: str | None = None
+
+
+class HashingWriter(io.RawIOBase):
+    """A write-only stream that computes the sha256 and size of what passes through it (closing it leaves the
+    stream it writes to open: its owner commits that)."""
+
+    def __init__(self, sink: BinaryIO) -> None:
+        super().__init__()
+        self.sink, self.size, self._hash = sink, 0, hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:
+        self._hash.update(data)
+        self.size += len(data)
+        self.sink.write(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+
+def _reopen(url: str, options: dict) -> Storage:
+    return Storage(url, **options)
 
 
 def redact(url: str) -> str:
@@ -68,6 +112,9 @@ class Storage:
 
     def __repr__(self) -> str:
         return f"Storage({redact(self.url)!r})"
+
+    def __reduce__(self):  # to a worker: rebuilt from its URL and options (clients are not picklable)
+        return _reopen, (self.url, self.options)
 
     def path(self, key: str) -> str:
         return f"{self.root}/{check_key(key)}" if key else self.root
@@ -165,6 +212,47 @@ class Storage:
                 return
             os.replace(self._local_temp(target, data), target)
 
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[HashingWriter]:
+        """A stream to write `key` with, atomically (a reader sees it only once the block ends without an error:
+        locally a temp name renamed at the end, on S3 a multipart upload completed at close). Nothing is held
+        whole in memory; the writer's sha256 and size are known at the end."""
+        target = self.path(key)
+        with self._errors(key):
+            if self.is_local:
+                self.fs.makedirs(os.path.dirname(target), exist_ok=True)
+                tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+                try:
+                    with open(tmp, "wb") as fh:
+                        writer = HashingWriter(fh)
+                        yield writer
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                    os.replace(tmp, target)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+            else:
+                with self.fs.open(target, "wb") as fh:
+                    yield HashingWriter(fh)
+                self.fs.invalidate_cache(target)
+
+    def put_file(self, key: str, local: str | os.PathLike) -> tuple[str, int]:
+        """Upload a local file by streaming; returns its (sha256, size)."""
+        with open(local, "rb") as src, self.open_write(key) as out:
+            shutil.copyfileobj(src, out, 8 << 20)
+        return out.sha256, out.size
+
+    def get_file(self, key: str, local: str | os.PathLike) -> None:
+        """Download `key` into a local file by streaming."""
+        with self._errors(key), self.fs.open(self.path(key), "rb") as src, open(local, "wb") as dst:
+            shutil.copyfileobj(src, dst, 8 << 20)
+
+    def open_read(self, key: str):
+        """A stream to read `key` with (a file object: use it in a `with` block)."""
+        with self._errors(key):
+            return self.fs.open(self.path(key), "rb")
+
     def list(self, prefix: str = "") -> list[str]:
         """Names directly under `prefix` (folders included), sorted; [] if it is absent."""
         base = self.path(prefix)
@@ -214,6 +302,33 @@ class Storage:
             if not records:
                 return None
             return self.read_bytes(f"{key}{_RECORDS}/{records[-1]}"), records[-1]
+
+    def read_versioned_if_changed(self, key: str, tag: str | None) -> VersionedRead:
+        """`read_versioned` for a reader that polls: cheap when the value still has `tag` (S3: GetObject with
+        IfNoneMatch, answered 304 without a body; locally: the highest record number, no read)."""
+        with self._errors(key):
+            if self.is_s3:
+                if tag is None:
+                    got = self.read_versioned(key)
+                    return VersionedRead(True, *got) if got else VersionedRead(False)
+                from botocore.exceptions import ClientError
+
+                bucket, name = self._bucket_key(key)
+                try:
+                    obj = self._s3.get_object(Bucket=bucket, Key=name, IfNoneMatch=tag)
+                except self._s3.exceptions.NoSuchKey:
+                    return VersionedRead(True)
+                except ClientError as exc:
+                    if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 304:
+                        return VersionedRead(False)
+                    raise
+                return VersionedRead(True, obj["Body"].read(), obj["ETag"])
+            records = [r for r in self.list(key + _RECORDS) if r.isdigit()]
+            if not records:
+                return VersionedRead(tag is not None)
+            if records[-1] == tag:
+                return VersionedRead(False)
+            return VersionedRead(True, self.read_bytes(f"{key}{_RECORDS}/{records[-1]}"), records[-1])
 
     def compare_and_swap(self, key: str, data: bytes, expected: str | None) -> str:
         """Replace the value of `key` only if its tag is still `expected` (None: only if absent).

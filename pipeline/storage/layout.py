@@ -1,16 +1,23 @@
 """Every key embedpipe writes under a storage root, in one place. Other modules ask here; none spells a path.
 
-    runs/<run_id>/quarantine.parquet                       bad records with their reasons
-    runs/<run_id>/shards/<shard>/chunks/<part>.parquet     what to embed (one part per read batch)
-    runs/<run_id>/shards/<shard>/vectors/<part>.parquet    the same rows with their vectors
-    runs/<run_id>/shards/<shard>/_SUCCESS                  the shard's commit marker, written last
+    runs/<run_id>/plan.json                                the build's plan: pieces, version, what it redoes
+    runs/<run_id>/pieces/<piece>/_SUCCESS                  a read piece's marker (its counts), written last
+    runs/<run_id>/quarantine/<piece or shard>.parquet      bad records with their reasons (per piece; duplicate
+                                                           ids per shard)
+    runs/<run_id>/shards/<shard>/docs/<piece>-<batch>.parquet   a piece's accepted documents of this shard
+    runs/<run_id>/shards/<shard>/_PREPARED                 the shard deduplicated, compared, chunked (counts)
+    runs/<run_id>/shards/<shard>/chunks/<part>.parquet     chunks to embed (their text)
+    runs/<run_id>/shards/<shard>/vectors/<part>.parquet    chunk rows with their vectors (embedded or cached)
+    runs/<run_id>/shards/<shard>/_SUCCESS                  the shard's embedding marker, written last
     runs/<run_id>/shards/<shard>/terms/<part>.parquet      bm25: each chunk's terms and their counts
     runs/<run_id>/shards/<shard>/lexicon.parquet           bm25: the shard's document frequency per term
     runs/<run_id>/shards/<shard>/_TERMS                    bm25: the shard's analysis marker (chunks, tokens)
+    runs/<run_id>/index/<shard>/*                          a shard's share of each snapshot file, then assembled
     runs/<run_id>/migration/report.{json,md}, blue_green.png
-    cache/embeddings/<model_fingerprint>/<name>.parquet    vectors by chunk hash, shared by every run of a model
+    cache/embeddings/<model_fingerprint>/b<lo>-<hi>/<name>.parquet   chunk vectors by chunk hash, partitioned by
+                                                           the documents' bucket range; shared by every run
     cache/queries/<model_fingerprint>/<name>.parquet       golden-query vectors by query hash
-    cache/terms/<analyzer_fingerprint>/<name>.parquet      bm25: chunk terms by chunk hash, shared likewise
+    cache/terms/<analyzer_fingerprint>/b<lo>-<hi>/<name>.parquet   bm25: chunk terms by chunk hash, likewise
     snapshots/<index>/<version>/_CLAIM                     who publishes this version (put-if-absent, first)
     snapshots/<index>/<version>/index/<variant>.faiss      plain faiss.read_index(_binary) files
     snapshots/<index>/<version>/index/bm25/*               the bm25 variant: bm25s' own files (.npy and JSON)
@@ -60,16 +67,33 @@ def check_name(kind: str, name: str, pattern: re.Pattern = NAME) -> str:
 
 # --- runs: work in progress ---------------------------------------------------------------------------------------
 
+PREPARED = "_PREPARED"  # a shard's preparation marker
+
+
 def run_key(run_id: str, name: str) -> str:
     return f"runs/{run_id}/{name}"
 
 
-def quarantine_key(run_id: str) -> str:
-    return run_key(run_id, "quarantine.parquet")
+def plan_key(run_id: str) -> str:
+    return run_key(run_id, "plan.json")
+
+
+def quarantine_key(run_id: str, name: str = "") -> str:
+    """The run's quarantine folder, or one of its files (a piece's or a shard's)."""
+    return run_key(run_id, f"quarantine/{name}".rstrip("/"))
+
+
+def piece_key(run_id: str, piece: int, name: str = "") -> str:
+    return run_key(run_id, f"pieces/{piece:06d}/{name}".rstrip("/"))
 
 
 def shard_key(run_id: str, shard: int, name: str = "") -> str:
     return f"runs/{run_id}/shards/{shard:05d}/{name}".rstrip("/")
+
+
+def index_shard_key(run_id: str, shard: int, name: str) -> str:
+    """A shard's share of a snapshot file (its id rows, fp16 rows, filled indexes), before assembly."""
+    return run_key(run_id, f"index/{shard:05d}/{name}")
 
 
 def migration_key(run_id: str, name: str) -> str:
@@ -80,8 +104,13 @@ def migration_key(run_id: str, name: str) -> str:
 
 def cache_prefix(kind: str, fingerprint: str) -> str:
     """kind: "embeddings" (chunks) or "queries" (golden queries), by model fingerprint; "terms" (chunks), by
-    analyzer fingerprint."""
-    return f"cache/{kind}/{fingerprint}"
+    analyzer fingerprint; no fingerprint: the kind's folder."""
+    return f"cache/{kind}/{fingerprint}".rstrip("/")
+
+
+def cache_partition(lo: int, hi: int) -> str:
+    """The partition of a chunk cache (embeddings, terms) that holds documents in buckets [lo, hi)."""
+    return f"b{lo:05d}-{hi:05d}"
 
 
 # --- snapshots and aliases ----------------------------------------------------------------------------------------
@@ -97,6 +126,16 @@ def snapshot_prefix(index: str, version: str) -> str:
 def variant_file(variant: str) -> str:
     """A variant's FAISS file inside the version folder."""
     return f"index/{variant}.faiss"
+
+
+def ivfdata_file(variant: str) -> str:
+    """An IVF variant's inverted lists, beside its index file (faiss.read_index with IO_FLAG_ONDISK_SAME_DIR)."""
+    return f"index/{variant}.ivfdata"
+
+
+def trained_file(variant: str) -> str:
+    """An IVF variant's trained, empty index (quantizers and codebooks): what a later build may reuse."""
+    return f"index/{variant}.trained.faiss"
 
 
 def bm25_file(part: str) -> str:

@@ -17,11 +17,13 @@ REPORT_KEYS = {
     "embedding_throughput": {"texts", "seconds", "texts_per_s", "max_abs_diff_vs_st", "ratio_c_over_a"},
     "hybrid": {"table", "targets", "timing", "tuning", "met", "same_as_manifest"},
     "incremental_reindex": {"edits", "runs", "identity", "incremental_over_full_flow_run", "met_flow_run"},
-    "index_build": {"n", "plan", "seconds", "bytes_identical", "recall@10_vs_exact", "nprobe_sweep_serial"},
+    "index_build": {"n", "plan", "seconds", "driver_peak_rss_mib", "recall@10_rescored_top100", "targets"},
     "kill_resume": {"runs", "identical_snapshots", "killed_run_published", "restart_cost_s"},
     "migration": {"migrations"},
     "representations": {"models", "plot"},
+    "scale": {"sizes", "cache_runs", "prepare", "ratios", "targets"},
     "scifact_reference": {"exact", "ivfpq", "ivfpq_nprobe_sweep", "reproduces_published", "throughput"},
+    "serve": {"datasets", "clients", "k", "modes"},
     "worker_memory": {"runs", "worker_ratio", "met"},
 }
 PLOTS = {"representations": ["representations.png"]}

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from flows.local_server import free_port
-from tests.conftest import REPO, S3_BUCKET, S3_SECRET, write_golden_subset
+from tests.conftest import REPO, S3_BUCKET, S3_SECRET, moto_server, write_golden_subset
 
 EMBEDPIPE = [sys.executable, "-m", "flows.cli"]
 
@@ -63,27 +63,11 @@ def test_a_missing_bucket_is_named_before_any_engine_starts(tmp_path, sample_doc
                                     "does not exist")
 
 
-def _moto_server(port: int) -> subprocess.Popen:
-    import urllib.request
-
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=2)
-            return proc
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("moto_server did not start")
-
-
 def test_storage_lost_mid_run_ends_in_one_error_line(tmp_path, sample_docs, prefect_api):
     import boto3
 
     port = free_port()
-    server = _moto_server(port)
+    server = moto_server(port)
     env = _s3_env(f"http://127.0.0.1:{port}") | {"PREFECT_API_URL": prefect_api}
     s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="k", aws_secret_access_key="s",
                       region_name="us-east-1")

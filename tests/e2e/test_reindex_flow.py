@@ -45,7 +45,7 @@ def config_path(small_corpus, tmp_path_factory):
     cfg = {"index_name": "scifact-small", "corpus": {"source": str(folder / "corpus.jsonl")},
            "chunking": {"mode": "tokens", "max_tokens": 128, "overlap": 16},
            "evaluation": {"queries": str(folder / "queries.jsonl"), "qrels": str(folder / "qrels.tsv")},
-           "index": {"variants": ["exact", "ivfpq", "bm25"], "parallel_parts": 2},  # IVF-PQ added by 2 Ray tasks
+           "index": {"variants": ["exact", "ivfpq", "bm25"]},
            "run": {"shards": 4, "actors": 2, "cpus_per_actor": 0.5}, "storage": {"root": str(root)}}
     path = tmp_path_factory.mktemp("cfg") / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -77,14 +77,16 @@ def test_flow_publishes_a_verified_snapshot_with_reconciled_counts(first_run):
     snap = Snapshot.open(first_run["snapshot"])
     bm25 = {f"index/bm25/{name}" for name in ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy",
                                                "vocab.index.json", "params.index.json")}
-    assert set(snap.verify()) == {"ids.parquet", "index/exact.faiss", "index/ivfpq.faiss", "vectors.f16.npy"} | bm25
+    assert set(snap.verify()) == {"ids.parquet", "index/exact.faiss", "index/ivfpq.faiss", "index/ivfpq.ivfdata",
+                                  "index/ivfpq.trained.faiss", "vectors.f16.npy"} | bm25
     assert snap.ids.height == counts["chunks"] and snap.ids["doc_id"].n_unique() == 200
     m = snap.manifest
     assert m["counts"]["blank_lines"] == 1 and m["counts"]["quarantined"] == 4
     assert m["model"]["weights_sha256"].startswith("53aa5117") and m["chunking"]["max_tokens"] == 128
     ivfpq = m["index"]["variants"]["ivfpq"]
     assert ivfpq["factory"].startswith("IVF") and ivfpq["factory"].endswith("np")
-    assert ivfpq["index_bytes"] == m["files"]["index/ivfpq.faiss"]["bytes"] and "ivfpq+rescore" in ivfpq["quality"]
+    on_disk = m["files"]["index/ivfpq.faiss"]["bytes"] + m["files"]["index/ivfpq.ivfdata"]["bytes"]
+    assert ivfpq["index_bytes"] == on_disk and "ivfpq+rescore" in ivfpq["quality"]
     assert m["evaluation"]["modes"]["exact"]["ndcg@10"] > 0.7
     assert "recall@10_vs_exact" in m["evaluation"]["modes"]["ivfpq"]
     lexical = m["index"]["variants"]["bm25"]
@@ -123,7 +125,7 @@ def test_quarantine_table_keeps_each_bad_record_with_its_reason(first_run, confi
     import polars as pl
 
     root = yaml.safe_load(config_path.read_text())["storage"]["root"]
-    q = pl.read_parquet(Path(root) / "runs" / first_run["run_id"] / "quarantine.parquet")
+    q = pl.read_parquet(Path(root) / "runs" / first_run["run_id"] / "quarantine" / "*.parquet")
     assert sorted(r.split(":")[0] for r in q["reason"]) == ["duplicate id", "empty text", "invalid JSON",
                                                             "invalid Unicode"]
     assert q.filter(pl.col("reason").str.starts_with("duplicate"))["position"].to_list() == [102]
@@ -190,6 +192,7 @@ def test_rerun_after_a_crash_redoes_only_the_unfinished_shard(first_run, prefect
     shard_dir = sorted((root / "runs" / first_run["run_id"] / "shards").iterdir())[1]
     (shard_dir / "_SUCCESS").unlink()  # as if the worker died before committing this shard
     shutil.rmtree(shard_dir / "vectors")
+    (shard_dir / "_TERMS").unlink()  # and before it analysed the shard for bm25
     with temporary_settings({PREFECT_API_URL: prefect_api}):
         again = reindex(str(config_path), run_id=first_run["run_id"]).to_dict()
     assert (again["counts"]["shards_embedded"], again["counts"]["shards_skipped"]) == (1, 3)
@@ -197,7 +200,7 @@ def test_rerun_after_a_crash_redoes_only_the_unfinished_shard(first_run, prefect
     a, b = Snapshot.open(first_run["snapshot"]), Snapshot.open(again["snapshot"])
     assert a.ids.equals(b.ids)  # same chunks, same FAISS rows
     assert a.manifest["files"]["index/exact.faiss"]["sha256"] == b.manifest["files"]["index/exact.faiss"]["sha256"]
-    # the re-prepared shard was analysed again (its old terms cleared with its inputs), its terms from the cache
+    # the shard was analysed again, its terms from the cache: no text went through the analyzer twice
     c = again["counts"]
     assert c["bm25_analysed"] == 0 < c["bm25_terms_from_cache"] < c["vectors"]
     assert all(a.manifest["files"][f] == b.manifest["files"][f] for f in a.variant_params("bm25")["files"])

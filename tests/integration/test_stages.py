@@ -1,4 +1,7 @@
-"""The reindex stages as plain functions (no Prefect, no Ray): prepare -> embed_shard -> index."""
+"""The build's steps as plain functions, in this process (no Prefect, no Ray): read pieces and prepare shards ->
+embed_shard -> train, fill per shard and assemble the version's files."""
+
+import json
 
 import numpy as np
 import polars as pl
@@ -6,18 +9,34 @@ import pytest
 
 from pipeline.config import parse_config
 from pipeline.errors import InputError, SnapshotError
-from pipeline.jobs.build import build_indexes, id_table
-from pipeline.jobs.prepare import prepare
-from pipeline.jobs.shards import embed_shard, is_committed, load_vectors
+from pipeline.jobs.build import build_indexes, staged_snapshot
+from pipeline.jobs.executor import LocalExecutor
+from pipeline.jobs.indexing import load_vectors
+from pipeline.jobs.plan import BuildPlan
+from pipeline.jobs.prepare import ShardInput, prepare
+from pipeline.jobs.shards import embed_shard, is_committed
 from pipeline.models.encoder import cached_encoder
+from pipeline.quality.search import Searcher
+from pipeline.snapshots.snapshot import claim
 from pipeline.storage.backend import Storage
 from tests.conftest import write_jsonl
 
+LOCAL = LocalExecutor()
+FULL = BuildPlan(ShardInput(None), None, "full build: test")
 
-def config(source, root, model: dict | None = None):
+
+def config(source, root, model: dict | None = None, **run):
     return parse_config({"index_name": "t", "corpus": {"source": str(source)}, "storage": {"root": str(root)},
-                         "chunking": {"max_tokens": 32, "overlap": 8}, "run": {"shards": 3},
+                         "chunking": {"max_tokens": 32, "overlap": 8}, "run": {"shards": 3, **run},
                          "model": model or {}, "index": {"variants": ["exact", "ivfpq", "int8", "binary"]}})
+
+
+def quarantine(root, run_id: str) -> pl.DataFrame:
+    return pl.read_parquet(root / f"runs/{run_id}/quarantine/*.parquet")
+
+
+def prepared_run(cfg, storage, run_id, encoder):
+    return prepare(cfg, storage, run_id, ShardInput(None), encoder.card, LOCAL)
 
 
 @pytest.mark.parametrize("model", [{}, {"name": "wordllama-l2-supercat", "package": "wordllama"}],
@@ -26,32 +45,42 @@ def test_prepare_embed_and_index_in_process(tmp_path, sample_docs, model):
     corpus = write_jsonl(tmp_path / "c.jsonl", sample_docs[:12] + [{"_id": "bad"}])
     cfg, storage = config(corpus, tmp_path / "store", model), Storage(str(tmp_path / "store"))
     encoder = cached_encoder(cfg.model)
-    prepared = prepare(cfg, storage, "run1")
+    prepared = prepared_run(cfg, storage, "run1", encoder)
     assert prepared.counts["read"] == 13 and prepared.counts["quarantined"] == 1
-    assert prepared.counts["chunks"] > 12 and prepared.shards == [0, 1, 2]
-    assert pl.read_parquet(tmp_path / "store/runs/run1/quarantine.parquet")["doc_id"].to_list() == ["bad"]
+    assert prepared.counts["chunks"] > 12 and prepared.shards == [s for s in range(3) if prepared.shard_rows[s]]
+    assert quarantine(tmp_path / "store", "run1")["doc_id"].to_list() == ["bad"]
     with pytest.raises(SnapshotError, match="no _SUCCESS marker"):
         load_vectors(storage, "run1", prepared.shards)
     results = [embed_shard(storage, "run1", s, encoder) for s in prepared.shards]
     assert sum(r.chunks for r in results) == prepared.counts["chunks"] and not any(r.skipped for r in results)
     assert all(is_committed(storage, "run1", s) for s in prepared.shards)
-    assert embed_shard(storage, "run1", 0, encoder).skipped  # idempotent: a committed shard is not redone
+    assert embed_shard(storage, "run1", prepared.shards[0], encoder).skipped  # idempotent
     embedded, vectors = load_vectors(storage, "run1", prepared.shards)
-    built = build_indexes(cfg, vectors)
-    ids = id_table(embedded)
-    assert {ix.ntotal for ix in built.indexes.values()} == {ids.height} and ids.height == prepared.counts["chunks"]
-    assert vectors.shape[1] == encoder.card.dims == built.params["variants"]["binary"]["dims"]
-    assert ids["title"].null_count() == 0 and ids["row"].to_list() == list(range(ids.height))
-    ivfpq = built.params["variants"]["ivfpq"]
+    claim(storage, "t", "v1", "run1")
+    target = storage.child("snapshots/t/v1")
+    staged = build_indexes(cfg, storage, prepared, target, FULL, encoder.card.dims, LOCAL)
+    snap = staged_snapshot(target, staged, encoder.card, prepared)
+    assert set(snap.verify()) >= {"ids.parquet", "vectors.f16.npy", "index/exact.faiss", "index/ivfpq.faiss",
+                                  "index/ivfpq.ivfdata", "index/ivfpq.trained.faiss"}
+    ids = snap.ids
+    assert {snap.index(v).ntotal for v in snap.variants} == {ids.height} == {prepared.counts["chunks"]}
+    assert ids["row"].to_list() == list(range(ids.height)) and ids["title"].null_count() == 0
+    assert ids.select("bucket", "chunk_id").equals(ids.select("bucket", "chunk_id").sort("bucket", "chunk_id"))
+    assert ids.drop("row").equals(embedded)  # the snapshot's rows are the run's rows, in snapshot order
+    assert np.array_equal(snap.rescore_store(), vectors.astype(np.float16))
+    assert np.array_equal(snap.index("exact").reconstruct_n(0, ids.height), vectors)
+    ivfpq = snap.variant_params("ivfpq")
     assert ivfpq["factory"].startswith("IVF") and ivfpq["seed"] == 0
-    assert built.fp16.dtype == np.float16 and built.fp16.shape == vectors.shape
+    hits = Searcher.from_snapshot(snap, encoder).search_vectors(vectors[:3], 3, "ivfpq+rescore")
+    assert [h[0].chunk_id for h in hits] == ids["chunk_id"].to_list()[:3]  # a stored vector finds itself
 
 
-def test_corpus_with_no_good_record_is_a_clear_error(tmp_path):
+def test_corpus_with_no_good_record_is_a_clear_error(tmp_path, encoder):
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"_id": "a"}, "not json"])
+    cfg = config(corpus, tmp_path / "store")
     with pytest.raises(InputError, match=r"no document accepted \(2 read, 2 quarantined; reasons in .*quarantine"):
-        prepare(config(corpus, tmp_path / "store"), Storage(str(tmp_path / "store")), "r")
-    assert pl.read_parquet(tmp_path / "store/runs/r/quarantine.parquet").height == 2
+        prepared_run(cfg, Storage(str(tmp_path / "store")), "r", encoder)
+    assert quarantine(tmp_path / "store", "r").height == 2
 
 
 def test_second_run_reuses_every_vector_and_an_edit_reembeds_only_its_chunks(tmp_path, sample_docs, encoder):
@@ -60,7 +89,7 @@ def test_second_run_reuses_every_vector_and_an_edit_reembeds_only_its_chunks(tmp
     cfg, storage = config(corpus, tmp_path / "store"), Storage(str(tmp_path / "store"))
 
     def run(run_id: str):
-        prepared = prepare(cfg, storage, run_id)
+        prepared = prepared_run(cfg, storage, run_id, encoder)
         results = [embed_shard(storage, run_id, s, encoder) for s in prepared.shards]
         return prepared, results, load_vectors(storage, run_id, prepared.shards)
 
@@ -68,6 +97,7 @@ def test_second_run_reuses_every_vector_and_an_edit_reembeds_only_its_chunks(tmp
     assert sum(r.embedded for r in r1) == first.counts["chunks"] and sum(r.cached for r in r1) == 0
     second, r2, (ids2, v2) = run("second")
     assert sum(r.embedded for r in r2) == 0 and sum(r.cached for r in r2) == second.counts["chunks"]
+    assert second.counts["cached"] == second.counts["chunks"] and second.counts["to_embed"] == 0
     assert sum(r.tokens for r in r2) == 0  # zero texts embedded the second time
     assert ids1.equals(ids2) and np.array_equal(v1, v2)
 
@@ -79,27 +109,67 @@ def test_second_run_reuses_every_vector_and_an_edit_reembeds_only_its_chunks(tmp
     assert {c.split("#")[0] for c in ids3.filter(pl.col("chunk_hash").is_in(changed))["chunk_id"]} == {docs[3]["_id"]}
 
 
-def test_streaming_in_small_batches_gives_the_same_vectors_and_catches_late_duplicates(tmp_path, sample_docs, encoder):
-    """The driver reads 4 records at a time: each shard gets several input parts, the workers embed them part
-    by part, and the result equals a one-batch run's; a duplicate in a later batch is still quarantined."""
+def test_pieces_and_small_batches_give_the_same_run_and_find_duplicates_across_pieces(tmp_path, sample_docs, encoder):
+    """One piece read 10,000 records at a time, or byte-range pieces of ~2 KB read 4 records at a time: the same
+    chunks and vectors; a later copy of an id, in another piece, is quarantined where it stands."""
     corpus = write_jsonl(tmp_path / "c.jsonl", sample_docs[:10] + [dict(sample_docs[1], text="a late duplicate")])
     results = {}
-    for batch in (4, 10_000):
-        cfg = parse_config({**config(corpus, tmp_path / f"store{batch}").model_dump(),
-                            "run": {"shards": 2, "read_batch": batch}})
-        storage = Storage(str(tmp_path / f"store{batch}"))
-        prepared = prepare(cfg, storage, "r")
+    for name, run in (("whole", {}), ("pieces", {"read_batch": 4, "piece_bytes": 1 << 16})):
+        cfg = config(corpus, tmp_path / f"store-{name}", shards=2, **run)
+        if name == "pieces":  # below the config's floor, so that this small file is cut into several pieces
+            cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"piece_bytes": 2048})})
+        storage = Storage(str(tmp_path / f"store-{name}"))
+        prepared = prepared_run(cfg, storage, "r", encoder)
         assert prepared.counts["quarantined"] == 1 and prepared.counts["accepted"] == 10
-        parts = [storage.list(f"runs/r/shards/{s:05d}/chunks") for s in prepared.shards]
-        assert max(map(len, parts)) == (3 if batch == 4 else 1)
+        assert prepared.counts["pieces"] == (1 if name == "whole" else len(storage.list("runs/r/pieces"))) >= 1
         for s in prepared.shards:
             embed_shard(storage, "r", s, encoder)
-        results[batch] = (prepared.corpus["fingerprint"], *load_vectors(storage, "r", prepared.shards))
-    (fp_small, ids_small, v_small), (fp_big, ids_big, v_big) = results[4], results[10_000]
-    assert fp_small == fp_big and ids_small.equals(ids_big)
-    assert np.abs(v_small - v_big).max() < 1e-5  # batches differ, so padding (and float rounding) does too
-    quarantined = pl.read_parquet(tmp_path / "store4/runs/r/quarantine.parquet")
-    assert quarantined["reason"].str.starts_with("duplicate id").all() and quarantined["position"].to_list() == [11]
+        results[name] = (prepared.corpus["fingerprint"], *load_vectors(storage, "r", prepared.shards))
+        dupes = quarantine(tmp_path / f"store-{name}", "r")
+        assert dupes["reason"].str.starts_with("duplicate id").all() and dupes["doc_id"].to_list() == [
+            sample_docs[1]["_id"]]
+    assert results["pieces"][0] == results["whole"][0] and results["pieces"][1].equals(results["whole"][1])
+    assert np.abs(results["pieces"][2] - results["whole"][2]).max() < 1e-5  # batches differ: float rounding
+
+
+def test_a_rerun_redoes_only_unfinished_pieces_and_shards(tmp_path, sample_docs, encoder):
+    corpus = write_jsonl(tmp_path / "c.jsonl", sample_docs[:12])
+    cfg, storage = config(corpus, tmp_path / "store"), Storage(str(tmp_path / "store"))
+    first = prepared_run(cfg, storage, "r", encoder)
+    marker = storage.read_bytes("runs/r/shards/00001/_PREPARED")
+    storage.delete("runs/r/shards/00001/_PREPARED")  # as if the worker preparing shard 1 died before committing
+    again = prepared_run(cfg, storage, "r", encoder)
+    assert again.counts == first.counts and json.loads(storage.read_bytes("runs/r/shards/00001/_PREPARED")) == \
+        json.loads(marker)
+
+
+def test_cache_gc_keeps_what_committed_snapshots_need(tmp_path, sample_docs, encoder):
+    from pipeline.snapshots.retention import collect_cache
+    from pipeline.snapshots.snapshot import commit
+
+    storage = Storage(str(tmp_path / "store"))
+    kept = write_jsonl(tmp_path / "kept.jsonl", sample_docs[:6])
+    gone = write_jsonl(tmp_path / "gone.jsonl", sample_docs[6:10])
+    for run_id, corpus in (("kept", kept), ("gone", gone)):  # both runs fill the cache; only "kept" publishes
+        cfg = config(corpus, tmp_path / "store")
+        prepared = prepared_run(cfg, storage, run_id, encoder)
+        for s in prepared.shards:
+            embed_shard(storage, run_id, s, encoder)
+        if run_id == "kept":
+            claim(storage, "t", "v1", run_id)
+            staged = build_indexes(cfg, storage, prepared, storage.child("snapshots/t/v1"), FULL,
+                                   encoder.card.dims, LOCAL)
+            commit(storage, "t", "v1", staged.files, {"index": staged.params, "counts": prepared.counts,
+                                                      "model": encoder.card.to_dict() | {
+                                                          "fingerprint": encoder.card.fingerprint}})
+            needed = prepared.counts["chunks"]
+    [dry] = [r for r in collect_cache(storage, dry_run=True) if r.kind == "embeddings"]
+    assert dry.kept == needed and dry.dropped > 0
+    [done] = [r for r in collect_cache(storage) if r.kind == "embeddings"]
+    assert (done.kept, done.dropped) == (dry.kept, dry.dropped)
+    again = prepared_run(config(kept, tmp_path / "store"), storage, "again", encoder)
+    assert again.counts["cached"] == again.counts["chunks"]  # everything the snapshot needs is still cached
+    assert prepared_run(config(gone, tmp_path / "store"), storage, "gone-again", encoder).counts["cached"] == 0
 
 
 def test_golden_queries_are_encoded_once_per_model(tmp_path, encoder):

@@ -93,8 +93,10 @@ def test_plain_bm25s_loads_the_files_memory_mapped_and_ranks_alike(texts, tmp_pa
     ours_scores, ours_rows = ours.search(ours.analyzer.terms(queries), 5)
     assert np.array_equal(scores, np.where(ours_rows >= 0, ours_scores, 0))
     # read back through embedpipe too: the same arrays, the analyzer rebuilt from the manifest entry
-    again = Bm25Index.from_files(ours.files().__getitem__, ours.manifest_params(ours.files(), _stats(texts)), "t")
-    assert np.array_equal(again.data, ours.data) and again.vocab == ours.vocab and again.analyzer == ours.analyzer
+    sizes = {name: len(data) for name, data in ours.files().items()}
+    again = Bm25Index.from_files(tmp_path.joinpath, ours.manifest_params(sizes, _stats(texts)), "t")
+    assert isinstance(again.data, np.memmap) and np.array_equal(again.data, ours.data)
+    assert again.vocab == ours.vocab and again.analyzer == ours.analyzer
 
 
 def _stats(texts: list[str]) -> CorpusStatistics:

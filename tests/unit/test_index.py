@@ -87,32 +87,6 @@ def test_bad_vectors_rejected():
         build_exact(np.zeros((3, 4), dtype=np.float64))
 
 
-def test_parallel_parts_merged_in_row_order_equal_the_serial_build():
-    from pipeline.index.faiss_ops import add_part, merge_parts, train_ivfpq
-
-    x = clustered(6000)
-    plan = plan_ivfpq(len(x), 64, IvfConfig())
-    trained = to_bytes(train_ivfpq(x, plan, seed=0))
-    parts = [add_part(trained, x[s:s + 1700], s) for s in range(0, len(x), 1700)]  # uneven last part
-    assert to_bytes(merge_parts(trained, parts)) == to_bytes(build_ivfpq(x, plan, seed=0))
-
-
-def test_parallel_build_on_ray_equals_the_serial_build():
-    import ray
-
-    from operators.ivfpq import parallel_ivfpq
-
-    x = clustered(5000, seed=3)
-    plan = plan_ivfpq(len(x), 64, IvfConfig())
-    try:
-        merged = parallel_ivfpq(x, plan, seed=0, parts=3)
-    finally:
-        ray.shutdown()
-    serial = build_ivfpq(x, plan, seed=0)
-    assert to_bytes(merged) == to_bytes(serial)
-    assert np.array_equal(merged.search(x[:50], 10)[1], serial.search(x[:50], 10)[1])
-
-
 def test_gpu_training_branch_uses_the_assigner_and_changes_nothing_else(monkeypatch):
     """The GPU branch of train_ivfpq, run on CPU: a CPU flat index stands in for the GPU one, so the
     coarse k-means only moves to another (identical) assigner and the bytes must not change."""

@@ -9,7 +9,7 @@ from tests.conftest import REPO
 
 # pipeline's layers, lowest first: a module may import its own layer and those below it
 PIPELINE_LAYERS = [("errors", "config"), ("storage",), ("corpus", "models"), ("index",), ("snapshots",),
-                   ("quality",), ("jobs",), ("reports",)]
+                   ("quality",), ("serving",), ("jobs",), ("reports",)]
 
 
 def _imports(path) -> list[str]:

@@ -166,7 +166,7 @@ def test_qrels_accept_crlf(tmp_path):
 
 
 def test_missing_and_corrupt_inputs_are_clear_errors(tmp_path):
-    with pytest.raises(InputError, match="input not found: .*nope.jsonl"):
+    with pytest.raises(InputError, match="corpus.source: .*nope.jsonl does not exist"):
         read_corpus(CorpusConfig(source=str(tmp_path / "nope.jsonl")))
     (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip at all")
     with pytest.raises(InputError, match=r"cannot read .*bad\.jsonl\.gz"):

@@ -1,6 +1,7 @@
 """int8 / binary / Matryoshka representations, rescoring, and snapshots carrying several variants."""
 
 import dataclasses
+import io
 
 import numpy as np
 import polars as pl
@@ -8,12 +9,14 @@ import pytest
 
 from pipeline.config import IndexConfig, parse_config
 from pipeline.errors import IndexBuildError, SnapshotError
+from pipeline.index.faiss_ops import to_bytes
 from pipeline.index.representations import Int8Ranges, asymmetric_binary_scores, matryoshka
-from pipeline.index.variants import Variant, VariantSpec, build_variant
-from pipeline.jobs.build import BuiltIndexes, build_indexes, describe_variants, snapshot_files
+from pipeline.index.variants import Variant, VariantSpec, build_variant, build_variants
+from pipeline.jobs.build import describe_variants
 from pipeline.quality.search import Searcher
 from pipeline.snapshots.snapshot import Snapshot, publish
 from pipeline.storage.backend import Storage
+from pipeline.storage.tables import parquet_bytes
 
 DIMS = 384
 ALL = ["exact", "fp16", "ivfpq", "int8", "int8-ivf", "binary", "binary-ivf", "exact@64", "binary@128"]
@@ -32,10 +35,31 @@ def vectors():
     return corpus()
 
 
+@dataclasses.dataclass(frozen=True)
+class Built:
+    indexes: dict[str, object]
+    params: dict  # the manifest's "index" section
+    fp16: np.ndarray | None
+
+
 @pytest.fixture(scope="module")
 def built(vectors):
     cfg = parse_config({"index_name": "t", "corpus": {"source": "x"}, "index": {"variants": ALL}})
-    return build_indexes(cfg, vectors)
+    indexes, variants = build_variants(cfg.index, vectors, seed=0)
+    params = {"metric": "inner_product", "variants": variants,
+              "rescore": {"file": "vectors.f16.npy", "dtype": "float16", "factor": 10}}
+    return Built(indexes, params, vectors.astype(np.float16))
+
+
+def snapshot_files(built: Built, ids: pl.DataFrame) -> dict[str, bytes]:
+    files = {"ids.parquet": parquet_bytes(ids), "vectors.f16.npy": npy_bytes(built.fp16)}
+    return files | {built.params["variants"][n]["file"]: to_bytes(ix) for n, ix in built.indexes.items()}
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
 
 
 def ids_for(n: int) -> pl.DataFrame:
@@ -110,7 +134,8 @@ def test_rescoring_returns_k_results_and_improves_recall(vectors, built, encoder
 def test_a_snapshot_with_every_variant_loads_and_searches_each(tmp_path, vectors, built, encoder):
     ids = ids_for(len(vectors))
     files = snapshot_files(built, ids)
-    index = describe_variants(built.params, files, {"modes": {"int8": {"ndcg@10": 0.5}}})
+    index = describe_variants(built.params, {name: {"bytes": len(data)} for name, data in files.items()},
+                              {"modes": {"int8": {"ndcg@10": 0.5}}})
     manifest = {"index": index, "counts": {"max_chunks_per_doc": 1},
                 "model": encoder.card.to_dict() | {"fingerprint": encoder.card.fingerprint}}
     snap = Snapshot.open(publish(Storage(str(tmp_path)), "t", "v1", files, manifest))
@@ -138,6 +163,6 @@ def test_mismatched_dims_and_missing_variants_are_clear_errors(vectors, built, e
         searcher.search_vectors(vectors[:1], 5, "int8+rescore")
     with pytest.raises(SnapshotError, match="binary variants only"):
         searcher.search_vectors(vectors[:1], 5, "int8+hamming")
-    half = BuiltIndexes({"exact": built.indexes["exact"]}, built.params, None)
+    half = Built({"exact": built.indexes["exact"]}, built.params, None)
     with pytest.raises(SnapshotError, match="id table has 10"):
         Searcher.build(half.indexes, half.params, ids_for(10), encoder, 1, None)

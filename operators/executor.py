@@ -1,0 +1,44 @@
+"""The executor seam on Ray (pipeline/jobs/executor.py): each unit of work a Ray task, placed by Ray anywhere in
+the cluster. The steps commit a marker last and are idempotent, so a task lost with its node is simply retried."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import ray
+
+from operators.cluster import ensure_ray, mark_node, unwrap
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@ray.remote(max_retries=2)
+def _call(fn: Callable[[T], R], item: T) -> R:
+    mark_node()
+    return fn(item)
+
+
+class RayExecutor:
+    where = "ray tasks"
+
+    def map(self, fn: Callable[[T], R], items: list[T], on_result: Callable[[R], None] | None = None,
+            cpus: float = 1.0) -> list[R]:
+        if not items:
+            return []
+        ensure_ray()
+        fn_ref = ray.put(fn)  # the step and its arguments (config, storage) travel once, not once per item
+        pending = {_call.options(num_cpus=cpus).remote(fn_ref, item): i for i, item in enumerate(items)}
+        results: list = [None] * len(items)
+        try:
+            while pending:
+                [done], _ = ray.wait(list(pending), num_returns=1)
+                results[pending.pop(done)] = value = ray.get(done)
+                if on_result:
+                    on_result(value)
+        except ray.exceptions.RayError as exc:
+            for ref in pending:
+                ray.cancel(ref)
+            raise unwrap(exc) from exc
+        return results

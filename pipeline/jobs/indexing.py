@@ -1,0 +1,166 @@
+"""The index stage, out of core: the driver never holds the corpus's vectors.
+
+1. Rows: every committed shard's chunk rows in snapshot order (bucket, then chunk id: the same whatever the shard
+   count, since shards are bucket ranges), shard after shard; a shard's first row is the sum of those before it.
+2. Train: one seeded sample of rows (bounded by `index.ivf.max_train_points`) is read shard by shard, and every
+   variant is trained on it once (index/variants.py), or reuses an earlier version's training.
+3. Fill, per shard on a worker (`index_shard`): its id rows, its fp16 rescoring rows and each variant's index of its
+   vectors, written under runs/<run>/index/<shard>/.
+4. Assemble, per snapshot file on a worker (`assemble`): shard files streamed into one file in the version folder
+   (index/assemble.py), its sha256 computed while it is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import SnapshotError
+from pipeline.index.assemble import concat_flat, concat_parquet, merge_ivf, npy_header
+from pipeline.index.faiss_ops import to_bytes
+from pipeline.index.variants import FULL_BUILD, TrainedVariant, Training, VariantSpec, train_variants, training_rows
+from pipeline.jobs.executor import Executor
+from pipeline.jobs.shards import INPUT_COLUMNS, is_committed
+from pipeline.storage import layout
+from pipeline.storage.backend import Storage
+from pipeline.storage.tables import read_parquet, write_parquet
+
+RESCORE_DTYPE = "<f2"
+
+
+@dataclass(frozen=True)
+class ShardRows:
+    shard: int
+    rows: int
+    first_row: int  # the snapshot row of its first row
+
+
+def row_layout(shards: list[int], rows: dict[int, int]) -> list[ShardRows]:
+    """Each shard's place in the snapshot's rows: shards in order, empty ones left out."""
+    out, first = [], 0
+    for shard in sorted(shards):
+        if rows[shard]:
+            out.append(ShardRows(shard, rows[shard], first))
+            first += rows[shard]
+    return out
+
+
+def shard_table(storage: Storage, run_id: str, shard: int) -> pl.DataFrame:
+    """A committed shard's chunk rows with their vectors, in snapshot order (bucket, then chunk id)."""
+    if not is_committed(storage, run_id, shard):
+        raise SnapshotError(f"run {run_id} shard {shard} has no {layout.MARKER} marker; it was not embedded")
+    names = storage.list(layout.shard_key(run_id, shard, "vectors"))
+    frames = [read_parquet(storage, layout.shard_key(run_id, shard, f"vectors/{name}")) for name in names]
+    return pl.concat(frames).sort("bucket", "chunk_id")
+
+
+def vectors_of(table: pl.DataFrame) -> np.ndarray:
+    return np.ascontiguousarray(table["vector"].to_numpy(), dtype=np.float32)
+
+
+def load_vectors(storage: Storage, run_id: str, shards: list[int]) -> tuple[pl.DataFrame, np.ndarray]:
+    """Every listed shard's chunk rows and vectors in snapshot order, in memory: for small runs, tests and
+    benchmarks (the index stage never gathers them)."""
+    table = pl.concat([shard_table(storage, run_id, shard) for shard in sorted(shards)])
+    return table.drop("vector"), vectors_of(table)
+
+
+def sample_shard(storage: Storage, run_id: str, shard: ShardRows, rows: np.ndarray) -> np.ndarray:
+    """The vectors of the snapshot rows `rows` (sorted) that fall in this shard."""
+    local = rows[(rows >= shard.first_row) & (rows < shard.first_row + shard.rows)] - shard.first_row
+    return vectors_of(shard_table(storage, run_id, shard.shard))[local] if len(local) else np.empty((0, 0), np.float32)
+
+
+def train(cfg: PipelineConfig, storage: Storage, run_id: str, shards: list[ShardRows], dims: int, executor: Executor,
+          training: Training = FULL_BUILD) -> list[TrainedVariant]:
+    """Every variant trained once on the seeded sample: the workers read their shards' share of it, and the
+    driver holds the sample only (at most index.ivf.max_train_points vectors)."""
+    n = sum(s.rows for s in shards)
+    trains = any(VariantSpec.parse(v).kind.trains for v in cfg.index.vector_variants)
+    sample = np.empty((0, dims), dtype=np.float32)
+    if trains:
+        rows = training_rows(n, cfg.index, cfg.run.seed)
+        holders = [s for s in shards if ((rows >= s.first_row) & (rows < s.first_row + s.rows)).any()]
+        sample = np.concatenate(executor.map(partial(sample_shard, storage, run_id, rows=rows), holders))
+    return train_variants(cfg.index, n, dims, sample, cfg.run.seed, training)
+
+
+def index_shard(storage: Storage, run_id: str, shard: ShardRows, trained: list[TrainedVariant],
+                store_fp16: bool) -> int:
+    """One shard's share of every snapshot file: its id rows, fp16 rows, and each variant filled with its vectors;
+    returns its rows."""
+    table = shard_table(storage, run_id, shard.shard)
+    if table.height != shard.rows:
+        raise SnapshotError(f"run {run_id} shard {shard.shard} holds {table.height} rows, its marker said "
+                            f"{shard.rows}")
+    ids = table.select(pl.int_range(shard.first_row, shard.first_row + shard.rows, dtype=pl.Int64).alias("row"),
+                       *INPUT_COLUMNS)
+    write_parquet(storage, layout.index_shard_key(run_id, shard.shard, "ids.parquet"), ids)
+    vectors = vectors_of(table)
+    if store_fp16:
+        storage.write_bytes(layout.index_shard_key(run_id, shard.shard, "rescore.f16"),
+                            vectors.astype(RESCORE_DTYPE).tobytes())
+    for variant in trained:
+        storage.write_bytes(layout.index_shard_key(run_id, shard.shard, f"{variant.spec.name}.faiss"),
+                            to_bytes(variant.fill(vectors, shard.first_row)))
+    return shard.rows
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    name: str  # in the version folder
+    sha256: str
+    bytes: int
+
+
+def assemble(storage: Storage, run_id: str, target: Storage, what: str, shards: list[ShardRows],
+             trained: list[TrainedVariant], dims: int) -> list[FileEntry]:
+    """Write one snapshot file (`what`: "ids", "rescore" or a variant's name) into the version folder `target`
+    from the shards' files, streaming; IVF variants also write their lists and trained index."""
+    if what == "ids":
+        with target.open_write(layout.IDS) as out:
+            concat_parquet((read_parquet(storage, layout.index_shard_key(run_id, s.shard, "ids.parquet"))
+                            for s in shards), out)
+        return [FileEntry(layout.IDS, out.sha256, out.size)]
+    if what == "rescore":
+        with target.open_write(layout.RESCORE_STORE) as out:
+            out.write(npy_header(sum(s.rows for s in shards), dims, RESCORE_DTYPE))
+            for s in shards:
+                with storage.open_read(layout.index_shard_key(run_id, s.shard, "rescore.f16")) as fh:
+                    _copy(fh, out)
+        return [FileEntry(layout.RESCORE_STORE, out.sha256, out.size)]
+    variant = next(t for t in trained if t.spec.name == what)
+    binary = variant.spec.kind.binary
+    if not variant.spec.kind.ivf:
+        files = [storage.open_read(layout.index_shard_key(run_id, s.shard, f"{what}.faiss")) for s in shards]
+        try:
+            with target.open_write(variant.spec.file) as out:
+                concat_flat(variant.empty, binary, [(s.rows, fh) for s, fh in zip(shards, files, strict=True)], out)
+        finally:
+            for fh in files:
+                fh.close()
+        return [FileEntry(variant.spec.file, out.sha256, out.size)]
+    with tempfile.TemporaryDirectory(prefix="embedpipe-merge-") as tmp:
+        local = []
+        for s in shards:  # merged on local disk: FAISS maps the lists from local files
+            local.append(Path(tmp) / f"{s.shard:05d}.faiss")
+            storage.get_file(layout.index_shard_key(run_id, s.shard, f"{what}.faiss"), local[-1])
+        index_path, ivfdata = Path(tmp) / "merged.faiss", Path(tmp) / Path(layout.ivfdata_file(what)).name
+        merge_ivf(variant.empty, binary, local, index_path, ivfdata)
+        entries = [FileEntry(variant.spec.file, *target.put_file(variant.spec.file, index_path)),
+                   FileEntry(layout.ivfdata_file(what), *target.put_file(layout.ivfdata_file(what), ivfdata))]
+    trained_name = layout.trained_file(what)
+    target.write_bytes(trained_name, variant.empty)
+    return entries + [FileEntry(trained_name, hashlib.sha256(variant.empty).hexdigest(), len(variant.empty))]
+
+
+def _copy(src, out, block: int = 8 << 20) -> None:
+    while chunk := src.read(block):
+        out.write(chunk)

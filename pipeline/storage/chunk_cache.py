@@ -1,0 +1,97 @@
+"""Rows keyed by chunk hash, shared by every run of a root: the base of the embedding cache (vectors,
+pipeline/models/cache.py) and the term cache (bm25 terms, pipeline/index/term_cache.py).
+
+Partitioned like the shards: by the bucket range of the documents (corpus/sharding.py). A shard looks up only the
+partitions that overlap its own bucket range, once per shard, reading each file with a filter on the hashes it
+needs, so a lookup costs what the shard's partition holds, not what the whole cache holds; partitions written
+under another shard count still line up (they are bucket ranges too). Every shard of every run adds one immutable
+file to its partition (concurrent runs never write the same object), and a partition with more than `COMPACT_AT`
+files is compacted into one, so the files a lookup reads stay bounded across runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import polars as pl
+
+from pipeline.errors import StorageError
+from pipeline.storage import layout
+from pipeline.storage.backend import Storage
+from pipeline.storage.tables import parquet_bytes, read_parquet, write_parquet
+
+COMPACT_AT = 8  # files in a partition before it is compacted into one
+
+
+class ChunkCache:
+    """Rows with a `chunk_hash` column under `prefix`, in partitions named by bucket range (`b<lo>-<hi>`)."""
+
+    def __init__(self, storage: Storage, prefix: str) -> None:
+        self.storage, self.prefix = storage, prefix
+
+    def partitions(self) -> list[tuple[int, int]]:
+        """The bucket range [lo, hi) of every partition."""
+        out = []
+        for name in self.storage.list(self.prefix):
+            a, _, b = name.removeprefix("b").partition("-")
+            if name.startswith("b") and a.isdigit() and b.isdigit():
+                out.append((int(a), int(b)))
+        return out
+
+    def _folder(self, lo: int, hi: int) -> str:
+        return f"{self.prefix}/{layout.cache_partition(lo, hi)}"
+
+    def lookup(self, lo: int, hi: int, hashes: set[str]) -> Iterator[pl.DataFrame]:
+        """The rows of the wanted hashes, a cache file at a time (memory: one file's matches), from the partitions
+        whose bucket range overlaps [lo, hi)."""
+        if not hashes:
+            return
+        wanted = pl.Series(sorted(hashes), dtype=pl.String)
+        for a, b in self.partitions():
+            if not (a < hi and lo < b):
+                continue
+            folder = self._folder(a, b)
+            for name in self.storage.list(folder):
+                try:
+                    table = read_parquet(self.storage, f"{folder}/{name}")
+                except StorageError:  # compacted away after the listing: its rows are in the compacted file
+                    continue
+                hits = table.filter(pl.col("chunk_hash").is_in(wanted))
+                if hits.height:
+                    yield hits
+
+    def add_rows(self, lo: int, hi: int, name: str, rows: pl.DataFrame) -> None:
+        """One immutable file of new entries (one row per hash) in the partition of bucket range [lo, hi)."""
+        if rows.height:
+            write_parquet(self.storage, f"{self._folder(lo, hi)}/{name}.parquet",
+                          rows.unique("chunk_hash", keep="first", maintain_order=True))
+
+    def compact(self, lo: int, hi: int) -> bool:
+        """Merge the partition of [lo, hi) into one file when it holds more than COMPACT_AT. True if it did."""
+        folder = self._folder(lo, hi)
+        names = self.storage.list(folder)
+        if len(names) <= COMPACT_AT:
+            return False
+        self._rewrite(folder, names, pl.concat([read_parquet(self.storage, f"{folder}/{n}") for n in names]))
+        return True
+
+    def collect(self, lo: int, hi: int, keep: set[str], dry_run: bool = False) -> tuple[int, int]:
+        """Keep only the entries whose hash is in `keep` (what retained snapshots need) in the partition of
+        [lo, hi); returns its entries (before, after)."""
+        folder = self._folder(lo, hi)
+        names = self.storage.list(folder)
+        table = pl.concat([read_parquet(self.storage, f"{folder}/{n}") for n in names]).unique("chunk_hash")
+        kept = table.filter(pl.col("chunk_hash").is_in(pl.Series(sorted(keep), dtype=pl.String)))
+        if not dry_run and kept.height < table.height:
+            self._rewrite(folder, names, kept)
+        return table.height, kept.height
+
+    def _rewrite(self, folder: str, names: list[str], table: pl.DataFrame) -> None:
+        """Replace a partition's files by one: written first, so a reader sees every entry at every moment."""
+        table = table.unique("chunk_hash", keep="first", maintain_order=True)
+        if table.height:
+            digest = hashlib.blake2b("\n".join(names).encode(), digest_size=8).hexdigest()
+            self.storage.write_bytes(f"{folder}/compacted-{digest}.parquet", parquet_bytes(table))
+        for name in names:
+            self.storage.delete(f"{folder}/{name}")

@@ -1,0 +1,114 @@
+"""A real multi-node run: a Ray cluster of two nodes on this machine (a head and a second `ray start` with its own
+temp dir), the corpus and the storage root on an S3 server on loopback, so no step can lean on a path the driver
+and the workers share. The reindex flow runs every stage on the cluster (pieces, shards, actors, index tasks); the
+markers show work on both nodes, and the snapshot equals a one-node run's."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from flows.local_server import free_port
+from tests.conftest import REPO, moto_server, stop_processes_mentioning, write_golden_subset
+
+pytestmark = pytest.mark.cluster
+RAY = str(Path(sys.executable).parent / "ray")
+BUCKET = "multinode"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """An S3 server every process reaches (credentials from the environment, as on a real cluster)."""
+    import boto3
+
+    port = free_port()
+    server = moto_server(port)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "multinode",
+           "AWS_SECRET_ACCESS_KEY": "multinode-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="k", aws_secret_access_key="s",
+                 region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    yield env
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster(s3):
+    """Two Ray nodes of one CPU each, each with its own temp dir (short paths: Ray's sockets have a limit)."""
+    port, dirs = free_port(), [Path(tempfile.mkdtemp(prefix="rayh", dir="/tmp")),
+                               Path(tempfile.mkdtemp(prefix="rayw", dir="/tmp"))]
+    env = {**os.environ, **s3, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                        "--disable-usage-stats"], env={**env, "RAY_TMPDIR": str(dirs[0])}, check=True,
+                       capture_output=True, timeout=180)
+        subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1"],
+                       env={**env, "RAY_TMPDIR": str(dirs[1])}, check=True, capture_output=True, timeout=180)
+        yield f"127.0.0.1:{port}"
+    finally:
+        for d in dirs:
+            stop_processes_mentioning(str(d))
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _run(config: Path, root: str, env: dict, prefect_api: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(config), "--set", f"storage.root={root}",
+                          "--json", "--no-example"], cwd=REPO, capture_output=True, text=True, timeout=900,
+                         env={**env, "PREFECT_API_URL": prefect_api})
+    assert out.returncode == 0, out.stderr[-4000:]
+    return json.loads(out.stdout)
+
+
+def test_a_two_node_cluster_on_s3_builds_the_snapshot_a_single_node_builds(tmp_path, sample_docs, s3, cluster,
+                                                                             prefect_api, monkeypatch):
+    from pipeline.snapshots.snapshot import Snapshot
+    from pipeline.storage.backend import Storage
+
+    for key, value in s3.items():  # this process writes the corpus and reads the results on S3 too
+        monkeypatch.setenv(key, value)
+    paths = write_golden_subset(tmp_path / "data", sample_docs, 10, 200)
+    data = Storage(f"s3://{BUCKET}/data")
+    for path in paths.values():
+        data.put_file(path.name, path)
+    urls = {k: data.url_of(p.name) for k, p in paths.items()}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "index_name": "multinode", "corpus": {"source": urls["corpus"]},
+        "evaluation": {"queries": urls["queries"], "qrels": urls["qrels"]},
+        "model": {"name": "wordllama-l2-supercat", "package": "wordllama"},
+        "chunking": {"max_tokens": 64, "overlap": 8}, "index": {"variants": ["exact", "ivfpq", "int8"]},
+        "run": {"shards": 4, "actors": 2, "cpus_per_actor": 1.0, "piece_bytes": 65536,
+                # every stage on the cluster, however small the corpus
+                "local_prepare_max_bytes": 0, "local_embed_max_chunks": 0}}))
+    base = {**os.environ, **s3, "RAY_AUTH_MODE": "token"}
+    two = _run(config, f"s3://{BUCKET}/two-nodes", base | {"RAY_ADDRESS": cluster}, prefect_api)
+    one = _run(config, f"s3://{BUCKET}/one-node", {k: v for k, v in base.items() if k != "RAY_ADDRESS"}, prefect_api)
+
+    assert two["counts"]["executor"] == "ray tasks" and two["counts"]["embedded_in"] == "ray actors"
+    assert two["counts"]["pieces"] > 1  # the corpus was read in several pieces
+    store = Storage(f"s3://{BUCKET}/two-nodes")
+    run = f"runs/{two['run_id']}"
+    nodes = {json.loads(store.read_bytes(f"{run}/pieces/{p}/_SUCCESS"))["node"] for p in store.list(f"{run}/pieces")}
+    for shard in store.list(f"{run}/shards"):
+        for marker in ("_PREPARED", "_SUCCESS"):
+            if store.exists(f"{run}/shards/{shard}/{marker}"):
+                nodes.add(json.loads(store.read_bytes(f"{run}/shards/{shard}/{marker}"))["node"])
+    assert len(nodes) == 2, nodes  # work ran on both nodes
+
+    a, b = Snapshot.open(two["snapshot"]), Snapshot.open(one["snapshot"])
+    assert a.verify() and a.ids.equals(b.ids)  # the same chunks in the same rows
+    va, vb = (s.index("exact").reconstruct_n(0, s.ids.height) for s in (a, b))
+    assert np.abs(va - vb).max() < 1e-5  # the same vectors, to float tolerance
+    if np.array_equal(va, vb):  # deterministic from there: the same files, byte for byte
+        assert {k: v["sha256"] for k, v in a.manifest["files"].items()} == \
+            {k: v["sha256"] for k, v in b.manifest["files"].items()}
+    assert two["evaluation"]["modes"]["exact"]["ndcg@10"] == one["evaluation"]["modes"]["exact"]["ndcg@10"]

@@ -1,0 +1,219 @@
+"""`embedpipe serve`'s HTTP API on a real uvicorn on loopback (in a thread of the test process): the endpoints,
+errors as JSON, limits, the bearer token, readiness, timeouts and metrics; an S3 root whose credentials never
+show."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+
+import pytest
+
+from flows.local_server import free_port
+from flows.serve.server import serving_in_thread
+from flows.serve.settings import ServeSettings
+from pipeline.serving.query import Limits
+from pipeline.snapshots.aliases import promote
+from pipeline.storage.backend import Storage
+from tests.conftest import S3_KEY, S3_SECRET
+from tests.serving import INDEX, corrupt, publish_version
+
+TOKEN = "serve-test-token-5d1e77"
+
+
+def call(base: str, path: str, body: object = None, method: str | None = None, raw: bytes | None = None,
+         headers: dict | None = None) -> tuple[int, dict, object]:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            status, hdrs, text = resp.status, dict(resp.headers), resp.read().decode()
+    except urllib.error.HTTPError as err:
+        status, hdrs, text = err.code, dict(err.headers), err.read().decode()
+    kind = hdrs.get("content-type", "")
+    return status, hdrs, json.loads(text) if kind.startswith("application/json") else text
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, encoder, serving_corpus) -> str:
+    s = Storage(str(tmp_path_factory.mktemp("serve-root")))
+    publish_version(s, "v1", encoder, *serving_corpus)
+    publish_version(s, "bad", encoder, *serving_corpus)
+    corrupt(s, "bad")
+    promote(s, INDEX, "live", "v1", None)
+    return s.url
+
+
+def settings_for(root: str, **changes) -> ServeSettings:
+    return replace(ServeSettings(root=root, index=INDEX, port=free_port(), poll_interval_s=0.05,
+                                 limits=Limits(max_k=50, max_query_chars=500), max_body_bytes=4096), **changes)
+
+
+@pytest.fixture(scope="module")
+def base(root):
+    settings = settings_for(root)
+    with serving_in_thread(settings):
+        yield f"http://127.0.0.1:{settings.port}"
+
+
+def test_search_get_and_post_name_the_version_that_answered(base):
+    status, headers, got = call(base, "/search?q=vitamin+D+and+bone+health&k=3")
+    assert status == 200 and got["version"] == "v1" and headers["x-embedpipe-version"] == "v1"
+    assert got["index"] == INDEX and got["mode"] == "exact" and got["k"] == 3 and len(got["hits"]) == 3
+    assert set(got["hits"][0]) == {"rank", "doc_id", "title", "score", "chunk_id", "start", "end"}
+    assert got["hits"][0]["score"] >= got["hits"][1]["score"] and got["truncated_to_tokens"] is None
+    status, _, posted = call(base, "/search", {"query": "vitamin D and bone health", "k": 3, "mode": "binary+rescore"})
+    assert status == 200 and posted["version"] == "v1" and posted["mode"] == "binary+rescore"
+    assert [h["doc_id"] for h in posted["hits"]] == [h["doc_id"] for h in got["hits"]]  # rescoring restores exact
+    status, _, long = call(base, "/search", {"query": "interleukin-6 " * 35, "k": 1})
+    assert status == 200 and long["truncated_to_tokens"] is None or long["truncated_to_tokens"] == 256
+
+
+def test_health_ready_and_version(base):
+    assert call(base, "/health")[2] == {"status": "ok", "ready": True}
+    status, _, ready = call(base, "/ready")
+    assert status == 200 and ready == {"ready": True, "index": INDEX, "alias": "live", "version": "v1"}
+    status, _, version = call(base, "/version")
+    assert status == 200 and version["version"] == "v1" and version["alias"] == "live"
+    assert version["model"]["name"] == "all-MiniLM-L6-v2" and version["model"]["dims"] == 384
+    assert len(version["model"]["fingerprint"]) == 16 and version["loaded_at"].endswith("+00:00")
+    assert "exact" in version["modes"] and "binary+rescore" in version["modes"]
+    assert [s["version"] for s in version["timeline"]] == ["v1"] and version["timeline"][0]["until"] is None
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "code", "message"), [
+    ("GET", "/search?q=%20%20&k=3", None, 400, "bad_request", "is empty: expected some text"),
+    ("GET", "/search?q=x&k=51", None, 400, "bad_request", "k=51: expected 1 to 50"),
+    ("GET", "/search?q=x&k=ten", None, 400, "bad_request", "k: Input should be a valid integer"),
+    ("GET", "/search?k=3", None, 400, "bad_request", "q: Field required"),
+    ("GET", "/search?q=x&mode=ivfpq", None, 400, "bad_request", "no search mode 'ivfpq' in idx version v1; available"),
+    ("POST", "/search", {"query": "x" * 501}, 400, "bad_request", "501 characters; this service takes at most 500"),
+    ("POST", "/search", {"query": "x", "limit": 3}, 400, "bad_request", "limit: Extra inputs are not permitted"),
+    ("POST", "/search", {"query": 3}, 400, "bad_request", "query: Input should be a valid string"),
+    ("POST", "/search", {"query": "x" * 5000}, 413, "too_large", "request body is over 4,096 bytes"),
+    ("GET", "/nowhere", None, 404, "not_found", "no such endpoint"),
+    ("DELETE", "/search", None, 405, "method_not_allowed", "method not allowed"),
+])
+def test_errors_are_json_with_a_clear_message(base, method, path, body, status, code, message):
+    got_status, headers, got = call(base, path, body, method=method)
+    assert got_status == status and headers["content-type"] == "application/json"
+    assert got["error"]["code"] == code and message in got["error"]["message"], got
+
+
+def test_bad_json_and_a_chunked_body_over_the_limit(base):
+    status, _, got = call(base, "/search", raw=b"{not json", method="POST")
+    assert status == 400 and got["error"]["code"] == "bad_request"
+    request = urllib.request.Request(base + "/search", data=iter([b"{" + b" " * 3000, b" " * 3000 + b"}"]),
+                                     method="POST", headers={"Content-Type": "application/json",
+                                                             "Transfer-Encoding": "chunked"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=30)
+    assert err.value.code == 413
+
+
+def test_metrics_count_requests_latency_and_swaps(base):
+    for _ in range(3):
+        call(base, "/search?q=statins&k=2")
+    call(base, "/search?q=x&k=0")
+    status, headers, text = call(base, "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+
+    def value(name: str, labels: str = "") -> float:
+        match = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
+        assert match, f"{name}{labels} not in /metrics"
+        return float(match[1])
+
+    assert value("embedpipe_serve_requests_total", '{endpoint="/search",status="200"}') >= 3
+    assert value("embedpipe_serve_requests_total", '{endpoint="/search",status="400"}') >= 1
+    assert value("embedpipe_serve_request_seconds_count", '{endpoint="/search"}') >= 4
+    assert value("embedpipe_serve_request_seconds_bucket", '{endpoint="/search",le="+Inf"}') >= 4
+    assert value("embedpipe_serve_swaps_total") == 1 and value("embedpipe_serve_failed_loads_total",
+                                                               '{check="checksum"}') == 0
+    assert value("embedpipe_serve_version_info", '{alias="live",index="idx",version="v1"}') == 1
+    assert value("embedpipe_serve_alias_polls_total", '{outcome="unchanged"}') >= 1
+
+
+def test_the_page_lists_modes_and_the_serving_version(base):
+    status, headers, page = call(base, "/")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert '<code id="version">v1</code>' in page and '<option value="exact" selected>exact</option>' in page
+    nonce = re.search(r"script-src 'nonce-([^']+)'", headers["content-security-policy"])[1]
+    assert f'<script nonce="{nonce}">' in page and 'id="token"' not in page
+
+
+def test_a_bearer_token_guards_search_version_and_metrics(root, caplog):
+    settings = settings_for(root, token=TOKEN)
+    base = f"http://127.0.0.1:{settings.port}"
+    with caplog.at_level(logging.DEBUG), serving_in_thread(settings):
+        for path in ("/search?q=statins", "/version", "/metrics"):
+            status, headers, got = call(base, path)
+            assert status == 401 and got["error"]["code"] == "unauthorized" and headers["www-authenticate"] == "Bearer"
+            assert call(base, path, headers={"Authorization": "Bearer wrong"})[0] == 401
+            assert call(base, path, headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
+        assert call(base, "/health")[0] == 200 and call(base, "/ready")[0] == 200
+        status, _, page = call(base, "/")
+        assert status == 200 and 'id="token"' in page
+        answered = [call(base, p, headers={"Authorization": f"Bearer {TOKEN}"})[2] for p in ("/version", "/metrics")]
+    assert TOKEN not in json.dumps(answered[0]) + answered[1] + page + caplog.text
+    assert TOKEN not in repr(settings)
+
+
+def test_not_ready_until_a_version_passes_its_checks(tmp_path, encoder, serving_corpus):
+    s = Storage(str(tmp_path))
+    for v in ("good", "bad"):
+        publish_version(s, v, encoder, *serving_corpus)
+    corrupt(s, "bad")
+    promote(s, INDEX, "live", "bad", None)
+    settings = settings_for(s.url)
+    base = f"http://127.0.0.1:{settings.port}"
+    with serving_in_thread(settings, wait_for_version=False) as service:
+        deadline = time.monotonic() + 30
+        while service.follower.last_refusal is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert call(base, "/health")[2] == {"status": "ok", "ready": False}
+        for path in ("/ready", "/search?q=statins", "/version"):
+            status, _, got = call(base, path)
+            assert status == 503 and got["error"]["code"] == "not_ready"
+            assert "version tried, bad, was refused (checksum)" in got["error"]["message"]
+        promote(s, INDEX, "live", "good", "bad")
+        while call(base, "/ready")[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert call(base, "/search?q=statins")[2]["version"] == "good"
+
+
+def test_a_search_over_its_time_limit_is_answered_504(root):
+    settings = settings_for(root, request_timeout_s=1e-6)
+    with serving_in_thread(settings):
+        status, _, got = call(f"http://127.0.0.1:{settings.port}", "/search?q=statins")
+    assert status == 504 and got["error"] == {"code": "timeout", "message": "the search took longer than 1e-06 s"}
+
+
+def test_an_s3_root_serves_and_its_credentials_never_show(s3_server, encoder, serving_corpus, caplog):
+    import uuid
+
+    s = Storage(f"s3://embedpipe-test/{uuid.uuid4().hex}")
+    publish_version(s, "v1", encoder, *serving_corpus)
+    publish_version(s, "v2", encoder, *serving_corpus)
+    promote(s, INDEX, "live", "v1", None)
+    settings = settings_for(s.url)
+    base = f"http://127.0.0.1:{settings.port}"
+    # INFO: botocore's own DEBUG lines carry the access key id (its request headers), below any service's level
+    with caplog.at_level(logging.INFO), serving_in_thread(settings) as service:
+        assert call(base, "/search?q=statins")[2]["version"] == "v1"
+        promote(s, INDEX, "live", "v2", "v1")
+        deadline = time.monotonic() + 30
+        while service.holder.current.version != "v2":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        seen = [call(base, p)[2] for p in ("/version", "/metrics", "/search?q=x&k=0", "/search?q=statins")]
+    text = json.dumps(seen) + caplog.text
+    assert seen[-1]["version"] == "v2" and "serving idx/live version v2" in caplog.text
+    assert S3_KEY not in text and S3_SECRET not in text

@@ -1,0 +1,74 @@
+"""Indexes built shard by shard and assembled into one file (flat codes concatenated, IVF lists merged on disk)
+equal the index built over every row at once: the out-of-core build changes where the work runs, not the index."""
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from pipeline.config import IndexConfig
+from pipeline.index.assemble import concat_flat, merge_ivf
+from pipeline.index.faiss_ops import to_bytes
+from pipeline.index.variants import build_variants, train_variants, training_rows
+
+ALL = ["exact", "fp16", "int8", "binary", "exact@32", "ivfpq", "int8-ivf", "binary-ivf"]
+
+
+def vectors(n: int = 3000, d: int = 64, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n // 20, d))[rng.integers(0, n // 20, n)] + 0.3 * rng.standard_normal((n, d)))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def whole_and_sharded(tmp_path_factory):
+    x = vectors()
+    cfg = IndexConfig(variants=ALL)
+    whole, _ = build_variants(cfg, x, seed=0)
+    trained = train_variants(cfg, len(x), x.shape[1], x[training_rows(len(x), cfg, 0)], seed=0)
+    bounds = [0, 700, 1900, len(x)]  # uneven shards
+    out, folder = {}, tmp_path_factory.mktemp("assemble")
+    for t in trained:
+        binary = t.spec.kind.binary
+        files = []
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            files.append(folder / f"{t.spec.name}-{a}.faiss")
+            files[-1].write_bytes(to_bytes(t.fill(x[a:b], first_row=a)))
+        merged = folder / f"{t.spec.name}.faiss"
+        if t.spec.kind.ivf:
+            merge_ivf(t.empty, binary, files, merged, folder / f"{t.spec.name}.ivfdata")
+        else:
+            with merged.open("wb") as fh:
+                handles = [f.open("rb") for f in files]
+                concat_flat(t.empty, binary, [(b - a, h) for a, b, h in zip(bounds, bounds[1:], handles, strict=False)],
+                            fh)
+                for h in handles:
+                    h.close()
+        out[t.spec.name] = merged
+    return x, whole, out
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if "ivf" not in n])
+def test_flat_shard_files_concatenate_into_the_bytes_of_the_whole_index(whole_and_sharded, name):
+    _, whole, files = whole_and_sharded
+    assert Path(files[name]).read_bytes() == to_bytes(whole[name])
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if "ivf" in n])
+def test_ivf_shard_files_merge_into_lists_that_search_like_the_whole_index(whole_and_sharded, name):
+    x, whole, files = whole_and_sharded
+    binary = name.startswith("binary")
+    read = faiss.read_index_binary if binary else faiss.read_index
+    merged = read(str(files[name]), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    assert merged.ntotal == whole[name].ntotal == len(x)
+    q = np.packbits(x[:40] > 0, axis=1) if binary else x[:40]
+    assert np.array_equal(merged.search(q, 10)[1], whole[name].search(q, 10)[1])
+    lists = (merged if binary else faiss.extract_index_ivf(merged)).invlists
+    reference = (whole[name] if binary else faiss.extract_index_ivf(whole[name])).invlists
+    for lst in range(reference.nlist):  # the same rows in the same order in every list
+        assert lists.list_size(lst) == reference.list_size(lst)
+        n = lists.list_size(lst)
+        got = faiss.rev_swig_ptr(lists.get_ids(lst), n).copy() if n else []
+        want = faiss.rev_swig_ptr(reference.get_ids(lst), n).copy() if n else []
+        assert np.array_equal(got, want)
