@@ -86,6 +86,14 @@ def test_flow_publishes_a_verified_snapshot_with_reconciled_counts(first_run):
     assert ivfpq["index_bytes"] == on_disk and "ivfpq+rescore" in ivfpq["quality"]
     assert m["evaluation"]["modes"]["exact"]["ndcg@10"] > 0.7
     assert "recall@10_vs_exact" in m["evaluation"]["modes"]["ivfpq"]
+    # lineage: the kernel plan the driver measured (it encodes the queries) and what embedded each shard: the same
+    # kernel, pinned, on every actor
+    queries = m["model"]["kernels"]["queries"]
+    assert queries["chosen_by"] in ("probe", "cache") and queries["precision"] == m["model"].get("precision", "fp32")
+    kernel = f"{queries['precision']}-{queries['path']}"
+    assert kernel in {p["kernel"] for p in queries["probes"]}
+    [(label, shards)] = m["model"]["kernels"]["passages"].items()
+    assert label.startswith(f"{kernel} on ") and shards == 4 and m["counts"]["kernels"] == {label: 4}
 
 
 def test_quarantine_table_keeps_each_bad_record_with_its_reason(first_run, config_path):
@@ -96,6 +104,12 @@ def test_quarantine_table_keeps_each_bad_record_with_its_reason(first_run, confi
     assert sorted(r.split(":")[0] for r in q["reason"]) == ["duplicate id", "empty text", "invalid JSON",
                                                             "invalid Unicode"]
     assert q.filter(pl.col("reason").str.starts_with("duplicate"))["position"].to_list() == [102]
+
+
+def first_run_fingerprint(summary: dict) -> str:
+    from pipeline.snapshots.snapshot import Snapshot
+
+    return Snapshot.open(summary["snapshot"]).manifest["model"]["fingerprint"]
 
 
 def test_each_shard_is_committed_with_vectors_that_carry_their_model_card(first_run, config_path):
@@ -113,6 +127,7 @@ def test_each_shard_is_committed_with_vectors_that_carry_their_model_card(first_
         card = json.loads(pl.read_parquet_metadata(next((d / "vectors").iterdir()))[MODEL_CARD_KEY])
         assert marker["chunks"] == vectors.height and vectors["vector"].dtype == pl.Array(pl.Float32, 384)
         assert card["name"] == "all-MiniLM-L6-v2" and card["dims"] == 384
+        assert marker["model_fingerprint"] == first_run_fingerprint(first_run) and " on " in marker["kernel"]
         total += vectors.height
     assert total == first_run["counts"]["chunks"]
 
