@@ -14,13 +14,14 @@ import json
 import re
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.artifacts import png_artifact
-from flows.engine import embedder_for, executor_for
+from flows.engine import early_embedder, embedder_for, executor_for
 from flows.progress import report
 from flows.tasks import local_task
 from pipeline.config import PipelineConfig
@@ -53,6 +54,9 @@ from pipeline.snapshots.snapshot import claim, commit, new_version
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage, redact
 
+if TYPE_CHECKING:
+    from operators.embedding import RayEmbedder
+
 # What a job hands build_snapshot to plan its build: a jobs.plan function with the config bound, called with
 # storage=, model_fingerprint= and chunking= (the chunker's parameters)
 Planner = Callable[..., BuildPlan]
@@ -70,8 +74,8 @@ def prepare_task(cfg: PipelineConfig, storage: Storage, run_id: str, plan: Build
 
 
 @local_task(name="embed shards")
-def embed_task(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun) -> EmbedCounts:
-    embedder = embedder_for(cfg, storage, prepared.counts["to_embed"])
+def embed_task(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun, early: RayEmbedder | None) -> EmbedCounts:
+    embedder = embedder_for(cfg, storage, prepared.counts["to_embed"], early)
     done: list[ShardResult] = []
 
     def progress(result: ShardResult) -> None:
@@ -150,12 +154,21 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
         logger.info("%s: %.1f s", name, timings[name])
         return out
 
-    card = cached_encoder(cfg.model).card
-    executor = executor_for(cfg, sum(f.size for f in describe_corpus(cfg.corpus)))
+    encoder = cached_encoder(cfg.model)
+    card = encoder.card
+    logger.info("model %s computes in %s", card.name, encoder.kernel_plan.summary())
+    input_bytes = sum(f.size for f in describe_corpus(cfg.corpus))
+    executor = executor_for(cfg, input_bytes)
     plan = timed("compare", plan_task, planner, storage, card, make_chunker(cfg).params)
     logger.info("%s", plan.why)
-    prepared = timed("prepare", prepare_task, cfg, storage, run_id, plan, card, executor)
-    embedded = timed("embed", embed_task, cfg, storage, prepared)
+    early = early_embedder(cfg, storage, plan, executor, input_bytes)  # actors start while prepare runs
+    try:
+        prepared = timed("prepare", prepare_task, cfg, storage, run_id, plan, card, executor)
+    except BaseException:
+        if early is not None:
+            early.close()
+        raise
+    embedded = timed("embed", embed_task, cfg, storage, prepared, early)
     version = run_version(storage, run_id, cfg.index_name)
     claim(storage, cfg.index_name, version, publisher=run_id)
     target = storage.child(layout.snapshot_prefix(cfg.index_name, version))
@@ -168,7 +181,8 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
     counts = {**prepared.counts, **embedded.to_dict(), **lexical, "executor": executor.where,
               "driver_peak_rss_mb": peak_rss_mb()}  # this process: it holds counts, not the corpus
     index_params = describe_variants(staged.params, staged.files, evaluation)
-    manifest = manifest_for(cfg, run_id, job, plan, card, prepared, index_params, counts, evaluation, timings)
+    manifest = manifest_for(cfg, run_id, job, plan, card, encoder.kernel_plan, prepared, index_params, counts,
+                            evaluation, timings)
     url = timed("publish", commit, storage, cfg.index_name, version, staged.files, manifest)
     promotion = timed("promote", promote_task, cfg, storage, version, seen, job) if cfg.publish.alias else None
     summary = BuildSummary(job, cfg.index_name, version, redact(url), run_id, plan.why, counts, evaluation,

@@ -3,7 +3,8 @@ by its marker (pipeline/jobs/shards.py). Implements the pipeline's Embedder seam
 
 CPU reservations matter on small machines: actors take `run.cpus_per_actor` CPUs (fractions allowed) and set
 torch's threads to match, since Ray pins OMP_NUM_THREADS=1 in workers. On GPU nodes each actor takes
-`run.gpus_per_actor` GPUs and the encoder runs in fp16 with a larger token budget (pipeline/config.py).
+`run.gpus_per_actor` GPUs with a larger token budget (pipeline/config.py). Every actor runs the kernel the driver
+chose (pipeline/models/kernels.py; the flow pins it in the model config), so a run's vectors share one precision.
 """
 
 from __future__ import annotations
@@ -34,31 +35,43 @@ class EmbedActor:
 
 
 class RayEmbedder:
-    """Shards spread over `run.actors` actors (never more than there are shards)."""
+    """Shards spread over `run.actors` actors (never more than there are shards). `start` launches the actors
+    ahead of the work (their process, imports and model load take seconds), so it overlaps whatever runs before
+    `embed`; the actors are killed when `embed` returns, or by `close`."""
 
     where = "ray actors"
 
     def __init__(self, storage: Storage, model: ModelConfig, run: RunConfig) -> None:
         self.storage, self.model, self.run = storage, model, run
+        self.handles: list = []
+
+    def start(self, shards: int) -> RayEmbedder:
+        ensure_ray()
+        run = self.run
+        self.handles += [EmbedActor.options(num_cpus=run.cpus_per_actor, num_gpus=run.gpus_per_actor)
+                         .remote(self.storage.url, self.storage.options, self.model.model_dump(),
+                                 max(1, math.floor(run.cpus_per_actor)))
+                         for _ in range(min(run.actors, shards) - len(self.handles))]
+        return self
+
+    def close(self) -> None:
+        for handle in self.handles:
+            ray.kill(handle)
+        self.handles = []
 
     def embed(self, run_id: str, shards: list[int], on_result: OnResult) -> list[ShardResult]:
         if not shards:
+            self.close()
             return []
-        ensure_ray()
-        run = self.run
-        handles = [EmbedActor.options(num_cpus=run.cpus_per_actor, num_gpus=run.gpus_per_actor)
-                   .remote(self.storage.url, self.storage.options, self.model.model_dump(),
-                           max(1, math.floor(run.cpus_per_actor)))
-                   for _ in range(min(run.actors, len(shards)))]
+        self.start(len(shards))
         results = []
         try:
-            for result in ActorPool(handles).map_unordered(lambda a, s: a.embed.remote(run_id, s), shards):
+            for result in ActorPool(self.handles).map_unordered(lambda a, s: a.embed.remote(run_id, s), shards):
                 results.append(result)
                 on_result(result)
                 maybe_exit_driver(len(results))
         except ray.exceptions.RayError as exc:
             raise unwrap(exc) from exc
         finally:
-            for handle in handles:
-                ray.kill(handle)
+            self.close()
         return sorted(results, key=lambda r: r.shard)

@@ -96,8 +96,14 @@ class ModelConfig(_Strict):
     batch_size: Annotated[int, Field(gt=0)] = 64
     batch_tokens: BatchTokens = Field(default_factory=BatchTokens,
                                       description="one number for every device, or {cpu: N, cuda: M}")
-    cpu_onednn: bool = Field(True, description="on CPU, run the model's linear layers through oneDNN "
-                                               "(pipeline/models/onednn.py); false = torch's default kernels")
+    cpu_onednn: bool = Field(True, description="on CPU, offer oneDNN linear layers to the kernel probe "
+                                               "(pipeline/models/onednn.py); false = torch's kernels only")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: the fastest precision whose vectors stay within cosine 0.9999 of fp32, measured "
+                            "on this device (pipeline/models/kernels.py); fp32 for bit-stable vectors")
+    kernel: str | None = Field(
+        None, pattern=r"^(fp32|bf16|fp16)-(torch|onednn|autocast|cuda)$",
+        description="one kernel by name, without a probe; a build pins its workers to the kernel the driver chose")
 
     @field_validator("batch_tokens", mode="before")
     @classmethod
@@ -108,6 +114,9 @@ class ModelConfig(_Strict):
     def _one_source(self) -> ModelConfig:
         if self.path is None and self.package is None:
             raise ValueError("set either model.path (a local model folder) or model.package")
+        if self.kernel and self.precision != "auto" and not self.kernel.startswith(self.precision + "-"):
+            raise ValueError(f"model.kernel {self.kernel!r} computes in {self.kernel.split('-')[0]}, but "
+                             f"model.precision is {self.precision!r}")
         return self
 
     @property

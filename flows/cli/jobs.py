@@ -56,6 +56,9 @@ def _print_summary(summary, example: bool) -> None:
     console.print(f"  snapshot: {summary.snapshot}", soft_wrap=True)
     console.print("  counts: " + ", ".join(f"{k} {summary.counts[k]}" for k in MAIN_COUNTS if k in summary.counts),
                   soft_wrap=True)
+    if kernels := summary.counts.get("kernels"):
+        console.print("  embedded with: " + "; ".join(f"{k} x {n} shards" for k, n in kernels.items()),
+                      soft_wrap=True)
     console.print(compact_table(timings_table(summary.timings_s)))
     if promotion := summary.promotion:
         outcome = "[green]promoted to this version[/]" if promotion.promoted else \

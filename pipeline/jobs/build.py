@@ -19,6 +19,7 @@ from pipeline.jobs.plan import BuildPlan
 from pipeline.jobs.prepare import PreparedRun
 from pipeline.models.card import ModelCard
 from pipeline.models.encoder import Encoder
+from pipeline.models.kernel_plan import KernelPlan
 from pipeline.quality.fusion import Fusion
 from pipeline.quality.golden import GoldenSet
 from pipeline.quality.search import Searcher, variant_of
@@ -114,10 +115,13 @@ class BuildSummary:
         return {**asdict(self), "promotion": self.promotion.to_dict() if self.promotion else None}
 
 
-def manifest_for(cfg: PipelineConfig, run_id: str, job: str, plan: BuildPlan, card: ModelCard,
+def manifest_for(cfg: PipelineConfig, run_id: str, job: str, plan: BuildPlan, card: ModelCard, queries: KernelPlan,
                  prepared: PreparedRun, index: dict, counts: dict, evaluation: dict, timings: dict) -> dict:
     """The manifest of a build (lineage, model card, chunker, index, counts, corpus, quality, timings, config);
-    commit adds the version, the files' sha256 and the commit time."""
-    return build_manifest(cfg, run_id=run_id, model=card.to_dict() | {"fingerprint": card.fingerprint},
+    commit adds the version, the files' sha256 and the commit time. The model section says which kernels computed
+    the passages' vectors (per shard, where) and which plan encodes queries here (with its probe)."""
+    kernels = {"passages": counts.get("kernels", {}), "queries": queries.to_dict()}
+    return build_manifest(cfg, run_id=run_id, model=card.to_dict() | {"fingerprint": card.fingerprint,
+                                                                       "kernels": kernels},
                           chunking=prepared.chunking, index=index, counts=counts, corpus=prepared.corpus,
                           evaluation=evaluation, timings=timings, lineage=plan.lineage(job))

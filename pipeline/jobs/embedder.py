@@ -4,6 +4,7 @@ one in a single place (flows/engine.py)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Protocol
@@ -53,13 +54,15 @@ class EmbedCounts:
     reused_from_cache: int
     encode_seconds: float
     worker_peak_rss_mb: float
+    kernels: dict[str, int]  # KernelPlan.label -> shards it embedded (lineage: what computed the vectors, where)
 
     @classmethod
     def of(cls, results: list[ShardResult], where: str) -> EmbedCounts:
         fresh = [r for r in results if not r.skipped]
         return cls(where, len(fresh), len(results) - len(fresh), sum(r.tokens for r in results),
                    sum(r.chunks for r in results), sum(r.embedded for r in fresh), sum(r.cached for r in fresh),
-                   round(sum(r.seconds for r in fresh), 2), max((r.peak_rss_mb for r in fresh), default=0.0))
+                   round(sum(r.seconds for r in fresh), 2), max((r.peak_rss_mb for r in fresh), default=0.0),
+                   dict(Counter(r.kernel for r in results if r.kernel)))
 
     def to_dict(self) -> dict:
         return asdict(self)

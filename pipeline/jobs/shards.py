@@ -1,7 +1,7 @@
 """Shards as units of work: inputs written per shard in parts, outputs committed by a marker written last
 (keys: pipeline/storage/layout.py). An input part holds chunk metadata and text (null for rows kept from the
 live snapshot: their vectors are cached); its vector part the same rows without text, plus the vector; the
-marker JSON counts and the model fingerprint.
+marker JSON counts, the model fingerprint and the kernels that computed the vectors.
 
 A part holds one read batch's chunks of the shard, so a worker's memory is bounded by the batch size, not
 by the shard's (which grows with the corpus). A rerun of the same run id skips shards whose marker
@@ -44,6 +44,7 @@ class ShardResult:
     embedded: int = 0  # chunks sent through the model
     cached: int = 0  # chunks whose vectors came from the embedding cache
     peak_rss_mb: float = 0.0  # the worker process's peak resident memory so far
+    kernel: str = ""  # KernelPlan.label of the encoder that embedded it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,7 +69,8 @@ def embed_shard(storage: Storage, run_id: str, shard: int, encoder: Encoder,
         if done["model_fingerprint"] != encoder.card.fingerprint:
             raise SnapshotError(f"run {run_id} shard {shard} was embedded with model {done['model_fingerprint']}, "
                                 f"not {encoder.card.fingerprint}; start a new run id for a different model")
-        return ShardResult(shard, done["chunks"], done["tokens"], done["seconds"], skipped=True)
+        return ShardResult(shard, done["chunks"], done["tokens"], done["seconds"], skipped=True,
+                           kernel=done.get("kernel", ""))
     if not storage.exists(shard_key(run_id, shard, PREPARED)):
         raise SnapshotError(f"run {run_id} shard {shard} was not prepared (no {shard_key(run_id, shard, PREPARED)})")
     prep = json.loads(storage.read_bytes(shard_key(run_id, shard, PREPARED)))
@@ -99,6 +101,7 @@ def embed_shard(storage: Storage, run_id: str, shard: int, encoder: Encoder,
     storage.write_bytes(marker_key, json.dumps({"chunks": chunks, "tokens": tokens, "seconds": seconds,
                                                 "embedded": embedded, "cached": chunks - embedded,
                                                 "model_fingerprint": encoder.card.fingerprint,
+                                                "kernel": encoder.kernel_plan.label,
                                                 "node": node(), "parts": part_seconds}).encode())
     return ShardResult(shard, chunks, tokens, seconds, skipped=False, embedded=embedded, cached=chunks - embedded,
-                       peak_rss_mb=peak_rss_mb())
+                       peak_rss_mb=peak_rss_mb(), kernel=encoder.kernel_plan.label)

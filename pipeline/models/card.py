@@ -53,6 +53,7 @@ class ModelCard:
     query_prefix: str
     passage_prefix: str
     weights_sha256: str
+    precision: str = "fp32"  # what the model computed in: queries are encoded the same way
 
     @property
     def fingerprint(self) -> str:
@@ -62,13 +63,16 @@ class ModelCard:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["source"] = dict(self.source)
+        if self.precision == "fp32":
+            del d["precision"]  # cards written before precisions were recorded were fp32: same fingerprint
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelCard:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(name=self.name, package=self.source.get("package"), path=self.source.get("path"),
                            pooling=self.pooling, normalize=self.normalize, max_tokens=self.max_tokens,
-                           query_prefix=self.query_prefix, passage_prefix=self.passage_prefix)
+                           query_prefix=self.query_prefix, passage_prefix=self.passage_prefix,
+                           precision=self.precision)

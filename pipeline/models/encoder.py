@@ -15,12 +15,14 @@ import numpy as np
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
 from pipeline.models.card import ModelCard
+from pipeline.models.kernel_plan import KernelPlan
 
 
 class Encoder(Protocol):
     card: ModelCard
     tokenizer: object  # a transformers fast tokenizer: chunking and token counts use it
     tokens_encoded: int  # tokens sent through the model so far (after truncation)
+    kernel_plan: KernelPlan  # the precision and kernels it computes with, and why (pipeline/models/kernels.py)
 
     def encode(self, texts: list[str], kind: Literal["query", "passage"] = "passage") -> np.ndarray:
         """float32 vectors (len(texts) x card.dims), in the order of `texts`."""
@@ -52,6 +54,15 @@ def tokenizer_for(cfg: ModelConfig) -> tuple[object, int]:
 def cached_encoder(cfg: ModelConfig) -> Encoder:
     """One loaded model per process and config (loading costs seconds; a CLI call may need it twice)."""
     return load_encoder(cfg)
+
+
+def pinned_to(model: ModelConfig, encoder: Encoder) -> ModelConfig:
+    """The model config for a build's workers: the kernel this process chose (its card, query encoding and the
+    evaluation use it), so every shard of a run computes the same way and no worker probes again."""
+    if model.family != "transformer" or model.kernel:
+        return model
+    plan = encoder.kernel_plan
+    return model.model_copy(update={"precision": plan.precision, "kernel": plan.kernel.name})
 
 
 def encoder_for_card(card: ModelCard) -> Encoder:

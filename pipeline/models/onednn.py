@@ -3,9 +3,10 @@
 torch runs a CPU nn.Linear as MKL's sgemm, which picks its kernels by CPU vendor; oneDNN (bundled with
 torch) picks them by instruction set. On the project's AMD EPYC (Zen 5, AVX-512) MiniLM took 1.8x less
 CPU per text through oneDNN (mpnet 1.6x), with vectors within 2.2e-7 of the default path
-(docs/BENCHMARKS.md). Weights are
-reordered into oneDNN's blocked layout once, so a forward pass converts nothing (torch.utils.mkldnn's
-MkldnnLinear converts the input and output of every call: 13% of the forward's time).
+(docs/BENCHMARKS.md); on CPUs with bf16 units the same op runs bf16 weights (pipeline/models/kernels.py picks
+which by measurement). Weights are reordered into oneDNN's blocked layout once, so a forward pass converts
+nothing (torch.utils.mkldnn's MkldnnLinear converts the input and output of every call: 13% of the forward's
+time).
 """
 
 from __future__ import annotations
@@ -20,21 +21,26 @@ def available() -> bool:
 
 
 class OneDnnLinear(torch.nn.Module):
-    """Inference-only stand-in for an nn.Linear (same input and output, dense float32 tensors)."""
+    """Inference-only stand-in for an nn.Linear (same input and output, dense float32 tensors). With
+    `dtype=torch.bfloat16` the weights are packed in bf16 and the input is cast to bf16 on the way in (oneDNN
+    accumulates in fp32); the output comes back as float32, so layer norms, softmax and GELU stay in fp32."""
 
-    def __init__(self, linear: torch.nn.Linear) -> None:
+    def __init__(self, linear: torch.nn.Linear, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None))
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
+        self.in_features, self.out_features, self.dtype = linear.in_features, linear.out_features, dtype
+        weight = linear.weight.detach().to(dtype)
+        self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(weight, None))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        if self.dtype == torch.float32:
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.weight, self.bias, "none", [], "").float()
 
 
-def use_onednn_linears(model: torch.nn.Module) -> None:
-    """Swap every float32 nn.Linear of `model` (in place, for inference) for a OneDnnLinear."""
+def use_onednn_linears(model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> None:
+    """Swap every float32 nn.Linear of `model` (in place, for inference) for a OneDnnLinear computing in `dtype`."""
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, torch.nn.Linear) and child.weight.dtype == torch.float32:
-                setattr(module, name, OneDnnLinear(child))
+                setattr(module, name, OneDnnLinear(child, dtype))

@@ -17,6 +17,7 @@ import numpy as np
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
 from pipeline.models.card import ModelCard, file_sha256
+from pipeline.models.kernel_plan import KernelPlan, cpu_model
 
 WEIGHTS = "weights/l2_supercat_256.safetensors"
 DEFAULT_MAX_TOKENS = 8192  # averaging has no position limit; this bounds pathological documents
@@ -59,6 +60,9 @@ class WordLlamaEncoder:
     def __init__(self, cfg: ModelConfig) -> None:
         from wordllama import WordLlama
 
+        if cfg.precision not in ("auto", "fp32"):
+            raise ModelError(f"model.precision is {cfg.precision!r}, but {cfg.name} (wordllama) computes in fp32 "
+                             f"only; expected auto or fp32")
         folder = _package_dir()
         logging.getLogger("wordllama").setLevel(logging.WARNING)
         with contextlib.redirect_stdout(io.StringIO()):
@@ -72,6 +76,7 @@ class WordLlamaEncoder:
             name=cfg.name, source={"package": "wordllama"}, dims=int(self.model.embedding.shape[1]),
             pooling="mean", normalize=cfg.normalize, max_tokens=max_tokens, query_prefix=cfg.query_prefix,
             passage_prefix=cfg.passage_prefix, weights_sha256=file_sha256(folder / WEIGHTS))
+        self.kernel_plan = KernelPlan("cpu", cpu_model(), 1, "fp32", "numpy", "only candidate")  # numpy averages
 
     def _truncate(self, texts: list[str]) -> list[str]:
         """Cut texts longer than max_tokens at that token's end (wordllama itself never truncates)."""

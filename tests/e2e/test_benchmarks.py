@@ -14,12 +14,15 @@ from tests.conftest import REPO
 
 # script -> top-level keys its JSON report must have (beside cpu_model, cpus and smoke, which every report has)
 REPORT_KEYS = {
-    "embedding_throughput": {"texts", "seconds", "texts_per_s", "max_abs_diff_vs_st", "ratio_c_over_a"},
+    "embedding_throughput": {"texts", "kernel_plan", "seconds", "texts_per_s", "max_abs_diff_vs_st",
+                             "min_cosine_actor_path_vs_st", "ratio_c_over_a", "actor_path_over_in_process_seconds"},
+    "gpu_embedding": {"device", "texts", "paths", "kernel_plans", "ratio_plan_over_best_st"},
     "hybrid": {"table", "targets", "timing", "tuning", "met", "same_as_manifest"},
     "incremental_reindex": {"edits", "runs", "identity", "incremental_over_full_flow_run", "met_flow_run"},
     "index_build": {"n", "plan", "seconds", "driver_peak_rss_mib", "recall@10_rescored_top100", "targets"},
     "kill_resume": {"runs", "identical_snapshots", "killed_run_published", "restart_cost_s"},
     "migration": {"migrations"},
+    "precision": {"docs", "queries", "kernel_plan", "ndcg@10", "retention", "min_cosine_docs", "texts_per_s"},
     "representations": {"models", "plot"},
     "scale": {"sizes", "cache_runs", "prepare", "ratios", "targets"},
     "scifact_reference": {"exact", "ivfpq", "ivfpq_nprobe_sweep", "reproduces_published", "throughput"},

@@ -118,8 +118,14 @@ def test_incremental_result_equals_a_full_rebuild_of_the_edited_corpus(runs):
     assert runs["rebuilt"]["counts"]["embedded"] == rows_full.height  # a fresh root: nothing cached
     assert "trained_in" not in runs["rebuilt"]["index"]["variants"]["ivfpq"]  # a full build trains
     assert rows2.equals(rows_full)
-    assert np.abs(vec2 - vec_full).max() <= 1e-5  # other batch mates change float rounding only
     from pipeline.snapshots.snapshot import Snapshot
+
+    # Other batch mates and thread counts change rounding only: float32's, or bf16's where the kernel plan chose
+    # bf16 on this machine (the precision is in the model card; both builds used the same one).
+    precision = Snapshot.open(runs["v2"]["snapshot"]).model_card.precision
+    assert precision == Snapshot.open(runs["rebuilt"]["snapshot"]).model_card.precision
+    assert np.abs(vec2 - vec_full).max() <= (1e-5 if precision == "fp32" else 4e-3)
+    assert np.sum(vec2 * vec_full, axis=1).min() >= 0.9999
 
     assert Snapshot.open(runs["v2"]["snapshot"]).manifest["corpus"]["fingerprint"] == \
         Snapshot.open(runs["rebuilt"]["snapshot"]).manifest["corpus"]["fingerprint"]

@@ -107,7 +107,9 @@ def test_a_two_node_cluster_on_s3_builds_the_snapshot_a_single_node_builds(tmp_p
     a, b = Snapshot.open(two["snapshot"]), Snapshot.open(one["snapshot"])
     assert a.verify() and a.ids.equals(b.ids)  # the same chunks in the same rows
     va, vb = (s.index("exact").reconstruct_n(0, s.ids.height) for s in (a, b))
-    assert np.abs(va - vb).max() < 1e-5  # the same vectors, to float tolerance
+    # the same vectors, to float tolerance (each shard is embedded alone with the run's one kernel, in the same
+    # batches, on one thread, so bf16 runs agree as closely as fp32 ones)
+    assert np.abs(va - vb).max() < 1e-5
     if np.array_equal(va, vb):  # deterministic from there: the same files, byte for byte
         assert {k: v["sha256"] for k, v in a.manifest["files"].items()} == \
             {k: v["sha256"] for k, v in b.manifest["files"].items()}

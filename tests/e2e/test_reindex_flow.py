@@ -100,6 +100,15 @@ def test_flow_publishes_a_verified_snapshot_with_reconciled_counts(first_run):
     modes = m["evaluation"]["modes"]
     assert modes["bm25"]["ndcg@10"] < modes["hybrid:exact"]["ndcg@10"] > 0.9  # (MiniLM alone is better on this set)
 
+    # lineage: the kernel plan the driver measured (it encodes the queries) and what embedded each shard: the same
+    # kernel, pinned, on every actor
+    queries = m["model"]["kernels"]["queries"]
+    assert queries["chosen_by"] in ("probe", "cache") and queries["precision"] == m["model"].get("precision", "fp32")
+    kernel = f"{queries['precision']}-{queries['path']}"
+    assert kernel in {p["kernel"] for p in queries["probes"]}
+    [(label, shards)] = m["model"]["kernels"]["passages"].items()
+    assert label.startswith(f"{kernel} on ") and shards == 4 and m["counts"]["kernels"] == {label: 4}
+
 
 def test_plain_bm25s_reads_the_published_bm25_files(first_run):
     """A reader without embedpipe: bm25s loads the folder memory-mapped, queries analysed as the manifest says."""
@@ -131,6 +140,12 @@ def test_quarantine_table_keeps_each_bad_record_with_its_reason(first_run, confi
     assert q.filter(pl.col("reason").str.starts_with("duplicate"))["position"].to_list() == [102]
 
 
+def first_run_fingerprint(summary: dict) -> str:
+    from pipeline.snapshots.snapshot import Snapshot
+
+    return Snapshot.open(summary["snapshot"]).manifest["model"]["fingerprint"]
+
+
 def test_each_shard_is_committed_with_vectors_that_carry_their_model_card(first_run, config_path):
     import polars as pl
 
@@ -146,6 +161,7 @@ def test_each_shard_is_committed_with_vectors_that_carry_their_model_card(first_
         card = json.loads(pl.read_parquet_metadata(next((d / "vectors").iterdir()))[MODEL_CARD_KEY])
         assert marker["chunks"] == vectors.height and vectors["vector"].dtype == pl.Array(pl.Float32, 384)
         assert card["name"] == "all-MiniLM-L6-v2" and card["dims"] == 384
+        assert marker["model_fingerprint"] == first_run_fingerprint(first_run) and " on " in marker["kernel"]
         total += vectors.height
     assert total == first_run["counts"]["chunks"]
 

@@ -1,4 +1,5 @@
-"""The GPU path (fp16 embedding, FAISS on GPU) runs only where CUDA exists; here it is skipped, not faked."""
+"""The GPU path (fp16/bf16 embedding chosen by the kernel probe, FAISS on GPU) runs only where CUDA exists;
+here it is skipped, not faked."""
 
 import numpy as np
 import pytest
@@ -10,16 +11,21 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA G
 
 
 @needs_cuda
-def test_fp16_on_gpu_matches_fp32_on_cpu(sample_docs):
+def test_gpu_kernel_plan_picks_a_half_precision_within_tolerance_of_fp32(sample_docs):
     from pipeline.config import ModelConfig
     from pipeline.models.transformer import TransformerEncoder
 
     texts = [d["title"] + " " + d["text"] for d in sample_docs[:64]]
     gpu = TransformerEncoder(ModelConfig(), device="cuda")
-    cpu = TransformerEncoder(ModelConfig(), device="cpu")
-    assert next(gpu.model.parameters()).dtype == torch.float16
-    a, b = gpu.encode(texts), cpu.encode(texts)
-    assert (np.sum(a * b, axis=1) > 0.999).all()  # cosine between fp16 and fp32 vectors
+    plan = gpu.kernel_plan
+    assert plan.device == "cuda" and plan.precision in ("fp16", "bf16") and plan.chosen_by in ("probe", "cache")
+    assert {p.kernel for p in plan.probes} >= {"fp16-cuda"} and gpu.card.precision == plan.precision
+    assert next(gpu.model.parameters()).dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[plan.precision]
+    cpu = TransformerEncoder(ModelConfig(precision="fp32"), device="cpu")
+    for precision in ("fp16", "bf16"):
+        half = TransformerEncoder(ModelConfig(precision=precision), device="cuda")
+        a, b = half.encode(texts), cpu.encode(texts)
+        assert (np.sum(a * b, axis=1) > 0.999).all(), precision  # cosine between half and fp32 vectors
 
 
 @needs_cuda

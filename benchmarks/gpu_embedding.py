@@ -1,0 +1,108 @@
+"""Embedding on one GPU: embedpipe's encoder in each precision (and the kernel plan's choice) against
+sentence-transformers' encode on the same GPU, on full SciFact (MiniLM, whole abstracts, model load excluded).
+
+For each path: texts/s, tokens/s, the smallest cosine of any vector to fp32's, and tokens/s as a fraction of this
+GPU's bf16 matrix peak, measured here with a large bf16 matmul (MiniLM costs ~2 x 22.7M multiply-adds per token,
+plus attention). Target: embedpipe >= 1.5x ST encode on the same GPU. Writes benchmarks/out/gpu_embedding.{json,md};
+benchmarks/gpu_check.sh runs it. --smoke (or no GPU): 64 abstracts of the demo sample on the CPU, same code path.
+
+Usage: .venv/bin/python benchmarks/gpu_embedding.py [--smoke] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import SAMPLE, SCIFACT, parse_args, write_report  # noqa: E402
+
+
+def bf16_matmul_tflops(device: str, n: int = 8192, reps: int = 20) -> float:
+    """What a large bf16 matmul achieves on `device`: the matrix peak tokens/s are compared with."""
+    import torch
+
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    a @ b  # warm-up
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync()
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
+
+
+def main() -> int:
+    args = parse_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline.config import ModelConfig
+    from pipeline.models.sources import resolve_model_dir
+    from pipeline.models.transformer import TransformerEncoder
+
+    device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
+    corpus, limit = (SAMPLE, 64) if device == "cpu" else (SCIFACT, None)
+    with gzip.open(corpus / "corpus.jsonl.gz", "rt", encoding="utf-8") as fh:
+        docs = [json.loads(line) for line in fh][:limit]
+    texts = [f"{d['title']} {d['text']}" for d in docs]
+    folder = str(resolve_model_dir(ModelConfig()))
+    seconds, vectors, plans = {}, {}, {}
+
+    def timed(name: str, encode) -> None:
+        encode(texts[:64])  # warm-up: kernels picked, memory pools filled
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        vectors[name] = np.asarray(encode(texts), dtype=np.float32)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds[name] = time.perf_counter() - start
+
+    st = SentenceTransformer(folder, device=device)
+    timed("st_encode_fp32", lambda t: st.encode(t, batch_size=128))
+    if device == "cuda":
+        st_half = SentenceTransformer(folder, device=device).half()
+        timed("st_encode_fp16", lambda t: st_half.encode(t, batch_size=128))
+    precisions = ["fp32", "fp16", "bf16"] if device == "cuda" else ["fp32", "bf16"]
+    for precision in [*precisions, "auto"]:
+        encoder = TransformerEncoder(ModelConfig(precision=precision), device=device)
+        plans[precision] = encoder.kernel_plan.to_dict()
+        timed(f"embedpipe_{precision}", lambda t, e=encoder: e.encode(t))
+    tokens = sum(len(x) for x in encoder.tokenizer(texts, truncation=True, max_length=256)["input_ids"])
+    peak = bf16_matmul_tflops(device, 8192 if device == "cuda" else 1024, 20 if device == "cuda" else 3)
+    flops_per_token = 2 * 22.7e6  # MiniLM-L6: 22.7M weights, one multiply-add each per token (attention aside)
+    fp32 = vectors["embedpipe_fp32"]
+    rows = {name: {"seconds": round(s, 3), "texts_per_s": round(len(texts) / s, 1),
+                   "tokens_per_s": round(tokens / s), "min_cosine_vs_fp32": float(np.sum(vectors[name] * fp32,
+                                                                                          axis=1).min()),
+                   "fraction_of_bf16_peak": round(tokens / s * flops_per_token / (peak * 1e12), 4)}
+            for name, s in seconds.items()}
+    best_st = max((n for n in rows if n.startswith("st_")), key=lambda n: rows[n]["texts_per_s"])
+    ratio = round(rows["embedpipe_auto"]["texts_per_s"] / rows[best_st]["texts_per_s"], 3)
+    report = {"device": device, "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+              "texts": len(texts), "tokens": tokens, "bf16_matmul_tflops": round(peak, 1), "paths": rows,
+              "kernel_plans": plans, "ratio_plan_over_best_st": ratio, "best_st": best_st}
+    md = "\n".join([
+        f"# Embedding on {report['gpu'] or 'the CPU'}: {len(texts):,} SciFact abstracts ({tokens:,} tokens), "
+        "all-MiniLM-L6-v2", "",
+        f"Kernel plan (auto): {plans['auto']['precision']}-{plans['auto']['path']}, {plans['auto']['chosen_by']}; "
+        f"measured bf16 matmul: {peak:.1f} TFLOP/s.", "",
+        "| path | texts/s | tokens/s | min cosine vs fp32 | fraction of bf16 matmul peak |", "|---|---|---|---|---|",
+        *[f"| {n} | {r['texts_per_s']} | {r['tokens_per_s']:,} | {r['min_cosine_vs_fp32']:.6f} | "
+          f"{r['fraction_of_bf16_peak']:.2%} |" for n, r in rows.items()], "",
+        f"embedpipe (kernel plan) / {best_st}: **{ratio}x** (target >= 1.5x on a GPU).", ""])
+    write_report(args, "gpu_embedding", report, md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

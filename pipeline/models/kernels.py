@@ -1,0 +1,199 @@
+"""The kernel plan: which precision and which kernels run a transformer on this device, chosen by measurement.
+
+CPUs differ more than their names suggest. On AMD EPYC (Zen 5) oneDNN's fp32 kernels ran MiniLM 1.8x faster than
+torch's default (MKL picks its kernels by vendor); on an Intel Xeon with AMX that gain was gone, while bf16 ran a
+linear layer 7.9x faster than fp32. So nothing is assumed: at encoder start the candidates this device supports
+run a short probe (random token ids, the model's own pooling), each timed after a warm-up pass, and the fastest
+whose vectors stay within `TOLERANCE` (min cosine) of fp32 on the probe wins. `model.precision` forces a precision
+(fp32 for bit-stable vectors); the paths within it are still measured. The plan is cached per machine (CPU model
+and flags, torch version, device, threads, model weights) under ~/.cache/embedpipe/kernels (or
+$EMBEDPIPE_KERNEL_CACHE), behind a file lock, so the actors of one node probe once between them.
+
+Candidates: fp32 through torch's kernels, fp32 with linear layers through oneDNN (pipeline/models/onednn.py), and
+where the CPU has bf16 units (avx512_bf16, AMX) bf16 linears through oneDNN and bf16 under torch.autocast; on CUDA,
+fp16 and bf16 (fp32 only when forced).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from pipeline.config import ModelConfig
+from pipeline.models import onednn
+from pipeline.models.kernel_plan import TOLERANCE, Kernel, KernelPlan, ProbeResult, cpu_flags, cpu_model
+
+PROBE_SHAPES = ((16, 128), (16, 48))  # (texts, tokens) per probe batch: long and short, with padding in the second
+PROBE_SECONDS = 0.4  # timed passes repeat until this much time has gone (at least 2 passes)
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, attention_mask) -> last hidden state
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 dot products (avx512_bf16 or AMX), where oneDNN runs bf16 faster than fp32; elsewhere bf16 is
+    emulated and slower, so it is not offered unless forced."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"}) and bf16_onednn()
+
+
+def bf16_onednn() -> bool:
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def pinned(name: str, device: str) -> Kernel:
+    """A kernel named in the config, as it runs on `device` (a GPU runs any precision natively; a CPU runs a GPU
+    kernel's precision through autocast, or fp32 through oneDNN where it can)."""
+    precision, path = name.split("-", 1)
+    if device.startswith("cuda"):
+        return Kernel(precision, "cuda")
+    if path == "cuda":
+        path = "autocast" if precision != "fp32" else "onednn"
+    if path == "onednn" and not (onednn.available() and (precision == "fp32" or bf16_onednn())):
+        path = "torch" if precision == "fp32" else "autocast"
+    return Kernel(precision, path)
+
+
+def candidates(device: str, precision: str, allow_onednn: bool = True) -> list[Kernel]:
+    """The kernels worth probing on `device` for a configured `precision` ("auto" or one precision)."""
+    if device.startswith("cuda"):
+        found = [Kernel("fp16", "cuda")]
+        if torch.cuda.is_bf16_supported():
+            found.append(Kernel("bf16", "cuda"))
+        found.append(Kernel("fp32", "cuda"))
+        if precision == "auto":
+            return [k for k in found if k.precision != "fp32"]
+        return [k for k in found if k.precision == precision] or [Kernel(precision, "cuda")]
+    found = [Kernel("fp32", "torch")]
+    if allow_onednn and onednn.available():
+        found.append(Kernel("fp32", "onednn"))
+    if cpu_has_bf16() or precision == "bf16":
+        if allow_onednn and onednn.available() and bf16_onednn():
+            found.append(Kernel("bf16", "onednn"))
+        found.append(Kernel("bf16", "autocast"))
+    if precision == "fp16":
+        found.append(Kernel("fp16", "autocast"))
+    return found if precision == "auto" else [k for k in found if k.precision == precision]
+
+
+class _Autocast(torch.nn.Module):
+    """The model under torch.autocast: matrix products in bf16/fp16, reductions (layer norm, softmax) in fp32."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=self.dtype):
+            return self.model(input_ids, attention_mask).float()
+
+
+def apply(model: torch.nn.Module, kernel: Kernel) -> torch.nn.Module:
+    """`model` (float32, on its device) made to run with `kernel`; changes it in place where it can."""
+    if kernel.path == "cuda":
+        dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+        return model.to(dtypes[kernel.precision])
+    if kernel.path == "onednn":
+        onednn.use_onednn_linears(model, torch.bfloat16 if kernel.precision == "bf16" else torch.float32)
+        return model
+    if kernel.path == "autocast":
+        return _Autocast(model, torch.bfloat16 if kernel.precision == "bf16" else torch.float16)
+    return model
+
+
+def probe_batches(vocab_size: int, device: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Fixed random token ids (seeded, above the special tokens) and masks; the second batch is padded."""
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for texts, tokens in PROBE_SHAPES:
+        ids = torch.randint(1000, vocab_size, (texts, tokens), generator=gen)
+        mask = torch.ones_like(ids)
+        if tokens < PROBE_SHAPES[0][1]:
+            lengths = torch.randint(tokens // 4, tokens + 1, (texts,), generator=gen)
+            mask = (torch.arange(tokens)[None, :] < lengths[:, None]).long()
+            ids = ids * mask
+        out.append((ids.to(device), mask.to(device)))
+    return out
+
+
+def _timed(model: Model, batches, pool: Callable) -> tuple[float, torch.Tensor]:
+    """tokens per second over repeated passes (after one warm-up), and the pooled vectors of one pass."""
+    tokens = sum(int(mask.sum()) for _, mask in batches)
+    vectors = torch.cat([pool(model(ids, mask).float(), mask) for ids, mask in batches])  # warm-up
+    passes, start = 0, time.perf_counter()
+    while passes < 2 or time.perf_counter() - start < PROBE_SECONDS:
+        for ids, mask in batches:
+            model(ids, mask)
+        if batches[0][0].is_cuda:
+            torch.cuda.synchronize()
+        passes += 1
+    return passes * tokens / (time.perf_counter() - start), vectors
+
+
+def probe(model: torch.nn.Module, kernels: list[Kernel], batches, pool: Callable) -> list[ProbeResult]:
+    """Each kernel on a copy of `model` (float32), against the float32 model's vectors."""
+    with torch.inference_mode():
+        reference = torch.cat([pool(model(ids, mask).float(), mask) for ids, mask in batches])
+        results = []
+        for kernel in kernels:
+            speed, vectors = _timed(apply(copy.deepcopy(model), kernel), batches, pool)
+            cosine = torch.nn.functional.cosine_similarity(vectors, reference, dim=1).min().item()
+            results.append(ProbeResult(kernel.name, round(speed, 1), round(cosine, 7)))
+    return results
+
+
+def choose(results: list[ProbeResult], kernels: list[Kernel], tolerance: float = TOLERANCE) -> Kernel:
+    """The fastest kernel within tolerance; the first candidate (fp32, or the forced precision's first path) when
+    none is."""
+    by_name = {k.name: k for k in kernels}
+    fine = [r for r in results if r.min_cosine >= tolerance]
+    return by_name[max(fine, key=lambda r: r.tokens_per_s).kernel] if fine else kernels[0]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EMBEDPIPE_KERNEL_CACHE") or Path.home() / ".cache" / "embedpipe" / "kernels")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one prober per machine and key; the others wait and read its plan
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def plan_kernels(model: torch.nn.Module, device: str, cfg: ModelConfig, weights: str, vocab_size: int,
+                 pool: Callable) -> KernelPlan:
+    """The kernel plan for `model` (float32, loaded on `device`): pinned by the config, from this machine's cache,
+    or probed now."""
+    kernels = [pinned(cfg.kernel, device)] if cfg.kernel else candidates(device, cfg.precision, cfg.cpu_onednn)
+    threads = torch.get_num_threads()
+    hardware = torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu_model()
+    if len(kernels) == 1:
+        return KernelPlan(device.split(":")[0], hardware, threads, kernels[0].precision, kernels[0].path,
+                          "pinned by model.kernel" if cfg.kernel else "only candidate")
+    key = {"hardware": hardware, "flags": sorted(cpu_flags() & {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
+           "torch": torch.__version__, "device": device, "threads": threads, "weights": weights,
+           "kernels": [k.name for k in kernels], "tolerance": TOLERANCE, "shapes": PROBE_SHAPES}
+    path = cache_dir() / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]}.json"
+    with _locked(path):
+        if path.is_file():
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                return KernelPlan.from_dict(json.loads(path.read_text()) | {"chosen_by": "cache"})
+        results = probe(model, kernels, probe_batches(vocab_size, device), pool)
+        best = choose(results, kernels)
+        plan = KernelPlan(device.split(":")[0], hardware, threads, best.precision, best.path, "probe", results)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(plan.to_dict(), indent=2))
+        tmp.replace(path)
+    return plan
