@@ -16,7 +16,7 @@ Writes benchmarks/out/scale.{json,md}.
 
 Usage (from the repository root):
     .venv/bin/python benchmarks/scale.py                                   # 100k and 1M documents (~1.5 h, 2 CPUs)
-    .venv/bin/python benchmarks/scale.py --smoke --out /tmp/x              # 2,000 and 8,000 documents
+    .venv/bin/python benchmarks/scale.py --smoke --out /tmp/x              # 1,000 and 4,000 documents
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import REPO, parse_args, prefect_server, synthetic_corpus, write_report  # noqa: E402
 
-SMOKE = {"docs": [2000, 8000], "shards": 4, "cache_runs": 2, "prepare_docs": 6000}
+SMOKE = {"docs": [1000, 4000], "shards": 4, "cache_runs": 2, "prepare_docs": 3000}
 MEAN_WORDS = 40  # short documents: one chunk each, mostly
 
 

@@ -29,5 +29,5 @@ def open_live_task(storage: Storage, index: str, alias: str, job: str) -> Snapsh
 @local_task(name="measure on the golden set")
 def measure_task(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, root: Storage) -> Measurement:
     """`root`: the storage root whose query cache spares encoding the golden set again."""
-    encoder = CachedQueries(encoder_for_card(snapshot.model_card), root)
+    encoder = CachedQueries(encoder_for_card(snapshot.model_card, snapshot.query_kernel), root)
     return measure(snapshot, golden, k, mode, Searcher.from_snapshot(snapshot, encoder))

@@ -65,9 +65,13 @@ def pinned_to(model: ModelConfig, encoder: Encoder) -> ModelConfig:
     return model.model_copy(update={"precision": plan.precision, "kernel": plan.kernel.name})
 
 
-def encoder_for_card(card: ModelCard) -> Encoder:
-    """The encoder a snapshot was built with; refuses different weights or dimensions."""
-    enc = cached_encoder(card.model_config())
+def encoder_for_card(card: ModelCard, kernel: str | None = None) -> Encoder:
+    """The encoder a snapshot was built with, in its precision and, where given, with the kernel its queries were
+    encoded with (bf16 kernels differ in rounding); refuses different weights or dimensions."""
+    cfg = card.model_config()
+    if kernel and kernel.startswith(card.precision + "-"):
+        cfg = cfg.model_copy(update={"kernel": kernel})
+    enc = cached_encoder(cfg)
     if enc.card.weights_sha256 != card.weights_sha256:
         raise ModelError(f"model {card.name}: weights sha256 {enc.card.weights_sha256[:12]}... differ from the "
                          f"{card.weights_sha256[:12]}... recorded in the snapshot; expected the same model")

@@ -152,7 +152,7 @@ class Searcher:
         """`fusion`: hybrid search with other settings than those the manifest records (e.g. a tuned weight)."""
         card = snapshot.model_card
         if encoder is None:
-            encoder = encoder_for_card(card)
+            encoder = encoder_for_card(card, snapshot.query_kernel)
         elif encoder.card.fingerprint != card.fingerprint:
             raise ModelError(f"snapshot {snapshot.version} was built with {card.name} ({card.fingerprint}); "
                              f"refusing to search it with {encoder.card.name} ({encoder.card.fingerprint})")

@@ -66,7 +66,7 @@ def _model(snapshot: Snapshot, index: str, version: str):
         raise _refuse(index, version, "model", f"its model card's fingerprint is {card.fingerprint}, the manifest "
                                                f"records {recorded}")
     try:
-        encoder = encoder_for_card(card)  # checks the weights' sha256 and the dims
+        encoder = encoder_for_card(card, snapshot.query_kernel)  # checks the weights' sha256 and the dims
     except EmbedpipeError as exc:
         raise _refuse(index, version, "model", exc) from None
     if encoder.card.fingerprint != card.fingerprint or encoder.card.dims != card.dims:

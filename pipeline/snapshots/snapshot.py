@@ -148,6 +148,13 @@ class Snapshot:
         return ModelCard.from_dict(self.manifest["model"])
 
     @property
+    def query_kernel(self) -> str | None:
+        """The kernel the build encoded its golden queries with (e.g. "bf16-onednn"): searches use it too, so a query
+        is encoded as the build's evaluation encoded it; None for snapshots without one (fp32 then)."""
+        plan = (self.manifest["model"].get("kernels") or {}).get("queries") or {}
+        return f"{plan['precision']}-{plan['path']}" if plan.get("path") not in (None, "numpy") else None
+
+    @property
     def variants(self) -> list[str]:
         return list(self.manifest["index"]["variants"])
 

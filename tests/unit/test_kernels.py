@@ -51,6 +51,10 @@ def test_queries_are_encoded_in_the_precision_the_snapshot_was_built_with(encode
     bf16 = ModelCard.from_dict(encoder.card.to_dict() | {"precision": "bf16"})
     assert bf16.fingerprint != encoder.card.fingerprint
     assert encoder_for_card(bf16).card == bf16  # loaded in bf16, whatever this machine would pick
+    # with the kernel the build encoded its queries with (recorded in the manifest): the same rounding as then
+    pinned = encoder_for_card(bf16, "bf16-autocast")
+    assert pinned.card == bf16 and pinned.kernel_plan.kernel.name == "bf16-autocast"
+    assert encoder_for_card(encoder.card, "bf16-autocast").card.precision == "fp32"  # another precision: ignored
     old = {k: v for k, v in encoder.card.to_dict().items() if k != "precision"}  # written before precisions
     assert "precision" not in old and ModelCard.from_dict(old).precision == "fp32"
     assert ModelCard.from_dict(old).fingerprint == encoder.card.fingerprint
