@@ -71,17 +71,18 @@ class TransformerEncoder:
         self.tokenizer = load_tokenizer(self.folder)
         pooling, weights = _pooling_mode(self.folder, cfg.pooling), weights_sha256(self.folder)
         self.pooling, self.normalize = pooling, cfg.normalize
-        try:
-            model = _load_model(self.folder).to(self.device)
-            self.kernel_plan = kernels.plan_kernels(model, self.device, cfg, weights, len(self.tokenizer),
-                                                    self._pool)
-            self.model = kernels.apply(model, self.kernel_plan.kernel)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"cannot load the model from {self.folder}: {exc}") from None
         limit = model_max_tokens(self.folder, self.tokenizer.model_max_length)
         if cfg.max_tokens and cfg.max_tokens > limit:
             raise ModelError(f"model.max_tokens ({cfg.max_tokens}) exceeds what {cfg.name} supports ({limit})")
         self.batch_size, self.batch_tokens = cfg.batch_size, cfg.batch_tokens.for_device(self.device)
+        try:
+            model = _load_model(self.folder).to(self.device)
+            shapes = kernels.probe_shapes(cfg.max_tokens or limit, self.batch_tokens)
+            self.kernel_plan = kernels.plan_kernels(model, self.device, cfg, weights, len(self.tokenizer),
+                                                    self._pool, shapes)
+            self.model = kernels.apply(model, self.kernel_plan.kernel)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"cannot load the model from {self.folder}: {exc}") from None
         self.tokens_encoded = 0  # running total, for throughput reports
         self.card = ModelCard(
             name=cfg.name,
