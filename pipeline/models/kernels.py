@@ -110,8 +110,8 @@ def apply(model: torch.nn.Module, kernel: Kernel) -> torch.nn.Module:
 def probe_shapes(max_tokens: int, batch_tokens: int) -> list[tuple[int, int]]:
     """(texts, tokens) of the probe's batches, shaped like the encoder's own: one of full-length texts (chunks are
     mostly full windows, and attention weighs most there) and one of quarter-length texts, padded."""
-    half, short = batch_tokens // 2, max(1, max_tokens // 4)  # half the encoder's budget: a pass is short
-    return [(max(1, half // max_tokens), max_tokens), (max(1, half // short), short)]
+    short = max(1, max_tokens // 4)  # the encoder's whole budget each: kernels' speed depends on the batch's size
+    return [(max(1, batch_tokens // max_tokens), max_tokens), (max(1, batch_tokens // short), short)]
 
 
 def probe_batches(vocab_size: int, device: str, shapes: list[tuple[int, int]]
