@@ -2,8 +2,9 @@
 
 1. Rows: every committed shard's chunk rows in snapshot order (bucket, then chunk id: the same whatever the shard
    count, since shards are bucket ranges), shard after shard; a shard's first row is the sum of those before it.
-2. Train: one seeded sample of rows (bounded by `index.ivf.max_train_points`) is read shard by shard, and every
-   variant is trained on it once (index/variants.py), or reuses an earlier version's training.
+2. Train: one seeded sample of rows (bounded by `index.ivf.max_train_points`) is written shard by shard on the
+   workers, and one worker task trains every variant on it once (index/variants.py), or reuses an earlier
+   version's training.
 3. Fill, per shard on a worker (`index_shard`): its id rows, its fp16 rescoring rows and each variant's index of its
    vectors, written under runs/<run>/index/<shard>/.
 4. Assemble, per snapshot file on a worker (`assemble`): shard files streamed into one file in the version folder
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import tempfile
 from dataclasses import dataclass
 from functools import partial
@@ -33,6 +35,7 @@ from pipeline.storage.backend import Storage
 from pipeline.storage.tables import read_parquet, write_parquet
 
 RESCORE_DTYPE = "<f2"
+SAMPLE = "sample.npy"  # a shard's share of the training sample, under runs/<run>/index/<shard>/
 
 
 @dataclass(frozen=True)
@@ -72,24 +75,40 @@ def load_vectors(storage: Storage, run_id: str, shards: list[int]) -> tuple[pl.D
     return table.drop("vector"), vectors_of(table)
 
 
-def sample_shard(storage: Storage, run_id: str, shard: ShardRows, rows: np.ndarray) -> np.ndarray:
-    """The vectors of the snapshot rows `rows` (sorted) that fall in this shard."""
+def sample_shard(storage: Storage, run_id: str, shard: ShardRows, rows: np.ndarray) -> int:
+    """Write the vectors of the snapshot rows `rows` (sorted) that fall in this shard to the run's training sample;
+    returns how many."""
     local = rows[(rows >= shard.first_row) & (rows < shard.first_row + shard.rows)] - shard.first_row
-    return vectors_of(shard_table(storage, run_id, shard.shard))[local] if len(local) else np.empty((0, 0), np.float32)
+    out = io.BytesIO()
+    np.save(out, vectors_of(shard_table(storage, run_id, shard.shard))[local], allow_pickle=False)
+    storage.write_bytes(layout.index_shard_key(run_id, shard.shard, SAMPLE), out.getvalue())
+    return len(local)
+
+
+def train_on_sample(cfg: PipelineConfig, storage: Storage, run_id: str, n: int, dims: int, training: Training,
+                    holders: list[int]) -> list[TrainedVariant]:
+    """Every variant trained on the sample the shards `holders` wrote (in row order); one worker task, so the
+    sample and FAISS's training memory stay out of the driver."""
+    parts = [np.load(io.BytesIO(storage.read_bytes(layout.index_shard_key(run_id, s, SAMPLE))), allow_pickle=False)
+             for s in holders]
+    sample = np.concatenate(parts) if parts else np.empty((0, dims), dtype=np.float32)
+    return train_variants(cfg.index, n, dims, sample, cfg.run.seed, training)
 
 
 def train(cfg: PipelineConfig, storage: Storage, run_id: str, shards: list[ShardRows], dims: int, executor: Executor,
           training: Training = FULL_BUILD) -> list[TrainedVariant]:
-    """Every variant trained once on the seeded sample: the workers read their shards' share of it, and the
-    driver holds the sample only (at most index.ivf.max_train_points vectors)."""
+    """Every variant trained once on the seeded sample (at most index.ivf.max_train_points vectors): the workers
+    write their shards' share of it, one task trains on it; the driver gets the trained, empty indexes (centroids
+    and codebooks: kilobytes to a few MB)."""
     n = sum(s.rows for s in shards)
-    trains = any(VariantSpec.parse(v).kind.trains for v in cfg.index.vector_variants)
-    sample = np.empty((0, dims), dtype=np.float32)
-    if trains:
+    holders: list[ShardRows] = []
+    if any(VariantSpec.parse(v).kind.trains for v in cfg.index.vector_variants):
         rows = training_rows(n, cfg.index, cfg.run.seed)
         holders = [s for s in shards if ((rows >= s.first_row) & (rows < s.first_row + s.rows)).any()]
-        sample = np.concatenate(executor.map(partial(sample_shard, storage, run_id, rows=rows), holders))
-    return train_variants(cfg.index, n, dims, sample, cfg.run.seed, training)
+        executor.map(partial(sample_shard, storage, run_id, rows=rows), holders)
+    [trained] = executor.map(partial(train_on_sample, cfg, storage, run_id, n, dims, training),
+                             [[s.shard for s in holders]])
+    return trained
 
 
 def index_shard(storage: Storage, run_id: str, shard: ShardRows, trained: list[TrainedVariant],

@@ -3,8 +3,9 @@
 CPUs differ more than their names suggest. On AMD EPYC (Zen 5) oneDNN's fp32 kernels ran MiniLM 1.8x faster than
 torch's default (MKL picks its kernels by vendor); on an Intel Xeon with AMX that gain was gone, while bf16 ran a
 linear layer 7.9x faster than fp32. So nothing is assumed: at encoder start the candidates this device supports
-run a short probe (random token ids, the model's own pooling), each timed after a warm-up pass, and the fastest
-whose vectors stay within `TOLERANCE` (min cosine) of fp32 on the probe wins. `model.precision` forces a precision
+run a short probe (random token ids in the encoder's batch shapes, the model's own pooling; after a warm-up pass
+the candidates take turns for 3 rounds), and the fastest whose vectors stay within `TOLERANCE` (min cosine) of
+fp32 on the probe wins. `model.precision` forces a precision
 (fp32 for bit-stable vectors); the paths within it are still measured. The plan is cached per machine (CPU model
 and flags, torch version, device, threads, model weights) under ~/.cache/embedpipe/kernels (or
 $EMBEDPIPE_KERNEL_CACHE), behind a file lock, so the actors of one node probe once between them.
