@@ -21,9 +21,11 @@ def test_the_fastest_kernel_within_tolerance_wins_and_fp32_is_the_fallback():
     assert choose(too_far, kernels) == Kernel("fp32", "torch")
 
 
-def test_auto_probes_every_candidate_and_its_vectors_stay_within_tolerance(sample_docs, encoder):
+def test_auto_probes_every_candidate_and_its_vectors_stay_within_tolerance(sample_docs, encoder, tmp_path,
+                                                                         monkeypatch):
     from pipeline.models.encoder import load_encoder
 
+    monkeypatch.setenv("EMBEDPIPE_KERNEL_CACHE", str(tmp_path))  # a machine that never probed
     auto = load_encoder(ModelConfig())  # the default: precision auto
     plan = auto.kernel_plan
     assert plan.chosen_by == "probe" and plan.kernel.name in {p.kernel for p in plan.probes}
