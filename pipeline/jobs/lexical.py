@@ -124,9 +124,10 @@ def assemble_bm25(cfg: PipelineConfig, storage: Storage, run_id: str, target: St
     stats = CorpusStatistics.merge(ShardStatistics(markers[s.shard]["chunks"], markers[s.shard]["tokens"],
                                                    read_parquet(storage, shard_key(run_id, s.shard, LEXICON)))
                                    for s in shards)
-    if stats.chunks != sum(s.rows for s in shards):
+    rows_total = sum(s.rows for s in shards)
+    if stats.chunks != rows_total:
         raise IndexBuildError(f"run {run_id}: the shards' bm25 statistics count {stats.chunks} chunks, the id table "
-                              f"{sum(s.rows for s in shards)}; expected the same chunks")
+                              f"{rows_total}; expected the same chunks")
     params, parts = Bm25Params.of(cfg.index.bm25), []
     for s in shards:
         rows = read_parquet(storage, index_shard_key(run_id, s.shard, "ids.parquet")).select("chunk_id", "row")
