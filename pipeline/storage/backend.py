@@ -1,14 +1,9 @@
 """One storage abstraction over fsspec, for every backend (local paths, file://, s3://, ...).
 
-Keys are '/'-separated paths relative to the root; a key that could escape the root is refused. Writes
-are atomic (temp name + rename locally; a single PUT is atomic on object stores). Two commit primitives
-that fsspec lacks:
-
-- `put_if_absent`: S3 `PutObject` with `IfNoneMatch='*'`; locally a hard link, which fails if the name
-  exists. Snapshot manifests are written with it: their existence is the commit.
-- `compare_and_swap` on a version tag: S3 `PutObject` with `IfMatch=<etag>`; locally, lock-free, each
-  value is a new numbered record `<key>.v/<n>` created with put_if_absent, so only one writer can create
-  record n+1 after seeing n. Aliases move only through it.
+Keys are '/'-separated paths relative to the root; a key that could escape the root is refused
+(pipeline/storage/keys.py). Writes are atomic (temp name + rename locally; a single PUT or a completed multipart
+upload on object stores). The two commit primitives fsspec lacks, put_if_absent and compare_and_swap, are in
+pipeline/storage/conditional.py.
 
 Credentials come from the environment (AWS_ACCESS_KEY_ID, ..., AWS_ENDPOINT_URL) or the `options`
 given to fsspec, and never appear in errors: URLs are redacted and exception texts are not echoed.
@@ -19,35 +14,20 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import cached_property
 from typing import BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.config import StorageConfig
-from pipeline.errors import PreconditionFailed, StorageError
+from pipeline.errors import StorageError
+from pipeline.storage.conditional import CommitPrimitives
+from pipeline.storage.keys import check_key, redact
 from pipeline.storage.layout import probe_key
-
-_USERINFO = re.compile(r"(?<=://)[^/@]+@")
-_BAD_KEY = re.compile(r"(^/)|(^|/)\.\.?(/|$)|//|[\\\x00-\x1f]")
-_RECORDS = ".v"  # local compare-and-swap records live in <key>.v/
-
-
-@dataclass(frozen=True)
-class VersionedRead:
-    """A conditional read of a compare-and-swap key. `changed` False: its tag is still the one the reader had, and
-    nothing was transferred; otherwise its value and tag now (both None: the key is absent)."""
-
-    changed: bool
-    data: bytes | None = None
-    tag: str | None = None
 
 
 class HashingWriter(io.RawIOBase):
@@ -79,20 +59,7 @@ def _reopen(url: str, options: dict) -> Storage:
     return Storage(url, **options)
 
 
-def redact(url: str) -> str:
-    """Drop credentials embedded in a URL (s3://KEY:SECRET@bucket) before it reaches a log or error."""
-    return _USERINFO.sub("***@", url)
-
-
-def check_key(key: str) -> str:
-    """Keys are built from user-given names: refuse any that could leave the root."""
-    if _BAD_KEY.search(key):
-        raise StorageError(f"refusing object key {key!r}: expected a relative path without '..', '.', '//', "
-                           "backslashes or control characters")
-    return key
-
-
-class Storage:
+class Storage(CommitPrimitives):
     def __init__(self, root: str, **options: object) -> None:
         self.url, self.options = root.rstrip("/"), options
         try:
@@ -267,82 +234,6 @@ class Storage:
         with self._errors(key):
             self.fs.rm(self.path(key), recursive=recursive)
 
-    # --- commit primitives --------------------------------------------------------------------------------------
-
-    def put_if_absent(self, key: str, data: bytes) -> None:
-        """Create `key` only if no object has that name; the loser gets PreconditionFailed."""
-        target = self.path(key)
-        with self._errors(key):
-            if self.is_local:
-                # Write a temp file, then hard-link it: link() fails if the name exists, so the
-                # committed file is always complete and only one writer can win.
-                tmp = self._local_temp(target, data)
-                try:
-                    os.link(tmp, target)
-                except FileExistsError:
-                    raise PreconditionFailed(f"already exists: {redact(self.url_of(key))}") from None
-                finally:
-                    os.unlink(tmp)
-            elif self.is_s3:
-                self._s3_put(key, data, IfNoneMatch="*")
-            else:
-                raise StorageError(f"put_if_absent is not supported on {redact(self.url)} (local and s3 are)")
-
-    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
-        """(value, tag) of a compare-and-swap key, or None if it was never written."""
-        with self._errors(key):
-            if self.is_s3:
-                bucket, name = self._bucket_key(key)
-                try:
-                    got = self._s3.get_object(Bucket=bucket, Key=name)
-                except self._s3.exceptions.NoSuchKey:
-                    return None
-                return got["Body"].read(), got["ETag"]
-            records = [r for r in self.list(key + _RECORDS) if r.isdigit()]
-            if not records:
-                return None
-            return self.read_bytes(f"{key}{_RECORDS}/{records[-1]}"), records[-1]
-
-    def read_versioned_if_changed(self, key: str, tag: str | None) -> VersionedRead:
-        """`read_versioned` for a reader that polls: cheap when the value still has `tag` (S3: GetObject with
-        IfNoneMatch, answered 304 without a body; locally: the highest record number, no read)."""
-        with self._errors(key):
-            if self.is_s3:
-                if tag is None:
-                    got = self.read_versioned(key)
-                    return VersionedRead(True, *got) if got else VersionedRead(False)
-                from botocore.exceptions import ClientError
-
-                bucket, name = self._bucket_key(key)
-                try:
-                    obj = self._s3.get_object(Bucket=bucket, Key=name, IfNoneMatch=tag)
-                except self._s3.exceptions.NoSuchKey:
-                    return VersionedRead(True)
-                except ClientError as exc:
-                    if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 304:
-                        return VersionedRead(False)
-                    raise
-                return VersionedRead(True, obj["Body"].read(), obj["ETag"])
-            records = [r for r in self.list(key + _RECORDS) if r.isdigit()]
-            if not records:
-                return VersionedRead(tag is not None)
-            if records[-1] == tag:
-                return VersionedRead(False)
-            return VersionedRead(True, self.read_bytes(f"{key}{_RECORDS}/{records[-1]}"), records[-1])
-
-    def compare_and_swap(self, key: str, data: bytes, expected: str | None) -> str:
-        """Replace the value of `key` only if its tag is still `expected` (None: only if absent).
-        Returns the new tag; a writer that lost the race gets PreconditionFailed."""
-        with self._errors(key):
-            if self.is_s3:
-                condition = {"IfMatch": expected} if expected else {"IfNoneMatch": "*"}
-                return self._s3_put(key, data, **condition)
-            if not self.is_local:
-                raise StorageError(f"compare_and_swap is not supported on {redact(self.url)} (local and s3 are)")
-            tag = f"{(int(expected) + 1) if expected else 0:012d}"
-            self.put_if_absent(f"{key}{_RECORDS}/{tag}", data)
-            return tag
-
     # --- backend details ------------------------------------------------------------------------------------------
 
     def _local_temp(self, target: str, data: bytes) -> str:
@@ -354,33 +245,3 @@ class Storage:
             fh.flush()
             os.fsync(fh.fileno())
         return tmp
-
-    @cached_property
-    def _s3(self):
-        """boto3 for the conditional writes s3fs cannot make; same endpoint and credentials as s3fs."""
-        import boto3
-
-        client_kwargs = dict(self.options.get("client_kwargs") or {})
-        endpoint = self.options.get("endpoint_url") or client_kwargs.get("endpoint_url")
-        kwargs = {"endpoint_url": endpoint} if endpoint else {}
-        if self.options.get("key"):
-            kwargs |= {"aws_access_key_id": self.options["key"], "aws_secret_access_key": self.options.get("secret")}
-        return boto3.client("s3", **kwargs)
-
-    def _bucket_key(self, key: str) -> tuple[str, str]:
-        bucket, _, prefix = self.path(key).partition("/")
-        return bucket, prefix
-
-    def _s3_put(self, key: str, data: bytes, **condition: str) -> str:
-        from botocore.exceptions import ClientError
-
-        bucket, name = self._bucket_key(key)
-        try:
-            etag = self._s3.put_object(Bucket=bucket, Key=name, Body=data, **condition)["ETag"]
-        except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
-                raise PreconditionFailed(f"precondition failed (someone else wrote first): "
-                                         f"{redact(self.url_of(key))}") from None
-            raise
-        self.fs.invalidate_cache(self.path(key))
-        return etag
