@@ -16,6 +16,7 @@ Writes benchmarks/out/scale.{json,md}.
 
 Usage (from the repository root):
     .venv/bin/python benchmarks/scale.py                                   # 100k and 1M documents (~1.5 h, 2 CPUs)
+    .venv/bin/python benchmarks/scale.py --sections prepare                # part 3 alone (~5 minutes)
     .venv/bin/python benchmarks/scale.py --smoke --out /tmp/x              # 1,000 and 4,000 documents
 """
 
@@ -35,7 +36,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import REPO, parse_args, prefect_server, synthetic_corpus, write_report  # noqa: E402
 
-SMOKE = {"docs": [1000, 4000], "shards": 4, "cache_runs": 2, "prepare_docs": 3000}
+SECTIONS = ("sizes", "cache", "prepare")
+SMOKE = {"docs": [1000, 4000], "shards": 4, "cache_runs": 2, "prepare_docs": 3000, "prepare_pieces": 4}
 MEAN_WORDS = 40  # short documents: one chunk each, mostly
 
 
@@ -117,6 +119,8 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--cache-runs", type=int, default=3)
     parser.add_argument("--prepare-docs", type=int, default=200_000)
+    parser.add_argument("--prepare-pieces", type=int, default=32, help="pieces the prepare corpus is cut into")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="parts to run")
     parser.add_argument("--prepare-only", type=int, help=argparse.SUPPRESS)  # internal: CPUs of the child
     parser.add_argument("--prepare-config", type=Path, help=argparse.SUPPRESS)
     args = parse_args(parser)
@@ -127,11 +131,11 @@ def main() -> int:
         return 0
     work = args.out / "scale"
     work.mkdir(parents=True, exist_ok=True)
+    sizes, runs, prep = [], [], []
     with prefect_server(work / "prefect-home") as api:
         env = {**os.environ, "PREFECT_API_URL": api}
         env.pop("RAY_ADDRESS", None)
-        sizes = []
-        for docs in args.docs:
+        for docs in args.docs if "sizes" in args.sections else []:
             corpus = corpus_file(work, docs, seed=0)
             root = work / f"root-{docs}"
             subprocess.run(["rm", "-rf", str(root)], check=True)
@@ -144,9 +148,9 @@ def main() -> int:
                                                  "embed": c["worker_peak_rss_mb"]},
                           "written": written(root), "embed_rate_per_part": part_rates(root, summary["run_id"])})
             print(json.dumps(sizes[-1]), flush=True)
-        cache_root, runs = work / "root-cache", []
+        cache_root = work / "root-cache"
         subprocess.run(["rm", "-rf", str(cache_root)], check=True)
-        for k in range(args.cache_runs):
+        for k in range(args.cache_runs if "cache" in args.sections else 0):
             n = args.docs[0]
             corpus = corpus_file(work, n, seed=100 + k, first_id=(k + 1) * 10 * n)  # new documents every run
             cfg = config(work / f"cache-{k}.yaml", corpus, cache_root, args.shards, 1 << 16)
@@ -156,38 +160,42 @@ def main() -> int:
                          "embed_rate_per_part": part_rates(cache_root, summary["run_id"]),
                          "cache_files": sum(1 for p in (cache_root / "cache").rglob("*.parquet"))})
             print(json.dumps(runs[-1]), flush=True)
-    prepare_corpus = corpus_file(work, args.prepare_docs, seed=7)
-    piece = max(1 << 16, prepare_corpus.stat().st_size // 16)
-    prep = []
-    for cpus in (1, 2):
-        root = work / f"root-prepare-{cpus}"
-        subprocess.run(["rm", "-rf", str(root)], check=True)
-        cfg = config(work / f"prepare-{cpus}.yaml", prepare_corpus, root, args.shards, piece)
-        subprocess.run([sys.executable, __file__, "--prepare-only", str(cpus), "--prepare-config", str(cfg),
-                        "--out", str(args.out)], check=True, timeout=3 * 3600)
-        prep.append(json.loads((args.out / f"scale.prepare-{cpus}.json").read_text()))
-    small, big = sizes[0], sizes[-1]
-    rates = [r["embed_rate_per_part"]["early"] for r in runs if r["embed_rate_per_part"]["early"]]
-    report = {"sizes": sizes, "cache_runs": runs, "prepare": prep, "ratios": {
-        "docs": round(big["docs"] / small["docs"], 2), "wall": round(big["wall_s"] / small["wall_s"], 3),
-        "driver_peak_rss": round(big["driver_peak_rss_mb"] / small["driver_peak_rss_mb"], 3),
-        "embed_rate_last_run_over_first": round(rates[-1] / rates[0], 3) if len(rates) > 1 else None,
-        "prepare_2_over_1_cpu": round(prep[1]["docs_per_s"] / prep[0]["docs_per_s"], 3)}}
-    r = report["ratios"]
-    report["targets"] = {"driver_rss_ratio_le_1.25": r["driver_peak_rss"] <= 1.25,
-                         "driver_rss_under_1gb": big["driver_peak_rss_mb"] < 1024,
-                         "wall_ratio_le_1.1x_docs": r["wall"] <= 1.1 * r["docs"],
-                         "prepare_2cpu_ge_1.7x": r["prepare_2_over_1_cpu"] >= 1.7}
+    if "prepare" in args.sections:
+        prepare_corpus = corpus_file(work, args.prepare_docs, seed=7)
+        # several pieces per worker CPU, as a deployment would cut them, so the last round is not one piece alone
+        piece = max(1 << 16, -(-prepare_corpus.stat().st_size // args.prepare_pieces))
+        for cpus in (1, 2):
+            root = work / f"root-prepare-{cpus}"
+            subprocess.run(["rm", "-rf", str(root)], check=True)
+            cfg = config(work / f"prepare-{cpus}.yaml", prepare_corpus, root, args.shards, piece)
+            subprocess.run([sys.executable, __file__, "--prepare-only", str(cpus), "--prepare-config", str(cfg),
+                            "--out", str(args.out)], check=True, timeout=3 * 3600)
+            prep.append(json.loads((args.out / f"scale.prepare-{cpus}.json").read_text()))
+    report = {"sizes": sizes, "cache_runs": runs, "prepare": prep, "ratios": {}, "targets": {}}
+    r, t = report["ratios"], report["targets"]
+    if len(sizes) > 1:
+        small, big = sizes[0], sizes[-1]
+        r |= {"docs": round(big["docs"] / small["docs"], 2), "wall": round(big["wall_s"] / small["wall_s"], 3),
+              "driver_peak_rss": round(big["driver_peak_rss_mb"] / small["driver_peak_rss_mb"], 3)}
+        t |= {"driver_rss_ratio_le_1.25": r["driver_peak_rss"] <= 1.25,
+              "driver_rss_under_1gb": big["driver_peak_rss_mb"] < 1024,
+              "wall_ratio_le_1.1x_docs": r["wall"] <= 1.1 * r["docs"]}
+    rates = [c["embed_rate_per_part"]["early"] for c in runs if c["embed_rate_per_part"]["early"]]
+    if len(rates) > 1:
+        r["embed_rate_last_run_over_first"] = round(rates[-1] / rates[0], 3)
+    if prep:
+        r["prepare_2_over_1_cpu"] = round(prep[1]["docs_per_s"] / prep[0]["docs_per_s"], 3)
+        t["prepare_2cpu_ge_1.7x"] = r["prepare_2_over_1_cpu"] >= 1.7
     write_report(args, "scale", report, markdown(report))
     return 0
 
 
 def markdown(r: dict) -> str:
-    stages = list(r["sizes"][0]["stages_s"])
+    stages = list(r["sizes"][0]["stages_s"]) if r["sizes"] else []
     lines = ["# Scale: the reindex flow at growing corpus sizes (wordllama, every stage on Ray)", "",
              "| docs | chunks | pieces | wall s | " + " | ".join(f"{s} s" for s in stages) +
              " | driver peak RSS MB | worker peak RSS MB (prepare / embed) | written (runs, cache, snapshots) MiB |",
-             "|---" * (8 + len(stages)) + "|"]
+             "|---" * (7 + len(stages)) + "|"]
     for s in r["sizes"]:
         w = s["written"]
         lines.append(f"| {s['docs']:,} | {s['chunks']:,} | {s['pieces']} | {s['wall_s']} | " +
@@ -208,10 +216,7 @@ def markdown(r: dict) -> str:
     lines += [f"| {p['cpus']} worker CPU(s), {p['docs']:,} docs in {p['pieces']} pieces | {p['docs_per_s']} |"
               for p in r["prepare"]]
     ratios, targets = r["ratios"], r["targets"]
-    lines += ["", f"Ratios: docs {ratios['docs']}x, wall {ratios['wall']}x, "
-              f"driver peak RSS {ratios['driver_peak_rss']}x, "
-              f"embedding rate last cache run / first {ratios['embed_rate_last_run_over_first']}, preparing 2 CPUs / 1 "
-              f"{ratios['prepare_2_over_1_cpu']}x.", "",
+    lines += ["", "Ratios: " + ", ".join(f"{k} {v}" for k, v in ratios.items()) + ".", "",
               "Targets: " + ", ".join(f"{k}: {v}" for k, v in targets.items()) + "."]
     return "\n".join(lines)
 
