@@ -4,7 +4,7 @@ The pipeline streams: the driver reads, chunks and writes the corpus `run.read_b
 (one input part per shard and batch), and each Ray actor embeds its shards part by part. So with the
 batch fixed, 10x the documents means 10x the parts, not bigger parts, and a worker's peak resident memory
 should stay flat (target: within 20%). Each size runs in its own process (a fresh driver) with fresh
-actors and a fresh storage root; the worker figure is the largest `ru_maxrss` any actor reported
+actors and a fresh storage root; the worker figure is the largest peak RSS (VmHWM) any actor reported
 (pipeline/jobs/shards.py), next to that of a probe actor that only imported what an EmbedActor imports and
 loaded the model (the floor under it). The model is the wordllama static model, so the run takes
 minutes, not hours; the code path is the one MiniLM takes. Writes benchmarks/out/worker_memory.{json,md}.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -48,7 +47,9 @@ def loaded_model_mb(root: str, model: dict, cpus: float) -> float:
             self.storage, self.encoder = Storage(root), load_encoder(ModelConfig(**model))
 
         def peak_rss_mb(self) -> float:
-            return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+            from pipeline.jobs.worker import peak_rss_mb
+
+            return peak_rss_mb()
 
     probe = Probe.options(num_cpus=cpus).remote()
     try:
@@ -64,6 +65,7 @@ def one(docs: int, read_batch: int, work: Path, words_from: Path) -> dict:
     from pipeline.config import PipelineConfig
     from pipeline.jobs.executor import LocalExecutor
     from pipeline.jobs.prepare import ShardInput, prepare
+    from pipeline.jobs.worker import peak_rss_mb
     from pipeline.models.encoder import load_encoder
     from pipeline.storage.backend import Storage
 
@@ -86,7 +88,7 @@ def one(docs: int, read_batch: int, work: Path, words_from: Path) -> dict:
     parts = max(len(list((root / "runs/memory/shards" / f"{s:05d}" / "vectors").iterdir())) for s in prepared.shards)
     return {"docs": docs, "chunks": prepared.counts["chunks"], "parts_per_shard": parts,
             "worker_peak_rss_mb": max(r.peak_rss_mb for r in results), "worker_model_loaded_mb": baseline,
-            "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "driver_peak_rss_mb": peak_rss_mb(),
             "seconds": round(time.perf_counter() - start, 1)}
 
 

@@ -15,5 +15,10 @@ def node() -> str:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
+    """This process's peak resident memory so far. On Linux the high-water mark of its own address space (VmHWM):
+    `ru_maxrss` survives exec, so a process started by a large parent would report the parent's size."""
+    try:
+        with open("/proc/self/status") as fh:
+            return round(next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024, 1)
+    except (OSError, StopIteration):
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux, bytes on macOS
