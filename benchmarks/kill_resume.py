@@ -16,11 +16,11 @@ in their manifests (vectors.f16.npy, each index/*.faiss, ids.parquet). Writes
 benchmarks/out/kill_resume.{json,md}; the storage roots stay in benchmarks/out/kill_resume/ until the next run.
 
 Usage (from the repository root):
-    /work/main/.venv/bin/python benchmarks/kill_resume.py                           # demo, 8 shards, kill after 4
-    /work/main/.venv/bin/python benchmarks/kill_resume.py --shards 4 --kill-after 2
-    /work/main/.venv/bin/python benchmarks/kill_resume.py --set model.name=wordllama-l2-supercat \
+    .venv/bin/python benchmarks/kill_resume.py                           # demo, 8 shards, kill after 4
+    .venv/bin/python benchmarks/kill_resume.py --shards 4 --kill-after 2
+    .venv/bin/python benchmarks/kill_resume.py --set model.name=wordllama-l2-supercat \
         --set model.package=wordllama                                             # quick check (static model)
-    /work/main/.venv/bin/python benchmarks/kill_resume.py --smoke --out /tmp/x   # 40 docs, 4 shards, kill after 2
+    .venv/bin/python benchmarks/kill_resume.py --smoke --out /tmp/x   # 40 docs, 4 shards, kill after 2
 --smoke runs on 40 documents of the demo sample with Ray actors as the demo corpus would (local_embed_max_chunks 0).
 """
 

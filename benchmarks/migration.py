@@ -6,8 +6,9 @@
    -> all-mpnet-base-v2 (384 -> 768 dims; mpnet is ~5x slower than MiniLM on CPU, hence the subset).
 
 Gate: nDCG@10 of exact search, no drop allowed. Writes benchmarks/out/migration.{json,md}. About 15 minutes
-on 2 CPUs. --smoke: both parts on 40 documents and 10 queries of the demo sample, embedded by Ray actors as
-the full corpus is (run.local_embed_max_chunks 0).
+on 2 CPUs. --smoke: part 1 on 40 documents and 10 queries of the demo sample, embedded by Ray actors as the full
+corpus is (run.local_embed_max_chunks 0); part 2 runs the same code with another model, and the MiniLM -> mpnet
+migration has its own test (tests/e2e/test_migrate_flow.py), so the smoke leaves it out.
 
 Usage: .venv/bin/python benchmarks/migration.py [--subset-docs 1000] [--skip-full] [--skip-mpnet] [--smoke] [--out DIR]
 """
@@ -91,8 +92,8 @@ def main() -> int:
             start = time.perf_counter()
             out = migrate(cfg, model=model).to_dict()
             rows.append(row(name, blues["full"]["counts"]["accepted"], out, time.perf_counter() - start))
-    if not args.skip_mpnet:
-        source = full_source if args.smoke else subset(work / "subset", args.subset_docs)
+    if not (args.skip_mpnet or args.smoke):
+        source = subset(work / "subset", args.subset_docs)
         cfg = config(work / "subset.yaml", "scifact-migration-subset", source, "all-MiniLM-L6-v2",
                      work / "store-subset", args.smoke)
         blues["subset"] = reindex(cfg).to_dict()
