@@ -52,7 +52,8 @@ from pipeline.reports.plots import quality_vs_bytes_png
 from pipeline.snapshots.aliases import Promotion, promote_or_stay, read_alias
 from pipeline.snapshots.snapshot import claim, commit, new_version
 from pipeline.storage import layout
-from pipeline.storage.backend import Storage, redact
+from pipeline.storage.backend import Storage
+from pipeline.storage.keys import redact
 
 if TYPE_CHECKING:
     from operators.embedding import RayEmbedder

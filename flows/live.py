@@ -12,7 +12,8 @@ from pipeline.quality.measure import Measurement, measure
 from pipeline.quality.search import Searcher
 from pipeline.snapshots.aliases import read_alias
 from pipeline.snapshots.snapshot import Snapshot
-from pipeline.storage.backend import Storage, redact
+from pipeline.storage.backend import Storage
+from pipeline.storage.keys import redact
 
 
 @local_task(name="open the live snapshot")

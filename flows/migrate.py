@@ -44,7 +44,8 @@ from pipeline.reports.markdown import migration_markdown
 from pipeline.reports.plots import blue_green_png
 from pipeline.snapshots.aliases import Promotion, promote_or_stay, read_alias
 from pipeline.snapshots.snapshot import Snapshot
-from pipeline.storage.backend import Storage, redact
+from pipeline.storage.backend import Storage
+from pipeline.storage.keys import redact
 from pipeline.storage.layout import migration_key
 
 

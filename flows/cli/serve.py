@@ -43,7 +43,8 @@ def serve(
     from pipeline.serving.loading import WARMUP_QUERIES, LoadSettings
     from pipeline.serving.query import Limits
     from pipeline.snapshots.aliases import read_alias
-    from pipeline.storage.backend import Storage, redact
+    from pipeline.storage.backend import Storage
+    from pipeline.storage.keys import redact
 
     if read_alias(Storage(root), index, alias).version is None:  # fail here, not with a service that never gets ready
         raise SnapshotError(f"alias {index}/{alias} is not set at {redact(root)}: publish and promote a version "

@@ -20,7 +20,7 @@ import fsspec
 import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
-from pipeline.storage.backend import redact
+from pipeline.storage.keys import redact
 
 Format = Literal["jsonl", "parquet"]
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from pipeline.config import CorpusConfig
 from pipeline.corpus.pieces import InputFile, Piece, describe_inputs, plan_pieces
 from pipeline.errors import InputError
-from pipeline.storage.backend import redact
+from pipeline.storage.keys import redact
 
 DOC_SCHEMA = {"doc_id": pl.String, "title": pl.String, "text": pl.String}
 # position: the line (JSON Lines) or row (Parquet) number, counted from the start of its read piece (a whole file

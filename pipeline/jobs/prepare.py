@@ -42,7 +42,8 @@ from pipeline.jobs.worker import node, peak_rss_mb
 from pipeline.models.cache import EmbeddingCache
 from pipeline.models.card import ModelCard
 from pipeline.models.encoder import tokenizer_for
-from pipeline.storage.backend import Storage, redact
+from pipeline.storage.backend import Storage
+from pipeline.storage.keys import redact
 from pipeline.storage.layout import MARKER, PREPARED, piece_key, quarantine_key, shard_key
 from pipeline.storage.tables import read_parquet, write_parquet
 

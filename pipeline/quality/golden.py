@@ -9,7 +9,7 @@ from pipeline.config import PipelineConfig
 from pipeline.corpus.readers import golden_set_urls, read_qrels, read_queries
 from pipeline.errors import InputError
 from pipeline.quality.metrics import Qrels
-from pipeline.storage.backend import redact
+from pipeline.storage.keys import redact
 
 
 @dataclass(frozen=True)

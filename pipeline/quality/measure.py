@@ -18,7 +18,7 @@ from pipeline.quality.golden import GoldenSet
 from pipeline.quality.metrics import METRICS, Run
 from pipeline.quality.search import Searcher
 from pipeline.snapshots.snapshot import Snapshot
-from pipeline.storage.backend import redact
+from pipeline.storage.keys import redact
 
 
 def snapshot_vectors(snapshot: Snapshot) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from pipeline.config import PipelineConfig
-from pipeline.storage.backend import redact
+from pipeline.storage.keys import redact
 
 _LIBRARIES = ("embedpipe", "torch", "transformers", "tokenizers", "faiss-cpu", "faiss-gpu", "numpy", "polars",
               "pyarrow", "fsspec", "ray", "prefect")
