@@ -19,10 +19,9 @@ serve: $(VENV)/.installed
 demo-s3: $(VENV)/.installed
 	./infra/demo-s3.sh
 
-test: $(VENV)/.installed  # ruff, the default suite, then every benchmark's smoke run
+test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest
-	$(VENV)/bin/python -m pytest -m smoke
 
 test-cluster: $(VENV)/.installed  # the two-node Ray cluster test (~3 minutes); CI runs it after `make test`
 	$(VENV)/bin/python -m pytest -m cluster

@@ -149,7 +149,8 @@ def main() -> int:
                           "written": written(root), "embed_rate_per_part": part_rates(root, summary["run_id"])})
             print(json.dumps(sizes[-1]), flush=True)
         cache_root = work / "root-cache"
-        subprocess.run(["rm", "-rf", str(cache_root)], check=True)
+        if "cache" in args.sections:
+            subprocess.run(["rm", "-rf", str(cache_root)], check=True)
         for k in range(args.cache_runs if "cache" in args.sections else 0):
             n = args.docs[0]
             corpus = corpus_file(work, n, seed=100 + k, first_id=(k + 1) * 10 * n)  # new documents every run

@@ -21,4 +21,4 @@ def peak_rss_mb() -> float:
         with open("/proc/self/status") as fh:
             return round(next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024, 1)
     except (OSError, StopIteration):
-        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux, bytes on macOS
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB

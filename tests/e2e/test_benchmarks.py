@@ -1,6 +1,5 @@
 """Every script in benchmarks/ runs end to end in its --smoke mode (the same code path on a tiny input) and
-writes a report that parses. Smoke runs measure nothing worth asserting: no timing or target is checked here.
-Marked `smoke` (outside the default selection, for its time): `make test` runs them after the default suite."""
+writes a report that parses. Smoke runs measure nothing worth asserting: no timing or target is checked here."""
 
 from __future__ import annotations
 
@@ -43,7 +42,6 @@ def repo_outputs() -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in paths if p.exists()}
 
 
-@pytest.mark.smoke
 @pytest.mark.parametrize("name", sorted(REPORT_KEYS))
 def test_benchmark_smoke(name, tmp_path, prefect_api):
     before = repo_outputs()
