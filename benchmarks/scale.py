@@ -93,7 +93,8 @@ def run_flow(cfg: Path, env: dict) -> tuple[dict, float]:
 
 
 def prepare_only(cpus: int, cfg_path: Path, report: Path) -> None:
-    """Child process: start a local Ray with `cpus` CPUs, then time the read-and-prepare steps alone."""
+    """Child process: start a local Ray with `cpus` CPUs (a smoke run joins RAY_ADDRESS's), then time the
+    read-and-prepare steps alone."""
     from operators.cluster import ensure_ray, shutdown_ray
     from operators.executor import RayExecutor
     from pipeline.config import load_config
@@ -134,7 +135,8 @@ def main() -> int:
     sizes, runs, prep = [], [], []
     with prefect_server(work / "prefect-home") as api:
         env = {**os.environ, "PREFECT_API_URL": api}
-        env.pop("RAY_ADDRESS", None)
+        if not args.smoke:  # the targets are for a local Ray sized to this machine; a smoke run may join a cluster
+            env.pop("RAY_ADDRESS", None)
         for docs in args.docs if "sizes" in args.sections else []:
             corpus = corpus_file(work, docs, seed=0)
             root = work / f"root-{docs}"
@@ -170,7 +172,7 @@ def main() -> int:
             subprocess.run(["rm", "-rf", str(root)], check=True)
             cfg = config(work / f"prepare-{cpus}.yaml", prepare_corpus, root, args.shards, piece)
             subprocess.run([sys.executable, __file__, "--prepare-only", str(cpus), "--prepare-config", str(cfg),
-                            "--out", str(args.out)], check=True, timeout=3 * 3600)
+                            "--out", str(args.out)], env=env, check=True, timeout=3 * 3600)
             prep.append(json.loads((args.out / f"scale.prepare-{cpus}.json").read_text()))
     report = {"sizes": sizes, "cache_runs": runs, "prepare": prep, "ratios": {}, "targets": {}}
     r, t = report["ratios"], report["targets"]

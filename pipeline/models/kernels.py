@@ -4,7 +4,7 @@ CPUs differ more than their names suggest. On AMD EPYC (Zen 5) oneDNN's fp32 ker
 torch's default (MKL picks its kernels by vendor); on an Intel Xeon with AMX that gain was gone, while bf16 ran a
 linear layer 7.9x faster than fp32. So nothing is assumed: at encoder start the candidates this device supports
 run a short probe (random token ids in the encoder's batch shapes, the model's own pooling; after a warm-up pass
-the candidates take turns for 3 rounds), and the fastest whose vectors stay within `TOLERANCE` (min cosine) of
+the candidates take turns for up to 3 rounds), and the fastest whose vectors stay within `TOLERANCE` (min cosine) of
 fp32 on the probe wins. `model.precision` forces a precision
 (fp32 for bit-stable vectors); the paths within it are still measured. The plan is cached per machine (CPU model
 and flags, torch version, device, threads, model weights) under ~/.cache/embedpipe/kernels (or
@@ -33,7 +33,8 @@ from pipeline.config import ModelConfig
 from pipeline.models import onednn
 from pipeline.models.kernel_plan import TOLERANCE, Kernel, KernelPlan, ProbeResult, cpu_flags, cpu_model
 
-PROBE_ROUNDS = 3  # timed passes per candidate, taken in turns
+PROBE_ROUNDS = 3  # timed passes per candidate at most, taken in turns
+PROBE_BUDGET_S = 20.0  # what the timed rounds may take, estimated from the warm-up passes
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, attention_mask) -> last hidden state
 
@@ -142,19 +143,30 @@ def _pass_seconds(model: Model, batches) -> float:
 
 def probe(model: torch.nn.Module, kernels: list[Kernel], batches, pool: Callable) -> list[ProbeResult]:
     """Each kernel on a copy of `model` (float32), against the float32 model's vectors. The candidates take turns
-    for PROBE_ROUNDS rounds and each keeps its fastest pass, so a neighbour's burst of load on a shared machine
-    (single passes here varied by 30%) slows one pass, not one candidate."""
+    for up to PROBE_ROUNDS rounds and each keeps its fastest pass, so a neighbour's burst of load on a shared machine
+    (single passes here varied by 30%) slows one pass, not one candidate. Rounds fit PROBE_BUDGET_S, judged by the
+    warm-up passes: a 110M-parameter model's pass takes ~8 s on 2 cores, where one round is enough to tell kernels
+    apart and three took 2.4 minutes."""
     tokens = sum(int(mask.sum()) for _, mask in batches)
+
+    def vectors(m: Model) -> torch.Tensor:
+        return torch.cat([pool(m(ids, mask).float(), mask) for ids, mask in batches])
+
     with torch.inference_mode():
-        reference = torch.cat([pool(model(ids, mask).float(), mask) for ids, mask in batches])
+        start = time.perf_counter()
+        reference = vectors(model)  # fp32 through torch's kernels: that candidate's warm-up, when it is one
         applied, cosines = [], []
         for kernel in kernels:
+            if kernel == Kernel("fp32", "torch"):
+                applied.append(model)
+                cosines.append(1.0)
+                continue
             candidate = apply(copy.deepcopy(model), kernel)
-            vectors = torch.cat([pool(candidate(ids, mask).float(), mask) for ids, mask in batches])  # + warm-up
-            cosines.append(torch.nn.functional.cosine_similarity(vectors, reference, dim=1).min().item())
+            cosines.append(torch.nn.functional.cosine_similarity(vectors(candidate), reference, dim=1).min().item())
             applied.append(candidate)
+        warm_up = time.perf_counter() - start
         best = [float("inf")] * len(applied)
-        for _ in range(PROBE_ROUNDS):
+        for _ in range(max(1, min(PROBE_ROUNDS, int(PROBE_BUDGET_S / warm_up)))):
             best = [min(b, _pass_seconds(m, batches)) for b, m in zip(best, applied, strict=True)]
     return [ProbeResult(k.name, round(tokens / b, 1), round(c, 7))
             for k, b, c in zip(kernels, best, cosines, strict=True)]

@@ -30,7 +30,10 @@ def _config(folder: Path, docs: list[dict], root: str) -> Path:
 
 
 def _s3_env(endpoint: str) -> dict[str, str]:
-    return {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "EMBEDPIPETESTKEY",
+    """The CLI's environment for a run against `endpoint`, with a Ray of its own: the session cluster's workers
+    would write to the session S3 server."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return {**env, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "EMBEDPIPETESTKEY",
             "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
 
 

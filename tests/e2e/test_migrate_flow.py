@@ -208,7 +208,9 @@ def test_minilm_to_mpnet_changes_dims_and_the_alias_then_encodes_with_mpnet(tmp_
                      publish={"alias": "live", "gate": {"metric": "ndcg@10", "max_drop": 1.0}},  # any quality
                      run={"shards": 2, "actors": 2, "cpus_per_actor": 1.0, "local_embed_max_chunks": 0})  # Ray actors
     blue = _in_prefect(prefect_api, reindex, config)
-    out = _in_prefect(prefect_api, migrate, config, model="all-mpnet-base-v2")
+    # mpnet's kernel pinned: probing a 110M-parameter model takes a minute here (tests/unit/test_kernels.py probes)
+    out = _in_prefect(prefect_api, migrate, config, model="all-mpnet-base-v2",
+                      overrides={"model.kernel": "fp32-onednn"})
     assert (out["blue"]["dims"], out["green"]["dims"]) == (384, 768) and out["promotion"]["promoted"]
     assert out["green"]["counts"]["embedded_in"] == "ray actors"  # the actors found mpnet too
     assert out["blue"]["version"] == blue["version"] and _alias(config) == out["green"]["version"]
