@@ -77,7 +77,7 @@ def main() -> int:
         encoder = TransformerEncoder(ModelConfig(precision=precision), device=device)
         plans[precision] = encoder.kernel_plan.to_dict()
         timed(f"embedpipe_{precision}", lambda t, e=encoder: e.encode(t))
-    tokens = sum(len(x) for x in encoder.tokenizer(texts, truncation=True, max_length=256)["input_ids"])
+    tokens = sum(len(x) for x in encoder.tokenizer.ids(texts, max_tokens=256))
     peak = bf16_matmul_tflops(device, 8192 if device == "cuda" else 1024, 20 if device == "cuda" else 3)
     flops_per_token = 2 * 22.7e6  # MiniLM-L6: 22.7M weights, one multiply-add each per token (attention aside)
     fp32 = vectors["embedpipe_fp32"]

@@ -84,7 +84,7 @@ def embed_task(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun, ear
         report("embedding shards", len(done), len(prepared.shards))
 
     report("embedding shards", 0, len(prepared.shards))
-    return EmbedCounts.of(embedder.embed(prepared.run_id, prepared.shards, progress), embedder.where)
+    return EmbedCounts.of(embedder.embed(prepared.run_id, prepared.largest_first(), progress), embedder.where)
 
 
 @local_task(name="build indexes")

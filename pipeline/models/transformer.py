@@ -19,15 +19,7 @@ from pipeline.models import bert, kernels
 from pipeline.models.batching import token_budget_batches
 from pipeline.models.card import ModelCard, model_max_tokens, weights_sha256
 from pipeline.models.sources import resolve_model_dir
-
-
-def load_tokenizer(folder: Path):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, use_fast=True)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the tokenizer from {folder}: {exc}") from None
+from pipeline.models.tokenizer import TextTokenizer
 
 
 def _pooling_mode(folder: Path, configured: str) -> str:
@@ -68,17 +60,17 @@ class TransformerEncoder:
             torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs we asked for
         self.folder = resolve_model_dir(cfg)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = load_tokenizer(self.folder)
+        self.tokenizer = TextTokenizer.from_folder(self.folder)
         pooling, weights = _pooling_mode(self.folder, cfg.pooling), weights_sha256(self.folder)
         self.pooling, self.normalize = pooling, cfg.normalize
-        limit = model_max_tokens(self.folder, self.tokenizer.model_max_length)
+        limit = model_max_tokens(self.folder, self.tokenizer.max_length)
         if cfg.max_tokens and cfg.max_tokens > limit:
             raise ModelError(f"model.max_tokens ({cfg.max_tokens}) exceeds what {cfg.name} supports ({limit})")
         self.batch_size, self.batch_tokens = cfg.batch_size, cfg.batch_tokens.for_device(self.device)
         try:
             model = _load_model(self.folder).to(self.device)
             shapes = kernels.probe_shapes(cfg.max_tokens or limit, self.batch_tokens)
-            self.kernel_plan = kernels.plan_kernels(model, self.device, cfg, weights, len(self.tokenizer),
+            self.kernel_plan = kernels.plan_kernels(model, self.device, cfg, weights, self.tokenizer.vocab_size,
                                                     self._pool, shapes)
             self.model = kernels.apply(model, self.kernel_plan.kernel)
         except (OSError, ValueError, RuntimeError) as exc:
@@ -113,18 +105,27 @@ class TransformerEncoder:
         out = np.empty((len(texts), self.card.dims), dtype=np.float32)
         if not texts:
             return out
-        ids = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=self.card.max_tokens)["input_ids"]
+        ids = self.tokenizer.ids([prefix + t for t in texts], max_tokens=self.card.max_tokens)
         self.tokens_encoded += sum(map(len, ids))
         for rows in token_budget_batches([len(x) for x in ids], self.batch_tokens, self.batch_size):
-            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            hidden = self.model(batch["input_ids"], batch["attention_mask"])
-            out[rows] = self._pool(hidden.float(), batch["attention_mask"]).cpu().numpy()
+            input_ids, mask = self._padded([ids[i] for i in rows])
+            hidden = self.model(input_ids, mask)
+            out[rows] = self._pool(hidden.float(), mask).cpu().numpy()
         return out
 
+    def _padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's ids padded on the right to its longest row, and the attention mask."""
+        width = max(map(len, rows))
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        return input_ids.to(self.device), mask.to(self.device)
 
-def transformer_tokenizer(cfg: ModelConfig) -> tuple[object, int]:
+
+def transformer_tokenizer(cfg: ModelConfig) -> tuple[TextTokenizer, int]:
     """The model's tokenizer and its token limit, without loading the weights (for chunking)."""
     folder = resolve_model_dir(cfg)
-    tokenizer = load_tokenizer(folder)
-    return tokenizer, cfg.max_tokens or model_max_tokens(folder, tokenizer.model_max_length)
+    tokenizer = TextTokenizer.from_folder(folder)
+    return tokenizer, cfg.max_tokens or model_max_tokens(folder, tokenizer.max_length)

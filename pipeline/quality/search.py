@@ -67,8 +67,7 @@ def check_query(encoder: Encoder, query: str) -> QueryCheck:
     """Refuse an empty query (it would still "match" something); measure it against the model's token limit."""
     if not isinstance(query, str) or not query.strip():
         raise InputError(f"query {query!r} is empty: expected some text to search for")
-    ids = encoder.tokenizer(encoder.card.query_prefix + query, verbose=False)["input_ids"]
-    return QueryCheck(len(ids), encoder.card.max_tokens)
+    return QueryCheck(encoder.tokenizer.count(encoder.card.query_prefix + query), encoder.card.max_tokens)
 
 
 def _lists(scores: np.ndarray, rows: np.ndarray) -> Iterator[tuple[list[float], list[int]]]:

@@ -14,24 +14,15 @@ from pipeline.models.encoder import Encoder
 from pipeline.quality.search import Searcher
 
 
-class _LockedCall:
-    def __init__(self, fn, lock: threading.Lock) -> None:
-        self.fn, self.lock = fn, lock
-
-    def __call__(self, *args, **kwargs):
-        with self.lock:
-            return self.fn(*args, **kwargs)
-
-
 class SerializedEncoder:
-    """An encoder that runs one call at a time. A transformers fast tokenizer used from two threads at once can
-    fail ("Already borrowed"), and on a few cores two forward passes at once are no faster than one after the
-    other. One lock per service, shared by every version it loads (versions of one model share the model)."""
+    """An encoder that runs one call at a time: on a few cores two forward passes at once are no faster than one
+    after the other. One lock per service, shared by every version it loads (versions of one model share the
+    model). Its tokenizer needs no lock (pipeline/models/tokenizer.py never changes the tokenizer's state)."""
 
     def __init__(self, inner: Encoder, lock: threading.Lock) -> None:
         self.inner, self.lock = inner, lock
         self.card: ModelCard = inner.card
-        self.tokenizer = _LockedCall(inner.tokenizer, lock)
+        self.tokenizer = inner.tokenizer
 
     @property
     def tokens_encoded(self) -> int:

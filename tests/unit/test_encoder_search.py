@@ -57,7 +57,10 @@ def test_plain_torch_bert_equals_transformers_bertmodel_on_a_padded_batch(encode
 
     assert isinstance(encoder.model, BertEncoder)  # MiniLM skips transformers' modeling import
     texts = [d["title"] + " " + d["text"] for d in sample_docs[:6]] + PAIR  # lengths 10..256: padding
-    batch = encoder.tokenizer(texts, truncation=True, max_length=256, padding=True, return_tensors="pt")
+    from transformers import AutoTokenizer
+
+    hf_tokenizer = AutoTokenizer.from_pretrained(str(encoder.folder), local_files_only=True)
+    batch = hf_tokenizer(texts, truncation=True, max_length=256, padding=True, return_tensors="pt")
     assert not bool(batch["attention_mask"].all())
     reference = _AutoModel(encoder.folder).eval()
     with torch.inference_mode():

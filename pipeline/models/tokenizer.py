@@ -1,0 +1,73 @@
+"""A model's tokenizer through the `tokenizers` library alone.
+
+transformers' tokenizer classes wrap the same Rust tokenizer, but importing transformers costs ~0.8 s
+per process (every embedding actor, every CLI call); reading the folder's tokenizer.json directly gives
+the same ids, offsets and word ids (tests/unit/test_tokenizer.py compares them). A folder without a
+tokenizer.json is converted once through transformers, as before.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Encoding, Tokenizer
+
+from pipeline.errors import ModelError
+
+UNBOUNDED = 10**30  # transformers' limit for a tokenizer that declares none
+
+
+class TextTokenizer:
+    """Ids with or without the model's special tokens, truncated like transformers' `truncation=True`. Safe to
+    share between threads: nothing changes the Rust tokenizer's state after __init__ (transformers sets its
+    truncation and padding on every call, which fails with "Already borrowed" when two threads overlap)."""
+
+    def __init__(self, backend: Tokenizer, max_length: int = UNBOUNDED, pad_id: int = 0) -> None:
+        # tokenizer.json files carry the truncation and padding their trainer last used (MiniLM's: 128)
+        backend.no_truncation()
+        backend.no_padding()
+        self.backend, self.max_length, self.pad_id = backend, max_length, pad_id
+        processor = backend.post_processor
+        self.specials = processor.num_special_tokens_to_add(False) if processor else 0
+        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> TextTokenizer:
+        config_file = folder / "tokenizer_config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        try:
+            if (folder / "tokenizer.json").is_file():
+                backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            else:  # only a vocabulary (vocab.txt, sentencepiece): transformers converts it
+                from transformers import AutoTokenizer
+
+                backend = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, use_fast=True)._tokenizer
+        except Exception as exc:  # OSError for a missing file; the Rust side raises plain Exception on a bad one
+            raise ModelError(f"cannot load the tokenizer from {folder}: {exc}") from None
+        pad = config.get("pad_token")
+        pad_id = backend.token_to_id(pad["content"] if isinstance(pad, dict) else pad) if pad else None
+        return cls(backend, int(config.get("model_max_length") or UNBOUNDED), pad_id or 0)
+
+    def ids(self, texts: list[str], specials: bool = True, max_tokens: int | None = None) -> list[list[int]]:
+        """Token ids of each text; with max_tokens, cut to that many (special tokens included)."""
+        encodings = self.backend.encode_batch(texts, add_special_tokens=specials)
+        out = [e.ids for e in encodings]
+        if max_tokens is not None:
+            for i, ids in enumerate(out):
+                if len(ids) > max_tokens:
+                    out[i] = self._truncated(texts[i], specials, max_tokens)
+        return out
+
+    def _truncated(self, text: str, specials: bool, max_tokens: int) -> list[int]:
+        """The text's first tokens, then the special tokens around them (what transformers' truncation gives)."""
+        encoding = self.backend.encode(text, add_special_tokens=False)
+        encoding.truncate(max_tokens - (self.specials if specials else 0))
+        return (self.backend.post_process(encoding) if specials else encoding).ids
+
+    def count(self, text: str, specials: bool = True) -> int:
+        return len(self.backend.encode(text, add_special_tokens=specials).ids)
+
+    def encoding(self, text: str) -> Encoding:
+        """The text's tokens without special tokens: ids, character offsets and word ids."""
+        return self.backend.encode(text, add_special_tokens=False)
