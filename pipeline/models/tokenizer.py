@@ -42,7 +42,8 @@ class TextTokenizer:
             else:  # only a vocabulary (vocab.txt, sentencepiece): transformers converts it
                 from transformers import AutoTokenizer
 
-                backend = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, use_fast=True)._tokenizer
+                converted = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, use_fast=True)
+                backend = converted.backend_tokenizer
         except Exception as exc:  # OSError for a missing file; the Rust side raises plain Exception on a bad one
             raise ModelError(f"cannot load the tokenizer from {folder}: {exc}") from None
         pad = config.get("pad_token")

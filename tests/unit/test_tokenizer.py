@@ -48,3 +48,15 @@ def test_threads_share_one_tokenizer(sample_docs):
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda i: tokenizer.ids(texts[i % 16:], max_tokens=16 + i % 16), range(64)))
     assert all(ids == expected[i % 16] for i, ids in enumerate(got))
+
+
+def test_a_folder_with_only_a_vocabulary_is_converted_to_the_same_tokenizer(tmp_path, sample_docs):
+    import shutil
+
+    folder = resolve_model_dir(MODELS[1])  # mpnet ships vocab.txt beside tokenizer.json
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "config.json"):
+        shutil.copy(folder / name, tmp_path / name)
+    texts = [d["title"] + " " + d["text"] for d in sample_docs[:50]] + ODD
+    converted, ready = TextTokenizer.from_folder(tmp_path), TextTokenizer.from_folder(folder)
+    assert converted.ids(texts, max_tokens=128) == ready.ids(texts, max_tokens=128)
+    assert (converted.specials, converted.pad_id) == (ready.specials, ready.pad_id)
