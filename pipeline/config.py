@@ -177,8 +177,9 @@ class IndexConfig(_Strict):
 
     variants: list[VariantName] = Field(default_factory=lambda: ["exact", "ivfpq"], min_length=1)
     ivf: IvfConfig = Field(default_factory=IvfConfig)
-    rescore_factor: Annotated[int, Field(ge=1)] = Field(
-        10, description="rescoring re-ranks the top k x rescore_factor candidates with stored fp16 vectors")
+    rescore_factor: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="rescoring re-ranks the top k x rescore_factor candidates with stored fp16 vectors; "
+                          "unset: planned from the number of vectors (10 up to 1M, 40 at 10M)")
     store_fp16: bool = Field(True, description="store fp16 vectors in the snapshot, for rescoring")
     bm25: Bm25Config = Field(default_factory=Bm25Config, description="the bm25 variant's analyzer and scoring")
     fusion: FusionConfig = Field(default_factory=FusionConfig, description="hybrid search: dense x bm25")

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 
 from pipeline.config import BM25, PipelineConfig
+from pipeline.index.plan import plan_rescore_factor
 from pipeline.jobs.executor import Executor
 from pipeline.jobs.indexing import FileEntry, assemble, index_shard, row_layout, train
 from pipeline.jobs.lexical import StagedBm25
@@ -51,10 +52,12 @@ def build_indexes(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun, 
     written: list[list[FileEntry]] = executor.map(
         partial(assemble, storage, prepared.run_id, target, shards=shards, trained=trained, dims=dims), what)
     files = {e.name: {"sha256": e.sha256, "bytes": e.bytes} for entries in written for e in entries}
+    rows = sum(s.rows for s in shards)
+    factor = cfg.index.rescore_factor or plan_rescore_factor(rows)
     params = {"metric": "inner_product", "variants": {t.spec.name: t.params for t in trained},
-              "rescore": {"file": layout.RESCORE_STORE, "dtype": "float16", "factor": cfg.index.rescore_factor}
+              "rescore": {"file": layout.RESCORE_STORE, "dtype": "float16", "factor": factor}
               if cfg.index.store_fp16 else None}
-    return StagedIndexes(params, files, sum(s.rows for s in shards))
+    return StagedIndexes(params, files, rows)
 
 
 def with_bm25(cfg: PipelineConfig, staged: StagedIndexes, bm25: StagedBm25) -> StagedIndexes:

@@ -71,6 +71,10 @@ def test_prepare_embed_and_index_in_process(tmp_path, sample_docs, model):
     assert np.array_equal(snap.index("exact").reconstruct_n(0, ids.height), vectors)
     ivfpq = snap.variant_params("ivfpq")
     assert ivfpq["factory"].startswith("IVF") and ivfpq["seed"] == 0
+    assert snap.manifest["index"]["rescore"]["factor"] == 10  # planned: a small corpus re-scores k x 10
+    explicit = cfg.model_copy(update={"index": cfg.index.model_copy(update={"rescore_factor": 3})})
+    assert build_indexes(explicit, storage, prepared, storage.child("snapshots/t/v2"), FULL, encoder.card.dims,
+                         LOCAL).params["rescore"]["factor"] == 3  # a configured depth wins
     hits = Searcher.from_snapshot(snap, encoder).search_vectors(vectors[:3], 3, "ivfpq+rescore")
     assert [h[0].chunk_id for h in hits] == ids["chunk_id"].to_list()[:3]  # a stored vector finds itself
 
