@@ -7,33 +7,40 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
 
-# script -> top-level keys its JSON report must have (beside cpu_model, cpus and smoke, which every report has)
+# each script in benchmarks/ -> top-level keys its JSON report must have (beside cpu_model, cpus and smoke, which every
+# report has)
 REPORT_KEYS = {
-    "embedding_throughput": {"texts", "kernel_plan", "seconds", "texts_per_s", "max_abs_diff_vs_st",
-                             "min_cosine_actor_path_vs_st", "ratio_c_over_a", "actor_path_over_in_process_seconds"},
-    "gpu_embedding": {"device", "texts", "paths", "kernel_plans", "ratio_plan_over_best_st"},
-    "hybrid": {"table", "targets", "timing", "tuning", "met", "same_as_manifest"},
-    "incremental_reindex": {"edits", "runs", "identity", "incremental_over_full_flow_run", "met_flow_run"},
-    "index_build": {"n", "plan", "seconds", "driver_peak_rss_mib", "recall@10_rescored_top100", "targets"},
-    "kill_resume": {"runs", "identical_snapshots", "killed_run_published", "restart_cost_s"},
-    "migration": {"migrations"},
-    "precision": {"docs", "queries", "kernel_plan", "ndcg@10", "retention", "min_cosine_docs", "texts_per_s"},
-    "representations": {"models", "plot"},
-    "scale": {"sizes", "cache_runs", "prepare", "ratios", "targets"},
-    "scifact_reference": {"exact", "ivfpq", "ivfpq_nprobe_sweep", "reproduces_published", "throughput"},
-    "serve": {"datasets", "clients", "k", "modes"},
-    "worker_memory": {"runs", "worker_ratio", "met"},
+    "benchmarks/embedding_throughput.py": {"texts", "kernel_plan", "seconds", "texts_per_s", "max_abs_diff_vs_st",
+                                           "min_cosine_actor_path_vs_st", "ratio_c_over_a",
+                                           "actor_path_over_in_process_seconds"},
+    "benchmarks/gpu_embedding.py": {"device", "texts", "paths", "kernel_plans", "ratio_plan_over_best_st"},
+    "benchmarks/hybrid.py": {"table", "targets", "timing", "tuning", "met", "same_as_manifest"},
+    "benchmarks/incremental_reindex.py": {"edits", "runs", "identity", "incremental_over_full_flow_run",
+                                          "met_flow_run"},
+    "benchmarks/index_build.py": {"n", "plan", "seconds", "driver_peak_rss_mib", "recall@10_rescored_top100",
+                                  "targets"},
+    "benchmarks/kill_resume.py": {"runs", "identical_snapshots", "killed_run_published", "restart_cost_s"},
+    "benchmarks/migration.py": {"migrations"},
+    "benchmarks/precision.py": {"docs", "queries", "kernel_plan", "ndcg@10", "retention", "min_cosine_docs",
+                                "texts_per_s"},
+    "benchmarks/representations.py": {"models", "plot"},
+    "benchmarks/scale.py": {"sizes", "cache_runs", "prepare", "ratios", "targets"},
+    "benchmarks/scifact_reference.py": {"exact", "ivfpq", "ivfpq_nprobe_sweep", "reproduces_published", "throughput"},
+    "benchmarks/serve.py": {"datasets", "clients", "k", "modes"},
+    "benchmarks/worker_memory.py": {"runs", "worker_ratio", "met"},
 }
-PLOTS = {"representations": ["representations.png"]}
+PLOTS = {"benchmarks/representations.py": ["representations.png"]}
 
 
 def test_every_benchmark_has_a_smoke_test():
-    assert REPORT_KEYS.keys() == {p.stem for p in (REPO / "benchmarks").glob("*.py")} - {"__init__", "common"}
+    scripts = {f"benchmarks/{p.name}" for p in (REPO / "benchmarks").glob("*.py")}
+    assert REPORT_KEYS.keys() == scripts - {"benchmarks/__init__.py", "benchmarks/common.py"}
 
 
 def repo_outputs() -> dict[str, int]:
@@ -42,18 +49,18 @@ def repo_outputs() -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in paths if p.exists()}
 
 
-@pytest.mark.parametrize("name", sorted(REPORT_KEYS))
-def test_benchmark_smoke(name, tmp_path, prefect_api):
-    before = repo_outputs()
-    proc = subprocess.run([sys.executable, f"benchmarks/{name}.py", "--smoke", "--out", str(tmp_path)], cwd=REPO,
+@pytest.mark.parametrize("script", sorted(REPORT_KEYS), ids=lambda script: Path(script).stem)
+def test_benchmark_smoke(script, tmp_path, prefect_api):
+    before, name = repo_outputs(), Path(script).stem
+    proc = subprocess.run([sys.executable, script, "--smoke", "--out", str(tmp_path)], cwd=REPO,
                           env={**os.environ, "PREFECT_API_URL": prefect_api}, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     report = json.loads((tmp_path / f"{name}.json").read_text())
-    assert REPORT_KEYS[name] | {"cpu_model", "cpus", "smoke"} <= report.keys()
+    assert REPORT_KEYS[script] | {"cpu_model", "cpus", "smoke"} <= report.keys()
     assert report["smoke"] is True and report["cpu_model"]
     md = (tmp_path / f"{name}.md").read_text()
     assert md.startswith("# ") and f"CPU: {report['cpu_model']}" in md
-    for plot in PLOTS.get(name, []):
+    for plot in PLOTS.get(script, []):
         assert (tmp_path / plot).read_bytes().startswith(b"\x89PNG")
     assert repo_outputs() == before
