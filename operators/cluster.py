@@ -23,18 +23,19 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # read by ray.init, in this process
     address = os.environ.get("RAY_ADDRESS")
-    if not address:
+    if address:
+        if why := _unreachable(address):  # ray.init retries a dead address for minutes
+            raise ClusterError(f"cannot join the Ray cluster at RAY_ADDRESS={address}: {why}; expected a running "
+                               "cluster's head there (ray start --head), or unset RAY_ADDRESS to start a local one")
+        runtime_env = {"env_vars": WORKER_ENV | {k: v for k, v in os.environ.items() if k.startswith("EMBEDPIPE_")}}
+    else:
         # A local instance's workers inherit this process's environment. A runtime_env would say the same, but
         # then no pooled worker fits an actor: each waits for a fresh one (~0.8 s more per actor start).
         os.environ.update(WORKER_ENV)
-    if address and (why := _unreachable(address)):  # ray.init retries a dead address for minutes
-        raise ClusterError(f"cannot join the Ray cluster at RAY_ADDRESS={address}: {why}; expected a running "
-                           "cluster's head there (ray start --head), or unset RAY_ADDRESS to start a local one")
+        runtime_env = None
     try:
         ray.init(address=address or "local", num_cpus=None if address else (num_cpus or os.cpu_count()),
-                 include_dashboard=False, logging_level="WARNING", log_to_driver=True,
-                 runtime_env={"env_vars": WORKER_ENV | {k: v for k, v in os.environ.items()
-                                                        if k.startswith("EMBEDPIPE_")}} if address else None)
+                 include_dashboard=False, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env)
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
         if not address:
             raise

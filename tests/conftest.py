@@ -3,6 +3,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -114,8 +115,6 @@ def shared_ray(request):
     if os.environ.get("RAY_ADDRESS") or not needs_ray:
         yield None
         return
-    import shutil
-
     request.getfixturevalue("s3_server")
     port, temp = free_port(), tempfile.mkdtemp(prefix="rays", dir="/tmp")  # short: Ray's socket paths have a limit
     env = {**os.environ, "RAY_TMPDIR": temp, "RAY_AUTH_MODE": "token"}

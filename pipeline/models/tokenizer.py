@@ -51,20 +51,15 @@ class TextTokenizer:
         return cls(backend, int(config.get("model_max_length") or UNBOUNDED), pad_id or 0)
 
     def ids(self, texts: list[str], specials: bool = True, max_tokens: int | None = None) -> list[list[int]]:
-        """Token ids of each text; with max_tokens, cut to that many (special tokens included)."""
-        encodings = self.backend.encode_batch(texts, add_special_tokens=specials)
-        out = [e.ids for e in encodings]
-        if max_tokens is not None:
-            for i, ids in enumerate(out):
-                if len(ids) > max_tokens:
-                    out[i] = self._truncated(texts[i], specials, max_tokens)
+        """Token ids of each text; with max_tokens, cut to that many as transformers' `truncation=True` cuts: the
+        text's first tokens, then the special tokens around them. One tokenization per text, long or not."""
+        room = None if max_tokens is None else max_tokens - (self.specials if specials else 0)
+        out = []
+        for encoding in self.backend.encode_batch(texts, add_special_tokens=False):
+            if room is not None and len(encoding) > room:
+                encoding.truncate(room)
+            out.append((self.backend.post_process(encoding) if specials else encoding).ids)
         return out
-
-    def _truncated(self, text: str, specials: bool, max_tokens: int) -> list[int]:
-        """The text's first tokens, then the special tokens around them (what transformers' truncation gives)."""
-        encoding = self.backend.encode(text, add_special_tokens=False)
-        encoding.truncate(max_tokens - (self.specials if specials else 0))
-        return (self.backend.post_process(encoding) if specials else encoding).ids
 
     def count(self, text: str, specials: bool = True) -> int:
         return len(self.backend.encode(text, add_special_tokens=specials).ids)
