@@ -8,7 +8,8 @@
     (c) embedpipe: operators.embedding.RayEmbedder (--actors actors sharing 2 CPUs, the kernel the in-process
         plan chose, token-budget batches, per-shard commit). The actors are started before the shards are
         prepared, as a build does, so their start overlaps prepare; timed from the end of prepare to the last
-        commit: what the actor path adds to a build's critical path.
+        commit: what the actor path adds to a build's critical path. Each round starts with Ray's idle worker pool
+        full (one worker per CPU, as a local instance starts), not short of the previous round's killed actors.
 plus embedpipe's encoder in one process (model load included): with torch's default fp32 kernels, fp32 with
 oneDNN linears, and the kernel plan this machine's probe chose (pipeline/models/kernels.py, the default).
 Checks that the fp32 encoder gives ST's vectors (max abs difference <= 1e-5) and that the plan's vectors stay
@@ -105,8 +106,15 @@ def main() -> int:
                                         compute=ray.data.ActorPoolStrategy(size=2)).take_all())
     assert len(rows) == len(texts)
 
+    @ray.remote(num_cpus=1)
+    def hold(seconds: float) -> None:
+        time.sleep(seconds)
+
     def actor_path(root: str) -> tuple[float, float, np.ndarray]:
         """Seconds from the end of prepare to the last commit, seconds of prepare, vectors in input order."""
+        # Every round starts with Ray's idle worker pool full (a local instance starts one worker per CPU; a killed
+        # actor's worker is not replaced): tasks that run at once each take a worker, which then idles in the pool.
+        ray.get([hold.remote(0.5) for _ in range(int(ray.cluster_resources()["CPU"]))])
         storage = Storage(root)
         corpus = Path(root) / "corpus.jsonl"
         corpus.write_text("".join(json.dumps({"_id": f"d{i:05d}", "text": t}) + "\n" for i, t in enumerate(texts)))
