@@ -1,10 +1,14 @@
+import shutil
+
 import numpy as np
 import polars as pl
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from pipeline.errors import ModelError
 from pipeline.index.faiss_ops import build_exact
+from pipeline.models.bert import load_bert
 from pipeline.models.card import ModelCard
 from pipeline.quality.search import Searcher, Variant
 
@@ -68,6 +72,17 @@ def test_plain_torch_bert_equals_transformers_bertmodel_on_a_padded_batch(encode
         theirs = reference(batch["input_ids"], batch["attention_mask"])
     real = batch["attention_mask"].bool()  # padded positions are never pooled
     assert ours.shape == theirs.shape and (ours - theirs)[real].abs().max() < 1e-4
+
+
+def test_a_checkpoint_missing_a_weight_is_refused_by_name(encoder, tmp_path):
+    """The model's weights are not initialised before the file's replace them, so a weight left out must fail."""
+    folder = tmp_path / "truncated"
+    shutil.copytree(encoder.folder, folder)
+    weights = load_file(folder / "model.safetensors")
+    del weights["encoder.layer.0.output.dense.weight"]
+    save_file(weights, folder / "model.safetensors")
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\).*layers\.0\.down\.weight"):
+        load_bert(folder)
 
 
 def test_searcher_refuses_a_model_of_another_dimension(encoder):
