@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
@@ -73,8 +74,9 @@ class TransformerEncoder:
             self.kernel_plan = kernels.plan_kernels(model, self.device, cfg, weights, self.tokenizer.vocab_size,
                                                     self._pool, shapes)
             self.model = kernels.apply(model, self.kernel_plan.kernel)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"cannot load the model from {self.folder}: {exc}") from None
+        except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+            why = " ".join(str(exc).split())  # torch's load errors span lines; the CLI prints one
+            raise ModelError(f"cannot load the model from {self.folder}: {why}") from None
         self.tokens_encoded = 0  # running total, for throughput reports
         self.card = ModelCard(
             name=cfg.name,

@@ -6,10 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
 from pipeline.index.faiss_ops import build_exact
-from pipeline.models.bert import load_bert
 from pipeline.models.card import ModelCard
+from pipeline.models.encoder import load_encoder
 from pipeline.quality.search import Searcher, Variant
 
 PAIR = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby."]
@@ -74,15 +75,21 @@ def test_plain_torch_bert_equals_transformers_bertmodel_on_a_padded_batch(encode
     assert ours.shape == theirs.shape and (ours - theirs)[real].abs().max() < 1e-4
 
 
-def test_a_checkpoint_missing_a_weight_is_refused_by_name(encoder, tmp_path):
-    """The model's weights are not initialised before the file's replace them, so a weight left out must fail."""
-    folder = tmp_path / "truncated"
-    shutil.copytree(encoder.folder, folder)
-    weights = load_file(folder / "model.safetensors")
+def test_a_damaged_checkpoint_is_refused_naming_the_folder_and_what_is_wrong(encoder, tmp_path):
+    """The model's weights are not initialised before the file's replace them, so a weight left out must fail,
+    by name; a truncated file fails as a model error too, not as safetensors' own exception."""
+    missing, truncated = tmp_path / "missing", tmp_path / "truncated"
+    for folder in (missing, truncated):
+        shutil.copytree(encoder.folder, folder)
+    weights = load_file(missing / "model.safetensors")
     del weights["encoder.layer.0.output.dense.weight"]
-    save_file(weights, folder / "model.safetensors")
-    with pytest.raises(RuntimeError, match=r"Missing key\(s\).*layers\.0\.down\.weight"):
-        load_bert(folder)
+    save_file(weights, missing / "model.safetensors")
+    with open(truncated / "model.safetensors", "r+b") as fh:
+        fh.truncate(1_000_000)
+    with pytest.raises(ModelError, match=rf"from {missing}: .*Missing key.*layers\.0\.down\.weight"):
+        load_encoder(ModelConfig(name="missing", path=str(missing)))
+    with pytest.raises(ModelError, match=rf"cannot load the model from {truncated}: .*incomplete metadata"):
+        load_encoder(ModelConfig(name="truncated", path=str(truncated)))
 
 
 def test_searcher_refuses_a_model_of_another_dimension(encoder):
