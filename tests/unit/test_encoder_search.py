@@ -1,3 +1,4 @@
+import re
 import shutil
 
 import numpy as np
@@ -86,9 +87,9 @@ def test_a_damaged_checkpoint_is_refused_naming_the_folder_and_what_is_wrong(enc
     save_file(weights, missing / "model.safetensors")
     with open(truncated / "model.safetensors", "r+b") as fh:
         fh.truncate(1_000_000)
-    with pytest.raises(ModelError, match=rf"from {missing}: .*Missing key.*layers\.0\.down\.weight"):
+    with pytest.raises(ModelError, match=rf"from {re.escape(str(missing))}: .*Missing key.*layers\.0\.down\.weight"):
         load_encoder(ModelConfig(name="missing", path=str(missing)))
-    with pytest.raises(ModelError, match=rf"cannot load the model from {truncated}: .*incomplete metadata"):
+    with pytest.raises(ModelError, match=rf"from {re.escape(str(truncated))}: .*incomplete metadata"):
         load_encoder(ModelConfig(name="truncated", path=str(truncated)))
 
 
