@@ -15,7 +15,8 @@ oneDNN linears, and the kernel plan this machine's probe chose (pipeline/models/
 Checks that the fp32 encoder gives ST's vectors (max abs difference <= 1e-5) and that the plan's vectors stay
 within its tolerance (min cosine). Writes benchmarks/out/embedding_throughput.{json,md}.
 The in-process plan and (c) are the best of --rounds alternating rounds (one run of either varies by 10-20% on a
-shared 2-vCPU machine). --smoke: 32 abstracts of the demo sample instead of --texts of the full corpus, one round.
+shared 2-vCPU machine); their ratio is also given as the median of the rounds' own ratios. --smoke: 32 abstracts
+of the demo sample instead of --texts of the full corpus, one round.
 
 Usage: .venv/bin/python benchmarks/embedding_throughput.py [--texts 2000] [--actors 2] [--rounds 2] [--smoke]
                                                           [--out DIR]
@@ -166,13 +167,19 @@ def main() -> int:
               "ratio_in_process_over_a": ratio("embedpipe_in_process_kernel_plan", "a_sentence_transformers_encode"),
               "ratio_in_process_over_a2": ratio("embedpipe_in_process_kernel_plan", st_bf16),
               "actor_path_over_in_process_seconds": round(
-                  results["c_embedpipe_actor_path"] / results["embedpipe_in_process_kernel_plan"], 3)}
+                  results["c_embedpipe_actor_path"] / results["embedpipe_in_process_kernel_plan"], 3),
+              # each round's pair ran back to back, under the same load: steadier than the two bests' ratio
+              "actor_path_over_in_process_median_of_rounds": round(float(np.median(
+                  [a / i for a, i in zip(rounds["actor_path"], rounds["in_process"], strict=True)])), 3)}
     targets = [("in-process / ST fp32", "ratio_in_process_over_a", ">= 3.5x on CPUs with bf16 units"),
                ("in-process / ST bf16 autocast", "ratio_in_process_over_a2", ">= 1.3x"),
                ("actor path / ST bf16 autocast", "ratio_c_over_a2", ">= 1.1x"),
                ("actor path / ST fp32", "ratio_c_over_a", ">= 1.2x"),
                ("actor path / Ray Data + ST", "ratio_c_over_b", ">= 1.3x"),
-               ("actor path seconds / in-process seconds", "actor_path_over_in_process_seconds", "<= 1.15 at 600")]
+               ("actor path seconds / in-process seconds (best of each)", "actor_path_over_in_process_seconds",
+                "<= 1.15 at 600"),
+               ("actor path seconds / in-process seconds (median of the rounds' ratios)",
+                "actor_path_over_in_process_median_of_rounds", "<= 1.15 at 600")]
     md = "\n".join([
         f"# Embedding throughput: {len(texts)} SciFact abstracts ({report['mean_tokens']} tokens on average), "
         f"all-MiniLM-L6-v2, {args.actors} embedpipe actor(s), 2 CPUs", "",
