@@ -10,9 +10,8 @@ import polars as pl
 
 from pipeline.config import parse_config
 from pipeline.index.faiss_ops import to_bytes
-from pipeline.index.plan import plan_rescore_factor
 from pipeline.index.variants import build_variants
-from pipeline.jobs.build import describe_variants
+from pipeline.jobs.build import describe_variants, rescore_params
 from pipeline.snapshots.snapshot import publish
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
@@ -54,8 +53,7 @@ def publish_version(storage: Storage, version: str, encoder, vectors: np.ndarray
     data = {layout.IDS: parquet_bytes(ids), layout.RESCORE_STORE: store.getvalue(),
             **{params[name]["file"]: to_bytes(index) for name, index in indexes.items()}}
     files = {name: {"bytes": len(b)} for name, b in data.items()}
-    index = {"metric": "inner_product", "variants": params,
-             "rescore": {"file": layout.RESCORE_STORE, "dtype": "float16", "factor": plan_rescore_factor(len(vectors))}}
+    index = {"metric": "inner_product", "variants": params, "rescore": rescore_params(cfg, len(vectors))}
     card = encoder.card
     manifest = {"index": describe_variants(index, files, {}), "counts": {"max_chunks_per_doc": 1},
                 "model": model or card.to_dict() | {"fingerprint": card.fingerprint}}

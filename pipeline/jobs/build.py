@@ -53,11 +53,18 @@ def build_indexes(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun, 
         partial(assemble, storage, prepared.run_id, target, shards=shards, trained=trained, dims=dims), what)
     files = {e.name: {"sha256": e.sha256, "bytes": e.bytes} for entries in written for e in entries}
     rows = sum(s.rows for s in shards)
-    factor = cfg.index.rescore_factor or plan_rescore_factor(rows)
     params = {"metric": "inner_product", "variants": {t.spec.name: t.params for t in trained},
-              "rescore": {"file": layout.RESCORE_STORE, "dtype": "float16", "factor": factor}
-              if cfg.index.store_fp16 else None}
+              "rescore": rescore_params(cfg, rows)}
     return StagedIndexes(params, files, rows)
+
+
+def rescore_params(cfg: PipelineConfig, rows: int) -> dict | None:
+    """The manifest's "rescore" entry: the snapshot's fp16 store and how deep searches re-score with it (the
+    configured depth, else the one planned for `rows` vectors); None without the store."""
+    if not cfg.index.store_fp16:
+        return None
+    return {"file": layout.RESCORE_STORE, "dtype": "float16",
+            "factor": cfg.index.rescore_factor or plan_rescore_factor(rows)}
 
 
 def with_bm25(cfg: PipelineConfig, staged: StagedIndexes, bm25: StagedBm25) -> StagedIndexes:

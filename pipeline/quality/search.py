@@ -24,6 +24,7 @@ import polars as pl
 from pipeline.config import BM25
 from pipeline.errors import InputError, ModelError, SnapshotError
 from pipeline.index.bm25 import Bm25Index
+from pipeline.index.plan import RESCORE_FACTOR_PER_1M
 from pipeline.index.ranking import rerank
 from pipeline.index.representations import rescore
 from pipeline.index.variants import Variant
@@ -121,8 +122,9 @@ def _one_faiss_thread() -> Iterator[None]:
 
 class Searcher:
     def __init__(self, variants: Mapping[str, Variant], ids: pl.DataFrame, encoder: Encoder,
-                 max_chunks_per_doc: int = 1, fp16: np.ndarray | None = None, rescore_factor: int = 10,
-                 lexical: Bm25Index | None = None, fusion: Fusion | None = None) -> None:
+                 max_chunks_per_doc: int = 1, fp16: np.ndarray | None = None,
+                 rescore_factor: int = RESCORE_FACTOR_PER_1M, lexical: Bm25Index | None = None,
+                 fusion: Fusion | None = None) -> None:
         dims = encoder.card.dims
         for name, v in variants.items():
             if v.dims != (v.spec.dims or dims):
@@ -166,7 +168,7 @@ class Searcher:
               fusion: Fusion | None = None) -> Searcher:
         """From indexes and the manifest's "index" section (a loaded snapshot, or indexes just built)."""
         variants = {name: Variant.load(name, ix, index_params["variants"][name]) for name, ix in indexes.items()}
-        factor = (index_params.get("rescore") or {}).get("factor", 10)
+        factor = (index_params.get("rescore") or {}).get("factor", RESCORE_FACTOR_PER_1M)
         return cls(variants, ids, encoder, max_chunks_per_doc, fp16, factor, lexical,
                    fusion or Fusion.from_dict(index_params.get("fusion")))
 
