@@ -40,8 +40,8 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         if not address:
             raise
         raise ClusterError(f"cannot join the Ray cluster at RAY_ADDRESS={address}: {exc}; a cluster started with "
-                           "token authentication (`ray start`'s default) needs RAY_AUTH_MODE=token here too, and "
-                           "its token in ~/.ray/auth_token") from None
+                           "token authentication (`ray start`'s default once a token exists) needs RAY_AUTH_MODE=token "
+                           "here too, and its token in RAY_AUTH_TOKEN or ~/.ray/auth_token") from None
 
 
 def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,9 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The clusters the tests start with `ray start` use token authentication, and a fresh machine has no token
+# (~/.ray/auth_token appears only once some local Ray has run): one for the session, inherited by every process.
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 # kernel plans probed once per test session (not read from an earlier session's cache); subprocesses inherit it
 os.environ.setdefault("EMBEDPIPE_KERNEL_CACHE", tempfile.mkdtemp(prefix="embedpipe-kernels-"))
 

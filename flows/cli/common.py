@@ -99,6 +99,16 @@ class _FailuresPrintedByTheCli(logging.Filter):
         return record.levelno < logging.ERROR and not record.getMessage().startswith("Finished in state Failed")
 
 
+class _LostConnectionEchoes(logging.Filter):
+    """When the object store goes away mid-run, the storage client's in-flight requests fail in its own event
+    loop and asyncio logs each one with a traceback ("Task exception was never retrieved"), while the request
+    that was awaited raises the error the CLI prints. The echoes add nothing to that line; --debug keeps them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, OSError)  # connection reset, refused, timed out
+
+
 def _quiet_prefect_failures() -> None:
     import prefect.main  # noqa: F401  (sets up Prefect's logging, console handler included)
     from prefect.logging.handlers import PrefectConsoleHandler
@@ -106,6 +116,9 @@ def _quiet_prefect_failures() -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler):
             handler.addFilter(_FailuresPrintedByTheCli())
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _LostConnectionEchoes) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_LostConnectionEchoes())
 
 
 @contextlib.contextmanager

@@ -1,8 +1,13 @@
-"""What the CLI prints fits a terminal of 80 columns."""
+"""What the CLI prints fits a terminal of 80 columns, and a failure is one line, not echoes of it."""
+
+import asyncio
+import gc
+import logging
+import logging.handlers
 
 from rich.console import Console
 
-from flows.cli.common import compact_table
+from flows.cli.common import _quiet_prefect_failures, compact_table
 from pipeline.reports.tables import timings_table
 
 
@@ -16,3 +21,31 @@ def test_stage_timings_print_as_one_table_row_within_80_columns():
     header = next(line for line in lines if "compare" in line)
     values = next(line for line in lines if "35.2" in line)
     assert header.split() == list(timings) and values.split() == ["0.3", "3.2", "35.2", "1.9", "1.2", "0.4", "0.1"]
+
+
+def test_requests_cut_off_by_lost_storage_are_not_echoed_with_tracebacks():
+    """The object store vanishing mid-run fails the storage client's in-flight requests in its event loop; asyncio
+    logs each ("Task exception was never retrieved", with a traceback). The CLI prints the awaited error once and
+    drops those echoes; any other unretrieved error still shows."""
+
+    async def fails(error: Exception) -> None:
+        raise error
+
+    def abandon(error: Exception) -> None:
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(fails(error))
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+        del task
+        gc.collect()  # asyncio logs an unretrieved exception when the task is collected
+
+    _quiet_prefect_failures()  # (re)configures Prefect's logging, so the records are caught on asyncio's logger
+    caught = logging.handlers.BufferingHandler(capacity=100)
+    logging.getLogger("asyncio").addHandler(caught)
+    try:
+        abandon(ConnectionResetError("Cannot write to closing transport"))
+        abandon(TimeoutError("read timed out"))
+        abandon(ValueError("a bug, not a lost connection"))
+    finally:
+        logging.getLogger("asyncio").removeHandler(caught)
+    assert [type(r.exc_info[1]) for r in caught.buffer if r.exc_info] == [ValueError]
