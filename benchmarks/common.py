@@ -37,14 +37,19 @@ def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
 
 
 def cpu_model() -> str:
-    """The CPU's model name as `lscpu` gives it ("unknown" where lscpu is missing)."""
+    """The CPU's model name as `lscpu` gives it, with its family, model and widest vector or matrix unit: a
+    virtual machine's "AMD EPYC" is a Zen 3 with AVX2 (family 25, model 1) or a Zen 5 with AVX-512 (family 26)."""
     try:
         text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10,
                               env={**os.environ, "LC_ALL": "C"}).stdout
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name:")]
-    return names[0] if names else "unknown"
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
+    if "Model name" not in fields:
+        return "unknown"
+    units = [u for u in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if u in fields.get("Flags", "").split()]
+    return (f"{fields['Model name']} (family {fields.get('CPU family', '?')}, model {fields.get('Model', '?')}; "
+            f"{units[0] if units else 'no avx2'})")
 
 
 def write_report(args: argparse.Namespace, name: str, report: dict, md: str) -> None:

@@ -8,8 +8,8 @@
     (c) embedpipe: operators.embedding.RayEmbedder (--actors actors sharing 2 CPUs, the kernel the in-process
         plan chose, token-budget batches, per-shard commit). The actors are started before the shards are
         prepared, as a build does, so their start overlaps prepare; timed from the end of prepare to the last
-        commit: what the actor path adds to a build's critical path. Each round starts with Ray's idle worker pool
-        full (one worker per CPU, as a local instance starts), not short of the previous round's killed actors.
+        commit: what the actor path adds to a build's critical path. Each round starts a fresh local Ray first, as
+        a run does (a Ray that ran the previous round's work would start a new process for every actor).
 plus embedpipe's encoder in one process (model load included): with torch's default fp32 kernels, fp32 with
 oneDNN linears, and the kernel plan this machine's probe chose (pipeline/models/kernels.py, the default).
 Checks that the fp32 encoder gives ST's vectors (max abs difference <= 1e-5) and that the plan's vectors stay
@@ -107,15 +107,12 @@ def main() -> int:
                                         compute=ray.data.ActorPoolStrategy(size=2)).take_all())
     assert len(rows) == len(texts)
 
-    @ray.remote(num_cpus=1)
-    def hold(seconds: float) -> None:
-        time.sleep(seconds)
-
     def actor_path(root: str) -> tuple[float, float, np.ndarray]:
         """Seconds from the end of prepare to the last commit, seconds of prepare, vectors in input order."""
-        # Every round starts with Ray's idle worker pool full (a local instance starts one worker per CPU; a killed
-        # actor's worker is not replaced): tasks that run at once each take a worker, which then idles in the pool.
-        ray.get([hold.remote(0.5) for _ in range(int(ray.cluster_resources()["CPU"]))])
+        # A fresh local Ray, as a run starts one: Ray gives an actor an idle pooled worker only if that worker never
+        # ran a task or an actor, so in a Ray that ran the last round every actor would wait for a new process.
+        ray.shutdown()
+        ensure_ray()
         storage = Storage(root)
         corpus = Path(root) / "corpus.jsonl"
         corpus.write_text("".join(json.dumps({"_id": f"d{i:05d}", "text": t}) + "\n" for i, t in enumerate(texts)))
@@ -190,8 +187,8 @@ def main() -> int:
         *[f"| {label} | {report[key]} | {target} |" for label, key, target in targets if report[key] is not None], "",
         f"fp32 vectors vs ST: max abs difference {report['max_abs_diff_vs_st']:.2e}; the plan's vectors vs ST: "
         f"min cosine {report['min_cosine_plan_vs_st']:.6f} in process, {report['min_cosine_actor_path_vs_st']:.6f} "
-        f"from the actors. The actors' start overlapped {overlapped:.1f} s of prepare. In process and actor path: "
-        f"the best of {len(rounds['actor_path'])} alternating round(s) (in process {rounds['in_process']} s, "
+        f"from the actors. The actors' start overlapped {overlapped:.1f} s of prepare. In process and actor "
+        f"path: the best of {len(rounds['actor_path'])} alternating round(s) (in process {rounds['in_process']} s, "
         f"actor path {rounds['actor_path']} s).", ""])
     write_report(args, "embedding_throughput", report, md)
     return 0

@@ -66,13 +66,16 @@ class KernelPlan:
 
 
 def cpu_model() -> str:
+    """The model name with family and model: a virtual machine's "AMD EPYC" is a Zen 3 (family 25) or a Zen 5
+    (family 26), and which kernels win differs between them."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in
+                                                        Path("/proc/cpuinfo").read_text().splitlines()[:30])}
     except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+        fields = {}
+    if "model name" not in fields:
+        return platform.processor() or "unknown CPU"
+    return f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
 
 
 def cpu_flags() -> set[str]:
