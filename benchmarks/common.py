@@ -8,7 +8,6 @@ import contextlib
 import gzip
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,19 +36,13 @@ def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
 
 
 def cpu_model() -> str:
-    """The CPU's model name as `lscpu` gives it, with its family, model and widest vector or matrix unit: a
-    virtual machine's "AMD EPYC" is a Zen 3 with AVX2 (family 25, model 1) or a Zen 5 with AVX-512 (family 26)."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10,
-                              env={**os.environ, "LC_ALL": "C"}).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
-    if "Model name" not in fields:
-        return "unknown"
-    units = [u for u in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if u in fields.get("Flags", "").split()]
-    return (f"{fields['Model name']} (family {fields.get('CPU family', '?')}, model {fields.get('Model', '?')}; "
-            f"{units[0] if units else 'no avx2'})")
+    """The CPU as the kernel plan names it (the model name lscpu shows, with family and model) and its widest
+    vector or matrix unit: a virtual machine's "AMD EPYC" is a Zen 3 with AVX2 or a Zen 5 with AVX-512."""
+    from pipeline.models.kernel_plan import cpu_flags
+    from pipeline.models.kernel_plan import cpu_model as named
+
+    flags = cpu_flags()
+    return f"{named()}; {next((u for u in ('amx_bf16', 'avx512_bf16', 'avx512f', 'avx2') if u in flags), 'no avx2')}"
 
 
 def write_report(args: argparse.Namespace, name: str, report: dict, md: str) -> None:
