@@ -76,13 +76,14 @@ def main() -> int:
         st_half = SentenceTransformer(folder, device=device).half()
         timed("st_encode_fp16", lambda t: st_half.encode(t, batch_size=128))
     # on a CPU without bf16 instructions bf16 is emulated (minutes, and never chosen): fp32 and the plan only
-    precisions = ["fp32", "fp16", "bf16"] if device == "cuda" else ["fp32", *(["bf16"] if cpu_has_bf16() else [])]
+    bf16_units = device == "cuda" or cpu_has_bf16()
+    precisions = ["fp32", "fp16", "bf16"] if device == "cuda" else ["fp32", *(["bf16"] if bf16_units else [])]
     for precision in [*precisions, "auto"]:
         encoder = TransformerEncoder(ModelConfig(precision=precision), device=device)
         plans[precision] = encoder.kernel_plan.to_dict()
         timed(f"embedpipe_{precision}", lambda t, e=encoder: e.encode(t))
     tokens = sum(len(x) for x in encoder.tokenizer.ids(texts, max_tokens=256))
-    peak_dtype = "bf16" if device == "cuda" or cpu_has_bf16() else "fp32"  # emulated bf16 is no peak
+    peak_dtype = "bf16" if bf16_units else "fp32"  # emulated bf16 is no peak
     peak = matmul_tflops(device, peak_dtype, 8192 if device == "cuda" else 1024, 20 if device == "cuda" else 3)
     cfg = json.loads((Path(folder) / "config.json").read_text())
     hidden, layers = cfg["hidden_size"], cfg["num_hidden_layers"]

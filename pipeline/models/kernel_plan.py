@@ -65,24 +65,23 @@ class KernelPlan:
         return f"{self.kernel.name} on {self.hardware} ({self.device}, {self.threads} threads, {self.chosen_by}{gain})"
 
 
+def _first_cpu() -> dict[str, str]:
+    """/proc/cpuinfo's fields for the first processor (every one lists the same model and flags); {} off Linux."""
+    try:
+        block = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
+    except OSError:
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in block.splitlines())}
+
+
 def cpu_model() -> str:
     """The model name with family and model: a virtual machine's "AMD EPYC" is a Zen 3 (family 25) or a Zen 5
     (family 26), and which kernels win differs between them."""
-    try:
-        fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in
-                                                        Path("/proc/cpuinfo").read_text().splitlines()[:30])}
-    except OSError:
-        fields = {}
+    fields = _first_cpu()
     if "model name" not in fields:
         return platform.processor() or "unknown CPU"
     return f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
 
 
 def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set(_first_cpu().get("flags", "").split())
