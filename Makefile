@@ -1,5 +1,5 @@
 # `make demo` and `make test` work on a fresh machine: both create or reuse .venv first.
-.PHONY: demo demo-s3 serve test test-cluster lint bench clean
+.PHONY: demo demo-s3 serve test test-bench test-cluster lint bench clean
 
 VENV := .venv
 export DO_NOT_TRACK := 1
@@ -22,6 +22,9 @@ demo-s3: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest
+
+test-bench: $(VENV)/.installed  # every benchmark's --smoke run (10-12 minutes on 2 cores); CI runs it after `make test`
+	$(VENV)/bin/python -m pytest -m bench
 
 test-cluster: $(VENV)/.installed  # the two-node Ray cluster test (~3 minutes); CI runs it after `make test`
 	$(VENV)/bin/python -m pytest -m cluster

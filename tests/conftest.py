@@ -133,7 +133,7 @@ def shared_ray(request):
         import ray
 
         ray.shutdown()  # a driver left connected here would wait 60 s for the stopped head, then abort the process
-        stop_processes_mentioning(temp)
+        stop_processes_mentioning(temp, gcs_port=port)
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -157,16 +157,17 @@ def write_golden_subset(folder: Path, docs: list[dict], queries: int, size: int)
     return paths
 
 
-def stop_processes_mentioning(text: str) -> None:
-    """Stop the processes whose command line mentions `text` (e.g. a Ray temp dir) and their children: how a
-    test stops a `ray start` cluster of its own without `ray stop`, which stops every Ray on the machine."""
+def stop_processes_mentioning(text: str, gcs_port: int | None = None) -> None:
+    """Stop the processes whose command line mentions `text` (e.g. a Ray temp dir), or whose arguments end with
+    `:gcs_port` (the head's Ray client server names only the head's address), and their children: how a test
+    stops a `ray start` cluster of its own without `ray stop`, which stops every Ray on the machine."""
     import psutil
 
     from flows.cli.watchdog import stop
 
     def mentions(p: psutil.Process) -> bool:
         try:
-            return any(text in part for part in p.cmdline())
+            return any(text in part or (gcs_port and part.endswith(f":{gcs_port}")) for part in p.cmdline())
         except psutil.Error:
             return False
 

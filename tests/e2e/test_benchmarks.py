@@ -1,5 +1,7 @@
 """Every script in benchmarks/ runs end to end in its --smoke mode (the same code path on a tiny input) and
-writes a report that parses. Smoke runs measure nothing worth asserting: no timing or target is checked here."""
+writes a report that parses. Smoke runs measure nothing worth asserting: no timing or target is checked here.
+The smoke runs are marked `bench` (10-12 minutes in all on 2 cores, each paying its interpreter, Ray and model
+loads): `make test-bench` runs them, and CI runs that after the default suite."""
 
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ def repo_outputs() -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in paths if p.exists()}
 
 
+@pytest.mark.bench
 @pytest.mark.parametrize("script", sorted(REPORT_KEYS), ids=lambda script: Path(script).stem)
 def test_benchmark_smoke(script, tmp_path, prefect_api):
     before, name = repo_outputs(), Path(script).stem

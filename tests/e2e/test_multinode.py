@@ -56,7 +56,7 @@ def cluster(s3):
         yield f"127.0.0.1:{port}"
     finally:
         for d in dirs:
-            stop_processes_mentioning(str(d))
+            stop_processes_mentioning(str(d), gcs_port=port)
             shutil.rmtree(d, ignore_errors=True)
 
 

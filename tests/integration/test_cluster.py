@@ -63,4 +63,4 @@ def test_a_live_ray_address_is_joined_with_its_own_resources(stale_ray_tmp):
         assert out.returncode == 0, out.stderr[-2000:]
         assert "CPUS 1.0" in out.stdout  # the cluster's one CPU, not the 2 asked of a local instance
     finally:
-        stop_processes_mentioning(str(stale_ray_tmp))
+        stop_processes_mentioning(str(stale_ray_tmp), gcs_port=port)
