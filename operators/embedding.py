@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import ray
-from ray.util.actor_pool import ActorPool
 
 from operators.cluster import ensure_ray, mark_node, unwrap
 from operators.faults import maybe_exit_driver, maybe_kill_actor
@@ -29,6 +28,9 @@ class EmbedActor:
         mark_node()
         self.storage = Storage(root_url, **options)
         self.encoder = load_encoder(ModelConfig(**model), threads=threads)
+
+    def ready(self) -> bool:
+        return True
 
     def embed(self, run_id: str, shard: int) -> ShardResult:
         return embed_shard(self.storage, run_id, shard, self.encoder, after_encode=maybe_kill_actor)
@@ -64,10 +66,24 @@ class RayEmbedder:
             self.close()
             return []
         self.start(len(shards))
-        results = []
+        # Shards go only to actors that are up. An actor still waiting for a CPU gets none, so two runs sharing a
+        # cluster that holds one actor of each both go on with the actors they have, instead of each waiting for
+        # a shard queued on an actor that the other run's actors keep from starting.
+        todo, idle, results = list(shards), [], []
+        starting = {handle.ready.remote(): handle for handle in self.handles}
+        running: dict = {}  # result ref -> the actor embedding it
         try:
-            for result in ActorPool(self.handles).map_unordered(lambda a, s: a.embed.remote(run_id, s), shards):
-                results.append(result)
+            while todo or running:
+                while idle and todo:
+                    actor = idle.pop()
+                    running[actor.embed.remote(run_id, todo.pop(0))] = actor
+                [done], _ = ray.wait([*running, *starting], num_returns=1)
+                if done in starting:
+                    ray.get(done)  # an actor that failed to start raises here
+                    idle.append(starting.pop(done))
+                    continue
+                idle.append(running.pop(done))
+                results.append(result := ray.get(done))
                 on_result(result)
                 maybe_exit_driver(len(results))
         except ray.exceptions.RayError as exc:
