@@ -22,7 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The clusters the tests start with `ray start` use token authentication, and a fresh machine has no token
 # (~/.ray/auth_token appears only once some local Ray has run): one for the session, inherited by every process.
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-os.environ.setdefault("RAY_AUTH_MODE", "token")  # set before any `import ray`: the driver reads it once, at import
+os.environ["RAY_AUTH_MODE"] = "token"  # set before any `import ray`: the driver reads it once, at import
 # kernel plans probed once per test session (not read from an earlier session's cache); subprocesses inherit it
 os.environ.setdefault("EMBEDPIPE_KERNEL_CACHE", tempfile.mkdtemp(prefix="embedpipe-kernels-"))
 
@@ -122,7 +122,7 @@ def shared_ray(request):
         return
     request.getfixturevalue("s3_server")
     port, temp = free_port(), tempfile.mkdtemp(prefix="rays", dir="/tmp")  # short: Ray's socket paths have a limit
-    env = {**os.environ, "RAY_TMPDIR": temp, "RAY_AUTH_MODE": "token"}
+    env = {**os.environ, "RAY_TMPDIR": temp}
     subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}",
                     f"--num-cpus={os.cpu_count()}", "--include-dashboard=false", "--disable-usage-stats"],
                    env=env, check=True, capture_output=True, timeout=180)
