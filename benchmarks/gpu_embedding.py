@@ -30,7 +30,9 @@ def matmul_tflops(device: str, dtype: str, n: int = 8192, reps: int = 20) -> flo
     """What a large matmul in `dtype` achieves on `device`: the matrix peak tokens/s are compared with."""
     import torch
 
-    a = torch.randn(n, n, device=device, dtype=getattr(torch, {"bf16": "bfloat16", "fp32": "float32"}[dtype]))
+    from pipeline.models.kernels import DTYPES
+
+    a = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
     b = torch.randn_like(a)
     a @ b  # warm-up
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)

@@ -84,6 +84,9 @@ def candidates(device: str, precision: str, allow_onednn: bool = True) -> list[K
     return found if precision == "auto" else [k for k in found if k.precision == precision]
 
 
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}  # precision name -> torch dtype
+
+
 class _Autocast(torch.nn.Module):
     """The model under torch.autocast: matrix products in bf16/fp16, reductions (layer norm, softmax) in fp32."""
 
@@ -99,8 +102,7 @@ class _Autocast(torch.nn.Module):
 def apply(model: torch.nn.Module, kernel: Kernel) -> torch.nn.Module:
     """`model` (float32, on its device) made to run with `kernel`; changes it in place where it can."""
     if kernel.path == "cuda":
-        dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-        return model.to(dtypes[kernel.precision])
+        return model.to(DTYPES[kernel.precision])
     if kernel.path == "onednn":
         onednn.use_onednn_linears(model, torch.bfloat16 if kernel.precision == "bf16" else torch.float32)
         return model
