@@ -8,7 +8,7 @@ embedding tables, half of its 22.7M weights, are lookups). Target: embedpipe >= 
 Writes benchmarks/out/gpu_embedding.{json,md};
 benchmarks/gpu_check.sh runs it. --smoke (or no GPU): 64 abstracts of the demo sample on the CPU, same code path.
 
-Usage: .venv/bin/python benchmarks/gpu_embedding.py [--smoke] [--out DIR]
+Usage: .venv/bin/python benchmarks/gpu_embedding.py [--smoke] [--out DIR] [--model-dir DIR] [--corpus DIR]
 """
 
 from __future__ import annotations
@@ -45,7 +45,11 @@ def matmul_tflops(device: str, dtype: str, n: int = 8192, reps: int = 20) -> flo
 
 
 def main() -> int:
-    args = parse_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", help="MiniLM's folder, where its package cannot be installed (an offline "
+                                            "machine: benchmarks/gpu_bundle.sh); default: the installed package")
+    parser.add_argument("--corpus", type=Path, default=SCIFACT, help=f"a BEIR folder (default {SCIFACT})")
+    args = parse_args(parser)
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -55,11 +59,12 @@ def main() -> int:
     from pipeline.models.transformer import TransformerEncoder
 
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
-    corpus, limit = (SAMPLE, 64) if device == "cpu" else (SCIFACT, None)
+    corpus, limit = (SAMPLE, 64) if device == "cpu" else (args.corpus, None)
     with gzip.open(corpus / "corpus.jsonl.gz", "rt", encoding="utf-8") as fh:
         docs = [json.loads(line) for line in fh][:limit]
     texts = [f"{d['title']} {d['text']}" for d in docs]
-    folder = str(resolve_model_dir(ModelConfig()))
+    model = ModelConfig(path=args.model_dir)
+    folder = str(resolve_model_dir(model))
     seconds, vectors, plans = {}, {}, {}
 
     def timed(name: str, encode) -> None:
@@ -81,7 +86,7 @@ def main() -> int:
     bf16_units = device == "cuda" or cpu_has_bf16()
     precisions = ["fp32", "fp16", "bf16"] if device == "cuda" else ["fp32", *(["bf16"] if bf16_units else [])]
     for precision in [*precisions, "auto"]:
-        encoder = TransformerEncoder(ModelConfig(precision=precision), device=device)
+        encoder = TransformerEncoder(model.model_copy(update={"precision": precision}), device=device)
         plans[precision] = encoder.kernel_plan.to_dict()
         timed(f"embedpipe_{precision}", lambda t, e=encoder: e.encode(t))
     tokens = sum(len(x) for x in encoder.tokenizer.ids(texts, max_tokens=256))
