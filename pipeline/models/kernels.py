@@ -12,7 +12,7 @@ $EMBEDPIPE_KERNEL_CACHE), behind a file lock, so the actors of one node probe on
 
 Candidates: fp32 through torch's kernels, fp32 with linear layers through oneDNN (pipeline/models/onednn.py), and
 where the CPU has bf16 units (avx512_bf16, AMX) bf16 linears through oneDNN and bf16 under torch.autocast; on CUDA,
-fp16 and bf16 (fp32 only when forced).
+fp32, fp16 and bf16 (fp32 wins only where neither half precision stays within tolerance).
 """
 
 from __future__ import annotations
@@ -64,14 +64,12 @@ def pinned(name: str, device: str) -> Kernel:
 
 def candidates(device: str, precision: str, allow_onednn: bool = True) -> list[Kernel]:
     """The kernels worth probing on `device` for a configured `precision` ("auto" or one precision)."""
-    if device.startswith("cuda"):
-        found = [Kernel("fp16", "cuda")]
+    if device.startswith("cuda"):  # fp32 first: what `choose` falls back to when no half precision is close enough
+        found = [Kernel("fp32", "cuda"), Kernel("fp16", "cuda")]
         if torch.cuda.is_bf16_supported():
             found.append(Kernel("bf16", "cuda"))
-        found.append(Kernel("fp32", "cuda"))
-        if precision == "auto":
-            return [k for k in found if k.precision != "fp32"]
-        return [k for k in found if k.precision == precision] or [Kernel(precision, "cuda")]
+        return found if precision == "auto" else [k for k in found if k.precision == precision] or [
+            Kernel(precision, "cuda")]
     found = [Kernel("fp32", "torch")]
     if allow_onednn and onednn.available():
         found.append(Kernel("fp32", "onednn"))

@@ -21,6 +21,21 @@ def test_the_fastest_kernel_within_tolerance_wins_and_fp32_is_the_fallback():
     assert choose(too_far, kernels) == Kernel("fp32", "torch")
 
 
+def test_a_gpu_falls_back_to_fp32_when_no_half_precision_is_close_enough(monkeypatch):
+    import torch
+
+    from pipeline.models.kernels import candidates, choose
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    kernels = candidates("cuda", "auto")
+    assert [k.name for k in kernels] == ["fp32-cuda", "fp16-cuda", "bf16-cuda"]
+    results = [ProbeResult("fp32-cuda", 1e5, 1.0), ProbeResult("fp16-cuda", 4e5, 0.9995),
+               ProbeResult("bf16-cuda", 5e5, 0.998)]
+    assert choose(results, kernels) == Kernel("fp32", "cuda")  # faster, but neither half precision is within 0.9999
+    assert choose([*results[:1], ProbeResult("fp16-cuda", 4e5, 0.99999), results[2]], kernels) == Kernel("fp16", "cuda")
+    assert [k.name for k in candidates("cuda", "bf16")] == ["bf16-cuda"]
+
+
 def test_auto_probes_every_candidate_and_its_vectors_stay_within_tolerance(sample_docs, encoder, tmp_path,
                                                                          monkeypatch):
     from pipeline.models.encoder import load_encoder
