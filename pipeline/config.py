@@ -93,7 +93,8 @@ class ModelConfig(_Strict):
     )
     query_prefix: str = ""
     passage_prefix: str = ""
-    batch_size: Annotated[int, Field(gt=0)] = 64
+    batch_size: Annotated[int, Field(gt=0)] = Field(
+        64, description="texts per forward pass at most, on a CPU; on a GPU the token budget alone sizes a batch")
     batch_tokens: BatchTokens = Field(default_factory=BatchTokens,
                                       description="one number for every device, or {cpu: N, cuda: M}")
     cpu_onednn: bool = Field(True, description="on CPU, offer oneDNN linear layers to the kernel probe "

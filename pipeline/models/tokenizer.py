@@ -8,7 +8,11 @@ tokenizer.json is converted once through transformers, as before.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from tokenizers import Encoding, Tokenizer
@@ -16,6 +20,7 @@ from tokenizers import Encoding, Tokenizer
 from pipeline.errors import ModelError
 
 UNBOUNDED = 10**30  # transformers' limit for a tokenizer that declares none
+_ENVIRONMENT = threading.Lock()  # one parallel call at a time sets and restores TOKENIZERS_PARALLELISM
 
 
 class TextTokenizer:
@@ -50,12 +55,16 @@ class TextTokenizer:
         pad_id = backend.token_to_id(pad["content"] if isinstance(pad, dict) else pad) if pad else None
         return cls(backend, int(config.get("model_max_length") or UNBOUNDED), pad_id or 0)
 
-    def ids(self, texts: list[str], specials: bool = True, max_tokens: int | None = None) -> list[list[int]]:
+    def ids(self, texts: list[str], specials: bool = True, max_tokens: int | None = None,
+            parallel: bool = False) -> list[list[int]]:
         """Token ids of each text; with max_tokens, cut to that many as transformers' `truncation=True` cuts: the
-        text's first tokens, then the special tokens around them. One tokenization per text, long or not."""
+        text's first tokens, then the special tokens around them. One tokenization per text, long or not.
+        `parallel`: on all of the machine's cores (the same ids)."""
         room = None if max_tokens is None else max_tokens - (self.specials if specials else 0)
         out = []
-        for encoding in self.backend.encode_batch(texts, add_special_tokens=False):
+        with tokenizer_threads(parallel):
+            encodings = self.backend.encode_batch(texts, add_special_tokens=False)
+        for encoding in encodings:
             if room is not None and len(encoding) > room:
                 encoding.truncate(room)
             out.append((self.backend.post_process(encoding) if specials else encoding).ids)
@@ -67,3 +76,23 @@ class TextTokenizer:
     def encoding(self, text: str) -> Encoding:
         """The text's tokens without special tokens: ids, character offsets and word ids."""
         return self.backend.encode(text, add_special_tokens=False)
+
+
+@contextlib.contextmanager
+def tokenizer_threads(enabled: bool) -> Iterator[None]:
+    """The Rust tokenizer's own threads for the calls inside. Processes here run with TOKENIZERS_PARALLELISM=false
+    (the CLI, Ray workers: its threads would compete with torch's), and the library reads that variable at every
+    call and offers no other switch. On a GPU, tokenizing on one core is most of an encode's time."""
+    if not enabled:
+        yield
+        return
+    with _ENVIRONMENT:  # a parallel call already takes every core: the next one waits for it
+        before = os.environ.get("TOKENIZERS_PARALLELISM")
+        os.environ["TOKENIZERS_PARALLELISM"] = "true"
+        try:
+            yield
+        finally:
+            if before is None:
+                del os.environ["TOKENIZERS_PARALLELISM"]
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = before

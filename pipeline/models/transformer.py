@@ -67,7 +67,12 @@ class TransformerEncoder:
         limit = model_max_tokens(self.folder, self.tokenizer.max_length)
         if cfg.max_tokens and cfg.max_tokens > limit:
             raise ModelError(f"model.max_tokens ({cfg.max_tokens}) exceeds what {cfg.name} supports ({limit})")
-        self.batch_size, self.batch_tokens = cfg.batch_size, cfg.batch_tokens.for_device(self.device)
+        self.batch_tokens = cfg.batch_tokens.for_device(self.device)
+        # a GPU is fed by tokens: 64 texts of 256 tokens fill a quarter of its budget, and short chunks far less
+        self.batch_size = None if self.device.startswith("cuda") else cfg.batch_size
+        # A GPU encodes faster than one core tokenizes. On a CPU the tokenizer's threads cost the forward passes that
+        # follow more than they save (600 abstracts on 2 vCPUs: 28.4 s against 27.3 s, tokenizing 0.38 s against 0.59)
+        self.parallel_tokenize = self.device.startswith("cuda")
         try:
             model = _load_model(self.folder).to(self.device)
             shapes = kernels.probe_shapes(cfg.max_tokens or limit, self.batch_tokens)
@@ -107,7 +112,8 @@ class TransformerEncoder:
         out = np.empty((len(texts), self.card.dims), dtype=np.float32)
         if not texts:
             return out
-        ids = self.tokenizer.ids([prefix + t for t in texts], max_tokens=self.card.max_tokens)
+        ids = self.tokenizer.ids([prefix + t for t in texts], max_tokens=self.card.max_tokens,
+                                 parallel=self.parallel_tokenize)
         self.tokens_encoded += sum(map(len, ids))
         for rows in token_budget_batches([len(x) for x in ids], self.batch_tokens, self.batch_size):
             input_ids, mask = self._padded([ids[i] for i in rows])

@@ -25,6 +25,7 @@ def test_gpu_kernel_plan_picks_a_half_precision_within_tolerance_of_fp32(sample_
     assert plan.device == "cuda" and plan.precision in ("fp16", "bf16") and plan.chosen_by in ("probe", "cache")
     assert {p.kernel for p in plan.probes} >= {"fp16-cuda"} and gpu.card.precision == plan.precision
     assert next(gpu.model.parameters()).dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[plan.precision]
+    assert gpu.batch_size is None and gpu.batch_tokens == 65536  # batches sized by tokens alone, not 64 texts
     cpu = TransformerEncoder(ModelConfig(path=folder, precision="fp32"), device="cpu")
     for precision in ("fp16", "bf16"):
         half = TransformerEncoder(ModelConfig(path=folder, precision=precision), device="cuda")

@@ -39,15 +39,20 @@ def test_a_folder_without_a_tokenizer_says_so(tmp_path):
 
 
 def test_threads_share_one_tokenizer(sample_docs):
-    """The service encodes queries from a thread pool: concurrent calls give each caller its own right answer."""
+    """The service encodes queries from a thread pool: concurrent calls give each caller its own right answer,
+    on one core or on all of them (a GPU encoder's), and the process's TOKENIZERS_PARALLELISM stays as it was."""
+    import os
     from concurrent.futures import ThreadPoolExecutor
 
     tokenizer = TextTokenizer.from_folder(resolve_model_dir(ModelConfig()))
     texts = [d["title"] + " " + d["text"] for d in sample_docs[:100]]
     expected = [tokenizer.ids(texts[i:], max_tokens=16 + i) for i in range(16)]
+    setting = os.environ.get("TOKENIZERS_PARALLELISM")
     with ThreadPoolExecutor(8) as pool:
-        got = list(pool.map(lambda i: tokenizer.ids(texts[i % 16:], max_tokens=16 + i % 16), range(64)))
+        got = list(pool.map(lambda i: tokenizer.ids(texts[i % 16:], max_tokens=16 + i % 16, parallel=i % 3 == 0),
+                            range(64)))
     assert all(ids == expected[i % 16] for i, ids in enumerate(got))
+    assert os.environ.get("TOKENIZERS_PARALLELISM") == setting
 
 
 def test_a_folder_with_only_a_vocabulary_is_converted_to_the_same_tokenizer(tmp_path, sample_docs):
