@@ -337,7 +337,10 @@ def _parse(text: str, origin: str, overrides: dict[str, Any]) -> PipelineConfig:
             raise ConfigError(f"override key {dotted!r}: expected dotted field names like run.shards")
         node = data if isinstance(data, dict) else {}
         *parents, leaf = dotted.split(".")
-        for part in parents:
+        for depth, part in enumerate(parents, start=1):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                section = ".".join(parents[:depth])
+                raise ConfigError(f"override key {dotted!r}: {section} is a value, not a section")
         node[leaf] = value
-    return parse_config(data, origin=origin)
+    return parse_config(data, origin=f"{origin} with overrides {', '.join(overrides)}" if overrides else origin)

@@ -8,6 +8,7 @@ raises InputError instead.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ DOC_SCHEMA = {"doc_id": pl.String, "title": pl.String, "text": pl.String}
 QUARANTINE_SCHEMA = {"source": pl.String, "position": pl.Int64, "doc_id": pl.String, "reason": pl.String,
                      "raw": pl.String, "piece": pl.Int32}
 _RAW_CHARS = 500  # enough of a bad record to recognise it, not enough to bloat the table
+BLANK = object()  # what a JSON Lines reader yields for a line of whitespace: counted, not a record
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ def _jsonl_records(url: str, start: int = 0, end: int | None = None
                    ) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
     """Yields (line number, parsed record or None, raw line, error reason or None) of the lines that start in
     bytes [start, end) (line numbers count from the range's first line); a blank line yields (line number,
-    None, "", None): no record, but counted."""
+    BLANK, "", None): no record, but counted (a `null` line is a record, and not an object)."""
     try:
         with _open(url) as fh:
             if start:  # a line belongs to the range it starts in: finish the one that starts before ours
@@ -153,20 +155,21 @@ def _jsonl_records(url: str, start: int = 0, end: int | None = None
                     break
                 offset += len(line)
                 if not line.strip():
-                    yield lineno, None, "", None
+                    yield lineno, BLANK, "", None
                     continue
                 try:
                     text = line.decode("utf-8-sig" if lineno == 1 and not start else "utf-8")  # a byte-order mark
                 except UnicodeDecodeError as exc:
                     yield lineno, None, line, f"invalid UTF-8 at byte {exc.start}"
                     continue
+                text = text.rstrip("\r\n")  # so an error at the line's end is placed there, not on "line 2"
                 try:
-                    yield lineno, json.loads(text), text.rstrip("\n"), None
+                    yield lineno, json.loads(text), text, None
                 except json.JSONDecodeError as exc:
-                    yield lineno, None, text.rstrip("\n"), f"invalid JSON: {exc.msg} at column {exc.colno}"
+                    yield lineno, None, text, f"invalid JSON: {exc.msg} at column {exc.colno}"
     except FileNotFoundError:
         raise InputError(f"input not found: {redact(url)} (expected a JSON Lines file)") from None
-    except (OSError, EOFError) as exc:  # e.g. a truncated or non-gzip '.gz'
+    except (OSError, EOFError, zlib.error) as exc:  # a truncated or non-gzip '.gz', or a corrupt one
         raise InputError(f"cannot read {redact(url)}: {exc}") from None
 
 
@@ -273,7 +276,7 @@ def iter_piece(cfg: CorpusConfig, piece: Piece, batch_records: int = 10_000,
     for position, record, raw, error in piece_records(cfg, piece):
         if error:
             collector.reject(position, error, raw)
-        elif record is None:
+        elif record is BLANK:
             collector.blank_lines += 1
         else:
             collector.add(position, record, raw)
@@ -304,8 +307,8 @@ def read_queries(url: str) -> dict[str, str]:
     """BEIR queries.jsonl: {"_id", "text"} per line. Bad lines fail: a golden set must be exact."""
     queries: dict[str, str] = {}
     for lineno, record, _raw, error in _jsonl_records(url):
-        if record is None and not error:
-            continue  # a blank line
+        if record is BLANK:
+            continue
         if error or not isinstance(record, dict) or not isinstance(record.get("text"), str) \
                 or record.get("_id") is None:
             raise InputError(f"{redact(url)} line {lineno}: expected {{'_id', 'text'}}, {error or 'got ' + _raw}")

@@ -44,8 +44,10 @@ def test_overlap_must_be_below_window():
 def test_overrides_apply_dotted_keys_and_are_validated():
     cfg = load_config(REPO / "configs" / "demo.yaml", {"run.shards": 7, "storage.root": "/tmp/x"})
     assert cfg.run.shards == 7 and cfg.storage.root == "/tmp/x"
-    with pytest.raises(ConfigError, match=r"run\.shards"):
+    with pytest.raises(ConfigError, match=r"demo\.yaml with overrides run\.shards is invalid:\n  run\.shards"):
         load_config(REPO / "configs" / "demo.yaml", {"run.shards": 0})
+    with pytest.raises(ConfigError, match=r"override key 'run\.shards\.x': run\.shards is a value, not a section"):
+        load_config(REPO / "configs" / "demo.yaml", {"run.shards.x": 1})
 
 
 def test_bad_index_name_rejected():

@@ -1,3 +1,4 @@
+import gzip
 import json
 
 import polars as pl
@@ -28,6 +29,7 @@ def reasons(result) -> dict[int, str]:
         ({"_id": "d2", "title": ["t"], "text": "x"}, "bad title"),
         ('{"_id": "d2", "text": "unterminated', "invalid JSON"),
         ('["an", "array"]', "not an object"),
+        ("null", "not an object: got NoneType"),  # a record, not a blank line
         (b'{"_id": "d2", "text": "caf\xe9"}', "invalid UTF-8"),
         ({"_id": "d1", "text": "same id again"}, "duplicate id"),
         ({"_id": "d2", "text": "x" * 2000}, "too large"),
@@ -171,6 +173,11 @@ def test_missing_and_corrupt_inputs_are_clear_errors(tmp_path):
     (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip at all")
     with pytest.raises(InputError, match=r"cannot read .*bad\.jsonl\.gz"):
         read_corpus(CorpusConfig(source=str(tmp_path / "bad.jsonl.gz")))
+    body = bytearray(gzip.compress(b"".join(b'{"_id": "%d", "text": "doc %d"}\n' % (i, i) for i in range(500))))
+    body[20:220] = bytes(range(200))  # a damaged deflate stream: zlib's own error, not an OSError
+    (tmp_path / "damaged.jsonl.gz").write_bytes(bytes(body))
+    with pytest.raises(InputError, match=r"cannot read .*damaged\.jsonl\.gz: Error -3 while decompressing"):
+        read_corpus(CorpusConfig(source=str(tmp_path / "damaged.jsonl.gz")))
     (tmp_path / "unknown.txt").write_text("x")
     with pytest.raises(InputError, match="cannot tell its format"):
         read_corpus(CorpusConfig(source=str(tmp_path / "unknown.txt")))
