@@ -49,8 +49,9 @@ def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow_call: 
     return result
 
 
-def _print_summary(summary, example: bool) -> None:
-    """A build's summary (pipeline.jobs.build.BuildSummary) for the terminal."""
+def _print_summary(summary, example: bool, config: str, overrides: dict[str, Any]) -> None:
+    """A build's summary (pipeline.jobs.build.BuildSummary) for the terminal; the example search reads the snapshot
+    with the config's `storage.options` (an endpoint given only there, say)."""
     console.print(f"\n[bold green]published[/] {summary.index_name} version [bold]{summary.version}[/] "
                   f"({summary.job}; {summary.delta})", soft_wrap=True)
     console.print(f"  snapshot: {summary.snapshot}", soft_wrap=True)
@@ -68,10 +69,12 @@ def _print_summary(summary, example: bool) -> None:
         queries = next(iter(modes.values()))["queries"]
         console.print(rich_table(quality_table(f"quality on {queries} golden queries (trec_eval)", modes, short=True)))
         if example:
+            from pipeline.config import load_config
             from pipeline.corpus.readers import read_queries
 
             query = next(iter(read_queries(summary.evaluation["queries"]).values()))
-            print_search(summary.snapshot, query, 5, "hybrid:exact" if "hybrid:exact" in modes else "exact")
+            print_search(summary.snapshot, query, 5, "hybrid:exact" if "hybrid:exact" in modes else "exact",
+                         storage_options=load_config(config, overrides).storage.options)
 
 
 @reports_errors
@@ -95,7 +98,7 @@ def run(
 
     summary = _run_flow(config, overrides, as_json, call)
     if not as_json:
-        _print_summary(summary, example)
+        _print_summary(summary, example, config, overrides)
 
 
 @reports_errors
@@ -124,7 +127,7 @@ def backfill(
 
     summary = _run_flow(config, overrides, as_json, call)
     if not as_json:
-        _print_summary(summary, example)
+        _print_summary(summary, example, config, overrides)
 
 
 def _delta(now: float | None, before: float | None) -> str:

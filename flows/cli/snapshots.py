@@ -65,11 +65,11 @@ def _golden(snap, queries: str | None, qrels: str | None) -> tuple[dict, dict]:
 
 
 def print_search(snapshot_url: str, query: str, k: int, mode: str, as_json: bool = False,
-                 weight: float | None = None) -> None:
+                 weight: float | None = None, storage_options: dict | None = None) -> None:
     from pipeline.quality.search import check_query
     from pipeline.snapshots.snapshot import Snapshot
 
-    snapshot = Snapshot.open(snapshot_url)
+    snapshot = Snapshot.open(snapshot_url, **(storage_options or {}))
     searcher = _searcher(snapshot, weight)
     checked = check_query(searcher.encoder, query)
     hits = searcher.search([query], k, mode)[0]

@@ -98,17 +98,17 @@ class Snapshot:
     _cache: dict[str, Path] = field(default_factory=dict, repr=False)  # verified local files
 
     @classmethod
-    def open(cls, url: str) -> Snapshot:
+    def open(cls, url: str, **options: object) -> Snapshot:
         """`url` is a version folder, an index folder (snapshots/<name>: its newest committed version), or
-        an alias (<root>/aliases/<index>/<alias>: the version it points at)."""
+        an alias (<root>/aliases/<index>/<alias>: the version it points at); `options` as `storage.options`."""
         alias = layout.ALIAS_URL.match(url.rstrip("/"))
         if alias:
-            root = Storage(alias["root"])
+            root = Storage(alias["root"], **options)
             state = read_alias(root, alias["index"], alias["alias"])
             if state.version is None:
                 raise SnapshotError(f"alias {alias['index']}/{alias['alias']} is not set at {redact(alias['root'])}")
             url = root.url_of(layout.snapshot_prefix(alias["index"], state.version))
-        storage = Storage(url)
+        storage = Storage(url, **options)
         if not storage.exists(MANIFEST):
             committed = [v for v in storage.list() if storage.exists(f"{v}/{MANIFEST}")]
             if not committed:

@@ -104,13 +104,15 @@ class Storage(CommitPrimitives):
             yield
         except FileNotFoundError:
             raise StorageError(f"not found: {redact(self.url_of(key))}") from None
-        except PermissionError:
-            raise StorageError(f"permission denied on {redact(self.url_of(key))}: check the credentials "
-                               "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and the bucket's policy") from None
+        except PermissionError as exc:
+            check = (f"this user cannot write or read there ({exc.strerror})" if self.is_local else
+                     "check the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and the bucket's policy")
+            raise StorageError(f"permission denied on {redact(self.url_of(key))}: {check}") from None
         except FileExistsError:
             raise
-        except OSError as exc:
-            raise StorageError(f"storage error on {redact(self.url_of(key))}: {type(exc).__name__}") from None
+        except OSError as exc:  # a local file system's reason is safe to show (a path at most); a service's is not
+            why = exc.strerror if self.is_local and exc.strerror else type(exc).__name__
+            raise StorageError(f"storage error on {redact(self.url_of(key))}: {why}") from None
         except Exception as exc:
             reason = self._backend_failure(exc)
             if reason is None:
@@ -124,7 +126,13 @@ class Storage(CommitPrimitives):
         return redact(endpoint) if endpoint else "AWS's default endpoint"
 
     def _backend_failure(self, exc: Exception) -> str | None:
-        """What an S3 client failure (botocore's errors, which are not OSErrors) means for the user."""
+        """What an S3 client failure (botocore's errors, which are not OSErrors) means for the user; a backend that
+        cannot take its `storage.options` fails on first use, with a TypeError or AttributeError."""
+        if self.options and isinstance(exc, TypeError | AttributeError):
+            # the message names an option (never its value) only when it is an unexpected keyword argument
+            named = f": {exc}" if "unexpected keyword argument" in str(exc) else ""
+            return (f"the backend does not take these storage.options ({type(exc).__name__}{named}); check their "
+                    "names, and that client_kwargs and config_kwargs are mappings")
         try:
             from botocore import exceptions as boto
         except ImportError:
@@ -154,8 +162,8 @@ class Storage(CommitPrimitives):
             self.delete(key)
         except StorageError as exc:
             if str(exc).startswith("not found"):  # writing creates folders, not buckets
-                raise StorageError(f"storage root {redact(self.url)}: cannot write there: its bucket does not "
-                                   "exist") from None
+                why = "no folder can be created there" if self.is_local else "its bucket does not exist"
+                raise StorageError(f"storage root {redact(self.url)}: cannot write there: {why}") from None
             raise
         if not readable:
             raise StorageError(f"storage root {redact(self.url)}: an object written there reads back different")

@@ -115,3 +115,16 @@ def test_manifest_never_holds_credentials_from_urls():
     body = json.dumps(build_manifest(cfg, run_id="r", model={}, chunking={}, index={}, counts={}, corpus={},
                                      evaluation={}, timings={}))
     assert "sekrit" not in body and "AKIA123" not in body and "s3://***@bucket/root" in body
+
+
+def test_a_snapshot_opens_with_the_storage_options_of_its_config(s3_server, monkeypatch):
+    """An endpoint given only in `storage.options` (no AWS_ENDPOINT_URL) reaches every read of the snapshot."""
+    import uuid
+
+    from tests.conftest import S3_BUCKET
+
+    url = publish(Storage(f"s3://{S3_BUCKET}/{uuid.uuid4().hex}"), "idx", "v1", files(), manifest())
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    snap = Snapshot.open(url, endpoint_url=s3_server)
+    assert snap.storage.options == {"endpoint_url": s3_server}
+    assert snap.verify() == {"ids.parquet": "ok", "index/exact.faiss": "ok"} and snap.index("exact").ntotal == 4

@@ -77,3 +77,25 @@ def test_compare_and_swap_has_exactly_one_winner_among_8(storage_root):
 def test_keys_cannot_escape_the_root(storage_root, key):
     with pytest.raises(StorageError, match="refusing object key"):
         Storage(storage_root).write_bytes(key, b"x")
+
+
+def test_a_local_root_that_cannot_be_written_says_why_in_local_terms(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(StorageError, match=r"storage error on .*a-file/store/.*: Not a directory$"):
+        Storage(str(tmp_path / "a-file" / "store")).probe()
+    with pytest.raises(StorageError, match=r"^storage root /proc/store: cannot write there: no folder can be "
+                                           r"created there$"):
+        Storage("/proc/store").probe()
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    ({"bogus_option": 1}, r"\(TypeError: .*unexpected keyword argument 'bogus_option'\)"),
+    ({"client_kwargs": "not-a-mapping"}, r"\(AttributeError\)"),
+])
+def test_storage_options_the_backend_cannot_take_are_named_as_such(s3_server, options, says):
+    from tests.conftest import S3_BUCKET, S3_SECRET
+
+    with pytest.raises(StorageError, match=rf"^storage root s3://{S3_BUCKET}/opts: the backend does not take these "
+                                           rf"storage\.options {says}") as caught:
+        Storage(f"s3://{S3_BUCKET}/opts", **options).probe()
+    assert S3_SECRET not in str(caught.value)
