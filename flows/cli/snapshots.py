@@ -53,6 +53,22 @@ def _searcher(snapshot, weight: float | None):
     return Searcher.from_snapshot(snapshot, fusion=fusion)
 
 
+def _index_root(root: str, index: str):
+    """The Storage of `root`, once it holds `index` (a version or an alias of it); otherwise the error names the
+    indexes it does hold, so a typo in either argument does not read as an empty index."""
+    from pipeline.errors import SnapshotError
+    from pipeline.storage import layout
+    from pipeline.storage.backend import Storage
+    from pipeline.storage.keys import redact
+
+    s = Storage(root)
+    if s.list(layout.index_prefix(index)) or s.list(layout.aliases_prefix(index)):
+        return s
+    held = s.list("snapshots")
+    raise SnapshotError(f"no index {index!r} under {redact(s.url)}: " +
+                        (f"it holds {', '.join(held)}" if held else "nothing was published there"))
+
+
 def _golden(snap, queries: str | None, qrels: str | None) -> tuple[dict, dict]:
     from pipeline.corpus.readers import read_qrels, read_queries
     from pipeline.errors import InputError
@@ -160,9 +176,8 @@ def versions(root: Root, index: Index, as_json: JsonFlag = False) -> None:
     """List an index's versions with model, counts, quality, size and the aliases pointing at them."""
     from pipeline.snapshots.aliases import list_aliases, read_alias
     from pipeline.snapshots.snapshot import committed_versions
-    from pipeline.storage.backend import Storage
 
-    s = Storage(root)
+    s = _index_root(root, index)
     pointed: dict[str | None, list[str]] = {}
     for alias in list_aliases(s, index):
         pointed.setdefault(read_alias(s, index, alias).version, []).append(alias)
@@ -263,9 +278,8 @@ def gc(root: Root, index: Index,
        as_json: JsonFlag = False) -> None:
     """Delete old versions and abandoned uploads; never what an alias points at."""
     from pipeline.snapshots.retention import apply_gc, plan_gc
-    from pipeline.storage.backend import Storage
 
-    s = Storage(root)
+    s = _index_root(root, index)
     plan = plan_gc(s, index, keep_last, timedelta(hours=grace_hours))
     deleted = [] if dry_run else apply_gc(s, plan)
     if as_json:

@@ -39,3 +39,14 @@ def test_promote_rollback_versions_verify_gc(tmp_path):
     assert set(dry["delete"]) == {version(2)} and dry["deleted"] == []  # v1: alias; v3: newest
     done = json.loads(cli("gc", root, "idx", "--keep-last", "1", "--grace-hours", "0", "--json").stdout)
     assert done["deleted"] == [version(2)] and version(2) not in s.list("snapshots/idx")
+
+
+def test_an_index_that_is_not_there_is_an_error_not_an_empty_list(tmp_path):
+    root = str(tmp_path)
+    for args in (("versions", root, "idx"), ("gc", root, "idx", "--dry-run")):
+        out = cli(*args)
+        assert out.exit_code == 2 and f"no index 'idx' under {root}: nothing was published there" in out.stderr
+    put(Storage(root), version(1), ndcg=0.60)
+    out = cli("versions", root, "idz")
+    assert out.exit_code == 2 and f"no index 'idz' under {root}: it holds idx" in out.stderr
+    assert cli("versions", root, "idx").exit_code == 0
