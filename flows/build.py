@@ -26,6 +26,7 @@ from flows.progress import report
 from flows.tasks import local_task
 from pipeline.config import PipelineConfig
 from pipeline.corpus.readers import describe_corpus
+from pipeline.index.variants import check_prefixes
 from pipeline.jobs.build import (
     BuildSummary,
     StagedIndexes,
@@ -157,6 +158,7 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
 
     encoder = cached_encoder(cfg.model)
     card = encoder.card
+    check_prefixes(cfg.index, card.dims, card.name)
     logger.info("model %s computes in %s", card.name, encoder.kernel_plan.summary())
     input_bytes = sum(f.size for f in describe_corpus(cfg.corpus))
     executor = executor_for(cfg, input_bytes)

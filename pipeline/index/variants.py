@@ -273,17 +273,26 @@ class TrainedVariant:
         return index
 
 
+def check_prefixes(cfg: IndexConfig, dims: int, model: str) -> None:
+    """Every Matryoshka prefix fits the model's vectors: a build checks this once the model is known, before any
+    document is read."""
+    for name in cfg.vector_variants:
+        spec = VariantSpec.parse(name)
+        if spec.dims and spec.dims > dims:
+            raise IndexBuildError(f"index.variants: {name!r} asks for a {spec.dims}-dim prefix of {model}'s "
+                                  f"{dims}-dim vectors")
+
+
 def train_variants(cfg: IndexConfig, n: int, dims: int, sample: np.ndarray, seed: int,
                    training: Training = FULL_BUILD) -> list[TrainedVariant]:
     """Every configured vector variant trained once: `sample` holds the vectors of training_rows(n) (full dims)."""
+    check_prefixes(cfg, dims, "the model")
     out = []
     for name in cfg.vector_variants:
         spec = VariantSpec.parse(name)
         kind = spec.kind
         x = matryoshka(sample, spec.dims) if len(sample) else np.empty((0, spec.dims or dims), np.float32)
         d = spec.dims or dims
-        if spec.dims and spec.dims > dims:
-            raise IndexBuildError(f"Matryoshka prefix of {spec.dims} dims asked of {dims}-dim vectors")
         ctx = TrainContext(cfg, seed, training, spec.name, n, plan_ivf(n, cfg.ivf) if kind.trains else None)
         index, params = kind.train(x, d, ctx)
         params = {"kind": kind.name, "dims": d, "file": spec.file, **params}

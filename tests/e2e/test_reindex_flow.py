@@ -293,6 +293,20 @@ def test_cli_search_refuses_an_empty_query_and_says_when_one_is_truncated(first_
     assert "the model reads the first 256 (truncated to 256 tokens)" in out.stdout
 
 
+def test_a_prefix_wider_than_the_model_fails_before_any_document_is_read(prefect_api, config_path, tmp_path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.reindex import reindex
+    from pipeline.errors import IndexBuildError
+
+    root = tmp_path / "store"
+    with temporary_settings({PREFECT_API_URL: prefect_api}), pytest.raises(
+            IndexBuildError, match=r"index\.variants: 'exact@9999' asks for a 9999-dim prefix of all-MiniLM-L6-v2's "
+                                   r"384-dim vectors"):
+        reindex(str(config_path), {"index.variants": ["exact", "exact@9999"], "storage.root": str(root)})
+    assert not (root / "runs").exists() and not (root / "snapshots").exists()  # no run files, no claimed version
+
+
 def test_cli_rejects_a_bad_config_before_any_work(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("index_name: x\ncorpus: {source: nowhere.jsonl}\nrun: {shards: -1}\n")
