@@ -64,12 +64,21 @@ def reports_errors(command: F) -> F:
 
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """--set KEY=VALUE pairs as config overrides. They become the flow run's parameters, which Prefect stores and
+    shows, so storage options and URLs with credentials in them are refused here (the value is never echoed)."""
+    from pipeline.storage.keys import redact
+
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             fail(ValueError(f"--set {pair!r}: expected KEY=VALUE, e.g. run.shards=8"))
-        out[key.strip()] = yaml.safe_load(value)
+        key = key.strip()
+        if key in ("storage", "storage.options") or key.startswith("storage.options.") or redact(value) != value:
+            fail(ValueError(f"--set {key}: storage options and credentials cannot be given with --set (Prefect keeps "
+                            "a flow run's parameters); put them in the config file or the environment "
+                            "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)"))
+        out[key] = yaml.safe_load(value)
     return out
 
 

@@ -49,3 +49,16 @@ def test_requests_cut_off_by_lost_storage_are_not_echoed_with_tracebacks():
     finally:
         logging.getLogger("asyncio").removeHandler(caught)
     assert [type(r.exc_info[1]) for r in caught.buffer if r.exc_info] == [ValueError]
+
+
+def test_storage_options_and_credentials_are_refused_on_the_command_line():
+    """--set values become a flow run's parameters, which Prefect stores: a secret there would be kept and shown."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    for pair in ("storage.options.key=SeCrEt123", "storage.options={secret: SeCrEt123}",
+                 "storage.root=s3://AKIA:SeCrEt123@bucket/x", "corpus.source=s3://AKIA:SeCrEt123@bucket/c.jsonl"):
+        out = CliRunner().invoke(app, ["run", "configs/demo.yaml", "--set", pair])
+        assert out.exit_code == 2 and "cannot be given with --set" in out.stderr, pair
+        assert "SeCrEt123" not in out.stdout + out.stderr
