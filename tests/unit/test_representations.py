@@ -152,7 +152,7 @@ def test_a_snapshot_with_every_variant_loads_and_searches_each(tmp_path, vectors
 
 
 def test_mismatched_dims_and_missing_variants_are_clear_errors(vectors, built, encoder):
-    with pytest.raises(IndexBuildError, match="512 dims asked of 384-dim"):
+    with pytest.raises(IndexBuildError, match="'exact@512' asks for a 512-dim prefix of the model's 384-dim vectors"):
         build_variant(VariantSpec.parse("exact@512"), vectors, IndexConfig(), seed=0)
     with pytest.raises(IndexBuildError, match="expected one of"):
         VariantSpec.parse("pq")
