@@ -28,6 +28,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Columns a document row carries through the pipeline beside its metadata fields: the reader's (doc_id, title,
+# text, source, position), prepare's (piece, bucket, shard, doc_hash, content_hash).
+RESERVED_DOC_COLUMNS = frozenset({"doc_id", "title", "text", "source", "position", "piece", "bucket", "shard",
+                                  "doc_hash", "content_hash"})
+
+
 class CorpusConfig(_Strict):
     """Where the documents come from and how their fields are named."""
 
@@ -45,7 +51,7 @@ class CorpusConfig(_Strict):
     @field_validator("metadata_fields")
     @classmethod
     def _not_reserved(cls, names: list[str]) -> list[str]:
-        taken = sorted(set(names) & {"doc_id", "title", "text", "shard", "doc_hash"})
+        taken = sorted(set(names) & RESERVED_DOC_COLUMNS)
         if taken or len(set(names)) != len(names):
             raise ValueError(f"metadata_fields {names}: expected distinct names other than {taken or 'duplicates'}")
         return names

@@ -55,8 +55,11 @@ def _print_summary(summary, example: bool, config: str, overrides: dict[str, Any
     console.print(f"\n[bold green]published[/] {summary.index_name} version [bold]{summary.version}[/] "
                   f"({summary.job}; {summary.delta})", soft_wrap=True)
     console.print(f"  snapshot: {summary.snapshot}", soft_wrap=True)
-    console.print("  counts: " + ", ".join(f"{k} {summary.counts[k]}" for k in MAIN_COUNTS if k in summary.counts),
-                  soft_wrap=True)
+    console.print(f"  run: {summary.run_id} (--run-id resumes it)", soft_wrap=True)
+    counts = [f"{k} {summary.counts[k]}" for k in MAIN_COUNTS if k in summary.counts]
+    if skipped := summary.counts.get("shards_skipped"):  # their chunks count, their vectors were made before
+        counts.append(f"shards_skipped {skipped} (committed by an earlier attempt)")
+    console.print("  counts: " + ", ".join(counts), soft_wrap=True)
     if kernels := summary.counts.get("kernels"):
         console.print("  embedded with: " + "; ".join(f"{k} x {n} shards" for k, n in kernels.items()),
                       soft_wrap=True)

@@ -24,12 +24,23 @@ WEIGHTS = "weights/l2_supercat_256.safetensors"
 DEFAULT_MAX_TOKENS = 8192  # averaging has no position limit; this bounds pathological documents
 
 
-def _package_dir() -> Path:
+def _wordllama():
+    """The wordllama module, imported without what its import does to logging: `logging.basicConfig(level=INFO)`
+    on the root logger, after which every library's INFO records (httpx's requests, Prefect's) reach stderr."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     try:
         import wordllama
     except ImportError:
         raise ModelError("model.package 'wordllama' is not installed (pip install wordllama==0.4.0.post1)") from None
-    folder = Path(wordllama.__file__).parent
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    return wordllama
+
+
+def _package_dir() -> Path:
+    folder = Path(_wordllama().__file__).parent
     if not (folder / WEIGHTS).is_file():
         raise ModelError(f"wordllama package at {folder}: expected {WEIGHTS}")
     return folder
@@ -58,8 +69,6 @@ def wordllama_tokenizer(cfg: ModelConfig) -> tuple[TextTokenizer, int]:
 
 class WordLlamaEncoder:
     def __init__(self, cfg: ModelConfig) -> None:
-        from wordllama import WordLlama
-
         if cfg.precision not in ("auto", "fp32"):
             raise ModelError(f"model.precision is {cfg.precision!r}, but {cfg.name} (wordllama) computes in fp32 "
                              f"only; expected auto or fp32")
@@ -67,7 +76,7 @@ class WordLlamaEncoder:
         logging.getLogger("wordllama").setLevel(logging.WARNING)
         with contextlib.redirect_stdout(io.StringIO()):
             # cache_dir=the package folder: its default looks elsewhere and then tries the network
-            self.model = WordLlama.load(cache_dir=folder, disable_download=True)
+            self.model = _wordllama().WordLlama.load(cache_dir=folder, disable_download=True)
         _without_word_cache(self.model.tokenizer)  # wordllama tokenizes again with its own copy
         self.tokenizer, max_tokens = wordllama_tokenizer(cfg)
         self.batch_size = cfg.batch_size

@@ -50,6 +50,14 @@ def test_overrides_apply_dotted_keys_and_are_validated():
         load_config(REPO / "configs" / "demo.yaml", {"run.shards.x": 1})
 
 
+def test_metadata_fields_cannot_take_the_pipelines_own_column_names():
+    base = {"index_name": "x", "corpus": {"source": "a"}}
+    for name in ("source", "position", "bucket", "content_hash", "doc_hash"):
+        with pytest.raises(ConfigError, match=rf"corpus\.metadata_fields.*other than \['{name}'\]"):
+            parse_config({**base, "corpus": {"source": "a", "metadata_fields": ["year", name]}})
+    assert parse_config({**base, "corpus": {"source": "a", "metadata_fields": ["year", "journal"]}})
+
+
 def test_bad_index_name_rejected():
     with pytest.raises(ConfigError, match="index_name"):
         parse_config({"index_name": "Bad Name/..", "corpus": {"source": "a"}})

@@ -48,14 +48,14 @@ SURROGATES = [
     ('{"_id": "b1", "text": "bad \\ud800 surrogate"}', "'text'"),
     ('{"_id": "b1", "title": "t \\udc00", "text": "ok"}', "'title'"),
     ('{"_id": "b1\\ud800", "text": "ok"}', "'_id'"),
-    ('{"_id": "b1", "text": "ok", "source": ["x", "\\udfff"]}', "'source'"),
+    ('{"_id": "b1", "text": "ok", "origin": ["x", "\\udfff"]}', "'origin'"),
 ]
 
 
 @pytest.mark.parametrize(("line", "field"), SURROGATES)
 def test_lone_surrogates_are_quarantined_not_a_crash(tmp_path, line, field):
     path = write_jsonl(tmp_path / "c.jsonl", [GOOD, line, {"_id": "d3", "text": "fine"}])
-    cfg = CorpusConfig(source=str(path), metadata_fields=["source"])
+    cfg = CorpusConfig(source=str(path), metadata_fields=["origin"])
     result = read_corpus(cfg)
     assert result.docs["doc_id"].to_list() == ["d1", "d3"]
     assert reasons(result)[2].startswith(f"invalid Unicode: field {field} holds a lone surrogate")
@@ -79,14 +79,14 @@ def _parquet_with_raw_strings(path, columns: dict[str, list[bytes | None]]) -> N
     pq.write_table(pa.table(arrays), path)
 
 
-@pytest.mark.parametrize("field", ["text", "title", "source"])
+@pytest.mark.parametrize("field", ["text", "title", "origin"])
 def test_parquet_string_columns_with_invalid_utf8_are_quarantined(tmp_path, field):
     # b"\xed\xa0\x80" is a surrogate encoded as UTF-8 (CESU-8), which no UTF-8 decoder accepts
     columns = {"_id": [b"a", b"b", b"c"], "title": [b"", b"", b""], "text": [b"one", b"two", b"three"],
-               "source": [b"x", b"y", b"z"]}
+               "origin": [b"x", b"y", b"z"]}
     columns[field] = [columns[field][0], b"bad \xed\xa0\x80", columns[field][2]]
     _parquet_with_raw_strings(tmp_path / "c.parquet", columns)
-    cfg = CorpusConfig(source=str(tmp_path / "c.parquet"), metadata_fields=["source"])
+    cfg = CorpusConfig(source=str(tmp_path / "c.parquet"), metadata_fields=["origin"])
     result = read_corpus(cfg)
     assert result.docs["doc_id"].to_list() == ["a", "c"]
     assert reasons(result) == {2: f"invalid UTF-8 in field {field!r}"}

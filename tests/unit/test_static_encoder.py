@@ -53,3 +53,20 @@ def test_long_texts_are_truncated_at_max_tokens():
     enc = load_encoder(ModelConfig(name="w", package="wordllama", max_tokens=8))
     head = "alpha beta gamma delta epsilon zeta eta theta"
     assert np.allclose(enc.encode([head + " iota kappa lambda mu"]), enc.encode([head]), atol=1e-6)
+
+
+def test_loading_wordllama_leaves_the_processes_logging_alone():
+    """wordllama's import calls logging.basicConfig(level=INFO); a CLI run that loads it must not start printing
+    every library's INFO records (httpx's requests, Prefect's) on stderr. In a fresh process: the import runs once."""
+    import subprocess
+    import sys
+
+    code = ("import logging\nfrom pipeline.config import ModelConfig\n"
+            "from pipeline.models.encoder import load_encoder\n"
+            "load_encoder(ModelConfig(name='wordllama-l2-supercat', package='wordllama'))\n"
+            "logging.getLogger('httpx').info('an INFO record')\n"
+            "print(len(logging.getLogger().handlers), logging.getLogger().level)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=pathlib.Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", str(30)] and "an INFO record" not in out.stderr  # WARNING, no handler
