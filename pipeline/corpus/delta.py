@@ -82,8 +82,15 @@ class Selection:
             raise ConfigError(f"backfill filter {self.where!r} does not apply to the corpus (columns "
                               f"{docs.columns}; add metadata fields with corpus.metadata_fields): {exc}") from None
 
-    def describe(self) -> dict:
-        return {"doc_ids": sorted(self.doc_ids), "shards": sorted(self.shards), "where": self.where}
+    def describe(self) -> str:
+        """The selection in words, for the summary and the manifest's lineage."""
+        ids = sorted(self.doc_ids)
+        parts = [f"documents {', '.join(ids[:5])}{f' and {len(ids) - 5} more' if len(ids) > 5 else ''}"] if ids else []
+        if self.shards:
+            parts.append(f"shards {', '.join(map(str, sorted(self.shards)))}")
+        if self.where:
+            parts.append(f"where {self.where}")
+        return "; ".join(parts)
 
 
 @dataclass

@@ -33,9 +33,11 @@ class BuildPlan:
     base: str | None  # the version this build starts from (its manifest's lineage), None for a first build
     why: str  # one line for the summary and the manifest: what kind of build, against what
     training: Training = FULL_BUILD  # IVF-PQ training to reuse, and why (or why not)
+    kept_chunking: dict | None = None  # a backfill's kept documents, where chunked otherwise than this build's
 
     def lineage(self, job: str) -> dict:
-        return {"job": job, "base": self.base, "how": self.why}
+        kept = {"kept_documents_chunking": self.kept_chunking} if self.kept_chunking else {}
+        return {"job": job, "base": self.base, "how": self.why, **kept}
 
 
 def reusable_training(storage: Storage, index_name: str, version: str | None, model_fingerprint: str,
@@ -103,8 +105,13 @@ def plan_build(storage: Storage, cfg: PipelineConfig, model_fingerprint: str, ch
                          reusable_training(storage, cfg.index_name, version, model_fingerprint, chunking))
     else:
         how = f"backfill of {selection.describe()}" if selection else "incremental"
-        return BuildPlan(ShardInput(snapshot.storage, selection), version, f"{how} against live version {version}",
-                         reusable_training(storage, cfg.index_name, version, model_fingerprint, chunking))
+        live_chunking = snapshot.manifest.get("chunking")
+        # a backfill with a new chunker: the manifest's `chunking` is this build's, the kept documents keep live's
+        kept = live_chunking if selection and live_chunking != chunking else None
+        return BuildPlan(ShardInput(snapshot.storage, selection), version,
+                         f"{how} against live version {version}" +
+                         (f"; the other documents keep its chunking {live_chunking}" if kept else ""),
+                         reusable_training(storage, cfg.index_name, version, model_fingerprint, chunking), kept)
     if selection is not None:
         raise InputError(f"backfill of {cfg.index_name}: {reason}; a backfill keeps the rest of the live snapshot, "
                          "so it needs one embedded with this model (use migrate for a new model)")

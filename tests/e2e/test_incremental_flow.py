@@ -191,8 +191,12 @@ def test_backfill_redoes_only_the_selection_with_the_new_chunker(runs, prefect_a
     picked = after.filter(pl.col("doc_id").is_in(list(selected)))
     assert set(picked["doc_id"]) == selected and picked["n_tokens"].max() <= 62
     assert picked.height > before.filter(pl.col("doc_id").is_in(list(selected))).height
+    # The manifest's chunking is this build's; its lineage says how the kept documents were chunked.
     manifest = Snapshot.open(out["snapshot"]).manifest
-    assert manifest["lineage"] == {"job": "backfill", "base": live.version, "how": out["delta"]}
+    assert manifest["chunking"]["max_tokens"] == 64 and live.manifest["chunking"]["max_tokens"] != 64
+    assert manifest["lineage"] == {"job": "backfill", "base": live.version, "how": out["delta"],
+                                   "kept_documents_chunking": live.manifest["chunking"]}
+    assert f"the other documents keep its chunking {live.manifest['chunking']}" in out["delta"]
 
 
 def test_backfill_rejects_a_filter_on_a_field_the_corpus_does_not_keep(runs, prefect_api):
