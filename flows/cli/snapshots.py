@@ -31,8 +31,8 @@ Queries = Annotated[str | None, typer.Option(help="BEIR queries.jsonl (default: 
 QrelsOpt = Annotated[str | None, typer.Option("--qrels", help="BEIR qrels TSV (default: the snapshot's golden set)")]
 
 
-def _hits_table(query: str, hits) -> RichTable:
-    table = RichTable(title=f"query: {query}")
+def _hits_table(query: str, hits, where: str) -> RichTable:
+    table = RichTable(title=f"query: {query}", caption=where)
     for col, justify in (("rank", "right"), ("score", "right"), ("doc_id", "left"), ("title", "left")):
         table.add_column(col, justify=justify)
     for rank, hit in enumerate(hits, start=1):
@@ -94,7 +94,8 @@ def print_search(snapshot_url: str, query: str, k: int, mode: str, as_json: bool
                           "query_tokens": checked.tokens, "truncated_to_tokens": checked.limit if checked.truncated
                           else None, "hits": [asdict(h) for h in hits]}, indent=2))
     else:
-        console.print(_hits_table(query if len(query) <= 200 else query[:200] + "...", hits))
+        console.print(_hits_table(query if len(query) <= 200 else query[:200] + "...", hits,
+                                  f"version {snapshot.version}, mode {mode}"))
         if note := checked.note():
             console.print(f"note: {note}", soft_wrap=True)
 

@@ -51,9 +51,8 @@ READ_COUNTS = ("read", "accepted", "quarantined", "blank_lines")
 
 
 def check_inputs(cfg: PipelineConfig, storage: Storage) -> None:
-    """Fail fast, before any engine starts, on a storage root that cannot be reached or written, or a corpus,
-    golden set, model or bm25 stemmer that cannot be found."""
-    storage.probe()
+    """Fail fast, before any engine starts, on a corpus, golden set, model or bm25 stemmer that cannot be found,
+    or a storage root that cannot be reached or written (checked last: the probe writes there)."""
     describe_corpus(cfg.corpus)  # every corpus file exists and can be read
     golden = golden_set_urls(cfg.corpus, cfg.evaluation.queries, cfg.evaluation.qrels)
     for url, name in zip(golden or (), ("evaluation.queries", "evaluation.qrels"), strict=False):
@@ -61,6 +60,7 @@ def check_inputs(cfg: PipelineConfig, storage: Storage) -> None:
     tokenizer_for(cfg.model)
     if cfg.index.lexical:
         Analyzer.of(cfg.index.bm25)  # a stemmer language PyStemmer lacks fails here, not after embedding
+    storage.probe()
 
 
 def make_chunker(cfg: PipelineConfig) -> Chunker:

@@ -54,8 +54,9 @@ class KernelPlan:
 
     @property
     def label(self) -> str:
-        """What computed the vectors, where: 'bf16-onednn on AMD EPYC (cpu, 1 threads)'."""
-        return f"{self.kernel.name} on {self.hardware} ({self.device}, {self.threads} threads)"
+        """What computed the vectors, where: 'bf16-onednn on AMD EPYC (cpu, 1 thread)'."""
+        threads = f"{self.threads} thread{'s' * (self.threads != 1)}"
+        return f"{self.kernel.name} on {self.hardware} ({self.device}, {threads})"
 
     def summary(self) -> str:
         """One line: 'bf16-onednn on AMD EPYC (cpu, 2 threads, probe; 2.41x the slowest candidate)'."""

@@ -202,7 +202,9 @@ def test_preflight_names_the_missing_input(tmp_path):
 
     check_inputs(parse_config(base))  # the shipped sample is complete
     with pytest.raises(InputError, match=r"corpus\.source: .*nope\.jsonl does not exist"):
-        check_inputs(parse_config({**base, "corpus": {"source": str(tmp_path / "nope.jsonl")}}))
+        check_inputs(parse_config({**base, "corpus": {"source": str(tmp_path / "nope.jsonl")},
+                                   "storage": {"root": str(tmp_path / "untouched")}}))
+    assert not (tmp_path / "untouched").exists()  # a bad input is found before the storage probe writes there
     with pytest.raises(InputError, match=r"corpus\.source: .*missing-dir does not exist"):
         check_inputs(parse_config({**base, "corpus": {"source": str(tmp_path / "missing-dir")}}))
     with pytest.raises(InputError, match=r"evaluation\.qrels: .*q\.tsv does not exist"):
