@@ -72,7 +72,8 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            fail(ValueError(f"--set {pair!r}: expected KEY=VALUE, e.g. run.shards=8"))
+            # not echoed: a mistyped separator would print the value, and it may be a secret
+            fail(ValueError(f"--set argument {len(out) + 1} has no '=': expected KEY=VALUE, e.g. run.shards=8"))
         key = key.strip()
         if key in ("storage", "storage.options") or key.startswith("storage.options.") or redact(value) != value:
             fail(ValueError(f"--set {key}: storage options and credentials cannot be given with --set (Prefect keeps "

@@ -62,3 +62,6 @@ def test_storage_options_and_credentials_are_refused_on_the_command_line():
         out = CliRunner().invoke(app, ["run", "configs/demo.yaml", "--set", pair])
         assert out.exit_code == 2 and "cannot be given with --set" in out.stderr, pair
         assert "SeCrEt123" not in out.stdout + out.stderr
+    typo = ["--set", "run.shards=2", "--set", "storage.key:SeCrEt123"]  # ':' for '='
+    out = CliRunner().invoke(app, ["run", "configs/demo.yaml", *typo])
+    assert out.exit_code == 2 and "--set argument 2 has no '='" in out.stderr and "SeCrEt123" not in out.stderr
