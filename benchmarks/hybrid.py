@@ -45,7 +45,7 @@ def main() -> int:
     overrides = {"storage.root": str(root), "run.run_id": RUN_ID, "index.variants": ["exact", "int8", "binary", "bm25"],
                  **(smoke_overrides(args.out / "smoke-corpus", docs=40) if args.smoke else {})}
     from flows.reindex import reindex
-    from pipeline.config import load_config
+    from pipeline.config_loader import load_config
     from pipeline.quality.golden import golden_set_of
     from pipeline.quality.search import Searcher
     from pipeline.quality.tuning import tune_weight

@@ -130,7 +130,7 @@ def build(root: Path, n: int, shards: int, dims: int, out: Path) -> None:
     """The driver: the pipeline's index stage on Ray tasks, then the commit; reports timings and its peak RSS."""
     from operators.cluster import shutdown_ray
     from operators.executor import RayExecutor
-    from pipeline.config import parse_config
+    from pipeline.config_loader import parse_config
     from pipeline.jobs.build import build_indexes
     from pipeline.jobs.plan import BuildPlan
     from pipeline.jobs.prepare import PreparedRun, ShardInput

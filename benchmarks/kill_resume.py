@@ -110,7 +110,7 @@ def main() -> int:
     identity = compare(clean["snapshot"], resumed["snapshot"])
     identity_rerun = compare(clean["snapshot"], rerun["snapshot"])
 
-    from pipeline.config import load_config
+    from pipeline.config_loader import load_config
 
     total = killed["wall_s"] + resumed["wall_s"]
     embed = {k: runs[k]["timings_s"].get("embed") for k in ("uninterrupted", "resumed", "rerun_finished")}

@@ -97,7 +97,7 @@ def prepare_only(cpus: int, cfg_path: Path, report: Path) -> None:
     read-and-prepare steps alone."""
     from operators.cluster import ensure_ray, shutdown_ray
     from operators.executor import RayExecutor
-    from pipeline.config import load_config
+    from pipeline.config_loader import load_config
     from pipeline.jobs.prepare import ShardInput, prepare
     from pipeline.models.encoder import load_encoder
     from pipeline.storage.backend import Storage

@@ -46,7 +46,7 @@ CLIENTS, K, ALIAS = 8, 10, "bench"
 def snapshot_of(name: str, config: str, run_id: str, args: argparse.Namespace) -> tuple[str, str]:
     """(index name, version) of a committed snapshot of this run: reused if there, else built by `embedpipe run` in
     a process of its own (Prefect's server and Ray stay out of the process that measures)."""
-    from pipeline.config import load_config
+    from pipeline.config_loader import load_config
     from pipeline.snapshots.snapshot import committed_versions
     from pipeline.storage.backend import Storage
 

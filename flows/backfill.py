@@ -10,7 +10,7 @@ from typing import Any
 from prefect import flow
 
 from flows.build import build_snapshot, default_run_id
-from pipeline.config import load_config
+from pipeline.config_loader import load_config
 from pipeline.corpus.delta import Selection
 from pipeline.jobs.build import BuildSummary
 from pipeline.jobs.plan import plan_build

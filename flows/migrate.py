@@ -31,7 +31,8 @@ from flows.artifacts import png_artifact
 from flows.build import artifact_key, build_snapshot, default_run_id
 from flows.live import measure_task, open_live_task
 from flows.tasks import local_task
-from pipeline.config import PipelineConfig, load_config
+from pipeline.config import PipelineConfig
+from pipeline.config_loader import load_config
 from pipeline.errors import ConfigError
 from pipeline.jobs.migration import MigrationSummary, gate_check, migration_report
 from pipeline.jobs.plan import plan_full_build

@@ -21,7 +21,8 @@ from prefect.artifacts import create_markdown_artifact
 from flows.build import artifact_key
 from flows.live import measure_task, open_live_task
 from flows.tasks import local_task
-from pipeline.config import PipelineConfig, load_config
+from pipeline.config import PipelineConfig
+from pipeline.config_loader import load_config
 from pipeline.errors import ConfigError, EmbedpipeError, MonitoringFailed
 from pipeline.jobs.monitoring import MonitorResult, monitor_result, previous_result
 from pipeline.quality.golden import load_golden_set

@@ -11,7 +11,7 @@ from typing import Any
 from prefect import flow
 
 from flows.build import build_snapshot, default_run_id
-from pipeline.config import load_config
+from pipeline.config_loader import load_config
 from pipeline.jobs.build import BuildSummary
 from pipeline.jobs.plan import plan_build, plan_full_build
 from pipeline.jobs.prepare import check_inputs

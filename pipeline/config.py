@@ -1,4 +1,4 @@
-"""Run configuration: pydantic models loaded from YAML.
+"""Run configuration: the pydantic models of the YAML config (pipeline/config_loader.py reads and checks a file).
 
 Every model forbids unknown keys, so a typo fails before any work starts, with the field's path and what
 was expected. Relative paths are taken from the current directory, as a shell user expects.
@@ -6,22 +6,12 @@ was expected. Relative paths are taken from the current directory, as a shell us
 
 from __future__ import annotations
 
-import json
 import re
-from functools import lru_cache
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.errors import ConfigError
-
-# A field whose name is one of these, or ends in "_" + one of them, holds a secret (or, for "options",
-# storage options that may carry credentials): its value never appears in an error. "max_tokens" does not.
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"  # index and alias names: they become object keys (storage/layout.py)
-
-_SECRET_NAMES = ("secret", "password", "token", "key", "credentials", "credential", "options")
 
 
 class _Strict(BaseModel):
@@ -285,68 +275,3 @@ class PipelineConfig(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
-
-
-def _describe(err: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in err["loc"]) or "<top level>"
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        return f"{loc}: unknown key (check its spelling and nesting)"
-    if err["type"] == "missing":
-        return f"{loc}: required field is missing"
-    secret = any(str(part).lower() == name or str(part).lower().endswith("_" + name)
-                 for part in err["loc"] for name in _SECRET_NAMES)
-    shown = "<redacted>" if secret else repr(err.get("input"))
-    return f"{loc}: {msg} (got {shown})"
-
-
-def parse_config(data: Any, origin: str = "config") -> PipelineConfig:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{origin}: expected a mapping of settings, got {type(data).__name__}")
-    try:
-        return PipelineConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = "\n  ".join(_describe(e) for e in exc.errors())
-        raise ConfigError(f"{origin} is invalid:\n  {lines}") from None
-
-
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Read a YAML config; `overrides` maps dotted keys (`run.shards`) to values applied on top. The same file
-    content and overrides give the same (immutable) config object: the CLI checks a config before its flow
-    starts, and the flow then loads it without parsing it again."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p} (expected a YAML file)")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    try:
-        frozen_overrides = json.dumps(overrides or {}, sort_keys=True)
-    except TypeError:  # a value JSON cannot hold: parse without the cache
-        return _parse(text, str(p), overrides or {})
-    return _parse_cached(text, str(p), frozen_overrides)
-
-
-@lru_cache(maxsize=16)
-def _parse_cached(text: str, origin: str, overrides_json: str) -> PipelineConfig:
-    return _parse(text, origin, json.loads(overrides_json))
-
-
-def _parse(text: str, origin: str, overrides: dict[str, Any]) -> PipelineConfig:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
-    for dotted, value in overrides.items():
-        if not re.fullmatch(r"[a-z_]+(\.[a-z_]+)*", dotted):
-            raise ConfigError(f"override key {dotted!r}: expected dotted field names like run.shards")
-        node = data if isinstance(data, dict) else {}
-        *parents, leaf = dotted.split(".")
-        for depth, part in enumerate(parents, start=1):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                section = ".".join(parents[:depth])
-                raise ConfigError(f"override key {dotted!r}: {section} is a value, not a section")
-        node[leaf] = value
-    return parse_config(data, origin=f"{origin} with overrides {', '.join(overrides)}" if overrides else origin)

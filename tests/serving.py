@@ -8,7 +8,7 @@ import io
 import numpy as np
 import polars as pl
 
-from pipeline.config import parse_config
+from pipeline.config_loader import parse_config
 from pipeline.index.faiss_ops import to_bytes
 from pipeline.index.variants import build_variants
 from pipeline.jobs.build import describe_variants, rescore_params

@@ -26,7 +26,7 @@ def deploy(
 ) -> None:
     """Register prefect.yaml's deployments and their schedules on the server PREFECT_API_URL names."""
     from flows.deployments import REPO, load_specs, register
-    from pipeline.config import load_config
+    from pipeline.config_loader import load_config
 
     specs = [s for s in load_specs() if not only or s.name in only]
     if unknown := sorted(set(only) - {s.name for s in specs}):

@@ -36,7 +36,7 @@ ExampleFlag = Annotated[bool, typer.Option(help="after publishing, search the sn
 
 def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow_call: Callable[[], Any]) -> Any:
     """Check the config and inputs before Prefect or Ray start, then run the flow with progress bars."""
-    from pipeline.config import load_config
+    from pipeline.config_loader import load_config
     from pipeline.jobs.prepare import check_inputs
     from pipeline.storage.backend import Storage
 
@@ -72,7 +72,7 @@ def _print_summary(summary, example: bool, config: str, overrides: dict[str, Any
         queries = next(iter(modes.values()))["queries"]
         console.print(rich_table(quality_table(f"quality on {queries} golden queries (trec_eval)", modes, short=True)))
         if example:
-            from pipeline.config import load_config
+            from pipeline.config_loader import load_config
             from pipeline.corpus.readers import read_queries
 
             query = next(iter(read_queries(summary.evaluation["queries"]).values()))
@@ -186,7 +186,7 @@ def migrate(
 def monitor(config: Config, set_: SetFlag = [], as_json: JsonFlag = False) -> None:  # noqa: B006
     """Measure the snapshot the alias serves on the golden set against the metrics recorded when it was
     published; exit 1 when one fell more than monitor.max_drop allows."""
-    from pipeline.config import load_config
+    from pipeline.config_loader import load_config
     from pipeline.errors import MonitoringFailed
 
     overrides = parse_sets(set_)

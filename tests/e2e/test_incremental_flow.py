@@ -220,7 +220,7 @@ def test_an_overlapping_run_that_promotes_second_leaves_the_alias_to_the_first(r
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.build import promote_task
-    from pipeline.config import load_config
+    from pipeline.config_loader import load_config
     from pipeline.snapshots.aliases import read_alias
 
     cfg = load_config(runs["config"])

@@ -46,7 +46,7 @@ def _in_prefect(api: str, fn, *args, **kwargs):
 
 
 def _alias(config: str) -> str | None:
-    from pipeline.config import load_config
+    from pipeline.config_loader import load_config
     from pipeline.snapshots.aliases import read_alias
 
     cfg = load_config(config)
@@ -114,7 +114,7 @@ def test_a_better_model_passes_the_gate_and_takes_the_alias(store, accepted):
 
 
 def test_the_report_is_stored_beside_the_run_and_attached_as_artifacts(store, accepted, prefect_api):
-    from pipeline.config import load_config
+    from pipeline.config_loader import load_config
 
     config, _ = store
     storage = Storage.of(load_config(config).storage)
@@ -135,7 +135,7 @@ def test_the_report_is_stored_beside_the_run_and_attached_as_artifacts(store, ac
 
 
 def test_the_alias_searches_with_the_model_that_built_green(store, accepted):
-    from pipeline.config import load_config
+    from pipeline.config_loader import load_config
     from pipeline.quality.search import Searcher
     from pipeline.snapshots.snapshot import Snapshot
 

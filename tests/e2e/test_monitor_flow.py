@@ -69,7 +69,7 @@ def live(tmp_path_factory, sample_docs, prefect_api):
 
 def test_a_healthy_live_index_passes_and_leaves_its_artifact(live, prefect_api):
     from flows.monitor import monitor
-    from pipeline.config import load_config
+    from pipeline.config_loader import load_config
 
     config, built = live
     result = _in_prefect(prefect_api, monitor, config)
@@ -101,7 +101,7 @@ def test_monitoring_watches_a_hybrid_mode_like_any_other(live, prefect_api):
 def _publish_corrupted_copy(config: str) -> str:
     """Publish the live version again with its id table shuffled against the FAISS rows (checksums valid,
     the manifest claiming the old quality) and make it live, as a faulty build could."""
-    from pipeline.config import load_config
+    from pipeline.config_loader import load_config
     from pipeline.snapshots.aliases import promote, read_alias
     from pipeline.snapshots.snapshot import Snapshot, new_version, publish
     from pipeline.storage.tables import parquet_bytes
@@ -145,7 +145,7 @@ def test_a_corrupted_live_version_fails_the_run_after_writing_its_artifact(live,
 
 
 def test_cli_monitor_prints_the_table_and_exits_1_until_the_alias_is_rolled_back(live, prefect_api):
-    from pipeline.config import load_config
+    from pipeline.config_loader import load_config
     from pipeline.snapshots.aliases import read_alias, rollback
 
     config, built = live
@@ -171,7 +171,7 @@ def test_cli_monitor_prints_the_table_and_exits_1_until_the_alias_is_rolled_back
 
 
 def test_monitor_thresholds_are_validated_by_name_and_range():
-    from pipeline.config import parse_config
+    from pipeline.config_loader import parse_config
     from pipeline.errors import ConfigError
 
     base = {"index_name": "x", "corpus": {"source": "a.jsonl"}}

@@ -60,7 +60,7 @@ def test_project_file_names_real_flows_their_parameters_and_valid_schedules():
     from prefect.client.schemas.schedules import CronSchedule
 
     from flows.deployments import flow_parameters, load_specs
-    from pipeline.config import load_config
+    from pipeline.config_loader import load_config
 
     specs = load_specs()
     assert specs and len({s.name for s in specs}) == len(specs) == len(PROJECT["deployments"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from pipeline.config import parse_config
+from pipeline.config_loader import parse_config
 from pipeline.errors import SnapshotError
 from pipeline.jobs.build import build_indexes, with_bm25
 from pipeline.jobs.executor import LocalExecutor

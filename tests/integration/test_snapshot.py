@@ -107,7 +107,7 @@ def test_storage_errors_name_the_object_but_never_credentials(tmp_path):
 
 
 def test_manifest_never_holds_credentials_from_urls():
-    from pipeline.config import parse_config
+    from pipeline.config_loader import parse_config
     from pipeline.snapshots.manifest import build_manifest
 
     cfg = parse_config({"index_name": "x", "corpus": {"source": "s3://AKIA123:sekrit@bucket/corpus.jsonl"},

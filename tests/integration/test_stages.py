@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.config import parse_config
+from pipeline.config_loader import parse_config
 from pipeline.errors import InputError, SnapshotError
 from pipeline.jobs.build import build_indexes, staged_snapshot
 from pipeline.jobs.executor import LocalExecutor

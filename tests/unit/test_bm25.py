@@ -13,7 +13,8 @@ import polars as pl
 import pytest
 import Stemmer
 
-from pipeline.config import Bm25Config, parse_config
+from pipeline.config import Bm25Config
+from pipeline.config_loader import parse_config
 from pipeline.errors import ConfigError, SnapshotError
 from pipeline.index.analyzer import Analyzer
 from pipeline.index.bm25 import Bm25Index, Bm25Params, CorpusStatistics, ShardStatistics, score_postings

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.config import load_config, parse_config
+from pipeline.config_loader import load_config, parse_config
 from pipeline.errors import ConfigError
 from tests.conftest import REPO
 

@@ -32,7 +32,7 @@ def test_training_sample_covers_every_list_within_the_budget(n, dims, budget):
 
 
 def test_an_explicit_nlist_beyond_the_training_budget_is_refused_when_the_config_loads():
-    from pipeline.config import parse_config
+    from pipeline.config_loader import parse_config
     from pipeline.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"index.ivf.*nlist \(16384\) needs 638,976 training points.*200,000"):

@@ -9,7 +9,7 @@ import tomllib
 
 import yaml
 
-from pipeline.config import load_config
+from pipeline.config_loader import load_config
 from tests.conftest import REPO
 
 INFRA = REPO / "infra"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.config import ModelConfig, parse_config
+from pipeline.config import ModelConfig
+from pipeline.config_loader import parse_config
 from pipeline.errors import ConfigError, ModelError
 from pipeline.models.kernel_plan import TOLERANCE, Kernel, ProbeResult
 

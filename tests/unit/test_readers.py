@@ -191,7 +191,7 @@ def test_quarantine_keeps_a_readable_excerpt(tmp_path):
 
 
 def test_preflight_names_the_missing_input(tmp_path):
-    from pipeline.config import parse_config
+    from pipeline.config_loader import parse_config
     from pipeline.jobs.prepare import check_inputs as check_inputs_of
     from pipeline.storage.backend import Storage
 

@@ -7,7 +7,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.config import IndexConfig, parse_config
+from pipeline.config import IndexConfig
+from pipeline.config_loader import parse_config
 from pipeline.errors import IndexBuildError, SnapshotError
 from pipeline.index.faiss_ops import to_bytes
 from pipeline.index.representations import Int8Ranges, asymmetric_binary_scores, matryoshka
