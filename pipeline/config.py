@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"  # index and alias names: they become object keys (storage/layout.py)
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # one folder under runs/ ('.', '..' and '/' excluded)
 
 
 class _Strict(BaseModel):
@@ -213,7 +214,7 @@ class RunConfig(_Strict):
     cpus_per_actor: Annotated[float, Field(gt=0)] = 1.0
     gpus_per_actor: Annotated[float, Field(ge=0)] = 0.0
     seed: int = 0
-    run_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] | None = None
+    run_id: Annotated[str, Field(pattern=RUN_ID_PATTERN)] | None = None
     # Records read, chunked and written per step: a worker holds one batch of text at a time, and each
     # shard's input arrives as one part per batch, which the embedding actors process part by part.
     read_batch: Annotated[int, Field(gt=0)] = 10_000

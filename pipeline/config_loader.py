@@ -20,6 +20,25 @@ from pipeline.errors import ConfigError
 _SECRET_NAMES = ("secret", "password", "token", "key", "credentials", "credential", "options")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML would keep the last silently: a
+    second `model:` section pasted below the first would replace it whole)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` then a key of its own is an override
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {seen[key]} and {line}): keep one",
+                    key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _describe(err: dict[str, Any]) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "<top level>"
     msg = err["msg"]
@@ -68,7 +87,7 @@ def _parse_cached(text: str, origin: str, overrides_json: str) -> PipelineConfig
 
 def _parse(text: str, origin: str, overrides: dict[str, Any]) -> PipelineConfig:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
     for dotted, value in overrides.items():

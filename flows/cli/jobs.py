@@ -9,6 +9,7 @@ beyond its threshold, 2 on an error.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -30,7 +31,19 @@ from flows.cli.snapshots import print_search
 from pipeline.reports.markdown import num
 from pipeline.reports.tables import MAIN_COUNTS, quality_table, timings_table
 
-RunIdFlag = Annotated[str | None, typer.Option(help="reuse a run id to resume it (finished shards skipped)")]
+
+def _run_id(value: str | None) -> str | None:
+    """A run id names a folder under runs/: checked before anything starts, with the flag named."""
+    from pipeline.config import RUN_ID_PATTERN
+
+    if value is not None and not re.fullmatch(RUN_ID_PATTERN, value):
+        raise typer.BadParameter(f"{value!r}: expected letters, digits, '.', '_' or '-', starting with a letter or "
+                                 "digit (it names a folder under runs/)")
+    return value
+
+
+RunIdFlag = Annotated[str | None, typer.Option(callback=_run_id,
+                                               help="reuse a run id to resume it (finished shards skipped)")]
 ExampleFlag = Annotated[bool, typer.Option(help="after publishing, search the snapshot with a golden query")]
 
 
@@ -143,7 +156,8 @@ def migrate(
     model: Annotated[str, typer.Option(help="the new model: all-MiniLM-L6-v2, all-mpnet-base-v2, "
                                             "wordllama-l2-supercat, or a local transformers folder")],
     set_: SetFlag = [],  # noqa: B006
-    run_id: Annotated[str | None, typer.Option(help="reuse a run id to resume the green build")] = None,
+    run_id: Annotated[str | None, typer.Option(callback=_run_id, help="reuse a run id to resume the green build")
+                      ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Build a green snapshot with a new model beside the live one, compare both on the golden set, and move the

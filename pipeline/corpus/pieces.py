@@ -13,6 +13,7 @@ pieces are numbered in file-name order, then position, which is the input order 
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -71,6 +72,13 @@ def plan_pieces(files: list[InputFile], piece_bytes: int) -> list[Piece]:
     return pieces
 
 
+def not_found(field: str, url: str) -> InputError:
+    """The error for an input that is not there; a relative path says where it was looked for (the working
+    directory, not the config's folder)."""
+    where = f" (relative to the working directory {os.getcwd()})" if "://" not in url and not os.path.isabs(url) else ""
+    return InputError(f"{field}: {redact(url)} does not exist{where}")
+
+
 def describe_inputs(source: str, fmt: Format) -> list[InputFile]:
     """The corpus files (one, or a glob's matches in name order) with what planning needs: sizes, row groups."""
     try:
@@ -92,7 +100,7 @@ def describe_inputs(source: str, fmt: Format) -> list[InputFile]:
                                    for i in range(meta.num_row_groups))
             files.append(InputFile(url if fsspec.core.has_magic(path) else source, fmt, size, compressed, groups))
     except FileNotFoundError:
-        raise InputError(f"corpus.source: {redact(source)} does not exist") from None
+        raise not_found("corpus.source", source) from None
     except (OSError, ValueError) as exc:
         raise InputError(f"corpus.source: cannot read {redact(source)}: {type(exc).__name__}: {exc}") from None
     return files

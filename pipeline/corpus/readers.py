@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import CorpusConfig
-from pipeline.corpus.pieces import InputFile, Piece, describe_inputs, plan_pieces
+from pipeline.corpus.pieces import InputFile, Piece, describe_inputs, not_found, plan_pieces
 from pipeline.errors import InputError
 from pipeline.storage.keys import redact
 
@@ -138,6 +138,20 @@ def _open(url: str, mode: str = "rb"):
         raise InputError(f"cannot open {redact(url)}: {exc}") from None
 
 
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object hook: a key given twice in one object makes the record ambiguous (json keeps the last, other
+    tools the first), so the record is quarantined rather than read one way here and another way upstream."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        raise _RepeatedKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
+
+
 def _jsonl_records(url: str, start: int = 0, end: int | None = None
                    ) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
     """Yields (line number, parsed record or None, raw line, error reason or None) of the lines that start in
@@ -164,9 +178,11 @@ def _jsonl_records(url: str, start: int = 0, end: int | None = None
                     continue
                 text = text.rstrip("\r\n")  # so an error at the line's end is placed there, not on "line 2"
                 try:
-                    yield lineno, json.loads(text), text, None
+                    yield lineno, json.loads(text, object_pairs_hook=_unique_keys), text, None
                 except json.JSONDecodeError as exc:
                     yield lineno, None, text, f"invalid JSON: {exc.msg} at column {exc.colno}"
+                except _RepeatedKey as exc:
+                    yield lineno, None, text, f"key {exc.args[0]!r} is given twice in one object"
     except FileNotFoundError:
         raise InputError(f"input not found: {redact(url)} (expected a JSON Lines file)") from None
     except (OSError, EOFError, zlib.error) as exc:  # a truncated or non-gzip '.gz', or a corrupt one
@@ -227,7 +243,7 @@ def require_exists(url: str, field: str) -> None:
     except (ImportError, ValueError, OSError) as exc:
         raise InputError(f"{field}: cannot reach {redact(url)}: {type(exc).__name__}") from None
     if not found:
-        raise InputError(f"{field}: {redact(url)} does not exist")
+        raise not_found(field, url)
 
 
 def _beir_file(folder: str, *names: str) -> str:
@@ -250,7 +266,7 @@ def corpus_format(cfg: CorpusConfig) -> str:
     if fs.isdir(path):
         return "beir"
     if not fs.exists(path):
-        raise InputError(f"corpus.source: {redact(cfg.source)} does not exist")
+        raise not_found("corpus.source", cfg.source)
     raise InputError(f"corpus.source {redact(cfg.source)}: cannot tell its format; expected a .jsonl[.gz] or "
                      ".parquet file, or a BEIR folder (or set corpus.format)")
 

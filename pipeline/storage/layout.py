@@ -29,7 +29,7 @@
     monitoring/<index>/<alias>/<checked_at>.json           one monitoring result per run
     _probe-<random>                                        written, read and deleted by the preflight check
 
-Index, alias and version names become keys, so they are checked here against a safe alphabet.
+Index, alias and version names and run ids become keys, so they are checked here against a safe alphabet.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from pipeline.config import NAME_PATTERN
+from pipeline.config import NAME_PATTERN, RUN_ID_PATTERN
 from pipeline.errors import SnapshotError
 
 # File names inside a snapshot's version folder (relative to it: a Snapshot's storage is rooted there).
@@ -54,14 +54,14 @@ BM25_FILES = {"data": "data.csc.index.npy", "indices": "indices.csc.index.npy", 
               "vocab": "vocab.index.json", "params": "params.index.json"}
 
 NAME = re.compile(NAME_PATTERN)  # index and alias names
-VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+VERSION = RUN_ID = re.compile(RUN_ID_PATTERN)  # a version or a run id names one folder
 ALIAS_URL = re.compile(r"^(?P<root>.+)/aliases/(?P<index>[^/]+)/(?P<alias>[^/]+?)(\.json)?$")
 
 
 def check_name(kind: str, name: str, pattern: re.Pattern = NAME) -> str:
     """Names become object keys: only a safe alphabet, never '..'."""
     if not pattern.fullmatch(name) or ".." in name:
-        raise SnapshotError(f"{kind} name {name!r}: expected letters, digits, '.', '_' or '-' (no '..')")
+        raise SnapshotError(f"{kind} {name!r}: expected letters, digits, '.', '_' or '-' (no '..')")
     return name
 
 
@@ -71,7 +71,7 @@ PREPARED = "_PREPARED"  # a shard's preparation marker
 
 
 def run_key(run_id: str, name: str) -> str:
-    return f"runs/{run_id}/{name}"
+    return f"runs/{check_name('run id', run_id, RUN_ID)}/{name}"
 
 
 def plan_key(run_id: str) -> str:
@@ -116,11 +116,11 @@ def cache_partition(lo: int, hi: int) -> str:
 # --- snapshots and aliases ----------------------------------------------------------------------------------------
 
 def index_prefix(index: str) -> str:
-    return f"snapshots/{check_name('index', index)}"
+    return f"snapshots/{check_name('index name', index)}"
 
 
 def snapshot_prefix(index: str, version: str) -> str:
-    return f"{index_prefix(index)}/{check_name('version', version, VERSION)}"
+    return f"{index_prefix(index)}/{check_name('version name', version, VERSION)}"
 
 
 def variant_file(variant: str) -> str:
@@ -144,11 +144,11 @@ def bm25_file(part: str) -> str:
 
 
 def aliases_prefix(index: str) -> str:
-    return f"aliases/{check_name('index', index)}"
+    return f"aliases/{check_name('index name', index)}"
 
 
 def alias_key(index: str, alias: str) -> str:
-    return f"{aliases_prefix(index)}/{check_name('alias', alias)}.json"
+    return f"{aliases_prefix(index)}/{check_name('alias name', alias)}.json"
 
 
 def alias_event_key(index: str, alias: str, at: str) -> str:
@@ -157,7 +157,7 @@ def alias_event_key(index: str, alias: str, at: str) -> str:
 
 
 def monitoring_prefix(index: str, alias: str) -> str:
-    return f"monitoring/{check_name('index', index)}/{check_name('alias', alias)}"
+    return f"monitoring/{check_name('index name', index)}/{check_name('alias name', alias)}"
 
 
 def probe_key() -> str:

@@ -5,6 +5,7 @@ import gc
 import logging
 import logging.handlers
 
+import pytest
 from rich.console import Console
 
 from flows.cli.common import _quiet_prefect_failures, compact_table
@@ -65,3 +66,19 @@ def test_storage_options_and_credentials_are_refused_on_the_command_line():
     typo = ["--set", "run.shards=2", "--set", "storage.key:SeCrEt123"]  # ':' for '='
     out = CliRunner().invoke(app, ["run", "configs/demo.yaml", *typo])
     assert out.exit_code == 2 and "--set argument 2 has no '='" in out.stderr and "SeCrEt123" not in out.stderr
+
+
+def test_a_run_id_that_is_not_one_folder_name_is_refused_naming_the_flag():
+    """A run id names runs/<run_id>/: 'a/b' would nest one run's folder inside another's, '..' would leave runs/."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from pipeline.errors import SnapshotError
+    from pipeline.storage.layout import run_key
+
+    for run_id in ("..", "a/b", ".hidden", "-x"):
+        out = CliRunner().invoke(app, ["run", "configs/demo.yaml", f"--run-id={run_id}"])
+        assert out.exit_code == 2 and "Invalid value for '--run-id'" in out.stderr, run_id
+    with pytest.raises(SnapshotError, match=r"run id 'a/b': expected letters"):  # a flow started without the CLI
+        run_key("a/b", "plan.json")
+    assert run_key("reindex-1f2e.3_b", "plan.json") == "runs/reindex-1f2e.3_b/plan.json"

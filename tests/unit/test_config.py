@@ -26,6 +26,19 @@ def test_wrong_type_names_field_and_value(tmp_path):
         load_config(p)
 
 
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    # YAML parsers keep the last of two equal keys: a second `model:` pasted below would replace the first whole
+    p = tmp_path / "c.yaml"
+    p.write_text("index_name: x\nmodel: {name: all-MiniLM-L6-v2}\ncorpus: {source: a.jsonl}\nmodel: {name: other}\n")
+    with pytest.raises(ConfigError, match=r"key 'model' is given twice \(lines 2 and 4\)"):
+        load_config(p)
+    # a merge key's values are defaults: a key beside it overrides them, which is not a repeat
+    merged = "index_name: x\ncorpus: {source: a.jsonl}\nmodel:\n  <<: {name: all-MiniLM-L6-v2, batch_size: 8}\n" \
+             "  batch_size: 16\n"
+    p.write_text(merged)
+    assert load_config(p).model.batch_size == 16
+
+
 def test_missing_required_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match=r"corpus: required field is missing"):
         parse_config({"index_name": "x"})

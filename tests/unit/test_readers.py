@@ -30,6 +30,8 @@ def reasons(result) -> dict[int, str]:
         ('{"_id": "d2", "text": "unterminated', "invalid JSON"),
         ('["an", "array"]', "not an object"),
         ("null", "not an object: got NoneType"),  # a record, not a blank line
+        ('{"_id": "d2", "text": "one", "text": "two"}', "key 'text' is given twice"),  # which text is it?
+        ('{"_id": "d2", "text": "x", "m": {"a": 1, "a": 2}}', "key 'a' is given twice"),
         (b'{"_id": "d2", "text": "caf\xe9"}', "invalid UTF-8"),
         ({"_id": "d1", "text": "same id again"}, "duplicate id"),
         ({"_id": "d2", "text": "x" * 2000}, "too large"),
@@ -210,3 +212,6 @@ def test_preflight_names_the_missing_input(tmp_path):
     with pytest.raises(InputError, match=r"evaluation\.qrels: .*q\.tsv does not exist"):
         check_inputs(parse_config({**base, "evaluation": {"queries": str(SAMPLE / "queries.jsonl"),
                                                           "qrels": str(tmp_path / "q.tsv")}}))
+    # a relative path is read from the working directory, not the config's folder: the error says which it was
+    with pytest.raises(InputError, match=r"data/elsewhere does not exist \(relative to the working directory /"):
+        check_inputs(parse_config({**base, "corpus": {"source": "data/elsewhere"}}))
