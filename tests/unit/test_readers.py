@@ -169,6 +169,18 @@ def test_qrels_accept_crlf(tmp_path):
         read_qrels(str(tmp_path / "bad.tsv"))
 
 
+def test_a_golden_set_that_contradicts_itself_fails_naming_the_line(tmp_path):
+    """The golden set must be exact: a query id given twice with two texts, or a pair judged twice with two scores,
+    would otherwise be read as whichever came last. The same line repeated is harmless and read once."""
+    (tmp_path / "q.tsv").write_text("query-id\tcorpus-id\tscore\n1\tdocA\t1\n1\tdocA\t1\n1\tdocA\t0\n")
+    with pytest.raises(InputError, match=r"line 4: query '1' and document 'docA' are judged again .*\(1, now 0\)"):
+        read_qrels(str(tmp_path / "q.tsv"))
+    path = write_jsonl(tmp_path / "queries.jsonl", [{"_id": "1", "text": "a"}, {"_id": "1", "text": "a"},
+                                                    {"_id": 1, "text": "b"}])
+    with pytest.raises(InputError, match=r"line 3: query '1' is given again with another text"):
+        read_queries(str(path))
+
+
 def test_missing_and_corrupt_inputs_are_clear_errors(tmp_path):
     with pytest.raises(InputError, match="corpus.source: .*nope.jsonl does not exist"):
         read_corpus(CorpusConfig(source=str(tmp_path / "nope.jsonl")))
