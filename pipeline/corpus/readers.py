@@ -200,6 +200,8 @@ def _parquet_records(url: str, cfg: CorpusConfig, row_groups: range | None = Non
                 raise InputError(f"{redact(url)}: expected columns {cfg.id_field!r} and {cfg.text_field!r}, "
                                  f"found {sorted(names)}")
             columns = [c for c in (cfg.id_field, cfg.title_field, cfg.text_field, *cfg.metadata_fields) if c in names]
+            if twice := [c for c in columns if pf.schema_arrow.names.count(c) > 1]:  # pyarrow would read the last
+                raise InputError(f"{redact(url)}: column {twice[0]!r} appears more than once; expected one per field")
             groups = list(row_groups if row_groups is not None else range(pf.num_row_groups))
             position = first_row
             for batch in pf.iter_batches(columns=columns, batch_size=4096, row_groups=groups):

@@ -149,6 +149,11 @@ def test_parquet_missing_columns_is_a_clear_error(tmp_path):
     pq.write_table(pa.table({"id": ["a"]}), tmp_path / "c.parquet")
     with pytest.raises(InputError, match=r"expected columns '_id' and 'text', found \['id'\]"):
         read_corpus(CorpusConfig(source=str(tmp_path / "c.parquet")))
+    # Parquet allows two columns of one name; which one is the text? (pyarrow would hand over the last)
+    twice = pa.Table.from_arrays([pa.array(["d1"]), pa.array(["a"]), pa.array(["b"])], names=["_id", "text", "text"])
+    pq.write_table(twice, tmp_path / "twice.parquet")
+    with pytest.raises(InputError, match=r"column 'text' appears more than once"):
+        read_corpus(CorpusConfig(source=str(tmp_path / "twice.parquet")))
 
 
 def test_beir_folder_reads_corpus_queries_and_qrels():
