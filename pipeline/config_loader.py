@@ -54,7 +54,8 @@ def _describe(err: dict[str, Any]) -> str:
 
 def parse_config(data: Any, origin: str = "config") -> PipelineConfig:
     if not isinstance(data, dict):
-        raise ConfigError(f"{origin}: expected a mapping of settings, got {type(data).__name__}")
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(f"{origin}: expected a mapping of settings (index_name, corpus, ...), got {got}")
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:

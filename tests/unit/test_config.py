@@ -45,8 +45,11 @@ def test_missing_required_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
-    with pytest.raises(ConfigError, match="expected a mapping"):
+    with pytest.raises(ConfigError, match="expected a mapping of settings .* got a list"):
         load_config(tmp_path / "list.yaml")
+    (tmp_path / "empty.yaml").write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match="got an empty file"):
+        load_config(tmp_path / "empty.yaml")
 
 
 def test_overlap_must_be_below_window():
