@@ -21,7 +21,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.artifacts import png_artifact
-from flows.engine import early_embedder, embedder_for, executor_for
+from flows.engine import early_embedder, embedder_for, executor_for, kernels_for_gpu_actors
 from flows.progress import report
 from flows.tasks import local_task
 from pipeline.config import PipelineConfig
@@ -156,6 +156,9 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
         logger.info("%s: %.1f s", name, timings[name])
         return out
 
+    cfg, why = kernels_for_gpu_actors(cfg, storage, run_id)
+    if why:
+        logger.info("model.precision auto: %s", why)
     encoder = cached_encoder(cfg.model)
     card = encoder.card
     check_prefixes(cfg.index, card.dims, card.name)

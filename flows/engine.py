@@ -3,6 +3,7 @@ embedding in this process or on Ray actors. Ray is imported only by runs that us
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 from pipeline.config import PipelineConfig
@@ -10,10 +11,40 @@ from pipeline.jobs.embedder import Embedder, LocalEmbedder
 from pipeline.jobs.executor import Executor, LocalExecutor
 from pipeline.jobs.plan import BuildPlan
 from pipeline.models.encoder import cached_encoder, pinned_to
+from pipeline.storage import layout
 from pipeline.storage.backend import Storage
 
 if TYPE_CHECKING:
     from operators.embedding import RayEmbedder
+
+
+def kernels_for_gpu_actors(cfg: PipelineConfig, storage: Storage, run_id: str) -> tuple[PipelineConfig, str | None]:
+    """The config a build runs with, and why, where this process did not choose its kernel. With
+    `model.precision: auto`, GPU actors (`run.gpus_per_actor`) and no GPU here (a CPU head node, say), which of
+    fp32, fp16 and bf16 is fastest within tolerance is the GPU's to tell: one task shaped like an actor measures
+    it, and its kernel is pinned, so the model card, the query encoding and every actor use that precision. The
+    choice is kept in the run's folder: a resumed run embeds its other shards the same way (a new measurement could
+    pick the other half precision, which its committed shards would refuse). Otherwise this process measures for
+    its workers (pinned_to)."""
+    model = cfg.model
+    if not cfg.run.gpus_per_actor or model.family != "transformer" or model.kernel or model.precision != "auto":
+        return cfg, None
+    import torch
+
+    if torch.cuda.is_available():
+        return cfg, None
+    key = layout.gpu_kernel_key(run_id)
+    if storage.exists(key):
+        kernel = json.loads(storage.read_bytes(key))["kernel"]
+        why = f"{kernel}, chosen on a GPU worker by this run's first attempt"
+    else:
+        from operators.embedding import plan_like_an_actor
+
+        plan = plan_like_an_actor(model, cfg.run)
+        kernel, why = plan.kernel.name, f"chosen on a GPU worker: {plan.summary()}"
+        storage.write_bytes(key, json.dumps({"kernel": kernel, "plan": plan.to_dict()}).encode())
+    pinned = model.model_copy(update={"precision": kernel.split("-", 1)[0], "kernel": kernel})
+    return cfg.model_copy(update={"model": pinned}), why
 
 
 def executor_for(cfg: PipelineConfig, input_bytes: int) -> Executor:

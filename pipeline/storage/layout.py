@@ -1,6 +1,7 @@
 """Every key embedpipe writes under a storage root, in one place. Other modules ask here; none spells a path.
 
     runs/<run_id>/plan.json                                the build's plan: pieces, version, what it redoes
+    runs/<run_id>/gpu_kernel.json                          the kernel a GPU worker chose for `auto` (a CPU driver)
     runs/<run_id>/pieces/<piece>/_SUCCESS                  a read piece's marker (its counts), written last
     runs/<run_id>/quarantine/<piece or shard>.parquet      bad records with their reasons (per piece; duplicate
                                                            ids per shard)
@@ -76,6 +77,10 @@ def run_key(run_id: str, name: str) -> str:
 
 def plan_key(run_id: str) -> str:
     return run_key(run_id, "plan.json")
+
+
+def gpu_kernel_key(run_id: str) -> str:
+    return run_key(run_id, "gpu_kernel.json")
 
 
 def quarantine_key(run_id: str, name: str = "") -> str:

@@ -1,7 +1,8 @@
 """A real multi-node run: a Ray cluster of two nodes on this machine (a head and a second `ray start` with its own
 temp dir), the corpus and the storage root on an S3 server on loopback, so no step can lean on a path the driver
 and the workers share. The reindex flow runs every stage on the cluster (pieces, shards, actors, index tasks); the
-markers show work on both nodes, and the snapshot equals a one-node run's."""
+markers show work on both nodes, and the snapshot equals a one-node run's. The second node declares a GPU (a real
+one where the machine has it), for a driver that must let a GPU node choose its actors' kernels."""
 
 from __future__ import annotations
 
@@ -42,16 +43,18 @@ def s3(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(s3):
-    """Two Ray nodes of one CPU each, each with its own temp dir (short paths: Ray's sockets have a limit)."""
+    """Two Ray nodes of one CPU each, each with its own temp dir (short paths: Ray's sockets have a limit); only the
+    second has a GPU (declared: on a machine without one, a task asking for it is placed there and sees no CUDA)."""
     port, dirs = free_port(), [Path(tempfile.mkdtemp(prefix="rayh", dir="/tmp")),
                                Path(tempfile.mkdtemp(prefix="rayw", dir="/tmp"))]
     env = {**os.environ, **s3, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     try:
-        subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+        subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
+                        "--include-dashboard=false",
                         "--disable-usage-stats"], env={**env, "RAY_TMPDIR": str(dirs[0])}, check=True,
                        capture_output=True, timeout=180)
-        subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1"],
+        subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--num-gpus=1"],
                        env={**env, "RAY_TMPDIR": str(dirs[1])}, check=True, capture_output=True, timeout=180)
         yield f"127.0.0.1:{port}"
     finally:
@@ -114,3 +117,47 @@ def test_a_two_node_cluster_on_s3_builds_the_snapshot_a_single_node_builds(tmp_p
         assert {k: v["sha256"] for k, v in a.manifest["files"].items()} == \
             {k: v["sha256"] for k, v in b.manifest["files"].items()}
     assert two["evaluation"]["modes"]["exact"]["ndcg@10"] == one["evaluation"]["modes"]["exact"]["ndcg@10"]
+
+
+GPU_PLAN = """
+import json, sys
+from flows.engine import kernels_for_gpu_actors
+from operators.embedding import plan_like_an_actor
+from pipeline.config_loader import load_config
+from pipeline.errors import ClusterError
+from pipeline.storage.backend import Storage
+
+cfg = load_config("configs/demo.yaml", {"run.gpus_per_actor": 1, "run.cpus_per_actor": 1})
+storage = Storage(sys.argv[1])
+pinned, why = kernels_for_gpu_actors(cfg, storage, "r1")
+resumed, why_resumed = kernels_for_gpu_actors(cfg, storage, "r1")
+try:
+    plan_like_an_actor(cfg.model, cfg.run.model_copy(update={"gpus_per_actor": 2}), timeout_s=3)
+    refused = None
+except ClusterError as exc:
+    refused = str(exc)
+kept = json.loads(storage.read_bytes("runs/r1/gpu_kernel.json"))
+result = {"model": pinned.model.model_dump(), "kept": kept, "why": why, "resumed": resumed.model.model_dump(),
+          "why_resumed": why_resumed, "refused": refused}
+open(sys.argv[2], "w").write(json.dumps(result))  # not stdout: Ray prints its workers' logs there
+"""
+
+
+def test_a_cpu_driver_lets_a_gpu_node_choose_its_gpu_actors_precision(cluster, tmp_path):
+    """model.precision auto with GPU actors and a driver without a GPU (a CPU head node): the driver's CPU must not
+    decide the precision (it would run GPUs in fp32, or in what suits its CPU). One task shaped like an actor (a GPU,
+    run.cpus_per_actor CPUs) measures the candidates, the run is pinned to its choice, and a resumed run keeps it."""
+    env = {**os.environ, "RAY_ADDRESS": cluster, "RAY_AUTH_MODE": "token", "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-c", GPU_PLAN, str(tmp_path / "store"), str(tmp_path / "result.json")],
+                         cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-4000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    plan = result["kept"]["plan"]
+    assert not plan["chosen_by"].startswith("pinned") and "chosen on a GPU worker" in result["why"]  # measured there
+    assert plan["threads"] == 1  # the actor's CPUs, not this process's
+    assert result["model"]["kernel"] == result["kept"]["kernel"] == f"{plan['precision']}-{plan['path']}"
+    assert result["model"]["precision"] == plan["precision"]
+    # a resumed attempt of the run is pinned to the same kernel without measuring again
+    assert result["resumed"] == result["model"] and "this run's first attempt" in result["why_resumed"]
+    # no node with two GPUs: a clear error naming what was asked for, not a wait for good
+    assert "no Ray worker with 2 GPU(s) and 1 CPU(s) was free within 3 s" in result["refused"]

@@ -56,7 +56,8 @@ def test_rayjob_entrypoint_is_a_valid_embedpipe_run():
     sets = dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "--set")
     cfg = load_config(REPO / argv[2], {k: yaml.safe_load(v) for k, v in sets.items()})
     assert cfg.run.gpus_per_actor == 1 and cfg.storage.root.startswith("s3://")
-    assert cfg.model.precision == "fp16"  # GPU workers under a CPU head: the head's probe must not pick their precision
+    # GPU workers under a CPU head: `auto` is measured on a GPU worker (flows/engine.py), not by the head's CPU
+    assert cfg.model.precision == "auto" and cfg.model.kernel is None
 
 
 def test_cluster_launcher_has_a_cpu_head_and_a_gpu_worker_group():
