@@ -226,7 +226,8 @@ class RunConfig(_Strict):
         "(starting Ray costs more than that much work); larger ones on Ray workers; 0 = always on Ray")
     local_embed_max_chunks: Annotated[int, Field(ge=0)] = Field(
         256, description="a run with at most this many chunks to (re)embed embeds them in the flow's own process: "
-        "starting Ray and loading the model in each actor costs more (~7 s on 2 CPUs); 0 = always Ray actors")
+        "starting Ray and loading the model in each actor costs more (~7 s on 2 CPUs); 0 = always Ray actors "
+        "(as when the actors hold GPUs and the flow's process has none)")
 
 
 class StorageConfig(_Strict):
