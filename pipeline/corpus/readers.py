@@ -146,9 +146,12 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """json's object hook: a key given twice in one object makes the record ambiguous (json keeps the last, other
     tools the first), so the record is quarantined rather than read one way here and another way upstream."""
     obj = dict(pairs)
-    if len(obj) != len(pairs):
+    if len(obj) != len(pairs):  # rare: find which key
         seen: set[str] = set()
-        raise _RepeatedKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
     return obj
 
 
