@@ -29,6 +29,7 @@ from prefect.runtime import flow_run
 
 from flows.artifacts import png_artifact
 from flows.build import artifact_key, build_snapshot, default_run_id
+from flows.engine import kernels_for_gpu_actors
 from flows.live import measure_task, open_live_task
 from flows.tasks import local_task
 from pipeline.config import PipelineConfig
@@ -101,6 +102,8 @@ def migrate(config_path: str, model: str | None = None, overrides: dict[str, Any
     # Blue first: a blue that cannot be measured (no such search mode, a missing file) stops before the build.
     blue = measure_task.with_options(name="measure blue (live) on the golden set")(blue_snapshot, golden, k, gate.mode,
                                                                                   storage)
+    run_id = run_id or default_run_id(cfg, "migrate")
+    cfg, _ = kernels_for_gpu_actors(cfg, storage, run_id)  # the precision is part of the fingerprint compared here
     card = cached_encoder(cfg.model).card
     if blue_snapshot.manifest["model"].get("fingerprint") == card.fingerprint:
         raise ConfigError(f"migration of {cfg.index_name}: the live version {blue.version} already uses model "
@@ -109,7 +112,7 @@ def migrate(config_path: str, model: str | None = None, overrides: dict[str, Any
 
     why = f"full build with {card.name}: migration from {blue.model} (live version {blue.version})"
     green_cfg = cfg.model_copy(update={"publish": cfg.publish.model_copy(update={"alias": None})})
-    built = build_snapshot(green_cfg, storage, run_id or default_run_id(cfg, "migrate"), "migrate",
+    built = build_snapshot(green_cfg, storage, run_id, "migrate",
                            partial(plan_full_build, cfg=cfg, why=why, base=blue.version))
     green_snapshot = Snapshot.of(storage, cfg.index_name, built.version)
     green = measure_task.with_options(name="measure green (candidate) on the golden set")(
