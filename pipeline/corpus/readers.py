@@ -7,19 +7,16 @@ raises InputError instead.
 
 from __future__ import annotations
 
-import json
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import fsspec
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.config import CorpusConfig
 from pipeline.corpus.pieces import InputFile, Piece, describe_inputs, not_found, plan_pieces
+from pipeline.corpus.records import BLANK, jsonl_records, lone_surrogate, open_input, parquet_records
 from pipeline.errors import InputError
 from pipeline.storage.keys import redact
 
@@ -29,7 +26,6 @@ DOC_SCHEMA = {"doc_id": pl.String, "title": pl.String, "text": pl.String}
 QUARANTINE_SCHEMA = {"source": pl.String, "position": pl.Int64, "doc_id": pl.String, "reason": pl.String,
                      "raw": pl.String, "piece": pl.Int32}
 _RAW_CHARS = 500  # enough of a bad record to recognise it, not enough to bloat the table
-BLANK = object()  # what a JSON Lines reader yields for a line of whitespace: counted, not a record
 
 
 @dataclass(frozen=True)
@@ -43,21 +39,6 @@ class ReadResult:
         """read = accepted + quarantined records; read + blank_lines = the lines of a JSON Lines input."""
         return {"read": self.docs.height + self.quarantine.height, "accepted": self.docs.height,
                 "quarantined": self.quarantine.height, "blank_lines": self.blank_lines}
-
-
-def _lone_surrogate(value: Any) -> int | None:
-    """Where the first lone surrogate of a string (or of the strings nested in a list or dict) is. JSON's
-    "\\ud800" escape decodes to one: valid JSON, not valid Unicode, and no UTF-8 writer accepts it."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            return exc.start
-        return None
-    if isinstance(value, dict | list):
-        items = value.values() if isinstance(value, dict) else value
-        return next((at for at in map(_lone_surrogate, items) if at is not None), None)
-    return None
 
 
 class _Collector:
@@ -90,7 +71,7 @@ class _Collector:
         if not isinstance(doc_id, str) or not doc_id.strip():
             return self.reject(position, f"missing id: field {cfg.id_field!r} must be a non-empty string", raw)
         for name in (cfg.id_field, cfg.title_field, cfg.text_field, *cfg.metadata_fields):
-            at = _lone_surrogate(record.get(name))
+            at = lone_surrogate(record.get(name))
             if at is not None:  # rejected, not repaired: a silently changed text would change its hash
                 return self.reject(position, f"invalid Unicode: field {name!r} holds a lone surrogate (character "
                                    f"{at})", raw, doc_id.encode("utf-8", "backslashreplace").decode())
@@ -129,116 +110,6 @@ class _Collector:
         self.bad = {k: [] for k in self.bad}
         self.blank_lines = 0
         return result
-
-
-def _open(url: str, mode: str = "rb"):
-    try:
-        return fsspec.open(url, mode, compression="infer")
-    except (ImportError, ValueError) as exc:
-        raise InputError(f"cannot open {redact(url)}: {exc}") from None
-
-
-class _RepeatedKey(ValueError):
-    pass
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """json's object hook: a key given twice in one object makes the record ambiguous (json keeps the last, other
-    tools the first), so the record is quarantined rather than read one way here and another way upstream."""
-    obj = dict(pairs)
-    if len(obj) != len(pairs):  # rare: find which key
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _RepeatedKey(key)
-            seen.add(key)
-    return obj
-
-
-def _jsonl_records(url: str, start: int = 0, end: int | None = None
-                   ) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
-    """Yields (line number, parsed record or None, raw line, error reason or None) of the lines that start in
-    bytes [start, end) (line numbers count from the range's first line); a blank line yields (line number,
-    BLANK, "", None): no record, but counted (a `null` line is a record, and not an object)."""
-    try:
-        with _open(url) as fh:
-            if start:  # a line belongs to the range it starts in: finish the one that starts before ours
-                fh.seek(start - 1)
-                if fh.read(1) != b"\n":
-                    fh.readline()
-            offset = fh.tell() if start else 0
-            for lineno, line in enumerate(fh, start=1):
-                if end is not None and offset >= end:
-                    break
-                offset += len(line)
-                if not line.strip():
-                    yield lineno, BLANK, "", None
-                    continue
-                try:
-                    text = line.decode("utf-8-sig" if lineno == 1 and not start else "utf-8")  # a byte-order mark
-                except UnicodeDecodeError as exc:
-                    yield lineno, None, line, f"invalid UTF-8 at byte {exc.start}"
-                    continue
-                text = text.rstrip("\r\n")  # so an error at the line's end is placed there, not on "line 2"
-                try:
-                    yield lineno, json.loads(text, object_pairs_hook=_unique_keys), text, None
-                except json.JSONDecodeError as exc:
-                    yield lineno, None, text, f"invalid JSON: {exc.msg} at column {exc.colno}"
-                except _RepeatedKey as exc:
-                    yield lineno, None, text, f"key {exc.args[0]!r} is given twice in one object"
-    except FileNotFoundError:
-        raise InputError(f"input not found: {redact(url)} (expected a JSON Lines file)") from None
-    except (OSError, EOFError, zlib.error) as exc:  # a truncated or non-gzip '.gz', or a corrupt one
-        raise InputError(f"cannot read {redact(url)}: {exc}") from None
-
-
-def _parquet_records(url: str, cfg: CorpusConfig, row_groups: range | None = None, first_row: int = 0
-                     ) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
-    """Like _jsonl_records, for the rows of `row_groups` (default all); positions are the file's row numbers."""
-    try:
-        with _open(url) as fh:
-            pf = pq.ParquetFile(fh)
-            names = set(pf.schema_arrow.names)
-            if cfg.id_field not in names or cfg.text_field not in names:
-                raise InputError(f"{redact(url)}: expected columns {cfg.id_field!r} and {cfg.text_field!r}, "
-                                 f"found {sorted(names)}")
-            columns = [c for c in (cfg.id_field, cfg.title_field, cfg.text_field, *cfg.metadata_fields) if c in names]
-            if twice := [c for c in columns if pf.schema_arrow.names.count(c) > 1]:  # pyarrow would read the last
-                raise InputError(f"{redact(url)}: column {twice[0]!r} appears more than once; expected one per field")
-            groups = list(row_groups if row_groups is not None else range(pf.num_row_groups))
-            position = first_row
-            for batch in pf.iter_batches(columns=columns, batch_size=4096, row_groups=groups):
-                # Strings as bytes, decoded value by value below: pyarrow does not validate a string column's
-                # UTF-8 when reading, and one bad value would fail the whole batch's conversion.
-                for row in _as_bytes(batch).to_pylist():
-                    position += 1
-                    bad = next((f"invalid UTF-8 in field {k!r}" for k, v in row.items()
-                                if isinstance(v, bytes) and not _is_utf8(v)), None)
-                    if bad:
-                        yield position, None, repr(row), bad
-                        continue
-                    row = {k: v.decode() if isinstance(v, bytes) else v for k, v in row.items()}
-                    yield position, row, json.dumps(row, default=repr), None
-    except FileNotFoundError:
-        raise InputError(f"input not found: {redact(url)} (expected a Parquet file)") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {redact(url)} as Parquet: {exc}") from None
-
-
-def _as_bytes(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """The batch with its string columns viewed as binary (no copy, no UTF-8 validation)."""
-    schema = pa.schema([f.with_type(pa.binary() if pa.types.is_string(f.type) else
-                                    pa.large_binary() if pa.types.is_large_string(f.type) else f.type)
-                        for f in batch.schema])
-    return batch.cast(schema)
-
-
-def _is_utf8(b: bytes) -> bool:
-    try:
-        b.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def require_exists(url: str, field: str) -> None:
@@ -283,8 +154,8 @@ def corpus_url(cfg: CorpusConfig) -> str:
 
 def piece_records(cfg: CorpusConfig, piece: Piece) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
     if piece.format == "parquet":
-        return _parquet_records(piece.url, cfg, range(piece.start, piece.end), piece.first_row)
-    return _jsonl_records(piece.url, piece.start, piece.end)
+        return parquet_records(piece.url, cfg, range(piece.start, piece.end), piece.first_row)
+    return jsonl_records(piece.url, piece.start, piece.end)
 
 
 def iter_piece(cfg: CorpusConfig, piece: Piece, batch_records: int = 10_000,
@@ -327,13 +198,13 @@ def read_corpus(cfg: CorpusConfig) -> ReadResult:
 def read_queries(url: str) -> dict[str, str]:
     """BEIR queries.jsonl: {"_id", "text"} per line. Bad lines fail: a golden set must be exact."""
     queries: dict[str, str] = {}
-    for lineno, record, _raw, error in _jsonl_records(url):
+    for lineno, record, _raw, error in jsonl_records(url):
         if record is BLANK:
             continue
         if error or not isinstance(record, dict) or not isinstance(record.get("text"), str) \
                 or record.get("_id") is None:
             raise InputError(f"{redact(url)} line {lineno}: expected {{'_id', 'text'}}, {error or 'got ' + _raw}")
-        if _lone_surrogate(record) is not None:
+        if lone_surrogate(record) is not None:
             raise InputError(f"{redact(url)} line {lineno}: invalid Unicode (a lone surrogate escape)")
         qid = str(record["_id"])
         if queries.get(qid, record["text"]) != record["text"]:
@@ -346,7 +217,7 @@ def read_qrels(url: str) -> dict[str, dict[str, int]]:
     """BEIR qrels TSV (query-id, corpus-id, score) with a header line; CRLF tolerated."""
     qrels: dict[str, dict[str, int]] = {}
     try:
-        with _open(url, "rt") as fh:
+        with open_input(url, "rt") as fh:
             for lineno, line in enumerate(fh, start=1):
                 parts = line.strip().split("\t")
                 if not line.strip() or (lineno == 1 and parts[0] == "query-id"):
