@@ -9,7 +9,6 @@ beyond its threshold, 2 on an error.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -33,13 +32,15 @@ from pipeline.reports.tables import MAIN_COUNTS, quality_table, timings_table
 
 
 def _run_id(value: str | None) -> str | None:
-    """A run id names a folder under runs/: checked before anything starts, with the flag named."""
-    from pipeline.config import RUN_ID_PATTERN
+    """A run id names a folder under runs/: checked by the storage layout before anything starts, with the flag
+    named."""
+    from pipeline.errors import SnapshotError
+    from pipeline.storage import layout
 
-    if value is not None and not re.fullmatch(RUN_ID_PATTERN, value):
-        raise typer.BadParameter(f"{value!r}: expected letters, digits, '.', '_' or '-', starting with a letter or "
-                                 "digit (it names a folder under runs/)")
-    return value
+    try:
+        return None if value is None else layout.check_name("run id", value, layout.RUN_ID)
+    except SnapshotError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 RunIdFlag = Annotated[str | None, typer.Option(callback=_run_id,

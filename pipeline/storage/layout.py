@@ -62,7 +62,8 @@ ALIAS_URL = re.compile(r"^(?P<root>.+)/aliases/(?P<index>[^/]+)/(?P<alias>[^/]+?
 def check_name(kind: str, name: str, pattern: re.Pattern = NAME) -> str:
     """Names become object keys: only a safe alphabet, never '..'."""
     if not pattern.fullmatch(name) or ".." in name:
-        raise SnapshotError(f"{kind} {name!r}: expected letters, digits, '.', '_' or '-' (no '..')")
+        raise SnapshotError(f"{kind} {name!r}: expected letters, digits, '.', '_' or '-', starting with a letter or "
+                            "digit (no '..')")
     return name
 
 
