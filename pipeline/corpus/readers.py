@@ -207,9 +207,8 @@ def read_queries(url: str) -> dict[str, str]:
         if lone_surrogate(record) is not None:
             raise InputError(f"{redact(url)} line {lineno}: invalid Unicode (a lone surrogate escape)")
         qid = str(record["_id"])
-        if queries.get(qid, record["text"]) != record["text"]:
+        if queries.setdefault(qid, record["text"]) != record["text"]:
             raise InputError(f"{redact(url)} line {lineno}: query {qid!r} is given again with another text")
-        queries[qid] = record["text"]
     return queries
 
 
@@ -225,11 +224,11 @@ def read_qrels(url: str) -> dict[str, dict[str, int]]:
                 if len(parts) != 3 or not parts[2].lstrip("-").isdigit():
                     raise InputError(f"{redact(url)} line {lineno}: expected 'query-id<TAB>corpus-id<TAB>score'"
                                      f", got {line.strip()[:100]!r}")
-                judged = qrels.setdefault(parts[0], {})
-                if judged.get(parts[1], int(parts[2])) != int(parts[2]):
-                    raise InputError(f"{redact(url)} line {lineno}: query {parts[0]!r} and document {parts[1]!r} "
-                                     f"are judged again with another score ({judged[parts[1]]}, now {parts[2]})")
-                judged[parts[1]] = int(parts[2])
+                query, doc, score = parts[0], parts[1], int(parts[2])
+                judged = qrels.setdefault(query, {})
+                if judged.setdefault(doc, score) != score:
+                    raise InputError(f"{redact(url)} line {lineno}: query {query!r} and document {doc!r} "
+                                     f"are judged again with another score ({judged[doc]}, now {score})")
     except FileNotFoundError:
         raise InputError(f"qrels not found: {redact(url)}") from None
     return qrels
