@@ -21,7 +21,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.artifacts import png_artifact
-from flows.engine import early_embedder, embedder_for, executor_for, kernels_for_gpu_actors
+from flows.engine import early_embedder, embedder_for, executor_for, kernels_for_actors
 from flows.progress import report
 from flows.tasks import local_task
 from pipeline.config import PipelineConfig
@@ -156,14 +156,14 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
         logger.info("%s: %.1f s", name, timings[name])
         return out
 
-    cfg, why = kernels_for_gpu_actors(cfg, storage, run_id)
+    input_bytes = sum(f.size for f in describe_corpus(cfg.corpus))
+    cfg, why = kernels_for_actors(cfg, storage, run_id, input_bytes)
     if why:
         logger.info("model.precision auto: %s", why)
     encoder = cached_encoder(cfg.model)
     card = encoder.card
     check_prefixes(cfg.index, card.dims, card.name)
     logger.info("model %s computes in %s", card.name, encoder.kernel_plan.summary())
-    input_bytes = sum(f.size for f in describe_corpus(cfg.corpus))
     executor = executor_for(cfg, input_bytes)
     plan = timed("compare", plan_task, planner, storage, card, make_chunker(cfg).params)
     logger.info("%s", plan.why)
@@ -188,7 +188,7 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
               "driver_peak_rss_mb": peak_rss_mb()}  # this process: it holds counts, not the corpus
     index_params = describe_variants(staged.params, staged.files, evaluation)
     manifest = manifest_for(cfg, run_id, job, plan, card, encoder.kernel_plan, prepared, index_params, counts,
-                            evaluation, timings)
+                            evaluation, timings, why)
     url = timed("publish", commit, storage, cfg.index_name, version, staged.files, manifest)
     promotion = timed("promote", promote_task, cfg, storage, version, seen, job) if cfg.publish.alias else None
     summary = BuildSummary(job, cfg.index_name, version, redact(url), run_id, plan.why, counts, evaluation,

@@ -4,6 +4,8 @@ embedding in this process or on Ray actors. Ray is imported only by runs that us
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from pipeline.config import PipelineConfig
@@ -27,27 +29,49 @@ def gpus_elsewhere(cfg: PipelineConfig) -> bool:
     return not torch.cuda.is_available()
 
 
-def kernels_for_gpu_actors(cfg: PipelineConfig, storage: Storage, run_id: str) -> tuple[PipelineConfig, str | None]:
-    """The config a build runs with, and why, where this process did not choose its kernel. With
-    `model.precision: auto`, GPU actors (`run.gpus_per_actor`) and no GPU here (a CPU head node, say), which of
-    fp32, fp16 and bf16 is fastest within tolerance is the GPU's to tell: one task shaped like an actor measures
-    it, and its kernel is pinned, so the model card, the query encoding and every actor use that precision. The
-    choice is kept in the run's folder: a resumed run embeds its other shards the same way (a new measurement could
-    pick the other half precision, which its committed shards would refuse). Otherwise this process measures for
-    its workers (pinned_to)."""
-    model = cfg.model
-    if model.family != "transformer" or model.kernel or model.precision != "auto" or not gpus_elsewhere(cfg):
-        return cfg, None
-    key = layout.gpu_kernel_key(run_id)
-    if storage.exists(key):
-        kernel = json.loads(storage.read_bytes(key))["kernel"]
-        why = f"{kernel}, chosen on a GPU worker by this run's first attempt"
-    else:
-        from operators.embedding import plan_like_an_actor
+def may_use_ray(cfg: PipelineConfig, input_bytes: int) -> bool:
+    """Whether a run over `input_bytes` of input may prepare or embed on Ray (executor_for, embedder_for; the chunk
+    count is a low estimate: at most 4 bytes per token)."""
+    return input_bytes > cfg.run.local_prepare_max_bytes or \
+        input_bytes // (4 * cfg.chunking.max_tokens) > cfg.run.local_embed_max_chunks
 
-        plan = plan_like_an_actor(model, cfg.run)
-        kernel, why = plan.kernel.name, f"chosen on a GPU worker: {plan.summary()}"
-        storage.write_bytes(key, json.dumps({"kernel": kernel, "plan": plan.to_dict()}).encode())
+
+def kernels_for_actors(cfg: PipelineConfig, storage: Storage, run_id: str,
+                       input_bytes: int) -> tuple[PipelineConfig, str | None]:
+    """The config a build runs with, and why, where the workers rather than this process choose the kernel (with
+    `model.precision: auto`; the kernel is then pinned, so the model card, the query encoding and every actor use
+    it):
+    - GPU actors (`run.gpus_per_actor`) and no GPU here (a CPU head node, say): which of fp32, fp16 and bf16 is
+      fastest within tolerance is the GPU's to tell, so one task shaped like an actor measures it;
+    - CPU actors on a cluster (RAY_ADDRESS) whose nodes are not all this machine's kind of CPU, for a run that may
+      use Ray: each kind of CPU measures every CPU kernel and the one fastest in sum over the actors wins (bf16 on
+      a Xeon with AMX runs MiniLM 2.7x faster than fp32; on a CPU without bf16 units it is emulated, 4x slower).
+    The choice is kept in the run's folder: a resumed run embeds its other shards the same way (a new measurement
+    could pick another kernel, which its committed shards would refuse). Otherwise this process measures for its
+    workers (pinned_to), and (cfg, None) comes back."""
+    model = cfg.model
+    if model.family != "transformer" or model.kernel or model.precision != "auto":
+        return cfg, None
+    key = layout.worker_kernel_key(run_id)
+    if storage.exists(key):
+        kept = json.loads(storage.read_bytes(key))
+        kernel, why = kept["kernel"], f"{kept['kernel']}, as this run's first attempt chose it ({kept['why']})"
+    else:
+        if gpus_elsewhere(cfg):
+            from operators.kernel_probe import plan_like_an_actor
+
+            plan = plan_like_an_actor(model, cfg.run)
+            kernel, why, measured = plan.kernel.name, f"chosen on a GPU worker: {plan.summary()}", plan.to_dict()
+        elif os.environ.get("RAY_ADDRESS") and may_use_ray(cfg, input_bytes):
+            from operators.kernel_probe import plan_across_cpus
+
+            if (chosen := plan_across_cpus(model, cfg.run)) is None:
+                return cfg, None
+            kernel, why, machines = chosen
+            measured = [asdict(m) for m in machines]
+        else:
+            return cfg, None
+        storage.write_bytes(key, json.dumps({"kernel": kernel, "why": why, "measured": measured}).encode())
     pinned = model.model_copy(update={"precision": kernel.split("-", 1)[0], "kernel": kernel})
     return cfg.model_copy(update={"model": pinned}), why
 
@@ -68,8 +92,7 @@ def early_embedder(cfg: PipelineConfig, storage: Storage, plan: BuildPlan, execu
     2 CPUs) overlaps it: for a full build (everything is embedded, unless cached) prepared in this process (Ray
     tasks preparing shards would wait for the CPUs the actors hold) of a corpus big enough for the actors (at
     least one chunk per 4 x max_tokens input bytes, a low estimate)."""
-    if plan.against.live is not None or executor.where != LocalExecutor.where or \
-            input_bytes // (4 * cfg.chunking.max_tokens) <= cfg.run.local_embed_max_chunks:
+    if plan.against.live is not None or executor.where != LocalExecutor.where or not may_use_ray(cfg, input_bytes):
         return None
     from operators.embedding import RayEmbedder
 

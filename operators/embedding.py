@@ -5,7 +5,8 @@ CPU reservations matter on small machines: actors take `run.cpus_per_actor` CPUs
 torch's threads to match, since Ray pins OMP_NUM_THREADS=1 in workers. On GPU nodes each actor takes
 `run.gpus_per_actor` GPUs with a larger token budget (pipeline/config.py). Every actor runs the kernel the driver
 chose (pipeline/models/kernels.py; the flow pins it in the model config), so a run's vectors share one precision;
-a driver without the actors' GPUs has one task shaped like an actor choose it (`plan_like_an_actor`).
+where the driver's device says little about the actors' (GPU actors, a cluster of other CPUs) the workers measure
+it (operators/kernel_probe.py).
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ import ray
 from operators.cluster import ensure_ray, mark_node, unwrap
 from operators.faults import maybe_exit_driver, maybe_kill_actor
 from pipeline.config import ModelConfig, RunConfig
-from pipeline.errors import ClusterError
 from pipeline.jobs.embedder import OnResult
 from pipeline.jobs.shards import ShardResult, embed_shard
 from pipeline.models.encoder import load_encoder
-from pipeline.models.kernel_plan import KernelPlan
 from pipeline.storage.backend import Storage
 
 
@@ -99,26 +98,3 @@ class RayEmbedder:
             self.close()
         return sorted(results, key=lambda r: r.shard)
 
-
-@ray.remote(max_retries=2)
-def _kernel_plan(model: dict, threads: int) -> dict:
-    return load_encoder(ModelConfig(**model), threads=threads).kernel_plan.to_dict()
-
-
-def plan_like_an_actor(model: ModelConfig, run: RunConfig, timeout_s: float = 900.0) -> KernelPlan:
-    """The kernel plan an embedding actor would choose, measured by one task that holds what an actor holds (its
-    GPUs and CPUs): for a driver without the actors' device to measure on."""
-    ensure_ray()
-    ref = _kernel_plan.options(num_cpus=run.cpus_per_actor, num_gpus=run.gpus_per_actor).remote(
-        model.model_dump(), actor_threads(run))
-    try:
-        plan = ray.get(ref, timeout=timeout_s)
-    except ray.exceptions.GetTimeoutError:
-        ray.cancel(ref, force=True)
-        raise ClusterError(f"no Ray worker with {run.gpus_per_actor:g} GPU(s) and {run.cpus_per_actor:g} CPU(s) was "
-                           f"free within {timeout_s:g} s to choose the kernels for model.precision: auto; expected a "
-                           "node with run.gpus_per_actor GPUs in the cluster, or set model.precision (fp16, bf16) to "
-                           "skip the measurement") from None
-    except ray.exceptions.RayError as exc:
-        raise unwrap(exc) from exc
-    return KernelPlan.from_dict(plan)

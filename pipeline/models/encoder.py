@@ -30,14 +30,16 @@ class Encoder(Protocol):
         ...
 
 
-def load_encoder(cfg: ModelConfig, device: str | None = None, threads: int | None = None) -> Encoder:
+def load_encoder(cfg: ModelConfig, device: str | None = None, threads: int | None = None,
+                 offer: list[str] | None = None) -> Encoder:
+    """The model, loaded; `offer` names the kernels its probe compares (see kernels.plan_kernels)."""
     if cfg.family == "static":
         from pipeline.models.static import WordLlamaEncoder
 
         return WordLlamaEncoder(cfg)
     from pipeline.models.transformer import TransformerEncoder
 
-    return TransformerEncoder(cfg, device=device, threads=threads)
+    return TransformerEncoder(cfg, device=device, threads=threads, offer=offer)
 
 
 def tokenizer_for(cfg: ModelConfig) -> tuple[TextTokenizer, int]:

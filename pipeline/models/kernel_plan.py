@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 TOLERANCE = 0.9999  # min cosine to the fp32 vector of every probe text
+KERNEL_FLAGS = frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})  # CPU flags that change which kernel wins
 
 
 @dataclass(frozen=True)
@@ -86,3 +87,45 @@ def cpu_model() -> str:
 
 def cpu_flags() -> set[str]:
     return set(_first_cpu().get("flags", "").split())
+
+
+def cpu_class() -> str:
+    """This CPU as far as the kernel plan can tell CPUs apart: its model and the flags that change which kernel wins."""
+    return f"{cpu_model()} [{' '.join(sorted(cpu_flags() & KERNEL_FLAGS)) or 'no avx512'}]"
+
+
+def cpu_offer(allow_onednn: bool = True) -> list[str]:
+    """Every CPU kernel, fp32 through torch's first (the reference, and the fallback): what each kind of CPU in a
+    cluster measures, so that one kernel can be compared across them."""
+    names = ["fp32-torch", "fp32-onednn", "bf16-onednn", "bf16-autocast"]
+    return [n for n in names if allow_onednn or not n.endswith("-onednn")]
+
+
+@dataclass(frozen=True)
+class MachinePlan:
+    """One kind of CPU in a cluster: how many of a run's actors its nodes hold, and its probe of the offered kernels."""
+
+    cpu: str  # cpu_class()
+    actors: int
+    plan: KernelPlan
+    runs_as: dict[str, str]  # offered kernel -> the kernel that CPU runs for it (a bf16-onednn without bf16 units
+    #                          runs under autocast: pipeline/models/kernels.py `pinned`)
+
+    def rate(self, kernel: str, tolerance: float = TOLERANCE) -> float | None:
+        """Tokens per second of one actor with `kernel`; None where it was not measured or strays from fp32."""
+        probe = next((p for p in self.plan.probes if p.kernel == self.runs_as.get(kernel)), None)
+        return probe.tokens_per_s if probe and probe.min_cosine >= tolerance else None
+
+
+def choose_across(machines: list[MachinePlan], offered: list[str], tolerance: float = TOLERANCE) -> tuple[str, str]:
+    """The one kernel for a run on unlike CPUs, and why. A shard goes to whichever actor is free, so the cluster
+    embeds at the sum of its actors' rates: the kernel with the largest sum, among those within tolerance on every
+    CPU (each CPU measured all of them: bf16 emulated on a CPU without bf16 units is slow, and counts as such).
+    The first offered kernel (fp32 through torch) when none is."""
+    totals = {name: sum(m.actors * m.rate(name, tolerance) for m in machines) for name in offered
+              if all(m.rate(name, tolerance) is not None for m in machines)}
+    best = max(totals, key=totals.__getitem__) if totals else offered[0]
+    each = "; ".join(f"{m.cpu}: {m.actors} actor{'s' * (m.actors != 1)} at "
+                     + (f"{rate:,.0f} tokens/s" if (rate := m.rate(best, tolerance)) else "an unmeasured rate")
+                     for m in machines)
+    return best, f"{best}, the fastest in sum over the cluster's kinds of CPU ({each})"

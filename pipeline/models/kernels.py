@@ -31,7 +31,7 @@ import torch
 
 from pipeline.config import ModelConfig
 from pipeline.models import onednn
-from pipeline.models.kernel_plan import TOLERANCE, Kernel, KernelPlan, ProbeResult, cpu_flags, cpu_model
+from pipeline.models.kernel_plan import KERNEL_FLAGS, TOLERANCE, Kernel, KernelPlan, ProbeResult, cpu_flags, cpu_model
 
 PROBE_ROUNDS = 3  # timed passes per candidate at most, taken in turns
 PROBE_BUDGET_S = 20.0  # what the timed rounds may take, estimated from the warm-up passes
@@ -196,16 +196,22 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def plan_kernels(model: torch.nn.Module, device: str, cfg: ModelConfig, weights: str, vocab_size: int,
-                 pool: Callable, shapes: list[tuple[int, int]]) -> KernelPlan:
+                 pool: Callable, shapes: list[tuple[int, int]], offer: list[str] | None = None) -> KernelPlan:
     """The kernel plan for `model` (float32, loaded on `device`): pinned by the config, from this machine's cache,
-    or probed now."""
-    kernels = [pinned(cfg.kernel, device)] if cfg.kernel else candidates(device, cfg.precision, cfg.cpu_onednn)
+    or probed now; among this device's candidates, or among the kernels named in `offer` as this device runs them
+    (to compare one kernel across unlike machines)."""
+    if cfg.kernel:
+        kernels = [pinned(cfg.kernel, device)]
+    elif offer:
+        kernels = list(dict.fromkeys(pinned(name, device) for name in offer))
+    else:
+        kernels = candidates(device, cfg.precision, cfg.cpu_onednn)
     threads = torch.get_num_threads()
     hardware = torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu_model()
     if len(kernels) == 1:
         return KernelPlan(device.split(":")[0], hardware, threads, kernels[0].precision, kernels[0].path,
                           "pinned by model.kernel" if cfg.kernel else "only candidate")
-    key = {"hardware": hardware, "flags": sorted(cpu_flags() & {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
+    key = {"hardware": hardware, "flags": sorted(cpu_flags() & KERNEL_FLAGS),
            "torch": torch.__version__, "device": device, "threads": threads, "weights": weights,
            "kernels": [k.name for k in kernels], "tolerance": TOLERANCE, "shapes": shapes}
     path = cache_dir() / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]}.json"

@@ -56,7 +56,8 @@ def _load_model(folder: Path) -> torch.nn.Module:
 
 
 class TransformerEncoder:
-    def __init__(self, cfg: ModelConfig, device: str | None = None, threads: int | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, device: str | None = None, threads: int | None = None,
+                 offer: list[str] | None = None) -> None:
         if threads:
             torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs we asked for
         self.folder = resolve_model_dir(cfg)
@@ -77,7 +78,7 @@ class TransformerEncoder:
             model = _load_model(self.folder).to(self.device)
             shapes = kernels.probe_shapes(cfg.max_tokens or limit, self.batch_tokens)
             self.kernel_plan = kernels.plan_kernels(model, self.device, cfg, weights, self.tokenizer.vocab_size,
-                                                    self._pool, shapes)
+                                                    self._pool, shapes, offer)
             self.model = kernels.apply(model, self.kernel_plan.kernel)
         except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
             why = " ".join(str(exc).split())  # torch's load errors span lines; the CLI prints one

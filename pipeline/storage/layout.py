@@ -1,7 +1,8 @@
 """Every key embedpipe writes under a storage root, in one place. Other modules ask here; none spells a path.
 
     runs/<run_id>/plan.json                                the build's plan: pieces, version, what it redoes
-    runs/<run_id>/gpu_kernel.json                          the kernel a GPU worker chose for `auto` (a CPU driver)
+    runs/<run_id>/kernel.json                              the kernel the workers chose for `auto` (GPU actors and a
+                                                           CPU driver; a cluster of other CPUs than the driver's)
     runs/<run_id>/pieces/<piece>/_SUCCESS                  a read piece's marker (its counts), written last
     runs/<run_id>/quarantine/<piece or shard>.parquet      bad records with their reasons (per piece; duplicate
                                                            ids per shard)
@@ -80,8 +81,8 @@ def plan_key(run_id: str) -> str:
     return run_key(run_id, "plan.json")
 
 
-def gpu_kernel_key(run_id: str) -> str:
-    return run_key(run_id, "gpu_kernel.json")
+def worker_kernel_key(run_id: str) -> str:
+    return run_key(run_id, "kernel.json")
 
 
 def quarantine_key(run_id: str, name: str = "") -> str:

@@ -121,22 +121,22 @@ def test_a_two_node_cluster_on_s3_builds_the_snapshot_a_single_node_builds(tmp_p
 
 GPU_PLAN = """
 import json, sys
-from flows.engine import kernels_for_gpu_actors
-from operators.embedding import plan_like_an_actor
+from flows.engine import kernels_for_actors
+from operators.kernel_probe import plan_like_an_actor
 from pipeline.config_loader import load_config
 from pipeline.errors import ClusterError
 from pipeline.storage.backend import Storage
 
 cfg = load_config("configs/demo.yaml", {"run.gpus_per_actor": 1, "run.cpus_per_actor": 1})
 storage = Storage(sys.argv[1])
-pinned, why = kernels_for_gpu_actors(cfg, storage, "r1")
-resumed, why_resumed = kernels_for_gpu_actors(cfg, storage, "r1")
+pinned, why = kernels_for_actors(cfg, storage, "r1", 0)
+resumed, why_resumed = kernels_for_actors(cfg, storage, "r1", 0)
 try:
     plan_like_an_actor(cfg.model, cfg.run.model_copy(update={"gpus_per_actor": 2}), timeout_s=3)
     refused = None
 except ClusterError as exc:
     refused = str(exc)
-kept = json.loads(storage.read_bytes("runs/r1/gpu_kernel.json"))
+kept = json.loads(storage.read_bytes("runs/r1/kernel.json"))
 result = {"model": pinned.model.model_dump(), "kept": kept, "why": why, "resumed": resumed.model.model_dump(),
           "why_resumed": why_resumed, "refused": refused}
 open(sys.argv[2], "w").write(json.dumps(result))  # not stdout: Ray prints its workers' logs there
@@ -152,7 +152,7 @@ def test_a_cpu_driver_lets_a_gpu_node_choose_its_gpu_actors_precision(cluster, t
                          cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-4000:]
     result = json.loads((tmp_path / "result.json").read_text())
-    plan = result["kept"]["plan"]
+    plan = result["kept"]["measured"]
     assert not plan["chosen_by"].startswith("pinned") and "chosen on a GPU worker" in result["why"]  # measured there
     assert plan["threads"] == 1  # the actor's CPUs, not this process's
     assert result["model"]["kernel"] == result["kept"]["kernel"] == f"{plan['precision']}-{plan['path']}"
@@ -161,3 +161,44 @@ def test_a_cpu_driver_lets_a_gpu_node_choose_its_gpu_actors_precision(cluster, t
     assert result["resumed"] == result["model"] and "this run's first attempt" in result["why_resumed"]
     # no node with two GPUs: a clear error naming what was asked for, not a wait for good
     assert "no Ray worker with 2 GPU(s) and 1 CPU(s) was free within 3 s" in result["refused"]
+
+
+CPU_PLAN = """
+import json, sys
+from dataclasses import asdict
+from operators.kernel_probe import actor_nodes_by_cpu, plan_across_cpus
+from pipeline.config_loader import load_config
+from pipeline.models.kernel_plan import cpu_class
+
+cfg = load_config("configs/demo.yaml", {"run.cpus_per_actor": 1})
+skipped = plan_across_cpus(cfg.model, cfg.run)
+kernel, why, machines = plan_across_cpus(cfg.model, cfg.run, always=True)
+result = {"nodes": actor_nodes_by_cpu(cfg.run), "here": cpu_class(), "skipped": skipped, "kernel": kernel,
+          "why": why, "machines": [asdict(m) for m in machines]}
+open(sys.argv[1], "w").write(json.dumps(result))
+"""
+
+
+def test_cpu_actors_on_a_cluster_measure_every_cpu_kernel_on_each_kind_of_cpu(cluster, tmp_path):
+    """CPU actors on a cluster: each node says which CPU it has. Nodes all of this machine's kind leave the plan to
+    this process (no measurement); otherwise one task per kind of CPU, shaped like an actor and placed on a node of
+    that kind, measures every CPU kernel as that CPU runs it, and the kernel fastest in sum over the actors wins
+    (both nodes here share one CPU, so the measurement is asked for explicitly)."""
+    env = {**os.environ, "RAY_ADDRESS": cluster, "RAY_AUTH_MODE": "token"}
+    out = subprocess.run([sys.executable, "-c", CPU_PLAN, str(tmp_path / "result.json")],
+                         cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-4000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    [(cpu, nodes)] = result["nodes"].items()
+    assert cpu == result["here"] and sorted(nodes.values()) == [1, 1]  # two nodes, room for one actor each
+    assert result["skipped"] is None  # every node has this machine's CPU: this process's plan is theirs
+    [machine] = result["machines"]
+    assert machine["cpu"] == cpu and machine["actors"] == 2 and machine["plan"]["threads"] == 1
+    measured = {p["kernel"]: p for p in machine["plan"]["probes"]}
+    # every offered kernel measured as this CPU runs it (bf16 too, emulated where the CPU has no bf16 units)
+    assert set(machine["runs_as"]) == {"fp32-torch", "fp32-onednn", "bf16-onednn", "bf16-autocast"}
+    assert set(machine["runs_as"].values()) == set(measured)
+    fine = {k: p["tokens_per_s"] for k, p in measured.items() if p["min_cosine"] >= machine["plan"]["tolerance"]}
+    assert machine["runs_as"][result["kernel"]] == max(fine, key=fine.get)
+    assert result["why"].startswith(f"{result['kernel']}, the fastest in sum over the cluster's kinds of CPU ({cpu}: "
+                                    "2 actors at ")

@@ -108,6 +108,8 @@ def test_flow_publishes_a_verified_snapshot_with_reconciled_counts(first_run):
     assert kernel in {p["kernel"] for p in queries["probes"]}
     [(label, shards)] = m["model"]["kernels"]["passages"].items()
     assert label.startswith(f"{kernel} on ") and shards == 4 and m["counts"]["kernels"] == {label: 4}
+    # why: every Ray node here has this machine's CPU, so the plan measured here is the workers' too
+    assert m["model"]["kernels"]["choice"].startswith(f"{kernel} on ")
 
 
 def test_plain_bm25s_reads_the_published_bm25_files(first_run):

@@ -1,12 +1,15 @@
 """Where a build's embedding runs: in the flow's process for a small delta, on Ray actors otherwise, and always on
 the actors when they hold GPUs this process lacks."""
 
+import json
+
 import torch
 
-from flows.engine import embedder_for, gpus_elsewhere
+from flows.engine import embedder_for, gpus_elsewhere, kernels_for_actors
 from operators.embedding import RayEmbedder
 from pipeline.config import PipelineConfig
 from pipeline.jobs.embedder import LocalEmbedder
+from pipeline.storage import layout
 from pipeline.storage.backend import Storage
 from tests.conftest import SAMPLE
 
@@ -23,3 +26,21 @@ def test_a_small_delta_stays_here_unless_the_actors_have_gpus_this_process_lacks
     assert gpus_elsewhere(gpu_actors) == (not torch.cuda.is_available())
     expected = LocalEmbedder if torch.cuda.is_available() else RayEmbedder
     assert isinstance(embedder_for(gpu_actors, storage, 10, None), expected)
+
+
+def test_a_resumed_run_keeps_the_kernel_its_workers_chose(tmp_path, monkeypatch):
+    """The kernel the workers chose on a run's first attempt (GPU actors, or a cluster of other CPUs) pins its
+    resumed attempt without measuring again: a new measurement could pick another kernel, and the shards already
+    committed would refuse the run. A run with no such choice is left to this process's own plan."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    storage = Storage(str(tmp_path / "store"))
+    cfg = PipelineConfig.model_validate({"index_name": "x", "corpus": {"source": str(SAMPLE)}})
+    assert kernels_for_actors(cfg, storage, "r1", 10**9) == (cfg, None)  # no cluster: this process measures
+    storage.write_bytes(layout.worker_kernel_key("r1"), json.dumps(
+        {"kernel": "bf16-onednn", "why": "bf16-onednn, the fastest in sum over the cluster's kinds of CPU (...)",
+         "measured": []}).encode())
+    pinned, why = kernels_for_actors(cfg, storage, "r1", 10**9)
+    assert (pinned.model.precision, pinned.model.kernel) == ("bf16", "bf16-onednn")
+    assert why.startswith("bf16-onednn, as this run's first attempt chose it (bf16-onednn, the fastest in sum")
+    forced = cfg.model_copy(update={"model": cfg.model.model_copy(update={"precision": "fp32"})})
+    assert kernels_for_actors(forced, storage, "r1", 10**9) == (forced, None)  # a forced precision is never changed

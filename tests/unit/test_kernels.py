@@ -8,7 +8,15 @@ import pytest
 from pipeline.config import ModelConfig
 from pipeline.config_loader import parse_config
 from pipeline.errors import ConfigError, ModelError
-from pipeline.models.kernel_plan import TOLERANCE, Kernel, ProbeResult
+from pipeline.models.kernel_plan import (
+    TOLERANCE,
+    Kernel,
+    KernelPlan,
+    MachinePlan,
+    ProbeResult,
+    choose_across,
+    cpu_offer,
+)
 
 
 def test_the_fastest_kernel_within_tolerance_wins_and_fp32_is_the_fallback():
@@ -20,6 +28,37 @@ def test_the_fastest_kernel_within_tolerance_wins_and_fp32_is_the_fallback():
     assert choose(results, kernels) == Kernel("bf16", "onednn")  # autocast is faster but too far from fp32
     too_far = [ProbeResult(r.kernel, r.tokens_per_s, 0.5) for r in results]
     assert choose(too_far, kernels) == Kernel("fp32", "torch")
+
+
+def _machine(cpu: str, actors: int, rates: dict[str, float], runs_as: dict[str, str] | None = None,
+             cosine: float = 0.99998) -> MachinePlan:
+    probes = [ProbeResult(k, r, 1.0 if k.startswith("fp32") else cosine) for k, r in rates.items()]
+    plan = KernelPlan("cpu", cpu, 2, "fp32", "torch", "probe", probes)
+    return MachinePlan(cpu, actors, plan, {n: (runs_as or {}).get(n, n) for n in cpu_offer()})
+
+
+# Tokens/s of one 2-thread actor. An Intel Xeon with AMX runs MiniLM ~2.7x faster under bf16 autocast; a CPU
+# without bf16 units (AMD EPYC Zen 3) emulates bf16, ~4x slower than fp32, and runs bf16-onednn under autocast.
+XEON = {"fp32-torch": 7000, "fp32-onednn": 7400, "bf16-onednn": 17000, "bf16-autocast": 19000}
+ZEN3 = {"fp32-torch": 6000, "fp32-onednn": 6100, "bf16-autocast": 1500}
+ZEN3_RUNS = {"bf16-onednn": "bf16-autocast"}
+
+
+def test_unlike_cpus_share_the_kernel_fastest_in_sum_over_their_actors():
+    offered = cpu_offer()
+    mostly_xeons = [_machine("Xeon [amx_bf16]", 8, XEON), _machine("EPYC [no avx512]", 2, ZEN3, ZEN3_RUNS)]
+    kernel, why = choose_across(mostly_xeons, offered)
+    assert kernel == "bf16-autocast"  # 8 x 19,000 + 2 x 1,500 against 8 x 7,400 + 2 x 6,100 for fp32-onednn
+    assert "Xeon [amx_bf16]: 8 actors at 19,000 tokens/s" in why and "EPYC [no avx512]: 2 actors at 1,500" in why
+    mostly_zen3 = [_machine("Xeon [amx_bf16]", 1, XEON), _machine("EPYC [no avx512]", 8, ZEN3, ZEN3_RUNS)]
+    assert choose_across(mostly_zen3, offered)[0] == "fp32-onednn"  # emulated bf16 would slow 8 actors 4x
+    # bf16 strays beyond tolerance on one CPU: no bf16 kernel for any, however fast elsewhere
+    strays = [_machine("Xeon [amx_bf16]", 8, XEON), _machine("EPYC [no avx512]", 2, ZEN3, ZEN3_RUNS, cosine=0.999)]
+    assert choose_across(strays, offered)[0] == "fp32-onednn"
+    # a kernel one CPU did not measure (oneDNN off there) is not chosen; fp32 through torch is the fallback
+    partial = [_machine("Xeon [amx_bf16]", 8, XEON), _machine("EPYC [no avx512]", 2, {"fp32-torch": 6000})]
+    assert choose_across(partial, offered)[0] == "fp32-torch"
+    assert cpu_offer(allow_onednn=False) == ["fp32-torch", "bf16-autocast"]
 
 
 def test_a_gpu_falls_back_to_fp32_when_no_half_precision_is_close_enough(monkeypatch):
