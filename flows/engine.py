@@ -45,7 +45,8 @@ def kernels_for_actors(cfg: PipelineConfig, storage: Storage, run_id: str,
       fastest within tolerance is the GPU's to tell, so one task shaped like an actor measures it;
     - CPU actors on a cluster (RAY_ADDRESS) whose nodes are not all this machine's kind of CPU, for a run that may
       use Ray: each kind of CPU measures every CPU kernel and the one fastest in sum over the actors wins (bf16 on
-      a Xeon with AMX runs MiniLM 2.7x faster than fp32; on a CPU without bf16 units it is emulated, 4x slower).
+      a Xeon with AMX runs MiniLM 2.7x faster than fp32; on a CPU without bf16 units it is emulated, 7.6x slower on
+      an AMD EPYC Zen 3).
     The choice is kept in the run's folder: a resumed run embeds its other shards the same way (a new measurement
     could pick another kernel, which its committed shards would refuse). Otherwise this process measures for its
     workers (pinned_to), and (cfg, None) comes back."""
