@@ -8,7 +8,10 @@ benchmarks/representations.py, so either benchmark reuses the other's embedding)
   in-process   Searcher.search([query], 10, mode), one query at a time, in this process (model encoding included;
                on a thread other than the main one, as the service's searches run: see measure())
   http x1      POST /search with the same queries, one client, keep-alive
-  http x8      the same queries spread over 8 concurrent keep-alive clients
+  http x8      the same queries spread over 8 concurrent keep-alive clients; the queries that wait while a forward
+               pass runs share the next one (`--query-batch`, 64)
+  x8 unbatched the same, served by a second `embedpipe serve --query-batch 1` (one query per pass, as before
+               batching); the batching gain is http x8's requests per second over this one's
 Each setting runs the query list `--passes` times after one warm-up pass; in-process and http x1 take turns query by
 query (a neighbour's load on the machine then falls on both alike), and their requests per second are 1 / mean
 latency. The HTTP overhead is the ratio of http x1 to in-process: p50 latency, and requests per second. Writes
@@ -155,8 +158,9 @@ def concurrent_run(port: int, queries: list[str], mode: str, clients: int) -> tu
     return [x for per in latencies for x in per], wall
 
 
-def measure(port: int, searcher, queries: list[str], passes: int) -> dict[str, dict]:
-    """Per mode, after a warm-up pass of each: in-process and http x1 paired query by query, then http x8.
+def measure(port: int, unbatched: int, searcher, queries: list[str], passes: int) -> dict[str, dict]:
+    """Per mode, after a warm-up pass of each: in-process and http x1 paired query by query, then http x8 on the
+    batching service and on the unbatched one (`unbatched`, its port), pass after pass.
 
     The in-process searches run on one thread that is not the main thread, as the service's do: on 2 vCPUs a
     search from the main thread, alternating torch's and FAISS's OpenMP runtimes (two libgomp copies), stalled
@@ -167,32 +171,38 @@ def measure(port: int, searcher, queries: list[str], passes: int) -> dict[str, d
     for mode in MODES:
         worker.submit(paired_run, port, searcher, queries, mode).result()
         concurrent_run(port, queries, mode, CLIENTS)
-        local, remote, many, wall = [], [], [], 0.0
+        concurrent_run(unbatched, queries, mode, CLIENTS)
+        local, remote, many, wall, serial, serial_wall = [], [], [], 0.0, [], 0.0
         for _ in range(passes):
             a, b = worker.submit(paired_run, port, searcher, queries, mode).result()
             c, w = concurrent_run(port, queries, mode, CLIENTS)
+            d, v = concurrent_run(unbatched, queries, mode, CLIENTS)
             local, remote, many, wall = local + a, remote + b, many + c, wall + w
+            serial, serial_wall = serial + d, serial_wall + v
         # one request at a time: requests per second = 1 / mean latency
         out[mode] = {"in_process": figures(local, sum(local)), "http_x1": figures(remote, sum(remote)),
-                     f"http_x{CLIENTS}": figures(many, wall)}
+                     f"http_x{CLIENTS}": figures(many, wall),
+                     f"http_x{CLIENTS}_unbatched": figures(serial, serial_wall)}
         a, b = out[mode]["in_process"], out[mode]["http_x1"]
+        c, d = out[mode][f"http_x{CLIENTS}"], out[mode][f"http_x{CLIENTS}_unbatched"]
         out[mode] |= {"overhead_p50": round(b["p50_ms"] / a["p50_ms"], 2),
-                      "throughput_ratio_x1": round(b["requests_per_s"] / a["requests_per_s"], 2)}
+                      "throughput_ratio_x1": round(b["requests_per_s"] / a["requests_per_s"], 2),
+                      "batching_gain": round(c["requests_per_s"] / d["requests_per_s"], 2)}
         print(f"{mode}: {json.dumps(out[mode])}", flush=True)
     worker.shutdown()
     return out
 
 
 @contextlib.contextmanager
-def served(root: str, index: str, args: argparse.Namespace) -> Iterator[int]:
+def served(root: str, index: str, args: argparse.Namespace, query_batch: int = 64) -> Iterator[int]:
     """`embedpipe serve` in its own process, on a free loopback port, once ready."""
     from flows.local_server import free_port
 
     port = free_port()
-    with (args.out / f"serve-{index}.log").open("w") as log:
+    with (args.out / f"serve-{index}-batch{query_batch}.log").open("w") as log:
         server = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", root, index, "--alias", ALIAS, "--port",
-                                   str(port), "--poll-interval", "5", "--log-level", "warning"], cwd=REPO, stdout=log,
-                                  stderr=subprocess.STDOUT)
+                                   str(port), "--poll-interval", "5", "--log-level", "warning", "--query-batch",
+                                   str(query_batch)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -223,9 +233,9 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     queries = golden_queries(root, index, version)
     passes = 1 if args.smoke else args.passes
     searcher = searcher_for(root, index, version)
-    with served(root, index, args) as port:
+    with served(root, index, args) as port, served(root, index, args, query_batch=1) as unbatched:
         load_before = os.getloadavg()[0]
-        modes = measure(port, searcher, queries, passes)
+        modes = measure(port, unbatched, searcher, queries, passes)
         load_after = os.getloadavg()[0]
     manifest = Snapshot.of(Storage(root), index, version).manifest
     return {"config": config, "index": index, "version": version, "vectors": manifest["counts"]["vectors"],
@@ -235,20 +245,24 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
 
 def markdown(report: dict) -> str:
     out = [f"# `embedpipe serve`: HTTP against in-process (k = {K})", "",
-           f"Latency in ms (p50 / p99) and requests per second; http x{CLIENTS}: {CLIENTS} concurrent clients. "
-           "Overhead: http x1 over in-process (p50).", ""]
+           f"Latency in ms (p50 / p99) and requests per second; http x{CLIENTS}: {CLIENTS} concurrent clients, "
+           "queries batched per forward pass; unbatched: one query per pass (`--query-batch 1`). Overhead: http x1 "
+           f"over in-process (p50). Gain: http x{CLIENTS}'s requests per second over unbatched's.", ""]
     for name, d in report["datasets"].items():
         out += [f"## {name}: {d['vectors']:,} vectors, {d['queries']} queries x {d['passes']} passes "
                 f"(`{d['config']}`)", "",
                 f"Load average (1 min) before and after: {d['load_average_1m'][0]} and {d['load_average_1m'][1]}.", "",
                 f"| mode | in-process p50 / p99 | req/s | http x1 p50 / p99 | req/s | overhead (p50) | "
-                f"http x{CLIENTS} p50 / p99 | req/s |", "|---|---|---|---|---|---|---|---|"]
+                f"http x{CLIENTS} p50 / p99 | req/s | unbatched x{CLIENTS} p50 / p99 | req/s | gain |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for mode, m in d["modes"].items():
-            a, b, c = m["in_process"], m["http_x1"], m[f"http_x{CLIENTS}"]
+            a, b, c, u = m["in_process"], m["http_x1"], m[f"http_x{CLIENTS}"], m[f"http_x{CLIENTS}_unbatched"]
             out.append(f"| {mode} | {a['p50_ms']:.2f} / {a['p99_ms']:.2f} | {a['requests_per_s']:.0f} | "
                        f"{b['p50_ms']:.2f} / {b['p99_ms']:.2f} | {b['requests_per_s']:.0f} | "
                        f"{m['overhead_p50']:.2f}x | "
-                       f"{c['p50_ms']:.2f} / {c['p99_ms']:.2f} | {c['requests_per_s']:.0f} |")
+                       f"{c['p50_ms']:.2f} / {c['p99_ms']:.2f} | {c['requests_per_s']:.0f} | "
+                       f"{u['p50_ms']:.2f} / {u['p99_ms']:.2f} | {u['requests_per_s']:.0f} | "
+                       f"{m['batching_gain']:.2f}x |")
         out.append("")
     return "\n".join(out)
 

@@ -33,6 +33,8 @@ def serve(
                                                           "is refused")] = None,
     warmup_query: Annotated[list[str] | None, typer.Option(help="query run in every mode before a version serves "
                                                                 "(repeatable; default: three built-in ones)")] = None,
+    query_batch: Annotated[int, typer.Option(min=1, help="most queries one forward pass encodes: concurrent requests' "
+                                                         "queries share a pass (1: one request at a time)")] = 64,
     access_log: Annotated[bool, typer.Option(help="log every request")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
@@ -53,6 +55,7 @@ def serve(
         root=root, index=index, alias=alias, host=host, port=port, token=os.environ.get(token_env) or None,
         poll_interval_s=poll_interval, request_timeout_s=request_timeout,
         limits=Limits(max_k=max_k, max_query_chars=max_query_chars),
-        load=LoadSettings(warmup_queries=tuple(warmup_query or WARMUP_QUERIES), default_mode=default_mode),
+        load=LoadSettings(warmup_queries=tuple(warmup_query or WARMUP_QUERIES), default_mode=default_mode,
+                          query_batch=query_batch),
         access_log=access_log)
     run_server(settings, log_level)

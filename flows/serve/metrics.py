@@ -1,5 +1,5 @@
-"""Prometheus metrics of one service: requests and their latency by endpoint, swaps, refused loads, releases,
-alias polls. A registry per service, so two services in one process (tests) count apart."""
+"""Prometheus metrics of one service: requests and their latency by endpoint, queries per forward pass, swaps,
+refused loads, releases, alias polls. A registry per service, so two services in one process (tests) count apart."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ class ServeMetrics(FollowEvents):
         self.polls = Counter("embedpipe_serve_alias_polls", "reads of the alias, by outcome", ["outcome"], registry=r)
         self.serving = Gauge("embedpipe_serve_version_info", "1 for the version that answers",
                              ["index", "alias", "version"], registry=r)
+        self.queries_per_pass = Histogram("embedpipe_serve_queries_per_pass", "queries encoded by one forward pass "
+                                          "(concurrent requests share one; warm-ups included)",
+                                          buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.load_seconds = Gauge("embedpipe_serve_last_load_seconds", "load, check and warm-up time of the last "
                                   "version swapped in", registry=r)
         for check in ("storage", "snapshot", "checksum", "model", "index", "warm-up", "load"):

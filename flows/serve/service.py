@@ -23,7 +23,7 @@ class SearchService:
         self.metrics = ServeMetrics(settings.index, settings.alias)
         self.encode_lock = threading.Lock()
         loader = partial(load_version, self.storage, settings.index, encode_lock=self.encode_lock,
-                         settings=settings.load)
+                         settings=settings.load, on_pass=self.metrics.queries_per_pass.observe)
         self.follower = AliasFollower(self.storage, settings.index, settings.alias, self.holder, loader,
                                       self.metrics, settings.poll_interval_s,
                                       release_warn_s=max(60.0, 3 * settings.request_timeout_s))

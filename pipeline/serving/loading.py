@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,7 +16,7 @@ from pipeline.errors import EmbedpipeError, ModelError, SnapshotError, StorageEr
 from pipeline.models.encoder import encoder_for_card
 from pipeline.quality.search import Searcher
 from pipeline.serving.memory import return_freed_memory
-from pipeline.serving.version import SerializedEncoder, ServingVersion
+from pipeline.serving.version import BatchedEncoder, ServingVersion
 from pipeline.snapshots.snapshot import Snapshot
 from pipeline.storage.backend import Storage
 
@@ -30,6 +30,7 @@ class LoadSettings:
     warmup_queries: Sequence[str] = WARMUP_QUERIES
     warmup_k: int = 10
     default_mode: str | None = None  # None: exact when the version has it, else its first mode
+    query_batch: int = 64  # most queries one forward pass encodes (BatchedEncoder); 1: one request at a time
 
 
 def _refuse(index: str, version: str, check: str, why: object) -> VersionRefused:
@@ -89,12 +90,13 @@ def _warm_up(searcher: Searcher, settings: LoadSettings, index: str, version: st
 
 
 def load_version(root: Storage, index: str, version: str, encode_lock: threading.Lock,
-                 settings: LoadSettings | None = None) -> ServingVersion:
-    """A version ready to serve, or VersionRefused. Runs in the background while the current version serves."""
+                 settings: LoadSettings | None = None, on_pass: Callable[[int], None] | None = None) -> ServingVersion:
+    """A version ready to serve, or VersionRefused. Runs in the background while the current version serves.
+    `on_pass` is told how many queries each forward pass encoded (BatchedEncoder)."""
     settings = settings or LoadSettings()
     started = time.perf_counter()
     snapshot = _open(root, index, version)
-    encoder = SerializedEncoder(_model(snapshot, index, version), encode_lock)
+    encoder = BatchedEncoder(_model(snapshot, index, version), encode_lock, on_pass, settings.query_batch)
     try:
         searcher = Searcher.from_snapshot(snapshot, encoder)
     except (SnapshotError, ModelError, KeyError) as exc:

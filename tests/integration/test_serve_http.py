@@ -137,6 +137,8 @@ def test_metrics_count_requests_latency_and_swaps(base):
                                                                '{check="checksum"}') == 0
     assert value("embedpipe_serve_version_info", '{alias="live",index="idx",version="v1"}') == 1
     assert value("embedpipe_serve_alias_polls_total", '{outcome="unchanged"}') >= 1
+    # every search's query went through a forward pass (one request at a time here: one query per pass)
+    assert value("embedpipe_serve_queries_per_pass_bucket", '{le="1.0"}') >= 3
 
 
 def test_the_page_lists_modes_and_the_serving_version(base):
