@@ -21,8 +21,8 @@ class SearchService:
         self.storage = Storage(settings.root)
         self.holder = VersionHolder()
         self.metrics = ServeMetrics(settings.index, settings.alias)
-        self.encode_lock = threading.Lock()
-        loader = partial(load_version, self.storage, settings.index, encode_lock=self.encode_lock,
+        self.search_lock = threading.Lock()
+        loader = partial(load_version, self.storage, settings.index, search_lock=self.search_lock,
                          settings=settings.load, on_pass=self.metrics.queries_per_pass.observe)
         self.follower = AliasFollower(self.storage, settings.index, settings.alias, self.holder, loader,
                                       self.metrics, settings.poll_interval_s,

@@ -275,11 +275,18 @@ class Searcher:
         return (np.where(kept, np.take_along_axis(scores, pick, 1), -np.inf),
                 np.where(kept, np.take_along_axis(rows, pick, 1), -1))
 
-    def search(self, queries: list[str], k: int = 10, mode: str = "exact") -> list[list[Hit]]:
+    def search(self, queries: list[str], k: int = 10, mode: str = "exact",
+               vectors: np.ndarray | None = None) -> list[list[Hit]]:
+        """Hits per query; `vectors`, where given, are the queries already encoded (`encode`: a service encodes
+        several requests' queries in one pass)."""
         for query in queries:
             if not isinstance(query, str) or not query.strip():
                 raise InputError(f"query {query!r} is empty: expected some text to search for")
-        return self._hits(self._ranked(Queries(self, texts=list(queries)), k, mode))
+        return self._hits(self._ranked(Queries(self, texts=list(queries), vectors=vectors), k, mode))
+
+    def encode(self, queries: list[str]) -> np.ndarray:
+        """The queries' vectors, as the dense modes search with them."""
+        return Queries(self, texts=list(queries)).vectors
 
     def rankings(self, texts: list[str], k: int, modes: list[str]) -> dict[str, Ranked]:
         """Each mode's (scores, rows) for `texts`, the sides of hybrid modes ranked once (weight tuning)."""

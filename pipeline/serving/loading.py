@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from pipeline.errors import EmbedpipeError, ModelError, SnapshotError, StorageError, VersionRefused
 from pipeline.models.encoder import encoder_for_card
 from pipeline.quality.search import Searcher
+from pipeline.serving.batching import BatchedSearches
 from pipeline.serving.memory import return_freed_memory
-from pipeline.serving.version import BatchedEncoder, ServingVersion
+from pipeline.serving.version import ServingVersion
 from pipeline.snapshots.snapshot import Snapshot
 from pipeline.storage.backend import Storage
 
@@ -30,7 +31,7 @@ class LoadSettings:
     warmup_queries: Sequence[str] = WARMUP_QUERIES
     warmup_k: int = 10
     default_mode: str | None = None  # None: exact when the version has it, else its first mode
-    query_batch: int = 64  # most queries one forward pass encodes (BatchedEncoder); 1: one request at a time
+    query_batch: int = 64  # most queries one batch of searches holds (BatchedSearches); 1: one request at a time
 
 
 def _refuse(index: str, version: str, check: str, why: object) -> VersionRefused:
@@ -77,11 +78,11 @@ def _model(snapshot: Snapshot, index: str, version: str):
     return encoder
 
 
-def _warm_up(searcher: Searcher, settings: LoadSettings, index: str, version: str) -> None:
+def _warm_up(searches: BatchedSearches, settings: LoadSettings, index: str, version: str) -> None:
     queries = list(settings.warmup_queries)
-    for mode in searcher.modes():
+    for mode in searches.searcher.modes():
         try:
-            results = searcher.search(queries, settings.warmup_k, mode)
+            results = searches.search(queries, settings.warmup_k, mode)  # under the lock: the model may be serving
         except EmbedpipeError as exc:
             raise _refuse(index, version, "warm-up", f"mode {mode}: {exc}") from None
         for query, hits in zip(queries, results, strict=True):
@@ -89,14 +90,14 @@ def _warm_up(searcher: Searcher, settings: LoadSettings, index: str, version: st
                 raise _refuse(index, version, "warm-up", f"mode {mode} found no usable results for {query!r}")
 
 
-def load_version(root: Storage, index: str, version: str, encode_lock: threading.Lock,
+def load_version(root: Storage, index: str, version: str, search_lock: threading.Lock,
                  settings: LoadSettings | None = None, on_pass: Callable[[int], None] | None = None) -> ServingVersion:
     """A version ready to serve, or VersionRefused. Runs in the background while the current version serves.
-    `on_pass` is told how many queries each forward pass encoded (BatchedEncoder)."""
+    `on_pass` is told how many queries each forward pass encoded (BatchedSearches)."""
     settings = settings or LoadSettings()
     started = time.perf_counter()
     snapshot = _open(root, index, version)
-    encoder = BatchedEncoder(_model(snapshot, index, version), encode_lock, on_pass, settings.query_batch)
+    encoder = _model(snapshot, index, version)
     try:
         searcher = Searcher.from_snapshot(snapshot, encoder)
     except (SnapshotError, ModelError, KeyError) as exc:
@@ -105,8 +106,9 @@ def load_version(root: Storage, index: str, version: str, encode_lock: threading
     default = settings.default_mode or ("exact" if "exact" in modes else modes[0] if modes else None)
     if default not in modes:
         raise _refuse(index, version, "index", f"the default search mode {default!r} is not one of its modes {modes}")
-    _warm_up(searcher, settings, index, version)
-    loaded = ServingVersion(index, version, searcher, snapshot.model_card, datetime.now(UTC),
+    searches = BatchedSearches(searcher, search_lock, on_pass, settings.query_batch)
+    _warm_up(searches, settings, index, version)
+    loaded = ServingVersion(index, version, searcher, searches, snapshot.model_card, datetime.now(UTC),
                             time.perf_counter() - started, snapshot.bytes, default)
     del snapshot
     return_freed_memory()

@@ -59,6 +59,6 @@ def answer(served: ServingVersion, query: str, k: int = 10, mode: str | None = N
     started = time.perf_counter()
     mode = check_request(served, query, k, mode, limits or Limits())
     checked = check_query(served.searcher.encoder, query)
-    hits = served.searcher.search([query], k, mode)[0]
+    hits = served.searches.search([query], k, mode)[0]
     return SearchAnswer(served.index, served.version, mode, k, query, checked.tokens,
                         checked.limit if checked.truncated else None, hits, (time.perf_counter() - started) * 1000)

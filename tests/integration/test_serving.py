@@ -38,7 +38,7 @@ class Recorded(FollowEvents):
 
 class CountingLoader:
     def __init__(self, storage: Storage) -> None:
-        self.load = partial(load_version, storage, INDEX, encode_lock=threading.Lock())
+        self.load = partial(load_version, storage, INDEX, search_lock=threading.Lock())
         self.calls: list[str] = []
 
     def __call__(self, version: str):
@@ -121,7 +121,7 @@ def test_versions_whose_model_does_not_check_out_are_refused(tmp_path, encoder, 
     publish_version(s, "other-weights", encoder, *serving_corpus,
                     model=card | {"weights_sha256": "0" * 64})
     publish_version(s, "tampered-card", encoder, *serving_corpus, model=card | {"fingerprint": "0" * 16})
-    load = partial(load_version, s, INDEX, encode_lock=threading.Lock())
+    load = partial(load_version, s, INDEX, search_lock=threading.Lock())
     with pytest.raises(VersionRefused, match="weights sha256 .* differ") as refused:
         load("other-weights")
     assert refused.value.check == "model"
