@@ -21,11 +21,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.artifacts import png_artifact
-from flows.engine import early_embedder, embedder_for, executor_for, kernels_for_actors
+from flows.engine import corpus_bytes, early_embedder, embedder_for, executor_for, kernels_for_actors
 from flows.progress import report
 from flows.tasks import local_task
 from pipeline.config import PipelineConfig
-from pipeline.corpus.readers import describe_corpus
 from pipeline.index.variants import check_prefixes
 from pipeline.jobs.build import (
     BuildSummary,
@@ -156,7 +155,7 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
         logger.info("%s: %.1f s", name, timings[name])
         return out
 
-    input_bytes = sum(f.size for f in describe_corpus(cfg.corpus))
+    input_bytes = corpus_bytes(cfg)
     cfg, why = kernels_for_actors(cfg, storage, run_id, input_bytes)
     if why:
         logger.info("model.precision auto: %s", why)

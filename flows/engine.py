@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from pipeline.config import PipelineConfig
+from pipeline.corpus.readers import describe_corpus
 from pipeline.jobs.embedder import Embedder, LocalEmbedder
 from pipeline.jobs.executor import Executor, LocalExecutor
 from pipeline.jobs.plan import BuildPlan
@@ -29,10 +30,20 @@ def gpus_elsewhere(cfg: PipelineConfig) -> bool:
     return not torch.cuda.is_available()
 
 
+def corpus_bytes(cfg: PipelineConfig) -> int:
+    """The corpus's input size, from its files' listing: what decides where a run's work goes."""
+    return sum(f.size for f in describe_corpus(cfg.corpus))
+
+
+def prepares_here(cfg: PipelineConfig, input_bytes: int) -> bool:
+    """A corpus of at most run.local_prepare_max_bytes is read, chunked and indexed in this process (executor_for)."""
+    return input_bytes <= cfg.run.local_prepare_max_bytes
+
+
 def may_use_ray(cfg: PipelineConfig, input_bytes: int) -> bool:
     """Whether a run over `input_bytes` of input may prepare or embed on Ray (executor_for, embedder_for; the chunk
     count is a low estimate: at most 4 bytes per token)."""
-    return input_bytes > cfg.run.local_prepare_max_bytes or \
+    return not prepares_here(cfg, input_bytes) or \
         input_bytes // (4 * cfg.chunking.max_tokens) > cfg.run.local_embed_max_chunks
 
 
@@ -80,7 +91,7 @@ def kernels_for_actors(cfg: PipelineConfig, storage: Storage, run_id: str,
 def executor_for(cfg: PipelineConfig, input_bytes: int) -> Executor:
     """A corpus of at most run.local_prepare_max_bytes is read, chunked and indexed here: starting Ray costs more
     than that much work. Anything larger runs as Ray tasks across the cluster."""
-    if input_bytes <= cfg.run.local_prepare_max_bytes:
+    if prepares_here(cfg, input_bytes):
         return LocalExecutor()
     from operators.executor import RayExecutor
 

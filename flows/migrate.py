@@ -29,12 +29,11 @@ from prefect.runtime import flow_run
 
 from flows.artifacts import png_artifact
 from flows.build import artifact_key, build_snapshot, default_run_id
-from flows.engine import kernels_for_actors
+from flows.engine import corpus_bytes, kernels_for_actors
 from flows.live import measure_task, open_live_task
 from flows.tasks import local_task
 from pipeline.config import PipelineConfig
 from pipeline.config_loader import load_config
-from pipeline.corpus.readers import describe_corpus
 from pipeline.errors import ConfigError
 from pipeline.jobs.migration import MigrationSummary, gate_check, migration_report
 from pipeline.jobs.plan import plan_full_build
@@ -105,7 +104,7 @@ def migrate(config_path: str, model: str | None = None, overrides: dict[str, Any
                                                                                   storage)
     run_id = run_id or default_run_id(cfg, "migrate")
     # the precision is part of the fingerprint compared here
-    cfg, _ = kernels_for_actors(cfg, storage, run_id, sum(f.size for f in describe_corpus(cfg.corpus)))
+    cfg, _ = kernels_for_actors(cfg, storage, run_id, corpus_bytes(cfg))
     card = cached_encoder(cfg.model).card
     if blue_snapshot.manifest["model"].get("fingerprint") == card.fingerprint:
         raise ConfigError(f"migration of {cfg.index_name}: the live version {blue.version} already uses model "
