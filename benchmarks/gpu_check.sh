@@ -31,9 +31,17 @@ if [ -n "$BUNDLE" ]; then
     site=$(mktemp -d)
     trap 'rm -rf "$site"' EXIT
     "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$site" "$BUNDLE"/wheels/*.whl
+    # the bundle keeps the weights in fp16; widened back to fp32 here, the precision every path starts from
+    cp -r "$BUNDLE/all-MiniLM-L6-v2" "$site/model"
+    "$PY" - "$site/model/model.safetensors" <<'PY'
+import sys
+from safetensors.torch import load_file, save_file
+weights = load_file(sys.argv[1])
+save_file({k: v.float() if v.is_floating_point() else v for k, v in weights.items()}, sys.argv[1], {"format": "pt"})
+PY
     # the repository first: its code, not an installed copy; EMBEDPIPE_MODEL_DIR: the model for tests/unit/test_gpu.py
-    export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}" EMBEDPIPE_MODEL_DIR="$BUNDLE/all-MiniLM-L6-v2"
-    embedding_args=(--model-dir "$BUNDLE/all-MiniLM-L6-v2" --corpus "$BUNDLE/scifact")
+    export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}" EMBEDPIPE_MODEL_DIR="$site/model"
+    embedding_args=(--model-dir "$site/model" --corpus "$BUNDLE/scifact")
 else
     PY=.venv/bin/python
     [ -x "$PY" ] || python3 -m venv .venv
@@ -41,7 +49,7 @@ else
     "$PY" -m uv pip install -q --python "$PY" -e ".[dev]"
     "$PY" -m uv pip install -q --python "$PY" --no-deps -r infra/models-no-deps.txt
     "$PY" -m uv pip uninstall -q --python "$PY" faiss-cpu
-    "$PY" -m uv pip install -q --python "$PY" "faiss-gpu-cu12==1.15.1"
+    "$PY" -m uv pip install -q --python "$PY" "faiss-gpu-cu12==1.14.1.post1"
 fi
 "$PY" -c 'import torch; assert torch.cuda.is_available(), f"torch {torch.__version__} sees no CUDA GPU"'
 setup=$(( $(date +%s) - start ))

@@ -8,7 +8,8 @@ embedding tables, half of its 22.7M weights, are lookups). Target: embedpipe >= 
 Writes benchmarks/out/gpu_embedding.{json,md};
 benchmarks/gpu_check.sh runs it. --smoke (or no GPU): 64 abstracts of the demo sample on the CPU, same code path.
 
-Usage: .venv/bin/python benchmarks/gpu_embedding.py [--smoke] [--out DIR] [--model-dir DIR] [--corpus DIR]
+Usage: .venv/bin/python benchmarks/gpu_embedding.py [--smoke] [--rounds 3] [--out DIR] [--model-dir DIR]
+                                                    [--corpus DIR]
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def main() -> int:
     parser.add_argument("--model-dir", help="MiniLM's folder, where its package cannot be installed (an offline "
                                             "machine: benchmarks/gpu_bundle.sh); default: the installed package")
     parser.add_argument("--corpus", type=Path, default=SCIFACT, help=f"a BEIR folder (default {SCIFACT})")
+    parser.add_argument("--rounds", type=int, default=3, help="each path's best of this many rounds (default 3)")
     args = parse_args(parser)
     import torch
     from sentence_transformers import SentenceTransformer
@@ -70,7 +72,8 @@ def main() -> int:
     seconds, vectors, plans = {}, {}, {}
 
     def timed(name: str, encode) -> None:
-        encode(texts[:64])  # warm-up: kernels picked, memory pools filled
+        if name not in seconds:
+            encode(texts[:64])  # warm-up: kernels picked, memory pools filled
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -79,20 +82,23 @@ def main() -> int:
             vectors[name] = np.asarray(encode(texts), dtype=np.float32)
         if device == "cuda":
             torch.cuda.synchronize()
-        seconds[name] = time.perf_counter() - start
+        seconds[name] = min(seconds.get(name, float("inf")), time.perf_counter() - start)
 
     st = SentenceTransformer(folder, device=device)
-    timed("st_encode_fp32", lambda t: st.encode(t, batch_size=128))
+    paths = {"st_encode_fp32": lambda t: st.encode(t, batch_size=128)}
     if device == "cuda":
         st_half = SentenceTransformer(folder, device=device).half()
-        timed("st_encode_fp16", lambda t: st_half.encode(t, batch_size=128))
+        paths["st_encode_fp16"] = lambda t: st_half.encode(t, batch_size=128)
     # on a CPU without bf16 instructions bf16 is emulated (minutes, and never chosen): fp32 and the plan only
     bf16_units = device == "cuda" or cpu_has_bf16()
     precisions = ["fp32", "fp16", "bf16"] if device == "cuda" else ["fp32", *(["bf16"] if bf16_units else [])]
     for precision in [*precisions, "auto"]:
         encoder = TransformerEncoder(model.model_copy(update={"precision": precision}), device=device)
         plans[precision] = encoder.kernel_plan.to_dict()
-        timed(f"embedpipe_{precision}", lambda t, e=encoder: e.encode(t))
+        paths[f"embedpipe_{precision}"] = encoder.encode
+    for _ in range(1 if args.smoke else args.rounds):  # every path once per round: a slow moment costs one round
+        for name, encode in paths.items():
+            timed(name, encode)
     tokenizing = {}  # what an encode pays before its first forward pass, on one core and on all of them
     for parallel in (False, True):
         start = time.perf_counter()
@@ -117,7 +123,8 @@ def main() -> int:
               "texts": len(texts), "tokens": tokens, "tokenizing_seconds": tokenizing,
               "flops_per_token": round(flops_per_token),
               "matmul_peak": {"dtype": peak_dtype, "tflops": round(peak, 3)}, "paths": rows,
-              "kernel_plans": plans, "ratio_plan_over_best_st": ratio, "best_st": best_st}
+              "kernel_plans": plans, "ratio_plan_over_best_st": ratio, "best_st": best_st,
+              "rounds": 1 if args.smoke else args.rounds}
     md = "\n".join([
         f"# Embedding on {report['gpu'] or 'the CPU'}: {len(texts):,} SciFact abstracts ({tokens:,} tokens), "
         "all-MiniLM-L6-v2", "",
@@ -128,7 +135,8 @@ def main() -> int:
         "|---|---|---|---|---|",
         *[f"| {n} | {r['texts_per_s']} | {r['tokens_per_s']:,} | {r['min_cosine_vs_fp32']:.6f} | "
           f"{r['fraction_of_matmul_peak']:.2%} |" for n, r in rows.items()], "",
-        f"embedpipe (kernel plan) / {best_st}: **{ratio}x** (target >= 1.5x on a GPU).", ""])
+        f"embedpipe (kernel plan) / {best_st}: **{ratio}x** (target >= 1.5x on a GPU); each path the best of "
+        f"{report['rounds']} rounds.", ""])
     write_report(args, "gpu_embedding", report, md)
     return 0
 

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.models import onednn
+
 # transformers' names of each layer's weights (below encoder.layer.<i>.) -> ours
 _LAYER_NAMES = {"attention.self.query": "query", "attention.self.key": "key", "attention.self.value": "value",
                 "attention.output.dense": "attn_out", "attention.output.LayerNorm": "attn_norm",
@@ -45,15 +47,30 @@ class _Layer(nn.Module):
         self.heads = heads
         self.query, self.key, self.value, self.attn_out = (_Linear(hidden, hidden) for _ in range(4))
         self.up, self.down = _Linear(hidden, intermediate), _Linear(intermediate, hidden)
+        self.act: nn.Module = nn.GELU()  # exact (erf), as BERT's "gelu"
         self.attn_norm, self.out_norm = nn.LayerNorm(hidden, eps=eps), nn.LayerNorm(hidden, eps=eps)
+        self.matmul_dtype: torch.dtype | None = None  # what the products and attention read (None: x's); use_onednn
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, n, h = x.shape
-        q, k, v = (p(x).view(b, n, self.heads, h // self.heads).transpose(1, 2)
+        y = x if self.matmul_dtype is None else x.to(self.matmul_dtype)
+        q, k, v = (p(y).view(b, n, self.heads, h // self.heads).transpose(1, 2)
                    for p in (self.query, self.key, self.value))
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, n, h)
         x = self.attn_norm(x + self.attn_out(attended))
-        return self.out_norm(x + self.down(F.gelu(self.up(x))))
+        y = x if self.matmul_dtype is None else x.to(self.matmul_dtype)
+        return self.out_norm(x + self.down(self.act(self.up(y))))
+
+    def use_onednn(self, dtype: torch.dtype) -> None:
+        """Matrix products through oneDNN in `dtype`, GELU inside the up projection's kernel, and in bf16 the
+        products' outputs kept in bf16 up to the next residual sum: the residual stream and the layer norms stay
+        fp32. Against bf16 linears that return fp32 (what any other model gets): no casts of the 4x wide feed-forward
+        activations and no GELU pass of its own; MiniLM 1.18x faster on a Xeon with AMX, as close to fp32."""
+        keep = dtype != torch.float32
+        for name in ("query", "key", "value", "attn_out", "down"):
+            setattr(self, name, onednn.OneDnnLinear(getattr(self, name), dtype, cast_back=not keep))
+        self.up = onednn.OneDnnLinear(self.up, dtype, gelu=True, cast_back=not keep)
+        self.act, self.matmul_dtype = nn.Identity(), dtype
 
 
 class BertEncoder(nn.Module):
@@ -74,11 +91,18 @@ class BertEncoder(nn.Module):
         # every token has segment 0, as in a single-text encode
         x = self.word(input_ids) + self.position.weight[:n] + self.token_type.weight[0]
         x = self.norm(x)
-        # padded keys are masked out; a batch without padding needs no mask (SDPA's faster path)
-        mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]
+        # padded keys are masked out; a batch without padding needs no mask (SDPA's faster path). Not asked on a GPU:
+        # reading the answer back would wait for every batch queued before this one
+        unpadded = attention_mask.device.type == "cpu" and bool(attention_mask.all())
+        mask = None if unpadded else attention_mask.bool()[:, None, None, :]
         for layer in self.layers:
             x = layer(x, mask)
         return x
+
+    def use_onednn(self, dtype: torch.dtype) -> None:
+        """The kernel plan's oneDNN path (pipeline/models/kernels.py) fitted to BERT's layers: _Layer.use_onednn."""
+        for layer in self.layers:
+            layer.use_onednn(dtype)
 
 
 def load_bert(folder: Path) -> BertEncoder:

@@ -35,6 +35,7 @@ from pipeline.models.kernel_plan import KERNEL_FLAGS, TOLERANCE, Kernel, KernelP
 
 PROBE_ROUNDS = 3  # timed passes per candidate at most, taken in turns
 PROBE_BUDGET_S = 20.0  # what the timed rounds may take, estimated from the warm-up passes
+CANDIDATES_VERSION = 2  # in the cache key: raised when a candidate's code changes, so no plan measured older code
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, attention_mask) -> last hidden state
 
@@ -102,7 +103,11 @@ def apply(model: torch.nn.Module, kernel: Kernel) -> torch.nn.Module:
     if kernel.path == "cuda":
         return model.to(DTYPES[kernel.precision])
     if kernel.path == "onednn":
-        onednn.use_onednn_linears(model, torch.bfloat16 if kernel.precision == "bf16" else torch.float32)
+        dtype = torch.bfloat16 if kernel.precision == "bf16" else torch.float32
+        if hasattr(model, "use_onednn"):  # a model that knows its layers (BERT) fuses more than its linears
+            model.use_onednn(dtype)
+        else:
+            onednn.use_onednn_linears(model, dtype)
         return model
     if kernel.path == "autocast":
         return _Autocast(model, torch.bfloat16 if kernel.precision == "bf16" else torch.float16)
@@ -213,7 +218,8 @@ def plan_kernels(model: torch.nn.Module, device: str, cfg: ModelConfig, weights:
                           "pinned by model.kernel" if cfg.kernel else "only candidate")
     key = {"hardware": hardware, "flags": sorted(cpu_flags() & KERNEL_FLAGS),
            "torch": torch.__version__, "device": device, "threads": threads, "weights": weights,
-           "kernels": [k.name for k in kernels], "tolerance": TOLERANCE, "shapes": shapes}
+           "kernels": [k.name for k in kernels], "tolerance": TOLERANCE, "shapes": shapes,
+           "candidates_version": CANDIDATES_VERSION}
     path = cache_dir() / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]}.json"
     with _locked(path):
         if path.is_file():

@@ -23,19 +23,23 @@ def available() -> bool:
 class OneDnnLinear(torch.nn.Module):
     """Inference-only stand-in for an nn.Linear (same input and output, dense float32 tensors). With
     `dtype=torch.bfloat16` the weights are packed in bf16 and the input is cast to bf16 on the way in (oneDNN
-    accumulates in fp32); the output comes back as float32, so layer norms, softmax and GELU stay in fp32."""
+    accumulates in fp32); the output comes back as float32, so layer norms, softmax and GELU stay in fp32, unless
+    `cast_back` is off (a model that keeps bf16 between its matrix products: pipeline/models/bert.py). `gelu`: the
+    exact GELU applied to the output inside oneDNN's kernel, instead of in a pass of its own."""
 
-    def __init__(self, linear: torch.nn.Linear, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, linear: torch.nn.Linear, dtype: torch.dtype = torch.float32, gelu: bool = False,
+                 cast_back: bool = True) -> None:
         super().__init__()
         self.in_features, self.out_features, self.dtype = linear.in_features, linear.out_features, dtype
+        self.cast_back = cast_back and dtype != torch.float32
+        self.post_op = ("gelu", [], "none") if gelu else ("none", [], "")  # "none": erf, not the tanh approximation
         weight = linear.weight.detach().to(dtype)
         self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(weight, None))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dtype == torch.float32:
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.weight, self.bias, "none", [], "").float()
+        y = torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.weight, self.bias, *self.post_op)
+        return y.float() if self.cast_back else y
 
 
 def use_onednn_linears(model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> None:

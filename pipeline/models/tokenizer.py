@@ -36,6 +36,8 @@ class TextTokenizer:
         processor = backend.post_processor
         self.specials = processor.num_special_tokens_to_add(False) if processor else 0
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        self._truncators: dict[int, Tokenizer] = {}
+        self._lock = threading.Lock()
 
     @classmethod
     def from_folder(cls, folder: Path) -> TextTokenizer:
@@ -58,17 +60,22 @@ class TextTokenizer:
     def ids(self, texts: list[str], specials: bool = True, max_tokens: int | None = None,
             parallel: bool = False) -> list[list[int]]:
         """Token ids of each text; with max_tokens, cut to that many as transformers' `truncation=True` cuts: the
-        text's first tokens, then the special tokens around them. One tokenization per text, long or not.
-        `parallel`: on all of the machine's cores (the same ids)."""
-        room = None if max_tokens is None else max_tokens - (self.specials if specials else 0)
-        out = []
+        text's first tokens, then the special tokens around them. The cut and the special tokens happen inside the
+        Rust call, so `parallel` (all of the machine's cores, the same ids) spreads them too."""
+        backend = self.backend if max_tokens is None else self._truncating(max_tokens)
         with tokenizer_threads(parallel):
-            encodings = self.backend.encode_batch(texts, add_special_tokens=False)
-        for encoding in encodings:
-            if room is not None and len(encoding) > room:
-                encoding.truncate(room)
-            out.append((self.backend.post_process(encoding) if specials else encoding).ids)
-        return out
+            encodings = backend.encode_batch(texts, add_special_tokens=specials)
+        return [encoding.ids for encoding in encodings]
+
+    def _truncating(self, max_tokens: int) -> Tokenizer:
+        """A copy of the tokenizer that cuts to max_tokens (special tokens counted), one per limit: the shared
+        backend's own truncation is never set, so threads with different limits never see each other's."""
+        with self._lock:
+            if max_tokens not in self._truncators:
+                copy = Tokenizer.from_str(self.backend.to_str())
+                copy.enable_truncation(max_tokens)
+                self._truncators[max_tokens] = copy
+            return self._truncators[max_tokens]
 
     def count(self, text: str, specials: bool = True) -> int:
         return len(self.backend.encode(text, add_special_tokens=specials).ids)

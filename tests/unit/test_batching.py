@@ -35,6 +35,8 @@ def test_encoder_output_is_in_input_order_whatever_the_budget(encoder, sample_do
     small = TransformerEncoder.__new__(TransformerEncoder)
     small.__dict__.update(encoder.__dict__, batch_tokens=300)  # many small batches, same model
     assert np.abs(small.encode(texts) - reference).max() < 1e-5
+    small.texts_per_step = 5  # tokenized in lots, as on a GPU: 5 + 5 + 2 texts
+    assert np.abs(small.encode(texts) - reference).max() < 1e-5
 
 
 def test_encoder_counts_the_tokens_it_embeds(encoder, sample_docs):

@@ -54,7 +54,15 @@ def test_cpu_encoder_runs_linears_through_onednn_with_the_same_vectors(encoder, 
     assert sum(isinstance(m, onednn.OneDnnLinear) for m in encoder.model.modules()) == linears
     assert not any(isinstance(m, torch.nn.Linear) for m in encoder.model.modules())
     texts = [d["title"] + " " + d["text"] for d in sample_docs[:16]]
-    assert np.abs(encoder.encode(texts) - plain.encode(texts)).max() < 1e-5
+    assert np.abs(encoder.encode(texts) - plain.encode(texts)).max() < 1e-5  # GELU inside the up projection too
+    from pipeline.models.kernel_plan import TOLERANCE
+    from pipeline.models.kernels import bf16_onednn
+
+    if bf16_onednn():  # bf16 units (AMX, avx512_bf16): products in bf16, their outputs kept bf16 to the residual sum
+        bf16 = load_encoder(encoder.card.model_config().model_copy(update={"precision": "bf16",
+                                                                           "kernel": "bf16-onednn"}))
+        assert all(layer.matmul_dtype == torch.bfloat16 for layer in bf16.model.layers)
+        assert np.sum(bf16.encode(texts) * plain.encode(texts), axis=1).min() >= TOLERANCE
 
 
 def test_plain_torch_bert_equals_transformers_bertmodel_on_a_padded_batch(encoder, sample_docs):

@@ -31,6 +31,8 @@ def test_gpu_kernel_plan_picks_a_half_precision_within_tolerance_of_fp32(sample_
         half = TransformerEncoder(ModelConfig(path=folder, precision=precision), device="cuda")
         a, b = half.encode(texts), cpu.encode(texts)
         assert (np.sum(a * b, axis=1) > 0.999).all(), precision  # cosine between half and fp32 vectors
+    many = gpu.encode(texts * 20)  # 1,280 texts: two lots, the second tokenized while the GPU runs the first
+    assert (np.sum(many * np.tile(gpu.encode(texts), (20, 1)), axis=1) > 0.9999).all()
 
 
 @needs_cuda
