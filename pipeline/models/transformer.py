@@ -134,7 +134,7 @@ class TransformerEncoder:
     def _padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's ids padded on the right to its longest row, and the attention mask."""
         # in numpy, in one pass over the ids: row by row in Python took 11 ms per batch of 256 abstracts, 1.1 ms this
-        # way, which matters where a GPU waits for it (~20 such batches in a 0.76 s encode of SciFact on an H200)
+        # way, which matters where a GPU waits for it (an encode of SciFact on an H200: 0.76 s before, 0.56 s after)
         lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
         filled = np.arange(lengths.max())[None, :] < lengths[:, None]
         ids = np.full(filled.shape, self.tokenizer.pad_id, dtype=np.int64)
