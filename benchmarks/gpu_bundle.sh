@@ -2,8 +2,9 @@
 # Everything `benchmarks/gpu_check.sh --offline BUNDLE` needs on a GPU machine without network whose python3 already
 # holds CUDA torch and sentence-transformers (as NVIDIA's PyTorch images do): wheels of the GPU check's other imports
 # (pydantic and its parts, pyyaml) for that machine's Python (--python, default 3.12), at the versions this
-# checkout's .venv has; MiniLM's folder (from the installed package, weights in fp16: 46 MB); SciFact's corpus. Run it where there is
-# network, after `make test` or `make demo` made .venv, and copy BUNDLE to the GPU machine beside the repository.
+# checkout's .venv has; MiniLM's folder (from the installed package, its weights in fp16); SciFact's corpus. Run it
+# where there is network, after `make test` or `make demo` made .venv, and copy BUNDLE to the GPU machine beside the
+# repository.
 #   benchmarks/gpu_bundle.sh BUNDLE [--python 3.12]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,13 +24,6 @@ model=$(.venv/bin/python -c 'from pipeline.config import ModelConfig
 from pipeline.models.sources import resolve_model_dir
 print(resolve_model_dir(ModelConfig()))')
 cp -r "$model" "$BUNDLE/all-MiniLM-L6-v2"
-# the weights in fp16, half their 91 MB; gpu_check.sh widens them back to fp32 before anything runs, so every path it
-# compares computes with the same (fp16-rounded) weights
-.venv/bin/python - "$BUNDLE/all-MiniLM-L6-v2/model.safetensors" <<'PY'
-import sys
-from safetensors.torch import load_file, save_file
-weights = load_file(sys.argv[1])
-save_file({k: v.half() if v.is_floating_point() else v for k, v in weights.items()}, sys.argv[1], {"format": "pt"})
-PY
+.venv/bin/python benchmarks/recast_weights.py "$BUNDLE/all-MiniLM-L6-v2/model.safetensors" fp16  # 46 MB, not 91
 cp ../shared/data/beir/scifact/corpus.jsonl.gz "$BUNDLE/scifact/"
 du -sh "$BUNDLE"/*

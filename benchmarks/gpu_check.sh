@@ -33,12 +33,7 @@ if [ -n "$BUNDLE" ]; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$site" "$BUNDLE"/wheels/*.whl
     # the bundle keeps the weights in fp16; widened back to fp32 here, the precision every path starts from
     cp -r "$BUNDLE/all-MiniLM-L6-v2" "$site/model"
-    "$PY" - "$site/model/model.safetensors" <<'PY'
-import sys
-from safetensors.torch import load_file, save_file
-weights = load_file(sys.argv[1])
-save_file({k: v.float() if v.is_floating_point() else v for k, v in weights.items()}, sys.argv[1], {"format": "pt"})
-PY
+    "$PY" benchmarks/recast_weights.py "$site/model/model.safetensors" fp32
     # the repository first: its code, not an installed copy; EMBEDPIPE_MODEL_DIR: the model for tests/unit/test_gpu.py
     export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}" EMBEDPIPE_MODEL_DIR="$site/model"
     embedding_args=(--model-dir "$site/model" --corpus "$BUNDLE/scifact")
