@@ -53,13 +53,13 @@ class _Layer(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, n, h = x.shape
-        y = x if self.matmul_dtype is None else x.to(self.matmul_dtype)
+        y = x.to(self.matmul_dtype or x.dtype)  # x itself, uncopied, where the dtypes agree
         q, k, v = (p(y).view(b, n, self.heads, h // self.heads).transpose(1, 2)
                    for p in (self.query, self.key, self.value))
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, n, h)
         # the residual sums in place (x is this layer's own input, read by nothing after): 2-4% of a bf16 pass
         x = self.attn_norm(x.add_(self.attn_out(attended)))
-        y = x if self.matmul_dtype is None else x.to(self.matmul_dtype)
+        y = x.to(self.matmul_dtype or x.dtype)
         return self.out_norm(x.add_(self.down(self.act(self.up(y)))))
 
     def use_onednn(self, dtype: torch.dtype) -> None:
@@ -67,10 +67,9 @@ class _Layer(nn.Module):
         products' outputs kept in bf16 up to the next residual sum: the residual stream and the layer norms stay
         fp32. Against bf16 linears that return fp32 (what any other model gets): no casts of the 4x wide feed-forward
         activations and no GELU pass of its own (MiniLM on a Xeon with AMX: 1.18-1.22x autocast, as close to fp32)."""
-        keep = dtype != torch.float32
         for name in ("query", "key", "value", "attn_out", "down"):
-            setattr(self, name, onednn.OneDnnLinear(getattr(self, name), dtype, cast_back=not keep))
-        self.up = onednn.OneDnnLinear(self.up, dtype, gelu=True, cast_back=not keep)
+            setattr(self, name, onednn.OneDnnLinear(getattr(self, name), dtype, cast_back=False))
+        self.up = onednn.OneDnnLinear(self.up, dtype, gelu=True, cast_back=False)
         self.act, self.matmul_dtype = nn.Identity(), dtype
 
 
