@@ -32,13 +32,14 @@ def build_exact(vectors: np.ndarray) -> faiss.Index:
     return index
 
 
-def train_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int) -> faiss.Index:
+def train_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int, use_gpu: bool | None = None) -> faiss.Index:
     """The trained, empty IVF-PQ index: coarse quantizer and PQ codebooks from one seeded sample.
 
-    With a GPU (faiss-gpu and `faiss.get_num_gpus() > 0`) the coarse k-means (the bulk of training: nlist
-    centroids over the whole sample) assigns points on every GPU; the centroids then go into the usual CPU
-    quantizer, so the index, its bytes format and everything after training stay on CPU. GPU float sums differ
-    from CPU ones, so a GPU-trained index is equivalent in recall, not byte-identical (tests/unit/test_gpu.py).
+    On a GPU (FAISS's CUDA build; `use_gpu` None: wherever `faiss.get_num_gpus() > 0`) the coarse k-means (the
+    bulk of training: nlist centroids over the whole sample) assigns points on every GPU; the centroids then go into
+    the usual CPU quantizer, so the index, its bytes format and everything after training stay on CPU. GPU float
+    sums differ from CPU ones, so a GPU-trained index is equivalent in recall, not byte-identical
+    (tests/unit/test_gpu.py; benchmarks/gpu_index.py at 1M vectors).
     """
     check_vectors(vectors)
     n, dims = vectors.shape
@@ -49,7 +50,11 @@ def train_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int) -> faiss.Index:
     pq.cp.min_points_per_centroid = 1  # the plan keeps >= 10 points per PQ centroid; don't warn below 39
     sample = np.random.default_rng(seed).choice(n, size=plan.train_points, replace=False)
     # SWIG does not keep an assigned index alive: hold the GPU index here until training is done.
-    gpu_assigner = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(dims)) if faiss.get_num_gpus() > 0 else None
+    if use_gpu is None:
+        use_gpu = faiss.get_num_gpus() > 0
+    elif use_gpu and faiss.get_num_gpus() == 0:
+        raise IndexBuildError("GPU training asked for, but faiss sees no GPU (faiss-cpu, or no CUDA device)")
+    gpu_assigner = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(dims)) if use_gpu else None
     if gpu_assigner is not None:
         ivf.clustering_index = gpu_assigner
     try:

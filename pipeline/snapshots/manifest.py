@@ -7,7 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pipeline.config import PipelineConfig
 from pipeline.storage.keys import redact
 
-_LIBRARIES = ("embedpipe", "torch", "transformers", "tokenizers", "faiss-cpu", "faiss-gpu", "numpy", "polars",
+_LIBRARIES = ("embedpipe", "torch", "transformers", "tokenizers", "faiss-cpu", "faiss-cuda", "numpy", "polars",
               "pyarrow", "fsspec", "ray", "prefect")
 
 

@@ -22,6 +22,7 @@ REPORT_KEYS = {
                                            "min_cosine_actor_path_vs_st", "ratio_c_over_a",
                                            "actor_path_over_in_process_seconds"},
     "benchmarks/gpu_embedding.py": {"device", "texts", "paths", "kernel_plans", "ratio_plan_over_best_st"},
+    "benchmarks/gpu_index.py": {"n", "plan", "gpus", "runs", "train_speedup_gpu_over_cpu", "recall_gap_gpu_minus_cpu"},
     "benchmarks/hybrid.py": {"table", "targets", "timing", "tuning", "met", "same_as_manifest"},
     "benchmarks/incremental_reindex.py": {"edits", "runs", "identity", "incremental_over_full_flow_run",
                                           "met_flow_run"},

@@ -40,7 +40,7 @@ def test_faiss_sees_the_gpu():
     faiss = pytest.importorskip("faiss")
 
     if not hasattr(faiss, "StandardGpuResources"):
-        pytest.skip("faiss-cpu is installed; the CUDA image installs faiss-gpu")
+        pytest.skip("faiss-cpu is installed; the CUDA image installs faiss-cuda")
     assert faiss.get_num_gpus() > 0
 
 
@@ -54,7 +54,7 @@ def test_ivfpq_trained_on_gpu_recalls_like_cpu(monkeypatch):
     faiss = pytest.importorskip("faiss")
 
     if faiss.get_num_gpus() == 0:
-        pytest.skip("faiss-cpu is installed; the CUDA image installs faiss-gpu")
+        pytest.skip("faiss-cpu is installed; the CUDA image installs faiss-cuda")
     from pipeline.config import IvfConfig
     from pipeline.index.faiss_ops import build_exact, build_ivfpq
     from pipeline.index.plan import plan_ivfpq

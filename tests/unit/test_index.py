@@ -105,6 +105,19 @@ def test_gpu_training_branch_uses_the_assigner_and_changes_nothing_else(monkeypa
     assert to_bytes(trained) == cpu
 
 
+def test_gpu_training_asked_for_without_a_gpu_is_refused_and_cpu_training_can_be_forced(monkeypatch):
+    from pipeline.index.faiss_ops import train_ivfpq
+
+    x = clustered(3000)
+    plan = plan_ivfpq(len(x), 64, IvfConfig())
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)
+    with pytest.raises(IndexBuildError, match="faiss sees no GPU"):
+        train_ivfpq(x, plan, seed=0, use_gpu=True)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda index: pytest.fail("moved to a GPU"))
+    assert train_ivfpq(x, plan, seed=0, use_gpu=False).is_trained
+
+
 @pytest.mark.parametrize(("n", "factor"), [(500, 10), (1_000_000, 10), (1_000_001, 20), (4_000_000, 20),
                                            (10_000_000, 40), (100_000_000, 100)])
 def test_rescoring_depth_grows_with_the_square_root_of_the_corpus_past_1m(n, factor):

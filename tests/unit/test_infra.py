@@ -3,9 +3,12 @@ with the package's pins and config schema, so they do not rot."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
 import tomllib
+from pathlib import Path
 
 import yaml
 
@@ -28,10 +31,30 @@ def test_dockerfiles_install_the_pinned_releases():
         for folder in ("pipeline", "operators", "flows", "configs"):
             assert f"COPY {folder} ./{folder}" in text, (name, folder)
     assert "python:3.11" in (INFRA / "docker" / "Dockerfile.cpu").read_text()
-    # faiss-gpu's CUDA 12 wheels lag faiss-cpu's releases (the newest is 1.14.1.post1 while faiss-cpu is 1.15.1), so
-    # its pin is its own; the image and the GPU check install the same one
-    gpu_pin = re.search(r"faiss-gpu-cu12==([\w.]+)", (INFRA / "docker" / "Dockerfile.cuda").read_text()).group(1)
-    assert f'"faiss-gpu-cu12=={gpu_pin}"' in (REPO / "benchmarks" / "gpu_check.sh").read_text()
+    # FAISS's CUDA 13 wheels lag faiss-cpu's releases (1.14.1.post4 while faiss-cpu is 1.15.1), so its pin is its own;
+    # the image and the GPU check install the same one
+    gpu_pin = re.search(r"faiss-cuda==([\w.]+)", (INFRA / "docker" / "Dockerfile.cuda").read_text()).group(1)
+    assert f'FAISS_GPU="faiss-cuda=={gpu_pin}"' in (REPO / "benchmarks" / "gpu_check.sh").read_text()
+    # every process of the CUDA image, and the GPU check, source the settings that FAISS build needs
+    cuda = (INFRA / "docker" / "Dockerfile.cuda").read_text()
+    assert "COPY infra/docker/faiss-cuda-env.sh /etc/profile.d/faiss-cuda-env.sh" in cuda
+    assert ". /etc/profile.d/faiss-cuda-env.sh && exec" in cuda
+    assert "\n. infra/docker/faiss-cuda-env.sh\n" in (REPO / "benchmarks" / "gpu_check.sh").read_text()
+
+
+def _sourced(**env: str) -> list[str]:
+    script = ". infra/docker/faiss-cuda-env.sh; echo \"$LD_PRELOAD\"; echo \"$OPENBLAS_CORETYPE\""
+    clean = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "OPENBLAS_CORETYPE")}
+    return subprocess.run(["bash", "-c", script], cwd=REPO, env={**clean, **env}, capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+
+
+def test_faiss_cuda_env_preloads_the_system_libstdcxx_and_names_the_widest_openblas_kernels():
+    lib, core = _sourced()
+    assert Path(lib).name == "libstdc++.so.6" and Path(lib).exists()
+    flags = set(re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M).group(1).split())
+    assert core == ("SkylakeX" if "avx512f" in flags else "Haswell" if "avx2" in flags else "")
+    assert _sourced(LD_PRELOAD="/x.so", OPENBLAS_CORETYPE="Zen") == ["/x.so", "Zen"]  # a value set is kept
 
 
 def test_kuberay_manifests_match_the_pinned_ray_and_request_gpus():
