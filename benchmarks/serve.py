@@ -12,6 +12,9 @@ benchmarks/representations.py, so either benchmark reuses the other's embedding)
                pass runs share the next one (`--query-batch`, 64)
   x8 unbatched the same, served by a second `embedpipe serve --query-batch 1` (one query per pass, as before
                batching); the batching gain is http x8's requests per second over this one's
+  mixed        http x8 and x8 unbatched with each query's mode and k drawn (seeded) from the modes above and
+               k = 5, 10, 20, as a service's clients send them: a pass shares its forward pass but searches once per
+               (mode, k) among its queries
 Each setting runs the query list `--passes` times after one warm-up pass; in-process and http x1 take turns query by
 query (a neighbour's load on the machine then falls on both alike), and their requests per second are 1 / mean
 latency. The HTTP overhead is the ratio of http x1 to in-process: p50 latency, and requests per second. Writes
@@ -28,6 +31,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -44,6 +48,7 @@ from benchmarks.common import REPO, parse_args, sample_subset, write_report  # n
 DATASETS = {"demo": ("configs/demo.yaml", "bench-serve-demo"), "scifact": ("configs/scifact-full.yaml", "bench-minilm")}
 MODES = ["exact", "binary+rescore", "ivfpq+rescore"]
 CLIENTS, K, ALIAS = 8, 10, "bench"
+MIXED_KS = (5, 10, 20)
 
 
 def snapshot_of(name: str, config: str, run_id: str, args: argparse.Namespace) -> tuple[str, str]:
@@ -108,12 +113,12 @@ def connect(port: int) -> http.client.HTTPConnection:
     return http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
 
-def post_search(conn: http.client.HTTPConnection, query: str, mode: str) -> None:
-    conn.request("POST", "/search", json.dumps({"query": query, "k": K, "mode": mode}),
+def post_search(conn: http.client.HTTPConnection, query: str, mode: str, k: int = K) -> None:
+    conn.request("POST", "/search", json.dumps({"query": query, "k": k, "mode": mode}),
                  {"Content-Type": "application/json"})
     resp = conn.getresponse()
     payload = json.loads(resp.read())
-    if resp.status != 200 or len(payload["hits"]) != K:
+    if resp.status != 200 or len(payload["hits"]) != k:
         raise RuntimeError(f"{resp.status}: {str(payload)[:300]}")
 
 
@@ -133,16 +138,16 @@ def paired_run(port: int, searcher, queries: list[str], mode: str) -> tuple[list
     return local, remote
 
 
-def concurrent_run(port: int, queries: list[str], mode: str, clients: int) -> tuple[list[float], float]:
-    """Every query once, spread over `clients` keep-alive connections: (latencies in s, wall s)."""
-    shares = [queries[i::clients] for i in range(clients)]
+def concurrent_run(port: int, requests: list[tuple[str, str, int]], clients: int) -> tuple[list[float], float]:
+    """Every (query, mode, k) once, spread over `clients` keep-alive connections: (latencies in s, wall s)."""
+    shares = [requests[i::clients] for i in range(clients)]
     latencies: list[list[float]] = [[] for _ in range(clients)]
 
     def client(i: int) -> None:
         conn = connect(port)
-        for q in shares[i]:
+        for q, mode, k in shares[i]:
             t = time.perf_counter()
-            post_search(conn, q, mode)
+            post_search(conn, q, mode, k)
             latencies[i].append(time.perf_counter() - t)
         conn.close()
 
@@ -153,7 +158,7 @@ def concurrent_run(port: int, queries: list[str], mode: str, clients: int) -> tu
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    if sum(map(len, latencies)) != len(queries):
+    if sum(map(len, latencies)) != len(requests):
         raise RuntimeError("a client failed; see its traceback above")
     return [x for per in latencies for x in per], wall
 
@@ -169,14 +174,15 @@ def measure(port: int, unbatched: int, searcher, queries: list[str], passes: int
     out = {}
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="in-process")
     for mode in MODES:
+        requests = [(q, mode, K) for q in queries]
         worker.submit(paired_run, port, searcher, queries, mode).result()
-        concurrent_run(port, queries, mode, CLIENTS)
-        concurrent_run(unbatched, queries, mode, CLIENTS)
+        concurrent_run(port, requests, CLIENTS)
+        concurrent_run(unbatched, requests, CLIENTS)
         local, remote, many, wall, serial, serial_wall = [], [], [], 0.0, [], 0.0
         for _ in range(passes):
             a, b = worker.submit(paired_run, port, searcher, queries, mode).result()
-            c, w = concurrent_run(port, queries, mode, CLIENTS)
-            d, v = concurrent_run(unbatched, queries, mode, CLIENTS)
+            c, w = concurrent_run(port, requests, CLIENTS)
+            d, v = concurrent_run(unbatched, requests, CLIENTS)
             local, remote, many, wall = local + a, remote + b, many + c, wall + w
             serial, serial_wall = serial + d, serial_wall + v
         # one request at a time: requests per second = 1 / mean latency
@@ -190,6 +196,25 @@ def measure(port: int, unbatched: int, searcher, queries: list[str], passes: int
                       "batching_gain": round(c["requests_per_s"] / d["requests_per_s"], 2)}
         print(f"{mode}: {json.dumps(out[mode])}", flush=True)
     worker.shutdown()
+    return out
+
+
+def measure_mixed(port: int, unbatched: int, queries: list[str], passes: int) -> dict[str, dict | float]:
+    """http x8 on the batching service and on the unbatched one, each query's mode and k drawn from MODES and
+    MIXED_KS (seeded), after a warm-up pass of each."""
+    rng = random.Random(0)
+    requests = [(q, rng.choice(MODES), rng.choice(MIXED_KS)) for q in queries]
+    concurrent_run(port, requests, CLIENTS)
+    concurrent_run(unbatched, requests, CLIENTS)
+    many, wall, serial, serial_wall = [], 0.0, [], 0.0
+    for _ in range(passes):
+        c, w = concurrent_run(port, requests, CLIENTS)
+        d, v = concurrent_run(unbatched, requests, CLIENTS)
+        many, wall, serial, serial_wall = many + c, wall + w, serial + d, serial_wall + v
+    batched, one_by_one = figures(many, wall), figures(serial, serial_wall)
+    out = {f"http_x{CLIENTS}": batched, f"http_x{CLIENTS}_unbatched": one_by_one,
+           "batching_gain": round(batched["requests_per_s"] / one_by_one["requests_per_s"], 2)}
+    print(f"mixed: {json.dumps(out)}", flush=True)
     return out
 
 
@@ -236,10 +261,11 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     with served(root, index, args) as port, served(root, index, args, query_batch=1) as unbatched:
         load_before = os.getloadavg()[0]
         modes = measure(port, unbatched, searcher, queries, passes)
+        mixed = measure_mixed(port, unbatched, queries, passes)
         load_after = os.getloadavg()[0]
     manifest = Snapshot.of(Storage(root), index, version).manifest
     return {"config": config, "index": index, "version": version, "vectors": manifest["counts"]["vectors"],
-            "queries": len(queries), "passes": passes, "modes": modes,
+            "queries": len(queries), "passes": passes, "modes": modes, "mixed": mixed,
             "load_average_1m": [round(load_before, 2), round(load_after, 2)]}  # the machine is shared
 
 
@@ -263,7 +289,11 @@ def markdown(report: dict) -> str:
                        f"{c['p50_ms']:.2f} / {c['p99_ms']:.2f} | {c['requests_per_s']:.0f} | "
                        f"{u['p50_ms']:.2f} / {u['p99_ms']:.2f} | {u['requests_per_s']:.0f} | "
                        f"{m['batching_gain']:.2f}x |")
-        out.append("")
+        mixed = d["mixed"]
+        c, u = mixed[f"http_x{CLIENTS}"], mixed[f"http_x{CLIENTS}_unbatched"]
+        out += ["", f"Mixed (each query's mode drawn from the three above and k from {', '.join(map(str, MIXED_KS))}): "
+                f"http x{CLIENTS} {c['requests_per_s']:.0f} req/s (p50 {c['p50_ms']:.2f} ms), unbatched "
+                f"{u['requests_per_s']:.0f} req/s (p50 {u['p50_ms']:.2f} ms), gain {mixed['batching_gain']:.2f}x.", ""]
     return "\n".join(out)
 
 
