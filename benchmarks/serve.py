@@ -101,6 +101,13 @@ def figures(latencies_s: list[float], wall_s: float) -> dict:
             "requests_per_s": round(len(ms) / wall_s, 1)}
 
 
+def batching(many: list[float], wall: float, serial: list[float], serial_wall: float) -> dict:
+    """http x8's figures on the batching service and on the unbatched one, and the gain of the first."""
+    batched, one_by_one = figures(many, wall), figures(serial, serial_wall)
+    return {f"http_x{CLIENTS}": batched, f"http_x{CLIENTS}_unbatched": one_by_one,
+            "batching_gain": round(batched["requests_per_s"] / one_by_one["requests_per_s"], 2)}
+
+
 def searcher_for(root: str, index: str, version: str):
     from pipeline.quality.search import Searcher
     from pipeline.snapshots.snapshot import Snapshot
@@ -186,14 +193,10 @@ def measure(port: int, unbatched: int, searcher, queries: list[str], passes: int
             local, remote, many, wall = local + a, remote + b, many + c, wall + w
             serial, serial_wall = serial + d, serial_wall + v
         # one request at a time: requests per second = 1 / mean latency
-        out[mode] = {"in_process": figures(local, sum(local)), "http_x1": figures(remote, sum(remote)),
-                     f"http_x{CLIENTS}": figures(many, wall),
-                     f"http_x{CLIENTS}_unbatched": figures(serial, serial_wall)}
-        a, b = out[mode]["in_process"], out[mode]["http_x1"]
-        c, d = out[mode][f"http_x{CLIENTS}"], out[mode][f"http_x{CLIENTS}_unbatched"]
-        out[mode] |= {"overhead_p50": round(b["p50_ms"] / a["p50_ms"], 2),
-                      "throughput_ratio_x1": round(b["requests_per_s"] / a["requests_per_s"], 2),
-                      "batching_gain": round(c["requests_per_s"] / d["requests_per_s"], 2)}
+        a, b = figures(local, sum(local)), figures(remote, sum(remote))
+        out[mode] = {"in_process": a, "http_x1": b, **batching(many, wall, serial, serial_wall),
+                     "overhead_p50": round(b["p50_ms"] / a["p50_ms"], 2),
+                     "throughput_ratio_x1": round(b["requests_per_s"] / a["requests_per_s"], 2)}
         print(f"{mode}: {json.dumps(out[mode])}", flush=True)
     worker.shutdown()
     return out
@@ -211,9 +214,7 @@ def measure_mixed(port: int, unbatched: int, queries: list[str], passes: int) ->
         c, w = concurrent_run(port, requests, CLIENTS)
         d, v = concurrent_run(unbatched, requests, CLIENTS)
         many, wall, serial, serial_wall = many + c, wall + w, serial + d, serial_wall + v
-    batched, one_by_one = figures(many, wall), figures(serial, serial_wall)
-    out = {f"http_x{CLIENTS}": batched, f"http_x{CLIENTS}_unbatched": one_by_one,
-           "batching_gain": round(batched["requests_per_s"] / one_by_one["requests_per_s"], 2)}
+    out = batching(many, wall, serial, serial_wall)
     print(f"mixed: {json.dumps(out)}", flush=True)
     return out
 
