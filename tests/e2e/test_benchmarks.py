@@ -31,7 +31,7 @@ REPORT_KEYS = {
     "benchmarks/kill_resume.py": {"runs", "identical_snapshots", "killed_run_published", "restart_cost_s"},
     "benchmarks/migration.py": {"migrations"},
     "benchmarks/precision.py": {"docs", "queries", "kernel_plan", "ndcg@10", "retention", "min_cosine_docs",
-                                "texts_per_s", "retention_by_chance", "retention_one_side"},
+                                "texts_per_s", "retention_by_chance", "retention_one_side", "top10_kept"},
     "benchmarks/representations.py": {"models", "plot"},
     "benchmarks/scale.py": {"sizes", "cache_runs", "prepare", "ratios", "targets"},
     "benchmarks/scifact_reference.py": {"exact", "ivfpq", "ivfpq_nprobe_sweep", "reproduces_published", "throughput"},
