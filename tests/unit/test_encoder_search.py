@@ -42,6 +42,23 @@ def test_length_grouped_batches_keep_input_order_and_match_sentence_transformers
     assert np.abs(ours - st).max() < 1e-5
 
 
+def test_cpu_batches_side_by_side_give_the_vectors_of_one_batch_at_a_time(encoder, sample_docs):
+    import threading
+
+    if encoder.streams is None:
+        pytest.skip("batches run side by side on a CPU with more than one thread")
+    texts = [d["title"] + " " + d["text"] for d in sample_docs[:40]]
+    budget, streams = encoder.batch_tokens, encoder.streams
+    try:
+        encoder.batch_tokens = 1024  # several batches of these abstracts
+        side_by_side = encoder.encode(texts)
+        assert any(t.name.startswith("encode") for t in threading.enumerate())
+        encoder.streams = None
+        assert np.array_equal(side_by_side, encoder.encode(texts))
+    finally:
+        encoder.batch_tokens, encoder.streams = budget, streams
+
+
 def test_cpu_encoder_runs_linears_through_onednn_with_the_same_vectors(encoder, sample_docs):
     from pipeline.models import onednn
     from pipeline.models.encoder import load_encoder
