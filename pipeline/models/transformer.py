@@ -83,11 +83,9 @@ class TransformerEncoder:
         self.texts_per_step = 1024 if self.device.startswith("cuda") else None
         # On a CPU the batches run side by side, one thread each, rather than one at a time on every thread: layer
         # norms, attention over 32-wide heads and the casts scale poorly across threads, and one batch's Python
-        # overhead hides behind another's products (600-1,200 abstracts on 2 vCPUs of an AMX Xeon: 1.10-1.13x as
-        # fast). A batch's vectors are bitwise the same whatever threads ran it; torch's thread count is per thread
-        threads = torch.get_num_threads()
-        self.streams = ThreadPoolExecutor(threads, thread_name_prefix="encode", initializer=torch.set_num_threads,
-                                          initargs=(1,)) if self.device == "cpu" and threads > 1 else None
+        # overhead hides behind another's products (bf16, 2 vCPUs of an AMX Xeon: 1.03-1.11x).
+        # A batch's vectors do not depend on the threads that ran it (bitwise there, for every CPU kernel)
+        self.streams = torch.get_num_threads() if self.device == "cpu" else 1
         try:
             model = _load_model(self.folder).to(self.device)
             shapes = kernels.probe_shapes(cfg.max_tokens or limit, self.batch_tokens)
@@ -135,9 +133,14 @@ class TransformerEncoder:
                                      parallel=self.parallel_tokenize)
             self.tokens_encoded += sum(map(len, ids))
             batches = token_budget_batches([len(x) for x in ids], self.batch_tokens, self.batch_size)
-            # one batch (a query) keeps every thread: side by side would leave all but one idle
             forward = functools.partial(self._forward, ids)
-            vectors = self.streams.map(forward, batches) if self.streams and len(batches) > 1 else map(forward, batches)
+            if self.streams > 1 and len(batches) > 1:  # one batch (a query) keeps every thread
+                # threads of this call only: none outlive it (or a fork) holding torch state
+                with ThreadPoolExecutor(min(self.streams, len(batches)), thread_name_prefix="encode",
+                                        initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                    vectors = list(pool.map(forward, batches))
+            else:
+                vectors = list(map(forward, batches))
             pooled.extend((np.asarray(rows) + start, v) for rows, v in zip(batches, vectors, strict=True))
         for rows, vectors in pooled:
             out[rows] = vectors.cpu().numpy()
