@@ -59,6 +59,13 @@ def _load_model(folder: Path) -> torch.nn.Module:
     return (bert.load_bert(folder) if bert.supports(folder) else _AutoModel(folder)).eval()
 
 
+def _one_torch_thread() -> None:
+    """A side-by-side worker's torch ops run on that worker alone. torch sets a thread's count when it first uses
+    torch, from whatever was set last anywhere: so first use, then set."""
+    torch.get_num_threads()
+    torch.set_num_threads(1)
+
+
 class TransformerEncoder:
     def __init__(self, cfg: ModelConfig, device: str | None = None, threads: int | None = None,
                  offer: list[str] | None = None) -> None:
@@ -85,7 +92,7 @@ class TransformerEncoder:
         # norms, attention over 32-wide heads and the casts scale poorly across threads, and one batch's Python
         # overhead hides behind another's products (bf16, 2 vCPUs of an AMX Xeon: 1.03-1.11x).
         # A batch's vectors do not depend on the threads that ran it (bitwise there, for every CPU kernel)
-        self.streams = torch.get_num_threads() if self.device == "cpu" else 1
+        self.side_by_side = self.device == "cpu"
         try:
             model = _load_model(self.folder).to(self.device)
             shapes = kernels.probe_shapes(cfg.max_tokens or limit, self.batch_tokens)
@@ -134,11 +141,15 @@ class TransformerEncoder:
             self.tokens_encoded += sum(map(len, ids))
             batches = token_budget_batches([len(x) for x in ids], self.batch_tokens, self.batch_size)
             forward = functools.partial(self._forward, ids)
-            if self.streams > 1 and len(batches) > 1:  # one batch (a query) keeps every thread
+            threads = torch.get_num_threads() if self.side_by_side else 1  # the calling thread's
+            if threads > 1 and len(batches) > 1:  # one batch (a query) keeps every thread
                 # threads of this call only: none outlive it (or a fork) holding torch state
-                with ThreadPoolExecutor(min(self.streams, len(batches)), thread_name_prefix="encode",
-                                        initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                with ThreadPoolExecutor(min(threads, len(batches)), thread_name_prefix="encode",
+                                        initializer=_one_torch_thread) as pool:
                     vectors = list(pool.map(forward, batches))
+                # torch.set_num_threads also sets the count a thread takes when it first uses torch: the caller's again
+                # (a thread started elsewhere while the workers ran may have taken theirs, 1: slower, never wrong)
+                torch.set_num_threads(threads)
             else:
                 vectors = list(map(forward, batches))
             pooled.extend((np.asarray(rows) + start, v) for rows, v in zip(batches, vectors, strict=True))
