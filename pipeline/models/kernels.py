@@ -4,7 +4,8 @@ CPUs differ more than their names suggest. On AMD EPYC (Zen 5) oneDNN's fp32 ker
 torch's default (MKL picks its kernels by vendor); on an Intel Xeon with AMX that gain was gone, while bf16 ran a
 linear layer 7.9x faster than fp32. So nothing is assumed: at encoder start the candidates this device supports
 run a short probe (random token ids in the encoder's batch shapes, the model's own pooling; after a warm-up pass
-the candidates take turns for up to 3 rounds), and the fastest whose vectors stay within `TOLERANCE` (min cosine) of
+the candidates take turns for up to 3 rounds; on a CPU of several threads each round runs one pass per thread side
+by side, as the encoder runs its batches), and the fastest whose vectors stay within `TOLERANCE` (min cosine) of
 fp32 on the probe wins. `model.precision` forces a precision
 (fp32 for bit-stable vectors); the paths within it are still measured. The plan is cached per machine (CPU model
 and flags, torch version, device, threads, model weights) under ~/.cache/embedpipe/kernels (or
@@ -25,6 +26,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -35,7 +37,7 @@ from pipeline.models.kernel_plan import KERNEL_FLAGS, TOLERANCE, Kernel, KernelP
 
 PROBE_ROUNDS = 3  # timed passes per candidate at most, taken in turns
 PROBE_BUDGET_S = 20.0  # what the timed rounds may take, estimated from the warm-up passes
-CANDIDATES_VERSION = 2  # in the cache key: raised when a candidate's code changes, so no plan measured older code
+CANDIDATES_VERSION = 3  # in the cache key: raised when a candidate's code changes, so no plan measured older code
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, attention_mask) -> last hidden state
 
@@ -137,13 +139,43 @@ def probe_batches(vocab_size: int, device: str, shapes: list[tuple[int, int]]
     return out
 
 
+def _one_torch_thread() -> None:
+    """A side-by-side worker's torch ops run on that worker alone. torch sets a thread's count when it first uses
+    torch, from whatever was set last anywhere: so first use, then set."""
+    torch.get_num_threads()
+    torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def side_by_side(workers: int) -> Iterator[ThreadPoolExecutor]:
+    """Threads of one torch thread each, for CPU batches run side by side (pipeline/models/transformer.py). None
+    outlives the block (or a fork). torch.set_num_threads also sets the count a thread takes when it first uses
+    torch, so the caller's is set back after (a thread started elsewhere meanwhile may take 1: slower, never wrong)."""
+    caller = torch.get_num_threads()
+    with ThreadPoolExecutor(workers, thread_name_prefix="encode", initializer=_one_torch_thread) as pool:
+        yield pool
+    torch.set_num_threads(caller)
+
+
 def _pass_seconds(model: Model, batches) -> float:
+    """One pass over the batches, timed as the encoder runs them: on a CPU of several threads, one pass per thread
+    side by side (the seconds per pass); on a GPU, until the device is done."""
+    @torch.inference_mode()  # per thread
+    def one_pass() -> None:
+        for ids, mask in batches:
+            model(ids, mask)
+
+    threads = 1 if batches[0][0].is_cuda else torch.get_num_threads()
     start = time.perf_counter()
-    for ids, mask in batches:
-        model(ids, mask)
+    if threads > 1:
+        with side_by_side(threads) as pool:
+            for done in [pool.submit(one_pass) for _ in range(threads)]:
+                done.result()
+    else:
+        one_pass()
     if batches[0][0].is_cuda:
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return (time.perf_counter() - start) / threads
 
 
 def probe(model: torch.nn.Module, kernels: list[Kernel], batches, pool: Callable) -> list[ProbeResult]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -57,13 +56,6 @@ def _load_model(folder: Path) -> torch.nn.Module:
     """BERT models (MiniLM) through pipeline/models/bert.py, which skips importing transformers' modeling code
     (2.2 s); every other architecture through transformers."""
     return (bert.load_bert(folder) if bert.supports(folder) else _AutoModel(folder)).eval()
-
-
-def _one_torch_thread() -> None:
-    """A side-by-side worker's torch ops run on that worker alone. torch sets a thread's count when it first uses
-    torch, from whatever was set last anywhere: so first use, then set."""
-    torch.get_num_threads()
-    torch.set_num_threads(1)
 
 
 class TransformerEncoder:
@@ -143,13 +135,8 @@ class TransformerEncoder:
             forward = functools.partial(self._forward, ids)
             threads = torch.get_num_threads() if self.side_by_side else 1  # the calling thread's
             if threads > 1 and len(batches) > 1:  # one batch (a query) keeps every thread
-                # threads of this call only: none outlive it (or a fork) holding torch state
-                with ThreadPoolExecutor(min(threads, len(batches)), thread_name_prefix="encode",
-                                        initializer=_one_torch_thread) as pool:
+                with kernels.side_by_side(min(threads, len(batches))) as pool:
                     vectors = list(pool.map(forward, batches))
-                # torch.set_num_threads also sets the count a thread takes when it first uses torch: the caller's again
-                # (a thread started elsewhere while the workers ran may have taken theirs, 1: slower, never wrong)
-                torch.set_num_threads(threads)
             else:
                 vectors = list(map(forward, batches))
             pooled.extend((np.asarray(rows) + start, v) for rows, v in zip(batches, vectors, strict=True))
