@@ -165,7 +165,8 @@ def _pass_seconds(model: Model, batches) -> float:
         for ids, mask in batches:
             model(ids, mask)
 
-    threads = 1 if batches[0][0].is_cuda else torch.get_num_threads()
+    cuda = batches[0][0].is_cuda
+    threads = 1 if cuda else torch.get_num_threads()
     start = time.perf_counter()
     if threads > 1:
         with side_by_side(threads) as pool:
@@ -173,7 +174,7 @@ def _pass_seconds(model: Model, batches) -> float:
                 done.result()
     else:
         one_pass()
-    if batches[0][0].is_cuda:
+    if cuda:
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / threads
 

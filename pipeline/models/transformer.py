@@ -84,7 +84,6 @@ class TransformerEncoder:
         # norms, attention over 32-wide heads and the casts scale poorly across threads, and one batch's Python
         # overhead hides behind another's products (bf16, 2 vCPUs of an AMX Xeon: 1.03-1.11x).
         # A batch's vectors do not depend on the threads that ran it (bitwise there, for every CPU kernel)
-        self.side_by_side = self.device == "cpu"
         try:
             model = _load_model(self.folder).to(self.device)
             shapes = kernels.probe_shapes(cfg.max_tokens or limit, self.batch_tokens)
@@ -133,7 +132,7 @@ class TransformerEncoder:
             self.tokens_encoded += sum(map(len, ids))
             batches = token_budget_batches([len(x) for x in ids], self.batch_tokens, self.batch_size)
             forward = functools.partial(self._forward, ids)
-            threads = torch.get_num_threads() if self.side_by_side else 1  # the calling thread's
+            threads = torch.get_num_threads() if self.device == "cpu" else 1  # the calling thread's
             if threads > 1 and len(batches) > 1:  # one batch (a query) keeps every thread
                 with kernels.side_by_side(min(threads, len(batches))) as pool:
                     vectors = list(pool.map(forward, batches))
