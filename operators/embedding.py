@@ -11,16 +11,17 @@ it (operators/kernel_probe.py).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import ray
 
 from operators.cluster import ensure_ray, mark_node, unwrap
-from operators.faults import maybe_exit_driver, maybe_kill_actor
+from operators.faults import maybe_exit_driver
 from pipeline.config import ModelConfig, RunConfig
 from pipeline.jobs.embedder import OnResult
-from pipeline.jobs.shards import ShardResult, embed_shard
-from pipeline.models.encoder import load_encoder
+from pipeline.jobs.shards import ShardResult
+from pipeline.startup import collector_paused
 from pipeline.storage.backend import Storage
 
 
@@ -30,16 +31,28 @@ def actor_threads(run: RunConfig) -> int:
 
 @ray.remote(max_restarts=2, max_task_retries=2)  # embed_shard is idempotent, so a retried shard is safe
 class EmbedActor:
+    """One model, whole shards. Ray sends this class by value: a new worker imports what its methods name before
+    __init__ runs, so they name nothing heavy, and __init__ imports torch, polars and the model with the garbage
+    collector paused (pipeline/startup.py)."""
+
     def __init__(self, root_url: str, options: dict, model: dict, threads: int) -> None:
         mark_node()
-        self.storage = Storage(root_url, **options)
-        self.encoder = load_encoder(ModelConfig(**model), threads=threads)
+        with collector_paused():
+            from operators.faults import maybe_kill_actor
+            from pipeline.config import ModelConfig
+            from pipeline.jobs.shards import embed_shard
+            from pipeline.models.encoder import load_encoder
+            from pipeline.storage.backend import Storage
+
+            storage = Storage(root_url, **options)
+            encoder = load_encoder(ModelConfig(**model), threads=threads)
+        self.embed_shard = functools.partial(embed_shard, storage, encoder=encoder, after_encode=maybe_kill_actor)
 
     def ready(self) -> bool:
         return True
 
     def embed(self, run_id: str, shard: int) -> ShardResult:
-        return embed_shard(self.storage, run_id, shard, self.encoder, after_encode=maybe_kill_actor)
+        return self.embed_shard(run_id, shard)
 
 
 class RayEmbedder:
