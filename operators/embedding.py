@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 
 import ray
 
@@ -58,17 +59,20 @@ class EmbedActor:
 class RayEmbedder:
     """Shards spread over `run.actors` actors (never more than there are shards). `start` launches the actors
     ahead of the work (their process, imports and model load take seconds), so it overlaps whatever runs before
-    `embed`; the actors are killed when `embed` returns, or by `close`."""
+    `embed`; the actors are killed when `embed` returns, or by `close`. `up_after`: seconds from the first `start`
+    (Ray up) until `embed` found each actor up, in that order: what the actors' start costs a run."""
 
     where = "ray actors"
 
     def __init__(self, storage: Storage, model: ModelConfig, run: RunConfig) -> None:
         self.storage, self.model, self.run = storage, model, run
         self.handles: list = []
+        self.started, self.up_after = 0.0, []
 
     def start(self, shards: int) -> RayEmbedder:
         ensure_ray()
         run = self.run
+        self.started = self.started or time.perf_counter()
         self.handles += [EmbedActor.options(num_cpus=run.cpus_per_actor, num_gpus=run.gpus_per_actor)
                          .remote(self.storage.url, self.storage.options, self.model.model_dump(),
                                  actor_threads(run))
@@ -99,6 +103,7 @@ class RayEmbedder:
                 [done], _ = ray.wait([*running, *starting], num_returns=1)
                 if done in starting:
                     ray.get(done)  # an actor that failed to start raises here
+                    self.up_after.append(round(time.perf_counter() - self.started, 3))
                     idle.append(starting.pop(done))
                     continue
                 idle.append(running.pop(done))
