@@ -209,9 +209,8 @@ def main() -> int:
         f"fp32 vectors vs ST: max abs difference {report['max_abs_diff_vs_st']:.2e}; the plan's vectors vs ST: "
         f"min cosine {report['min_cosine_plan_vs_st']:.6f} in process, {report['min_cosine_actor_path_vs_st']:.6f} "
         f"from the actors. The actors' start overlapped {overlapped:.1f} s of prepare; they were up {up} s after it. "
-        f"In process and actor "
-        f"path: the best of {len(rounds['actor_path'])} alternating round(s), each in new processes (in process "
-        f"{rounds['in_process']} s, actor path {rounds['actor_path']} s).", ""])
+        f"In process and actor path: the best of {len(rounds['actor_path'])} alternating round(s), each in new "
+        f"processes (in process {rounds['in_process']} s, actor path {rounds['actor_path']} s).", ""])
     write_report(args, "embedding_throughput", report, md)
     return 0
 
