@@ -76,13 +76,14 @@ def main() -> int:
     # moved them (the same mean cosine), NOISE_SEEDS times. A lower bound, not the expected effect: bf16's deviation
     # lies along the directions the documents vary in, and moves a ranking more than a random one of its size
     rng, dims = np.random.default_rng(0), fp32["corpus"].shape[1]
+    seeds = range(3 if args.smoke else NOISE_SEEDS)
 
     def moved(x: np.ndarray, cosines: np.ndarray) -> np.ndarray:
         y = x + rng.normal(0, np.sqrt(2 * float(np.mean(1 - cosines)) / dims), x.shape).astype(np.float32)
         return y / np.linalg.norm(y, axis=1, keepdims=True)
 
     chance = np.array([ndcg(moved(fp32["queries"], cos_queries), moved(fp32["corpus"], cos_docs)) / fp32["ndcg@10"]
-                       for _ in range(3 if args.smoke else NOISE_SEEDS)])
+                       for _ in seeds])
 
     # Label-free, on every query: the share of fp32's top 10 documents a search keeps in its own top 10
     reference = top10(fp32["every_query"], fp32["corpus"])
@@ -94,7 +95,7 @@ def main() -> int:
                   "plan_queries_fp32_corpus": kept(plan["every_query"], fp32["corpus"]),
                   "fp32_queries_plan_corpus": kept(fp32["every_query"], plan["corpus"])}
     kept_by_chance = np.array([kept(moved(fp32["every_query"], cos_every), moved(fp32["corpus"], cos_docs))
-                               for _ in range(3 if args.smoke else NOISE_SEEDS)])
+                               for _ in seeds])
     report = {"docs": len(texts), "queries": len(queries), "kernel_plan": plan["plan"].to_dict(),
               "fp32_kernel": fp32["plan"].to_dict(),
               "ndcg@10": {"fp32": fp32["ndcg@10"], "plan": plan["ndcg@10"]},

@@ -25,9 +25,10 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -40,6 +41,7 @@ PROBE_BUDGET_S = 20.0  # what the timed rounds may take, estimated from the warm
 CANDIDATES_VERSION = 3  # in the cache key: raised when a candidate's code changes, so no plan measured older code
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, attention_mask) -> last hidden state
+T, R = TypeVar("T"), TypeVar("R")
 
 
 def cpu_has_bf16() -> bool:
@@ -146,15 +148,19 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
-@contextlib.contextmanager
-def side_by_side(workers: int) -> Iterator[ThreadPoolExecutor]:
-    """Threads of one torch thread each, for CPU batches run side by side (pipeline/models/transformer.py). None
-    outlives the block (or a fork). torch.set_num_threads also sets the count a thread takes when it first uses
+def map_side_by_side(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
+    """`fn` over `items`, in order: with several workers and items, side by side on threads of one torch thread
+    each (CPU batches, pipeline/models/transformer.py), else one after another on the calling thread. No thread
+    outlives the call (or a fork). torch.set_num_threads also sets the count a thread takes when it first uses
     torch, so the caller's is set back after (a thread started elsewhere meanwhile may take 1: slower, never wrong)."""
+    if workers <= 1 or len(items) <= 1:
+        return list(map(fn, items))
     caller = torch.get_num_threads()
-    with ThreadPoolExecutor(workers, thread_name_prefix="encode", initializer=_one_torch_thread) as pool:
-        yield pool
+    with ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="encode",
+                            initializer=_one_torch_thread) as pool:
+        out = list(pool.map(fn, items))
     torch.set_num_threads(caller)
+    return out
 
 
 def _pass_seconds(model: Model, batches) -> float:
@@ -168,12 +174,7 @@ def _pass_seconds(model: Model, batches) -> float:
     cuda = batches[0][0].is_cuda
     threads = 1 if cuda else torch.get_num_threads()
     start = time.perf_counter()
-    if threads > 1:
-        with side_by_side(threads) as pool:
-            for done in [pool.submit(one_pass) for _ in range(threads)]:
-                done.result()
-    else:
-        one_pass()
+    map_side_by_side(lambda _: one_pass(), range(threads), threads)
     if cuda:
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / threads

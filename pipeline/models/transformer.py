@@ -133,11 +133,7 @@ class TransformerEncoder:
             batches = token_budget_batches([len(x) for x in ids], self.batch_tokens, self.batch_size)
             forward = functools.partial(self._forward, ids)
             threads = torch.get_num_threads() if self.device == "cpu" else 1  # the calling thread's
-            if threads > 1 and len(batches) > 1:  # one batch (a query) keeps every thread
-                with kernels.side_by_side(min(threads, len(batches))) as pool:
-                    vectors = list(pool.map(forward, batches))
-            else:
-                vectors = list(map(forward, batches))
+            vectors = kernels.map_side_by_side(forward, batches, threads)  # one batch (a query) keeps every thread
             pooled.extend((np.asarray(rows) + start, v) for rows, v in zip(batches, vectors, strict=True))
         for rows, vectors in pooled:
             out[rows] = vectors.cpu().numpy()
