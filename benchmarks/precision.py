@@ -3,7 +3,8 @@ chose on this machine against fp32, the largest cosine deviation of any vector, 
 
 Whole documents (title + text, truncated at the model's 256 tokens), as the published all-MiniLM-L6-v2 score
 (nDCG@10 = 0.645) was measured; corpus and queries encoded in the same precision, as embedpipe's searches do.
-Target: retention >= 99.9% of fp32's nDCG@10, set beside what chance alone does to it: fp32's vectors moved in random
+Target: retention >= 99.9% of fp32's nDCG@10, set beside how far the judged queries' sampling alone could move it (a
+paired bootstrap) and what chance alone does to it: fp32's vectors moved in random
 directions as far as the plan's precision moved them, and the retention with one side (queries or corpus) in the
 plan's precision and the other in fp32. And without judgments, on every query of the set (SciFact: 1,109, train and
 test): how many of fp32's top 10 documents the plan's search keeps, which tells precision from near ties on more
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import SCIFACT, parse_args, sample_subset, write_report  # noqa: E402
 
 NOISE_SEEDS = 20  # random moves of the fp32 vectors that the plan's retention is set beside
+BOOTSTRAP = 10_000  # resamples of the judged queries for the retention's interval
 
 
 def main() -> int:
@@ -35,7 +37,7 @@ def main() -> int:
     from pipeline.config import ModelConfig
     from pipeline.corpus.readers import read_qrels, read_queries
     from pipeline.models.encoder import load_encoder
-    from pipeline.quality.metrics import evaluate_run
+    from pipeline.quality.metrics import evaluate_run, per_query
 
     folder = sample_subset(args.out / "sample", 100, 20) if args.smoke else SCIFACT
     with gzip.open(folder / "corpus.jsonl.gz", "rt", encoding="utf-8") as fh:
@@ -46,11 +48,17 @@ def main() -> int:
     queries = {q: t for q, t in every_query.items() if q in qrels}
     judged = np.array([qid in qrels for qid in every_query])
 
-    def ndcg(q: np.ndarray, corpus: np.ndarray) -> float:
+    def run_of(q: np.ndarray, corpus: np.ndarray) -> dict[str, dict[str, float]]:
         scores = q @ corpus.T
         top = np.argsort(-scores, axis=1)[:, :100]
-        return evaluate_run(qrels, {qid: {ids[j]: float(scores[i, j]) for j in top[i]}
-                                    for i, qid in enumerate(queries)})["ndcg@10"]
+        return {qid: {ids[j]: float(scores[i, j]) for j in top[i]} for i, qid in enumerate(queries)}
+
+    def ndcg(q: np.ndarray, corpus: np.ndarray) -> float:
+        return evaluate_run(qrels, run_of(q, corpus))["ndcg@10"]
+
+    def ndcg_each(q: np.ndarray, corpus: np.ndarray) -> np.ndarray:
+        scored = per_query(qrels, run_of(q, corpus), "ndcg@10")
+        return np.array([scored.get(qid, 0.0) for qid in queries])
 
     def top10(q: np.ndarray, corpus: np.ndarray) -> np.ndarray:
         return np.argpartition(-(q @ corpus.T), 10, axis=1)[:, :10]
@@ -69,6 +77,11 @@ def main() -> int:
     cos_every = np.sum(fp32["every_query"] * plan["every_query"], axis=1)
     cos_queries = cos_every[judged]
     retention = plan["ndcg@10"] / fp32["ndcg@10"]
+    # How far the query sample alone could move that figure: the same queries resampled in pairs (plan, fp32)
+    each = {name: ndcg_each(run["queries"], run["corpus"]) for name, run in runs.items()}
+    picks = np.random.default_rng(0).integers(0, len(queries), (BOOTSTRAP, len(queries)))
+    resampled = each["plan"][picks].mean(axis=1) / each["fp32"][picks].mean(axis=1)
+    changed = each["plan"] - each["fp32"]
     # One side at a time, the other kept in fp32: which side's rounding moves the score
     one_side = {"plan_queries_fp32_corpus": ndcg(plan["queries"], fp32["corpus"]) / fp32["ndcg@10"],
                 "fp32_queries_plan_corpus": ndcg(fp32["queries"], plan["corpus"]) / fp32["ndcg@10"]}
@@ -99,7 +112,10 @@ def main() -> int:
     report = {"docs": len(texts), "queries": len(queries), "kernel_plan": plan["plan"].to_dict(),
               "fp32_kernel": fp32["plan"].to_dict(),
               "ndcg@10": {"fp32": fp32["ndcg@10"], "plan": plan["ndcg@10"]},
-              "retention": round(retention, 5), "retention_one_side": {k: round(v, 6) for k, v in one_side.items()},
+              "retention": round(retention, 5),
+              "retention_interval_95": [round(float(np.percentile(resampled, p)), 5) for p in (2.5, 97.5)],
+              "queries_changed": {"up": int((changed > 1e-9).sum()), "down": int((changed < -1e-9).sum())},
+              "retention_one_side": {k: round(v, 6) for k, v in one_side.items()},
               "min_cosine_docs": float(cos_docs.min()),
               "min_cosine_queries": float(cos_queries.min()),
               "retention_by_chance": {"seeds": len(chance), "mean": round(float(chance.mean()), 5),
@@ -121,6 +137,10 @@ def main() -> int:
         f"| corpus texts/s | {report['texts_per_s']['fp32']} | {report['texts_per_s']['plan']} |", "",
         f"Retention **{retention:.2%}** (target >= 99.9%); speed {speedup:.2f}x fp32; smallest cosine to the fp32 "
         f"vector: documents {cos_docs.min():.6f}, queries {cos_queries.min():.6f}.", "",
+        f"The queries' sampling alone: 95% of {BOOTSTRAP:,} paired resamples of the {len(queries)} judged queries give "
+        f"{np.percentile(resampled, 2.5):.2%} to {np.percentile(resampled, 97.5):.2%}; "
+        f"{report['queries_changed']['up']} queries scored higher than in fp32, "
+        f"{report['queries_changed']['down']} lower, the rest the same.", "",
         f"One side at a time: the plan's queries against fp32's corpus keep "
         f"{one_side['plan_queries_fp32_corpus']:.3%}, fp32's queries against the plan's corpus "
         f"{one_side['fp32_queries_plan_corpus']:.3%}.", "",
