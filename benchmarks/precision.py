@@ -4,9 +4,9 @@ chose on this machine against fp32, the largest cosine deviation of any vector, 
 Whole documents (title + text, truncated at the model's 256 tokens), as the published all-MiniLM-L6-v2 score
 (nDCG@10 = 0.645) was measured; corpus and queries encoded in the same precision, as embedpipe's searches do.
 Target: retention >= 99.9% of fp32's nDCG@10, set beside how far the judged queries' sampling alone could move it (a
-paired bootstrap) and what chance alone does to it: fp32's vectors moved in random
-directions as far as the plan's precision moved them, and the retention with one side (queries or corpus) in the
-plan's precision and the other in fp32. And without judgments, on every query of the set (SciFact: 1,109, train and
+paired bootstrap) and what chance alone does to it (fp32's vectors moved in random directions as far as the plan's
+precision moved them), and the retention with one side (queries or corpus) in the plan's precision and the other in
+fp32. And without judgments, on every query of the set (SciFact: 1,109, train and
 test): how many of fp32's top 10 documents the plan's search keeps, which tells precision from near ties on more
 queries than nDCG's 300. Writes benchmarks/out/precision.{json,md}.
 --smoke: 100 documents of the demo sample and their queries.
