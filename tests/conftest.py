@@ -25,6 +25,8 @@ os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 os.environ["RAY_AUTH_MODE"] = "token"  # set before any `import ray`: the driver reads it once, at import
 # kernel plans probed once per test session (not read from an earlier session's cache); subprocesses inherit it
 os.environ.setdefault("EMBEDPIPE_KERNEL_CACHE", tempfile.mkdtemp(prefix="embedpipe-kernels-"))
+# and the weights' digests remembered only within the session, outside the user's home
+os.environ.setdefault("EMBEDPIPE_DIGEST_CACHE", tempfile.mkdtemp(prefix="embedpipe-digests-"))
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "scifact-sample"
