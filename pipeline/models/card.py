@@ -13,7 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipeline.config import ModelConfig
-from pipeline.errors import ModelError
+from pipeline.errors import ModelError, StorageError
+from pipeline.storage.backend import Storage
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -29,17 +30,16 @@ def file_sha256(path: Path) -> str:
     (MiniLM's 91 MB: 0.07 s of an actor's start; a model of a few GB: seconds)."""
     st = path.stat()
     key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
-    record = digest_dir() / f"{hashlib.blake2b(key.encode(), digest_size=16).hexdigest()}.sha256"
-    with contextlib.suppress(OSError):
-        if re.fullmatch(r"[0-9a-f]{64}", known := record.read_text()):
+    remembered = Storage(str(digest_dir()))
+    record = f"{hashlib.blake2b(key.encode(), digest_size=16).hexdigest()}.sha256"
+    with contextlib.suppress(StorageError):
+        if re.fullmatch(r"[0-9a-f]{64}", known := remembered.read_bytes(record).decode(errors="replace")):
             return known
     with path.open("rb") as fh:
         digest = hashlib.file_digest(fh, "sha256").hexdigest()
-    with contextlib.suppress(OSError):  # a cache that cannot be written costs the next process a hash, nothing else
-        record.parent.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(digest)
-        tmp.replace(record)
+    # Written atomically (a reader never sees half a digest); a cache that cannot be written costs a later hash only
+    with contextlib.suppress(StorageError):
+        remembered.write_bytes(record, digest.encode())
     return digest
 
 
