@@ -6,15 +6,15 @@ with corpus-wide statistics, saved in bm25s' own file format and searched throug
 
 N, avgdl and df are corpus-wide. Each shard counts its own (`ShardStatistics`: chunks, tokens, df per term);
 the reduce step sums them (`CorpusStatistics.merge`) and scores each shard's postings with the sums
-(`score_postings`); `Bm25Index.assemble` lays the scored postings out as one term-major (CSC) matrix in FAISS
-row order. The scores equal those of one bm25s index built from every text at once (tests/unit/test_bm25.py),
-and the files are a pure function of the chunks' terms: sharding, batching and incremental runs give the same
-bytes. A reader without embedpipe loads them with `bm25s.BM25.load(folder, mmap=True)`.
+(`score_postings`); `write_bm25` lays the scored postings out as one term-major (CSC) matrix in FAISS
+row order, a shard at a time, out of core. The scores equal those of one bm25s index built from every text at once
+(tests/unit/test_bm25.py), and the files are a pure function of the chunks' terms: sharding, batching and
+incremental runs give the same bytes. A reader without embedpipe loads them with `bm25s.BM25.load(folder, mmap=True)`.
 """
 
 from __future__ import annotations
 
-import io
+import itertools
 import json
 import math
 from collections.abc import Callable, Iterable
@@ -32,6 +32,7 @@ from pipeline.index.analyzer import Analyzer
 from pipeline.storage.layout import BM25_FILES, BM25_FOLDER, bm25_file
 
 METHOD = "lucene"
+MERGE_BATCH = 32  # shards' statistics summed at a time
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,15 @@ class CorpusStatistics:
 
     @classmethod
     def merge(cls, shards: Iterable[ShardStatistics]) -> CorpusStatistics:
-        """The reduce step: sums of the shards' counts; terms sorted, so the columns do not depend on sharding."""
-        shards = list(shards)
-        n, tokens = sum(s.chunks for s in shards), sum(s.tokens for s in shards)
-        frames = [s.df for s in shards if s.df.height]
-        df = (pl.concat(frames).group_by("term").agg(pl.col("df").sum()).sort("term") if frames
-              else pl.DataFrame(schema={"term": pl.String, "df": pl.Int64}))
+        """The reduce step: sums of the shards' counts; terms sorted, so the columns do not depend on sharding. The
+        shards are summed a batch at a time, so the sum holds the vocabulary, not every shard's share of it."""
+        n = tokens = 0
+        df = pl.DataFrame(schema={"term": pl.String, "df": pl.Int64})
+        shards = iter(shards)
+        while batch := list(itertools.islice(shards, MERGE_BATCH)):
+            n, tokens = n + sum(s.chunks for s in batch), tokens + sum(s.tokens for s in batch)
+            df = pl.concat([df, *(s.df for s in batch)]).group_by("term").agg(pl.col("df").sum())
+        df = df.sort("term")
         # idf in double precision per term, then float32: exactly as bm25s computes it
         idf = np.array([math.log(1 + (n - d + 0.5) / (d + 0.5)) for d in df["df"].to_list()], dtype=np.float32)
         vocab = df.with_row_index("col").with_columns(pl.col("col").cast(pl.Int64), pl.Series("idf", idf))
@@ -124,9 +128,75 @@ def _top(scores: np.ndarray, fetch: int) -> np.ndarray:
     return rows[np.lexsort((rows, -scores[rows]))][:fetch]
 
 
+def write_bm25(folder: Path, shards: Iterable[Postings], stats: CorpusStatistics, params: Bm25Params) -> int:
+    """bm25s' five files under `folder` (at their snapshot-relative names), from the shards' scored postings in row
+    order (every row of a shard after every row of the shards before it); returns the number of cells.
+
+    The matrix is written out of core, holding the vocabulary and one shard: a shard's df of a term is the number
+    of its cells in that term's column, so the merged df gives every column's place in the files before any cell is
+    read, and each shard's cells go straight to their columns' next free places in the files, mapped into memory
+    for that shard only (what it wrote stays in the page cache, which the kernel writes back and frees as it needs,
+    not in the process's memory)."""
+    paths = {part: folder / bm25_file(part) for part in BM25_FILES}
+    paths["data"].parent.mkdir(parents=True, exist_ok=True)
+    indptr = np.zeros(stats.vocab.height + 1, dtype=np.int64)
+    np.cumsum(stats.vocab["df"].to_numpy(), out=indptr[1:])
+    cells = int(indptr[-1])
+    np.save(paths["indptr"], indptr, allow_pickle=False)
+    if cells == 0:  # a memory map cannot be empty
+        np.save(paths["data"], np.empty(0, np.float32), allow_pickle=False)
+        np.save(paths["indices"], np.empty(0, np.int32), allow_pickle=False)
+    else:
+        for part, dtype in (("data", np.float32), ("indices", np.int32)):  # sized, then filled a shard at a time
+            np.lib.format.open_memmap(paths[part], mode="w+", dtype=dtype, shape=(cells,)).flush()
+        free = indptr[:-1].copy()  # each column's next free place
+        last = -1
+        for shard in shards:
+            if len(shard.rows) and shard.rows.min() <= last:
+                raise IndexBuildError(f"bm25: a shard's rows start at {shard.rows.min()}, not after the last shard's "
+                                      f"{last}; expected the shards in row order")
+            last = max(last, int(shard.rows.max(initial=-1)))
+            order = np.lexsort((shard.rows, shard.cols))  # column by column, rows ascending
+            cols, counts = np.unique(shard.cols[order], return_counts=True)
+            if np.any(free[cols] + counts > indptr[cols + 1]):
+                raise IndexBuildError(f"bm25: the shards hold more cells than the merged statistics count for "
+                                      f"{int(np.sum(free[cols] + counts > indptr[cols + 1]))} terms; expected "
+                                      "the statistics of the same chunks")
+            # a cell's place: its column's next free place plus its rank within the shard's cells of that column
+            first = np.cumsum(counts) - counts
+            places = np.arange(len(order)) + np.repeat(free[cols] - first, counts)
+            data, indices = (np.load(paths[part], mmap_mode="r+") for part in ("data", "indices"))
+            data[places], indices[places] = shard.scores[order], shard.rows[order]
+            del data, indices
+            free[cols] += counts
+        if not np.array_equal(free, indptr[1:]):
+            raise IndexBuildError(f"bm25: {int(np.sum(free != indptr[1:]))} terms have fewer cells than the merged "
+                                  "statistics count; expected the statistics of the same chunks")
+    vocab = dict(zip(stats.vocab["term"].to_list(), stats.vocab["col"].to_list(), strict=True))
+    paths["vocab"].write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    bm25s_params = {"k1": params.k1, "b": params.b, "delta": 0.5, "method": METHOD, "idf_method": METHOD,
+                    "dtype": "float32", "int_dtype": "int32", "num_docs": stats.chunks, "version": version("bm25s"),
+                    "backend": "numpy"}
+    paths["params"].write_text(json.dumps(bm25s_params, indent=4), encoding="utf-8")
+    return cells
+
+
+def manifest_entry(params: Bm25Params, analyzer: Analyzer, stats: CorpusStatistics, cells: int,
+                   sizes: dict[str, int]) -> dict:
+    """The variant's entry in the manifest's "index" section (`sizes`: its files' bytes by name)."""
+    size = sum(sizes[bm25_file(p)] for p in BM25_FILES)
+    return {"kind": BM25, "unit": "chunk", "folder": BM25_FOLDER, "files": [bm25_file(p) for p in BM25_FILES],
+            "scoring": params.to_dict(), "analyzer": analyzer.describe(),
+            "statistics": {"chunks": stats.chunks, "avg_length": round(stats.avg_length, 4),
+                           "terms": stats.vocab.height, "postings": cells},
+            "bytes_per_vector": round(size / max(stats.chunks, 1)),
+            "reader": f"bm25s.BM25.load('<version>/{BM25_FOLDER}', mmap=True); queries analysed as 'analyzer' says"}
+
+
 @dataclass(frozen=True)
 class Bm25Index:
-    """A term-major (CSC) matrix of precomputed BM25 scores, rows = chunks in FAISS row order, as bm25s holds it."""
+    """A term-major (CSC) matrix of precomputed BM25 scores, rows = chunks in FAISS row order, as bm25s holds it;
+    read from the files `write_bm25` wrote."""
 
     data: np.ndarray  # float32, the scores, column by column
     indices: np.ndarray  # int32, each score's row
@@ -135,45 +205,6 @@ class Bm25Index:
     num_docs: int
     params: Bm25Params
     analyzer: Analyzer
-
-    @classmethod
-    def assemble(cls, parts: Iterable[Postings], stats: CorpusStatistics, params: Bm25Params,
-                 analyzer: Analyzer) -> Bm25Index:
-        parts = list(parts)
-        rows = np.concatenate([p.rows for p in parts]) if parts else np.empty(0, np.int64)
-        cols = np.concatenate([p.cols for p in parts]) if parts else np.empty(0, np.int64)
-        scores = np.concatenate([p.scores for p in parts]) if parts else np.empty(0, np.float32)
-        order = np.lexsort((rows, cols))  # column by column, rows ascending
-        indptr = np.zeros(stats.vocab.height + 1, dtype=np.int64)
-        np.cumsum(np.bincount(cols, minlength=stats.vocab.height), out=indptr[1:])
-        vocab = dict(zip(stats.vocab["term"].to_list(), stats.vocab["col"].to_list(), strict=True))
-        return cls(scores[order], rows[order].astype(np.int32), indptr, vocab, stats.chunks, params, analyzer)
-
-    # --- files: bm25s' names and formats (plain .npy, JSON), so bm25s.BM25.load reads the folder ---------------
-
-    def files(self) -> dict[str, bytes]:
-        """Snapshot-relative path -> bytes."""
-        out = {}
-        for part in ("data", "indices", "indptr"):
-            buf = io.BytesIO()
-            np.save(buf, getattr(self, part), allow_pickle=False)
-            out[bm25_file(part)] = buf.getvalue()
-        out[bm25_file("vocab")] = json.dumps(self.vocab, ensure_ascii=False).encode()
-        bm25s_params = {"k1": self.params.k1, "b": self.params.b, "delta": 0.5, "method": METHOD, "idf_method": METHOD,
-                        "dtype": "float32", "int_dtype": "int32", "num_docs": self.num_docs,
-                        "version": version("bm25s"), "backend": "numpy"}
-        out[bm25_file("params")] = json.dumps(bm25s_params, indent=4).encode()
-        return out
-
-    def manifest_params(self, sizes: dict[str, int], stats: CorpusStatistics) -> dict:
-        """The variant's entry in the manifest's "index" section (`sizes`: its files' bytes by name)."""
-        size = sum(sizes[bm25_file(p)] for p in BM25_FILES)
-        return {"kind": BM25, "unit": "chunk", "folder": BM25_FOLDER, "files": [bm25_file(p) for p in BM25_FILES],
-                "scoring": self.params.to_dict(), "analyzer": self.analyzer.describe(),
-                "statistics": {"chunks": stats.chunks, "avg_length": round(stats.avg_length, 4),
-                               "terms": stats.vocab.height, "postings": len(self.data)},
-                "bytes_per_vector": round(size / max(stats.chunks, 1)),
-                "reader": f"bm25s.BM25.load('<version>/{BM25_FOLDER}', mmap=True); queries analysed as 'analyzer' says"}
 
     @classmethod
     def from_files(cls, path: Callable[[str], Path], params: dict, where: str) -> Bm25Index:

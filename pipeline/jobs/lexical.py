@@ -8,16 +8,19 @@ scoring); the driver only sums counts:
   analysed with the same analyzer is skipped, so a resumed run redoes only what is missing.
 - `assemble_bm25` (reduce, one task): merge the shards' statistics into corpus-wide ones, score each shard's
   postings with them in the snapshot's row order (the shard's id rows from the index stage) and write the variant's
-  files into the version folder. It reads terms, never texts; it holds the variant's postings, which it writes
-  as one matrix.
+  files into the version folder. It reads terms, never texts, and holds the vocabulary and one shard's postings:
+  the matrix is written a shard at a time on local disk (index/bm25.py `write_bm25`), then copied up.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
+from pathlib import Path
 
 import polars as pl
 
@@ -25,14 +28,21 @@ from pipeline.config import PipelineConfig
 from pipeline.corpus.sharding import bucket_range
 from pipeline.errors import IndexBuildError, SnapshotError
 from pipeline.index.analyzer import Analyzer
-from pipeline.index.bm25 import Bm25Index, Bm25Params, CorpusStatistics, ShardStatistics, score_postings
+from pipeline.index.bm25 import (
+    Bm25Params,
+    CorpusStatistics,
+    Postings,
+    ShardStatistics,
+    manifest_entry,
+    score_postings,
+    write_bm25,
+)
 from pipeline.index.term_cache import TERMS_SCHEMA, TermCache
 from pipeline.jobs.executor import Executor
 from pipeline.jobs.indexing import FileEntry, ShardRows, row_layout
 from pipeline.jobs.prepare import PreparedRun
-from pipeline.snapshots.snapshot import sha256
 from pipeline.storage.backend import Storage
-from pipeline.storage.layout import LEXICON, TERMS, TERMS_MARKER, index_shard_key, shard_key
+from pipeline.storage.layout import BM25_FILES, LEXICON, TERMS, TERMS_MARKER, bm25_file, index_shard_key, shard_key
 from pipeline.storage.tables import read_parquet, write_parquet
 
 
@@ -128,24 +138,27 @@ def assemble_bm25(cfg: PipelineConfig, storage: Storage, run_id: str, target: St
     if stats.chunks != rows_total:
         raise IndexBuildError(f"run {run_id}: the shards' bm25 statistics count {stats.chunks} chunks, the id table "
                               f"{rows_total}; expected the same chunks")
-    params, parts = Bm25Params.of(cfg.index.bm25), []
-    for s in shards:
-        rows = read_parquet(storage, index_shard_key(run_id, s.shard, "ids.parquet")).select("chunk_id", "row")
-        for name in markers[s.shard]["parts"]:
-            part = read_parquet(storage, shard_key(run_id, s.shard, f"{TERMS}/{name}"))
-            part = part.join(rows, on="chunk_id", how="left")
+    params = Bm25Params.of(cfg.index.bm25)
+
+    def scored() -> Iterator[Postings]:  # a shard at a time, in row order
+        for s in shards:
+            rows = read_parquet(storage, index_shard_key(run_id, s.shard, "ids.parquet")).select("chunk_id", "row")
+            part = pl.concat([read_parquet(storage, shard_key(run_id, s.shard, f"{TERMS}/{name}"))
+                              for name in markers[s.shard]["parts"]]).join(rows, on="chunk_id", how="left")
             if part["row"].null_count():
                 lost = part.filter(pl.col("row").is_null())["chunk_id"][0]
                 raise IndexBuildError(f"run {run_id} shard {s.shard}: chunk {lost} has terms but no row in the id "
                                       "table")
-            parts.append(score_postings(part, stats, params))
-    index = Bm25Index.assemble(parts, stats, params, analyzer)
-    del parts
-    entries = []
-    for name, data in index.files().items():
-        target.write_bytes(name, data)
-        entries.append(FileEntry(name, sha256(data), len(data)))
-    return StagedBm25(index.manifest_params({e.name: e.bytes for e in entries}, stats), entries)
+            yield score_postings(part, stats, params)
+
+    entries, sizes = [], {}
+    with tempfile.TemporaryDirectory(prefix="embedpipe-bm25-") as tmp:
+        cells = write_bm25(Path(tmp), scored(), stats, params)
+        for part in BM25_FILES:
+            name = bm25_file(part)
+            entries.append(FileEntry(name, *target.put_file(name, Path(tmp) / name)))
+            sizes[name] = entries[-1].bytes
+    return StagedBm25(manifest_entry(params, analyzer, stats, cells, sizes), entries)
 
 
 @dataclass(frozen=True)

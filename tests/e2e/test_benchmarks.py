@@ -18,6 +18,7 @@ from tests.conftest import REPO
 # each script in benchmarks/ -> top-level keys its JSON report must have (beside cpu_model, cpus and smoke, which every
 # report has)
 REPORT_KEYS = {
+    "benchmarks/bm25_reduce.py": {"runs", "streaming_peak_ratio", "met", "in_memory_over_streaming_at_largest"},
     "benchmarks/embedding_throughput.py": {"texts", "kernel_plan", "seconds", "texts_per_s", "max_abs_diff_vs_st",
                                            "min_cosine_actor_path_vs_st", "ratio_c_over_a",
                                            "actor_path_over_in_process_seconds"},

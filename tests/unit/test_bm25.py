@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import bm25s
 import numpy as np
@@ -15,10 +16,18 @@ import Stemmer
 
 from pipeline.config import Bm25Config
 from pipeline.config_loader import parse_config
-from pipeline.errors import ConfigError, SnapshotError
+from pipeline.errors import ConfigError, IndexBuildError, SnapshotError
 from pipeline.index.analyzer import Analyzer
-from pipeline.index.bm25 import Bm25Index, Bm25Params, CorpusStatistics, ShardStatistics, score_postings
-from pipeline.storage.layout import BM25_FOLDER
+from pipeline.index.bm25 import (
+    Bm25Index,
+    Bm25Params,
+    CorpusStatistics,
+    ShardStatistics,
+    manifest_entry,
+    score_postings,
+    write_bm25,
+)
+from pipeline.storage.layout import BM25_FILES, BM25_FOLDER, bm25_file
 from tests.conftest import SAMPLE
 
 QUERIES = ["statins and heart disease", "stem cells in mice", "the of and a", "zzzunknownzzz cancer cancer",
@@ -32,22 +41,30 @@ def texts() -> list[str]:
     return [f"{d['title']} {d['text']}" for d in docs] + ["", "the and of"]  # a chunk with no terms at all
 
 
-def build(texts: list[str], shards: int) -> Bm25Index:
+def build(texts: list[str], shards: int, folder: Path) -> Bm25Index:
     """The pipeline's way: each shard counts its terms and statistics, a reduce merges them, each shard's postings
-    are scored with the merged statistics, one matrix is assembled in row order."""
+    are scored with the merged statistics and written into the matrix a shard at a time (files under `folder`), and the
+    files are read back as a snapshot's are."""
     analyzer, params = Analyzer(), Bm25Params()
     terms, tf = analyzer.counts(texts)
-    owner = np.random.default_rng(shards).integers(0, shards, len(texts))  # rows scattered over the shards
+    # shards are runs of rows in order, as the index stage lays them out (jobs/indexing.py row_layout); random sizes
+    owner = np.sort(np.random.default_rng(shards).integers(0, shards, len(texts)))
     frames = [pl.DataFrame({"row": np.flatnonzero(owner == s), "terms": [terms[i] for i in np.flatnonzero(owner == s)],
                             "tf": [tf[i] for i in np.flatnonzero(owner == s)]},
                            schema={"row": pl.Int64, "terms": pl.List(pl.String), "tf": pl.List(pl.UInt32)})
               for s in range(shards)]
     stats = CorpusStatistics.merge(ShardStatistics.of(f["terms"], f["tf"]) for f in frames)
-    return Bm25Index.assemble([score_postings(f, stats, params) for f in frames], stats, params, analyzer)
+    cells = write_bm25(folder, (score_postings(f, stats, params) for f in frames), stats, params)
+    sizes = {bm25_file(p): folder.joinpath(bm25_file(p)).stat().st_size for p in BM25_FILES}
+    return Bm25Index.from_files(folder.joinpath, manifest_entry(params, analyzer, stats, cells, sizes), "test")
 
 
-def test_per_shard_build_scores_exactly_as_one_global_bm25s_index(texts):
-    ours = build(texts, shards=4)
+def files(folder: Path) -> dict[str, bytes]:
+    return {bm25_file(p): folder.joinpath(bm25_file(p)).read_bytes() for p in BM25_FILES}
+
+
+def test_per_shard_build_scores_exactly_as_one_global_bm25s_index(texts, tmp_path):
+    ours = build(texts, 4, tmp_path)
     reference = bm25s.BM25(k1=1.2, b=0.75, method="lucene")
     reference.index(bm25s.tokenize(texts, stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False),
                     show_progress=False)
@@ -74,17 +91,15 @@ def test_per_shard_build_scores_exactly_as_one_global_bm25s_index(texts):
                           dense(s["data"], s["indices"], s["indptr"], theirs))
 
 
-def test_sharding_does_not_change_a_single_byte_of_the_files(texts):
-    files = build(texts, shards=1).files()
+def test_sharding_does_not_change_a_single_byte_of_the_files(texts, tmp_path):
+    build(texts, 1, tmp_path / "1")
     for shards in (3, 7):
-        assert build(texts, shards).files() == files
+        build(texts, shards, tmp_path / str(shards))
+        assert files(tmp_path / str(shards)) == files(tmp_path / "1")
 
 
 def test_plain_bm25s_loads_the_files_memory_mapped_and_ranks_alike(texts, tmp_path):
-    ours = build(texts, shards=3)
-    for name, data in ours.files().items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(data)
+    ours = build(texts, 3, tmp_path)
     loaded = bm25s.BM25.load(tmp_path / BM25_FOLDER, mmap=True)
     assert isinstance(loaded.scores["data"], np.memmap) and loaded.scores["num_docs"] == len(texts)
     queries = [q for q in QUERIES if ours.analyzer.terms([q])[0]]
@@ -93,25 +108,37 @@ def test_plain_bm25s_loads_the_files_memory_mapped_and_ranks_alike(texts, tmp_pa
     docs, scores = loaded.retrieve(tokens, k=5, show_progress=False)
     ours_scores, ours_rows = ours.search(ours.analyzer.terms(queries), 5)
     assert np.array_equal(scores, np.where(ours_rows >= 0, ours_scores, 0))
-    # read back through embedpipe too: the same arrays, the analyzer rebuilt from the manifest entry
-    sizes = {name: len(data) for name, data in ours.files().items()}
-    again = Bm25Index.from_files(tmp_path.joinpath, ours.manifest_params(sizes, _stats(texts)), "t")
-    assert isinstance(again.data, np.memmap) and np.array_equal(again.data, ours.data)
-    assert again.vocab == ours.vocab and again.analyzer == ours.analyzer
+    # embedpipe reads them memory-mapped too, the analyzer rebuilt from the manifest entry
+    assert isinstance(ours.data, np.memmap) and ours.analyzer == Analyzer()
+    assert np.array_equal(ours.data, loaded.scores["data"]) and ours.vocab == loaded.vocab_dict
 
 
-def _stats(texts: list[str]) -> CorpusStatistics:
-    terms, tf = Analyzer().counts(texts)
-    frame = pl.DataFrame({"terms": terms, "tf": tf}, schema={"terms": pl.List(pl.String), "tf": pl.List(pl.UInt32)})
-    return CorpusStatistics.merge([ShardStatistics.of(frame["terms"], frame["tf"])])
-
-
-def test_search_returns_matching_chunks_only_best_first_ties_by_row():
-    index = build(["heart disease", "heart disease", "disease of the heart and lungs", "lungs", "nothing here"], 2)
+def test_search_returns_matching_chunks_only_best_first_ties_by_row(tmp_path):
+    index = build(["heart disease", "heart disease", "disease of the heart and lungs", "lungs", "nothing here"], 2,
+                  tmp_path)
     scores, rows = index.search([index.analyzer.terms(["heart"])[0], [], index.analyzer.terms(["kidney"])[0]], 4)
     assert rows[0].tolist() == [0, 1, 2, -1]  # 0 and 1 tie: by row; 3 and 4 hold no query term
     assert scores[0, 0] == scores[0, 1] > scores[0, 2] > 0 and np.isneginf(scores[0, 3])
     assert (rows[1:] == -1).all()  # an empty query, an unknown term: nothing
+
+
+def test_the_matrix_is_refused_when_shards_come_out_of_row_order_or_disagree_with_the_statistics(tmp_path):
+    """The writer places each shard's cells by the merged df alone, so it checks what that relies on."""
+    analyzer, params = Analyzer(), Bm25Params()
+    terms, tf = analyzer.counts(["heart disease", "lungs and heart", "kidney stones", "heart"])
+    frames = [pl.DataFrame({"row": rows, "terms": [terms[i] for i in rows], "tf": [tf[i] for i in rows]},
+                           schema={"row": pl.Int64, "terms": pl.List(pl.String), "tf": pl.List(pl.UInt32)})
+              for rows in ([0, 1], [2, 3])]
+    stats = CorpusStatistics.merge(ShardStatistics.of(f["terms"], f["tf"]) for f in frames)
+    scored = [score_postings(f, stats, params) for f in frames]
+    assert write_bm25(tmp_path / "ok", scored, stats, params) == 7  # one cell per (chunk, distinct term)
+    with pytest.raises(IndexBuildError, match="not after the last shard's 3; expected the shards in row order"):
+        write_bm25(tmp_path / "reversed", scored[::-1], stats, params)
+    with pytest.raises(IndexBuildError, match="fewer cells than the merged statistics count"):
+        write_bm25(tmp_path / "lost", scored[:1], stats, params)  # a shard's cells missing
+    extra = score_postings(frames[1].with_columns(pl.col("row") + 2), stats, params)  # kidney, stone, heart again
+    with pytest.raises(IndexBuildError, match="more cells than the merged statistics count for 3 terms"):
+        write_bm25(tmp_path / "extra", [*scored, extra], stats, params)
 
 
 def test_analyzer_stems_drops_stop_words_and_is_recorded_whole():

@@ -10,13 +10,12 @@ import polars as pl
 import pytest
 
 from pipeline.errors import InputError, SnapshotError
-from pipeline.index.analyzer import Analyzer
-from pipeline.index.bm25 import Bm25Index, Bm25Params, CorpusStatistics, ShardStatistics, score_postings
 from pipeline.index.faiss_ops import build_exact
 from pipeline.index.variants import Variant
 from pipeline.quality.fusion import CONVEX, RRF, Fusion, fuse, parse_hybrid
 from pipeline.quality.search import Searcher, variant_of
 from pipeline.quality.tuning import tune_weight
+from tests.unit.test_bm25 import build as build_bm25
 
 
 def random_ranking(rng, queries: int, width: int, docs: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,19 +82,14 @@ CORPUS = {  # doc -> chunks
 
 
 @pytest.fixture(scope="module")
-def searcher() -> Searcher:
+def searcher(tmp_path_factory) -> Searcher:
     """7 chunks of 5 documents: an exact index over random vectors, and bm25 over the chunk texts."""
     chunks = [(d, i, t) for d, texts in CORPUS.items() for i, t in enumerate(texts)]
     ids = pl.DataFrame({"doc_id": [c[0] for c in chunks], "title": [c[0].upper() for c in chunks],
                         "chunk_id": [f"{c[0]}#{c[1]}" for c in chunks], "start": [0] * 7, "end": [1] * 7})
     x = np.random.default_rng(3).standard_normal((7, 8)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    analyzer, params = Analyzer(), Bm25Params()
-    terms, tf = analyzer.counts([c[2] for c in chunks])
-    frame = pl.DataFrame({"row": range(7), "terms": terms, "tf": tf},
-                         schema={"row": pl.Int64, "terms": pl.List(pl.String), "tf": pl.List(pl.UInt32)})
-    stats = CorpusStatistics.merge([ShardStatistics.of(frame["terms"], frame["tf"])])
-    lexical = Bm25Index.assemble([score_postings(frame, stats, params)], stats, params, analyzer)
+    lexical = build_bm25([c[2] for c in chunks], 1, tmp_path_factory.mktemp("bm25"))  # rows 0-6, as the ids
     query_vectors = {"statins heart": x[1], "vitamin children": x[2], "liver cholesterol": x[4]}
     encoder = SimpleNamespace(card=SimpleNamespace(dims=8, name="fake"),
                               encode=lambda texts, kind="query": np.stack([query_vectors[t] for t in texts]))
