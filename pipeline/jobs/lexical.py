@@ -151,14 +151,10 @@ def assemble_bm25(cfg: PipelineConfig, storage: Storage, run_id: str, target: St
                                       "table")
             yield score_postings(part, stats, params)
 
-    entries, sizes = [], {}
     with tempfile.TemporaryDirectory(prefix="embedpipe-bm25-") as tmp:
         cells = write_bm25(Path(tmp), scored(), stats, params)
-        for part in BM25_FILES:
-            name = bm25_file(part)
-            entries.append(FileEntry(name, *target.put_file(name, Path(tmp) / name)))
-            sizes[name] = entries[-1].bytes
-    return StagedBm25(manifest_entry(params, analyzer, stats, cells, sizes), entries)
+        entries = [FileEntry(name, *target.put_file(name, Path(tmp) / name)) for name in map(bm25_file, BM25_FILES)]
+    return StagedBm25(manifest_entry(params, analyzer, stats, cells, {e.name: e.bytes for e in entries}), entries)
 
 
 @dataclass(frozen=True)
