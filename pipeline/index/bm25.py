@@ -152,16 +152,15 @@ def write_bm25(folder: Path, shards: Iterable[Postings], stats: CorpusStatistics
         free = indptr[:-1].copy()  # each column's next free place
         last = -1
         for shard in shards:
-            if len(shard.rows) and shard.rows.min() <= last:
-                raise IndexBuildError(f"bm25: a shard's rows start at {shard.rows.min()}, not after the last shard's "
-                                      f"{last}; expected the shards in row order")
+            if len(shard.rows) and (start := int(shard.rows.min())) <= last:
+                raise IndexBuildError(f"bm25: a shard's rows start at {start}, not after the last shard's {last}; "
+                                      "expected the shards in row order")
             last = max(last, int(shard.rows.max(initial=-1)))
             order = np.lexsort((shard.rows, shard.cols))  # column by column, rows ascending
             cols, counts = np.unique(shard.cols[order], return_counts=True)
-            if np.any(free[cols] + counts > indptr[cols + 1]):
+            if (overfull := free[cols] + counts > indptr[cols + 1]).any():
                 raise IndexBuildError(f"bm25: the shards hold more cells than the merged statistics count for "
-                                      f"{int(np.sum(free[cols] + counts > indptr[cols + 1]))} terms; expected "
-                                      "the statistics of the same chunks")
+                                      f"{int(overfull.sum())} terms; expected the statistics of the same chunks")
             # a cell's place: its column's next free place plus its rank within the shard's cells of that column
             first = np.cumsum(counts) - counts
             places = np.arange(len(order)) + np.repeat(free[cols] - first, counts)
