@@ -14,6 +14,7 @@ from pipeline.jobs.embedder import Embedder, LocalEmbedder
 from pipeline.jobs.executor import Executor, LocalExecutor
 from pipeline.jobs.plan import BuildPlan
 from pipeline.models.encoder import cached_encoder, pinned_to
+from pipeline.snapshots.aliases import read_alias
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
 
@@ -45,6 +46,30 @@ def may_use_ray(cfg: PipelineConfig, input_bytes: int) -> bool:
     count is a low estimate: at most 4 bytes per token)."""
     return not prepares_here(cfg, input_bytes) or \
         input_bytes // (4 * cfg.chunking.max_tokens) > cfg.run.local_embed_max_chunks
+
+
+def uses_ray_whatever_the_plan(cfg: PipelineConfig, storage: Storage, full: bool) -> bool:
+    """Whether a build of `cfg` will use Ray whatever its plan finds: its corpus is prepared by Ray tasks, or it
+    embeds every document on actors (a full build, requested or with nothing live yet, of a corpus big enough for
+    them). An incremental run may embed only a few documents, in this process."""
+    input_bytes = corpus_bytes(cfg)
+    if not prepares_here(cfg, input_bytes):
+        return True
+    alias = cfg.publish.alias
+    return may_use_ray(cfg, input_bytes) and (
+        full or not alias or read_alias(storage, cfg.index_name, alias).version is None)
+
+
+def start_ray_ahead(cfg: PipelineConfig, storage: Storage, full: bool) -> bool:
+    """Start Ray now for a build sure to use it (uses_ray_whatever_the_plan); returns whether it did. The CLI calls
+    this before Prefect's server starts (~3 s on 2 vCPUs), and meanwhile Ray's pooled workers import torch
+    (operators/cluster.ensure_ray), so the build's actors start without that wait."""
+    if not uses_ray_whatever_the_plan(cfg, storage, full):
+        return False
+    from operators.cluster import ensure_ray
+
+    ensure_ray(warm_workers=True)
+    return True
 
 
 def kernels_for_actors(cfg: PipelineConfig, storage: Storage, run_id: str,

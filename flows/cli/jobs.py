@@ -48,15 +48,22 @@ RunIdFlag = Annotated[str | None, typer.Option(callback=_run_id,
 ExampleFlag = Annotated[bool, typer.Option(help="after publishing, search the snapshot with a golden query")]
 
 
-def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow_call: Callable[[], Any]) -> Any:
-    """Check the config and inputs before Prefect or Ray start, then run the flow with progress bars."""
+def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow_call: Callable[[], Any],
+              full: bool | None = None) -> Any:
+    """Check the config and inputs before Prefect or Ray start, then run the flow with progress bars. A build of
+    the whole corpus (`full`; False: a reindex, full only if nothing is live) starts Ray first when it is sure to
+    use it, so that Ray's workers get ready while Prefect's server starts (flows/engine.start_ray_ahead)."""
+    from flows.engine import start_ray_ahead
     from pipeline.config_loader import load_config
     from pipeline.jobs.prepare import check_inputs
     from pipeline.storage.backend import Storage
 
     cfg = load_config(config, overrides)
-    check_inputs(cfg, Storage.of(cfg.storage))
-    with flow_output(as_json):
+    storage = Storage.of(cfg.storage)
+    check_inputs(cfg, storage)
+    with flow_output(as_json):  # its watchdog covers a local Ray started here too
+        if full is not None:
+            start_ray_ahead(cfg, storage, full)
         result = flow_call()
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -113,7 +120,7 @@ def run(
 
         return reindex(config, overrides, run_id, full)
 
-    summary = _run_flow(config, overrides, as_json, call)
+    summary = _run_flow(config, overrides, as_json, call, full)
     if not as_json:
         _print_summary(summary, example, config, overrides)
 
@@ -172,7 +179,7 @@ def migrate(
 
         return migrate_flow(config, model, overrides, run_id)
 
-    summary = _run_flow(config, {"model": model_section(model)} | overrides, as_json, call)
+    summary = _run_flow(config, {"model": model_section(model)} | overrides, as_json, call, full=True)
     if as_json:
         return
     blue, green, promotion = summary.blue, summary.green, summary.promotion

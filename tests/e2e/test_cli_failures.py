@@ -116,8 +116,9 @@ def test_a_killed_cli_leaves_no_process_behind(tmp_path, sample_docs):
         return found
 
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not any("raylet" in n for n in names()):
-        assert cli.poll() is None, "the run ended before Ray started"
+    # Ray starts first (before Prefect's server: flows/engine.start_ray_ahead), then the server
+    while time.monotonic() < deadline and not all(any(what in n for n in names()) for what in ("raylet", "uvicorn")):
+        assert cli.poll() is None, "the run ended before Ray and Prefect's server started"
         time.sleep(0.3)
     time.sleep(1.5)  # the watchdog records descendants twice a second
     started = parent.children(recursive=True)

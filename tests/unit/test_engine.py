@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from flows.engine import embedder_for, gpus_elsewhere, kernels_for_actors
+from flows.engine import embedder_for, gpus_elsewhere, kernels_for_actors, uses_ray_whatever_the_plan
 from operators.embedding import RayEmbedder
 from pipeline.config import PipelineConfig
 from pipeline.jobs.embedder import LocalEmbedder
@@ -44,3 +44,20 @@ def test_a_resumed_run_keeps_the_kernel_its_workers_chose(tmp_path, monkeypatch)
     assert why.startswith("bf16-onednn, as this run's first attempt chose it (bf16-onednn, the fastest in sum")
     forced = cfg.model_copy(update={"model": cfg.model.model_copy(update={"precision": "fp32"})})
     assert kernels_for_actors(forced, storage, "r1", 10**9) == (forced, None)  # a forced precision is never changed
+
+
+def test_only_a_build_sure_to_use_ray_starts_it_ahead(tmp_path):
+    """The CLI starts Ray before Prefect's server only for a build that will use it whatever its plan finds: a full
+    build (requested, or with nothing live yet) of a corpus big enough for actors, or a corpus prepared on Ray. An
+    incremental run against a live version may embed a few documents in its own process, without Ray."""
+    storage = Storage(str(tmp_path / "store"))
+    cfg = PipelineConfig.model_validate({"index_name": "x", "corpus": {"source": str(SAMPLE)},
+                                         "publish": {"alias": "live"}})  # 500 abstracts: ~1,000 chunks
+    assert uses_ray_whatever_the_plan(cfg, storage, full=False)  # the alias is not set: every document is embedded
+    tiny = cfg.model_copy(update={"run": cfg.run.model_copy(update={"local_embed_max_chunks": 10**6})})
+    assert not uses_ray_whatever_the_plan(tiny, storage, full=True)  # embedded here, whatever the plan
+    storage.compare_and_swap(layout.alias_key("x", "live"), json.dumps({"version": "v1"}).encode(), None)
+    assert not uses_ray_whatever_the_plan(cfg, storage, full=False)  # incremental: the delta decides
+    assert uses_ray_whatever_the_plan(cfg, storage, full=True)
+    on_ray = cfg.model_copy(update={"run": cfg.run.model_copy(update={"local_prepare_max_bytes": 0})})
+    assert uses_ray_whatever_the_plan(on_ray, storage, full=False)  # prepared by Ray tasks
