@@ -7,6 +7,7 @@ the history can never disagree; one write-once event object per move is a second
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -62,6 +63,16 @@ def read_alias(storage: Storage, index: str, alias: str) -> AliasState:
     return AliasState(index, alias, record["version"], record.get("previous"), record.get("history", []), tag)
 
 
+def committed_target(storage: Storage, index: str, version: str) -> dict:
+    """The manifest of a version an alias may move to: committed, and not being garbage-collected."""
+    manifest = manifest_of(storage, index, version)
+    if storage.exists(f"{layout.snapshot_prefix(index, version)}/{layout.RETIRING}"):
+        raise SnapshotError(f"{index} version {version} is being garbage-collected ({layout.RETIRING} is there); "
+                            "refusing to point an alias at it (a gc that stopped half-way leaves the mark: `embedpipe "
+                            "gc` again deletes the version, or clears the mark if the version is kept)")
+    return manifest
+
+
 def manifest_of(storage: Storage, index: str, version: str) -> dict:
     key = f"{layout.snapshot_prefix(index, version)}/{layout.MANIFEST}"
     if not storage.exists(key):
@@ -70,7 +81,7 @@ def manifest_of(storage: Storage, index: str, version: str) -> dict:
     return json.loads(storage.read_bytes(key))
 
 
-def _move(storage: Storage, current: AliasState, to_version: str, action: str, by: str, **extra) -> AliasState:
+def _move(storage: Storage, current: AliasState, to_version: str | None, action: str, by: str, **extra) -> AliasState:
     now = datetime.now(UTC).isoformat()
     event = {"action": action, "alias": current.alias, "version": to_version, "from": current.version, "at": now,
              "by": by, **extra}
@@ -91,6 +102,21 @@ def _move(storage: Storage, current: AliasState, to_version: str, action: str, b
     return AliasState(current.index, current.alias, to_version, current.version, history, tag)
 
 
+def _move_to_target(storage: Storage, current: AliasState, to_version: str, action: str, by: str,
+                    **extra) -> AliasState:
+    """Move the alias to a version checked by committed_target, then check it again: a gc that marked it after the
+    first check may have read the aliases before this move (snapshots/retention.apply_gc), and so may delete it.
+    Then the alias moves back, which is safe: gc keeps every version an alias pointed at within its grace period."""
+    moved = _move(storage, current, to_version, action, by, **extra)
+    try:
+        committed_target(storage, current.index, to_version)
+    except SnapshotError as exc:
+        with contextlib.suppress(AliasMoved):  # moved on since: whoever moved it checked their own target
+            _move(storage, moved, current.version, "revert", by, reason=f"{to_version} is being garbage-collected")
+        raise SnapshotError(f"alias {current.index}/{current.alias} moved back to {current.version}: {exc}") from None
+    return moved
+
+
 def promote(storage: Storage, index: str, alias: str, version: str, seen: str | None, gate: GateConfig | None = None,
             force: bool = False, by: str = "embedpipe", live_evaluation: dict | None = None
             ) -> tuple[AliasState, GateResult | None]:
@@ -102,7 +128,7 @@ def promote(storage: Storage, index: str, alias: str, version: str, seen: str | 
     if current.version != seen:
         raise AliasMoved(f"alias {index}/{alias} is at {current.version}, not {seen} as the caller saw; nothing "
                          "changed")
-    candidate = manifest_of(storage, index, version)
+    candidate = committed_target(storage, index, version)
     result = None
     if gate is not None:
         live = None
@@ -114,7 +140,7 @@ def promote(storage: Storage, index: str, alias: str, version: str, seen: str | 
     extra = {"gate": result.to_dict()} if result else {}
     if force and result and not result.passed:
         extra["forced"] = True
-    return _move(storage, current, version, "promote", by, **extra), result
+    return _move_to_target(storage, current, version, "promote", by, **extra), result
 
 
 def promote_or_stay(storage: Storage, index: str, alias: str, version: str, seen: str | None, gate: GateConfig,
@@ -139,5 +165,5 @@ def rollback(storage: Storage, index: str, alias: str, seen: str | None, by: str
                    if e["action"] == "promote" and e["version"] == current.version), None)
     if not target:
         raise SnapshotError(f"alias {index}/{alias} has no earlier promoted version to roll back to")
-    manifest_of(storage, index, target)  # still committed (not garbage-collected)?
-    return _move(storage, current, target, "rollback", by)
+    committed_target(storage, index, target)  # still committed, and not being garbage-collected?
+    return _move_to_target(storage, current, target, "rollback", by)

@@ -20,7 +20,7 @@ from pipeline.snapshots.aliases import list_aliases, read_alias
 from pipeline.snapshots.snapshot import Snapshot, committed_versions
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
-from pipeline.storage.layout import MANIFEST
+from pipeline.storage.layout import MANIFEST, RETIRING
 
 
 @dataclass(frozen=True)
@@ -71,14 +71,28 @@ def _alias_targets(storage: Storage, index: str) -> set[str]:
 
 
 def apply_gc(storage: Storage, plan: GcPlan) -> list[str]:
-    """Delete what the plan says, except versions an alias moved to since the plan was made."""
-    deleted, pinned = [], _alias_targets(storage, plan.index)
-    for version in sorted(set(plan.delete) - pinned):
+    """Delete what the plan says, except versions an alias points at, without ever leaving an alias pointing at a
+    deleted version: each version is marked (`_RETIRING`) before the aliases are read again, so an alias that moved
+    to it before the mark keeps it (the mark is taken off), and a promote or rollback that moves an alias to it
+    after the mark finds the mark and moves the alias back (snapshots/aliases.py). Marks a stopped gc left on
+    versions this plan keeps are taken off. One gc of an index at a time."""
+    marks = {v: f"{layout.snapshot_prefix(plan.index, v)}/{RETIRING}" for v in [*plan.delete, *plan.keep]}
+    retiring = sorted(set(plan.delete) - _alias_targets(storage, plan.index))
+    for version in retiring:
+        storage.write_bytes(marks[version], b"")
+    pinned = _alias_targets(storage, plan.index)
+    deleted = []
+    for version in retiring:
+        if version in pinned:
+            continue
         folder = layout.snapshot_prefix(plan.index, version)
         if storage.exists(f"{folder}/{MANIFEST}"):
             storage.delete(f"{folder}/{MANIFEST}")  # invisible first
         storage.delete(folder, recursive=True)
         deleted.append(version)
+    for version in set(marks) - set(deleted):
+        if storage.exists(marks[version]):
+            storage.delete(marks[version])
     return deleted
 
 

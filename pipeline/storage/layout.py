@@ -26,6 +26,8 @@
     snapshots/<index>/<version>/ids.parquet                FAISS row -> chunk, document, offsets
     snapshots/<index>/<version>/vectors.f16.npy            fp16 vectors in FAISS row order, for rescoring
     snapshots/<index>/<version>/manifest.json              the commit (put-if-absent, last)
+    snapshots/<index>/<version>/_RETIRING                  GC's mark before it deletes the version: an alias
+                                                           moved to a marked version moves back
     aliases/<index>/<alias>.json                           the alias, moved by compare-and-swap
     aliases/<index>/history/<event>.json                   one write-once object per promotion or rollback
     monitoring/<index>/<alias>/<checked_at>.json           one monitoring result per run
@@ -45,6 +47,7 @@ from pipeline.errors import SnapshotError
 # File names inside a snapshot's version folder (relative to it: a Snapshot's storage is rooted there).
 MANIFEST = "manifest.json"
 CLAIM = "_CLAIM"
+RETIRING = "_RETIRING"  # garbage collection is deleting this version
 IDS = "ids.parquet"
 RESCORE_STORE = "vectors.f16.npy"
 MARKER = "_SUCCESS"  # a shard's commit marker

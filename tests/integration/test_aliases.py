@@ -174,6 +174,66 @@ def test_a_crash_after_commit_before_promote_keeps_live_and_promote_completes(st
     assert read_alias(s, "idx", "live").version == version(2)
 
 
+def _two_old_and_a_live(s: Storage) -> tuple[Storage, object]:
+    """Versions 1-3 committed, live at 3 (at 1 before), and a gc plan made two hours on, with a grace period of
+    one, that deletes 1 and 2."""
+    for day in (1, 2, 3):
+        put(s, version(day))
+    promote(s, "idx", "live", version(1), seen=None)
+    promote(s, "idx", "live", version(3), seen=version(1))
+    plan = plan_gc(s, "idx", keep_last=1, grace=timedelta(hours=1), now=datetime.now(UTC) + timedelta(hours=2))
+    assert set(plan.delete) == {version(1), version(2)}
+    return s, plan
+
+
+def test_a_gc_between_a_promotes_check_and_its_move_never_leaves_the_alias_on_a_deleted_version(storage_root,
+                                                                                                monkeypatch):
+    """The gc runs whole after the promote checked its target and before it moved the alias: the promote finds
+    the target gone once it has moved, moves the alias back, and says so."""
+    s, plan = _two_old_and_a_live(Storage(storage_root))
+    swap = s.compare_and_swap
+
+    def gc_then_swap(key, data, expected):
+        monkeypatch.setattr(s, "compare_and_swap", swap)
+        assert sorted(apply_gc(s, plan)) == [version(1), version(2)]  # the alias was still at 3
+        return swap(key, data, expected)
+
+    monkeypatch.setattr(s, "compare_and_swap", gc_then_swap)
+    with pytest.raises(SnapshotError, match=f"moved back to {version(3)}: .*{version(1)} is not committed"):
+        rollback(s, "idx", "live", seen=version(3))
+    state = read_alias(s, "idx", "live")
+    assert state.version == version(3) and [e["action"] for e in state.history][-2:] == ["rollback", "revert"]
+    assert Snapshot.open(s.url_of("aliases/idx/live")).version == version(3)
+
+
+def test_a_version_marked_by_gc_takes_no_alias_and_a_stopped_gcs_mark_is_cleared(storage_root, monkeypatch):
+    """A promote that comes after the gc marked its target is refused; the gc deletes the version. A mark left by
+    a gc that stopped half-way refuses promotes too, until a gc that keeps the version takes it off."""
+    s, plan = _two_old_and_a_live(Storage(storage_root))
+    write, refused = s.write_bytes, []
+
+    def mark_then_promote(key, data):
+        write(key, data)
+        if key.endswith(f"{version(1)}/_RETIRING"):  # marked; the gc has not read the aliases again yet
+            with pytest.raises(SnapshotError, match="being garbage-collected") as exc:
+                promote(s, "idx", "live", version(1), seen=version(3))
+            refused.append(str(exc.value))
+
+    monkeypatch.setattr(s, "write_bytes", mark_then_promote)
+    assert sorted(apply_gc(s, plan)) == [version(1), version(2)] and refused
+    monkeypatch.setattr(s, "write_bytes", write)
+    assert read_alias(s, "idx", "live").version == version(3)
+
+    put(s, version(4))
+    s.write_bytes(f"snapshots/idx/{version(4)}/_RETIRING", b"")  # a gc stopped after marking it
+    with pytest.raises(SnapshotError, match="a gc that stopped half-way leaves the mark"):
+        promote(s, "idx", "live", version(4), seen=version(3))
+    keep_all = plan_gc(s, "idx", keep_last=5, grace=timedelta(hours=1))
+    assert apply_gc(s, keep_all) == []
+    promote(s, "idx", "live", version(4), seen=version(3))
+    assert read_alias(s, "idx", "live").version == version(4)
+
+
 def test_gc_keeps_aliased_recent_and_in_flight_versions(storage_root):
     s = Storage(storage_root)
     for day in range(1, 7):
