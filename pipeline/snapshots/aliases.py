@@ -66,7 +66,7 @@ def read_alias(storage: Storage, index: str, alias: str) -> AliasState:
 def committed_target(storage: Storage, index: str, version: str) -> dict:
     """The manifest of a version an alias may move to: committed, and not being garbage-collected."""
     manifest = manifest_of(storage, index, version)
-    if storage.exists(f"{layout.snapshot_prefix(index, version)}/{layout.RETIRING}"):
+    if storage.exists(layout.retiring_key(index, version)):
         raise SnapshotError(f"{index} version {version} is being garbage-collected ({layout.RETIRING} is there); "
                             "refusing to point an alias at it (a gc that stopped half-way leaves the mark: `embedpipe "
                             "gc` again deletes the version, or clears the mark if the version is kept)")

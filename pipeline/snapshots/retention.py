@@ -20,7 +20,7 @@ from pipeline.snapshots.aliases import list_aliases, read_alias
 from pipeline.snapshots.snapshot import Snapshot, committed_versions
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
-from pipeline.storage.layout import MANIFEST, RETIRING
+from pipeline.storage.layout import MANIFEST
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def apply_gc(storage: Storage, plan: GcPlan) -> list[str]:
     to it before the mark keeps it (the mark is taken off), and a promote or rollback that moves an alias to it
     after the mark finds the mark and moves the alias back (snapshots/aliases.py). Marks a stopped gc left on
     versions this plan keeps are taken off. One gc of an index at a time."""
-    marks = {v: f"{layout.snapshot_prefix(plan.index, v)}/{RETIRING}" for v in [*plan.delete, *plan.keep]}
+    marks = {v: layout.retiring_key(plan.index, v) for v in [*plan.delete, *plan.keep]}
     retiring = sorted(set(plan.delete) - _alias_targets(storage, plan.index))
     for version in retiring:
         storage.write_bytes(marks[version], b"")

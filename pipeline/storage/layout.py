@@ -133,6 +133,11 @@ def snapshot_prefix(index: str, version: str) -> str:
     return f"{index_prefix(index)}/{check_name('version name', version, VERSION)}"
 
 
+def retiring_key(index: str, version: str) -> str:
+    """GC's mark on a version it is deleting (snapshots/retention.apply_gc); no alias may move there."""
+    return f"{snapshot_prefix(index, version)}/{RETIRING}"
+
+
 def variant_file(variant: str) -> str:
     """A variant's FAISS file inside the version folder."""
     return f"index/{variant}.faiss"

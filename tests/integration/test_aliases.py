@@ -12,6 +12,7 @@ from pipeline.index.faiss_ops import build_exact, to_bytes
 from pipeline.snapshots.aliases import list_aliases, promote, read_alias, rollback
 from pipeline.snapshots.retention import apply_gc, plan_gc
 from pipeline.snapshots.snapshot import MANIFEST, Snapshot, publish
+from pipeline.storage import layout
 from pipeline.storage.backend import Storage
 from tests.integration.test_storage import race
 
@@ -214,7 +215,7 @@ def test_a_version_marked_by_gc_takes_no_alias_and_a_stopped_gcs_mark_is_cleared
 
     def mark_then_promote(key, data):
         write(key, data)
-        if key.endswith(f"{version(1)}/_RETIRING"):  # marked; the gc has not read the aliases again yet
+        if key == layout.retiring_key("idx", version(1)):  # marked; the gc has not read the aliases again yet
             with pytest.raises(SnapshotError, match="being garbage-collected") as exc:
                 promote(s, "idx", "live", version(1), seen=version(3))
             refused.append(str(exc.value))
@@ -225,7 +226,7 @@ def test_a_version_marked_by_gc_takes_no_alias_and_a_stopped_gcs_mark_is_cleared
     assert read_alias(s, "idx", "live").version == version(3)
 
     put(s, version(4))
-    s.write_bytes(f"snapshots/idx/{version(4)}/_RETIRING", b"")  # a gc stopped after marking it
+    s.write_bytes(layout.retiring_key("idx", version(4)), b"")  # a gc stopped after marking it
     with pytest.raises(SnapshotError, match="a gc that stopped half-way leaves the mark"):
         promote(s, "idx", "live", version(4), seen=version(3))
     keep_all = plan_gc(s, "idx", keep_last=5, grace=timedelta(hours=1))
