@@ -24,7 +24,8 @@ def ensure_ray(num_cpus: int | None = None, warm_workers: bool = False) -> None:
     the local instance's workers import torch as they start, before they take work. Ray starts a worker per CPU as
     it comes up, so the actors get workers with torch loaded (~0.9 s of an actor's ~1.4 s start on 2 vCPUs). Not
     by default: actors asked for at once would wait for workers that import torch before they register (0.2-0.4 s
-    longer on 2 vCPUs). A cluster's nodes set the same with RAY_preload_python_modules (infra/docker)."""
+    longer on 2 vCPUs), and every worker pays it, those that only run tasks too (~150 MB and ~0.9 s of a CPU each).
+    A cluster's nodes set the same with RAY_preload_python_modules (infra/docker)."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # read by ray.init, in this process
