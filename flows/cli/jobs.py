@@ -50,9 +50,9 @@ ExampleFlag = Annotated[bool, typer.Option(help="after publishing, search the sn
 
 def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow_call: Callable[[], Any],
               full: bool | None = None) -> Any:
-    """Check the config and inputs before Prefect or Ray start, then run the flow with progress bars. A build of
-    the whole corpus (`full`; False: a reindex, full only if nothing is live) starts Ray first when it is sure to
-    use it, so that Ray's workers get ready while Prefect's server starts (flows/engine.start_ray_ahead)."""
+    """Check the config and inputs before Prefect or Ray start, then run the flow with progress bars. A build
+    (`full`: of every document; False: of those its plan finds changed or selected) starts Ray first when it is sure
+    to use it, so that Ray's workers get ready while Prefect's server starts (flows/engine.start_ray_ahead)."""
     from flows.engine import start_ray_ahead
     from pipeline.config_loader import load_config
     from pipeline.jobs.prepare import check_inputs
@@ -149,7 +149,7 @@ def backfill(
 
         return backfill_flow(config, doc_id, shard, where, overrides, run_id)
 
-    summary = _run_flow(config, overrides, as_json, call)
+    summary = _run_flow(config, overrides, as_json, call, full=False)
     if not as_json:
         _print_summary(summary, example, config, overrides)
 
