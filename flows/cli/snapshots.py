@@ -177,6 +177,7 @@ def versions(root: Root, index: Index, as_json: JsonFlag = False) -> None:
     """List an index's versions with model, counts, quality, size and the aliases pointing at them."""
     from pipeline.snapshots.aliases import list_aliases, read_alias
     from pipeline.snapshots.snapshot import committed_versions
+    from pipeline.storage import layout
 
     s = _index_root(root, index)
     pointed: dict[str | None, list[str]] = {}
@@ -190,7 +191,8 @@ def versions(root: Root, index: Index, as_json: JsonFlag = False) -> None:
         m = snap.manifest
         rows.append({"version": version, "committed": True, "model": m.get("model", {}).get("name", "?"),
                      "chunks": m.get("counts", {}).get("chunks"), "ndcg@10": snap.metric("exact", "ndcg@10"),
-                     "bytes": snap.bytes, "aliases": pointed.get(version, [])})
+                     "bytes": snap.bytes, "aliases": pointed.get(version, []),
+                     "retiring": s.exists(layout.retiring_key(index, version))})  # marked by a gc: takes no alias
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -203,7 +205,7 @@ def versions(root: Root, index: Index, as_json: JsonFlag = False) -> None:
             continue
         ndcg = f"{r['ndcg@10']:.4f}" if r["ndcg@10"] is not None else ""
         table.add_row(r["version"], r["model"], str(r["chunks"]), ndcg, f"{r['bytes'] / 2**20:.2f}",
-                      ", ".join(r["aliases"]))
+                      ", ".join(r["aliases"]) + (" [yellow](gc is deleting it)[/]" if r["retiring"] else ""))
     console.print(table)
 
 

@@ -5,6 +5,7 @@ import json
 from typer.testing import CliRunner
 
 from flows.cli import app
+from pipeline.storage import layout
 from pipeline.storage.backend import Storage
 from tests.integration.test_aliases import put, version
 
@@ -39,6 +40,10 @@ def test_promote_rollback_versions_verify_gc(tmp_path):
     assert set(dry["delete"]) == {version(2)} and dry["deleted"] == []  # v1: alias; v3: newest
     done = json.loads(cli("gc", root, "idx", "--keep-last", "1", "--grace-hours", "0", "--json").stdout)
     assert done["deleted"] == [version(2)] and version(2) not in s.list("snapshots/idx")
+    s.write_bytes(layout.retiring_key("idx", version(3)), b"")  # a gc that stopped after marking it
+    assert [r["retiring"] for r in json.loads(cli("versions", root, "idx", "--json").stdout)] == [False, True]
+    marked = cli("promote", root, "idx", version(3), "--no-gate")
+    assert marked.exit_code == 2 and "being garbage-collected" in marked.stderr
 
 
 def test_an_index_that_is_not_there_is_an_error_not_an_empty_list(tmp_path):
