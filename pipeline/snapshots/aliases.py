@@ -63,22 +63,26 @@ def read_alias(storage: Storage, index: str, alias: str) -> AliasState:
     return AliasState(index, alias, record["version"], record.get("previous"), record.get("history", []), tag)
 
 
-def committed_target(storage: Storage, index: str, version: str) -> dict:
-    """The manifest of a version an alias may move to: committed, and not being garbage-collected."""
-    manifest = manifest_of(storage, index, version)
-    if storage.exists(layout.retiring_key(index, version)):
-        raise SnapshotError(f"{index} version {version} is being garbage-collected ({layout.RETIRING} is there); "
-                            "refusing to point an alias at it (a gc that stopped half-way leaves the mark: `embedpipe "
-                            "gc` again deletes the version, or clears the mark if the version is kept)")
-    return manifest
-
-
-def manifest_of(storage: Storage, index: str, version: str) -> dict:
+def _manifest_key(storage: Storage, index: str, version: str) -> str:
     key = f"{layout.snapshot_prefix(index, version)}/{layout.MANIFEST}"
     if not storage.exists(key):
         raise SnapshotError(f"{index} version {version} is not committed (no {layout.MANIFEST}); refusing to point "
                             "an alias at it")
-    return json.loads(storage.read_bytes(key))
+    return key
+
+
+def check_target(storage: Storage, index: str, version: str) -> str:
+    """A version an alias may move to: committed, and not being garbage-collected; returns its manifest's key."""
+    key = _manifest_key(storage, index, version)
+    if storage.exists(layout.retiring_key(index, version)):
+        raise SnapshotError(f"{index} version {version} is being garbage-collected ({layout.RETIRING} is there); "
+                            "refusing to point an alias at it (a gc that stopped half-way leaves the mark: `embedpipe "
+                            "gc` again deletes the version, or clears the mark if the version is kept)")
+    return key
+
+
+def manifest_of(storage: Storage, index: str, version: str) -> dict:
+    return json.loads(storage.read_bytes(_manifest_key(storage, index, version)))
 
 
 def _move(storage: Storage, current: AliasState, to_version: str | None, action: str, by: str, **extra) -> AliasState:
@@ -104,12 +108,12 @@ def _move(storage: Storage, current: AliasState, to_version: str | None, action:
 
 def _move_to_target(storage: Storage, current: AliasState, to_version: str, action: str, by: str,
                     **extra) -> AliasState:
-    """Move the alias to a version checked by committed_target, then check it again: a gc that marked it after the
+    """Move the alias to a version that passed check_target, then check it again: a gc that marked it after the
     first check may have read the aliases before this move (snapshots/retention.apply_gc), and so may delete it.
     Then the alias moves back, which is safe: gc keeps every version an alias pointed at within its grace period."""
     moved = _move(storage, current, to_version, action, by, **extra)
     try:
-        committed_target(storage, current.index, to_version)
+        check_target(storage, current.index, to_version)
     except SnapshotError as exc:
         with contextlib.suppress(AliasMoved):  # moved on since: whoever moved it checked their own target
             _move(storage, moved, current.version, "revert", by, reason=f"{to_version} is being garbage-collected")
@@ -128,7 +132,7 @@ def promote(storage: Storage, index: str, alias: str, version: str, seen: str | 
     if current.version != seen:
         raise AliasMoved(f"alias {index}/{alias} is at {current.version}, not {seen} as the caller saw; nothing "
                          "changed")
-    candidate = committed_target(storage, index, version)
+    candidate = json.loads(storage.read_bytes(check_target(storage, index, version)))
     result = None
     if gate is not None:
         live = None
@@ -165,5 +169,5 @@ def rollback(storage: Storage, index: str, alias: str, seen: str | None, by: str
                    if e["action"] == "promote" and e["version"] == current.version), None)
     if not target:
         raise SnapshotError(f"alias {index}/{alias} has no earlier promoted version to roll back to")
-    committed_target(storage, index, target)  # still committed, and not being garbage-collected?
+    check_target(storage, index, target)  # still committed, and not being garbage-collected?
     return _move_to_target(storage, current, target, "rollback", by)
