@@ -9,7 +9,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from pipeline.config import PipelineConfig
-from pipeline.corpus.readers import describe_corpus
+from pipeline.corpus.readers import list_corpus
 from pipeline.jobs.embedder import Embedder, LocalEmbedder
 from pipeline.jobs.executor import Executor, LocalExecutor
 from pipeline.jobs.plan import BuildPlan
@@ -33,7 +33,7 @@ def gpus_elsewhere(cfg: PipelineConfig) -> bool:
 
 def corpus_bytes(cfg: PipelineConfig) -> int:
     """The corpus's input size, from its files' listing: what decides where a run's work goes."""
-    return sum(f.size for f in describe_corpus(cfg.corpus))
+    return sum(f.size for f in list_corpus(cfg.corpus))
 
 
 def prepares_here(cfg: PipelineConfig, input_bytes: int) -> bool:

@@ -15,7 +15,7 @@ import fsspec
 import polars as pl
 
 from pipeline.config import CorpusConfig
-from pipeline.corpus.pieces import InputFile, Piece, describe_inputs, not_found, plan_pieces
+from pipeline.corpus.pieces import InputFile, Piece, describe_inputs, list_inputs, not_found, plan_pieces
 from pipeline.corpus.records import BLANK, jsonl_records, lone_surrogate, open_input, parquet_records
 from pipeline.errors import InputError
 from pipeline.storage.keys import redact
@@ -177,8 +177,13 @@ def iter_piece(cfg: CorpusConfig, piece: Piece, batch_records: int = 10_000,
     yield collector.flush()
 
 
+def list_corpus(cfg: CorpusConfig) -> list[InputFile]:
+    """The corpus's files with their sizes, from one listing: whether it is there, and how big."""
+    return list_inputs(corpus_url(cfg), "parquet" if corpus_format(cfg) == "parquet" else "jsonl")
+
+
 def describe_corpus(cfg: CorpusConfig) -> list[InputFile]:
-    """The corpus's files with their sizes (and row groups): what planning its pieces needs."""
+    """The corpus's files with their sizes and row groups: what planning its pieces needs."""
     return describe_inputs(corpus_url(cfg), "parquet" if corpus_format(cfg) == "parquet" else "jsonl")
 
 

@@ -28,9 +28,9 @@ from pipeline.corpus.readers import (
     QUARANTINE_SCHEMA,
     corpus_pieces,
     corpus_url,
-    describe_corpus,
     golden_set_urls,
     iter_piece,
+    list_corpus,
     require_exists,
 )
 from pipeline.corpus.sharding import assign_shards, bucket_range
@@ -53,7 +53,7 @@ READ_COUNTS = ("read", "accepted", "quarantined", "blank_lines")
 def check_inputs(cfg: PipelineConfig, storage: Storage) -> None:
     """Fail fast, before any engine starts, on a corpus, golden set, model or bm25 stemmer that cannot be found,
     or a storage root that cannot be reached or written (checked last: the probe writes there)."""
-    describe_corpus(cfg.corpus)  # every corpus file exists and can be read
+    list_corpus(cfg.corpus)  # the corpus is there (its files are read by prepare)
     golden = golden_set_urls(cfg.corpus, cfg.evaluation.queries, cfg.evaluation.qrels)
     for url, name in zip(golden or (), ("evaluation.queries", "evaluation.qrels"), strict=False):
         require_exists(url, name)

@@ -19,6 +19,7 @@ from tests.conftest import REPO
 # report has)
 REPORT_KEYS = {
     "benchmarks/bm25_reduce.py": {"runs", "streaming_peak_ratio", "met", "in_memory_over_streaming_at_largest"},
+    "benchmarks/corpus_planning.py": {"files", "seconds", "ms_per_file", "plan_1_over_32_readers", "before_over_now"},
     "benchmarks/embedding_throughput.py": {"texts", "kernel_plan", "seconds", "texts_per_s", "max_abs_diff_vs_st",
                                            "min_cosine_actor_path_vs_st", "ratio_c_over_a",
                                            "actor_path_over_in_process_seconds"},
