@@ -20,6 +20,7 @@ from pipeline.storage.backend import Storage
 
 if TYPE_CHECKING:
     from operators.embedding import RayEmbedder
+    from pipeline.models.kernel_plan import KernelPlan
 
 
 def gpus_elsewhere(cfg: PipelineConfig) -> bool:
@@ -136,13 +137,26 @@ def early_embedder(cfg: PipelineConfig, storage: Storage, plan: BuildPlan, execu
     return RayEmbedder(storage, pinned_to(cfg.model, cached_encoder(cfg.model)), cfg.run).start(cfg.run.shards)
 
 
+def emulated_here(plan: KernelPlan) -> bool:
+    """This process would run its kernel's half precision on a CPU without the units for it (no avx512_bf16 or
+    AMX): bf16 chosen for a cluster's workers (kernels_for_actors) or forced, emulated here 7.6x slower than fp32
+    (an AMD EPYC Zen 3: 291 against 2,218 tokens/s)."""
+    if plan.device != "cpu" or plan.precision == "fp32":
+        return False
+    from pipeline.models.kernels import cpu_has_bf16
+
+    return not cpu_has_bf16()
+
+
 def embedder_for(cfg: PipelineConfig, storage: Storage, chunks_to_embed: int, early: RayEmbedder | None) -> Embedder:
     """A small delta (at most run.local_embed_max_chunks) is embedded here: starting Ray and a model per actor
     costs more (~7 s on 2 CPUs). Anything larger goes to Ray actors (`early`'s, when they were started), and so does
-    everything when the actors have GPUs this process lacks: here a GPU kernel's half precision runs under CPU
-    autocast, 4.1x slower than fp32 on an AVX2 CPU (64 SciFact abstracts on an AMD EPYC Zen 3: 19.9 s, 4.9 s)."""
+    everything when the actors have GPUs this process lacks (here a GPU kernel's half precision runs under CPU
+    autocast, 4.1x slower than fp32 on an AVX2 CPU: 64 SciFact abstracts on an AMD EPYC Zen 3, 19.9 s against
+    4.9 s), or run on a cluster (RAY_ADDRESS) a kernel this CPU would emulate (emulated_here)."""
     encoder = cached_encoder(cfg.model)
-    if chunks_to_embed <= cfg.run.local_embed_max_chunks and not gpus_elsewhere(cfg):
+    elsewhere = gpus_elsewhere(cfg) or (bool(os.environ.get("RAY_ADDRESS")) and emulated_here(encoder.kernel_plan))
+    if chunks_to_embed <= cfg.run.local_embed_max_chunks and not elsewhere:
         if early is not None:
             early.close()
         return LocalEmbedder(storage, encoder)

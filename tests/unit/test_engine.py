@@ -28,6 +28,28 @@ def test_a_small_delta_stays_here_unless_the_actors_have_gpus_this_process_lacks
     assert isinstance(embedder_for(gpu_actors, storage, 10, None), expected)
 
 
+
+def test_a_small_delta_goes_to_a_clusters_actors_when_this_cpu_would_emulate_the_kernel(tmp_path, monkeypatch):
+    """On a cluster whose workers chose bf16 (their CPUs have the units) a driver without them would run a small delta
+    emulated, ~7.6x slower than fp32: the delta goes to the actors. Without a cluster the actors would share this CPU,
+    so the delta stays here; on a CPU with bf16 units it stays here too."""
+    import flows.engine as engine
+    import pipeline.models.kernels as kernels
+
+    storage = Storage(str(tmp_path / "store"))
+    cfg = PipelineConfig.model_validate({"index_name": "x", "corpus": {"source": str(SAMPLE)},
+                                         "model": {"precision": "bf16", "kernel": "bf16-autocast"}})
+    assert engine.cached_encoder(cfg.model).kernel_plan.precision == "bf16"
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # nothing is started: only the choice is made here
+    for has_units, expected in ((False, RayEmbedder), (True, LocalEmbedder)):
+        monkeypatch.setattr(kernels, "cpu_has_bf16", lambda has_units=has_units: has_units)
+        assert isinstance(embedder_for(cfg, storage, 10, None), expected)
+    monkeypatch.setattr(kernels, "cpu_has_bf16", lambda: False)
+    fp32 = cfg.model_copy(update={"model": cfg.model.model_copy(update={"precision": "fp32", "kernel": "fp32-onednn"})})
+    assert isinstance(embedder_for(fp32, storage, 10, None), LocalEmbedder)  # fp32 runs natively anywhere
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert isinstance(embedder_for(cfg, storage, 10, None), LocalEmbedder)
+
 def test_a_resumed_run_keeps_the_kernel_its_workers_chose(tmp_path, monkeypatch):
     """The kernel the workers chose on a run's first attempt (GPU actors, or a cluster of other CPUs) pins its
     resumed attempt without measuring again: a new measurement could pick another kernel, and the shards already
