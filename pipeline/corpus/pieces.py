@@ -85,6 +85,8 @@ def list_inputs(source: str, fmt: Format) -> list[InputFile]:
     that they exist and sizing the run need. Row groups are left out (describe_inputs reads them)."""
     try:
         fs, path = fsspec.core.url_to_fs(source)
+        # the corpus as it is now: s3fs would answer a second listing in this process (a later run) from its cache
+        fs.invalidate_cache()
         # a glob's listing carries each file's size: no request per file
         found = fs.glob(path, detail=True) if fsspec.core.has_magic(path) else {path: fs.info(path)}
         if not found:
