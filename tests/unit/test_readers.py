@@ -236,7 +236,8 @@ def test_preflight_names_the_missing_input(tmp_path):
 
 def test_a_parquet_glob_is_listed_without_opening_files_and_planned_reading_each_footer_once(tmp_path, monkeypatch):
     """Checking the inputs and sizing the run take the listing alone; only planning the pieces reads the footers,
-    side by side (one after another they cost ~58 ms per file on a loopback S3 server, five times per CLI build)."""
+    side by side (five looks reading every footer one after another had cost a CLI build 27 ms a file on a loopback
+    S3 server: benchmarks/corpus_planning.py)."""
     import pipeline.corpus.pieces as pieces_module
     from pipeline.corpus.readers import describe_corpus, list_corpus
 
