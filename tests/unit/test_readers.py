@@ -267,7 +267,7 @@ def test_a_parquet_glob_is_listed_without_opening_files_and_planned_reading_each
         describe_corpus(cfg)
 
 
-def test_a_folder_that_is_not_a_beir_folder_is_a_clear_error(tmp_path):
+def test_a_folder_that_is_not_a_beir_folder_and_an_empty_glob_are_clear_errors(tmp_path):
     from pipeline.corpus.readers import list_corpus
 
     (tmp_path / "docs").mkdir()
@@ -276,3 +276,7 @@ def test_a_folder_that_is_not_a_beir_folder_is_a_clear_error(tmp_path):
         list_corpus(CorpusConfig(source=str(tmp_path / "docs"), format="jsonl"))
     assert [f.url for f in list_corpus(CorpusConfig(source=str(tmp_path / "docs" / "*.jsonl")))] == \
         [str(tmp_path / "docs" / "a.jsonl")]
+    with pytest.raises(InputError, match=r"corpus\.source: .*docs/\*\.parquet matches no file"):
+        list_corpus(CorpusConfig(source=str(tmp_path / "docs" / "*.parquet")))
+    with pytest.raises(InputError, match=r"corpus\.source: .*/\* matches no file"):
+        list_corpus(CorpusConfig(source=str(tmp_path / "*"), format="jsonl"))  # matches the folder docs only
