@@ -229,13 +229,18 @@ class Storage(CommitPrimitives):
             return self.fs.open(self.path(key), "rb")
 
     def list(self, prefix: str = "") -> list[str]:
-        """Names directly under `prefix` (folders included), sorted; [] if it is absent."""
+        """Names directly under `prefix` (folders included), sorted; [] if it is absent. Listed afresh and not kept:
+        s3fs would answer later `exists` checks under `prefix` from a kept listing, blind to what other processes
+        wrote or deleted since (a worker's shard marker)."""
         base = self.path(prefix)
         with self._errors(prefix):
             self.fs.invalidate_cache(base)
-            if not self.fs.exists(base):
-                return []
-            names = self.fs.ls(base, detail=False)
+            try:
+                if not self.fs.exists(base):
+                    return []
+                names = self.fs.ls(base, detail=False)
+            finally:
+                self.fs.invalidate_cache(base)
         return sorted(n.rstrip("/").rsplit("/", 1)[-1] for n in names)
 
     def delete(self, key: str, recursive: bool = False) -> None:
