@@ -41,6 +41,25 @@ def write_jsonl(path: Path, lines: list[str | bytes | dict]) -> Path:
     return path
 
 
+
+def write_elsewhere(url: str, body: bytes | None) -> None:
+    """Write (or, with None, delete) `url` as another program would: on S3 through a client of its own, not this
+    process's s3fs, whose own writes clear what it keeps cached."""
+    if url.startswith("s3://"):
+        import boto3
+
+        bucket, _, key = url.removeprefix("s3://").partition("/")
+        client = boto3.client("s3")
+        if body is None:
+            client.delete_object(Bucket=bucket, Key=key)
+        else:
+            client.put_object(Bucket=bucket, Key=key, Body=body)
+    elif body is None:
+        Path(url).unlink()
+    else:
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        Path(url).write_bytes(body)
+
 @pytest.fixture(scope="session")
 def sample_docs() -> list[dict]:
     return [json.loads(line) for line in gzip.open(SAMPLE / "corpus.jsonl.gz", "rt", encoding="utf-8")]

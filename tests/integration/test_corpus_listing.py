@@ -4,24 +4,12 @@ every Parquet file's row groups in name order."""
 
 import io
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import CorpusConfig
 from pipeline.corpus.readers import corpus_pieces, list_corpus
-
-
-def put(url: str, body: bytes) -> None:
-    """Write as another program would: on S3 not through this process's s3fs, whose own writes clear its cache."""
-    if url.startswith("s3://"):
-        import boto3
-
-        bucket, _, key = url.removeprefix("s3://").partition("/")
-        boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=body)
-    else:
-        with fsspec.open(url, "wb") as fh:
-            fh.write(body)
+from tests.conftest import write_elsewhere
 
 
 def parquet(rows: int) -> bytes:
@@ -33,13 +21,13 @@ def parquet(rows: int) -> bytes:
 def test_a_later_listing_sees_files_added_and_changed_since(storage_root):
     base = storage_root.rstrip("/") + "/corpus"
     first = b'{"_id": "1", "text": "x"}\n'
-    put(f"{base}/a.jsonl", first)
+    write_elsewhere(f"{base}/a.jsonl", first)
     glob, single = CorpusConfig(source=f"{base}/*.jsonl"), CorpusConfig(source=f"{base}/a.jsonl")
     assert [f.size for f in list_corpus(glob)] == [len(first)] == [f.size for f in list_corpus(single)]
 
     longer = b'{"_id": "1", "text": "x, edited"}\n'
-    put(f"{base}/a.jsonl", longer)
-    put(f"{base}/b.jsonl", first)
+    write_elsewhere(f"{base}/a.jsonl", longer)
+    write_elsewhere(f"{base}/b.jsonl", first)
     assert [(f.url.rsplit("/", 1)[1], f.size) for f in list_corpus(glob)] == [("a.jsonl", len(longer)),
                                                                               ("b.jsonl", len(first))]
     assert list_corpus(single)[0].size == len(longer)
@@ -48,7 +36,7 @@ def test_a_later_listing_sees_files_added_and_changed_since(storage_root):
 def test_a_parquet_glob_is_planned_from_every_footer_in_name_order(storage_root):
     base = storage_root.rstrip("/") + "/pq"
     for i, rows in enumerate([30, 10, 20]):
-        put(f"{base}/part-{i}.parquet", parquet(rows))
+        write_elsewhere(f"{base}/part-{i}.parquet", parquet(rows))
     pieces = corpus_pieces(CorpusConfig(source=f"{base}/*.parquet"), piece_bytes=1 << 20)
     assert [(p.url.rsplit("/", 1)[1], p.start, p.end) for p in pieces] == [
         ("part-0.parquet", 0, 3), ("part-1.parquet", 0, 1), ("part-2.parquet", 0, 2)]

@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.errors import PreconditionFailed, StorageError
 from pipeline.storage.backend import Storage
+from tests.conftest import write_elsewhere
 
 
 def race(n: int, fn) -> list:
@@ -104,29 +105,12 @@ def test_storage_options_the_backend_cannot_take_are_named_as_such(s3_server, op
 def test_a_listing_never_answers_for_what_another_process_wrote_since(storage_root):
     """A worker commits a shard (its marker) after the driver listed the shard's folder: the driver's next look must
     see the marker, and not a file another process deleted meanwhile (s3fs kept listings to answer `exists`)."""
-    from pathlib import Path
-
     s = Storage(storage_root)
     s.write_bytes("runs/r/shards/0/part-0.parquet", b"x")
     assert s.list("runs/r/shards/0") == ["part-0.parquet"]
 
-    def other(key: str, body: bytes | None) -> None:  # another process, with its own client
-        if storage_root.startswith("s3://"):
-            import boto3
-
-            bucket, _, prefix = storage_root.removeprefix("s3://").partition("/")
-            client = boto3.client("s3")
-            if body is None:
-                client.delete_object(Bucket=bucket, Key=f"{prefix}/{key}")
-            else:
-                client.put_object(Bucket=bucket, Key=f"{prefix}/{key}", Body=body)
-        elif body is None:
-            (Path(storage_root) / key).unlink()
-        else:
-            (Path(storage_root) / key).write_bytes(body)
-
-    other("runs/r/shards/0/_SUCCESS", b"{}")
-    other("runs/r/shards/0/part-0.parquet", None)
+    write_elsewhere(f"{storage_root}/runs/r/shards/0/_SUCCESS", b"{}")
+    write_elsewhere(f"{storage_root}/runs/r/shards/0/part-0.parquet", None)
     assert s.exists("runs/r/shards/0/_SUCCESS")
     assert not s.exists("runs/r/shards/0/part-0.parquet")
     assert s.list("runs/r/shards/0") == ["_SUCCESS"]
