@@ -41,7 +41,6 @@ def write_jsonl(path: Path, lines: list[str | bytes | dict]) -> Path:
     return path
 
 
-
 def write_elsewhere(url: str, body: bytes | None) -> None:
     """Write (or, with None, delete) `url` as another program would: on S3 through a client of its own, not this
     process's s3fs, whose own writes clear what it keeps cached."""
@@ -59,6 +58,7 @@ def write_elsewhere(url: str, body: bytes | None) -> None:
     else:
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         Path(url).write_bytes(body)
+
 
 @pytest.fixture(scope="session")
 def sample_docs() -> list[dict]:

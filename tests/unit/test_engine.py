@@ -28,7 +28,6 @@ def test_a_small_delta_stays_here_unless_the_actors_have_gpus_this_process_lacks
     assert isinstance(embedder_for(gpu_actors, storage, 10, None), expected)
 
 
-
 def test_a_small_delta_goes_to_a_clusters_actors_when_this_cpu_would_emulate_the_kernel(tmp_path, monkeypatch):
     """On a cluster whose workers chose bf16 (their CPUs have the units) a driver without them would run a small delta
     emulated, ~7.6x slower than fp32: the delta goes to the actors. Without a cluster the actors would share this CPU,
@@ -49,6 +48,7 @@ def test_a_small_delta_goes_to_a_clusters_actors_when_this_cpu_would_emulate_the
     assert isinstance(embedder_for(fp32, storage, 10, None), LocalEmbedder)  # fp32 runs natively anywhere
     monkeypatch.delenv("RAY_ADDRESS")
     assert isinstance(embedder_for(cfg, storage, 10, None), LocalEmbedder)
+
 
 def test_a_resumed_run_keeps_the_kernel_its_workers_chose(tmp_path, monkeypatch):
     """The kernel the workers chose on a run's first attempt (GPU actors, or a cluster of other CPUs) pins its
