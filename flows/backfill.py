@@ -14,7 +14,7 @@ from pipeline.config_loader import load_config
 from pipeline.corpus.delta import Selection
 from pipeline.jobs.build import BuildSummary
 from pipeline.jobs.plan import plan_build
-from pipeline.jobs.prepare import check_inputs
+from pipeline.jobs.preflight import check_inputs
 from pipeline.storage.backend import Storage
 
 

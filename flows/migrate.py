@@ -37,7 +37,7 @@ from pipeline.config_loader import load_config
 from pipeline.errors import ConfigError
 from pipeline.jobs.migration import MigrationSummary, gate_check, migration_report
 from pipeline.jobs.plan import plan_full_build
-from pipeline.jobs.prepare import check_inputs
+from pipeline.jobs.preflight import check_inputs
 from pipeline.models.catalog import model_section
 from pipeline.models.encoder import cached_encoder
 from pipeline.quality.golden import load_golden_set

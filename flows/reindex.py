@@ -14,7 +14,7 @@ from flows.build import build_snapshot, default_run_id
 from pipeline.config_loader import load_config
 from pipeline.jobs.build import BuildSummary
 from pipeline.jobs.plan import plan_build, plan_full_build
-from pipeline.jobs.prepare import check_inputs
+from pipeline.jobs.preflight import check_inputs
 from pipeline.storage.backend import Storage
 
 

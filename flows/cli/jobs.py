@@ -27,6 +27,7 @@ from flows.cli.common import (
     rich_table,
 )
 from flows.cli.snapshots import print_search
+from pipeline.jobs.build import NOT_EVALUATED
 from pipeline.reports.markdown import num
 from pipeline.reports.tables import MAIN_COUNTS, quality_table, timings_table
 
@@ -55,7 +56,7 @@ def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow_call: 
     to use it, so that Ray's workers get ready while Prefect's server starts (flows/engine.start_ray_ahead)."""
     from flows.engine import start_ray_ahead
     from pipeline.config_loader import load_config
-    from pipeline.jobs.prepare import check_inputs
+    from pipeline.jobs.preflight import check_inputs
     from pipeline.storage.backend import Storage
 
     cfg = load_config(config, overrides)
@@ -89,6 +90,8 @@ def _print_summary(summary, example: bool, config: str, overrides: dict[str, Any
         outcome = "[green]promoted to this version[/]" if promotion.promoted else \
             f"[yellow]stays at {promotion.live}[/]: {promotion.reason}"
         console.print(f"  alias {promotion.alias}: {outcome}", soft_wrap=True)
+    if not summary.evaluation.get("modes"):
+        console.print(f"  quality: not measured ({NOT_EVALUATED})", soft_wrap=True)
     if modes := summary.evaluation.get("modes"):
         queries = next(iter(modes.values()))["queries"]
         console.print(rich_table(quality_table(f"quality on {queries} golden queries (trec_eval)", modes, short=True)))

@@ -85,7 +85,8 @@ def plan_rescore_factor(n: int) -> int:
 
 def plan_ivf(n: int, cfg: IvfConfig) -> IvfPlan:
     if n < 2:
-        raise IndexBuildError(f"an IVF index needs at least 2 vectors to train, got {n}")
+        raise IndexBuildError(f"an IVF index (ivfpq, int8-ivf, binary-ivf) needs at least 2 vectors to train its "
+                              f"lists, and this corpus has {n}: leave those out of index.variants")
     train = min(n, cfg.max_train_points)
     nlist = cfg.nlist or min(plan_nlist(n), max(1, train // MIN_POINTS_PER_CENTROID))
     if nlist > train:

@@ -83,6 +83,9 @@ def staged_snapshot(target: Storage, staged: StagedIndexes, card: ModelCard, pre
                              "files": staged.files, "counts": prepared.counts})
 
 
+NOT_EVALUATED = "no golden set: set evaluation.queries and evaluation.qrels, or use a BEIR folder as corpus.source"
+
+
 def evaluate(snapshot: Snapshot, golden: GoldenSet | None, encoder: Encoder, k: int) -> dict:
     """Every search mode on the golden set (the manifest's "evaluation" section); {} without a golden set."""
     if golden is None:

@@ -28,14 +28,10 @@ from pipeline.corpus.readers import (
     QUARANTINE_SCHEMA,
     corpus_pieces,
     corpus_url,
-    golden_set_urls,
     iter_piece,
-    list_corpus,
-    require_exists,
 )
 from pipeline.corpus.sharding import assign_shards, bucket_range
 from pipeline.errors import InputError, SnapshotError
-from pipeline.index.analyzer import Analyzer
 from pipeline.jobs.executor import Executor
 from pipeline.jobs.shards import INPUT_COLUMNS, MODEL_CARD_KEY
 from pipeline.jobs.worker import node, peak_rss_mb
@@ -48,19 +44,6 @@ from pipeline.storage.layout import MARKER, PREPARED, piece_key, quarantine_key,
 from pipeline.storage.tables import read_parquet, write_parquet
 
 READ_COUNTS = ("read", "accepted", "quarantined", "blank_lines")
-
-
-def check_inputs(cfg: PipelineConfig, storage: Storage) -> None:
-    """Fail fast, before any engine starts, on a corpus, golden set, model or bm25 stemmer that cannot be found,
-    or a storage root that cannot be reached or written (checked last: the probe writes there)."""
-    list_corpus(cfg.corpus)  # the corpus is there (its files are read by prepare)
-    golden = golden_set_urls(cfg.corpus, cfg.evaluation.queries, cfg.evaluation.qrels)
-    for url, name in zip(golden or (), ("evaluation.queries", "evaluation.qrels"), strict=False):
-        require_exists(url, name)
-    tokenizer_for(cfg.model)
-    if cfg.index.lexical:
-        Analyzer.of(cfg.index.bm25)  # a stemmer language PyStemmer lacks fails here, not after embedding
-    storage.probe()
 
 
 def make_chunker(cfg: PipelineConfig) -> Chunker:

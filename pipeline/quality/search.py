@@ -27,7 +27,7 @@ from pipeline.index.bm25 import Bm25Index
 from pipeline.index.plan import RESCORE_FACTOR_PER_1M
 from pipeline.index.ranking import rerank
 from pipeline.index.representations import rescore
-from pipeline.index.variants import Variant
+from pipeline.index.variants import Variant, VariantSpec
 from pipeline.models.encoder import Encoder, encoder_for_card
 from pipeline.quality.fusion import RRF, Fusion, Ranked, fuse, parse_hybrid
 from pipeline.quality.metrics import Qrels, Run, evaluate_run, overlap_at_k, top_k
@@ -75,6 +75,23 @@ def _lists(scores: np.ndarray, rows: np.ndarray) -> Iterator[tuple[list[float], 
     """Each query's (scores, rows) as Python lists, without the -1 padding."""
     for ss, rr, n in zip(scores.tolist(), rows.tolist(), (rows >= 0).sum(1).tolist(), strict=True):
         yield ss[:n], rr[:n]
+
+
+def evaluated_modes(variants: list[VariantSpec], rescore: bool, lexical: bool) -> list[str]:
+    """The search modes a build evaluates (and a gate can judge) for its vector variants, with an fp16 store
+    (`rescore`) and bm25 (`lexical`) or not: each variant's own, +rescore (unless lossless), +hamming for binary
+    ones; with bm25, bm25 itself, hybrid over each dense mode (but plain Hamming), and reciprocal-rank fusion over
+    the best one as a comparison."""
+    out = []
+    for spec in variants:
+        out += [f"{spec.name}+hamming"] if spec.kind.binary else []
+        out.append(spec.name)
+        out += [f"{spec.name}+rescore"] if rescore and not spec.lossless else []
+    if not lexical:
+        return out
+    dense = [m for m in out if not m.endswith("+hamming")]
+    reference = "exact" if "exact" in dense else dense[0]
+    return out + [BM25] + [f"hybrid:{m}" for m in dense] + [f"{RRF}:{reference}"]
 
 
 def variant_of(mode: str) -> str:
@@ -173,18 +190,9 @@ class Searcher:
                    fusion or Fusion.from_dict(index_params.get("fusion")))
 
     def modes(self) -> list[str]:
-        """Every search mode worth reporting for this snapshot's variants: with bm25, also hybrid over each
-        dense mode (but plain Hamming), and reciprocal-rank fusion over the best one as a comparison."""
-        out = []
-        for name, v in self.variants.items():
-            out += [f"{name}+hamming"] if v.spec.kind.binary else []
-            out.append(name)
-            out += [f"{name}+rescore"] if self.store is not None and not v.spec.lossless else []
-        if self.lexical is None:
-            return out
-        dense = [m for m in out if not m.endswith("+hamming")]
-        reference = "exact" if "exact" in dense else dense[0]
-        return out + [BM25] + [f"hybrid:{m}" for m in dense] + [f"{RRF}:{reference}"]
+        """Every search mode worth reporting for this snapshot's variants (evaluated_modes)."""
+        return evaluated_modes([v.spec for v in self.variants.values()], self.store is not None,
+                               self.lexical is not None)
 
     def search_vectors(self, vectors: np.ndarray, k: int, mode: str = "exact") -> list[list[Hit]]:
         """Dense modes, for queries already encoded (bm25 and hybrid modes need the texts: `search`)."""

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from pipeline.jobs.build import BuildSummary
+from pipeline.jobs.build import NOT_EVALUATED, BuildSummary
 from pipeline.jobs.monitoring import MonitorResult
 from pipeline.quality.drift import is_number
 from pipeline.quality.metrics import METRICS
@@ -28,6 +28,8 @@ def build_markdown(summary: BuildSummary) -> str:
     tables = [counts_table(summary.counts)]
     if modes := summary.evaluation.get("modes"):
         tables.append(quality_table("quality per search mode", modes))
+    else:
+        lines += [f"Quality: not measured ({NOT_EVALUATED})", ""]
     tables.append(timings_table(summary.timings_s))
     return "\n".join(lines) + "\n\n".join(t.markdown() for t in tables)
 

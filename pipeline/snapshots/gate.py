@@ -28,7 +28,9 @@ def check_gate(gate: GateConfig, candidate: dict | None, live: dict | None) -> G
     threshold and with the live version's; `live` None: nothing is live, only the floor applies."""
     cand, live_value, reasons = metric_of(candidate, gate), metric_of(live, gate) if live else None, []
     if cand is None:
-        reasons.append(f"candidate has no {gate.metric} for mode {gate.mode!r} (was it evaluated?)")
+        modes = list((candidate or {}).get("modes") or {})
+        reasons.append(f"candidate has no {gate.metric} for mode {gate.mode!r}: " + (
+            f"its evaluated modes are {modes}" if modes else "it was not evaluated (its build had no golden set)"))
     else:
         if cand < gate.min_value:
             reasons.append(f"{gate.metric} {cand:.4f} is below the minimum {gate.min_value:.4f}")

@@ -82,3 +82,20 @@ def test_a_run_id_that_is_not_one_folder_name_is_refused_naming_the_flag():
     with pytest.raises(SnapshotError, match=r"run id 'a/b': expected letters"):  # a flow started without the CLI
         run_key("a/b", "plan.json")
     assert run_key("reindex-1f2e.3_b", "plan.json") == "runs/reindex-1f2e.3_b/plan.json"
+
+
+def test_a_build_without_a_golden_set_says_its_quality_was_not_measured(monkeypatch):
+    """Without a golden set (and so without an alias to promote) a build publishes unmeasured: the terminal and
+    the run's artifact say so and how to measure it, rather than leaving the quality table out silently."""
+    from flows.cli import jobs
+    from pipeline.jobs.build import BuildSummary
+    from pipeline.reports.markdown import build_markdown
+
+    summary = BuildSummary("reindex", "docs", "v1", "/store/snapshots/docs/v1", "run-1", "full build",
+                           {"read": 3, "accepted": 3}, {}, {"variants": {}}, {"embed": 0.1}, None)
+    console = Console(width=80, record=True)
+    monkeypatch.setattr(jobs, "console", console)
+    jobs._print_summary(summary, example=True, config="unused.yaml", overrides={})
+    printed = " ".join(console.export_text().split())
+    assert "quality: not measured (no golden set: set evaluation.queries and evaluation.qrels" in printed
+    assert "Quality: not measured (no golden set: set evaluation.queries" in build_markdown(summary)

@@ -209,31 +209,6 @@ def test_quarantine_keeps_a_readable_excerpt(tmp_path):
     assert json.dumps(q.to_dicts())  # the table serialises as-is to parquet/json
 
 
-def test_preflight_names_the_missing_input(tmp_path):
-    from pipeline.config_loader import parse_config
-    from pipeline.jobs.prepare import check_inputs as check_inputs_of
-    from pipeline.storage.backend import Storage
-
-    base = {"index_name": "x", "corpus": {"source": str(SAMPLE)}, "storage": {"root": str(tmp_path / "store")}}
-
-    def check_inputs(cfg):
-        return check_inputs_of(cfg, Storage.of(cfg.storage))
-
-    check_inputs(parse_config(base))  # the shipped sample is complete
-    with pytest.raises(InputError, match=r"corpus\.source: .*nope\.jsonl does not exist"):
-        check_inputs(parse_config({**base, "corpus": {"source": str(tmp_path / "nope.jsonl")},
-                                   "storage": {"root": str(tmp_path / "untouched")}}))
-    assert not (tmp_path / "untouched").exists()  # a bad input is found before the storage probe writes there
-    with pytest.raises(InputError, match=r"corpus\.source: .*missing-dir does not exist"):
-        check_inputs(parse_config({**base, "corpus": {"source": str(tmp_path / "missing-dir")}}))
-    with pytest.raises(InputError, match=r"evaluation\.qrels: .*q\.tsv does not exist"):
-        check_inputs(parse_config({**base, "evaluation": {"queries": str(SAMPLE / "queries.jsonl"),
-                                                          "qrels": str(tmp_path / "q.tsv")}}))
-    # a relative path is read from the working directory, not the config's folder: the error says which it was
-    with pytest.raises(InputError, match=r"data/elsewhere does not exist \(relative to the working directory /"):
-        check_inputs(parse_config({**base, "corpus": {"source": "data/elsewhere"}}))
-
-
 def test_a_parquet_glob_is_listed_without_opening_files_and_planned_reading_each_footer_once(tmp_path, monkeypatch):
     """Checking the inputs and sizing the run take the listing alone; only planning the pieces reads the footers,
     side by side (five looks reading every footer one after another had cost a CLI build 27 ms a file on a loopback
