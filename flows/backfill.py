@@ -28,5 +28,6 @@ def backfill(config_path: str, doc_ids: list[str] | None = None, shards: list[in
     storage = Storage.of(cfg.storage)
     check_inputs(cfg, storage)
     selection = Selection(frozenset(doc_ids or ()), frozenset(shards or ()), where)
+    selection.check_shards(cfg.run.shards)
     return build_snapshot(cfg, storage, run_id or default_run_id(cfg, "backfill"), "backfill",
                           partial(plan_build, cfg=cfg, selection=selection))

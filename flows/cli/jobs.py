@@ -142,10 +142,12 @@ def backfill(
 ) -> None:
     """Re-chunk and re-embed a subset of documents and publish a version that differs from the live one
     only there (everything else is kept as it is live)."""
+    from pipeline.config_loader import load_config
     from pipeline.corpus.delta import Selection
 
     overrides = parse_sets(set_)
-    Selection(frozenset(doc_id), frozenset(shard), where)  # an empty or malformed selection fails here
+    # an empty or malformed selection, or a shard the run does not have, fails here, before any engine starts
+    Selection(frozenset(doc_id), frozenset(shard), where).check_shards(load_config(config, overrides).run.shards)
 
     def call():
         from flows.backfill import backfill as backfill_flow

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from pipeline.corpus.sharding import shard_of
 from pipeline.errors import ConfigError
 
 
@@ -70,6 +71,12 @@ class Selection:
             except Exception as exc:  # polars raises several error types for bad SQL
                 raise ConfigError(f"backfill filter {self.where!r} is not a valid polars SQL expression: "
                                   f"{exc}") from None
+
+    def check_shards(self, num_shards: int) -> None:
+        """Every selected shard exists for a run of `num_shards` (run.shards)."""
+        if outside := sorted(s for s in self.shards if not 0 <= s < num_shards):
+            raise ConfigError(f"backfill shards {outside} do not exist: expected 0 to {num_shards - 1} "
+                              f"(run.shards is {num_shards})")
 
     def mask(self, docs: pl.DataFrame) -> pl.Series:
         """Selected rows of `docs` (doc_id, shard and metadata columns)."""
@@ -130,6 +137,12 @@ class Delta:
         self.counts["docs_redone"] += int(redo.sum())
         self.counts["docs_kept"] += int(keep.sum())
         return docs.filter(redo), self.live_rows(docs.filter(keep)["doc_id"].to_list())
+
+    def missing_ids(self, shard: int, num_shards: int) -> list[str]:
+        """The selection's doc ids that belong to `shard` yet were not in its batches: the corpus lacks them, so a
+        backfill cannot redo them (call after the last split)."""
+        ids = self.selection.doc_ids if self.selection else ()
+        return sorted(i for i in ids if shard_of(i, num_shards) == shard and i not in self.seen)
 
     def finish(self) -> pl.DataFrame:
         """Live documents the corpus no longer has: dropped by an incremental run, kept by a backfill."""

@@ -98,6 +98,7 @@ class ShardPrep:
     counts: dict[str, int]
     fingerprint: int
     chunk_parts: list[str] = field(default_factory=list)  # chunks/ parts with rows to embed
+    missing_ids: list[str] = field(default_factory=list)  # a backfill's doc ids of this shard the corpus lacks
     skipped: bool = False
     node: str = ""  # where it was prepared
     peak_rss_mb: float = 0.0  # the worker's
@@ -186,7 +187,7 @@ def prepare_shard(cfg: PipelineConfig, storage: Storage, run_id: str, shard: int
     to_embed = _attach_cached(storage, run_id, shard, lo, hi, pl.concat(metadata) if metadata else None, card,
                               counts)
     prep = ShardPrep(shard, (lo, hi), counts, fingerprint % (1 << 256), [p for p in parts if p in to_embed],
-                     node=node(), peak_rss_mb=peak_rss_mb())
+                     delta.missing_ids(shard, cfg.run.shards), node=node(), peak_rss_mb=peak_rss_mb())
     storage.write_bytes(marker, json.dumps(prep.to_dict() | {"skipped": False}).encode())
     return prep
 
@@ -267,4 +268,21 @@ def prepare(cfg: PipelineConfig, storage: Storage, run_id: str, against: ShardIn
         raise InputError(f"corpus {redact(cfg.corpus.source)}: no document accepted ({prepared.counts['read']} read, "
                          f"{prepared.counts['quarantined']} quarantined; reasons in "
                          f"{storage.url_of(quarantine_key(run_id))})")
+    if against.selection is not None:
+        check_selected(against.selection, [i for p in preps for i in p.missing_ids], prepared.counts, cfg)
     return prepared
+
+
+def check_selected(selection: Selection, missing_ids: list[str], counts: dict[str, int], cfg: PipelineConfig) -> None:
+    """A backfill redoes what it asked for, before anything is embedded or published: every doc id it names is in
+    the corpus (a typo would otherwise publish a copy of the live version), and it selects some document."""
+    corpus = redact(cfg.corpus.source)
+    if missing_ids:
+        shown = ", ".join(sorted(missing_ids)[:10]) + (f" and {len(missing_ids) - 10} more" if len(missing_ids) > 10
+                                                        else "")
+        raise InputError(f"backfill: doc ids not in corpus {corpus} ({len(missing_ids)} of the "
+                         f"{len(selection.doc_ids)} asked for): {shown}; expected ids of its accepted documents "
+                         "(nothing was published)")
+    if not counts["docs_redone"]:
+        raise InputError(f"backfill of {selection.describe()} selects none of the {counts['accepted']} documents "
+                         f"accepted from corpus {corpus}: nothing to redo (nothing was published)")

@@ -199,6 +199,29 @@ def test_backfill_redoes_only_the_selection_with_the_new_chunker(runs, prefect_a
     assert f"the other documents keep its chunking {live.manifest['chunking']}" in out["delta"]
 
 
+def test_a_backfill_of_what_the_corpus_lacks_fails_and_publishes_nothing(runs, prefect_api):
+    """A mistyped id, a filter that matches nothing or a shard the run does not have would otherwise publish (and
+    promote) a copy of the live version: each fails before anything is embedded, naming what is missing."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.backfill import backfill
+    from pipeline.errors import ConfigError, InputError
+    from pipeline.snapshots.aliases import read_alias
+
+    store = Storage(str(runs["work"] / "store"))
+    versions, live = store.list("snapshots/jobs"), read_alias(store, "jobs", "live").version
+    corpus = {"corpus.source": str(runs["work"] / "v2.jsonl")}
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        with pytest.raises(InputError, match=r"backfill: doc ids not in corpus .*v2\.jsonl \(1 of the 2 asked for\): "
+                                             r"no-such-doc; expected ids of its accepted documents"):
+            backfill(runs["config"], doc_ids=[runs["edited"][0]["_id"], "no-such-doc"], overrides=corpus)
+        with pytest.raises(InputError, match=r"backfill of where year >= 3000 selects none of the 120 documents"):
+            backfill(runs["config"], where="year >= 3000", overrides=corpus)
+        with pytest.raises(ConfigError, match=r"backfill shards \[4\] do not exist: expected 0 to 3"):
+            backfill(runs["config"], shards=[4], overrides=corpus)
+    assert store.list("snapshots/jobs") == versions and read_alias(store, "jobs", "live").version == live
+
+
 def test_backfill_rejects_a_filter_on_a_field_the_corpus_does_not_keep(runs, prefect_api):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
