@@ -28,6 +28,7 @@ from flows.cli.common import (
 )
 from flows.cli.snapshots import print_search
 from pipeline.jobs.build import NOT_EVALUATED
+from pipeline.quality.golden import coverage_note
 from pipeline.reports.markdown import num
 from pipeline.reports.tables import MAIN_COUNTS, quality_table, timings_table
 
@@ -92,6 +93,8 @@ def _print_summary(summary, example: bool, config: str, overrides: dict[str, Any
         console.print(f"  alias {promotion.alias}: {outcome}", soft_wrap=True)
     if not summary.evaluation.get("modes"):
         console.print(f"  quality: not measured ({NOT_EVALUATED})", soft_wrap=True)
+    elif note := coverage_note(summary.evaluation):
+        console.print(f"  [yellow]golden set[/]: {note}", soft_wrap=True)
     if modes := summary.evaluation.get("modes"):
         queries = next(iter(modes.values()))["queries"]
         console.print(rich_table(quality_table(f"quality on {queries} golden queries (trec_eval)", modes, short=True)))

@@ -128,14 +128,20 @@ def evaluate(
     as_json: JsonFlag = False,
 ) -> None:
     """nDCG@10, MAP@10, Recall@10/100 and MRR@10 of every search mode of a snapshot."""
+    from pipeline.quality.golden import coverage
     from pipeline.snapshots.snapshot import Snapshot
 
     snap = Snapshot.open(snapshot)
-    report = _searcher(snap, weight).evaluate(*_golden(snap, queries, qrels), k, modes=mode or None)
+    searcher, golden = _searcher(snap, weight), _golden(snap, queries, qrels)
+    report = searcher.evaluate(*golden, k, modes=mode or None)
+    covered = coverage(*golden, searcher.doc_ids)
     if as_json:
-        print(json.dumps({"snapshot": snap.url, "version": snap.version, "modes": report}, indent=2))
-    else:
-        console.print(rich_table(quality_table(f"{snap.manifest['index_name']} {snap.version}", report, short=True)))
+        print(json.dumps({"snapshot": snap.url, "version": snap.version, "coverage": covered.to_dict(),
+                          "modes": report}, indent=2))
+        return
+    console.print(rich_table(quality_table(f"{snap.manifest['index_name']} {snap.version}", report, short=True)))
+    if note := covered.note():
+        console.print(f"[yellow]golden set[/]: {note}", soft_wrap=True)
 
 
 @reports_errors

@@ -22,7 +22,7 @@ from pipeline.models.card import ModelCard
 from pipeline.models.encoder import Encoder
 from pipeline.models.kernel_plan import KernelPlan
 from pipeline.quality.fusion import Fusion
-from pipeline.quality.golden import GoldenSet
+from pipeline.quality.golden import GoldenSet, coverage
 from pipeline.quality.search import Searcher, variant_of
 from pipeline.snapshots.aliases import Promotion
 from pipeline.snapshots.manifest import build_manifest
@@ -92,6 +92,7 @@ def evaluate(snapshot: Snapshot, golden: GoldenSet | None, encoder: Encoder, k: 
         return {}
     searcher = Searcher.from_snapshot(snapshot, encoder)
     return {"queries": golden.queries_url, "qrels": golden.qrels_url,
+            "coverage": coverage(golden.queries, golden.qrels, searcher.doc_ids).to_dict(),
             "modes": searcher.evaluate(golden.queries, golden.qrels, k)}
 
 

@@ -3,7 +3,8 @@ quality on."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
 
 from pipeline.config import PipelineConfig
 from pipeline.corpus.readers import golden_set_urls, read_qrels, read_queries
@@ -18,6 +19,44 @@ class GoldenSet:
     qrels: Qrels
     queries_url: str  # redacted, as recorded in reports
     qrels_url: str
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How much of a golden set an index can find: the relevant documents (grade > 0) of its judged queries that are
+    in the index, and the queries none of whose relevant documents are (they score 0 in every search mode)."""
+
+    queries: int
+    relevant: int
+    found: int
+    queries_without: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def note(self) -> str | None:
+        """A warning when some relevant documents are missing: the metrics are then bounded below 1 by the golden
+        set, not by the search (a sample of a corpus judged in full, or the golden set of another corpus)."""
+        if self.found == self.relevant:
+            return None
+        return (f"{self.relevant - self.found} of the golden set's {self.relevant} relevant documents are not in "
+                f"this index, and {self.queries_without} of its {self.queries} queries have none here (they score 0 "
+                "in every mode): expected a golden set judged on this corpus")
+
+
+def coverage(queries: Mapping[str, str], qrels: Qrels, doc_ids: Iterable[str]) -> Coverage:
+    """The golden set's coverage by an index holding `doc_ids` (one per chunk; repeats are fine)."""
+    indexed = set(doc_ids)
+    judged = [{d for d, grade in qrels[q].items() if grade > 0} for q in qrels if q in queries]
+    relevant = set().union(*judged)
+    return Coverage(len(judged), len(relevant), len(relevant & indexed),
+                    sum(1 for docs in judged if docs and not docs & indexed))
+
+
+def coverage_note(evaluation: Mapping) -> str | None:
+    """Coverage.note of a manifest's (or build summary's) "evaluation" section, if it recorded the coverage."""
+    recorded = evaluation.get("coverage")
+    return Coverage(**recorded).note() if recorded else None
 
 
 def golden_set_of(cfg: PipelineConfig) -> GoldenSet | None:

@@ -10,6 +10,7 @@ import numpy as np
 from pipeline.jobs.build import NOT_EVALUATED, BuildSummary
 from pipeline.jobs.monitoring import MonitorResult
 from pipeline.quality.drift import is_number
+from pipeline.quality.golden import coverage_note
 from pipeline.quality.metrics import METRICS
 from pipeline.reports.tables import counts_table, quality_table, timings_table
 
@@ -28,6 +29,8 @@ def build_markdown(summary: BuildSummary) -> str:
     tables = [counts_table(summary.counts)]
     if modes := summary.evaluation.get("modes"):
         tables.append(quality_table("quality per search mode", modes))
+        if note := coverage_note(summary.evaluation):
+            lines += [f"Golden set: {note}", ""]
     else:
         lines += [f"Quality: not measured ({NOT_EVALUATED})", ""]
     tables.append(timings_table(summary.timings_s))

@@ -99,3 +99,22 @@ def test_a_build_without_a_golden_set_says_its_quality_was_not_measured(monkeypa
     printed = " ".join(console.export_text().split())
     assert "quality: not measured (no golden set: set evaluation.queries and evaluation.qrels" in printed
     assert "Quality: not measured (no golden set: set evaluation.queries" in build_markdown(summary)
+
+
+def test_a_build_whose_golden_set_reaches_beyond_its_corpus_says_so(monkeypatch):
+    from flows.cli import jobs
+    from pipeline.jobs.build import BuildSummary
+    from pipeline.reports.markdown import build_markdown
+
+    metrics = {"ndcg@10": 0.22, "map@10": 0.2, "recall@10": 0.24, "recall@100": 0.26, "mrr@10": 0.22, "queries": 300,
+               "ms_per_query": 1.0}
+    evaluation = {"coverage": {"queries": 300, "relevant": 283, "found": 72, "queries_without": 219},
+                  "modes": {"exact": metrics}}
+    summary = BuildSummary("reindex", "docs", "v1", "/store/snapshots/docs/v1", "run-1", "full build",
+                           {"read": 500, "accepted": 500}, evaluation, {"variants": {}}, {"embed": 0.1}, None)
+    console = Console(width=80, record=True)
+    monkeypatch.setattr(jobs, "console", console)
+    jobs._print_summary(summary, example=False, config="unused.yaml", overrides={})
+    printed = " ".join(console.export_text().split())
+    expected = "211 of the golden set's 283 relevant documents are not in this index, and 219 of its 300 queries"
+    assert f"golden set: {expected}" in printed and f"Golden set: {expected}" in build_markdown(summary)

@@ -34,3 +34,19 @@ def test_overlap_against_reference_run():
     ref = {"q": {f"d{i}": 10.0 - i for i in range(10)}}
     cand = {"q": {f"d{i}": 10.0 - i for i in range(7)} | {"z1": 1.0, "z2": 0.5, "z3": 0.1}}
     assert overlap_at_k(cand, ref, 10) == pytest.approx(0.7)
+
+
+def test_a_golden_set_judged_beyond_the_index_is_named_not_scored_silently():
+    """Relevant documents the index lacks cap every metric whatever the search: the coverage says how many, and
+    which share of the queries can only score 0 (graded-0 judgments and unknown queries do not count)."""
+    from pipeline.quality.golden import Coverage, coverage, coverage_note
+
+    qrels = {"q1": {"d1": 1, "d3": 1}, "q2": {"d9": 1, "d1": 0}, "q3": {"d7": 2}, "q4": {"d1": 1}}
+    queries = {"q1": "a", "q2": "b", "q3": "c"}  # q4 is judged but not asked
+    full = coverage(queries, qrels, ["d1", "d1", "d3", "d9", "d7"])  # d1 twice: two chunks of one document
+    assert full == Coverage(queries=3, relevant=4, found=4, queries_without=0) and full.note() is None
+    part = coverage(queries, qrels, ["d1", "d3", "d5"])
+    assert part == Coverage(queries=3, relevant=4, found=2, queries_without=2)
+    assert part.note().startswith("2 of the golden set's 4 relevant documents are not in this index, and 2 of its "
+                                  "3 queries have none here")
+    assert coverage_note({"coverage": part.to_dict()}) == part.note() and coverage_note({}) is None
