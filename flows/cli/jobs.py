@@ -91,20 +91,20 @@ def _print_summary(summary, example: bool, config: str, overrides: dict[str, Any
         outcome = "[green]promoted to this version[/]" if promotion.promoted else \
             f"[yellow]stays at {promotion.live}[/]: {promotion.reason}"
         console.print(f"  alias {promotion.alias}: {outcome}", soft_wrap=True)
-    if not summary.evaluation.get("modes"):
+    if not (modes := summary.evaluation.get("modes")):
         console.print(f"  quality: not measured ({NOT_EVALUATED})", soft_wrap=True)
-    elif note := coverage_note(summary.evaluation):
+        return
+    if note := coverage_note(summary.evaluation):
         console.print(f"  [yellow]golden set[/]: {note}", soft_wrap=True)
-    if modes := summary.evaluation.get("modes"):
-        queries = next(iter(modes.values()))["queries"]
-        console.print(rich_table(quality_table(f"quality on {queries} golden queries (trec_eval)", modes, short=True)))
-        if example:
-            from pipeline.config_loader import load_config
-            from pipeline.corpus.readers import read_queries
+    queries = next(iter(modes.values()))["queries"]
+    console.print(rich_table(quality_table(f"quality on {queries} golden queries (trec_eval)", modes, short=True)))
+    if example:
+        from pipeline.config_loader import load_config
+        from pipeline.corpus.readers import read_queries
 
-            query = next(iter(read_queries(summary.evaluation["queries"]).values()))
-            print_search(summary.snapshot, query, 5, "hybrid:exact" if "hybrid:exact" in modes else "exact",
-                         storage_options=load_config(config, overrides).storage.options)
+        query = next(iter(read_queries(summary.evaluation["queries"]).values()))
+        print_search(summary.snapshot, query, 5, "hybrid:exact" if "hybrid:exact" in modes else "exact",
+                     storage_options=load_config(config, overrides).storage.options)
 
 
 @reports_errors

@@ -43,4 +43,3 @@ def check_gate_can_judge(cfg: PipelineConfig, has_golden_set: bool) -> None:
     if gate.mode not in modes:
         raise ConfigError(f"publish.gate.mode {gate.mode!r} is not a search mode a build of index.variants "
                           f"{list(cfg.index.variants)} evaluates: expected one of {modes}")
-
