@@ -7,6 +7,7 @@ import socket
 
 import ray
 
+from pipeline.config import RunConfig
 from pipeline.errors import ClusterError, EmbedpipeError
 from pipeline.jobs.worker import NODE_ENV
 
@@ -50,6 +51,21 @@ def ensure_ray(num_cpus: int | None = None, warm_workers: bool = False) -> None:
         raise ClusterError(f"cannot join the Ray cluster at RAY_ADDRESS={address}: {exc}; a cluster started with "
                            "token authentication (`ray start`'s default once a token exists) needs RAY_AUTH_MODE=token "
                            "here too, and its token in RAY_AUTH_TOKEN or ~/.ray/auth_token") from None
+
+
+def check_actor_fits(run: RunConfig) -> None:
+    """On a local instance, an actor (or a task shaped like one) that asks for more CPUs or GPUs than this machine
+    has would wait forever: Ray keeps it pending for a node that never comes. Said before anything waits on it. A
+    cluster (RAY_ADDRESS) is not checked: its autoscaler may yet add a node that fits (a GPU group at 0, say)."""
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    if run.cpus_per_actor > cpus or run.gpus_per_actor > gpus:
+        raise ClusterError(f"an embedding actor asks for {run.cpus_per_actor:g} CPU(s) (run.cpus_per_actor) and "
+                           f"{run.gpus_per_actor:g} GPU(s) (run.gpus_per_actor), and this machine's Ray has {cpus:g} "
+                           f"CPU(s) and {gpus:g} GPU(s), so none could start: expected at most those, or RAY_ADDRESS "
+                           "naming a cluster with nodes that size")
 
 
 def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:

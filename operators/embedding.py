@@ -17,7 +17,7 @@ import time
 
 import ray
 
-from operators.cluster import ensure_ray, mark_node, unwrap
+from operators.cluster import check_actor_fits, ensure_ray, mark_node, unwrap
 from operators.faults import maybe_exit_driver
 from pipeline.config import ModelConfig, RunConfig
 from pipeline.jobs.embedder import OnResult
@@ -72,6 +72,7 @@ class RayEmbedder:
     def start(self, shards: int) -> RayEmbedder:
         ensure_ray()
         run = self.run
+        check_actor_fits(run)
         self.started = self.started or time.perf_counter()
         self.handles += [EmbedActor.options(num_cpus=run.cpus_per_actor, num_gpus=run.gpus_per_actor)
                          .remote(self.storage.url, self.storage.options, self.model.model_dump(),

@@ -10,7 +10,7 @@ from collections import defaultdict
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from operators.cluster import ensure_ray, unwrap
+from operators.cluster import check_actor_fits, ensure_ray, unwrap
 from operators.embedding import actor_threads
 from pipeline.config import ModelConfig, RunConfig
 from pipeline.errors import ClusterError
@@ -48,6 +48,7 @@ def plan_like_an_actor(model: ModelConfig, run: RunConfig, timeout_s: float = 90
     """The kernel plan an embedding actor would choose, measured by one task that holds what an actor holds (its
     GPUs and CPUs): for a driver without the actors' device to measure on."""
     ensure_ray()
+    check_actor_fits(run)
     ref = _kernel_plan.options(num_cpus=run.cpus_per_actor, num_gpus=run.gpus_per_actor).remote(
         model.model_dump(), actor_threads(run))
     [out] = _wait([ref], timeout_s,

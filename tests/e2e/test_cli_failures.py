@@ -134,3 +134,17 @@ def test_a_killed_cli_leaves_no_process_behind(tmp_path, sample_docs):
         except psutil.Error:
             continue
     assert survivors == []
+
+
+def test_actors_larger_than_this_machine_are_refused_not_waited_for(tmp_path, sample_docs):
+    """An actor that asks for more CPUs than a local Ray has would stay pending forever (Ray waits for a node that
+    never comes): the run ends in one error line naming the setting, and publishes nothing."""
+    config = _config(tmp_path, sample_docs, str(tmp_path / "store"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "RAY_ADDRESS")}  # a local Ray
+    too_many = (os.cpu_count() or 1) + 1
+    out = subprocess.run([*EMBEDPIPE, "run", str(config), "--set", f"run.cpus_per_actor={too_many}"], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=300)
+    line = _one_error_line(out)
+    assert line.startswith(f"error: an embedding actor asks for {too_many} CPU(s) (run.cpus_per_actor) and 0 GPU(s) "
+                           f"(run.gpus_per_actor), and this machine's Ray has {os.cpu_count()} CPU(s)")
+    assert not (tmp_path / "store" / "snapshots").exists()
