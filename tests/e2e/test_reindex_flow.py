@@ -90,7 +90,7 @@ def test_flow_publishes_a_verified_snapshot_with_reconciled_counts(first_run):
     assert m["evaluation"]["modes"]["exact"]["ndcg@10"] > 0.7
     assert "recall@10_vs_exact" in m["evaluation"]["modes"]["ivfpq"]
     covered = m["evaluation"]["coverage"]  # every judged document of the 20 queries is in the corpus
-    assert covered["queries"] == 20 and covered["found"] == covered["relevant"] > 20 and not covered["queries_without"]
+    assert covered["queries"] == 20 and covered["found"] == covered["relevant"] > 0 and not covered["queries_without"]
     lexical = m["index"]["variants"]["bm25"]
     assert lexical["scoring"] == {"method": "lucene", "k1": 1.2, "b": 0.75} and lexical["statistics"]["chunks"] == \
         counts["chunks"]
