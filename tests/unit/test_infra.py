@@ -13,6 +13,8 @@ from pathlib import Path
 import yaml
 
 from pipeline.config_loader import load_config
+from pipeline.corpus.readers import golden_set_urls
+from pipeline.jobs.preflight import check_gate_can_judge
 from tests.conftest import REPO
 
 INFRA = REPO / "infra"
@@ -82,6 +84,9 @@ def test_rayjob_entrypoint_is_a_valid_embedpipe_run():
     sets = dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "--set")
     cfg = load_config(REPO / argv[2], {k: yaml.safe_load(v) for k, v in sets.items()})
     assert cfg.run.gpus_per_actor == 1 and cfg.storage.root.startswith("s3://")
+    # it promotes `live` through the gate, so it names a golden set the gate can judge on
+    golden = golden_set_urls(cfg.corpus, cfg.evaluation.queries, cfg.evaluation.qrels)
+    check_gate_can_judge(cfg, golden is not None)
     # GPU workers under a CPU head: `auto` is measured on a GPU worker (flows/engine.py), not by the head's CPU
     assert cfg.model.precision == "auto" and cfg.model.kernel is None
 
