@@ -72,12 +72,13 @@ class RayEmbedder:
     def start(self, shards: int) -> RayEmbedder:
         ensure_ray()
         run = self.run
-        check_actor_fits(run)
         self.started = self.started or time.perf_counter()
-        self.handles += [EmbedActor.options(num_cpus=run.cpus_per_actor, num_gpus=run.gpus_per_actor)
-                         .remote(self.storage.url, self.storage.options, self.model.model_dump(),
-                                 actor_threads(run))
-                         for _ in range(min(run.actors, shards) - len(self.handles))]
+        if (more := min(run.actors, shards) - len(self.handles)) > 0:
+            check_actor_fits(run)
+            self.handles += [EmbedActor.options(num_cpus=run.cpus_per_actor, num_gpus=run.gpus_per_actor)
+                             .remote(self.storage.url, self.storage.options, self.model.model_dump(),
+                                     actor_threads(run))
+                             for _ in range(more)]
         return self
 
     def close(self) -> None:
