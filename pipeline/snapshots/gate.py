@@ -35,5 +35,18 @@ def check_gate(gate: GateConfig, candidate: dict | None, live: dict | None) -> G
         if cand < gate.min_value:
             reasons.append(f"{gate.metric} {cand:.4f} is below the minimum {gate.min_value:.4f}")
         if live_value is not None and cand < live_value - gate.max_drop:
-            reasons.append(f"{gate.metric} {cand:.4f} is more than {gate.max_drop:.4f} below live's {live_value:.4f}")
+            reasons.append(f"{gate.metric} {cand:.4f} is more than {gate.max_drop:.4f} below live's {live_value:.4f}"
+                           + _fewer_judged(candidate, live))
     return GateResult(not reasons, cand, live_value, reasons)
+
+
+def _fewer_judged(candidate: dict, live: dict) -> str:
+    """Why a drop may not be the search's: relevant documents of the same golden set left the corpus (the
+    evaluations' "coverage", pipeline/quality/golden.py), which lowers the metric whatever the search."""
+    cand, before = candidate.get("coverage") or {}, live.get("coverage") or {}
+    if cand.get("relevant") is None or cand.get("relevant") != before.get("relevant") or \
+            cand["found"] >= before["found"]:
+        return ""
+    return (f" (of the golden set's {cand['relevant']} relevant documents, the index holds {cand['found']} against "
+            f"live's {before['found']}: judged documents left the corpus, which lowers the metric whatever the search; "
+            "promote with --force if that is expected)")
