@@ -50,6 +50,8 @@ def test_promote_rollback_and_history(storage_root):
     assert [e["action"] for e in state.history] == ["promote"] * 3 + ["rollback"] * 2
     with pytest.raises(SnapshotError, match="no earlier promoted version"):
         rollback(s, "idx", "live", seen=version(1))
+    with pytest.raises(SnapshotError, match=r"alias idx/canary is not set: nothing to roll back"):
+        rollback(s, "idx", "canary", seen=None)
     assert len(s.list("aliases/idx/history")) == 5 and list_aliases(s, "idx") == ["live"]
     # readers resolve the alias to a committed version
     assert Snapshot.open(s.url_of("aliases/idx/live")).version == version(1)
