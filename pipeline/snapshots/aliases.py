@@ -165,10 +165,10 @@ def rollback(storage: Storage, index: str, alias: str, seen: str | None, by: str
     if current.version != seen:
         raise AliasMoved(f"alias {index}/{alias} is at {current.version}, not {seen} as the caller saw; nothing "
                          "changed")
-    target = next((e["from"] for e in reversed(current.history)
-                   if e["action"] == "promote" and e["version"] == current.version), None)
     if current.version is None:
         raise SnapshotError(f"alias {index}/{alias} is not set: nothing to roll back (promote a version first)")
+    target = next((e["from"] for e in reversed(current.history)
+                   if e["action"] == "promote" and e["version"] == current.version), None)
     if not target:
         raise SnapshotError(f"alias {index}/{alias} has no earlier promoted version to roll back to")
     check_target(storage, index, target)  # still committed, and not being garbage-collected?
