@@ -28,6 +28,7 @@ from pipeline.config import PipelineConfig
 from pipeline.index.variants import check_prefixes
 from pipeline.jobs.build import (
     BuildSummary,
+    Evaluated,
     StagedIndexes,
     build_indexes,
     describe_variants,
@@ -47,6 +48,7 @@ from pipeline.models.cache import CachedQueries
 from pipeline.models.card import ModelCard
 from pipeline.models.encoder import cached_encoder
 from pipeline.quality.golden import golden_set_of
+from pipeline.quality.golden_runs import shared_judgments
 from pipeline.reports.markdown import build_markdown
 from pipeline.reports.plots import quality_vs_bytes_png
 from pipeline.snapshots.aliases import Promotion, promote_or_stay, read_alias
@@ -101,7 +103,7 @@ def bm25_task(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun, targ
 
 @local_task(name="evaluate on golden queries")
 def evaluate_task(cfg: PipelineConfig, storage: Storage, target: Storage, staged: StagedIndexes, card: ModelCard,
-                  prepared: PreparedRun) -> dict:
+                  prepared: PreparedRun) -> Evaluated:
     encoder = CachedQueries(cached_encoder(cfg.model), storage)  # the golden set is encoded once per model
     return evaluate(staged_snapshot(target, staged, card, prepared), golden_set_of(cfg), encoder, cfg.evaluation.k)
 
@@ -110,8 +112,9 @@ def evaluate_task(cfg: PipelineConfig, storage: Storage, target: Storage, staged
 def promote_task(cfg: PipelineConfig, storage: Storage, version: str, seen: str | None, job: str) -> Promotion:
     """Move the alias from the version seen when the run started. A gate refusal leaves it there, and so
     does an overlapping run that promoted first (AliasMoved): this version stays published, not live."""
-    outcome = promote_or_stay(storage, cfg.index_name, cfg.publish.alias, version, seen, cfg.publish.gate,
-                              by=f"{job} {version}")
+    gate = cfg.publish.gate
+    outcome = promote_or_stay(storage, cfg.index_name, cfg.publish.alias, version, seen, gate, by=f"{job} {version}",
+                              shared=shared_judgments(storage, cfg.index_name, version, seen, gate))
     if not outcome.promoted:
         get_run_logger().warning("%s", outcome.reason)
     return outcome
@@ -182,13 +185,15 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
     if cfg.index.lexical:
         bm25 = timed("bm25", bm25_task, cfg, storage, prepared, target, executor)
         staged, lexical = with_bm25(cfg, staged, bm25.staged), bm25.counts
-    evaluation = timed("evaluate", evaluate_task, cfg, storage, target, staged, card, prepared)
+    evaluated = timed("evaluate", evaluate_task, cfg, storage, target, staged, card, prepared)
+    evaluation = evaluated.evaluation
     counts = {**prepared.counts, **embedded.to_dict(), **lexical, "executor": executor.where,
               "driver_peak_rss_mb": peak_rss_mb()}  # this process: it holds counts, not the corpus
     index_params = describe_variants(staged.params, staged.files, evaluation)
     manifest = manifest_for(cfg, run_id, job, plan, card, encoder.kernel_plan, prepared, index_params, counts,
                             evaluation, timings, why)
-    url = timed("publish", commit, storage, cfg.index_name, version, staged.files, manifest)
+    url = timed("publish", commit, storage, cfg.index_name, version, staged.files | evaluated.files,
+                manifest)
     promotion = timed("promote", promote_task, cfg, storage, version, seen, job) if cfg.publish.alias else None
     summary = BuildSummary(job, cfg.index_name, version, redact(url), run_id, plan.why, counts, evaluation,
                            index_params, timings, promotion)

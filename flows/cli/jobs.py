@@ -91,6 +91,8 @@ def _print_summary(summary, example: bool, config: str, overrides: dict[str, Any
         outcome = "[green]promoted to this version[/]" if promotion.promoted else \
             f"[yellow]stays at {promotion.live}[/]: {promotion.reason}"
         console.print(f"  alias {promotion.alias}: {outcome}", soft_wrap=True)
+        for note in promotion.gate.notes if promotion.gate else []:
+            console.print(f"    gate: {note}", soft_wrap=True)
     if not (modes := summary.evaluation.get("modes")):
         console.print(f"  quality: not measured ({NOT_EVALUATED})", soft_wrap=True)
         return

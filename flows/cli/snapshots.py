@@ -257,14 +257,18 @@ def promote(
 ) -> None:
     """Move an alias to a committed version by compare-and-swap, through the quality gate."""
     from pipeline.config import GateConfig
+    from pipeline.quality.golden_runs import shared_judgments
     from pipeline.snapshots.aliases import promote as do_promote
     from pipeline.storage.backend import Storage
 
     gate = None if no_gate else GateConfig(metric=metric, mode=mode, min_value=min_value, max_drop=max_drop)
-    state, result = do_promote(Storage(root), index, alias, version, _seen(expect, root, index, alias), gate,
-                               force, by)
+    storage, seen = Storage(root), _seen(expect, root, index, alias)
+    shared = shared_judgments(storage, index, version, seen, gate) if gate else None
+    state, result = do_promote(storage, index, alias, version, seen, gate, force, by, shared=shared)
     forced = " (forced past the gate)" if result and not result.passed else ""
     console.print(f"[green]promoted[/] {index}/{alias}: {state.previous} -> {state.version}{forced}", soft_wrap=True)
+    for note in result.notes if result else []:
+        console.print(f"  gate: {note}", soft_wrap=True)
 
 
 @reports_errors

@@ -23,10 +23,11 @@ from pipeline.models.encoder import Encoder
 from pipeline.models.kernel_plan import KernelPlan
 from pipeline.quality.fusion import Fusion
 from pipeline.quality.golden import GoldenSet, coverage
+from pipeline.quality.golden_runs import golden_files
 from pipeline.quality.search import Searcher, variant_of
 from pipeline.snapshots.aliases import Promotion
 from pipeline.snapshots.manifest import build_manifest
-from pipeline.snapshots.snapshot import FORMAT_VERSION, Snapshot
+from pipeline.snapshots.snapshot import FORMAT_VERSION, Snapshot, sha256
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
 
@@ -86,14 +87,26 @@ def staged_snapshot(target: Storage, staged: StagedIndexes, card: ModelCard, pre
 NOT_EVALUATED = "no golden set: set evaluation.queries and evaluation.qrels, or use a BEIR folder as corpus.source"
 
 
-def evaluate(snapshot: Snapshot, golden: GoldenSet | None, encoder: Encoder, k: int) -> dict:
-    """Every search mode on the golden set (the manifest's "evaluation" section); {} without a golden set."""
+@dataclass(frozen=True)
+class Evaluated:
+    evaluation: dict  # the manifest's "evaluation" section; {} without a golden set
+    files: dict[str, dict]  # the golden files it wrote into the version folder: name -> {"sha256", "bytes"}
+
+
+def evaluate(snapshot: Snapshot, golden: GoldenSet | None, encoder: Encoder, k: int) -> Evaluated:
+    """Every search mode on the golden set, and the rankings kept in the version folder for later gates
+    (pipeline/quality/golden_runs.py)."""
     if golden is None:
-        return {}
-    searcher = Searcher.from_snapshot(snapshot, encoder)
-    return {"queries": golden.queries_url, "qrels": golden.qrels_url,
-            "coverage": coverage(golden.queries, golden.qrels, searcher.doc_ids).to_dict(),
-            "modes": searcher.evaluate(golden.queries, golden.qrels, k)}
+        return Evaluated({}, {})
+    searcher, runs = Searcher.from_snapshot(snapshot, encoder), {}
+    modes = searcher.evaluate(golden.queries, golden.qrels, k, runs=runs)
+    files = {}
+    for name, data in golden_files(runs, golden.qrels, golden.queries, searcher.doc_ids, k).items():
+        snapshot.storage.write_bytes(name, data)
+        files[name] = {"sha256": sha256(data), "bytes": len(data)}
+    return Evaluated({"queries": golden.queries_url, "qrels": golden.qrels_url,
+                      "coverage": coverage(golden.queries, golden.qrels, searcher.doc_ids).to_dict(),
+                      "modes": modes}, files)
 
 
 def describe_variants(params: dict, files: dict[str, dict], evaluation: dict) -> dict:

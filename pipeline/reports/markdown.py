@@ -25,7 +25,8 @@ def build_markdown(summary: BuildSummary) -> str:
              summary.delta, ""]
     if promotion := summary.promotion:
         outcome = "promoted to this version" if promotion.promoted else f"stays at {promotion.live}: {promotion.reason}"
-        lines += [f"Alias `{promotion.alias}`: {outcome}", ""]
+        notes = "".join(f" (gate: {note})" for note in (promotion.gate.notes if promotion.gate else []))
+        lines += [f"Alias `{promotion.alias}`: {outcome}{notes}", ""]
     tables = [counts_table(summary.counts)]
     if modes := summary.evaluation.get("modes"):
         tables.append(quality_table("quality per search mode", modes))

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from pipeline.config import GateConfig
 from pipeline.errors import AliasMoved, GateRefused, PreconditionFailed, SnapshotError, StorageError
-from pipeline.snapshots.gate import GateResult, check_gate
+from pipeline.snapshots.gate import GateResult, SharedJudgments, check_gate
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
 
@@ -122,12 +122,13 @@ def _move_to_target(storage: Storage, current: AliasState, to_version: str, acti
 
 
 def promote(storage: Storage, index: str, alias: str, version: str, seen: str | None, gate: GateConfig | None = None,
-            force: bool = False, by: str = "embedpipe", live_evaluation: dict | None = None
-            ) -> tuple[AliasState, GateResult | None]:
+            force: bool = False, by: str = "embedpipe", live_evaluation: dict | None = None,
+            shared: SharedJudgments | None = None) -> tuple[AliasState, GateResult | None]:
     """Move `alias` from `seen` (the version the caller saw, None if unset) to `version`, through the gate.
 
     The gate compares with the live version's manifest, or with `live_evaluation` (its metrics recomputed
-    on the candidate's golden set, as a migration does, in the manifest's "evaluation" shape)."""
+    on the candidate's golden set, as a migration does, in the manifest's "evaluation" shape), and `shared`: the two
+    on the judgments both can find (pipeline/quality/golden_runs.py, for `seen`)."""
     current = read_alias(storage, index, alias)
     if current.version != seen:
         raise AliasMoved(f"alias {index}/{alias} is at {current.version}, not {seen} as the caller saw; nothing "
@@ -138,7 +139,7 @@ def promote(storage: Storage, index: str, alias: str, version: str, seen: str | 
         live = None
         if current.version:
             live = live_evaluation or manifest_of(storage, index, current.version).get("evaluation") or {}
-        result = check_gate(gate, candidate.get("evaluation"), live)
+        result = check_gate(gate, candidate.get("evaluation"), live, shared)
         if not result.passed and not force:
             raise GateRefused(f"quality gate refused {index} {version} for alias {alias}: " + "; ".join(result.reasons))
     extra = {"gate": result.to_dict()} if result else {}
@@ -148,11 +149,12 @@ def promote(storage: Storage, index: str, alias: str, version: str, seen: str | 
 
 
 def promote_or_stay(storage: Storage, index: str, alias: str, version: str, seen: str | None, gate: GateConfig,
-                    by: str, live_evaluation: dict | None = None) -> Promotion:
+                    by: str, live_evaluation: dict | None = None, shared: SharedJudgments | None = None) -> Promotion:
     """`promote` as a job reports it: a gate refusal or an alias moved by another run is an outcome (the alias
     stays where it is now), not an error."""
     try:
-        state, result = promote(storage, index, alias, version, seen, gate, by=by, live_evaluation=live_evaluation)
+        state, result = promote(storage, index, alias, version, seen, gate, by=by, live_evaluation=live_evaluation,
+                                shared=shared)
     except (GateRefused, AliasMoved) as exc:
         return Promotion(alias, False, read_alias(storage, index, alias).version, reason=str(exc))
     return Promotion(alias, True, state.version, gate=result)

@@ -25,6 +25,8 @@
     snapshots/<index>/<version>/index/bm25/*               the bm25 variant: bm25s' own files (.npy and JSON)
     snapshots/<index>/<version>/ids.parquet                FAISS row -> chunk, document, offsets
     snapshots/<index>/<version>/vectors.f16.npy            fp16 vectors in FAISS row order, for rescoring
+    snapshots/<index>/<version>/golden/runs.parquet        each search mode's ranking of the golden queries
+    snapshots/<index>/<version>/golden/judgments.parquet   the golden set's judgments, each marked held or not
     snapshots/<index>/<version>/manifest.json              the commit (put-if-absent, last)
     snapshots/<index>/<version>/_RETIRING                  GC's mark before it deletes the version: an alias
                                                            moved to a marked version moves back
@@ -50,6 +52,8 @@ CLAIM = "_CLAIM"
 RETIRING = "_RETIRING"  # garbage collection is deleting this version
 IDS = "ids.parquet"
 RESCORE_STORE = "vectors.f16.npy"
+GOLDEN_RUNS = "golden/runs.parquet"  # the build's golden-set rankings, for the gate (quality/golden_runs.py)
+GOLDEN_JUDGMENTS = "golden/judgments.parquet"
 MARKER = "_SUCCESS"  # a shard's commit marker
 TERMS_MARKER = "_TERMS"  # a shard's bm25 analysis marker
 TERMS = "terms"  # a shard's folder of analysed parts

@@ -164,6 +164,33 @@ def test_rerun_with_nothing_changed_embeds_nothing_and_keeps_every_document(runs
     assert rows_and_vectors(v3)[0].equals(rows_and_vectors(runs["v2"])[0])
 
 
+def test_a_reindex_after_a_judged_document_left_is_gated_on_the_judgments_both_versions_hold(runs, prefect_api):
+    """A document the golden set judges relevant, and exact search finds, is deleted: nDCG@10 falls whatever the
+    search. With max_drop 0 the gate used to refuse every such run; it now compares live and candidate on the
+    judgments both hold (from the rankings each build kept in its folder), where nothing changed, and promotes."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.reindex import reindex
+    from pipeline.snapshots.aliases import read_alias, rollback
+    from pipeline.snapshots.snapshot import Snapshot
+    from pipeline.storage import layout
+
+    store = Storage(str(runs["work"] / "store"))
+    live = Snapshot.of(store, "jobs", read_alias(store, "jobs", "live").version)
+    ranked = pl.read_parquet(live.storage.path(layout.GOLDEN_RUNS)).filter(pl.col("mode") == "exact")
+    judged = pl.read_parquet(live.storage.path(layout.GOLDEN_JUDGMENTS)).filter(pl.col("grade") > 0)
+    found = ranked.filter(pl.col("rank") < 10).join(judged, on=["query_id", "doc_id"])["doc_id"][0]
+    write_jsonl(runs["work"] / "v2-less.jsonl", [d for d in runs["edited"] if d["_id"] != found])
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        out = reindex(runs["config"], {"corpus.source": str(runs["work"] / "v2-less.jsonl"),
+                                       "publish.gate.max_drop": 0.0}).to_dict()
+    gate = out["promotion"]["gate"]
+    assert out["counts"]["docs_deleted"] == 1 and out["promotion"]["promoted"] and gate["passed"]
+    assert gate["candidate"] < gate["live"] and gate["shared"]["candidate"] == gate["shared"]["live"]
+    assert gate["shared"]["dropped"] == 1 and "the drop is the corpus's, not the search's" in gate["notes"][0]
+    rollback(store, "jobs", "live", seen=out["version"])  # the tests below start from the live version as it was
+
+
 def test_backfill_redoes_only_the_selection_with_the_new_chunker(runs, prefect_api):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 

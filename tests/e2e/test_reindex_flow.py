@@ -3,6 +3,7 @@ vector variants and bm25 (hybrid search from the CLI, the bm25 files read by pla
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 
@@ -78,7 +80,8 @@ def test_flow_publishes_a_verified_snapshot_with_reconciled_counts(first_run):
     bm25 = {f"index/bm25/{name}" for name in ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy",
                                                "vocab.index.json", "params.index.json")}
     assert set(snap.verify()) == {"ids.parquet", "index/exact.faiss", "index/ivfpq.faiss", "index/ivfpq.ivfdata",
-                                  "index/ivfpq.trained.faiss", "vectors.f16.npy"} | bm25
+                                  "index/ivfpq.trained.faiss", "vectors.f16.npy", "golden/runs.parquet",
+                                  "golden/judgments.parquet"} | bm25
     assert snap.ids.height == counts["chunks"] and snap.ids["doc_id"].n_unique() == 200
     m = snap.manifest
     assert m["counts"]["blank_lines"] == 1 and m["counts"]["quarantined"] == 4
@@ -91,6 +94,17 @@ def test_flow_publishes_a_verified_snapshot_with_reconciled_counts(first_run):
     assert "recall@10_vs_exact" in m["evaluation"]["modes"]["ivfpq"]
     covered = m["evaluation"]["coverage"]  # every judged document of the 20 queries is in the corpus
     assert covered["queries"] == 20 and covered["found"] == covered["relevant"] > 0 and not covered["queries_without"]
+    # the rankings kept for later gates give back the metrics recorded (pipeline/quality/golden_runs.py)
+    from pipeline.quality.metrics import evaluate_run
+
+    judged = pl.read_parquet(io.BytesIO(snap.read_verified("golden/judgments.parquet")))
+    ranked = pl.read_parquet(io.BytesIO(snap.read_verified("golden/runs.parquet")))
+    assert judged["held"].all() and judged["query_id"].n_unique() == 20
+    assert set(ranked["mode"]) == set(m["evaluation"]["modes"]) and ranked["rank"].max() == 99  # evaluation.k 100
+    qrels = {q: dict(zip(g["doc_id"], g["grade"], strict=True)) for (q,), g in judged.group_by("query_id")}
+    exact = {q: dict(zip(g["doc_id"], (-g["rank"]).cast(float), strict=True))
+             for (q,), g in ranked.filter(pl.col("mode") == "exact").group_by("query_id")}
+    assert round(evaluate_run(qrels, exact)["ndcg@10"], 5) == m["evaluation"]["modes"]["exact"]["ndcg@10"]
     lexical = m["index"]["variants"]["bm25"]
     assert lexical["scoring"] == {"method": "lucene", "k1": 1.2, "b": 0.75} and lexical["statistics"]["chunks"] == \
         counts["chunks"]

@@ -89,6 +89,62 @@ def test_gate_refuses_worse_candidates_unless_forced(storage_root):
     assert state.history[-1]["forced"] is True and state.history[-1]["by"] == "alice"
 
 
+QRELS = {"q1": {"a": 1}, "q2": {"b": 1}, "q3": {"c": 1, "z": 0}}
+
+
+def put_judged(storage: Storage, v: str, held: str, exact: dict[str, str], golden: bool = True) -> None:
+    """A version holding the documents `held` (one letter each) whose exact search ranks each query's documents in
+    the order given, with its golden files as a build writes them (or without, as before they were kept)."""
+    from pipeline.quality.golden import coverage
+    from pipeline.quality.golden_runs import golden_files
+    from pipeline.quality.metrics import evaluate_run
+
+    runs = {"exact": {q: {d: -float(r) for r, d in enumerate(docs)} for q, docs in exact.items()}}
+    queries = dict.fromkeys(QRELS, "text")
+    evaluation = {"coverage": coverage(queries, QRELS, held).to_dict(),
+                  "modes": {"exact": evaluate_run(QRELS, runs["exact"])}}
+    kept = golden_files(runs, QRELS, queries, held, k=10) if golden else {}
+    manifest = {"index": {"variants": {"exact": {"kind": "exact", "file": "index/exact.faiss"}}},
+                "counts": {"max_chunks_per_doc": 1}, "evaluation": evaluation}
+    publish(storage, "idx", v, files() | kept, manifest, publisher="test-run")
+
+
+def test_gate_judges_a_corpus_that_lost_judged_documents_on_the_judgments_both_versions_hold(storage_root):
+    """A nightly reindex after a judged document was deleted: nDCG falls whatever the search, so the gate compares
+    the two versions on the judgments both can find (from the rankings each build kept), and still refuses a
+    candidate that searches worse on those."""
+    from pipeline.quality.golden_runs import shared_judgments
+
+    s = Storage(storage_root)
+    put_judged(s, version(1), "abcxyz", {"q1": "axy", "q2": "xby", "q3": "cxy"})
+    put_judged(s, version(2), "bcxyz", {"q1": "xy", "q2": "xby", "q3": "cxy"})  # `a` deleted
+    put_judged(s, version(3), "bcxyz", {"q1": "xy", "q2": "xby", "q3": "xyc"})  # and `c` ranked lower
+    put_judged(s, version(4), "bcxyz", {"q1": "xy", "q2": "xby", "q3": "cxy"}, golden=False)
+    gate = GateConfig(max_drop=0.0)
+    promote(s, "idx", "live", version(1), seen=None, gate=gate)
+
+    shared = shared_judgments(s, "idx", version(2), version(1), gate)
+    assert (shared.relevant, shared.dropped) == (2, 1) and shared.candidate == shared.live == 0.81546
+    state, result = promote(s, "idx", "live", version(2), seen=version(1), gate=gate, shared=shared)
+    assert state.version == version(2) and result.passed and result.candidate < result.live
+    assert result.notes == ["ndcg@10 0.5436 is more than 0.0000 below live's 0.8770, but 0.8155 against 0.8155 on "
+                            "the 2 relevant judgments both versions can find (leaving out 1 judged document only one "
+                            "of them holds): the drop is the corpus's, not the search's"]
+    assert state.history[-1]["gate"]["shared"]["dropped"] == 1  # the audit trail says what it judged on
+    rollback(s, "idx", "live", seen=version(2))
+
+    worse = shared_judgments(s, "idx", version(3), version(1), gate)
+    with pytest.raises(GateRefused, match=r"below live's 0\.8770, and 0\.5655 against 0\.8155 on the 2 relevant"):
+        promote(s, "idx", "live", version(3), seen=version(1), gate=gate, shared=worse)
+    # nothing to settle: the same documents; or a version published without its golden rankings (the refusal then
+    # says judged documents left, as before)
+    assert shared_judgments(s, "idx", version(1), version(1), gate) is None
+    assert shared_judgments(s, "idx", version(4), version(1), gate) is None
+    with pytest.raises(GateRefused, match="index holds 2 against live's 3: judged documents left the corpus"):
+        promote(s, "idx", "live", version(4), seen=version(1), gate=gate)
+    assert read_alias(s, "idx", "live").version == version(1)
+
+
 def test_8_concurrent_promoters_exactly_one_wins(storage_root):
     s = Storage(storage_root)
     for day in range(1, 10):
