@@ -1,10 +1,10 @@
 """Scale: the whole reindex flow on synthetic documents (wordllama) at N and 10 x N documents, every stage on Ray
 workers; what grows with the corpus and what must not.
 
-1. Sizes: for each --docs, a fresh storage root and one `embedpipe run --json` process (the driver): seconds per
-   stage, the driver's peak RSS (it reports its own), the workers' peaks (reading and preparing; embedding), bytes
-   and files written, and the embedding rate per part (early parts of each shard against late ones: a lookup
-   that grows with the cache slows the late ones).
+1. Sizes: for each --docs, a fresh storage root and one `embedpipe run --json` process (the driver), evaluated on a
+   golden set of 100 documents asked for by their first words: seconds per stage, the driver's peak RSS (it reports
+   its own), the workers' peaks (reading and preparing; embedding), bytes and files written, and the embedding rate
+   per part (early parts of each shard against late ones: a lookup that grows with the cache slows the late ones).
 2. A growing cache: --cache-runs runs of --docs[0] new documents each into one root, so each run's lookups face a
    cache holding every earlier run's vectors: the embedding rate per part, run after run.
 3. Preparing on 1 and on 2 worker CPUs (reading pieces and preparing shards only, Ray started beforehand): the
@@ -39,11 +39,12 @@ from benchmarks.common import REPO, parse_args, prefect_server, synthetic_corpus
 SECTIONS = ("sizes", "cache", "prepare")
 SMOKE = {"docs": [1000, 4000], "shards": 4, "cache_runs": 2, "prepare_docs": 3000, "prepare_pieces": 4}
 MEAN_WORDS = 40  # short documents: one chunk each, mostly
+GOLDEN_QUERIES, QUERY_WORDS = 100, 8
 
 
-def config(path: Path, corpus: Path, root: Path, shards: int, piece_bytes: int) -> Path:
+def config(path: Path, corpus: Path, root: Path, shards: int, piece_bytes: int, golden: dict | None = None) -> Path:
     path.write_text(yaml.safe_dump({
-        "index_name": "scale", "corpus": {"source": str(corpus)},
+        "index_name": "scale", "corpus": {"source": str(corpus)}, **({"evaluation": golden} if golden else {}),
         "model": {"name": "wordllama-l2-supercat", "package": "wordllama"},
         "chunking": {"max_tokens": 256, "overlap": 32}, "index": {"variants": ["ivfpq"]},
         "storage": {"root": str(root)},
@@ -57,6 +58,23 @@ def corpus_file(folder: Path, docs: int, seed: int, first_id: int = 0) -> Path:
     if not path.exists():
         synthetic_corpus(path, docs, seed, mean_words=MEAN_WORDS, first_id=first_id)
     return path
+
+
+def golden_set(folder: Path, corpus: Path, docs: int, queries: int = GOLDEN_QUERIES) -> dict:
+    """A golden set for the synthetic corpus: `queries` documents spread over it, each asked for by its first
+    words, and judged relevant to that query. The build evaluates on it, so the sizes show the evaluation stage's
+    cost (and where it runs) as the corpus grows."""
+    step = max(1, docs // queries)
+    asked = []
+    with corpus.open() as fh:
+        for i, line in enumerate(fh):
+            if i % step == 0 and len(asked) < queries:
+                doc = json.loads(line)
+                asked.append((f"q{len(asked)}", doc["_id"], " ".join(doc["text"].split()[:QUERY_WORDS])))
+    queries_path, qrels_path = folder / f"golden-{docs}.jsonl", folder / f"golden-{docs}.tsv"
+    queries_path.write_text("".join(json.dumps({"_id": q, "text": text}) + "\n" for q, _, text in asked))
+    qrels_path.write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d, _ in asked))
+    return {"queries": str(queries_path), "qrels": str(qrels_path)}
 
 
 def written(root: Path) -> dict:
@@ -142,13 +160,16 @@ def main() -> int:
             root = work / f"root-{docs}"
             subprocess.run(["rm", "-rf", str(root)], check=True)
             piece = max(1 << 16, corpus.stat().st_size // 16)  # about 16 pieces whatever the size
-            summary, wall = run_flow(config(work / f"scale-{docs}.yaml", corpus, root, args.shards, piece), env)
+            golden = golden_set(work, corpus, docs)
+            summary, wall = run_flow(config(work / f"scale-{docs}.yaml", corpus, root, args.shards, piece, golden),
+                                     env)
             c = summary["counts"]
             sizes.append({"docs": docs, "chunks": c["chunks"], "pieces": c["pieces"], "wall_s": wall,
                           "stages_s": summary["timings_s"], "driver_peak_rss_mb": c["driver_peak_rss_mb"],
                           "worker_peak_rss_mb": {"prepare": c["prepare_peak_rss_mb"],
                                                  "embed": c["worker_peak_rss_mb"]},
-                          "written": written(root), "embed_rate_per_part": part_rates(root, summary["run_id"])})
+                          "written": written(root), "embed_rate_per_part": part_rates(root, summary["run_id"]),
+                          "ndcg@10": summary["evaluation"]["modes"]["ivfpq"]["ndcg@10"]})
             print(json.dumps(sizes[-1]), flush=True)
         cache_root = work / "root-cache"
         if "cache" in args.sections:
@@ -197,8 +218,8 @@ def markdown(r: dict) -> str:
     stages = list(r["sizes"][0]["stages_s"]) if r["sizes"] else []
     lines = ["# Scale: the reindex flow at growing corpus sizes (wordllama, every stage on Ray)", "",
              "| docs | chunks | pieces | wall s | " + " | ".join(f"{s} s" for s in stages) +
-             " | driver peak RSS MB | worker peak RSS MB (prepare / embed) | written (runs, cache, snapshots) MiB |",
-             "|---" * (7 + len(stages)) + "|"]
+             " | driver peak RSS MB | worker peak RSS MB (prepare / embed) | written (runs, cache, snapshots) MiB |"
+             " ivfpq nDCG@10 |", "|---" * (8 + len(stages)) + "|"]
     for s in r["sizes"]:
         w = s["written"]
         lines.append(f"| {s['docs']:,} | {s['chunks']:,} | {s['pieces']} | {s['wall_s']} | " +
@@ -206,7 +227,7 @@ def markdown(r: dict) -> str:
                      f" | {s['driver_peak_rss_mb']} | {s['worker_peak_rss_mb']['prepare']} / "
                      f"{s['worker_peak_rss_mb']['embed']} | {w['runs']['mib']} ({w['runs']['files']} files), "
                      f"{w['cache']['mib']} ({w['cache']['files']}), "
-                     f"{w['snapshots']['mib']} ({w['snapshots']['files']}) |")
+                     f"{w['snapshots']['mib']} ({w['snapshots']['files']}) | {s.get('ndcg@10', '')} |")
     lines += ["", "Embedding rate per part (chunks/s, median), early parts of each shard vs late ones:", "",
               "| docs | early | late | late / early |", "|---|---|---|---|"]
     lines += [f"| {s['docs']:,} | {s['embed_rate_per_part']['early']} | {s['embed_rate_per_part']['late']} | "

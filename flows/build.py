@@ -14,6 +14,7 @@ import json
 import re
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from prefect import get_run_logger
@@ -32,22 +33,19 @@ from pipeline.jobs.build import (
     StagedIndexes,
     build_indexes,
     describe_variants,
-    evaluate,
+    evaluate_version,
     manifest_for,
-    staged_snapshot,
     with_bm25,
 )
 from pipeline.jobs.embedder import EmbedCounts
-from pipeline.jobs.executor import Executor
+from pipeline.jobs.executor import Executor, LocalExecutor
 from pipeline.jobs.lexical import Bm25Build, build_bm25
 from pipeline.jobs.plan import BuildPlan
 from pipeline.jobs.prepare import PreparedRun, make_chunker, prepare
 from pipeline.jobs.shards import ShardResult
 from pipeline.jobs.worker import peak_rss_mb
-from pipeline.models.cache import CachedQueries
 from pipeline.models.card import ModelCard
-from pipeline.models.encoder import cached_encoder
-from pipeline.quality.golden import golden_set_of
+from pipeline.models.encoder import cached_encoder, pinned_to
 from pipeline.quality.golden_runs import shared_judgments
 from pipeline.reports.markdown import build_markdown
 from pipeline.reports.plots import quality_vs_bytes_png
@@ -103,9 +101,11 @@ def bm25_task(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun, targ
 
 @local_task(name="evaluate on golden queries")
 def evaluate_task(cfg: PipelineConfig, storage: Storage, target: Storage, staged: StagedIndexes, card: ModelCard,
-                  prepared: PreparedRun) -> Evaluated:
-    encoder = CachedQueries(cached_encoder(cfg.model), storage)  # the golden set is encoded once per model
-    return evaluate(staged_snapshot(target, staged, card, prepared), golden_set_of(cfg), encoder, cfg.evaluation.k)
+                  prepared: PreparedRun, executor: Executor) -> Evaluated:
+    """Where the build's other steps run: on a Ray worker for a build on Ray (the driver never loads the indexes)."""
+    if executor.where != LocalExecutor.where:  # a worker encodes the golden queries with this process's kernel
+        cfg = cfg.model_copy(update={"model": pinned_to(cfg.model, cached_encoder(cfg.model))})
+    return executor.map(partial(evaluate_version, cfg, storage, staged, card, prepared), [target])[0]
 
 
 @local_task(name="promote through the quality gate")
@@ -185,7 +185,7 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
     if cfg.index.lexical:
         bm25 = timed("bm25", bm25_task, cfg, storage, prepared, target, executor)
         staged, lexical = with_bm25(cfg, staged, bm25.staged), bm25.counts
-    evaluated = timed("evaluate", evaluate_task, cfg, storage, target, staged, card, prepared)
+    evaluated = timed("evaluate", evaluate_task, cfg, storage, target, staged, card, prepared, executor)
     evaluation = evaluated.evaluation
     counts = {**prepared.counts, **embedded.to_dict(), **lexical, "executor": executor.where,
               "driver_peak_rss_mb": peak_rss_mb()}  # this process: it holds counts, not the corpus

@@ -3,13 +3,13 @@ the golden set (pipeline/quality/measure.py) as a task."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from flows.tasks import local_task
 from pipeline.errors import SnapshotError
-from pipeline.models.cache import CachedQueries
-from pipeline.models.encoder import encoder_for_card
+from pipeline.jobs.executor import RAY_TASKS, LocalExecutor
 from pipeline.quality.golden import GoldenSet
-from pipeline.quality.measure import Measurement, measure
-from pipeline.quality.search import Searcher
+from pipeline.quality.measure import Measurement, measure_snapshot
 from pipeline.snapshots.aliases import read_alias
 from pipeline.snapshots.snapshot import Snapshot
 from pipeline.storage.backend import Storage
@@ -29,6 +29,12 @@ def open_live_task(storage: Storage, index: str, alias: str, job: str) -> Snapsh
 
 @local_task(name="measure on the golden set")
 def measure_task(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, root: Storage) -> Measurement:
-    """`root`: the storage root whose query cache spares encoding the golden set again."""
-    encoder = CachedQueries(encoder_for_card(snapshot.model_card, snapshot.query_kernel), root)
-    return measure(snapshot, golden, k, mode, Searcher.from_snapshot(snapshot, encoder))
+    """Where the snapshot's build ran its steps: a snapshot built on Ray is measured on a Ray worker, since measuring
+    loads its indexes and id table, which grow with the corpus (the driver never holds them). `root`: the storage
+    root whose query cache spares encoding the golden set again."""
+    executor = LocalExecutor()
+    if snapshot.manifest["counts"].get("executor") == RAY_TASKS:
+        from operators.executor import RayExecutor
+
+        executor = RayExecutor()
+    return executor.map(partial(measure_snapshot, golden=golden, k=k, mode=mode, root=root), [snapshot])[0]

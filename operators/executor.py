@@ -9,6 +9,7 @@ from typing import TypeVar
 import ray
 
 from operators.cluster import ensure_ray, mark_node, unwrap
+from pipeline.jobs.executor import RAY_TASKS
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -21,7 +22,7 @@ def _call(fn: Callable[[T], R], item: T) -> R:
 
 
 class RayExecutor:
-    where = "ray tasks"
+    where = RAY_TASKS
 
     def map(self, fn: Callable[[T], R], items: list[T], on_result: Callable[[R], None] | None = None,
             cpus: float = 1.0) -> list[R]:

@@ -18,11 +18,12 @@ from pipeline.jobs.indexing import FileEntry, assemble, index_shard, row_layout,
 from pipeline.jobs.lexical import StagedBm25
 from pipeline.jobs.plan import BuildPlan
 from pipeline.jobs.prepare import PreparedRun
+from pipeline.models.cache import CachedQueries
 from pipeline.models.card import ModelCard
-from pipeline.models.encoder import Encoder
+from pipeline.models.encoder import Encoder, cached_encoder
 from pipeline.models.kernel_plan import KernelPlan
 from pipeline.quality.fusion import Fusion
-from pipeline.quality.golden import GoldenSet, coverage
+from pipeline.quality.golden import GoldenSet, coverage, golden_set_of
 from pipeline.quality.golden_runs import golden_files
 from pipeline.quality.search import Searcher, variant_of
 from pipeline.snapshots.aliases import Promotion
@@ -107,6 +108,15 @@ def evaluate(snapshot: Snapshot, golden: GoldenSet | None, encoder: Encoder, k: 
     return Evaluated({"queries": golden.queries_url, "qrels": golden.qrels_url,
                       "coverage": coverage(golden.queries, golden.qrels, searcher.doc_ids).to_dict(),
                       "modes": modes}, files)
+
+
+def evaluate_version(cfg: PipelineConfig, storage: Storage, staged: StagedIndexes, card: ModelCard,
+                     prepared: PreparedRun, target: Storage) -> Evaluated:
+    """`evaluate` of the written version `target` as an executor's step: it loads the version's indexes and id
+    table, which grow with the corpus, so a build on Ray runs it on a worker, not in the driver. The golden queries'
+    vectors are cached under `storage` by model; `cfg.model` is the kernel the build chose (encoder.pinned_to)."""
+    encoder = CachedQueries(cached_encoder(cfg.model), storage)
+    return evaluate(staged_snapshot(target, staged, card, prepared), golden_set_of(cfg), encoder, cfg.evaluation.k)
 
 
 def describe_variants(params: dict, files: dict[str, dict], evaluation: dict) -> dict:

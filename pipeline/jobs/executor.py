@@ -11,6 +11,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+RAY_TASKS = "ray tasks"  # operators.executor.RayExecutor's `where`, as counts record it
+
+
 class Executor(Protocol):
     where: str  # "flow process", "ray tasks": recorded in the counts
 

@@ -43,10 +43,12 @@ def shared_judgments(root: Storage, index: str, candidate: str, live: str | None
                      gate: GateConfig) -> SharedJudgments | None:
     """The gate's metric of both versions on the judgments both can find; None when there is nothing to settle
     that way: nothing is live, both hold the same judged documents, or either version lacks its golden files (built
-    without a golden set, or before they were kept) or the gate's mode, or was judged on other judgments."""
-    if live is None:
+    without a golden set, or before they were kept) or the gate's mode, or was judged on other judgments. A version
+    that is not committed is promote's to refuse, with its own error."""
+    versions = (candidate, live)
+    if live is None or not all(root.exists(f"{layout.snapshot_prefix(index, v)}/{layout.MANIFEST}") for v in versions):
         return None
-    snaps = [Snapshot.of(root, index, v) for v in (candidate, live)]
+    snaps = [Snapshot.of(root, index, v) for v in versions]
     if any(layout.GOLDEN_RUNS not in s.manifest["files"] for s in snaps):
         return None
     judged = [_read(s, layout.GOLDEN_JUDGMENTS).sort("query_id", "doc_id") for s in snaps]

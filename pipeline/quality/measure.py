@@ -13,20 +13,24 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.errors import SnapshotError
+from pipeline.models.cache import CachedQueries
+from pipeline.models.encoder import encoder_for_card
 from pipeline.quality.drift import snapshot_stats
 from pipeline.quality.golden import GoldenSet
 from pipeline.quality.metrics import METRICS, Run
 from pipeline.quality.search import Searcher
 from pipeline.snapshots.snapshot import Snapshot
+from pipeline.storage.backend import Storage
 from pipeline.storage.keys import redact
 
 
 def snapshot_vectors(snapshot: Snapshot) -> np.ndarray:
-    """The snapshot's vectors in FAISS row order: its fp16 rescoring store, else reconstructed from a
-    full-dimension float variant (exact, fp16, int8: lossy for the quantised ones)."""
+    """The snapshot's vectors in FAISS row order: its fp16 rescoring store, memory-mapped (drift.vector_stats reads
+    it block by block: no copy of the corpus's vectors in memory), else reconstructed from a full-dimension float
+    variant (exact, fp16, int8: lossy for the quantised ones)."""
     stored = snapshot.rescore_store()
     if stored is not None:
-        return stored.astype(np.float32)
+        return stored
     for name in ("exact", "fp16", "int8"):
         if name in snapshot.variants:
             index = snapshot.index(name)
@@ -54,6 +58,13 @@ class Measurement:
     def evaluation(self) -> dict:
         """In the manifest's "evaluation" shape, for the quality gate."""
         return {"modes": self.modes}
+
+
+def measure_snapshot(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, root: Storage) -> Measurement:
+    """`measure` as an executor's step, with the snapshot's own model and query kernel; `root`: the storage root
+    whose query cache spares encoding the golden set again."""
+    encoder = CachedQueries(encoder_for_card(snapshot.model_card, snapshot.query_kernel), root)
+    return measure(snapshot, golden, k, mode, Searcher.from_snapshot(snapshot, encoder))
 
 
 def measure(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, searcher: Searcher | None = None,

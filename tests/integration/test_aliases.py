@@ -140,6 +140,7 @@ def test_gate_judges_a_corpus_that_lost_judged_documents_on_the_judgments_both_v
     # says judged documents left, as before)
     assert shared_judgments(s, "idx", version(1), version(1), gate) is None
     assert shared_judgments(s, "idx", version(4), version(1), gate) is None
+    assert shared_judgments(s, "idx", version(9), version(1), gate) is None  # not committed: promote says so
     with pytest.raises(GateRefused, match="index holds 2 against live's 3: judged documents left the corpus"):
         promote(s, "idx", "live", version(4), seen=version(1), gate=gate)
     assert read_alias(s, "idx", "live").version == version(1)
