@@ -28,6 +28,7 @@ from flows.cli.common import (
 )
 from flows.cli.snapshots import print_search
 from pipeline.jobs.build import NOT_EVALUATED
+from pipeline.jobs.executor import RAY_TASKS
 from pipeline.quality.golden import coverage_note
 from pipeline.reports.markdown import num
 from pipeline.reports.tables import MAIN_COUNTS, quality_table, timings_table
@@ -100,7 +101,10 @@ def _print_summary(summary, example: bool, config: str, overrides: dict[str, Any
         console.print(f"  [yellow]golden set[/]: {note}", soft_wrap=True)
     queries = next(iter(modes.values()))["queries"]
     console.print(rich_table(quality_table(f"quality on {queries} golden queries (trec_eval)", modes, short=True)))
-    if example:
+    if example and summary.counts.get("executor") == RAY_TASKS:  # its indexes grow with the corpus: not loaded here
+        console.print(f"  example search: skipped for a version built on Ray (embedpipe search {summary.snapshot} "
+                      "QUERY searches it)", soft_wrap=True)
+    elif example:
         from pipeline.config_loader import load_config
         from pipeline.corpus.readers import read_queries
 

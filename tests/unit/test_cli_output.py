@@ -118,3 +118,24 @@ def test_a_build_whose_golden_set_reaches_beyond_its_corpus_says_so(monkeypatch)
     printed = " ".join(console.export_text().split())
     expected = "211 of the golden set's 283 relevant documents are not in this index, and 219 of its 300 queries"
     assert f"golden set: {expected}" in printed and f"Golden set: {expected}" in build_markdown(summary)
+
+
+def test_a_build_on_ray_is_not_loaded_for_the_example_search(monkeypatch):
+    """The example search after `embedpipe run` loads the version in this process: for a build whose steps ran on
+    Ray (a corpus over run.local_prepare_max_bytes) that would load indexes growing with the corpus into the driver,
+    so it says how to search instead (the snapshot URL here does not exist: opening it would fail)."""
+    from flows.cli import jobs
+    from pipeline.jobs.build import BuildSummary
+
+    metrics = {"ndcg@10": 0.6, "map@10": 0.5, "recall@10": 0.7, "recall@100": 0.9, "mrr@10": 0.6, "queries": 20,
+               "ms_per_query": 1.0}
+    summary = BuildSummary("reindex", "docs", "v1", "/nowhere/snapshots/docs/v1", "run-1", "full build",
+                           {"read": 9, "accepted": 9, "executor": "ray tasks"},
+                           {"queries": "/nowhere/q.jsonl", "modes": {"exact": metrics}}, {"variants": {}},
+                           {"embed": 0.1}, None)
+    console = Console(width=200, record=True)
+    monkeypatch.setattr(jobs, "console", console)
+    jobs._print_summary(summary, example=True, config="unused.yaml", overrides={})
+    printed = " ".join(console.export_text().split())
+    assert "example search: skipped for a version built on Ray (embedpipe search /nowhere/snapshots/docs/v1 QUERY" \
+        in printed
