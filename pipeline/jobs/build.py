@@ -8,10 +8,12 @@ a build job returns.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from functools import partial
 
 from pipeline.config import BM25, PipelineConfig
+from pipeline.errors import SnapshotError
 from pipeline.index.plan import plan_rescore_factor
 from pipeline.jobs.executor import Executor
 from pipeline.jobs.indexing import FileEntry, assemble, index_shard, row_layout, train
@@ -25,6 +27,7 @@ from pipeline.models.kernel_plan import KernelPlan
 from pipeline.quality.fusion import Fusion
 from pipeline.quality.golden import GoldenSet, coverage, golden_set_of
 from pipeline.quality.golden_runs import golden_files
+from pipeline.quality.measure import drift_stats
 from pipeline.quality.search import Searcher, variant_of
 from pipeline.snapshots.aliases import Promotion
 from pipeline.snapshots.manifest import build_manifest
@@ -82,7 +85,7 @@ def staged_snapshot(target: Storage, staged: StagedIndexes, card: ModelCard, pre
     """The written, uncommitted version, opened like a committed one (for its evaluation)."""
     return Snapshot(target, {"format": FORMAT_VERSION, "version": target.url.rsplit("/", 1)[-1],
                              "model": card.to_dict() | {"fingerprint": card.fingerprint}, "index": staged.params,
-                             "files": staged.files, "counts": prepared.counts})
+                             "files": staged.files, "counts": prepared.counts, "corpus": prepared.corpus})
 
 
 NOT_EVALUATED = "no golden set: set evaluation.queries and evaluation.qrels, or use a BEIR folder as corpus.source"
@@ -94,9 +97,11 @@ class Evaluated:
     files: dict[str, dict]  # the golden files it wrote into the version folder: name -> {"sha256", "bytes"}
 
 
-def evaluate(snapshot: Snapshot, golden: GoldenSet | None, encoder: Encoder, k: int) -> Evaluated:
-    """Every search mode on the golden set, and the rankings kept in the version folder for later gates
-    (pipeline/quality/golden_runs.py)."""
+def evaluate(snapshot: Snapshot, golden: GoldenSet | None, encoder: Encoder, k: int, drift_mode: str = "exact"
+             ) -> Evaluated:
+    """Every search mode on the golden set, the rankings kept in the version folder for later gates
+    (pipeline/quality/golden_runs.py), and the drift statistics of `drift_mode` (the monitor's: vector geometry,
+    golden-query scores, the relevant/non-relevant gap), the reference a later measurement is compared with."""
     if golden is None:
         return Evaluated({}, {})
     searcher, runs = Searcher.from_snapshot(snapshot, encoder), {}
@@ -105,9 +110,13 @@ def evaluate(snapshot: Snapshot, golden: GoldenSet | None, encoder: Encoder, k: 
     for name, data in golden_files(runs, golden.qrels, golden.queries, searcher.doc_ids, k).items():
         snapshot.storage.write_bytes(name, data)
         files[name] = {"sha256": sha256(data), "bytes": len(data)}
-    return Evaluated({"queries": golden.queries_url, "qrels": golden.qrels_url,
-                      "coverage": coverage(golden.queries, golden.qrels, searcher.doc_ids).to_dict(),
-                      "modes": modes}, files)
+    evaluation = {"queries": golden.queries_url, "qrels": golden.qrels_url,
+                  "coverage": coverage(golden.queries, golden.qrels, searcher.doc_ids).to_dict(), "modes": modes}
+    if drift_mode in runs and len(searcher.doc_ids) >= 2:  # pairs of vectors are compared
+        with contextlib.suppress(SnapshotError):  # no vectors to read back (bm25 alone, IVF-PQ without the store)
+            evaluation["drift"] = {"mode": drift_mode, **drift_stats(snapshot, runs[drift_mode], modes[drift_mode],
+                                                                     golden.qrels)}
+    return Evaluated(evaluation, files)
 
 
 def evaluate_version(cfg: PipelineConfig, storage: Storage, staged: StagedIndexes, card: ModelCard,
@@ -116,7 +125,8 @@ def evaluate_version(cfg: PipelineConfig, storage: Storage, staged: StagedIndexe
     table, which grow with the corpus, so a build on Ray runs it on a worker, not in the driver. The golden queries'
     vectors are cached under `storage` by model; `cfg.model` is the kernel the build chose (encoder.pinned_to)."""
     encoder = CachedQueries(cached_encoder(cfg.model), storage)
-    return evaluate(staged_snapshot(target, staged, card, prepared), golden_set_of(cfg), encoder, cfg.evaluation.k)
+    return evaluate(staged_snapshot(target, staged, card, prepared), golden_set_of(cfg), encoder, cfg.evaluation.k,
+                    cfg.monitor.mode)
 
 
 def describe_variants(params: dict, files: dict[str, dict], evaluation: dict) -> dict:

@@ -4,7 +4,8 @@
 Baseline: the metrics recorded in the snapshot's manifest when it was published (its golden-set evaluation,
 same search mode). A fixed reference per version: comparing each run with the previous run's result
 instead would let quality decay unnoticed in steps smaller than the threshold. The previous run's stored
-result is still read, for the drift of the score distributions and vector geometry since then.
+result is still read, for the drift of the score distributions and vector geometry since then, and the statistics
+the build recorded (the manifest's evaluation.drift) for the drift since publish time.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class MonitorResult:
     stats: dict
     previous: dict | None  # the previous run's checked_at, version and verdict
     drift_vs_previous: dict | None
+    drift_vs_publish: dict | None  # against the statistics the build recorded (evaluation.drift), same mode
 
     def to_dict(self) -> dict:
         return asdict(self) | {"stored_at": self.key}
@@ -108,10 +110,13 @@ def monitor_result(alias: str, manifest: dict, golden: GoldenSet, measured: Meas
         if previous.get("version") != measured.version:
             notes.append(f"the previous run checked version {previous.get('version')}; the alias now serves "
                          f"{measured.version}")
+    at_publish = recorded.get("drift") or {}
+    since_publish = compare({k: v for k, v in at_publish.items() if k != "mode"}, measured.stats, runs=None) \
+        if at_publish.get("mode") == measured.mode else None
     checked_at = (now or datetime.now(UTC)).isoformat()
     return MonitorResult(
         measured.index_name, alias, measured.version, measured.model, measured.mode, checked_at,
         f"manifest of {measured.version} (published {manifest.get('created_at')})",
         {"queries": golden.queries_url, "qrels": golden.qrels_url, "judged_queries": len(golden.qrels)},
         not violations, rows, violations, notes, measured.modes, measured.stats,
-        {k: previous.get(k) for k in ("checked_at", "version", "passed")} if previous else None, drift)
+        {k: previous.get(k) for k in ("checked_at", "version", "passed")} if previous else None, drift, since_publish)

@@ -17,7 +17,7 @@ from pipeline.models.cache import CachedQueries
 from pipeline.models.encoder import encoder_for_card
 from pipeline.quality.drift import snapshot_stats
 from pipeline.quality.golden import GoldenSet
-from pipeline.quality.metrics import METRICS, Run
+from pipeline.quality.metrics import METRICS, Qrels, Run
 from pipeline.quality.search import Searcher
 from pipeline.snapshots.snapshot import Snapshot
 from pipeline.storage.backend import Storage
@@ -77,9 +77,15 @@ def measure(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, searcher: 
     runs: dict[str, Run] = {}
     modes = searcher.evaluate(golden.queries, golden.qrels, k, runs=runs)
     card = snapshot.model_card
-    metrics = {m: v for m, v in modes[mode].items() if m in METRICS}
-    stats = snapshot_stats(snapshot_vectors(snapshot), runs[mode], model=card.name, version=snapshot.version,
-                           corpus=(snapshot.manifest.get("corpus") or {}).get("fingerprint"), metrics=metrics,
-                           qrels=golden.qrels, sample=sample, seed=seed)
+    stats = drift_stats(snapshot, runs[mode], modes[mode], golden.qrels, sample, seed)
     return Measurement(snapshot.manifest["index_name"], snapshot.version, card.name, card.dims, mode, modes,
                        runs[mode], stats)
+
+
+def drift_stats(snapshot: Snapshot, run: Run, metrics: dict[str, float], qrels: Qrels, sample: int = 1000,
+                seed: int = 0) -> dict:
+    """drift.snapshot_stats of one search mode: its golden run and metrics, the snapshot's vectors."""
+    return snapshot_stats(snapshot_vectors(snapshot), run, model=snapshot.model_card.name, version=snapshot.version,
+                          corpus=(snapshot.manifest.get("corpus") or {}).get("fingerprint"),
+                          metrics={m: v for m, v in metrics.items() if m in METRICS}, qrels=qrels, sample=sample,
+                          seed=seed)

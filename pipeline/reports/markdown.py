@@ -147,6 +147,9 @@ def monitor_markdown(result: MonitorResult) -> str:
                      f"{r.max_drop:.4f} | {'ok' if r.ok else 'DROPPED'} |")
     if result.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result.notes]
+    if result.drift_vs_publish:
+        lines += ["", "Drift since publish time: blue is what the build recorded, green this run.", ""]
+        lines += ["#" + x if x.startswith("#") else x for x in drift_markdown(result.drift_vs_publish).splitlines()]
     if result.drift_vs_previous:
         prev = result.previous
         lines += ["", f"Drift since the previous run ({prev['checked_at']}, version {prev['version']}): blue is "

@@ -85,6 +85,13 @@ def test_a_healthy_live_index_passes_and_leaves_its_artifact(live, prefect_api):
     assert stored["passed"] and stored["stats"]["vectors"]["dims"] == 256
     artifact = _latest_artifact(prefect_api, f"monitor-{INDEX}-live")
     assert "**PASSED**" in artifact.data and f"| recall@10 | {baseline['recall@10']:.4f} |" in artifact.data
+    # against the drift statistics the build recorded: the same vectors and query scores, nothing moved
+    since = result["drift_vs_publish"]
+    assert since["blue"] == {k: v for k, v in built["evaluation"]["drift"].items() if k != "mode"}
+    assert all(since[side]["vectors"]["rows"] == 200 for side in ("blue", "green"))
+    assert {k: since["blue"][k] for k in ("vectors", "scores", "relevance")} == \
+        {k: since["green"][k] for k in ("vectors", "scores", "relevance")}
+    assert "Drift since publish time" in artifact.data
     assert _client_call(prefect_api, "read_flow_run", artifact.flow_run_id).state.is_completed()
 
 
@@ -138,6 +145,10 @@ def test_a_corrupted_live_version_fails_the_run_after_writing_its_artifact(live,
     assert all(not r["ok"] and r["drop"] > 0.3 for r in result["rows"])
     assert result["previous"]["version"] == built["version"]  # the healthy run before, for drift context
     assert any("previous run checked version" in note for note in result["notes"])
+    # the drift since publish time says where: the vectors and the scores did not move, the rows they name did
+    since = result["drift_vs_publish"]
+    assert since["blue"]["vectors"] == since["green"]["vectors"] and since["blue"]["scores"] == since["green"]["scores"]
+    assert since["delta"]["relevance"]["relevant_first"] < -0.3
 
     artifact = _latest_artifact(prefect_api, f"monitor-{INDEX}-live")
     assert bad in artifact.data and "**FAILED**" in artifact.data and artifact.data.count("DROPPED") == 2

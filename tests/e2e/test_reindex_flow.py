@@ -105,6 +105,9 @@ def test_flow_publishes_a_verified_snapshot_with_reconciled_counts(first_run):
     exact = {q: dict(zip(g["doc_id"], (-g["rank"]).cast(float), strict=True))
              for (q,), g in ranked.filter(pl.col("mode") == "exact").group_by("query_id")}
     assert round(evaluate_run(qrels, exact)["ndcg@10"], 5) == m["evaluation"]["modes"]["exact"]["ndcg@10"]
+    drift = m["evaluation"]["drift"]  # the monitor's mode (exact): what a later measurement is compared with
+    assert drift["mode"] == "exact" and drift["vectors"]["rows"] == counts["chunks"]
+    assert drift["scores"]["queries"] == 20 and drift["relevance"]["relevant_first"] > 0.5
     lexical = m["index"]["variants"]["bm25"]
     assert lexical["scoring"] == {"method": "lucene", "k1": 1.2, "b": 0.75} and lexical["statistics"]["chunks"] == \
         counts["chunks"]
