@@ -106,12 +106,12 @@ def evaluate(snapshot: Snapshot, golden: GoldenSet | None, encoder: Encoder, k: 
         return Evaluated({}, {})
     searcher, runs = Searcher.from_snapshot(snapshot, encoder), {}
     modes = searcher.evaluate(golden.queries, golden.qrels, k, runs=runs)
-    files = {}
-    for name, data in golden_files(runs, golden.qrels, golden.queries, searcher.doc_ids, k).items():
+    held, files = frozenset(searcher.doc_ids), {}
+    for name, data in golden_files(runs, golden.qrels, golden.queries, held, k).items():
         snapshot.storage.write_bytes(name, data)
         files[name] = {"sha256": sha256(data), "bytes": len(data)}
     evaluation = {"queries": golden.queries_url, "qrels": golden.qrels_url,
-                  "coverage": coverage(golden.queries, golden.qrels, searcher.doc_ids).to_dict(), "modes": modes}
+                  "coverage": coverage(golden.queries, golden.qrels, held).to_dict(), "modes": modes}
     if drift_mode in runs and len(searcher.doc_ids) >= 2:  # pairs of vectors are compared
         with contextlib.suppress(SnapshotError):  # no vectors to read back (bm25 alone, IVF-PQ without the store)
             evaluation["drift"] = {"mode": drift_mode, **drift_stats(snapshot, runs[drift_mode], modes[drift_mode],

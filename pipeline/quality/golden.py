@@ -45,8 +45,9 @@ class Coverage:
 
 
 def coverage(queries: Mapping[str, str], qrels: Qrels, doc_ids: Iterable[str]) -> Coverage:
-    """The golden set's coverage by an index holding `doc_ids` (one per chunk; repeats are fine)."""
-    indexed = set(doc_ids)
+    """The golden set's coverage by an index holding `doc_ids` (one per chunk; repeats are fine; a set is used as
+    it is)."""
+    indexed = doc_ids if isinstance(doc_ids, set | frozenset) else set(doc_ids)
     judged = [{d for d, grade in qrels[q].items() if grade > 0} for q in qrels if q in queries]
     relevant = set().union(*judged)
     return Coverage(len(judged), len(relevant), len(relevant & indexed),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 
 import polars as pl
 
@@ -23,16 +24,16 @@ from pipeline.storage.backend import Storage
 from pipeline.storage.tables import parquet_bytes
 
 
-def golden_files(runs: Mapping[str, Run], qrels: Qrels, queries: Iterable[str], doc_ids: Iterable[str],
+def golden_files(runs: Mapping[str, Run], qrels: Qrels, queries: Iterable[str], held: AbstractSet[str],
                  k: int) -> dict[str, bytes]:
-    """The two files (layout.GOLDEN_RUNS, layout.GOLDEN_JUDGMENTS) of an index holding `doc_ids`. Rankings keep
-    each query's order (trec_eval's: score, then doc id), not its scores, so a metric recomputed from them is the
-    one the build recorded."""
+    """The two files (layout.GOLDEN_RUNS, layout.GOLDEN_JUDGMENTS) of an index holding the documents `held`.
+    Rankings keep each query's order (trec_eval's: score, then doc id), not its scores, so a metric recomputed from
+    them is the one the build recorded."""
     rows = [(mode, q, rank, d) for mode, run in runs.items() for q, docs in top_k(run, k).items()
             for rank, d in enumerate(docs)]
     ranked = pl.DataFrame(rows, schema={"mode": pl.Utf8, "query_id": pl.Utf8, "rank": pl.Int32, "doc_id": pl.Utf8},
                           orient="row")
-    asked, held = set(queries), set(doc_ids)
+    asked = set(queries)
     judged = [(q, d, grade, d in held) for q, docs in qrels.items() if q in asked for d, grade in docs.items()]
     judgments = pl.DataFrame(judged, schema={"query_id": pl.Utf8, "doc_id": pl.Utf8, "grade": pl.Int32,
                                              "held": pl.Boolean}, orient="row")

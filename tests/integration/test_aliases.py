@@ -103,7 +103,7 @@ def put_judged(storage: Storage, v: str, held: str, exact: dict[str, str], golde
     queries = dict.fromkeys(QRELS, "text")
     evaluation = {"coverage": coverage(queries, QRELS, held).to_dict(),
                   "modes": {"exact": evaluate_run(QRELS, runs["exact"])}}
-    kept = golden_files(runs, QRELS, queries, held, k=10) if golden else {}
+    kept = golden_files(runs, QRELS, queries, set(held), k=10) if golden else {}
     manifest = {"index": {"variants": {"exact": {"kind": "exact", "file": "index/exact.faiss"}}},
                 "counts": {"max_chunks_per_doc": 1}, "evaluation": evaluation}
     publish(storage, "idx", v, files() | kept, manifest, publisher="test-run")
