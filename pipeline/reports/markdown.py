@@ -131,8 +131,13 @@ def migration_markdown(report: dict) -> str:
     # The drift tables without their golden-set metrics (tabulated above), headings one level down.
     drift = drift_markdown({**report["drift"], **{side: {k: v for k, v in report["drift"][side].items()
                                                         if k != "metrics"} for side in ("blue", "green", "delta")}})
-    lines += ["", *("#" + line if line.startswith("#") else line for line in drift.splitlines())]
+    lines += ["", *_one_level_down(drift)]
     return "\n".join(lines)
+
+
+def _one_level_down(markdown: str) -> list[str]:
+    """A markdown document's lines with its headings one level down, to nest it in another."""
+    return ["#" + line if line.startswith("#") else line for line in markdown.splitlines()]
 
 
 def monitor_markdown(result: MonitorResult) -> str:
@@ -149,10 +154,10 @@ def monitor_markdown(result: MonitorResult) -> str:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result.notes]
     if result.drift_vs_publish:
         lines += ["", "Drift since publish time: blue is what the build recorded, green this run.", ""]
-        lines += ["#" + x if x.startswith("#") else x for x in drift_markdown(result.drift_vs_publish).splitlines()]
+        lines += _one_level_down(drift_markdown(result.drift_vs_publish))
     if result.drift_vs_previous:
         prev = result.previous
         lines += ["", f"Drift since the previous run ({prev['checked_at']}, version {prev['version']}): blue is "
                   "that run, green this one.", ""]
-        lines += ["#" + x if x.startswith("#") else x for x in drift_markdown(result.drift_vs_previous).splitlines()]
+        lines += _one_level_down(drift_markdown(result.drift_vs_previous))
     return "\n".join(lines)
