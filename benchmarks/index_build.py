@@ -126,7 +126,7 @@ def write_shards(root: Path, mixture: Mixture, n: int, shards: int, seed: int) -
         storage.write_bytes(shard_key("bench", shard, MARKER), json.dumps({"chunks": b - a}).encode())
 
 
-def build(root: Path, n: int, shards: int, dims: int, out: Path) -> None:
+def build(root: Path, n: int, shards: int, dims: int, out: Path, cpus_per_actor: float = 1.0) -> None:
     """The driver: the pipeline's index stage on Ray tasks, then the commit; reports timings and its peak RSS."""
     from operators.cluster import shutdown_ray
     from operators.executor import RayExecutor
@@ -140,7 +140,8 @@ def build(root: Path, n: int, shards: int, dims: int, out: Path) -> None:
 
     start = time.perf_counter()
     cfg = parse_config({"index_name": "bench", "corpus": {"source": "none"}, "storage": {"root": str(root)},
-                        "index": {"variants": ["ivfpq"]}, "run": {"shards": shards}})
+                        "index": {"variants": ["ivfpq"]},
+                        "run": {"shards": shards, "cpus_per_actor": cpus_per_actor}})  # the training task's CPUs
     storage = Storage(str(root))
     rows = {s: b - a for s, (a, b) in enumerate(shard_rows(n, shards))}
     prepared = PreparedRun("bench", list(range(shards)), rows, {"chunks": n, "max_chunks_per_doc": 1}, {}, {})
@@ -177,13 +178,15 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=1000, help="held-out queries")
     parser.add_argument("--centres", type=int, default=4000, help="mixture components (topics)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0,
+                        help="run.cpus_per_actor: the CPUs (and FAISS threads) of the one training task")
     parser.add_argument("--driver", type=Path, help=argparse.SUPPRESS)  # internal: run the build step and exit
     args = parse_args(parser)
     if args.smoke:
         vars(args).update(SMOKE)
     root = args.out / "index-build-store"
     if args.driver:
-        build(root, args.n, args.shards, args.dims, args.driver)
+        build(root, args.n, args.shards, args.dims, args.driver, args.cpus_per_actor)
         return 0
     import faiss
     from faiss.contrib.exhaustive_search import knn_ground_truth
@@ -206,7 +209,8 @@ def main() -> int:
     start = time.perf_counter()
     report_file = args.out / "index_build.driver.json"
     subprocess.run([sys.executable, __file__, "--driver", str(report_file), "--out", str(args.out),
-                    "--n", str(args.n), "--shards", str(args.shards), "--dims", str(args.dims)], check=True)
+                    "--n", str(args.n), "--shards", str(args.shards), "--dims", str(args.dims),
+                    "--cpus-per-actor", str(args.cpus_per_actor)], check=True)
     driver = json.loads(report_file.read_text())
     lap("index stage (driver process, Ray tasks)", start)
 
@@ -251,6 +255,7 @@ def main() -> int:
     report = {
         "n": args.n, "dims": args.dims, "shards": args.shards, "subset": subset, "queries": args.queries,
         "plan": driver["params"]["variants"]["ivfpq"], "seconds": t, "index_stage_seconds": driver["seconds"],
+        "cpus_per_actor": args.cpus_per_actor,
         "driver_peak_rss_mib": driver["driver_peak_rss_mib"],
         "snapshot_mib": {name: round(f["bytes"] / 2**20, 1) for name, f in driver["files"].items()},
         "recall@10_rescored_top100": recall, "recall@10_by_rescored_candidates": depth,

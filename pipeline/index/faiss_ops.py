@@ -73,6 +73,21 @@ def build_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int) -> faiss.Index:
 
 
 @contextlib.contextmanager
+def faiss_threads(n: int | None) -> Iterator[None]:
+    """FAISS on `n` OpenMP threads in the calling thread for the block (None: as it is). A Ray worker starts with
+    OMP_NUM_THREADS=1, so a step that asked Ray for several CPUs sets them here (the count is per thread)."""
+    if n is None:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+@contextlib.contextmanager
 def native_stdout_silenced() -> Iterator[None]:
     """FAISS's on-disk lists print notes ("resizing ...", "updating ondisk filename ...") with C printf, to the
     process's stdout, where a CLI's --json output goes: send file descriptor 1 to /dev/null meanwhile."""

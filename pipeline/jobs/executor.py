@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
+from pipeline.config import RunConfig
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -34,3 +36,10 @@ class LocalExecutor:
             if on_result:
                 on_result(results[-1])
         return results
+
+
+def one_task_threads(executor: Executor, run: RunConfig) -> int | None:
+    """The CPUs of a step that runs as one task (IVF training, the evaluation): None in this process (its threads are
+    as they are); on Ray one actor's CPUs (run.cpus_per_actor, whole, at least 1), which a node was found to have.
+    The step sets FAISS's threads to match (index/faiss_ops.faiss_threads); a Ray worker would otherwise run one."""
+    return None if executor.where == LocalExecutor.where else max(1, int(run.cpus_per_actor))

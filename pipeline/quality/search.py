@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 import polars as pl
 
 from pipeline.config import BM25
 from pipeline.errors import InputError, ModelError, SnapshotError
 from pipeline.index.bm25 import Bm25Index
+from pipeline.index.faiss_ops import faiss_threads
 from pipeline.index.plan import RESCORE_FACTOR_PER_1M
 from pipeline.index.ranking import rerank
 from pipeline.index.representations import rescore
@@ -124,17 +123,6 @@ class Queries:
                                     "(Searcher.search), not vectors alone")
             self._terms = self._searcher.lexical.analyzer.terms(self.texts)
         return self._terms
-
-
-@contextmanager
-def _one_faiss_thread() -> Iterator[None]:
-    """FAISS on one OpenMP thread in the calling thread (OpenMP's thread count is a per-thread setting)."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 class Searcher:
@@ -259,7 +247,7 @@ class Searcher:
         small_binary = variant.spec.kind.binary and variant.index.ntotal < BINARY_ONE_THREAD_BELOW
         # Valid rows come first (FAISS pads with -1), so the best k x max_chunks rows hold k documents if any do.
         keep = k * self.max_chunks
-        with _one_faiss_thread() if small_binary else nullcontext():
+        with faiss_threads(1 if small_binary else None):
             # Rescoring re-ranks the candidates anyway, so binary candidates skip the asymmetric re-rank.
             scores, rows = variant.candidates(q, fetch, suffix in ("hamming", "rescore"), keep)
         if suffix == "rescore":
