@@ -6,8 +6,9 @@ from __future__ import annotations
 from functools import partial
 
 from flows.tasks import local_task
+from pipeline.config import RunConfig
 from pipeline.errors import SnapshotError
-from pipeline.jobs.executor import RAY_TASKS, LocalExecutor
+from pipeline.jobs.executor import RAY_TASKS, LocalExecutor, one_task_threads
 from pipeline.quality.golden import GoldenSet
 from pipeline.quality.measure import Measurement, measure_snapshot
 from pipeline.snapshots.aliases import read_alias
@@ -28,13 +29,16 @@ def open_live_task(storage: Storage, index: str, alias: str, job: str) -> Snapsh
 
 
 @local_task(name="measure on the golden set")
-def measure_task(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, root: Storage) -> Measurement:
-    """Where the snapshot's build ran its steps: a snapshot built on Ray is measured on a Ray worker, since measuring
-    loads its indexes and id table, which grow with the corpus (the driver never holds them). `root`: the storage
-    root whose query cache spares encoding the golden set again."""
+def measure_task(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, root: Storage, run: RunConfig
+                 ) -> Measurement:
+    """Where the snapshot's build ran its steps: a snapshot built on Ray is measured on a Ray worker (with one actor's
+    CPUs, `run`), since measuring loads its indexes and id table, which grow with the corpus (the driver never holds
+    them). `root`: the storage root whose query cache spares encoding the golden set again."""
     executor = LocalExecutor()
     if snapshot.manifest["counts"].get("executor") == RAY_TASKS:
         from operators.executor import RayExecutor
 
         executor = RayExecutor()
-    return executor.map(partial(measure_snapshot, golden=golden, k=k, mode=mode, root=root), [snapshot])[0]
+    threads = one_task_threads(executor, run)
+    step = partial(measure_snapshot, golden=golden, k=k, mode=mode, root=root, threads=threads)
+    return executor.map(step, [snapshot], cpus=threads or 1)[0]

@@ -101,7 +101,7 @@ def migrate(config_path: str, model: str | None = None, overrides: dict[str, Any
     gate, k = cfg.publish.gate, cfg.evaluation.k
     # Blue first: a blue that cannot be measured (no such search mode, a missing file) stops before the build.
     blue = measure_task.with_options(name="measure blue (live) on the golden set")(blue_snapshot, golden, k, gate.mode,
-                                                                                  storage)
+                                                                                  storage, cfg.run)
     run_id = run_id or default_run_id(cfg, "migrate")
     # the precision is part of the fingerprint compared here
     cfg, _ = kernels_for_actors(cfg, storage, run_id, corpus_bytes(cfg))
@@ -117,7 +117,7 @@ def migrate(config_path: str, model: str | None = None, overrides: dict[str, Any
                            partial(plan_full_build, cfg=cfg, why=why, base=blue.version))
     green_snapshot = Snapshot.of(storage, cfg.index_name, built.version)
     green = measure_task.with_options(name="measure green (candidate) on the golden set")(
-        green_snapshot, golden, k, gate.mode, storage)
+        green_snapshot, golden, k, gate.mode, storage, cfg.run)
 
     result = gate_check(gate, blue, green)
     promotion = promote_green_task(cfg, storage, alias, blue, green, result.passed, "; ".join(result.reasons))

@@ -56,7 +56,7 @@ def monitor(config_path: str, overrides: dict[str, Any] | None = None) -> Monito
         snapshot = open_live_task(storage, cfg.index_name, alias, "monitoring")
         golden = load_golden_set(cfg, snapshot.manifest)
         measured = measure_task.with_options(name="measure the live snapshot on the golden set")(
-            snapshot, golden, cfg.evaluation.k, cfg.monitor.mode, storage)
+            snapshot, golden, cfg.evaluation.k, cfg.monitor.mode, storage, cfg.run)
         result = monitor_result(alias, snapshot.manifest, golden, measured, dict(cfg.monitor.max_drop),
                                 previous_result(storage, cfg.index_name, alias))
     except EmbedpipeError as exc:  # could not even measure: say so where the weekly result is looked for
