@@ -38,7 +38,7 @@ from pipeline.jobs.build import (
     with_bm25,
 )
 from pipeline.jobs.embedder import EmbedCounts
-from pipeline.jobs.executor import Executor, LocalExecutor, one_task_threads
+from pipeline.jobs.executor import Executor, LocalExecutor, one_task_cpus
 from pipeline.jobs.lexical import Bm25Build, build_bm25
 from pipeline.jobs.plan import BuildPlan
 from pipeline.jobs.prepare import PreparedRun, make_chunker, prepare
@@ -105,9 +105,8 @@ def evaluate_task(cfg: PipelineConfig, storage: Storage, target: Storage, staged
     """Where the build's other steps run: on a Ray worker for a build on Ray (the driver never loads the indexes)."""
     if executor.where != LocalExecutor.where:  # a worker encodes the golden queries with this process's kernel
         cfg = cfg.model_copy(update={"model": pinned_to(cfg.model, cached_encoder(cfg.model))})
-    threads = one_task_threads(executor, cfg.run)
-    return executor.map(partial(evaluate_version, cfg, storage, staged, card, prepared, threads=threads), [target],
-                        cpus=threads or 1)[0]
+    return executor.map(partial(evaluate_version, cfg, storage, staged, card, prepared), [target],
+                        cpus=one_task_cpus(cfg.run))[0]
 
 
 @local_task(name="promote through the quality gate")

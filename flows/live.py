@@ -8,7 +8,7 @@ from functools import partial
 from flows.tasks import local_task
 from pipeline.config import RunConfig
 from pipeline.errors import SnapshotError
-from pipeline.jobs.executor import RAY_TASKS, LocalExecutor, one_task_threads
+from pipeline.jobs.executor import RAY_TASKS, LocalExecutor, one_task_cpus
 from pipeline.quality.golden import GoldenSet
 from pipeline.quality.measure import Measurement, measure_snapshot
 from pipeline.snapshots.aliases import read_alias
@@ -39,6 +39,5 @@ def measure_task(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, root:
         from operators.executor import RayExecutor
 
         executor = RayExecutor()
-    threads = one_task_threads(executor, run)
-    step = partial(measure_snapshot, golden=golden, k=k, mode=mode, root=root, threads=threads)
-    return executor.map(step, [snapshot], cpus=threads or 1)[0]
+    step = partial(measure_snapshot, golden=golden, k=k, mode=mode, root=root)
+    return executor.map(step, [snapshot], cpus=one_task_cpus(run))[0]

@@ -9,6 +9,7 @@ from typing import TypeVar
 import ray
 
 from operators.cluster import ensure_ray, mark_node, unwrap
+from pipeline.index.faiss_ops import faiss_threads
 from pipeline.jobs.executor import RAY_TASKS
 
 T = TypeVar("T")
@@ -16,9 +17,10 @@ R = TypeVar("R")
 
 
 @ray.remote(max_retries=2)
-def _call(fn: Callable[[T], R], item: T) -> R:
+def _call(fn: Callable[[T], R], item: T, cpus: float) -> R:
     mark_node()
-    return fn(item)
+    with faiss_threads(max(1, int(cpus))):  # a Ray worker starts with OMP_NUM_THREADS=1 whatever the task asked for
+        return fn(item)
 
 
 class RayExecutor:
@@ -30,7 +32,7 @@ class RayExecutor:
             return []
         ensure_ray()
         fn_ref = ray.put(fn)  # the step and its arguments (config, storage) travel once, not once per item
-        pending = {_call.options(num_cpus=cpus).remote(fn_ref, item): i for i, item in enumerate(items)}
+        pending = {_call.options(num_cpus=cpus).remote(fn_ref, item, cpus): i for i, item in enumerate(items)}
         results: list = [None] * len(items)
         try:
             while pending:

@@ -14,7 +14,6 @@ from functools import partial
 
 from pipeline.config import BM25, PipelineConfig
 from pipeline.errors import SnapshotError
-from pipeline.index.faiss_ops import faiss_threads
 from pipeline.index.plan import plan_rescore_factor
 from pipeline.jobs.executor import Executor
 from pipeline.jobs.indexing import FileEntry, assemble, index_shard, row_layout, train
@@ -121,15 +120,13 @@ def evaluate(snapshot: Snapshot, golden: GoldenSet | None, encoder: Encoder, k: 
 
 
 def evaluate_version(cfg: PipelineConfig, storage: Storage, staged: StagedIndexes, card: ModelCard,
-                     prepared: PreparedRun, target: Storage, threads: int | None = None) -> Evaluated:
-    """`evaluate` of the written version `target` as an executor's step, on `threads` FAISS threads: it loads the
-    version's indexes and id table, which grow with the corpus, so a build on Ray runs it on a worker, not in the
-    driver. The golden queries' vectors are cached under `storage` by model; `cfg.model` is the kernel the build
-    chose (encoder.pinned_to)."""
+                     prepared: PreparedRun, target: Storage) -> Evaluated:
+    """`evaluate` of the written version `target` as an executor's step: it loads the version's indexes and id
+    table, which grow with the corpus, so a build on Ray runs it on a worker, not in the driver. The golden queries'
+    vectors are cached under `storage` by model; `cfg.model` is the kernel the build chose (encoder.pinned_to)."""
     encoder = CachedQueries(cached_encoder(cfg.model), storage)
-    with faiss_threads(threads):
-        return evaluate(staged_snapshot(target, staged, card, prepared), golden_set_of(cfg), encoder,
-                        cfg.evaluation.k, cfg.monitor.mode)
+    return evaluate(staged_snapshot(target, staged, card, prepared), golden_set_of(cfg), encoder, cfg.evaluation.k,
+                    cfg.monitor.mode)
 
 
 def describe_variants(params: dict, files: dict[str, dict], evaluation: dict) -> dict:

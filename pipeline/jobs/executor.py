@@ -21,7 +21,8 @@ class Executor(Protocol):
 
     def map(self, fn: Callable[[T], R], items: list[T], on_result: Callable[[R], None] | None = None,
             cpus: float = 1.0) -> list[R]:
-        """fn(item) for every item, results in item order; `on_result` sees each as it finishes."""
+        """fn(item) for every item, results in item order; `on_result` sees each as it finishes. `cpus`: what each
+        call may use (on Ray its resource request, and FAISS's threads)."""
         ...
 
 
@@ -38,8 +39,7 @@ class LocalExecutor:
         return results
 
 
-def one_task_threads(executor: Executor, run: RunConfig) -> int | None:
-    """The CPUs of a step that runs as one task (IVF training, the evaluation): None in this process (its threads are
-    as they are); on Ray one actor's CPUs (run.cpus_per_actor, whole, at least 1), which a node was found to have.
-    The step sets FAISS's threads to match (index/faiss_ops.faiss_threads); a Ray worker would otherwise run one."""
-    return None if executor.where == LocalExecutor.where else max(1, int(run.cpus_per_actor))
+def one_task_cpus(run: RunConfig) -> int:
+    """The CPUs of a step that runs as one task (IVF training, the evaluation): one actor's (run.cpus_per_actor,
+    whole, at least 1), which a node was found to have. In this process `cpus` changes nothing."""
+    return max(1, int(run.cpus_per_actor))

@@ -26,9 +26,9 @@ import polars as pl
 from pipeline.config import PipelineConfig
 from pipeline.errors import SnapshotError
 from pipeline.index.assemble import concat_flat, concat_parquet, merge_ivf, npy_header
-from pipeline.index.faiss_ops import faiss_threads, to_bytes
+from pipeline.index.faiss_ops import to_bytes
 from pipeline.index.variants import FULL_BUILD, TrainedVariant, Training, VariantSpec, train_variants, training_rows
-from pipeline.jobs.executor import Executor, one_task_threads
+from pipeline.jobs.executor import Executor, one_task_cpus
 from pipeline.jobs.shards import INPUT_COLUMNS, is_committed
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
@@ -86,14 +86,13 @@ def sample_shard(storage: Storage, run_id: str, shard: ShardRows, rows: np.ndarr
 
 
 def train_on_sample(cfg: PipelineConfig, storage: Storage, run_id: str, n: int, dims: int, training: Training,
-                    holders: list[int], threads: int | None = None) -> list[TrainedVariant]:
-    """Every variant trained on the sample the shards `holders` wrote (in row order), on `threads` FAISS threads;
-    one worker task, so the sample and FAISS's training memory stay out of the driver."""
+                    holders: list[int]) -> list[TrainedVariant]:
+    """Every variant trained on the sample the shards `holders` wrote (in row order); one worker task with one
+    actor's CPUs, so the sample and FAISS's training memory stay out of the driver."""
     parts = [np.load(io.BytesIO(storage.read_bytes(layout.index_shard_key(run_id, s, SAMPLE))), allow_pickle=False)
              for s in holders]
     sample = np.concatenate(parts) if parts else np.empty((0, dims), dtype=np.float32)
-    with faiss_threads(threads):
-        return train_variants(cfg.index, n, dims, sample, cfg.run.seed, training)
+    return train_variants(cfg.index, n, dims, sample, cfg.run.seed, training)
 
 
 def train(cfg: PipelineConfig, storage: Storage, run_id: str, shards: list[ShardRows], dims: int, executor: Executor,
@@ -107,9 +106,8 @@ def train(cfg: PipelineConfig, storage: Storage, run_id: str, shards: list[Shard
         rows = training_rows(n, cfg.index, cfg.run.seed)
         holders = [s for s in shards if ((rows >= s.first_row) & (rows < s.first_row + s.rows)).any()]
         executor.map(partial(sample_shard, storage, run_id, rows=rows), holders)
-    threads = one_task_threads(executor, cfg.run)
-    [trained] = executor.map(partial(train_on_sample, cfg, storage, run_id, n, dims, training, threads=threads),
-                             [[s.shard for s in holders]], cpus=threads or 1)
+    [trained] = executor.map(partial(train_on_sample, cfg, storage, run_id, n, dims, training),
+                             [[s.shard for s in holders]], cpus=one_task_cpus(cfg.run))
     return trained
 
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.errors import SnapshotError
-from pipeline.index.faiss_ops import faiss_threads
 from pipeline.models.cache import CachedQueries
 from pipeline.models.encoder import encoder_for_card
 from pipeline.quality.drift import snapshot_stats
@@ -61,13 +60,11 @@ class Measurement:
         return {"modes": self.modes}
 
 
-def measure_snapshot(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, root: Storage,
-                     threads: int | None = None) -> Measurement:
-    """`measure` as an executor's step on `threads` FAISS threads, with the snapshot's own model and query kernel;
-    `root`: the storage root whose query cache spares encoding the golden set again."""
+def measure_snapshot(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, root: Storage) -> Measurement:
+    """`measure` as an executor's step, with the snapshot's own model and query kernel; `root`: the storage root
+    whose query cache spares encoding the golden set again."""
     encoder = CachedQueries(encoder_for_card(snapshot.model_card, snapshot.query_kernel), root)
-    with faiss_threads(threads):
-        return measure(snapshot, golden, k, mode, Searcher.from_snapshot(snapshot, encoder))
+    return measure(snapshot, golden, k, mode, Searcher.from_snapshot(snapshot, encoder))
 
 
 def measure(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, searcher: Searcher | None = None,

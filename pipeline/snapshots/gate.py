@@ -58,18 +58,16 @@ def check_gate(gate: GateConfig, candidate: dict | None, live: dict | None,
             if shared is None:
                 reasons.append(drop + _fewer_judged(candidate, live))
             elif shared.candidate < shared.live - gate.max_drop:
-                reasons.append(f"{drop}, and {shared.candidate:.4f} against {shared.live:.4f} on the "
-                               f"{_on_shared(shared)}")
+                reasons.append(f"{drop}, and {_on_shared(shared)}")
             else:
-                notes.append(f"{drop}, but {shared.candidate:.4f} against {shared.live:.4f} on the "
-                             f"{_on_shared(shared)}: the drop is the corpus's, not the search's")
+                notes.append(f"{drop}, but {_on_shared(shared)}: the drop is the corpus's, not the search's")
     return GateResult(not reasons, cand, live_value, reasons, notes, shared)
 
 
 def _on_shared(shared: SharedJudgments) -> str:
     plural = "" if shared.dropped == 1 else "s"
-    return (f"{shared.relevant} relevant judgments both versions can find (leaving out {shared.dropped} judged "
-            f"document{plural} only one of them holds)")
+    return (f"{shared.candidate:.4f} against {shared.live:.4f} on the {shared.relevant} relevant judgments both "
+            f"versions can find (leaving out {shared.dropped} judged document{plural} only one of them holds)")
 
 
 def _fewer_judged(candidate: dict, live: dict) -> str:
