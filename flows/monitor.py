@@ -5,8 +5,9 @@ It opens the live snapshot through the alias, measures it on the golden set with
 records (pipeline/quality/measure.py), and compares the metrics of `monitor.mode` with the baseline: those
 recorded in the snapshot's manifest at publish time (pipeline/jobs/monitoring.py says why not the previous
 run's). Each run's result is stored (layout.monitoring_prefix) and shown as a markdown artifact (metric,
-baseline, current, drop, threshold, plus the drift of scores and vectors since the previous run). When a metric
-fell by more than `monitor.max_drop` allows, the artifact is written first and the run then fails
+baseline, current, drop, threshold, plus the drift of scores and vectors since publish time and since the previous
+run). When a metric fell by more than `monitor.max_drop` allows, or a drift statistic moved further from its
+publish-time value than `monitor.max_drift` allows, the artifact is written first and the run then fails
 (MonitoringFailed), so the failure shows in the Prefect UI and its notifications with the evidence beside it.
 """
 
@@ -58,7 +59,7 @@ def monitor(config_path: str, overrides: dict[str, Any] | None = None) -> Monito
         measured = measure_task.with_options(name="measure the live snapshot on the golden set")(
             snapshot, golden, cfg.evaluation.k, cfg.monitor.mode, storage, cfg.run)
         result = monitor_result(alias, snapshot.manifest, golden, measured, dict(cfg.monitor.max_drop),
-                                previous_result(storage, cfg.index_name, alias))
+                                previous_result(storage, cfg.index_name, alias), max_drift=dict(cfg.monitor.max_drift))
     except EmbedpipeError as exc:  # could not even measure: say so where the weekly result is looked for
         create_markdown_artifact(f"# Monitoring `{cfg.index_name}` alias `{alias}`: could not run\n\n{exc}", key=key,
                                  description=f"monitoring of {cfg.index_name}/{alias}: error")

@@ -237,16 +237,30 @@ class StorageConfig(_Strict):
 
 
 MetricName = Literal["ndcg@10", "map@10", "recall@10", "recall@100", "mrr@10"]  # computed by pipeline.quality.metrics
+_DIST = ("mean", "p10", "p50", "p90")
+# the numeric figures of a drift summary (pipeline/quality/drift.snapshot_stats), as dotted paths
+DRIFT_STATISTICS = (
+    "scores.queries", "scores.k", *(f"scores.{s}.{d}" for s in ("top1", "at10", "top1_minus_at10") for d in _DIST),
+    "relevance.queries", "relevance.relevant_not_retrieved", "relevance.relevant_mean", "relevance.nonrelevant_mean",
+    *(f"relevance.{s}.{d}" for s in ("gap", "best_margin") for d in _DIST), "relevance.relevant_first",
+    "vectors.rows", "vectors.dims", "vectors.sample", "vectors.mean_norm", "vectors.centroid_norm",
+    "vectors.mean_dim_variance", "vectors.total_variance", *(f"vectors.pairwise_cosine.{d}" for d in _DIST),
+    "vectors.isotropy")
+DriftStatistic = Literal[DRIFT_STATISTICS]  # type: ignore[valid-type]
 
 
 class GateConfig(_Strict):
     """A candidate is promoted only if `metric` of search `mode` on the golden set is at least `min_value`
-    and at most `max_drop` below the live version's."""
+    and at most `max_drop` below the live version's, and each statistic in `max_drift` moved at most that far
+    either way from the live version's."""
 
     metric: MetricName = "ndcg@10"
     mode: str = "exact"
     min_value: Annotated[float, Field(ge=0, le=1)] = 0.0
     max_drop: Annotated[float, Field(ge=0, le=1)] = 0.0
+    max_drift: dict[DriftStatistic, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="drift statistic (as each build records it for monitor.mode, e.g. "
+        "vectors.pairwise_cosine.mean) -> largest allowed change from the live version's, either way")
 
 
 class PublishConfig(_Strict):
@@ -257,13 +271,19 @@ class PublishConfig(_Strict):
 
 class MonitorConfig(_Strict):
     """The monitoring job: the live snapshot's golden-set metrics of search `mode`, recomputed now, may fall at
-    most `max_drop` (metric -> largest allowed fall) below those recorded in its manifest when it was published."""
+    most `max_drop` (metric -> largest allowed fall) below those recorded in its manifest when it was published, and
+    its drift statistics move at most `max_drift` either way from those recorded then. The snapshot's vectors are
+    fixed, so what can move since publish time is the query side: the golden set, or how queries are encoded (a
+    tokenizer or library upgrade, another kernel) shifting the scores."""
 
     alias: Annotated[str, Field(pattern=NAME_PATTERN)] | None = Field(
         None, description="the alias watched (default: publish.alias)")
     mode: str = Field("exact", description="search mode measured, e.g. exact, ivfpq, int8+rescore")
     max_drop: dict[MetricName, Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=lambda: {"recall@10": 0.02, "mrr@10": 0.02}, min_length=1)
+    max_drift: dict[DriftStatistic, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="drift statistic (e.g. scores.top1.mean) -> largest allowed change, either "
+        "way, from the statistics the build recorded at publish time")
 
 
 class PipelineConfig(_Strict):

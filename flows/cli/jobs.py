@@ -30,7 +30,7 @@ from flows.cli.snapshots import print_search
 from pipeline.jobs.build import NOT_EVALUATED
 from pipeline.jobs.executor import RAY_TASKS
 from pipeline.quality.golden import coverage_note
-from pipeline.reports.markdown import num
+from pipeline.reports.markdown import figure, num
 from pipeline.reports.tables import MAIN_COUNTS, quality_table, timings_table
 
 
@@ -221,7 +221,8 @@ def migrate(
 @reports_errors
 def monitor(config: Config, set_: SetFlag = [], as_json: JsonFlag = False) -> None:  # noqa: B006
     """Measure the snapshot the alias serves on the golden set against the metrics recorded when it was
-    published; exit 1 when one fell more than monitor.max_drop allows."""
+    published; exit 1 when one fell more than monitor.max_drop allows, or a drift statistic moved more than
+    monitor.max_drift allows."""
     from pipeline.config_loader import load_config
     from pipeline.errors import MonitoringFailed
 
@@ -245,6 +246,14 @@ def monitor(config: Config, set_: SetFlag = [], as_json: JsonFlag = False) -> No
             table.add_row(r.metric, num(r.baseline, ""), num(r.current, ""), num(r.drop, ""), num(r.max_drop, ""),
                           "[green]ok[/]" if r.ok else "[bold red]DROPPED[/]")
         console.print(table)
+        if result.drift_rows:
+            drift = RichTable(title="drift statistics: now vs at publish time")
+            for col in ("statistic", "at publish", "now", "change", "max change", "status"):
+                drift.add_column(col, justify="left" if col in ("statistic", "status") else "right")
+            for c in result.drift_rows:
+                drift.add_row(c.statistic, figure(c.reference, ""), figure(c.current, ""), figure(c.change, ""),
+                              figure(c.max_change), "[green]ok[/]" if c.ok else "[bold red]MOVED[/]")
+            console.print(drift)
         for note in result.notes:
             console.print(f"note: {note}", soft_wrap=True)
         console.print("[bold green]passed[/]" if result.passed else

@@ -243,6 +243,18 @@ def _seen(expect: str | None, root: str, index: str, alias: str) -> str | None:
     return None if expect.lower() == "none" else expect
 
 
+def _statistic_changes(pairs: list[str]) -> dict[str, float]:
+    out = {}
+    for pair in pairs:
+        name, _, change = pair.partition("=")
+        try:
+            out[name.strip()] = float(change)
+        except ValueError:
+            raise ValueError(f"--max-drift {pair!r}: expected STATISTIC=CHANGE, e.g. "
+                             "vectors.pairwise_cosine.mean=0.05") from None
+    return out
+
+
 @reports_errors
 def promote(
     root: Root, index: Index, version: Annotated[str, typer.Argument(help="the version to promote")],
@@ -251,6 +263,9 @@ def promote(
     mode: Annotated[str, typer.Option(help="gate search mode")] = "exact",
     min_value: Annotated[float, typer.Option(help="gate: the metric must be at least this")] = 0.0,
     max_drop: Annotated[float, typer.Option(help="gate: and at most this below live's")] = 0.0,
+    max_drift: Annotated[list[str], typer.Option(
+        help="gate: STATISTIC=CHANGE, a drift statistic (e.g. vectors.pairwise_cosine.mean=0.05) may differ from "
+             "live's by at most CHANGE either way; repeatable")] = [],  # noqa: B006
     no_gate: Annotated[bool, typer.Option("--no-gate", help="skip the quality gate")] = False,
     force: Annotated[bool, typer.Option(help="promote even if the gate refuses (recorded in the history)")] = False,
     by: Annotated[str, typer.Option(help="who promotes (recorded)")] = "cli",
@@ -261,7 +276,8 @@ def promote(
     from pipeline.snapshots.aliases import promote as do_promote
     from pipeline.storage.backend import Storage
 
-    gate = None if no_gate else GateConfig(metric=metric, mode=mode, min_value=min_value, max_drop=max_drop)
+    gate = None if no_gate else GateConfig(metric=metric, mode=mode, min_value=min_value, max_drop=max_drop,
+                                           max_drift=_statistic_changes(max_drift))
     storage, seen = Storage(root), _seen(expect, root, index, alias)
     shared = shared_judgments(storage, index, version, seen, gate) if gate else None
     state, result = do_promote(storage, index, alias, version, seen, gate, force, by, shared=shared)

@@ -5,7 +5,7 @@ Baseline: the metrics recorded in the snapshot's manifest when it was published 
 same search mode). A fixed reference per version: comparing each run with the previous run's result
 instead would let quality decay unnoticed in steps smaller than the threshold. The previous run's stored
 result is still read, for the drift of the score distributions and vector geometry since then, and the statistics
-the build recorded (the manifest's evaluation.drift) for the drift since publish time.
+the build recorded (the manifest's evaluation.drift) for the drift since publish time, which `max_drift` bounds.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pipeline.quality.drift import check_thresholds, compare
 from pipeline.quality.golden import GoldenSet
 from pipeline.quality.measure import Measurement
 from pipeline.quality.metrics import METRICS
+from pipeline.snapshots.gate import DriftCheck, check_drift
 from pipeline.storage.backend import Storage
 from pipeline.storage.layout import monitoring_prefix
 
@@ -77,9 +78,10 @@ class MonitorResult:
     previous: dict | None  # the previous run's checked_at, version and verdict
     drift_vs_previous: dict | None
     drift_vs_publish: dict | None  # against the statistics the build recorded (evaluation.drift), same mode
+    drift_rows: list[DriftCheck]  # monitor.max_drift's statistics, now against publish time
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"stored_at": self.key}
+        return asdict(self) | {"drift_rows": [c.to_dict() for c in self.drift_rows], "stored_at": self.key}
 
     @property
     def key(self) -> str:
@@ -95,8 +97,10 @@ def previous_result(storage: Storage, index: str, alias: str) -> dict | None:
 
 
 def monitor_result(alias: str, manifest: dict, golden: GoldenSet, measured: Measurement, max_drop: dict[str, float],
-                   previous: dict | None, now: datetime | None = None) -> MonitorResult:
-    """The run's verdict: the measured metrics against the manifest's, with notes and drift since last time."""
+                   previous: dict | None, now: datetime | None = None, max_drift: dict[str, float] | None = None
+                   ) -> MonitorResult:
+    """The run's verdict: the measured metrics against the manifest's, and the drift statistics against those
+    recorded at publish time (`max_drift`), with notes and drift since last time."""
     baseline = baseline_of(manifest, measured.mode)
     rows, violations = check_metrics(measured.metrics, baseline, max_drop)
     recorded = manifest.get("evaluation") or {}
@@ -113,10 +117,18 @@ def monitor_result(alias: str, manifest: dict, golden: GoldenSet, measured: Meas
     at_publish = recorded.get("drift") or {}
     since_publish = compare({k: v for k, v in at_publish.items() if k != "mode"}, measured.stats, runs=None) \
         if at_publish.get("mode") == measured.mode else None
+    drift_rows = []
+    if max_drift and since_publish is None:
+        notes.append(f"monitor.max_drift not checked: the manifest recorded no drift statistics of mode "
+                     f"{measured.mode!r} at publish time" + (f" (it has {at_publish['mode']!r})" if at_publish else ""))
+    elif max_drift:
+        drift_rows = check_drift(at_publish, measured.stats, max_drift)
+        violations += [c.problem("publish time") for c in drift_rows if not c.ok]
     checked_at = (now or datetime.now(UTC)).isoformat()
     return MonitorResult(
         measured.index_name, alias, measured.version, measured.model, measured.mode, checked_at,
         f"manifest of {measured.version} (published {manifest.get('created_at')})",
         {"queries": golden.queries_url, "qrels": golden.qrels_url, "judged_queries": len(golden.qrels)},
         not violations, rows, violations, notes, measured.modes, measured.stats,
-        {k: previous.get(k) for k in ("checked_at", "version", "passed")} if previous else None, drift, since_publish)
+        {k: previous.get(k) for k in ("checked_at", "version", "passed")} if previous else None, drift, since_publish,
+        drift_rows)

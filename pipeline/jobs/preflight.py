@@ -43,3 +43,12 @@ def check_gate_can_judge(cfg: PipelineConfig, has_golden_set: bool) -> None:
     if gate.mode not in modes:
         raise ConfigError(f"publish.gate.mode {gate.mode!r} is not a search mode a build of index.variants "
                           f"{list(cfg.index.variants)} evaluates: expected one of {modes}")
+    if gate.max_drift:  # the build records its drift statistics for monitor.mode, from vectors it can read back
+        if cfg.monitor.mode not in modes:
+            raise ConfigError(f"publish.gate.max_drift compares the drift statistics a build records for "
+                              f"monitor.mode {cfg.monitor.mode!r}, which a build of index.variants "
+                              f"{list(cfg.index.variants)} does not evaluate: expected one of {modes}")
+        if not cfg.index.store_fp16 and not {s.name for s in specs} & {"exact", "fp16", "int8"}:
+            raise ConfigError("publish.gate.max_drift compares statistics of the version's vectors, which a build "
+                              f"of index.variants {list(cfg.index.variants)} without index.store_fp16 cannot read "
+                              "back: keep the fp16 store or add an exact, fp16 or int8 variant")

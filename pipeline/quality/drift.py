@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from pipeline.quality.metrics import Qrels, Run, top_k
+from pipeline.snapshots.gate import stat_at
 
 DIGITS = 6  # enough for per-dimension variances of ~1e-3; hides BLAS noise across machines
 HIST_BINS, HIST_RANGE = 100, (-1.0, 1.0)  # fixed bins: histograms of two snapshots or two days line up
@@ -243,16 +244,6 @@ def compare(blue: Mapping, green: Mapping, runs: tuple[Run, Run] | None = None, 
     return out
 
 
-def _lookup(metrics: Mapping, name: str) -> float | None:
-    """`name` as a key, else as a dotted path into nested dicts ("scores.top1.mean")."""
-    value: object = metrics.get(name)
-    if value is None and "." in name:
-        value = metrics
-        for part in name.split("."):
-            value = value.get(part) if isinstance(value, Mapping) else None
-    return float(value) if is_number(value) else None
-
-
 def _fmt(x: float) -> str:
     s = f"{x:.4f}".rstrip("0")
     return s + "0" if s.endswith(".") else s
@@ -266,7 +257,7 @@ def check_thresholds(current_metrics: Mapping, baseline_metrics: Mapping, max_dr
     for name, allowed in max_drop.items():
         if allowed < 0:
             raise ValueError(f"max_drop for {name} must be >= 0, got {allowed}")
-        now, base = _lookup(current_metrics, name), _lookup(baseline_metrics, name)
+        now, base = stat_at(current_metrics, name), stat_at(baseline_metrics, name)
         if base is None:
             problems.append(f"{name} has no baseline value to compare with")
         elif now is None:

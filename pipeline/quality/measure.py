@@ -56,8 +56,8 @@ class Measurement:
         return {m: v for m, v in self.modes[self.mode].items() if m in METRICS}
 
     def evaluation(self) -> dict:
-        """In the manifest's "evaluation" shape, for the quality gate."""
-        return {"modes": self.modes}
+        """In the manifest's "evaluation" shape, for the quality gate: every mode's metrics, `mode`'s drift."""
+        return {"modes": self.modes, "drift": {"mode": self.mode, **self.stats}}
 
 
 def measure_snapshot(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, root: Storage) -> Measurement:

@@ -19,6 +19,11 @@ def num(x: float | None, missing: str = "-") -> str:
     return missing if x is None else f"{x:.4f}"
 
 
+def figure(x: float | None, missing: str = "-") -> str:
+    """A drift statistic: six significant digits, for variances of ~1e-3 and row counts alike."""
+    return missing if x is None else f"{x:.6g}"
+
+
 def build_markdown(summary: BuildSummary) -> str:
     """A build's summary, for its Prefect artifact: what it published, how, the counts, quality and timings."""
     lines = [f"# {summary.job}: `{summary.index_name}` {summary.version}", "", f"`{summary.snapshot}`", "",
@@ -150,6 +155,11 @@ def monitor_markdown(result: MonitorResult) -> str:
     for r in result.rows:
         lines.append(f"| {r.metric} | {num(r.baseline)} | {num(r.current)} | {num(r.drop)} | "
                      f"{r.max_drop:.4f} | {'ok' if r.ok else 'DROPPED'} |")
+    if result.drift_rows:
+        lines += ["", "| drift statistic | at publish | now | change | max change | status |",
+                  "|---|---:|---:|---:|---:|---|"]
+        lines += [f"| {c.statistic} | {figure(c.reference)} | {figure(c.current)} | {figure(c.change)} | "
+                  f"{figure(c.max_change)} | {'ok' if c.ok else 'MOVED'} |" for c in result.drift_rows]
     if result.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result.notes]
     if result.drift_vs_publish:

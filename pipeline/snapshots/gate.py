@@ -2,11 +2,19 @@
 
 When judged documents left the corpus (or arrived), the metric moves whatever the search; the gate then judges the
 drop on the judgments both versions can find (`SharedJudgments`, computed from the rankings each build kept:
-pipeline/quality/golden_runs.py), so a nightly reindex is not refused for a deletion."""
+pipeline/quality/golden_runs.py), so a nightly reindex is not refused for a deletion.
+
+`max_drift` also holds chosen figures of the two versions' drift statistics (each build's evaluation.drift: vector
+geometry, golden-query scores, the relevant/non-relevant gap) within a distance of each other: a corpus whose text
+broke upstream (boilerplate for most documents) moves the vectors' geometry while the golden queries, whose documents
+may be among those left, still score as before."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from numbers import Real
 
 from pipeline.config import GateConfig
 
@@ -23,16 +31,70 @@ class SharedJudgments:
 
 
 @dataclass(frozen=True)
+class DriftCheck:
+    """One statistic of two drift summaries (a dotted path, e.g. "vectors.pairwise_cosine.mean"): its value in the
+    reference and now, the change, and the largest allowed either way."""
+
+    statistic: str
+    reference: float | None
+    current: float | None
+    change: float | None
+    max_change: float
+
+    @property
+    def ok(self) -> bool:
+        # rounded: 0.78 - 0.73 must not exceed an allowed 0.05
+        return self.change is not None and round(abs(self.change), 9) <= self.max_change
+
+    def problem(self, reference: str = "the reference") -> str | None:
+        """Why it failed, as a sentence; None when it passed."""
+        if self.ok:
+            return None
+        if self.reference is None or self.current is None:
+            return f"{self.statistic} is missing from {reference if self.reference is None else 'the candidate'}"
+        return (f"{self.statistic} moved from {self.reference:.4g} ({reference}) to {self.current:.4g} "
+                f"({self.change:+.4g}, more than the {self.max_change:.4g} allowed either way)")
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"ok": self.ok}
+
+
+def stat_at(summary: Mapping, path: str) -> float | None:
+    """`path` as a key of `summary`, else as a dotted path into its nested dicts ("scores.top1.mean"); None unless
+    a finite number."""
+    value: object = summary.get(path)
+    if value is None and "." in path:
+        value = summary
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def check_drift(reference: Mapping, current: Mapping, max_change: Mapping[str, float]) -> list[DriftCheck]:
+    """One check per watched statistic: its change from `reference` to `current` (two drift summaries) may be at
+    most `max_change` either way. A statistic missing on either side fails: a silent pass would hide it."""
+    checks = []
+    for name, allowed in max_change.items():
+        before, now = stat_at(reference, name), stat_at(current, name)
+        change = None if before is None or now is None else round(now - before, 9)
+        checks.append(DriftCheck(name, before, now, change, allowed))
+    return checks
+
+
+@dataclass(frozen=True)
 class GateResult:
     passed: bool
     candidate: float | None
     live: float | None
     reasons: list[str]  # why it refused
-    notes: list[str] = field(default_factory=list)  # why it passed although the metric fell
+    notes: list[str] = field(default_factory=list)  # why it passed although the metric fell; drift not checked
     shared: SharedJudgments | None = None
+    drift: list[DriftCheck] = field(default_factory=list)  # gate.max_drift's statistics, candidate against live
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return asdict(self) | {"drift": [c.to_dict() for c in self.drift]}
 
 
 def metric_of(evaluation: dict | None, gate: GateConfig) -> float | None:
@@ -61,7 +123,30 @@ def check_gate(gate: GateConfig, candidate: dict | None, live: dict | None,
                 reasons.append(f"{drop}, and {_on_shared(shared)}")
             else:
                 notes.append(f"{drop}, but {_on_shared(shared)}: the drop is the corpus's, not the search's")
-    return GateResult(not reasons, cand, live_value, reasons, notes, shared)
+    drift: list[DriftCheck] = []
+    if gate.max_drift and live is not None:
+        cand_stats, live_stats = (candidate or {}).get("drift"), live.get("drift")
+        if not cand_stats:
+            reasons.append("candidate recorded no drift statistics, which publish.gate.max_drift compares (a build "
+                           "measures them in monitor.mode, from the fp16 store or a float variant)")
+        elif why_not := _incomparable(live_stats, cand_stats):
+            notes.append(f"drift not checked: {why_not}")
+        else:
+            drift = check_drift(live_stats, cand_stats, gate.max_drift)
+            reasons += [c.problem("live") for c in drift if not c.ok]
+    return GateResult(not reasons, cand, live_value, reasons, notes, shared, drift)
+
+
+def _incomparable(live: dict | None, candidate: dict) -> str | None:
+    """Why two builds' drift statistics do not compare: the live version recorded none (built before they were
+    kept), or they are of another model (different scales) or search mode."""
+    if not live:
+        return "the live version recorded no drift statistics"
+    for what in ("model", "mode"):
+        if candidate.get(what) != live.get(what):
+            return f"the live version's statistics are of {what} {live.get(what)!r}, the candidate's of " \
+                   f"{candidate.get(what)!r}"
+    return None
 
 
 def _on_shared(shared: SharedJudgments) -> str:

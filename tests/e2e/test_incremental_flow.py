@@ -72,7 +72,7 @@ def runs(prefect_api, corpus, tmp_path_factory):
         rebuilt = reindex(config, {"corpus.source": str(work / "v2.jsonl"), "storage.root": str(work / "fresh")},
                           full=True).to_dict()
     yield {"v1": v1, "v2": v2, "rebuilt": rebuilt, "edited": edited, "changed": changed, "deleted": deleted,
-           "added": {d["_id"] for d in extra}, "config": config, "work": work}
+           "added": {d["_id"] for d in extra}, "config": config, "work": work, "corpus_judged": judged}
     ray.shutdown()
 
 
@@ -189,6 +189,41 @@ def test_a_reindex_after_a_judged_document_left_is_gated_on_the_judgments_both_v
     assert gate["candidate"] < gate["live"] and gate["shared"]["candidate"] == gate["shared"]["live"]
     assert gate["shared"]["dropped"] == 1 and "the drop is the corpus's, not the search's" in gate["notes"][0]
     rollback(store, "jobs", "live", seen=out["version"])  # the tests below start from the live version as it was
+
+
+BOILERPLATE = ("We use cookies to improve your experience on our site. By continuing to browse you agree to our use "
+               "of cookies. Sign in to access the full text of this article.")
+
+
+def test_a_reindex_whose_corpus_broke_upstream_is_refused_on_drift_though_its_metric_held(runs, prefect_api):
+    """Most unjudged documents arrive as a site's cookie banner (an extractor broke upstream): the golden queries still
+    find their documents, so nDCG@10 holds and the metric gate alone would promote; publish.gate.max_drift sees the
+    vectors' variance gather in one direction and keeps the alias where it is."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.reindex import reindex
+    from pipeline.snapshots.aliases import read_alias
+
+    store = Storage(str(runs["work"] / "store"))
+    before = read_alias(store, "jobs", "live").version
+    broken = [d for d in runs["edited"] if d["_id"] not in runs["corpus_judged"]][:60]
+    broken_ids = {d["_id"] for d in broken}
+    write_jsonl(runs["work"] / "v2-broken.jsonl", [{**d, "text": BOILERPLATE, "title": ""} if d["_id"] in broken_ids
+                                                    else d for d in runs["edited"]])
+    watched = {"vectors.isotropy": 0.05, "scores.top1.mean": 0.05}
+    edits = [runs[v]["evaluation"]["drift"]["vectors"]["isotropy"] for v in ("v1", "v2")]
+    assert abs(edits[1] - edits[0]) < 0.01  # a night's edits (added, changed, deleted documents) move it little
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        out = reindex(runs["config"], {"corpus.source": str(runs["work"] / "v2-broken.jsonl"),
+                                       "publish.gate.max_drift": watched}).to_dict()
+    promotion = out["promotion"]
+    assert out["counts"]["docs_changed"] == len(broken) and not promotion["promoted"]
+    assert read_alias(store, "jobs", "live").version == before
+    # one direction now carries much of the variance (60 copies of one vector); the mean cosine hardly moves
+    assert "vectors.isotropy moved from" in promotion["reason"]
+    assert out["evaluation"]["drift"]["vectors"]["isotropy"] < edits[1] - 0.08
+    assert "scores.top1.mean" not in promotion["reason"]  # the golden queries find their documents as before
+    assert "ndcg@10" not in promotion["reason"]  # the metric held: the drift alone refused it
 
 
 def test_backfill_redoes_only_the_selection_with_the_new_chunker(runs, prefect_api):

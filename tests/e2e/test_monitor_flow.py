@@ -108,6 +108,25 @@ def test_monitoring_watches_a_hybrid_mode_like_any_other(live, prefect_api):
     assert baseline["ndcg@10"] > built["evaluation"]["modes"]["exact"]["ndcg@10"]
 
 
+def test_drift_statistics_watched_against_publish_time_show_in_the_table(live, prefect_api):
+    """monitor.max_drift: the healthy live version's scores and vectors have not moved since its build recorded
+    them (zero change passes a zero threshold), and the artifact shows each watched statistic."""
+    from flows.monitor import monitor
+
+    config, built = live
+    watched = {"scores.top1.mean": 0.0, "vectors.pairwise_cosine.mean": 0.0, "relevance.relevant_first": 0.0}
+    result = _in_prefect(prefect_api, monitor, config, {"monitor.max_drift": watched})
+    recorded = built["evaluation"]["drift"]
+    assert result["passed"] and {c["statistic"]: (c["reference"], c["change"], c["ok"]) for c in
+                                 result["drift_rows"]} == {
+        "scores.top1.mean": (recorded["scores"]["top1"]["mean"], 0.0, True),
+        "vectors.pairwise_cosine.mean": (recorded["vectors"]["pairwise_cosine"]["mean"], 0.0, True),
+        "relevance.relevant_first": (recorded["relevance"]["relevant_first"], 0.0, True)}
+    artifact = _latest_artifact(prefect_api, f"monitor-{INDEX}-live")
+    assert "| drift statistic | at publish | now | change | max change | status |" in artifact.data
+    assert "| vectors.pairwise_cosine.mean |" in artifact.data and "MOVED" not in artifact.data
+
+
 def _publish_corrupted_copy(config: str) -> str:
     """Publish the live version again with its id table shuffled against the FAISS rows (checksums valid,
     the manifest claiming the old quality) and make it live, as a faulty build could."""

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
-from tests.integration.test_aliases import put, version
+from tests.integration.test_aliases import files, put, version
 
 runner = CliRunner()
 
@@ -44,6 +44,25 @@ def test_promote_rollback_versions_verify_gc(tmp_path):
     assert [r["retiring"] for r in json.loads(cli("versions", root, "idx", "--json").stdout)] == [False, True]
     marked = cli("promote", root, "idx", version(3), "--no-gate")
     assert marked.exit_code == 2 and "being garbage-collected" in marked.stderr
+
+
+def test_promote_with_max_drift_refuses_a_version_whose_vectors_bunched_together(tmp_path):
+    from pipeline.snapshots.snapshot import publish
+
+    root = str(tmp_path)
+    for day, cosine in ((1, 0.12), (2, 0.31)):
+        drift = {"mode": "exact", "model": "minilm", "vectors": {"pairwise_cosine": {"mean": cosine}}}
+        manifest = {"index": {"variants": {"exact": {"kind": "exact", "file": "index/exact.faiss"}}},
+                    "counts": {"max_chunks_per_doc": 1},
+                    "evaluation": {"modes": {"exact": {"ndcg@10": 0.6}}, "drift": drift}}
+        publish(Storage(root), "idx", version(day), files(), manifest, publisher="test-run")
+    assert cli("promote", root, "idx", version(1)).exit_code == 0
+    refused = cli("promote", root, "idx", version(2), "--max-drift", "vectors.pairwise_cosine.mean=0.05")
+    assert refused.exit_code == 2 and "quality gate refused" in refused.stderr
+    assert "vectors.pairwise_cosine.mean moved from 0.12 (live) to 0.31 (+0.19" in " ".join(refused.stderr.split())
+    typo = cli("promote", root, "idx", version(2), "--max-drift", "vectors.pairwise=0.05")
+    assert typo.exit_code == 2 and "max_drift" in typo.stderr and "vectors.pairwise_cosine.mean" in typo.stderr
+    assert cli("promote", root, "idx", version(2), "--max-drift", "vectors.pairwise_cosine.mean=0.2").exit_code == 0
 
 
 def test_an_index_that_is_not_there_is_an_error_not_an_empty_list(tmp_path):

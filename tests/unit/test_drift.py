@@ -57,6 +57,17 @@ def leaves(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def test_every_numeric_figure_of_a_summary_can_be_watched_by_name(corpus):
+    """The config's list of drift statistics (publish.gate.max_drift, monitor.max_drift) is the summary's figures."""
+    from pipeline.config import DRIFT_STATISTICS
+
+    docs, queries, qrels, _ = corpus
+    summary = stats(docs, search(docs, queries), qrels)
+    numeric = {k for k, v in leaves({s: summary[s] for s in ("scores", "relevance", "vectors")}).items()
+               if isinstance(v, int | float) and not k.startswith("scores.histograms")}
+    assert sorted(DRIFT_STATISTICS) == sorted(numeric)
+
+
 def test_identical_snapshots_have_zero_deltas_and_full_overlap(corpus):
     docs, queries, qrels, _ = corpus
     run = search(docs, queries)

@@ -26,3 +26,49 @@ def test_a_drop_from_judged_documents_leaving_the_corpus_is_told_apart():
     # a live version published before coverage was recorded compares as before
     assert check_gate(gate, evaluation(0.640, found=280), {"modes": {"exact": {"ndcg@10": 0.645}}}).reasons == [
         "ndcg@10 0.6400 is more than 0.0000 below live's 0.6450"]
+
+
+def with_drift(ndcg: float, cosine: float | None, model: str = "minilm", mode: str = "exact") -> dict:
+    out = evaluation(ndcg, found=283)
+    if cosine is not None:
+        out["drift"] = {"mode": mode, "model": model, "scores": {"top1": {"mean": 0.71}},
+                        "vectors": {"rows": 5183, "pairwise_cosine": {"mean": cosine}}}
+    return out
+
+
+def test_max_drift_refuses_a_candidate_whose_vectors_moved_though_its_metric_held():
+    """A corpus broken upstream (boilerplate for most documents) bunches the vectors together while the golden
+    queries, their documents intact, score as before: the metric alone would promote it."""
+    gate = GateConfig(max_drop=0.0, max_drift={"vectors.pairwise_cosine.mean": 0.05, "vectors.rows": 1000})
+    live = with_drift(0.645, 0.120)
+    assert check_gate(gate, with_drift(0.650, 0.170), live).passed  # exactly the allowed change, up or down
+    assert check_gate(gate, with_drift(0.650, 0.070), live).passed
+    refused = check_gate(gate, with_drift(0.650, 0.311), live)
+    assert not refused.passed and refused.candidate > refused.live
+    assert refused.reasons == ["vectors.pairwise_cosine.mean moved from 0.12 (live) to 0.311 (+0.191, more than the "
+                               "0.05 allowed either way)"]
+    assert [(c["statistic"], c["reference"], c["current"], c["change"], c["ok"]) for c in
+            refused.to_dict()["drift"]] == [("vectors.pairwise_cosine.mean", 0.12, 0.311, 0.191, False),
+                                            ("vectors.rows", 5183, 5183, 0.0, True)]
+    # without max_drift the same candidate is promoted
+    assert check_gate(GateConfig(max_drop=0.0), with_drift(0.650, 0.311), live).passed
+
+
+def test_max_drift_compares_only_statistics_that_mean_the_same():
+    gate = GateConfig(max_drift={"vectors.pairwise_cosine.mean": 0.05})
+    # the candidate must carry them (the check was asked for); a statistic missing on one side fails
+    assert check_gate(gate, with_drift(0.65, None), with_drift(0.645, 0.12)).reasons == [
+        "candidate recorded no drift statistics, which publish.gate.max_drift compares (a build measures them in "
+        "monitor.mode, from the fp16 store or a float variant)"]
+    missing = check_gate(GateConfig(max_drift={"scores.at10.mean": 0.05}), with_drift(0.65, 0.3),
+                         with_drift(0.645, 0.12))
+    assert missing.reasons == ["scores.at10.mean is missing from live"]
+    # a live version built before they were recorded, another model (a migration) or mode: not checked, said so
+    for live, why in ((with_drift(0.645, None), "the live version recorded no drift statistics"),
+                      (with_drift(0.645, 0.12, model="mpnet"), "the live version's statistics are of model 'mpnet', "
+                                                                "the candidate's of 'minilm'"),
+                      (with_drift(0.645, 0.12, mode="ivfpq"), "the live version's statistics are of mode 'ivfpq', "
+                                                               "the candidate's of 'exact'")):
+        result = check_gate(gate, with_drift(0.65, 0.9), live)
+        assert result.passed and result.notes == [f"drift not checked: {why}"] and result.drift == []
+    assert check_gate(gate, with_drift(0.65, 0.9), None).passed  # nothing live: only the floor applies

@@ -68,3 +68,24 @@ def test_a_gate_mode_the_build_does_not_evaluate_fails_before_any_work(tmp_path,
     with pytest.raises(ConfigError, match=rf"publish\.gate\.mode '{re.escape(mode)}' is not a search mode a build of "
                                           rf"index\.variants .* evaluates: expected one of \["):
         check_inputs(cfg)
+
+
+@pytest.mark.parametrize(("index", "monitor_mode", "error"), [
+    ({"variants": ["exact"]}, "exact", None),
+    ({"variants": ["ivfpq"], "store_fp16": True}, "ivfpq", None),
+    ({"variants": ["exact"]}, "ivfpq", r"for monitor\.mode 'ivfpq', which a build of index\.variants \['exact'\] "
+                                       r"does not evaluate"),
+    ({"variants": ["exact", "ivfpq"], "store_fp16": False}, "ivfpq", None),
+    ({"variants": ["ivfpq"], "store_fp16": False}, "ivfpq", r"cannot read back: keep the fp16 store or add an exact"),
+])
+def test_a_drift_gate_the_builds_cannot_feed_fails_before_any_work(tmp_path, index, monitor_mode, error):
+    """publish.gate.max_drift compares the statistics each build records for monitor.mode from vectors it reads back:
+    a config whose builds record none would refuse every candidate."""
+    cfg = parse_config({**base_config(tmp_path), "index": index, "monitor": {"mode": monitor_mode},
+                        "publish": {"alias": "live", "gate": {"mode": index["variants"][0],
+                                                              "max_drift": {"vectors.pairwise_cosine.mean": 0.05}}}})
+    if error is None:
+        check_inputs(cfg)
+        return
+    with pytest.raises(ConfigError, match=rf"publish\.gate\.max_drift .*{error}"):
+        check_inputs(cfg)
