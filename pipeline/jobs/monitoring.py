@@ -123,7 +123,7 @@ def monitor_result(alias: str, manifest: dict, golden: GoldenSet, measured: Meas
                      f"{measured.mode!r} at publish time" + (f" (it has {at_publish['mode']!r})" if at_publish else ""))
     elif max_drift:
         drift_rows = check_drift(at_publish, measured.stats, max_drift)
-        violations += [c.problem("publish time") for c in drift_rows if not c.ok]
+        violations += [c.problem("publish time", "this run") for c in drift_rows if not c.ok]
     checked_at = (now or datetime.now(UTC)).isoformat()
     return MonitorResult(
         measured.index_name, alias, measured.version, measured.model, measured.mode, checked_at,

@@ -46,12 +46,12 @@ class DriftCheck:
         # rounded: 0.78 - 0.73 must not exceed an allowed 0.05
         return self.change is not None and round(abs(self.change), 9) <= self.max_change
 
-    def problem(self, reference: str = "the reference") -> str | None:
-        """Why it failed, as a sentence; None when it passed."""
+    def problem(self, reference: str, current: str) -> str | None:
+        """Why it failed, as a sentence naming the two sides (e.g. "live", "the candidate"); None when it passed."""
         if self.ok:
             return None
         if self.reference is None or self.current is None:
-            return f"{self.statistic} is missing from {reference if self.reference is None else 'the candidate'}"
+            return f"{self.statistic} is missing from {reference if self.reference is None else current}"
         return (f"{self.statistic} moved from {self.reference:.4g} ({reference}) to {self.current:.4g} "
                 f"({self.change:+.4g}, more than the {self.max_change:.4g} allowed either way)")
 
@@ -133,7 +133,7 @@ def check_gate(gate: GateConfig, candidate: dict | None, live: dict | None,
             notes.append(f"drift not checked: {why_not}")
         else:
             drift = check_drift(live_stats, cand_stats, gate.max_drift)
-            reasons += [c.problem("live") for c in drift if not c.ok]
+            reasons += [c.problem("live", "the candidate") for c in drift if not c.ok]
     return GateResult(not reasons, cand, live_value, reasons, notes, shared, drift)
 
 
