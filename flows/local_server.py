@@ -46,5 +46,11 @@ def loopback_server(home: Path, timeout_s: float = 120) -> Iterator[str]:
                 time.sleep(0.5)
         yield url
     finally:
+        # flow runs' logs still queued for this server go before it stops (sent later, each batch printed
+        # "--- Error logging to API ---" at exit)
+        from prefect.logging.handlers import APILogWorker
+
+        with contextlib.suppress(Exception):
+            APILogWorker.drain_all(timeout=10)
         proc.terminate()
         proc.wait(timeout=30)

@@ -110,7 +110,10 @@ def monitor_result(alias: str, manifest: dict, golden: GoldenSet, measured: Meas
                      f"{golden.queries_url} / {golden.qrels_url}: a change may come from the golden set")
     drift = None
     if previous is not None:
-        drift = compare(previous["stats"], measured.stats, runs=None)
+        if previous.get("mode") == measured.mode:  # the scores of another search mode are not this one's drift
+            drift = compare(previous["stats"], measured.stats, runs=None)
+        else:
+            notes.append(f"the previous run measured search mode {previous.get('mode')!r}: no drift since then")
         if previous.get("version") != measured.version:
             notes.append(f"the previous run checked version {previous.get('version')}; the alias now serves "
                          f"{measured.version}")

@@ -53,3 +53,17 @@ def test_a_version_published_without_drift_statistics_is_checked_on_its_metrics_
     assert result.notes == ["monitor.max_drift not checked: the manifest recorded no drift statistics of mode 'exact' "
                             "at publish time"]
     assert verdict(stats(0.71), 0.2, {}).passed  # nothing watched: the metrics alone decide, as before
+
+
+def test_drift_since_the_previous_run_compares_the_same_search_mode_only():
+    measured = Measurement("docs", "v1", "minilm", 384, "exact", {"exact": METRICS}, {}, stats(0.70))
+    previous = {"checked_at": "2026-11-28T00:00:00+00:00", "version": "v1", "passed": True, "stats": stats(0.71)}
+    def run_after(mode: str):
+        return monitor_result("live", manifest(stats(0.71)), GOLDEN, measured, {"recall@10": 0.02},
+                              previous | {"mode": mode})
+
+    same = run_after("exact")
+    assert same.drift_vs_previous["delta"]["scores"]["top1"]["mean"] == -0.01 and same.notes == []
+    other = run_after("bm25")
+    assert other.drift_vs_previous is None
+    assert other.notes == ["the previous run measured search mode 'bm25': no drift since then"]
