@@ -247,6 +247,8 @@ DRIFT_STATISTICS = (
     "vectors.mean_dim_variance", "vectors.total_variance", *(f"vectors.pairwise_cosine.{d}" for d in _DIST),
     "vectors.isotropy")
 DriftStatistic = Literal[DRIFT_STATISTICS]  # type: ignore[valid-type]
+# the largest change allowed either way: in the statistic's units, or "20%" of the reference value
+DriftLimit = Annotated[float, Field(ge=0)] | Annotated[str, Field(pattern=r"^\d+(\.\d+)?%$")]
 
 
 class GateConfig(_Strict):
@@ -258,9 +260,9 @@ class GateConfig(_Strict):
     mode: str = "exact"
     min_value: Annotated[float, Field(ge=0, le=1)] = 0.0
     max_drop: Annotated[float, Field(ge=0, le=1)] = 0.0
-    max_drift: dict[DriftStatistic, Annotated[float, Field(ge=0)]] = Field(
+    max_drift: dict[DriftStatistic, DriftLimit] = Field(
         default_factory=dict, description="drift statistic (as each build records it for monitor.mode, e.g. "
-        "vectors.pairwise_cosine.mean) -> largest allowed change from the live version's, either way")
+        "vectors.isotropy) -> largest allowed change from the live version's, either way: 0.05, or 20% of live's")
 
 
 class PublishConfig(_Strict):
@@ -281,9 +283,9 @@ class MonitorConfig(_Strict):
     mode: str = Field("exact", description="search mode measured, e.g. exact, ivfpq, int8+rescore")
     max_drop: dict[MetricName, Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=lambda: {"recall@10": 0.02, "mrr@10": 0.02}, min_length=1)
-    max_drift: dict[DriftStatistic, Annotated[float, Field(ge=0)]] = Field(
+    max_drift: dict[DriftStatistic, DriftLimit] = Field(
         default_factory=dict, description="drift statistic (e.g. scores.top1.mean) -> largest allowed change, either "
-        "way, from the statistics the build recorded at publish time")
+        "way, from the statistics the build recorded at publish time: 0.02, or 5% of that value")
 
 
 class PipelineConfig(_Strict):

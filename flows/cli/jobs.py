@@ -252,7 +252,7 @@ def monitor(config: Config, set_: SetFlag = [], as_json: JsonFlag = False) -> No
                 drift.add_column(col, justify="left" if col in ("statistic", "status") else "right")
             for c in result.drift_rows:
                 drift.add_row(c.statistic, figure(c.reference, ""), figure(c.current, ""), figure(c.change, ""),
-                              figure(c.max_change), "[green]ok[/]" if c.ok else "[bold red]MOVED[/]")
+                              c.limit, "[green]ok[/]" if c.ok else "[bold red]MOVED[/]")
             console.print(drift)
         for note in result.notes:
             console.print(f"note: {note}", soft_wrap=True)

@@ -243,15 +243,15 @@ def _seen(expect: str | None, root: str, index: str, alias: str) -> str | None:
     return None if expect.lower() == "none" else expect
 
 
-def _statistic_changes(pairs: list[str]) -> dict[str, float]:
-    out = {}
+def _statistic_changes(pairs: list[str]) -> dict[str, float | str]:
+    out: dict[str, float | str] = {}
     for pair in pairs:
         name, _, change = pair.partition("=")
         try:
-            out[name.strip()] = float(change)
+            out[name.strip()] = change.strip() if change.strip().endswith("%") else float(change)
         except ValueError:
-            raise ValueError(f"--max-drift {pair!r}: expected STATISTIC=CHANGE, e.g. "
-                             "vectors.pairwise_cosine.mean=0.05") from None
+            raise ValueError(f"--max-drift {pair!r}: expected STATISTIC=CHANGE, e.g. vectors.isotropy=0.05 or "
+                             "vectors.rows=20%") from None
     return out
 
 
@@ -264,8 +264,8 @@ def promote(
     min_value: Annotated[float, typer.Option(help="gate: the metric must be at least this")] = 0.0,
     max_drop: Annotated[float, typer.Option(help="gate: and at most this below live's")] = 0.0,
     max_drift: Annotated[list[str], typer.Option(
-        help="gate: STATISTIC=CHANGE, a drift statistic (e.g. vectors.pairwise_cosine.mean=0.05) may differ from "
-             "live's by at most CHANGE either way; repeatable")] = [],  # noqa: B006
+        help="gate: STATISTIC=CHANGE, a drift statistic may differ from live's by at most CHANGE either way "
+             "(vectors.isotropy=0.05, or vectors.rows=20% of live's); repeatable")] = [],  # noqa: B006
     no_gate: Annotated[bool, typer.Option("--no-gate", help="skip the quality gate")] = False,
     force: Annotated[bool, typer.Option(help="promote even if the gate refuses (recorded in the history)")] = False,
     by: Annotated[str, typer.Option(help="who promotes (recorded)")] = "cli",

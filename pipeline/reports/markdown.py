@@ -159,7 +159,7 @@ def monitor_markdown(result: MonitorResult) -> str:
         lines += ["", "| drift statistic | at publish | now | change | max change | status |",
                   "|---|---:|---:|---:|---:|---|"]
         lines += [f"| {c.statistic} | {figure(c.reference)} | {figure(c.current)} | {figure(c.change)} | "
-                  f"{figure(c.max_change)} | {'ok' if c.ok else 'MOVED'} |" for c in result.drift_rows]
+                  f"{c.limit} | {'ok' if c.ok else 'MOVED'} |" for c in result.drift_rows]
     if result.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result.notes]
     if result.drift_vs_publish:

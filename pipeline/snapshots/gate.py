@@ -39,12 +39,19 @@ class DriftCheck:
     reference: float | None
     current: float | None
     change: float | None
-    max_change: float
+    max_change: float  # in the statistic's units (for a relative limit, that share of the reference's value)
+    relative: float | None = None  # the limit as a share of the reference's value ("20%": 0.2), if given so
 
     @property
     def ok(self) -> bool:
         # rounded: 0.78 - 0.73 must not exceed an allowed 0.05
-        return self.change is not None and round(abs(self.change), 9) <= self.max_change
+        return self.change is not None and round(abs(self.change), 9) <= round(self.max_change, 9)
+
+    @property
+    def limit(self) -> str:
+        """The limit as configured: 0.05, or 20% (1036.6) with what it allows here."""
+        return f"{self.max_change:.4g}" if self.relative is None else \
+            f"{self.relative * 100:g}% ({self.max_change:.4g})"
 
     def problem(self, reference: str, current: str) -> str | None:
         """Why it failed, as a sentence naming the two sides (e.g. "live", "the candidate"); None when it passed."""
@@ -53,7 +60,7 @@ class DriftCheck:
         if self.reference is None or self.current is None:
             return f"{self.statistic} is missing from {reference if self.reference is None else current}"
         return (f"{self.statistic} moved from {self.reference:.4g} ({reference}) to {self.current:.4g} "
-                f"({self.change:+.4g}, more than the {self.max_change:.4g} allowed either way)")
+                f"({self.change:+.4g}, more than the {self.limit} allowed either way)")
 
     def to_dict(self) -> dict:
         return asdict(self) | {"ok": self.ok}
@@ -72,14 +79,17 @@ def stat_at(summary: Mapping, path: str) -> float | None:
     return float(value)
 
 
-def check_drift(reference: Mapping, current: Mapping, max_change: Mapping[str, float]) -> list[DriftCheck]:
+def check_drift(reference: Mapping, current: Mapping, max_change: Mapping[str, float | str]) -> list[DriftCheck]:
     """One check per watched statistic: its change from `reference` to `current` (two drift summaries) may be at
-    most `max_change` either way. A statistic missing on either side fails: a silent pass would hide it."""
+    most `max_change` either way, in its units or as a share of the reference's value ("20%"). A statistic missing
+    on either side fails: a silent pass would hide it."""
     checks = []
-    for name, allowed in max_change.items():
+    for name, limit in max_change.items():
         before, now = stat_at(reference, name), stat_at(current, name)
         change = None if before is None or now is None else round(now - before, 9)
-        checks.append(DriftCheck(name, before, now, change, allowed))
+        relative = float(limit.removesuffix("%")) / 100 if isinstance(limit, str) else None
+        allowed = float(limit) if relative is None else relative * abs(before or 0.0)
+        checks.append(DriftCheck(name, before, now, change, allowed, relative))
     return checks
 
 

@@ -226,6 +226,29 @@ def test_a_reindex_whose_corpus_broke_upstream_is_refused_on_drift_though_its_me
     assert "ndcg@10" not in promotion["reason"]  # the metric held: the drift alone refused it
 
 
+def test_a_reindex_that_lost_half_the_corpus_is_refused_on_its_rows_though_shared_judgments_pass_it(runs, prefect_api):
+    """Half the documents, judged ones among them, missing from a night's input (a listing that missed files): the
+    gate's comparison on the judgments both versions hold finds the search unchanged, so the metric alone promotes;
+    `vectors.rows: 20%` refuses a candidate with 20% fewer (or more) rows than live, whatever the corpus's size."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.reindex import reindex
+    from pipeline.snapshots.aliases import read_alias
+
+    store = Storage(str(runs["work"] / "store"))
+    before = read_alias(store, "jobs", "live").version
+    write_jsonl(runs["work"] / "v2-half.jsonl", runs["edited"][::2])
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        out = reindex(runs["config"], {"corpus.source": str(runs["work"] / "v2-half.jsonl"),
+                                       "publish.gate.max_drop": 0.0,
+                                       "publish.gate.max_drift": {"vectors.rows": "20%"}}).to_dict()
+    reason = out["promotion"]["reason"]
+    assert out["counts"]["docs_deleted"] == len(runs["edited"]) // 2 and not out["promotion"]["promoted"]
+    assert read_alias(store, "jobs", "live").version == before
+    assert reason.endswith("allowed either way)") and "vectors.rows moved from" in reason and "20% (" in reason
+    assert "ndcg@10" not in reason  # judged documents left, but on the judgments both hold the search held
+
+
 def test_backfill_redoes_only_the_selection_with_the_new_chunker(runs, prefect_api):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 

@@ -50,8 +50,8 @@ def test_promote_with_max_drift_refuses_a_version_whose_vectors_bunched_together
     from pipeline.snapshots.snapshot import publish
 
     root = str(tmp_path)
-    for day, cosine in ((1, 0.12), (2, 0.31)):
-        drift = {"mode": "exact", "model": "minilm", "vectors": {"pairwise_cosine": {"mean": cosine}}}
+    for day, cosine, rows in ((1, 0.12, 5000), (2, 0.31, 2600)):
+        drift = {"mode": "exact", "model": "minilm", "vectors": {"pairwise_cosine": {"mean": cosine}, "rows": rows}}
         manifest = {"index": {"variants": {"exact": {"kind": "exact", "file": "index/exact.faiss"}}},
                     "counts": {"max_chunks_per_doc": 1},
                     "evaluation": {"modes": {"exact": {"ndcg@10": 0.6}}, "drift": drift}}
@@ -62,6 +62,9 @@ def test_promote_with_max_drift_refuses_a_version_whose_vectors_bunched_together
     assert "vectors.pairwise_cosine.mean moved from 0.12 (live) to 0.31 (+0.19" in " ".join(refused.stderr.split())
     typo = cli("promote", root, "idx", version(2), "--max-drift", "vectors.pairwise=0.05")
     assert typo.exit_code == 2 and "max_drift" in typo.stderr and "vectors.pairwise_cosine.mean" in typo.stderr
+    shrunk = cli("promote", root, "idx", version(2), "--max-drift", "vectors.rows=20%")
+    assert shrunk.exit_code == 2 and "vectors.rows moved from 5000 (live) to 2600 (-2400, more than the 20% (1000)" \
+        in " ".join(shrunk.stderr.split())
     assert cli("promote", root, "idx", version(2), "--max-drift", "vectors.pairwise_cosine.mean=0.2").exit_code == 0
 
 

@@ -1,6 +1,10 @@
 """The quality gate's verdicts and reasons (pipeline/snapshots/gate.py)."""
 
+import pytest
+
 from pipeline.config import GateConfig
+from pipeline.config_loader import parse_config
+from pipeline.errors import ConfigError
 from pipeline.snapshots.gate import check_gate
 
 
@@ -72,3 +76,30 @@ def test_max_drift_compares_only_statistics_that_mean_the_same():
         result = check_gate(gate, with_drift(0.65, 0.9), live)
         assert result.passed and result.notes == [f"drift not checked: {why}"] and result.drift == []
     assert check_gate(gate, with_drift(0.65, 0.9), None).passed  # nothing live: only the floor applies
+
+
+def test_a_limit_in_percent_is_a_share_of_live_value():
+    """A corpus that lost half its documents upstream (a listing that missed files): the golden-set metric may pass
+    on the judgments both versions hold, a limit on the rows in percent refuses it, whatever the corpus's size."""
+    gate = GateConfig(max_drift={"vectors.rows": "20%"})
+
+    def rows(n: int) -> dict:
+        return {**evaluation(0.645, found=283), "drift": {"mode": "exact", "model": "minilm", "vectors": {"rows": n}}}
+
+    assert check_gate(gate, rows(6000), rows(5000)).passed  # exactly 20% more
+    assert check_gate(gate, rows(4000), rows(5000)).passed
+    refused = check_gate(gate, rows(2600), rows(5000))
+    assert refused.reasons == ["vectors.rows moved from 5000 (live) to 2600 (-2400, more than the 20% (1000) allowed "
+                               "either way)"]
+    assert refused.drift[0].to_dict() | {"ok": None} == {
+        "statistic": "vectors.rows", "reference": 5000, "current": 2600, "change": -2400, "max_change": 1000,
+        "relative": 0.2, "ok": None}
+
+
+def test_drift_limits_are_validated_when_the_config_loads():
+    base = {"index_name": "x", "corpus": {"source": "a.jsonl"}}
+    for limit in ("20 %", "-5%", "lots", -0.1):
+        with pytest.raises(ConfigError, match=r"publish\.gate\.max_drift\.vectors\.rows"):
+            parse_config(base | {"publish": {"gate": {"max_drift": {"vectors.rows": limit}}}})
+    cfg = parse_config(base | {"publish": {"gate": {"max_drift": {"vectors.rows": "12.5%", "vectors.isotropy": 0.05}}}})
+    assert cfg.publish.gate.max_drift == {"vectors.rows": "12.5%", "vectors.isotropy": 0.05}

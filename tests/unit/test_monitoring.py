@@ -44,7 +44,7 @@ def test_scores_that_moved_since_publish_fail_the_run_though_the_metrics_held():
     assert "| scores.top1.mean | 0.71 | 0.63 | -0.08 | 0.05 | MOVED |" in text and "**FAILED**" in text
     assert moved.to_dict()["drift_rows"][0] | {"ok": None} == {
         "statistic": "scores.top1.mean", "reference": 0.71, "current": 0.63, "change": -0.08, "max_change": 0.05,
-        "ok": None}
+        "relative": None, "ok": None}
 
 
 def test_a_version_published_without_drift_statistics_is_checked_on_its_metrics_and_says_so():
