@@ -246,9 +246,9 @@ def _seen(expect: str | None, root: str, index: str, alias: str) -> str | None:
 def _statistic_changes(pairs: list[str]) -> dict[str, float | str]:
     out: dict[str, float | str] = {}
     for pair in pairs:
-        name, _, change = pair.partition("=")
+        name, _, change = (part.strip() for part in pair.partition("="))
         try:
-            out[name.strip()] = change.strip() if change.strip().endswith("%") else float(change)
+            out[name] = change if change.endswith("%") else float(change)
         except ValueError:
             raise ValueError(f"--max-drift {pair!r}: expected STATISTIC=CHANGE, e.g. vectors.isotropy=0.05 or "
                              "vectors.rows=20%") from None

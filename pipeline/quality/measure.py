@@ -23,6 +23,8 @@ from pipeline.snapshots.snapshot import Snapshot
 from pipeline.storage.backend import Storage
 from pipeline.storage.keys import redact
 
+VECTOR_VARIANTS = ("exact", "fp16", "int8")  # full-dimension float variants whose vectors read back
+
 
 def snapshot_vectors(snapshot: Snapshot) -> np.ndarray:
     """The snapshot's vectors in FAISS row order: its fp16 rescoring store, memory-mapped (drift.vector_stats reads
@@ -31,7 +33,7 @@ def snapshot_vectors(snapshot: Snapshot) -> np.ndarray:
     stored = snapshot.rescore_store()
     if stored is not None:
         return stored
-    for name in ("exact", "fp16", "int8"):
+    for name in VECTOR_VARIANTS:
         if name in snapshot.variants:
             index = snapshot.index(name)
             return index.reconstruct_n(0, index.ntotal)
