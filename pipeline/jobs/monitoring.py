@@ -97,7 +97,7 @@ def previous_result(storage: Storage, index: str, alias: str) -> dict | None:
 
 
 def monitor_result(alias: str, manifest: dict, golden: GoldenSet, measured: Measurement, max_drop: dict[str, float],
-                   previous: dict | None, now: datetime | None = None, max_drift: dict[str, float] | None = None
+                   previous: dict | None, now: datetime | None = None, max_drift: dict[str, float | str] | None = None
                    ) -> MonitorResult:
     """The run's verdict: the measured metrics against the manifest's, and the drift statistics against those
     recorded at publish time (`max_drift`), with notes and drift since last time."""
