@@ -200,7 +200,7 @@ def test_cli_monitor_prints_the_table_and_exits_1_until_the_alias_is_rolled_back
     assert result["passed"] and result["version"] == built["version"]
 
     out = cli("monitor", config, "--set", "monitor.mode=ivfpq")  # an error, not a quality failure
-    assert out.returncode == 2 and "no search mode 'ivfpq'" in out.stderr
+    assert out.returncode == 2 and "no search mode 'ivfpq'" in out.stderr, out.stderr[-4000:]
 
 
 def test_monitor_thresholds_are_validated_by_name_and_range():
