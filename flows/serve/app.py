@@ -7,23 +7,27 @@ and X-Embedpipe-Version header). Errors are JSON, {"error": {"code", "message"}}
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import secrets
 import time
+from collections import Counter
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Annotated
+from urllib.parse import parse_qsl
 
 import anyio
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flows.serve.metrics import CONTENT_TYPE
 from flows.serve.page import render_page
 from flows.serve.service import SearchService
+from pipeline.corpus.records import RepeatedKey, unique_keys
 from pipeline.errors import EmbedpipeError, InputError
 from pipeline.serving.query import answer
 
@@ -42,10 +46,53 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 
 class SearchBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # JSON has types: "k": true or "3" is a mistake
     query: str
     k: int = 10
     mode: str | None = None
+
+
+SEARCH_PARAMETERS = ("q", "k", "mode")
+
+
+def search_body(raw: bytes) -> SearchBody:
+    """The POST body, read here rather than by FastAPI, whose JSON parsing keeps the last of a key given twice
+    (a proxy or client library may have read the first)."""
+    try:
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=unique_keys)
+    except UnicodeDecodeError as exc:
+        raise ServiceError(400, "bad_request", f"the request body is not valid UTF-8 (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ServiceError(400, "bad_request", f"the request body is not JSON: {exc.msg} at line {exc.lineno} "
+                           f"column {exc.colno}") from None
+    except RepeatedKey as exc:
+        raise ServiceError(400, "bad_request", f"key {exc.args[0]!r} is given twice in the request body: "
+                           "expected it once") from None
+    if not isinstance(data, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(data), "a number")
+        raise ServiceError(400, "bad_request", f'the request body is {kind}: expected a JSON object, {{"query": '
+                           '..., "k": ..., "mode": ...}')
+    try:
+        return SearchBody.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in exc.errors()]) from None
+
+
+def check_query_string(raw: bytes) -> None:
+    """Starlette turns a percent-escape that is not UTF-8 into U+FFFD, keeps the last of a parameter given
+    twice and ignores one it does not know (a misspelt `mode` would search the default): each would search
+    something other than what was sent, so each is refused."""
+    try:
+        names = [name for name, _ in parse_qsl(raw.decode("latin-1"), keep_blank_values=True, errors="strict")]
+    except UnicodeDecodeError:
+        raise ServiceError(400, "bad_request", "the query string is not valid UTF-8: expected percent-escapes "
+                           "that spell UTF-8") from None
+    for name, times in Counter(names).items():
+        if name not in SEARCH_PARAMETERS:
+            raise ServiceError(400, "bad_request", f"unknown parameter {name[:40]!r}: expected "
+                               f"{', '.join(SEARCH_PARAMETERS)}")
+        if times > 1:
+            raise ServiceError(400, "bad_request", f"parameter {name!r} is given {times} times: expected it once")
 
 
 _CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
@@ -186,12 +233,14 @@ def create_app(service: SearchService) -> Instrumented:
         return JSONResponse(result.to_dict(), headers={VERSION_HEADER: served.version})
 
     @app.get("/search", dependencies=guarded)
-    async def search_get(q: Annotated[str, Query(description="the query text")], k: int = 10,
+    async def search_get(request: Request, q: Annotated[str, Query(description="the query text")], k: int = 10,
                          mode: str | None = None) -> JSONResponse:
+        check_query_string(request.scope["query_string"])
         return await search(q, k, mode)
 
     @app.post("/search", dependencies=guarded)
-    async def search_post(body: SearchBody) -> JSONResponse:
+    async def search_post(request: Request) -> JSONResponse:
+        body = search_body(await request.body())
         return await search(body.query, body.k, body.mode)
 
     @app.get("/health")

@@ -42,11 +42,11 @@ def open_input(url: str, mode: str = "rb"):
         raise InputError(f"cannot open {redact(url)}: {exc}") from None
 
 
-class _RepeatedKey(ValueError):
+class RepeatedKey(ValueError):
     pass
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """json's object hook: a key given twice in one object makes the record ambiguous (json keeps the last, other
     tools the first), so the record is quarantined rather than read one way here and another way upstream."""
     obj = dict(pairs)
@@ -54,7 +54,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise _RepeatedKey(key)
+                raise RepeatedKey(key)
             seen.add(key)
     return obj
 
@@ -85,10 +85,10 @@ def jsonl_records(url: str, start: int = 0, end: int | None = None
                     continue
                 text = text.rstrip("\r\n")  # so an error at the line's end is placed there, not on "line 2"
                 try:
-                    yield lineno, json.loads(text, object_pairs_hook=_unique_keys), text, None
+                    yield lineno, json.loads(text, object_pairs_hook=unique_keys), text, None
                 except json.JSONDecodeError as exc:
                     yield lineno, None, text, f"invalid JSON: {exc.msg} at column {exc.colno}"
-                except _RepeatedKey as exc:
+                except RepeatedKey as exc:
                     yield lineno, None, text, f"key {exc.args[0]!r} is given twice in one object"
     except FileNotFoundError:
         raise InputError(f"input not found: {redact(url)} (expected a JSON Lines file)") from None

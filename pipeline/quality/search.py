@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.config import BM25
+from pipeline.corpus.records import lone_surrogate
 from pipeline.errors import InputError, ModelError, SnapshotError
 from pipeline.index.bm25 import Bm25Index
 from pipeline.index.faiss_ops import faiss_threads
@@ -63,10 +64,18 @@ class QueryCheck:
                 f"{self.limit} tokens)") if self.truncated else None
 
 
-def check_query(encoder: Encoder, query: str) -> QueryCheck:
-    """Refuse an empty query (it would still "match" something); measure it against the model's token limit."""
+def refuse_bad_query(query: object) -> None:
+    """An empty query would still "match" something; one with a lone surrogate would fail deep in the tokenizer."""
     if not isinstance(query, str) or not query.strip():
         raise InputError(f"query {query!r} is empty: expected some text to search for")
+    if (at := lone_surrogate(query)) is not None:
+        raise InputError(f"the query is not valid Unicode: a lone surrogate at character {at}; expected text "
+                         "that UTF-8 can encode")
+
+
+def check_query(encoder: Encoder, query: str) -> QueryCheck:
+    """Refuse a bad query; measure a good one against the model's token limit."""
+    refuse_bad_query(query)
     return QueryCheck(encoder.tokenizer.count(encoder.card.query_prefix + query), encoder.card.max_tokens)
 
 
@@ -276,8 +285,7 @@ class Searcher:
         """Hits per query; `vectors`, where given, are the queries already encoded (`encode`: a service encodes
         several requests' queries in one pass)."""
         for query in queries:
-            if not isinstance(query, str) or not query.strip():
-                raise InputError(f"query {query!r} is empty: expected some text to search for")
+            refuse_bad_query(query)
         return self._hits(self._ranked(Queries(self, texts=list(queries), vectors=vectors), k, mode))
 
     def encode(self, queries: list[str]) -> np.ndarray:

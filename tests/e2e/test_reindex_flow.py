@@ -298,12 +298,17 @@ def test_the_gate_promotes_on_a_hybrid_mode(first_run, config_path):
     assert f"-> {first_run['version']}" in out.stdout
 
 
-def test_cli_search_refuses_an_empty_query_and_says_when_one_is_truncated(first_run):
+def test_cli_search_refuses_an_empty_or_invalid_query_and_says_when_one_is_truncated(first_run):
     cli = shutil.which("embedpipe", path=str(Path(sys.executable).parent))
     for empty in ("", "   \t"):
         out = subprocess.run([cli, "search", first_run["snapshot"], empty, "--json"], capture_output=True, text=True)
         assert out.returncode == 2 and out.stdout == ""
         assert out.stderr.startswith(f"error: query {empty!r} is empty: expected some text to search for")
+    # bytes that are not UTF-8 reach Python's argv as lone surrogates; the tokenizer had failed on them
+    out = subprocess.run([cli.encode(), b"search", first_run["snapshot"].encode(), b"statins \xed\xa0\x80"],
+                         capture_output=True)
+    assert out.returncode == 2 and out.stdout == b"", out.stderr
+    assert out.stderr.startswith(b"error: the query is not valid Unicode: a lone surrogate at character 8")
     long = "statins and the heart " * 4_545  # 100,000 characters, ~18,000 tokens
     out = subprocess.run([cli, "search", first_run["snapshot"], long, "-k", "2", "--json"], capture_output=True,
                          text=True, check=True)

@@ -93,6 +93,12 @@ def test_health_ready_and_version(base):
     ("GET", "/search?q=x&k=ten", None, 400, "bad_request", "k: Input should be a valid integer"),
     ("GET", "/search?k=3", None, 400, "bad_request", "q: Field required"),
     ("GET", "/search?q=x&mode=ivfpq", None, 400, "bad_request", "no search mode 'ivfpq' in idx version v1; available"),
+    ("GET", "/search?q=%ED%A0%80", None, 400, "bad_request", "the query string is not valid UTF-8"),
+    ("GET", "/search?q=x&q=y", None, 400, "bad_request", "parameter 'q' is given 2 times: expected it once"),
+    ("GET", "/search?q=x&mdoe=binary", None, 400, "bad_request", "unknown parameter 'mdoe': expected q, k, mode"),
+    ("POST", "/search", {"query": "\ud800 x"}, 400, "bad_request", "not valid Unicode: a lone surrogate at char"),
+    ("POST", "/search", {"query": "x", "k": True}, 400, "bad_request", "k: Input should be a valid integer"),
+    ("POST", "/search", [{"query": "x"}], 400, "bad_request", "the request body is an array: expected a JSON object"),
     ("POST", "/search", {"query": "x" * 501}, 400, "bad_request", "501 characters; this service takes at most 500"),
     ("POST", "/search", {"query": "x", "limit": 3}, 400, "bad_request", "limit: Extra inputs are not permitted"),
     ("POST", "/search", {"query": 3}, 400, "bad_request", "query: Input should be a valid string"),
@@ -106,9 +112,12 @@ def test_errors_are_json_with_a_clear_message(base, method, path, body, status, 
     assert got["error"]["code"] == code and message in got["error"]["message"], got
 
 
-def test_bad_json_and_a_chunked_body_over_the_limit(base):
-    status, _, got = call(base, "/search", raw=b"{not json", method="POST")
-    assert status == 400 and got["error"]["code"] == "bad_request"
+def test_bad_json_a_key_given_twice_bad_utf8_and_a_chunked_body_over_the_limit(base):
+    for raw, message in [(b"{not json", "not JSON: Expecting property name enclosed in double quotes at line 1"),
+                         (b'{"query": "x", "k": 2, "query": "y"}', "key 'query' is given twice in the request body"),
+                         (b'{"query": "caf\xe9"}', "the request body is not valid UTF-8 (byte 14)")]:
+        status, _, got = call(base, "/search", raw=raw, method="POST")
+        assert status == 400 and got["error"]["code"] == "bad_request" and message in got["error"]["message"], got
     request = urllib.request.Request(base + "/search", data=iter([b"{" + b" " * 3000, b" " * 3000 + b"}"]),
                                      method="POST", headers={"Content-Type": "application/json",
                                                              "Transfer-Encoding": "chunked"})
