@@ -70,14 +70,15 @@ def _index_root(root: str, index: str):
 
 
 def _golden(snap, queries: str | None, qrels: str | None) -> tuple[dict, dict]:
-    from pipeline.corpus.readers import read_qrels, read_queries
     from pipeline.errors import InputError
+    from pipeline.quality.golden import read_golden_set
 
-    golden = snap.manifest.get("evaluation") or {}
-    queries, qrels = queries or golden.get("queries"), qrels or golden.get("qrels")
+    recorded = snap.manifest.get("evaluation") or {}
+    queries, qrels = queries or recorded.get("queries"), qrels or recorded.get("qrels")
     if not (queries and qrels):
         raise InputError("no golden set recorded in this snapshot: pass --queries and --qrels")
-    return read_queries(queries), read_qrels(qrels)
+    golden = read_golden_set(queries, qrels)
+    return golden.queries, golden.qrels
 
 
 def print_search(snapshot_url: str, query: str, k: int, mode: str, as_json: bool = False,

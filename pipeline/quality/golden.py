@@ -63,11 +63,18 @@ def coverage_note(evaluation: Mapping) -> str | None:
 def golden_set_of(cfg: PipelineConfig) -> GoldenSet | None:
     """The config's golden set (evaluation.queries/qrels, or the BEIR corpus folder's own), or None."""
     urls = golden_set_urls(cfg.corpus, cfg.evaluation.queries, cfg.evaluation.qrels)
-    return None if urls is None else _read(urls)
+    return None if urls is None else read_golden_set(*urls)
 
 
-def _read(urls: tuple[str, str]) -> GoldenSet:
-    return GoldenSet(read_queries(urls[0]), read_qrels(urls[1]), redact(urls[0]), redact(urls[1]))
+def read_golden_set(queries_url: str, qrels_url: str) -> GoldenSet:
+    """The two files, checked to agree."""
+    golden = GoldenSet(read_queries(queries_url), read_qrels(qrels_url), redact(queries_url), redact(qrels_url))
+    unasked = [q for q, judged in golden.qrels.items()
+               if q not in golden.queries and any(grade > 0 for grade in judged.values())]
+    if unasked:  # they would score 0 in every mode: the metric would measure the files, not the search
+        raise InputError(f"{golden.qrels_url} judges {len(unasked)} queries that {golden.queries_url} does not hold "
+                         f"(first: {', '.join(map(repr, unasked[:3]))}): expected a text for every judged query")
+    return golden
 
 
 def load_golden_set(cfg: PipelineConfig, manifest: dict | None = None) -> GoldenSet:
@@ -81,4 +88,4 @@ def load_golden_set(cfg: PipelineConfig, manifest: dict | None = None) -> Golden
     if urls is None:
         raise InputError(f"{cfg.index_name}: no golden set: set evaluation.queries and evaluation.qrels (BEIR "
                          "queries.jsonl and qrels TSV)")
-    return _read(urls)
+    return read_golden_set(*urls)

@@ -50,3 +50,24 @@ def test_a_golden_set_judged_beyond_the_index_is_named_not_scored_silently():
     assert part.note().startswith("2 of the golden set's 4 relevant documents are not in this index, and 2 of its "
                                   "3 queries have none here")
     assert coverage_note({"coverage": part.to_dict()}) == part.note() and coverage_note({}) is None
+
+
+def test_a_golden_set_whose_judged_queries_have_no_text_fails_naming_them(tmp_path):
+    """A judged query missing from the queries file would score 0 in every mode (nDCG@10 0.06 on the demo with 3 of
+    its 50 queries): the metric would measure the files. Queries judged only 0 do not count."""
+    from pipeline.config import PipelineConfig
+    from pipeline.errors import InputError
+    from pipeline.quality.golden import golden_set_of
+    from tests.conftest import write_jsonl
+
+    write_jsonl(tmp_path / "queries.jsonl", [{"_id": "1", "text": "a"}, {"_id": "4", "text": "d"}])
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n1\tdocA\t1\n2\tdocB\t1\n3\tdocC\t0\n"
+                                        "5\tdocA\t2\n")
+    cfg = PipelineConfig.model_validate({"index_name": "x", "corpus": {"source": str(tmp_path / "c.jsonl")},
+                                         "evaluation": {"queries": str(tmp_path / "queries.jsonl"),
+                                                        "qrels": str(tmp_path / "qrels.tsv")}})
+    with pytest.raises(InputError, match=r"qrels\.tsv judges 2 queries that .*queries\.jsonl does not hold \(first: "
+                                         r"'2', '5'\): expected a text for every judged query"):
+        golden_set_of(cfg)
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n1\tdocA\t1\n3\tdocC\t0\n")
+    assert golden_set_of(cfg).qrels == {"1": {"docA": 1}, "3": {"docC": 0}}
