@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.config import BM25
 from pipeline.errors import InputError
-from pipeline.quality.fusion import CONVEX, fuse
+from pipeline.quality.fusion import CONVEX, fuse, parse_hybrid
 from pipeline.quality.metrics import METRICS, Qrels, per_query
 from pipeline.quality.search import Searcher
 
@@ -61,10 +61,14 @@ def tune_weight(searcher: Searcher, queries: Mapping[str, str], qrels: Qrels, de
         raise InputError(f"metric {metric!r}: expected one of {list(METRICS)}")
     if not 0 < step <= 1:
         raise InputError(f"step {step}: expected a grid step in (0, 1]")
+    if dense_mode == BM25 or parse_hybrid(dense_mode):
+        raise InputError(f"mode {dense_mode!r}: expected the dense mode that hybrid:<mode> fuses with bm25 (exact, "
+                         "ivfpq+rescore, ...)")
     qids = [q for q, judged in qrels.items() if q in queries and any(v > 0 for v in judged.values())]
     if len(qids) < max(folds, 2):
         raise InputError(f"{len(qids)} judged queries for {folds}-fold cross-validation: expected at least {folds}")
-    grid = np.round(np.arange(0, 1 + step / 2, step), 6)
+    default = searcher.fusion.weight  # on the grid whatever the step, so "the default gives" is its own score
+    grid = np.union1d(np.round(np.arange(0, 1 + step / 2, step), 6), [default])
     depth = max(k, searcher.fusion.depth)
     sides = searcher.rankings([queries[q] for q in qids], depth, [dense_mode, BM25])
     per_weight = np.empty((len(grid), len(qids)))
@@ -74,7 +78,7 @@ def tune_weight(searcher: Searcher, queries: Mapping[str, str], qrels: Qrels, de
         per_weight[i] = [scored[q] for q in qids]
     fold_of = np.empty(len(qids), dtype=int)
     fold_of[np.random.default_rng(seed).permutation(len(qids))] = np.arange(len(qids)) % folds
-    default, chosen, out = searcher.fusion.weight, np.empty(len(qids), dtype=int), []
+    chosen, out = np.empty(len(qids), dtype=int), []
     for f in range(folds):
         train, test = fold_of != f, fold_of == f
         best = _best(per_weight[:, train].mean(1), grid, default)
@@ -83,9 +87,9 @@ def tune_weight(searcher: Searcher, queries: Mapping[str, str], qrels: Qrels, de
                         round(float(per_weight[best, test].mean()), 5)))
     means = per_weight.mean(1)
     best = _best(means, grid, default)
-    nearest_default = int(np.argmin(np.abs(grid - default)))
+    at_default = int(np.searchsorted(grid, default))
     return WeightTuning(dense_mode, metric, len(qids), grid.tolist(), out,
                         round(float(per_weight[chosen, np.arange(len(qids))].mean()), 5), float(grid[best]),
-                        round(float(means[best]), 5), float(grid[nearest_default]),
-                        round(float(means[nearest_default]), 5), {f"{w:g}": round(float(m), 5)
+                        round(float(means[best]), 5), default,
+                        round(float(means[at_default]), 5), {f"{w:g}": round(float(m), 5)
                                                                    for w, m in zip(grid, means, strict=True)})

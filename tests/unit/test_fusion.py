@@ -141,3 +141,9 @@ def test_weight_tuning_is_cross_validated_and_changes_nothing(searcher):
     assert tuned.curve["0.5"] == tuned.default and searcher.fusion.weight == 0.5  # reported, never applied
     with pytest.raises(InputError, match="at least 20"):
         tune_weight(searcher, queries, qrels, folds=20)
+    coarse = tune_weight(searcher, queries, qrels, "exact", "ndcg@10", folds=3, step=0.4)  # 0.5 is off its steps
+    assert coarse.grid == [0.0, 0.4, 0.5, 0.8] and coarse.default_weight == 0.5
+    assert coarse.default == tuned.default  # the configured weight's own score, not its nearest grid point's
+    for mode in ("bm25", "hybrid:exact"):
+        with pytest.raises(InputError, match=f"mode '{mode}': expected the dense mode that hybrid:<mode> fuses"):
+            tune_weight(searcher, queries, qrels, mode, folds=3)
