@@ -59,8 +59,13 @@ def parse_config(data: Any, origin: str = "config") -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        lines = "\n  ".join(_describe(e) for e in exc.errors())
-        raise ConfigError(f"{origin} is invalid:\n  {lines}") from None
+        raise invalid(exc, origin) from None
+
+
+def invalid(exc: ValidationError, origin: str) -> ConfigError:
+    """A ConfigError listing each wrong field of `origin` as `dotted.key: what is wrong (got value)`."""
+    lines = "\n  ".join(_describe(e) for e in exc.errors())
+    return ConfigError(f"{origin} is invalid:\n  {lines}")
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:

@@ -272,13 +272,19 @@ def promote(
     by: Annotated[str, typer.Option(help="who promotes (recorded)")] = "cli",
 ) -> None:
     """Move an alias to a committed version by compare-and-swap, through the quality gate."""
+    from pydantic import ValidationError
+
     from pipeline.config import GateConfig
+    from pipeline.config_loader import invalid
     from pipeline.quality.golden_runs import shared_judgments
     from pipeline.snapshots.aliases import promote as do_promote
     from pipeline.storage.backend import Storage
 
-    gate = None if no_gate else GateConfig(metric=metric, mode=mode, min_value=min_value, max_drop=max_drop,
-                                           max_drift=_statistic_changes(max_drift))
+    try:
+        gate = None if no_gate else GateConfig(metric=metric, mode=mode, min_value=min_value, max_drop=max_drop,
+                                               max_drift=_statistic_changes(max_drift))
+    except ValidationError as exc:
+        raise invalid(exc, "the gate (--metric, --mode, --min-value, --max-drop, --max-drift)") from None
     storage, seen = Storage(root), _seen(expect, root, index, alias)
     shared = shared_judgments(storage, index, version, seen, gate) if gate else None
     state, result = do_promote(storage, index, alias, version, seen, gate, force, by, shared=shared)
@@ -326,13 +332,21 @@ def gc_cache(root: Root,
              dry_run: Annotated[bool, typer.Option("--dry-run", help="only count what would be dropped")] = False,
              as_json: JsonFlag = False) -> None:
     """Drop cached vectors and bm25 terms that no committed snapshot needs (run after gc, while no build runs)."""
+    from pipeline.errors import SnapshotError
     from pipeline.snapshots.retention import collect_cache
     from pipeline.storage.backend import Storage
+    from pipeline.storage.keys import redact
 
-    results = collect_cache(Storage(root), dry_run)
+    storage = Storage(root)
+    if not (storage.list("snapshots") or storage.list("cache")):  # a mistyped root: say so, not "nothing to drop"
+        raise SnapshotError(f"nothing under {redact(storage.url)}: no snapshots and no cache (expected the storage "
+                            "root a build wrote to)")
+    results = collect_cache(storage, dry_run)
     if as_json:
         print(json.dumps([asdict(r) | {"dry_run": dry_run} for r in results], indent=2))
         return
+    if not results:
+        console.print(f"no cached vectors or bm25 terms under {redact(storage.url)}: nothing to drop", soft_wrap=True)
     for r in results:
         what = "vectors of model" if r.kind == "embeddings" else "bm25 terms of analyzer"
         console.print(f"  {what} {r.fingerprint}: {r.partitions} partitions, kept {r.kept:,} chunks, "
