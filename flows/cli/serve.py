@@ -41,13 +41,19 @@ def serve(
     """Serve an alias over HTTP: /search, /version, /health, /ready, /metrics and a search page at /."""
     from flows.serve.server import serve as run_server
     from flows.serve.settings import ServeSettings
-    from pipeline.errors import SnapshotError
+    from pipeline.errors import InputError, SnapshotError
+    from pipeline.quality.search import refuse_bad_query
     from pipeline.serving.loading import WARMUP_QUERIES, LoadSettings
     from pipeline.serving.query import Limits
     from pipeline.snapshots.aliases import read_alias
     from pipeline.storage.backend import Storage
     from pipeline.storage.keys import redact
 
+    for query in warmup_query or ():  # a bad one would refuse every version: the service would never be ready
+        try:
+            refuse_bad_query(query)
+        except InputError as exc:
+            raise InputError(f"--warmup-query: {exc}") from None
     if read_alias(Storage(root), index, alias).version is None:  # fail here, not with a service that never gets ready
         raise SnapshotError(f"alias {index}/{alias} is not set at {redact(root)}: publish and promote a version "
                             "first (make demo, or embedpipe run CONFIG with publish.alias)")

@@ -228,3 +228,19 @@ def test_an_s3_root_serves_and_its_credentials_never_show(s3_server, encoder, se
     text = json.dumps(seen) + caplog.text
     assert seen[-1]["version"] == "v2" and "serving idx/live version v2" in caplog.text
     assert S3_KEY not in text and S3_SECRET not in text
+
+
+def test_the_serve_command_refuses_what_would_never_get_ready(root, tmp_path):
+    """An alias that is not set, or a warm-up query every version would fail, is an error at start, not a
+    service that answers 503 for good."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    def serve(*args: str):
+        return CliRunner().invoke(app, ["serve", *args, "--port", str(free_port())])
+
+    out = serve(str(tmp_path), INDEX)
+    assert out.exit_code == 2 and f"alias {INDEX}/live is not set at {tmp_path}: publish and promote" in out.stderr
+    out = serve(root, INDEX, "--warmup-query", "statins", "--warmup-query", "  ")
+    assert out.exit_code == 2 and "--warmup-query: query '  ' is empty: expected some text" in out.stderr
