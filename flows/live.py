@@ -17,15 +17,20 @@ from pipeline.storage.backend import Storage
 from pipeline.storage.keys import redact
 
 
-@local_task(name="open the live snapshot")
-def open_live_task(storage: Storage, index: str, alias: str, job: str) -> Snapshot:
-    """The committed snapshot `alias` points at; a clear error when it points nowhere."""
+def live_version(storage: Storage, index: str, alias: str, job: str) -> str:
+    """The version `alias` points at; a clear error when it points nowhere (the CLI asks before Prefect starts)."""
     version = read_alias(storage, index, alias).version
     if version is None:
         raise SnapshotError(f"{job} of {index}: alias {alias} is not set at {redact(storage.url)}, so there is no live "
                             "snapshot to compare with; build the first version with the reindex flow "
                             "(embedpipe run CONFIG) and promote it")
-    return Snapshot.of(storage, index, version)
+    return version
+
+
+@local_task(name="open the live snapshot")
+def open_live_task(storage: Storage, index: str, alias: str, job: str) -> Snapshot:
+    """The committed snapshot `alias` points at."""
+    return Snapshot.of(storage, index, live_version(storage, index, alias, job))
 
 
 @local_task(name="measure on the golden set")

@@ -184,9 +184,15 @@ def migrate(
 ) -> None:
     """Build a green snapshot with a new model beside the live one, compare both on the golden set, and move the
     alias (publish.alias) to green only if the quality gate (publish.gate) passes."""
+    from flows.live import live_version
+    from flows.migrate import served_alias
+    from pipeline.config_loader import load_config
     from pipeline.models.catalog import model_section
+    from pipeline.storage.backend import Storage
 
     overrides = parse_sets(set_)
+    cfg = load_config(config, {"model": model_section(model)} | overrides)
+    live_version(Storage.of(cfg.storage), cfg.index_name, served_alias(cfg, "migration"), "migration")  # before Prefect
 
     def call():
         from flows.migrate import migrate as migrate_flow
@@ -227,8 +233,13 @@ def monitor(config: Config, set_: SetFlag = [], as_json: JsonFlag = False) -> No
     from pipeline.errors import MonitoringFailed
 
     overrides = parse_sets(set_)
-    load_config(config, overrides)  # a bad config fails before Prefect starts
+    cfg = load_config(config, overrides)  # a bad config, or nothing to watch, fails before Prefect starts
+    from flows.live import live_version
     from flows.monitor import monitor as monitor_flow
+    from flows.monitor import watched_alias
+    from pipeline.storage.backend import Storage
+
+    live_version(Storage.of(cfg.storage), cfg.index_name, watched_alias(cfg), "monitoring")
 
     try:
         with flow_output(as_json):

@@ -148,3 +148,16 @@ def test_actors_larger_than_this_machine_are_refused_not_waited_for(tmp_path, sa
     assert line.startswith(f"error: an embedding actor asks for {too_many} CPU(s) (run.cpus_per_actor) and 0 GPU(s) "
                            f"(run.gpus_per_actor), and this machine's Ray has {os.cpu_count()} CPU(s)")
     assert not (tmp_path / "store" / "snapshots").exists()
+
+
+def test_migrate_and_monitor_without_a_live_version_fail_before_any_engine_starts(tmp_path, sample_docs):
+    config = _config(tmp_path, sample_docs, str(tmp_path / "root"))
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # would start a temporary server
+    for command, job in ((["migrate", str(config), "--model", "all-mpnet-base-v2"], "migration"),
+                         (["monitor", str(config)], "monitoring")):
+        out = subprocess.run([*EMBEDPIPE, *command, "--set", "publish.alias=live"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+        line = _one_error_line(out)
+        assert line.startswith(f"error: {job} of failures: alias live is not set at {tmp_path / 'root'}, so there "
+                               "is no live snapshot to compare with")
+        assert "temporary server" not in out.stderr and "ray" not in out.stderr.lower()  # nothing started
