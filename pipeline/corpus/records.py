@@ -105,7 +105,7 @@ def parquet_records(url: str, cfg: CorpusConfig, row_groups: range | None = None
             names = set(pf.schema_arrow.names)
             if cfg.id_field not in names or cfg.text_field not in names:
                 raise InputError(f"{redact(url)}: expected columns {cfg.id_field!r} and {cfg.text_field!r}, "
-                                 f"found {sorted(names)}")
+                                 f"found {sorted(names)} (corpus.id_field and corpus.text_field name them)")
             columns = [c for c in (cfg.id_field, cfg.title_field, cfg.text_field, *cfg.metadata_fields) if c in names]
             if twice := [c for c in columns if pf.schema_arrow.names.count(c) > 1]:  # pyarrow would read the last
                 raise InputError(f"{redact(url)}: column {twice[0]!r} appears more than once; expected one per field")

@@ -147,7 +147,8 @@ def test_parquet_binary_column_with_invalid_utf8(tmp_path):
 
 def test_parquet_missing_columns_is_a_clear_error(tmp_path):
     pq.write_table(pa.table({"id": ["a"]}), tmp_path / "c.parquet")
-    with pytest.raises(InputError, match=r"expected columns '_id' and 'text', found \['id'\]"):
+    with pytest.raises(InputError, match=r"expected columns '_id' and 'text', found \['id'\] \(corpus\.id_field and "
+                                         r"corpus\.text_field name them\)"):
         read_corpus(CorpusConfig(source=str(tmp_path / "c.parquet")))
     # Parquet allows two columns of one name; which one is the text? (pyarrow would hand over the last)
     twice = pa.Table.from_arrays([pa.array(["d1"]), pa.array(["a"]), pa.array(["b"])], names=["_id", "text", "text"])
