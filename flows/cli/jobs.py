@@ -231,15 +231,15 @@ def monitor(config: Config, set_: SetFlag = [], as_json: JsonFlag = False) -> No
     monitor.max_drift allows."""
     from pipeline.config_loader import load_config
     from pipeline.errors import MonitoringFailed
+    from pipeline.storage.backend import Storage
 
     overrides = parse_sets(set_)
-    cfg = load_config(config, overrides)  # a bad config, or nothing to watch, fails before Prefect starts
+    cfg = load_config(config, overrides)  # a bad config fails before Prefect is imported, let alone started
     from flows.live import live_version
     from flows.monitor import monitor as monitor_flow
     from flows.monitor import watched_alias
-    from pipeline.storage.backend import Storage
 
-    live_version(Storage.of(cfg.storage), cfg.index_name, watched_alias(cfg), "monitoring")
+    live_version(Storage.of(cfg.storage), cfg.index_name, watched_alias(cfg), "monitoring")  # nothing to watch
 
     try:
         with flow_output(as_json):
