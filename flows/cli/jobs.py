@@ -184,14 +184,15 @@ def migrate(
 ) -> None:
     """Build a green snapshot with a new model beside the live one, compare both on the golden set, and move the
     alias (publish.alias) to green only if the quality gate (publish.gate) passes."""
-    from flows.live import live_version
-    from flows.migrate import served_alias
     from pipeline.config_loader import load_config
     from pipeline.models.catalog import model_section
     from pipeline.storage.backend import Storage
 
     overrides = parse_sets(set_)
-    cfg = load_config(config, {"model": model_section(model)} | overrides)
+    cfg = load_config(config, {"model": model_section(model)} | overrides)  # before Prefect is imported
+    from flows.live import live_version
+    from flows.migrate import served_alias
+
     live_version(Storage.of(cfg.storage), cfg.index_name, served_alias(cfg, "migration"), "migration")  # before Prefect
 
     def call():
