@@ -37,6 +37,7 @@ from pipeline.jobs.build import (
     manifest_for,
     with_bm25,
 )
+from pipeline.jobs.current import live_if_current
 from pipeline.jobs.embedder import EmbedCounts
 from pipeline.jobs.executor import Executor, LocalExecutor, one_task_cpus
 from pipeline.jobs.lexical import Bm25Build, build_bm25
@@ -50,7 +51,7 @@ from pipeline.quality.golden_runs import shared_judgments
 from pipeline.reports.markdown import build_markdown
 from pipeline.reports.plots import quality_vs_bytes_png
 from pipeline.snapshots.aliases import Promotion, promote_or_stay, read_alias
-from pipeline.snapshots.snapshot import claim, commit, new_version
+from pipeline.snapshots.snapshot import Snapshot, claim, commit, new_version
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
 from pipeline.storage.keys import redact
@@ -144,6 +145,17 @@ def run_version(storage: Storage, run_id: str, index_name: str) -> str:
     return version
 
 
+def publish_nothing(cfg: PipelineConfig, job: str, run_id: str, prepared: PreparedRun, timings: dict[str, float],
+                    live: Snapshot, why: str) -> BuildSummary:
+    """The summary of a run that found live current: its counts (every input line), live's quality and index."""
+    get_run_logger().info("%s", why)
+    summary = BuildSummary(job, cfg.index_name, live.version, redact(live.storage.url), run_id, why, prepared.counts,
+                           live.manifest.get("evaluation", {}), live.manifest["index"], timings, None, published=False)
+    create_markdown_artifact(build_markdown(summary), key=artifact_key(job, cfg.index_name),
+                             description=f"{job} of {cfg.index_name}: live version {live.version} is current")
+    return summary
+
+
 def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str, planner: Planner) -> BuildSummary:
     """Run the stages, publish a new version and promote it through the gate; returns the run's summary."""
     logger = get_run_logger()
@@ -177,6 +189,10 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
         if early is not None:
             early.close()
         raise
+    if current := live_if_current(cfg, storage, plan, prepared, job):
+        if early is not None:
+            early.close()
+        return publish_nothing(cfg, job, run_id, prepared, timings, *current)
     embedded = timed("embed", embed_task, cfg, storage, prepared, early)
     version = run_version(storage, run_id, cfg.index_name)
     claim(storage, cfg.index_name, version, publisher=run_id)

@@ -76,10 +76,14 @@ def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow_call: 
 def _print_summary(summary, example: bool, config: str, overrides: dict[str, Any]) -> None:
     """A build's summary (pipeline.jobs.build.BuildSummary) for the terminal; the example search reads the snapshot
     with the config's `storage.options` (an endpoint given only there, say)."""
-    console.print(f"\n[bold green]published[/] {summary.index_name} version [bold]{summary.version}[/] "
-                  f"({summary.job}; {summary.delta})", soft_wrap=True)
+    if summary.published:
+        console.print(f"\n[bold green]published[/] {summary.index_name} version [bold]{summary.version}[/] "
+                      f"({summary.job}; {summary.delta})", soft_wrap=True)
+    else:
+        console.print(f"\n[bold]nothing published[/]: {summary.index_name} {summary.delta}", soft_wrap=True)
     console.print(f"  snapshot: {summary.snapshot}", soft_wrap=True)
-    console.print(f"  run: {summary.run_id} (--run-id resumes it)", soft_wrap=True)
+    console.print(f"  run: {summary.run_id}" + (" (--run-id resumes it)" if summary.published else ""),
+                  soft_wrap=True)
     counts = [f"{k} {summary.counts[k]}" for k in MAIN_COUNTS if k in summary.counts]
     if skipped := summary.counts.get("shards_skipped"):  # their chunks count, their vectors were made before
         counts.append(f"shards_skipped {skipped} (committed by an earlier attempt)")
@@ -100,7 +104,8 @@ def _print_summary(summary, example: bool, config: str, overrides: dict[str, Any
     if note := coverage_note(summary.evaluation):
         console.print(f"  [yellow]golden set[/]: {note}", soft_wrap=True)
     queries = next(iter(modes.values()))["queries"]
-    console.print(rich_table(quality_table(f"quality on {queries} golden queries (trec_eval)", modes, short=True)))
+    title = f"quality on {queries} golden queries (trec_eval)" + ("" if summary.published else ", live's")
+    console.print(rich_table(quality_table(title, modes, short=True)))
     if example and summary.counts.get("executor") == RAY_TASKS:  # its indexes grow with the corpus: not loaded here
         console.print(f"  example search: skipped for a version built on Ray (embedpipe search {summary.snapshot} "
                       "QUERY searches it)", soft_wrap=True)

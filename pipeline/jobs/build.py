@@ -110,7 +110,7 @@ def evaluate(snapshot: Snapshot, golden: GoldenSet | None, encoder: Encoder, k: 
     for name, data in golden_files(runs, golden.qrels, golden.queries, held, k).items():
         snapshot.storage.write_bytes(name, data)
         files[name] = {"sha256": sha256(data), "bytes": len(data)}
-    evaluation = {"queries": golden.queries_url, "qrels": golden.qrels_url,
+    evaluation = {"queries": golden.queries_url, "qrels": golden.qrels_url, "golden_sha256": golden.digest,
                   "coverage": coverage(golden.queries, golden.qrels, held).to_dict(), "modes": modes}
     if drift_mode in runs and len(searcher.doc_ids) >= 2:  # pairs of vectors are compared
         with contextlib.suppress(SnapshotError):  # no vectors to read back (bm25 alone, IVF-PQ without the store)
@@ -157,6 +157,7 @@ class BuildSummary:
     index: dict  # the manifest's "index" section
     timings_s: dict[str, float]
     promotion: Promotion | None
+    published: bool = True  # False: the live version (`version`) is what this build would have published
 
     def to_dict(self) -> dict:
         return {**asdict(self), "promotion": self.promotion.to_dict() if self.promotion else None}

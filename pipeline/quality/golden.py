@@ -3,11 +3,13 @@ quality on."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 from pipeline.config import PipelineConfig
 from pipeline.corpus.readers import golden_set_urls, read_qrels, read_queries
+from pipeline.corpus.records import open_input
 from pipeline.errors import InputError
 from pipeline.quality.metrics import Qrels
 from pipeline.storage.keys import redact
@@ -19,6 +21,7 @@ class GoldenSet:
     qrels: Qrels
     queries_url: str  # redacted, as recorded in reports
     qrels_url: str
+    digest: str = ""  # sha256 of the two files: a build records it, so a later one knows whether they changed
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,11 @@ def golden_set_of(cfg: PipelineConfig) -> GoldenSet | None:
 
 def read_golden_set(queries_url: str, qrels_url: str) -> GoldenSet:
     """The two files, checked to agree."""
-    golden = GoldenSet(read_queries(queries_url), read_qrels(qrels_url), redact(queries_url), redact(qrels_url))
+    queries, qrels, digest = read_queries(queries_url), read_qrels(qrels_url), hashlib.sha256()
+    for url in (queries_url, qrels_url):  # read again as bytes: small files, and the parsers stream them
+        with open_input(url) as fh:
+            digest.update(hashlib.sha256(fh.read()).digest())
+    golden = GoldenSet(queries, qrels, redact(queries_url), redact(qrels_url), digest.hexdigest())
     unasked = [q for q, judged in golden.qrels.items()
                if q not in golden.queries and any(grade > 0 for grade in judged.values())]
     if unasked:  # they would score 0 in every mode: the metric would measure the files, not the search

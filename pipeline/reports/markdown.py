@@ -34,7 +34,8 @@ def build_markdown(summary: BuildSummary) -> str:
         lines += [f"Alias `{promotion.alias}`: {outcome}{notes}", ""]
     tables = [counts_table(summary.counts)]
     if modes := summary.evaluation.get("modes"):
-        tables.append(quality_table("quality per search mode", modes))
+        tables.append(quality_table("quality per search mode" if summary.published else
+                                    "quality of the live version, measured when it was published", modes))
         if note := coverage_note(summary.evaluation):
             lines += [f"Golden set: {note}", ""]
     else:

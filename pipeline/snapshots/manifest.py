@@ -30,6 +30,11 @@ def _redacted(value):
     return redact(value) if isinstance(value, str) else value
 
 
+def recorded_config(cfg: PipelineConfig) -> dict:
+    """The config as a manifest records it."""
+    return _redacted(cfg.model_dump(mode="json", exclude=_unrecorded(cfg)))
+
+
 def _unrecorded(cfg: PipelineConfig) -> dict:
     """Storage options (credentials); and bm25's settings where there is no bm25 variant, so those manifests
     stay as they were before it existed."""
@@ -48,6 +53,6 @@ def build_manifest(cfg: PipelineConfig, *, run_id: str, model: dict, chunking: d
         "corpus": corpus,
         "evaluation": evaluation,
         "timings_s": timings,
-        "config": _redacted(cfg.model_dump(mode="json", exclude=_unrecorded(cfg))),
+        "config": recorded_config(cfg),
         "libraries": library_versions(),
     }

@@ -152,16 +152,30 @@ def test_incremental_bm25_equals_a_full_rebuild_of_the_edited_corpus(runs):
     assert modes["bm25"]["ndcg@10"] == runs["rebuilt"]["evaluation"]["modes"]["bm25"]["ndcg@10"]
 
 
-def test_rerun_with_nothing_changed_embeds_nothing_and_keeps_every_document(runs, prefect_api):
+def test_rerun_with_nothing_changed_publishes_nothing_and_a_changed_setting_embeds_nothing(runs, prefect_api):
+    """Live is already what a rerun would publish: no copy of it. A changed setting (here the evaluation's depth)
+    publishes a new version, still without embedding anything."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.reindex import reindex
+    from pipeline.snapshots.aliases import read_alias, rollback
 
+    store, v2 = Storage(str(runs["work"] / "store")), runs["v2"]["version"]
+    before = store.list("snapshots/jobs")
     with temporary_settings({PREFECT_API_URL: prefect_api}):
-        v3 = reindex(runs["config"], {"corpus.source": str(runs["work"] / "v2.jsonl")}).to_dict()
-    c = v3["counts"]
-    assert (c["docs_new"], c["docs_changed"], c["docs_deleted"], c["embedded"]) == (0, 0, 0, 0)
-    assert rows_and_vectors(v3)[0].equals(rows_and_vectors(runs["v2"])[0])
+        same = reindex(runs["config"], {"corpus.source": str(runs["work"] / "v2.jsonl")}).to_dict()
+        deeper = reindex(runs["config"], {"corpus.source": str(runs["work"] / "v2.jsonl"), "evaluation.k": 50}
+                         ).to_dict()
+    c = same["counts"]
+    assert (c["docs_new"], c["docs_changed"], c["docs_deleted"], c["docs_kept"]) == (0, 0, 0, len(runs["edited"]))
+    assert not same["published"] and same["version"] == v2 and same["promotion"] is None
+    assert same["delta"].startswith(f"live version {v2} is current: no document new, changed or deleted")
+    assert same["evaluation"]["modes"] == runs["v2"]["evaluation"]["modes"]  # live's, as recorded
+    assert set(store.list("snapshots/jobs")) == set(before) | {deeper["version"]}
+    assert deeper["published"] and deeper["counts"]["embedded"] == 0 and deeper["promotion"]["promoted"]
+    assert rows_and_vectors(deeper)[0].equals(rows_and_vectors(runs["v2"])[0])
+    rollback(store, "jobs", "live", seen=deeper["version"])  # the tests below start from v2
+    assert read_alias(store, "jobs", "live").version == v2
 
 
 def test_a_reindex_after_a_judged_document_left_is_gated_on_the_judgments_both_versions_hold(runs, prefect_api):
