@@ -19,7 +19,8 @@ from tests.conftest import REPO, S3_BUCKET, S3_KEY, S3_SECRET, write_jsonl
 
 @pytest.fixture(scope="module")
 def s3_run(s3_server, tmp_path_factory, sample_docs):
-    """`embedpipe run` in a fresh process (as a user would), twice: both publish, both promote through the gate."""
+    """`embedpipe run` in a fresh process (as a user would), twice, the second with another setting (a run that
+    changed nothing publishes nothing): both publish, both promote through the gate."""
     folder = tmp_path_factory.mktemp("s3corpus")
     write_jsonl(folder / "corpus.jsonl", sample_docs[:40])
     root = f"s3://{S3_BUCKET}/flow"
@@ -35,8 +36,9 @@ def s3_run(s3_server, tmp_path_factory, sample_docs):
     (folder / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" +
                                       "".join(f"q{i}\t{d['_id']}\t1\n" for i, d in golden))
     cli = shutil.which("embedpipe", path=str(Path(sys.executable).parent))
-    runs = [subprocess.run([cli, "run", str(config), "--json", "--no-example"], capture_output=True, text=True,
-                           cwd=REPO, env={**os.environ}, timeout=600) for _ in range(2)]
+    runs = [subprocess.run([cli, "run", str(config), "--json", "--no-example", *extra], capture_output=True,
+                           text=True, cwd=REPO, env={**os.environ}, timeout=600)
+            for extra in ([], ["--set", "evaluation.k=50"])]
     for r in runs:
         assert r.returncode == 0, r.stderr[-3000:]
     return root, [json.loads(r.stdout) for r in runs], "".join(r.stdout + r.stderr for r in runs)
