@@ -26,7 +26,7 @@ def _model(config: dict) -> dict:
 def why_live_is_current(cfg: PipelineConfig, live: dict, counts: dict, golden_digest: str | None) -> str | None:
     """Why the live version (its manifest, `live`) is what this build would publish, or None when it is not;
     `counts` are this build's after prepare, `golden_digest` its golden set's (GoldenSet.digest; None without one).
-    A live version built before golden sets were fingerprinted never qualifies."""
+    A live version with a golden set, built before golden sets were hashed, never qualifies."""
     if any(counts.get(k) for k in DELTA):
         return None
     ours, theirs = recorded_config(cfg), live.get("config", {})
