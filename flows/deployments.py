@@ -25,10 +25,10 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.flows import load_flow_from_entrypoint
 from prefect.runner.storage import LocalStorage
 from prefect.schedules import Cron, Interval, Schedule
-from prefect.settings import PREFECT_API_URL
 from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import ValidationError
 
+from flows.prefect_api import check_prefect_api
 from pipeline.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,15 +141,11 @@ def register(specs: list[DeploymentSpec] | None = None, *, config_path: str | No
 
     `config_path` replaces the parameter of that name, `cron` replaces every schedule, `work_pool` the pool.
     """
-    url = PREFECT_API_URL.value()
-    if not url:
+    if not check_prefect_api():
         raise ConfigError("PREFECT_API_URL is not set: deployments need a running Prefect server "
                           "(e.g. `prefect server start`, then PREFECT_API_URL=http://127.0.0.1:4200/api)")
     specs = load_specs() if specs is None else specs
     override = [to_schedule({"cron": cron, "timezone": timezone})] if cron else None
-    with get_client(sync_client=True) as client:
-        if (error := client.api_healthcheck()) is not None:
-            raise ConfigError(f"no Prefect server answers at PREFECT_API_URL={url}: {error}")
     plans = []
     for spec in specs:  # everything is checked before the first write to the server
         schedules = override or [to_schedule(e) for e in spec.schedules]

@@ -57,6 +57,7 @@ def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow_call: 
     (`full`: of every document; False: of those its plan finds changed or selected) starts Ray first when it is sure
     to use it, so that Ray's workers get ready while Prefect's server starts (flows/engine.start_ray_ahead)."""
     from flows.engine import start_ray_ahead
+    from flows.prefect_api import check_prefect_api
     from pipeline.config_loader import load_config
     from pipeline.jobs.preflight import check_inputs
     from pipeline.storage.backend import Storage
@@ -64,6 +65,7 @@ def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow_call: 
     cfg = load_config(config, overrides)
     storage = Storage.of(cfg.storage)
     check_inputs(cfg, storage)
+    check_prefect_api()
     with flow_output(as_json):  # its watchdog covers a local Ray started here too
         if full is not None:
             start_ray_ahead(cfg, storage, full)
@@ -244,8 +246,10 @@ def monitor(config: Config, set_: SetFlag = [], as_json: JsonFlag = False) -> No
     from flows.live import live_version
     from flows.monitor import monitor as monitor_flow
     from flows.monitor import watched_alias
+    from flows.prefect_api import check_prefect_api
 
     live_version(Storage.of(cfg.storage), cfg.index_name, watched_alias(cfg), "monitoring")  # nothing to watch
+    check_prefect_api()
 
     try:
         with flow_output(as_json):

@@ -161,3 +161,14 @@ def test_migrate_and_monitor_without_a_live_version_fail_before_any_engine_start
         assert line.startswith(f"error: {job} of failures: alias live is not set at {tmp_path / 'root'}, so there "
                                "is no live snapshot to compare with")
         assert "temporary server" not in out.stderr and "ray" not in out.stderr.lower()  # nothing started
+
+
+def test_a_prefect_server_that_does_not_answer_is_named_before_any_engine_starts(tmp_path, sample_docs):
+    """PREFECT_API_URL at a dead address had ended the run in Prefect's client's RuntimeError traceback."""
+    config = _config(tmp_path, sample_docs, str(tmp_path / "root"))
+    url = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PREFECT_API_URL": url}
+    out = subprocess.run([*EMBEDPIPE, "run", str(config)], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert _one_error_line(out).startswith(f"error: no Prefect server answers at PREFECT_API_URL={url}")
+    assert "ray" not in out.stderr.lower() and not (tmp_path / "root" / "runs").exists()  # nothing started
