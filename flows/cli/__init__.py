@@ -1,5 +1,6 @@
 """`embedpipe`: the command line. Jobs (flows/cli/jobs.py) run a Prefect flow in this process; snapshot commands
-(flows/cli/snapshots.py) read and manage published versions; deploy registers the scheduled deployments.
+read published versions (flows/cli/snapshots.py), version commands manage them and their aliases
+(flows/cli/versions.py); deploy registers the scheduled deployments.
 
 Heavy imports (torch, ray, prefect) happen inside commands so `--help` stays instant.
 """
@@ -11,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli import deploy, jobs, serve, snapshots
+from flows.cli import deploy, jobs, serve, snapshots, versions
 from flows.cli.common import DEBUG_ENV, PROCESS_ENV
 
 app = typer.Typer(help="Batch embedding and indexing pipeline: corpus -> chunks -> vectors -> FAISS snapshots.",
@@ -28,6 +29,6 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="on an error, print
 
 
 for _command in (jobs.run, jobs.backfill, snapshots.search, snapshots.evaluate, snapshots.tune_fusion, deploy.deploy,
-                 snapshots.versions, snapshots.show, snapshots.verify, snapshots.promote, snapshots.rollback,
-                 snapshots.gc, snapshots.gc_cache, jobs.migrate, jobs.monitor, serve.serve):
+                 versions.versions, snapshots.show, snapshots.verify, versions.promote, versions.rollback,
+                 versions.gc, versions.gc_cache, jobs.migrate, jobs.monitor, serve.serve):
     app.command()(_command)
