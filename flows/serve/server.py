@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import sys
 import threading
 import time
@@ -15,6 +16,7 @@ import uvicorn
 from flows.serve.app import create_app
 from flows.serve.service import SearchService
 from flows.serve.settings import ServeSettings
+from pipeline.errors import ConfigError
 
 log = logging.getLogger("flows.serve")
 
@@ -36,8 +38,22 @@ def _log_to_stderr(level: str) -> None:
         logger.propagate = False
 
 
+def check_port(host: str, port: int) -> None:
+    """Bind as uvicorn will, and let go: a port in use is an error before the service loads a version, not a
+    uvicorn error after it started loading one."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
+            sock.bind((host, port))
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; expected a free port "
+                          "(--port) on an address of this machine (--host)") from None
+
+
 def serve(settings: ServeSettings, log_level: str = "info") -> None:
     """Serve until interrupted (SIGINT/SIGTERM: requests in flight finish, then the process exits)."""
+    check_port(settings.host, settings.port)
     _log_to_stderr(log_level)
     import faiss
 

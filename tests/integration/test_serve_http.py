@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -232,7 +233,7 @@ def test_an_s3_root_serves_and_its_credentials_never_show(s3_server, encoder, se
 
 def test_the_serve_command_refuses_what_would_never_get_ready(root, tmp_path):
     """An alias that is not set, or a warm-up query every version would fail, is an error at start, not a
-    service that answers 503 for good."""
+    service that answers 503 for good; so is a port in use."""
     from typer.testing import CliRunner
 
     from flows.cli import app
@@ -244,3 +245,7 @@ def test_the_serve_command_refuses_what_would_never_get_ready(root, tmp_path):
     assert out.exit_code == 2 and f"alias {INDEX}/live is not set at {tmp_path}: publish and promote" in out.stderr
     out = serve(root, INDEX, "--warmup-query", "statins", "--warmup-query", "  ")
     assert out.exit_code == 2 and "--warmup-query: query '  ' is empty: expected some text" in out.stderr
+    with socket.create_server(("127.0.0.1", 0)) as taken:  # a port in use: said before any version loads
+        port = taken.getsockname()[1]
+        out = CliRunner().invoke(app, ["serve", root, INDEX, "--port", str(port)])
+    assert out.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
