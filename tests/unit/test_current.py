@@ -18,24 +18,29 @@ def live(config: dict, counts: dict = COUNTS, digest: str | None = "g1", librari
 
 def test_nothing_new_changed_or_deleted_with_the_same_settings_keeps_live():
     cfg = parse_config(BASE)
-    why = why_live_is_current(cfg, live(BASE), COUNTS, "g1")
+    why = why_live_is_current(cfg, live(BASE), COUNTS, lambda: "g1")
     assert why.startswith("live version v1 is current: no document new, changed or deleted")
     # how fast vectors are computed is not what they are: a pinned kernel or another batch size keeps live
     faster = BASE | {"model": {"kernel": "fp32-torch", "batch_size": 8}}
-    assert why_live_is_current(parse_config(faster), live(BASE), COUNTS, "g1") is not None
+    assert why_live_is_current(parse_config(faster), live(BASE), COUNTS, lambda: "g1") is not None
 
 
 def test_any_change_in_documents_counts_settings_golden_set_or_libraries_builds():
     cfg = parse_config(BASE)
     for delta in ("docs_new", "docs_changed", "docs_deleted"):
-        assert why_live_is_current(cfg, live(BASE), COUNTS | {delta: 1}, "g1") is None, delta
+        assert why_live_is_current(cfg, live(BASE), COUNTS | {delta: 1}, lambda: "g1") is None, delta
+
+    def unread() -> str:
+        raise AssertionError("the golden set's files are read only when everything else is the same")
+
+    assert why_live_is_current(cfg, live(BASE), COUNTS | {"docs_new": 1}, unread) is None
     # the same documents, but another line of the input quarantined: live's counts would no longer add up
-    assert why_live_is_current(cfg, live(BASE), COUNTS | {"read": 11, "quarantined": 2}, "g1") is None
+    assert why_live_is_current(cfg, live(BASE), COUNTS | {"read": 11, "quarantined": 2}, lambda: "g1") is None
     for changed in ({"index": {"variants": ["exact"]}}, {"evaluation": {"queries": "q.jsonl", "qrels": "r.tsv",
                                                                         "k": 50}},
                     {"model": {"precision": "fp32"}}, {"monitor": {"mode": "ivfpq"}},
                     {"corpus": {"source": "c.jsonl", "max_chars": 10}}):
-        assert why_live_is_current(parse_config(BASE | changed), live(BASE), COUNTS, "g1") is None, changed
-    assert why_live_is_current(cfg, live(BASE), COUNTS, "g2") is None  # the golden set's files were edited
-    assert why_live_is_current(cfg, live(BASE, digest=None), COUNTS, "g1") is None  # built before digests
-    assert why_live_is_current(cfg, live(BASE, libraries={"faiss-cpu": "1.0"}), COUNTS, "g1") is None
+        assert why_live_is_current(parse_config(BASE | changed), live(BASE), COUNTS, lambda: "g1") is None, changed
+    assert why_live_is_current(cfg, live(BASE), COUNTS, lambda: "g2") is None  # the golden set's files were edited
+    assert why_live_is_current(cfg, live(BASE, digest=None), COUNTS, lambda: "g1") is None  # built before digests
+    assert why_live_is_current(cfg, live(BASE, libraries={"faiss-cpu": "1.0"}), COUNTS, lambda: "g1") is None
