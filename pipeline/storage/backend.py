@@ -2,8 +2,9 @@
 
 Keys are '/'-separated paths relative to the root; a key that could escape the root is refused
 (pipeline/storage/keys.py). Writes are atomic (temp name + rename locally; a single PUT or a completed multipart
-upload on object stores). The two commit primitives fsspec lacks, put_if_absent and compare_and_swap, are in
-pipeline/storage/conditional.py.
+upload on object stores). A local writer killed between its temp file and the rename leaves the temp file behind,
+complete; listings never show one (a shard's reader would read that part twice). The two commit primitives fsspec
+lacks, put_if_absent and compare_and_swap, are in pipeline/storage/conditional.py.
 
 Credentials come from the environment (AWS_ACCESS_KEY_ID, ..., AWS_ENDPOINT_URL) or the `options`
 given to fsspec, and never appear in errors: URLs are redacted and exception texts are not echoed.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -28,6 +30,12 @@ from pipeline.errors import StorageError
 from pipeline.storage.conditional import CommitPrimitives
 from pipeline.storage.keys import check_key, redact
 from pipeline.storage.layout import probe_key
+
+_TEMP_NAME = re.compile(r".+\.tmp-[0-9a-f]{32}")  # <name>.tmp-<uuid hex>: a local write not yet renamed
+
+
+def _temp_path(target: str) -> str:
+    return f"{target}.tmp-{uuid.uuid4().hex}"
 
 
 class HashingWriter(io.RawIOBase):
@@ -196,7 +204,7 @@ class Storage(CommitPrimitives):
         with self._errors(key):
             if self.is_local:
                 self.fs.makedirs(os.path.dirname(target), exist_ok=True)
-                tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+                tmp = _temp_path(target)
                 try:
                     with open(tmp, "wb") as fh:
                         writer = HashingWriter(fh)
@@ -229,9 +237,9 @@ class Storage(CommitPrimitives):
             return self.fs.open(self.path(key), "rb")
 
     def list(self, prefix: str = "") -> list[str]:
-        """Names directly under `prefix` (folders included), sorted; [] if it is absent. Listed afresh and not kept:
-        s3fs would answer later `exists` checks under `prefix` from a kept listing, blind to what other processes
-        wrote or deleted since (a worker's shard marker)."""
+        """Names directly under `prefix` (folders included, temp files of unfinished local writes not), sorted; []
+        if it is absent. Listed afresh and not kept: s3fs would answer later `exists` checks under `prefix` from a
+        kept listing, blind to what other processes wrote or deleted since (a worker's shard marker)."""
         base = self.path(prefix)
         with self._errors(prefix):
             self.fs.invalidate_cache(base)
@@ -241,7 +249,8 @@ class Storage(CommitPrimitives):
                 names = self.fs.ls(base, detail=False)
             finally:
                 self.fs.invalidate_cache(base)
-        return sorted(n.rstrip("/").rsplit("/", 1)[-1] for n in names)
+        return sorted(name for name in (n.rstrip("/").rsplit("/", 1)[-1] for n in names)
+                      if not _TEMP_NAME.fullmatch(name))
 
     def delete(self, key: str, recursive: bool = False) -> None:
         with self._errors(key):
@@ -252,9 +261,14 @@ class Storage(CommitPrimitives):
     def _local_temp(self, target: str, data: bytes) -> str:
         """Write `data` durably to a fresh temp name beside `target`; the caller renames or links it."""
         self.fs.makedirs(os.path.dirname(target), exist_ok=True)
-        tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        tmp = _temp_path(target)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:  # an error or an interrupt (a worker told to exit): no temp file left behind
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
         return tmp

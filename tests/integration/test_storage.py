@@ -1,6 +1,8 @@
 """One storage suite, run against the filesystem and a real S3 server (moto, loopback)."""
 
 import json
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -114,3 +116,19 @@ def test_a_listing_never_answers_for_what_another_process_wrote_since(storage_ro
     assert s.exists("runs/r/shards/0/_SUCCESS")
     assert not s.exists("runs/r/shards/0/part-0.parquet")
     assert s.list("runs/r/shards/0") == ["_SUCCESS"]
+
+
+def test_a_local_write_killed_before_its_rename_is_not_listed(tmp_path):
+    """A worker killed mid-shard (its driver gone) can die after its temp file is complete but before the rename:
+    the temp file stays. Listing it made the resumed shard read that part twice (its rows doubled)."""
+    key = "runs/r/shards/2/vectors/000000-00000.parquet"
+    kill_at_rename = ("import os, sys; from pipeline.storage.backend import Storage; "
+                      "os.replace = lambda *a: os._exit(9); Storage(sys.argv[1]).write_bytes(sys.argv[2], b'rows')")
+    assert subprocess.run([sys.executable, "-c", kill_at_rename, str(tmp_path), key]).returncode == 9
+    left = [p.name for p in (tmp_path / "runs/r/shards/2/vectors").iterdir()]
+    assert len(left) == 1 and left[0].startswith("000000-00000.parquet.tmp-")  # what the killed writer left
+
+    s = Storage(str(tmp_path))
+    assert s.list("runs/r/shards/2/vectors") == [] and not s.exists(key)
+    s.write_bytes(key, b"rows")  # the resumed attempt
+    assert s.list("runs/r/shards/2/vectors") == ["000000-00000.parquet"]
