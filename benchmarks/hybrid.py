@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,7 +43,9 @@ def shard_seconds(root: Path, marker: str) -> float:
 def main() -> int:
     args = parse_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     root = args.out / "store"
-    overrides = {"storage.root": str(root), "run.run_id": RUN_ID, "index.variants": ["exact", "int8", "binary", "bm25"],
+    shutil.rmtree(root, ignore_errors=True)  # a fresh build: its run id is reused from one call to the next
+    overrides = {"storage.root": str(root), "run.run_id": RUN_ID, "run.keep_work": True,  # its markers' seconds
+                 "index.variants": ["exact", "int8", "binary", "bm25"],
                  **(smoke_overrides(args.out / "smoke-corpus", docs=40) if args.smoke else {})}
     from flows.reindex import reindex
     from pipeline.config_loader import load_config

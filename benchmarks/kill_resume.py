@@ -82,7 +82,7 @@ def main() -> int:
     runs: dict[str, dict] = {}
 
     def run(name: str, root: Path, run_id: str, expect: int, **faults: str) -> dict:
-        sets = [f"storage.root={root}", f"run.shards={args.shards}", *args.sets]
+        sets = [f"storage.root={root}", f"run.shards={args.shards}", "run.keep_work=true", *args.sets]  # count shards
         cmd = [sys.executable, "-m", "flows.cli", "run", args.config, *[x for kv in sets for x in ("--set", kv)],
                "--run-id", run_id, "--json", "--no-example"]
         start = time.perf_counter()

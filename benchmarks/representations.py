@@ -14,6 +14,7 @@ Usage: .venv/bin/python benchmarks/representations.py [--only minilm|wordllama] 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -103,6 +104,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=sorted(MODELS))
     args = parse_args(parser)
+    shutil.rmtree(args.out / "store", ignore_errors=True)  # fresh builds: run ids are reused from one call to the next
     overrides = {"storage.root": str(args.out / "store"),
                  **(smoke_overrides(args.out / "smoke-corpus", docs=40) if args.smoke else {})}
     results = {name: run_model(name, cfg, overrides) for name, cfg in MODELS.items() if args.only in (None, name)}

@@ -49,7 +49,8 @@ def config(path: Path, corpus: Path, root: Path, shards: int, piece_bytes: int, 
         "chunking": {"max_tokens": 256, "overlap": 32}, "index": {"variants": ["ivfpq"]},
         "storage": {"root": str(root)},
         "run": {"shards": shards, "actors": 2, "cpus_per_actor": 1.0, "piece_bytes": piece_bytes,
-                "local_prepare_max_bytes": 0, "local_embed_max_chunks": 0}}))  # every stage on Ray
+                "local_prepare_max_bytes": 0, "local_embed_max_chunks": 0,  # every stage on Ray
+                "keep_work": True}}))  # what a run writes, and its shards' markers, are measured after it
     return path
 
 

@@ -22,10 +22,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.artifacts import png_artifact
-from flows.engine import corpus_bytes, early_embedder, embedder_for, executor_for, kernels_for_actors
+from flows.engine import early_embedder, embedder_for, executor_for, kernels_for_actors
 from flows.progress import report
 from flows.tasks import local_task
 from pipeline.config import PipelineConfig
+from pipeline.corpus.pieces import listing_digest
+from pipeline.corpus.readers import list_corpus
+from pipeline.errors import StorageError
 from pipeline.index.variants import check_prefixes
 from pipeline.jobs.build import (
     BuildSummary,
@@ -37,12 +40,13 @@ from pipeline.jobs.build import (
     manifest_for,
     with_bm25,
 )
-from pipeline.jobs.current import live_if_current
+from pipeline.jobs.current import live_if_current, live_if_listing_unchanged
 from pipeline.jobs.embedder import EmbedCounts
 from pipeline.jobs.executor import Executor, LocalExecutor, one_task_cpus
 from pipeline.jobs.lexical import Bm25Build, build_bm25
 from pipeline.jobs.plan import BuildPlan
 from pipeline.jobs.prepare import PreparedRun, make_chunker, prepare
+from pipeline.jobs.run_folder import check_same_corpus, remove_work
 from pipeline.jobs.shards import ShardResult
 from pipeline.jobs.worker import peak_rss_mb
 from pipeline.models.card import ModelCard
@@ -145,14 +149,27 @@ def run_version(storage: Storage, run_id: str, index_name: str) -> str:
     return version
 
 
-def publish_nothing(cfg: PipelineConfig, job: str, run_id: str, prepared: PreparedRun, timings: dict[str, float],
-                    live: Snapshot, why: str) -> BuildSummary:
+def finish_run(cfg: PipelineConfig, storage: Storage, run_id: str) -> None:
+    """The run's work files go once it finished (pipeline/jobs/run_folder.py), unless run.keep_work. A failure to
+    delete them is logged, not raised: the version is published, and no later run needs them."""
+    if cfg.run.keep_work:
+        return
+    try:
+        remove_work(storage, run_id)
+    except StorageError as exc:
+        get_run_logger().warning("run %s finished, but its work files stay under %s: %s", run_id,
+                                 redact(storage.url_of(layout.run_key(run_id, ""))), exc)
+
+
+def publish_nothing(cfg: PipelineConfig, storage: Storage, job: str, run_id: str, counts: dict,
+                    timings: dict[str, float], live: Snapshot, why: str) -> BuildSummary:
     """The summary of a run that found live current: its counts (every input line), live's quality and index."""
     get_run_logger().info("%s", why)
-    summary = BuildSummary(job, cfg.index_name, live.version, redact(live.storage.url), run_id, why, prepared.counts,
+    summary = BuildSummary(job, cfg.index_name, live.version, redact(live.storage.url), run_id, why, counts,
                            live.manifest.get("evaluation", {}), live.manifest["index"], timings, None, published=False)
     create_markdown_artifact(build_markdown(summary), key=artifact_key(job, cfg.index_name),
                              description=f"{job} of {cfg.index_name}: live version {live.version} is current")
+    finish_run(cfg, storage, run_id)
     return summary
 
 
@@ -171,7 +188,9 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
         logger.info("%s: %.1f s", name, timings[name])
         return out
 
-    input_bytes = corpus_bytes(cfg)
+    files = list_corpus(cfg.corpus)
+    input_bytes, listing = sum(f.size for f in files), listing_digest(files)  # listed before anything is read
+    check_same_corpus(storage, run_id, listing)
     cfg, why = kernels_for_actors(cfg, storage, run_id, input_bytes)
     if why:
         logger.info("model.precision auto: %s", why)
@@ -182,6 +201,9 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
     executor = executor_for(cfg, input_bytes)
     plan = timed("compare", plan_task, planner, storage, card, make_chunker(cfg).params)
     logger.info("%s", plan.why)
+    if current := live_if_listing_unchanged(cfg, storage, plan, listing, job):
+        live, why_current, counts = current
+        return publish_nothing(cfg, storage, job, run_id, counts, timings, live, why_current)
     early = early_embedder(cfg, storage, plan, executor, input_bytes)  # actors start while prepare runs
     try:
         prepared = timed("prepare", prepare_task, cfg, storage, run_id, plan, card, executor)
@@ -192,7 +214,7 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
     if current := live_if_current(cfg, storage, plan, prepared, job):
         if early is not None:
             early.close()
-        return publish_nothing(cfg, job, run_id, prepared, timings, *current)
+        return publish_nothing(cfg, storage, job, run_id, prepared.counts, timings, *current)
     embedded = timed("embed", embed_task, cfg, storage, prepared, early)
     version = run_version(storage, run_id, cfg.index_name)
     claim(storage, cfg.index_name, version, publisher=run_id)
@@ -208,7 +230,7 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
               "driver_peak_rss_mb": peak_rss_mb()}  # this process: it holds counts, not the corpus
     index_params = describe_variants(staged.params, staged.files, evaluation)
     manifest = manifest_for(cfg, run_id, job, plan, card, encoder.kernel_plan, prepared, index_params, counts,
-                            evaluation, timings, why)
+                            evaluation, timings, why, listing)
     url = timed("publish", commit, storage, cfg.index_name, version, staged.files | evaluated.files,
                 manifest)
     promotion = timed("promote", promote_task, cfg, storage, version, seen, job) if cfg.publish.alias else None
@@ -220,4 +242,5 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
         png_artifact(quality_vs_bytes_png(index_params, f"{cfg.index_name} {version}: nDCG@10 against bytes"),
                      key=artifact_key("quality", cfg.index_name),
                      description=f"nDCG@10 against bytes per vector, {cfg.index_name} {version}")
+    finish_run(cfg, storage, run_id)
     return summary

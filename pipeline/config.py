@@ -228,6 +228,10 @@ class RunConfig(_Strict):
         256, description="a run with at most this many chunks to (re)embed embeds them in the flow's own process: "
         "starting Ray and loading the model in each actor costs more (~7 s on 2 CPUs); 0 = always Ray actors "
         "(as when the actors hold GPUs and the flow's process has none)")
+    keep_work: bool = Field(
+        False, description="keep a finished run's work files (read pieces, shards' chunks and vectors, index shares) "
+        "under runs/<run_id>/ to inspect them; by default they are deleted once the version is published, and the "
+        "run's records (quarantine, plan, corpus listing) stay")
 
 
 class StorageConfig(_Strict):

@@ -13,6 +13,8 @@ pieces are numbered in file-name order, then position, which is the input order 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -34,6 +36,30 @@ class InputFile:
     size: int  # bytes on storage
     compressed: bool = False
     row_groups: tuple[tuple[int, int], ...] = ()  # Parquet: (rows, compressed bytes) of each row group
+    stamp: str = ""  # what the listing says of its content (change_stamp); "" where it says nothing
+
+
+def change_stamp(info: dict) -> str:
+    """What a listing entry says of the file's content without reading it: an object store's entity tag (new
+    whenever the object is written again), else a local file's modification and change times and inode (a write,
+    or a rename onto the name, moves one of them); "" where the backend gives neither."""
+    for key in ("ETag", "etag", "md5Hash", "generation"):
+        if info.get(key):
+            return f"{key} {info[key]}"
+    if info.get("mtime") is not None and info.get("created") is not None:
+        return f"mtime {info['mtime']!r} ctime {info['created']!r} inode {info.get('ino')}"
+    return ""
+
+
+def listing_digest(files: list[InputFile]) -> str | None:
+    """sha256 of the files' names, sizes and change stamps, in order: while it stays the same, no file was added,
+    removed or written. None where a file has no stamp (nothing can be told without reading it)."""
+    if not files or not all(f.stamp for f in files):
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(json.dumps([f.url, f.size, f.stamp]).encode() + b"\n")
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -100,7 +126,7 @@ def list_inputs(source: str, fmt: Format) -> list[InputFile]:
                 continue
             url = p if protocol in ("file", "local") else f"{protocol}://{p}"
             files.append(InputFile(url if is_glob else source, fmt, int(info["size"]),
-                                   p.endswith((".gz", ".bz2", ".xz", ".zst"))))
+                                   p.endswith((".gz", ".bz2", ".xz", ".zst")), stamp=change_stamp(info)))
         if not files:
             raise InputError(f"corpus.source: {redact(source)} matches no file")
     except FileNotFoundError:

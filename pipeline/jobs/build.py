@@ -165,14 +165,16 @@ class BuildSummary:
 
 def manifest_for(cfg: PipelineConfig, run_id: str, job: str, plan: BuildPlan, card: ModelCard, queries: KernelPlan,
                  prepared: PreparedRun, index: dict, counts: dict, evaluation: dict, timings: dict,
-                 workers_chose: str | None = None) -> dict:
+                 workers_chose: str | None = None, listing: str | None = None) -> dict:
     """The manifest of a build (lineage, model card, chunker, index, counts, corpus, quality, timings, config);
     commit adds the version, the files' sha256 and the commit time. The model section says which kernels computed
     the passages' vectors (per shard, where), which plan encodes queries here (with its probe), and why the run
-    has its kernel (`workers_chose`, where the workers measured it: flows/engine.py kernels_for_actors)."""
+    has its kernel (`workers_chose`, where the workers measured it: flows/engine.py kernels_for_actors). The corpus
+    section adds the digest of the listing the build read (`listing`: pipeline/corpus/pieces.py listing_digest)."""
     kernels = {"passages": counts.get("kernels", {}), "queries": queries.to_dict(),
                "choice": workers_chose or queries.summary()}
+    corpus = prepared.corpus | {"listing_sha256": listing}
     return build_manifest(cfg, run_id=run_id, model=card.to_dict() | {"fingerprint": card.fingerprint,
                                                                        "kernels": kernels},
-                          chunking=prepared.chunking, index=index, counts=counts, corpus=prepared.corpus,
+                          chunking=prepared.chunking, index=index, counts=counts, corpus=corpus,
                           evaluation=evaluation, timings=timings, lineage=plan.lineage(job))

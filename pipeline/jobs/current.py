@@ -1,6 +1,10 @@
 """Whether an incremental reindex would publish what is already live: no document new, changed or deleted, every
 input line counted as live counted it, and the same settings, golden set and libraries. It then publishes nothing:
-a copy would cost a version's files in storage and a swap in every serving process, and say nothing new."""
+a copy would cost a version's files in storage and a swap in every serving process, and say nothing new.
+
+Where the corpus's listing (names, sizes, change stamps) is the one live was built from, no document can have
+changed and the corpus is not read at all: a scheduled reindex of an unchanged corpus costs a listing, not a read
+of every file."""
 
 from __future__ import annotations
 
@@ -19,42 +23,71 @@ SAME_COUNTS = ("read", "accepted", "quarantined", "blank_lines", "chunks")
 SAME_SECTIONS = ("index_name", "corpus", "chunking", "index", "evaluation")
 # how fast vectors are computed, not which: the model's fingerprint, which the plan compared, covers its precision
 SPEED_ONLY = ("kernel", "batch_size", "batch_tokens", "cpu_onednn")
+CURRENT = ("live version {version} is current: no document new, changed or deleted, and the same settings, golden "
+           "set and libraries (--full rebuilds anyway)")
 
 
 def _model(config: dict) -> dict:
     return {k: v for k, v in config.get("model", {}).items() if k not in SPEED_ONLY}
 
 
-def why_live_is_current(cfg: PipelineConfig, live: dict, counts: dict, golden_digest: Callable[[], str | None]
-                        ) -> str | None:
-    """Why the live version (its manifest, `live`) is what this build would publish, or None when it is not;
-    `counts` are this build's after prepare, `golden_digest` gives its golden set's (GoldenSet.digest; None without
-    one), asked for last: it reads the golden set's files. A live version with a golden set, built before golden
-    sets were hashed, never qualifies."""
-    if any(counts.get(k) for k in DELTA):
-        return None
+def same_settings(cfg: PipelineConfig, live: dict, golden_digest: Callable[[], str | None]) -> bool:
+    """Whether the live version (its manifest, `live`) was built with this config's settings, golden set
+    (`golden_digest` gives GoldenSet.digest, None without one; asked last: it reads the golden set's files) and
+    these libraries. A live version with a golden set, built before golden sets were hashed, never qualifies."""
     ours, theirs = recorded_config(cfg), live.get("config", {})
-    same = (all(counts.get(k) == live.get("counts", {}).get(k) for k in SAME_COUNTS)
-            and all(ours.get(s) == theirs.get(s) for s in SAME_SECTIONS) and _model(ours) == _model(theirs)
+    return (all(ours.get(s) == theirs.get(s) for s in SAME_SECTIONS) and _model(ours) == _model(theirs)
             and ours["monitor"]["mode"] == theirs.get("monitor", {}).get("mode")  # the drift statistics' mode
             and library_versions() == live.get("libraries")
             and golden_digest() == live.get("evaluation", {}).get("golden_sha256"))
-    if not same:
+
+
+def why_live_is_current(cfg: PipelineConfig, live: dict, counts: dict, golden_digest: Callable[[], str | None]
+                        ) -> str | None:
+    """Why live is what this build would publish, or None when it is not; `counts` are this build's after prepare."""
+    if any(counts.get(k) for k in DELTA):
         return None
-    return (f"live version {live['version']} is current: no document new, changed or deleted, and the same settings, "
-            "golden set and libraries (--full rebuilds anyway)")
+    if not all(counts.get(k) == live.get("counts", {}).get(k) for k in SAME_COUNTS):
+        return None
+    return CURRENT.format(version=live["version"]) if same_settings(cfg, live, golden_digest) else None
+
+
+def _golden_digest(cfg: PipelineConfig) -> Callable[[], str | None]:
+    def digest() -> str | None:
+        golden = golden_set_of(cfg)
+        return golden.digest if golden else None
+    return digest
+
+
+def _comparable_live(storage: Storage, cfg: PipelineConfig, plan: BuildPlan, job: str) -> Snapshot | None:
+    """The live version an incremental reindex compares with; None for a full build, a backfill or a migration."""
+    if job != "reindex" or plan.against.live is None or plan.against.selection is not None:
+        return None
+    return Snapshot.of(storage, cfg.index_name, plan.base)
 
 
 def live_if_current(cfg: PipelineConfig, storage: Storage, plan: BuildPlan, prepared: PreparedRun, job: str
                     ) -> tuple[Snapshot, str] | None:
     """The live version, and why, where this incremental reindex would publish what it holds; None otherwise (a
     full build, a backfill, a migration, or anything that changed)."""
-    if job != "reindex" or plan.against.live is None or plan.against.selection is not None:
+    live = _comparable_live(storage, cfg, plan, job)
+    if live is None:
         return None
-    def golden_digest() -> str | None:
-        golden = golden_set_of(cfg)
-        return golden.digest if golden else None
-
-    live = Snapshot.of(storage, cfg.index_name, plan.base)
-    why = why_live_is_current(cfg, live.manifest, prepared.counts, golden_digest)
+    why = why_live_is_current(cfg, live.manifest, prepared.counts, _golden_digest(cfg))
     return (live, why) if why else None
+
+
+def live_if_listing_unchanged(cfg: PipelineConfig, storage: Storage, plan: BuildPlan, listing: str | None, job: str
+                             ) -> tuple[Snapshot, str, dict] | None:
+    """live_if_current before anything is read: the live version, why, and the counts to report (live's input
+    counts, nothing new), where the corpus's listing digest is the one live recorded; None otherwise."""
+    live = _comparable_live(storage, cfg, plan, job)
+    if live is None or listing is None or live.manifest["corpus"].get("listing_sha256") != listing:
+        return None
+    if not same_settings(cfg, live.manifest, _golden_digest(cfg)):
+        return None
+    recorded = live.manifest["counts"]
+    counts = {k: recorded[k] for k in SAME_COUNTS} | dict.fromkeys(DELTA, 0) | {"docs_kept": recorded["accepted"]}
+    return live, (CURRENT.format(version=live.version) +
+                  "; the corpus was not read: its files have the names, sizes and change stamps live was built from"), \
+        counts

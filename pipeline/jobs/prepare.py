@@ -133,6 +133,9 @@ def prepare_shard(cfg: PipelineConfig, storage: Storage, run_id: str, shard: int
     if storage.exists(marker):
         done = json.loads(storage.read_bytes(marker))
         return ShardPrep(**done | {"buckets": tuple(done["buckets"]), "skipped": True})
+    for name in storage.list(shard_key(run_id, shard)):  # what an earlier attempt derived would add to this one's
+        if name != "docs":
+            storage.delete(shard_key(run_id, shard, name), recursive=True)
     lo, hi = bucket_range(shard, cfg.run.shards)
     chunker = make_chunker(cfg)
     delta = Delta(_live_rows(against.live, lo, hi), against.selection)

@@ -1,6 +1,7 @@
 """Every key embedpipe writes under a storage root, in one place. Other modules ask here; none spells a path.
 
-    runs/<run_id>/plan.json                                the build's plan: pieces, version, what it redoes
+    runs/<run_id>/plan.json                                the version the run publishes (chosen when it first starts)
+    runs/<run_id>/inputs.json                              the corpus listing's digest its first attempt read
     runs/<run_id>/kernel.json                              the kernel the workers chose for `auto` (GPU actors and a
                                                            CPU driver; a cluster of other CPUs than the driver's)
     runs/<run_id>/pieces/<piece>/_SUCCESS                  a read piece's marker (its counts), written last
@@ -78,6 +79,8 @@ def check_name(kind: str, name: str, pattern: re.Pattern = NAME) -> str:
 # --- runs: work in progress ---------------------------------------------------------------------------------------
 
 PREPARED = "_PREPARED"  # a shard's preparation marker
+# a run's work files, removed once it finished (pipeline/jobs/run_folder.py); the pieces' markers go first
+WORK_FOLDERS = ("pieces", "shards", "index")
 
 
 def run_key(run_id: str, name: str) -> str:
@@ -86,6 +89,10 @@ def run_key(run_id: str, name: str) -> str:
 
 def plan_key(run_id: str) -> str:
     return run_key(run_id, "plan.json")
+
+
+def inputs_key(run_id: str) -> str:
+    return run_key(run_id, "inputs.json")
 
 
 def worker_kernel_key(run_id: str) -> str:

@@ -152,9 +152,21 @@ def test_incremental_bm25_equals_a_full_rebuild_of_the_edited_corpus(runs):
     assert modes["bm25"]["ndcg@10"] == runs["rebuilt"]["evaluation"]["modes"]["bm25"]["ndcg@10"]
 
 
+def test_a_finished_run_keeps_its_records_and_not_its_work(runs):
+    """A scheduled reindex leaves no copy of the corpus or of the index behind: a finished run's folder keeps its
+    quarantine, plan and corpus listing; the read pieces, the shards' documents, chunks and vectors, and the index
+    shares are deleted once the version is published."""
+    store = Storage(str(runs["work"] / "store"))
+    for name in ("v1", "v2"):
+        assert store.list(f"runs/{runs[name]['run_id']}") == ["inputs.json", "plan.json", "quarantine"], name
+    assert sum(p.stat().st_size for p in (runs["work"] / "store" / "runs").rglob("*") if p.is_file()) < 50_000
+
+
 def test_rerun_with_nothing_changed_publishes_nothing_and_a_changed_setting_embeds_nothing(runs, prefect_api):
-    """Live is already what a rerun would publish: no copy of it. A changed setting (here the evaluation's depth)
-    publishes a new version, still without embedding anything."""
+    """Live is already what a rerun would publish: no copy of it, and while the corpus file is untouched (its
+    listing: size, modification and change times, inode) not even a read of it. A file written again with the same
+    documents is read and found unchanged. A changed setting (here the evaluation's depth) publishes a new version,
+    still without embedding anything."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.reindex import reindex
@@ -162,15 +174,26 @@ def test_rerun_with_nothing_changed_publishes_nothing_and_a_changed_setting_embe
 
     store, v2 = Storage(str(runs["work"] / "store")), runs["v2"]["version"]
     before = store.list("snapshots/jobs")
+    corpus = {"corpus.source": str(runs["work"] / "v2.jsonl")}
     with temporary_settings({PREFECT_API_URL: prefect_api}):
-        same = reindex(runs["config"], {"corpus.source": str(runs["work"] / "v2.jsonl")}).to_dict()
-        deeper = reindex(runs["config"], {"corpus.source": str(runs["work"] / "v2.jsonl"), "evaluation.k": 50}
-                         ).to_dict()
-    c = same["counts"]
-    assert (c["docs_new"], c["docs_changed"], c["docs_deleted"], c["docs_kept"]) == (0, 0, 0, len(runs["edited"]))
-    assert not same["published"] and same["version"] == v2 and same["promotion"] is None
-    assert same["delta"].startswith(f"live version {v2} is current: no document new, changed or deleted")
-    assert same["evaluation"]["modes"] == runs["v2"]["evaluation"]["modes"]  # live's, as recorded
+        same = reindex(runs["config"], corpus).to_dict()
+        write_jsonl(runs["work"] / "v2.jsonl", runs["edited"])  # the same documents, written again
+        rewritten = reindex(runs["config"], corpus).to_dict()
+        deeper = reindex(runs["config"], corpus | {"evaluation.k": 50}).to_dict()
+    for rerun in (same, rewritten):
+        c = rerun["counts"]
+        assert (c["docs_new"], c["docs_changed"], c["docs_deleted"], c["docs_kept"]) == \
+            (0, 0, 0, len(runs["edited"]))
+        assert (c["read"], c["accepted"], c["chunks"]) == tuple(runs["v2"]["counts"][k] for k in
+                                                                ("read", "accepted", "chunks"))
+        assert not rerun["published"] and rerun["version"] == v2 and rerun["promotion"] is None
+        assert rerun["delta"].startswith(f"live version {v2} is current: no document new, changed or deleted")
+        assert rerun["evaluation"]["modes"] == runs["v2"]["evaluation"]["modes"]  # live's, as recorded
+    assert "the corpus was not read" in same["delta"] and "prepare" not in same["timings_s"]
+    assert "not read" not in rewritten["delta"] and "prepare" in rewritten["timings_s"]
+    records = {name: sorted(store.list(f"runs/{rerun['run_id']}")) for name, rerun in (("same", same),
+                                                                                       ("rewritten", rewritten))}
+    assert records == {"same": ["inputs.json"], "rewritten": ["inputs.json", "quarantine"]}  # nothing else kept
     assert set(store.list("snapshots/jobs")) == set(before) | {deeper["version"]}
     assert deeper["published"] and deeper["counts"]["embedded"] == 0 and deeper["promotion"]["promoted"]
     assert rows_and_vectors(deeper)[0].equals(rows_and_vectors(runs["v2"])[0])
@@ -357,3 +380,23 @@ def test_an_overlapping_run_that_promotes_second_leaves_the_alias_to_the_first(r
         out = late_run()
     assert not out["promoted"] and out["live"] == live and "as the caller saw" in out["reason"]
     assert read_alias(store, "jobs", "live").version == live
+
+
+def test_a_run_id_resumed_after_its_corpus_changed_is_refused(runs, prefect_api):
+    """A rerun of a run id keeps the pieces its earlier attempt read: after the corpus changed it would publish the
+    old documents as new. It is refused, before anything is read, naming the run."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.reindex import reindex
+    from pipeline.errors import InputError
+
+    moving = runs["work"] / "moving.jsonl"
+    write_jsonl(moving, runs["edited"][:30])
+    first = {"corpus.source": str(moving), "storage.root": str(runs["work"] / "resume"), "publish.alias": None}
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        assert reindex(runs["config"], first, run_id="nightly").published
+        write_jsonl(moving, runs["edited"][:31])
+        with pytest.raises(InputError, match=r"run nightly: the corpus's files changed since the run began"):
+            reindex(runs["config"], first, run_id="nightly")
+        again = reindex(runs["config"], first, run_id="nightly-2").to_dict()
+    assert again["published"] and again["counts"]["accepted"] == 31

@@ -90,8 +90,8 @@ def test_a_two_node_cluster_on_s3_builds_the_snapshot_a_single_node_builds(tmp_p
         "model": {"name": "wordllama-l2-supercat", "package": "wordllama"},
         "chunking": {"max_tokens": 64, "overlap": 8}, "index": {"variants": ["exact", "ivfpq", "int8"]},
         "run": {"shards": 4, "actors": 2, "cpus_per_actor": 1.0, "piece_bytes": 65536,
-                # every stage on the cluster, however small the corpus
-                "local_prepare_max_bytes": 0, "local_embed_max_chunks": 0}}))
+                # every stage on the cluster, however small the corpus; the markers, read below, kept
+                "local_prepare_max_bytes": 0, "local_embed_max_chunks": 0, "keep_work": True}}))
     base = {**os.environ, **s3, "RAY_AUTH_MODE": "token"}
     two = _run(config, f"s3://{BUCKET}/two-nodes", base | {"RAY_ADDRESS": cluster}, prefect_api)
     one = _run(config, f"s3://{BUCKET}/one-node", {k: v for k, v in base.items() if k != "RAY_ADDRESS"}, prefect_api)

@@ -48,7 +48,8 @@ def config_path(small_corpus, tmp_path_factory):
            "chunking": {"mode": "tokens", "max_tokens": 128, "overlap": 16},
            "evaluation": {"queries": str(folder / "queries.jsonl"), "qrels": str(folder / "qrels.tsv")},
            "index": {"variants": ["exact", "ivfpq", "bm25"]},
-           "run": {"shards": 4, "actors": 2, "cpus_per_actor": 0.5}, "storage": {"root": str(root)}}
+           # keep_work: the tests below read the finished run's shards
+           "run": {"shards": 4, "actors": 2, "cpus_per_actor": 0.5, "keep_work": True}, "storage": {"root": str(root)}}
     path = tmp_path_factory.mktemp("cfg") / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import CorpusConfig
+from pipeline.corpus.pieces import listing_digest
 from pipeline.corpus.readers import corpus_pieces, list_corpus
 from tests.conftest import write_elsewhere
 
@@ -31,6 +32,24 @@ def test_a_later_listing_sees_files_added_and_changed_since(storage_root):
     assert [(f.url.rsplit("/", 1)[1], f.size) for f in list_corpus(glob)] == [("a.jsonl", len(longer)),
                                                                               ("b.jsonl", len(first))]
     assert list_corpus(single)[0].size == len(longer)
+
+
+def test_the_listing_digest_moves_with_any_write_and_only_then(storage_root):
+    """What lets an unchanged corpus skip its read (pipeline/jobs/current.py): the digest of a listing stays while
+    nothing is written, and moves when a file is added, removed, or rewritten, even to the same size."""
+    base = storage_root.rstrip("/") + "/stamped"
+    write_elsewhere(f"{base}/a.jsonl", b'{"_id": "1", "text": "x"}\n')
+    write_elsewhere(f"{base}/b.jsonl", b'{"_id": "2", "text": "y"}\n')
+    glob = CorpusConfig(source=f"{base}/*.jsonl")
+    first = listing_digest(list_corpus(glob))
+    assert first is not None and listing_digest(list_corpus(glob)) == first
+
+    write_elsewhere(f"{base}/a.jsonl", b'{"_id": "1", "text": "z"}\n')  # the same size, another letter
+    edited = listing_digest(list_corpus(glob))
+    write_elsewhere(f"{base}/c.jsonl", b"")
+    added = listing_digest(list_corpus(glob))
+    write_elsewhere(f"{base}/c.jsonl", None)
+    assert len({first, edited, added}) == 3 and listing_digest(list_corpus(glob)) == edited
 
 
 def test_a_parquet_glob_is_planned_from_every_footer_in_name_order(storage_root):

@@ -14,6 +14,7 @@ from pipeline.jobs.executor import LocalExecutor
 from pipeline.jobs.indexing import load_vectors
 from pipeline.jobs.plan import BuildPlan
 from pipeline.jobs.prepare import ShardInput, prepare
+from pipeline.jobs.run_folder import remove_work
 from pipeline.jobs.shards import embed_shard, is_committed
 from pipeline.models.encoder import cached_encoder
 from pipeline.quality.search import Searcher
@@ -145,6 +146,50 @@ def test_a_rerun_redoes_only_unfinished_pieces_and_shards(tmp_path, sample_docs,
     again = prepared_run(cfg, storage, "r", encoder)
     assert again.counts == first.counts and json.loads(storage.read_bytes("runs/r/shards/00001/_PREPARED")) == \
         json.loads(marker)
+
+
+def test_a_finished_runs_work_goes_and_a_rerun_after_a_stopped_removal_is_still_right(tmp_path, sample_docs, encoder):
+    """remove_work deletes a finished run's pieces and shards and keeps its quarantine. Stopped after any number of
+    deletes (a crash), a rerun of the run id on what is left gives the same chunks and vectors: no marker outlived
+    the files it vouches for."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", sample_docs[:12] + [{"_id": "bad"}])
+    cfg = config(corpus, tmp_path / "done")
+
+    def run(storage: Storage) -> tuple[pl.DataFrame, np.ndarray]:
+        prepared = prepared_run(cfg, storage, "r", encoder)
+        for shard in prepared.shards:
+            embed_shard(storage, "r", shard, encoder)
+        return load_vectors(storage, "r", prepared.shards)
+
+    done = Storage(str(tmp_path / "done"))
+    rows, vectors = run(done)
+    remove_work(done, "r")
+    assert done.list("runs/r") == ["quarantine"] and quarantine(tmp_path / "done", "r")["doc_id"].to_list() == ["bad"]
+
+    class StopsAfter(Storage):
+        deletes = 0
+
+        def delete(self, key: str, recursive: bool = False) -> None:
+            if self.deletes == self.stop_at:
+                raise SystemExit("stopped")
+            self.deletes += 1
+            super().delete(key, recursive)
+
+    stopped_at = []
+    for n in range(20):
+        root = tmp_path / f"stop-{n}"
+        first = Storage(str(root))
+        run(first)
+        stopping = StopsAfter(str(root))
+        stopping.stop_at = n
+        try:
+            remove_work(stopping, "r")
+            break  # every delete done: each stopping point was tried
+        except SystemExit:
+            stopped_at.append(n)
+        again_rows, again_vectors = run(Storage(str(root)))
+        assert again_rows.equals(rows) and np.array_equal(again_vectors, vectors), f"stopped after {n} deletes"
+    assert len(stopped_at) >= 4  # the pieces, a shard's markers, the shards' files
 
 
 def test_cache_gc_keeps_what_committed_snapshots_need(tmp_path, sample_docs, encoder):

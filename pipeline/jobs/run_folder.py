@@ -1,0 +1,49 @@
+"""A run's folder on storage (runs/<run_id>/, keys in pipeline/storage/layout.py) over its life.
+
+- The corpus a run id reads is the one its first attempt listed. A resumed attempt, or a rerun of a finished run,
+  keeps the pieces and shards committed before: against a corpus written since, it would publish old documents
+  beside new ones (or only old ones) without a word, so it is refused.
+- Once the run published its version (or found live current), its work files go: the read pieces, the shards'
+  documents, chunks, vectors and terms, and the index shares hold a copy of the corpus and of the index, and a
+  scheduled reindex would otherwise leave one behind each time. Its records stay: the quarantine, the plan, the
+  corpus listing, the workers' kernel, a migration's report. `run.keep_work` keeps everything (to inspect it).
+"""
+
+from __future__ import annotations
+
+import json
+
+from pipeline.errors import InputError
+from pipeline.storage.backend import Storage
+from pipeline.storage.layout import MARKER, PREPARED, TERMS_MARKER, WORK_FOLDERS, inputs_key, run_key, shard_key
+
+
+def check_same_corpus(storage: Storage, run_id: str, listing: str | None) -> None:
+    """Record the corpus listing's digest (pipeline/corpus/pieces.py listing_digest) at a run's first attempt;
+    raise InputError when a later attempt lists another."""
+    key = inputs_key(run_id)
+    if not storage.exists(key):
+        storage.write_bytes(key, json.dumps({"listing_sha256": listing}).encode())
+        return
+    first = json.loads(storage.read_bytes(key))["listing_sha256"]
+    if first != listing:
+        raise InputError(f"run {run_id}: the corpus's files changed since the run began (files added, removed or "
+                         "written: their names, sizes or modification stamps differ), and the pieces it read then "
+                         "hold the old documents; start a new run (leave out --run-id and run.run_id)")
+
+
+def remove_work(storage: Storage, run_id: str) -> None:
+    """Delete a finished run's work files, markers before what they vouch for: the pieces' markers (their folders
+    hold nothing else), then each shard's, then the rest. Stopped at any point, every marker left still has its
+    files, so a rerun of the run id redoes exactly what lost its marker."""
+    pieces, shards, *rest = (run_key(run_id, folder) for folder in WORK_FOLDERS)
+    if storage.list(pieces):
+        storage.delete(pieces, recursive=True)
+    for shard in storage.list(shards):
+        present = set(storage.list(shard_key(run_id, int(shard))))
+        for marker in (MARKER, PREPARED, TERMS_MARKER):
+            if marker in present:
+                storage.delete(shard_key(run_id, int(shard), marker))
+    for folder in (shards, *rest):
+        if storage.list(folder):
+            storage.delete(folder, recursive=True)
