@@ -46,7 +46,7 @@ from pipeline.jobs.executor import Executor, LocalExecutor, one_task_cpus
 from pipeline.jobs.lexical import Bm25Build, build_bm25
 from pipeline.jobs.plan import BuildPlan
 from pipeline.jobs.prepare import PreparedRun, make_chunker, prepare
-from pipeline.jobs.run_folder import check_same_corpus, remove_work
+from pipeline.jobs.run_folder import check_corpus_unchanged, remove_work
 from pipeline.jobs.shards import ShardResult
 from pipeline.jobs.worker import peak_rss_mb
 from pipeline.models.card import ModelCard
@@ -190,13 +190,13 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
 
     files = list_corpus(cfg.corpus)
     input_bytes, listing = sum(f.size for f in files), listing_digest(files)  # listed before anything is read
-    check_same_corpus(storage, run_id, listing)
     cfg, why = kernels_for_actors(cfg, storage, run_id, input_bytes)
     if why:
         logger.info("model.precision auto: %s", why)
     encoder = cached_encoder(cfg.model)
     card = encoder.card
     check_prefixes(cfg.index, card.dims, card.name)
+    check_corpus_unchanged(storage, run_id, listing)  # once the config passed its checks, before any read
     logger.info("model %s computes in %s", card.name, encoder.kernel_plan.summary())
     executor = executor_for(cfg, input_bytes)
     plan = timed("compare", plan_task, planner, storage, card, make_chunker(cfg).params)

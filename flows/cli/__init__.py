@@ -30,5 +30,5 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="on an error, print
 
 for _command in (jobs.run, jobs.backfill, snapshots.search, snapshots.evaluate, snapshots.tune_fusion, deploy.deploy,
                  versions.versions, snapshots.show, snapshots.verify, versions.promote, versions.rollback,
-                 versions.gc, versions.gc_cache, jobs.migrate, jobs.monitor, serve.serve):
+                 versions.gc, versions.gc_cache, versions.gc_runs, jobs.migrate, jobs.monitor, serve.serve):
     app.command()(_command)

@@ -1,4 +1,5 @@
-"""`embedpipe versions | promote | rollback | gc | gc-cache`: managing an index's published versions and its aliases.
+"""`embedpipe versions | promote | rollback | gc | gc-cache | gc-runs`: managing an index's published versions, its
+aliases, and what builds leave behind.
 No Prefect, no Ray.
 """
 
@@ -189,3 +190,37 @@ def gc_cache(root: Root,
         what = "vectors of model" if r.kind == "embeddings" else "bm25 terms of analyzer"
         console.print(f"  {what} {r.fingerprint}: {r.partitions} partitions, kept {r.kept:,} chunks, "
                       f"{'would drop' if dry_run else 'dropped'} {r.dropped:,}", soft_wrap=True)
+
+
+@reports_errors
+def gc_runs(root: Root,
+            grace_hours: Annotated[float, typer.Option(min=0, help="keep the work files of a run whose folder was "
+                                                                  "written this recently (it may be running or "
+                                                                  "resumed)")] = 168.0,
+            dry_run: Annotated[bool, typer.Option("--dry-run", help="only show what would be deleted")] = False,
+            as_json: JsonFlag = False) -> None:
+    """Delete the work files (pieces, shards, index shares) that runs left behind: a run that never finished, or
+    one an older embedpipe kept. Their records stay."""
+    from pipeline.errors import SnapshotError
+    from pipeline.jobs.run_folder import plan_runs_gc, remove_work
+    from pipeline.storage.backend import Storage
+    from pipeline.storage.keys import redact
+
+    storage = Storage(root)
+    if not (storage.list("snapshots") or storage.list("runs")):  # a mistyped root: say so, not "nothing to delete"
+        raise SnapshotError(f"nothing under {redact(storage.url)}: no snapshots and no runs (expected the storage "
+                            "root a build wrote to)")
+    plan = plan_runs_gc(storage, timedelta(hours=grace_hours))
+    if not dry_run:
+        for run_id in plan.delete:
+            remove_work(storage, run_id)
+    if as_json:
+        print(json.dumps({"keep": plan.keep, "delete": plan.delete, "dry_run": dry_run}, indent=2))
+        return
+    if not (plan.keep or plan.delete):
+        console.print(f"no run under {redact(storage.url)} holds work files: nothing to delete", soft_wrap=True)
+    for run_id, why in sorted(plan.keep.items()):
+        console.print(f"  keep   {run_id}  ({why})", soft_wrap=True)
+    for run_id, why in sorted(plan.delete.items()):
+        console.print(f"  {'would delete the work files of' if dry_run else 'deleted the work files of'} {run_id}  "
+                      f"({why})", soft_wrap=True)

@@ -1,41 +1,43 @@
 """A run's folder on storage (runs/<run_id>/, keys in pipeline/storage/layout.py) over its life.
 
-- The corpus a run id reads is the one its first attempt listed. A resumed attempt, or a rerun of a finished run,
-  keeps the pieces and shards committed before: against a corpus written since, it would publish old documents
-  beside new ones (or only old ones) without a word, so it is refused.
+- The corpus a run id reads is the one its first attempt listed (its run.json). A resumed attempt, or a rerun of
+  a finished run, keeps the pieces and shards committed before: against a corpus written since, it would publish
+  old documents beside new ones (or only old ones) without a word, so it is refused.
 - Once the run published its version (or found live current), its work files go: the read pieces, the shards'
   documents, chunks, vectors and terms, and the index shares hold a copy of the corpus and of the index, and a
-  scheduled reindex would otherwise leave one behind each time. Its records stay: the quarantine, the plan, the
-  corpus listing, the workers' kernel, a migration's report. `run.keep_work` keeps everything (to inspect it).
+  scheduled reindex would otherwise leave one behind each time. Its records stay: run.json, the quarantine, the
+  plan, the workers' kernel, a migration's report. `run.keep_work` keeps everything (to inspect it).
+- A run that never finished keeps its work files for a resume; `embedpipe gc-runs` deletes them once nothing in
+  its folder was written for a grace period.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from pipeline.errors import InputError
 from pipeline.storage.backend import Storage
-from pipeline.storage.layout import MARKER, PREPARED, TERMS_MARKER, WORK_FOLDERS, inputs_key, run_key, shard_key
+from pipeline.storage.layout import MARKER, PREPARED, TERMS_MARKER, WORK_FOLDERS, run_key, run_record_key, shard_key
 
 
-def check_same_corpus(storage: Storage, run_id: str, listing: str | None) -> None:
+def check_corpus_unchanged(storage: Storage, run_id: str, listing: str | None) -> None:
     """Record the corpus listing's digest (pipeline/corpus/pieces.py listing_digest) at a run's first attempt;
     raise InputError when a later attempt lists another."""
-    key = inputs_key(run_id)
+    key = run_record_key(run_id)
     if not storage.exists(key):
         storage.write_bytes(key, json.dumps({"listing_sha256": listing}).encode())
-        return
-    first = json.loads(storage.read_bytes(key))["listing_sha256"]
-    if first != listing:
+    elif json.loads(storage.read_bytes(key))["listing_sha256"] != listing:
         raise InputError(f"run {run_id}: the corpus's files changed since the run began (files added, removed or "
                          "written: their names, sizes or modification stamps differ), and the pieces it read then "
                          "hold the old documents; start a new run (leave out --run-id and run.run_id)")
 
 
 def remove_work(storage: Storage, run_id: str) -> None:
-    """Delete a finished run's work files, markers before what they vouch for: the pieces' markers (their folders
-    hold nothing else), then each shard's, then the rest. Stopped at any point, every marker left still has its
-    files, so a rerun of the run id redoes exactly what lost its marker."""
+    """Delete a run's work files, markers before what they vouch for: the pieces' markers (their folders hold
+    nothing else), then each shard's, then the rest. Stopped at any point, every marker left still has its files,
+    so a rerun of the run id redoes exactly what lost its marker."""
     pieces, shards, *rest = (run_key(run_id, folder) for folder in WORK_FOLDERS)
     if storage.list(pieces):
         storage.delete(pieces, recursive=True)
@@ -47,3 +49,24 @@ def remove_work(storage: Storage, run_id: str) -> None:
     for folder in (shards, *rest):
         if storage.list(folder):
             storage.delete(folder, recursive=True)
+
+
+@dataclass(frozen=True)
+class RunsGc:
+    keep: dict[str, str]  # run id -> why its work files stay
+    delete: dict[str, str]  # run id -> why they go
+
+
+def plan_runs_gc(storage: Storage, grace: timedelta, now: datetime | None = None) -> RunsGc:
+    """The runs that still hold work files (finished runs hold none), and whether they go: those whose folder saw
+    no write for `grace` (one listing of each such folder)."""
+    now = now or datetime.now(UTC)
+    keep, delete = {}, {}
+    for run_id in storage.list("runs"):
+        if not any(storage.list(run_key(run_id, folder)) for folder in WORK_FOLDERS):
+            continue
+        last = storage.last_modified(run_key(run_id, ""))
+        idle = now - last if last else grace
+        why = f"last written {idle.total_seconds() / 3600:.1f} h ago"
+        (delete if idle >= grace else keep)[run_id] = why
+    return RunsGc(keep, delete)

@@ -20,6 +20,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import BinaryIO
 
 import fsspec
@@ -251,6 +252,19 @@ class Storage(CommitPrimitives):
                 self.fs.invalidate_cache(base)
         return sorted(name for name in (n.rstrip("/").rsplit("/", 1)[-1] for n in names)
                       if not _TEMP_NAME.fullmatch(name))
+
+    def last_modified(self, prefix: str) -> datetime | None:
+        """When anything under `prefix` was last written (one listing of all of it); None if nothing is there."""
+        base = self.path(prefix)
+        with self._errors(prefix):
+            self.fs.invalidate_cache(base)
+            try:
+                found = self.fs.find(base, detail=True) if self.fs.exists(base) else {}
+            finally:
+                self.fs.invalidate_cache(base)
+        times = [info["LastModified"] if "LastModified" in info else datetime.fromtimestamp(info["mtime"], UTC)
+                 for info in found.values()]
+        return max(times, default=None)
 
     def delete(self, key: str, recursive: bool = False) -> None:
         with self._errors(key):

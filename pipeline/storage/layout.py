@@ -1,7 +1,7 @@
 """Every key embedpipe writes under a storage root, in one place. Other modules ask here; none spells a path.
 
     runs/<run_id>/plan.json                                the version the run publishes (chosen when it first starts)
-    runs/<run_id>/inputs.json                              the corpus listing's digest its first attempt read
+    runs/<run_id>/run.json                                 the corpus listing its first attempt read
     runs/<run_id>/kernel.json                              the kernel the workers chose for `auto` (GPU actors and a
                                                            CPU driver; a cluster of other CPUs than the driver's)
     runs/<run_id>/pieces/<piece>/_SUCCESS                  a read piece's marker (its counts), written last
@@ -91,8 +91,8 @@ def plan_key(run_id: str) -> str:
     return run_key(run_id, "plan.json")
 
 
-def inputs_key(run_id: str) -> str:
-    return run_key(run_id, "inputs.json")
+def run_record_key(run_id: str) -> str:
+    return run_key(run_id, "run.json")
 
 
 def worker_kernel_key(run_id: str) -> str:

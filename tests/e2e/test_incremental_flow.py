@@ -158,7 +158,7 @@ def test_a_finished_run_keeps_its_records_and_not_its_work(runs):
     shares are deleted once the version is published."""
     store = Storage(str(runs["work"] / "store"))
     for name in ("v1", "v2"):
-        assert store.list(f"runs/{runs[name]['run_id']}") == ["inputs.json", "plan.json", "quarantine"], name
+        assert store.list(f"runs/{runs[name]['run_id']}") == ["plan.json", "quarantine", "run.json"], name
     assert sum(p.stat().st_size for p in (runs["work"] / "store" / "runs").rglob("*") if p.is_file()) < 50_000
 
 
@@ -193,7 +193,7 @@ def test_rerun_with_nothing_changed_publishes_nothing_and_a_changed_setting_embe
     assert "not read" not in rewritten["delta"] and "prepare" in rewritten["timings_s"]
     records = {name: sorted(store.list(f"runs/{rerun['run_id']}")) for name, rerun in (("same", same),
                                                                                        ("rewritten", rewritten))}
-    assert records == {"same": ["inputs.json"], "rewritten": ["inputs.json", "quarantine"]}  # nothing else kept
+    assert records == {"same": ["run.json"], "rewritten": ["quarantine", "run.json"]}  # nothing else kept
     assert set(store.list("snapshots/jobs")) == set(before) | {deeper["version"]}
     assert deeper["published"] and deeper["counts"]["embedded"] == 0 and deeper["promotion"]["promoted"]
     assert rows_and_vectors(deeper)[0].equals(rows_and_vectors(runs["v2"])[0])

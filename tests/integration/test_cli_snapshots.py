@@ -88,3 +88,39 @@ def test_gc_cache_of_a_root_that_is_not_there_is_an_error_not_a_silent_success(t
     Storage(str(tmp_path)).write_bytes("cache/queries/0123abcd/q.parquet", b"")  # only golden-query vectors
     out = cli("gc-cache", str(tmp_path), "--dry-run")
     assert out.exit_code == 0 and "no cached vectors or bm25 terms under" in out.stdout
+
+
+def test_gc_runs_deletes_the_work_of_runs_abandoned_long_ago_and_keeps_their_records(tmp_path, sample_docs, encoder):
+    """Two runs stopped after prepare: one last written 8 days ago, one yesterday (it may still be resumed). gc-runs
+    deletes the old one's pieces and shards, keeps its quarantine and run.json, and leaves the other alone."""
+    import os
+    import time
+
+    from pipeline.config_loader import parse_config
+    from pipeline.jobs.executor import LocalExecutor
+    from pipeline.jobs.prepare import ShardInput, prepare
+    from pipeline.jobs.run_folder import check_corpus_unchanged
+    from tests.conftest import write_jsonl
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", sample_docs[:6])
+    root = tmp_path / "root"
+    cfg = parse_config({"index_name": "t", "corpus": {"source": str(corpus)}, "storage": {"root": str(root)}})
+    s = Storage(str(root))
+    for run_id, days in (("abandoned", 8), ("recent", 1)):
+        check_corpus_unchanged(s, run_id, None)
+        prepare(cfg, s, run_id, ShardInput(None), encoder.card, LocalExecutor())  # stopped before embedding
+        then = time.time() - days * 86400
+        for path in (root / "runs" / run_id).rglob("*"):
+            os.utime(path, (then, then))
+    dry = json.loads(cli("gc-runs", str(root), "--dry-run", "--json").stdout)
+    assert list(dry["delete"]) == ["abandoned"] and list(dry["keep"]) == ["recent"]
+    assert dry["delete"]["abandoned"] == "last written 192.0 h ago" and "shards" in s.list("runs/abandoned")
+    out = cli("gc-runs", str(root))
+    assert out.exit_code == 0 and "deleted the work files of abandoned" in out.stdout
+    assert s.list("runs/abandoned") == ["quarantine", "run.json"]
+    assert {"pieces", "shards"} <= set(s.list("runs/recent"))
+    assert cli("gc-runs", str(root), "--grace-hours", "0").exit_code == 0
+    assert s.list("runs/recent") == ["quarantine", "run.json"]
+    assert "nothing to delete" in cli("gc-runs", str(root)).stdout
+    typo = cli("gc-runs", str(tmp_path / "typo"))
+    assert typo.exit_code == 2 and "no snapshots and no runs" in typo.stderr

@@ -132,3 +132,15 @@ def test_a_local_write_killed_before_its_rename_is_not_listed(tmp_path):
     assert s.list("runs/r/shards/2/vectors") == [] and not s.exists(key)
     s.write_bytes(key, b"rows")  # the resumed attempt
     assert s.list("runs/r/shards/2/vectors") == ["000000-00000.parquet"]
+
+
+def test_last_modified_is_the_newest_write_under_a_prefix(storage_root):
+    """What gc-runs ages an abandoned run's folder by, on either backend."""
+    from datetime import UTC, datetime, timedelta
+
+    s = Storage(storage_root)
+    assert s.last_modified("runs/none") is None
+    s.write_bytes("runs/r/shards/00000/_PREPARED", b"{}")
+    s.write_bytes("runs/r/plan.json", b"{}")
+    when = s.last_modified("runs/r")
+    assert when is not None and abs(datetime.now(UTC) - when) < timedelta(minutes=1)
