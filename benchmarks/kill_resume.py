@@ -7,8 +7,9 @@ Every run is its own `embedpipe run CONFIG --json` subprocess (the driver really
     (ii)  killed: EMBEDPIPE_FAULT_EXIT_AFTER_SHARDS=--kill-after makes the driver `os._exit(18)` once that many
           shards are committed (operators/faults.py), fresh storage root `killed/`; then the resume: the same
           command, run id and root without the fault (committed shards are skipped)
-    (iii) a rerun of (i)'s finished run id: every shard is committed, so this is the fixed cost a restart pays
-          (process and imports, prepare, Ray start, actor start and model loads, index, evaluate, publish)
+    (iii) a rerun of (i)'s finished run id with --full (without it, live is current: nothing is read or published):
+          every shard is committed, so this is the fixed cost a restart pays (process and imports, prepare, Ray
+          start, actor start and model loads, index, evaluate, publish)
 Fresh roots per scenario keep the embedding cache (kept under the root) from making a later run faster. One
 Prefect server serves every run (its start is not counted: a server per run would add ~12 s to each). Identity:
 the two published snapshots' ids.parquet (chunk ids in FAISS row order) as tables, and the sha256 of every file
@@ -81,10 +82,10 @@ def main() -> int:
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     runs: dict[str, dict] = {}
 
-    def run(name: str, root: Path, run_id: str, expect: int, **faults: str) -> dict:
+    def run(name: str, root: Path, run_id: str, expect: int, *flags: str, **faults: str) -> dict:
         sets = [f"storage.root={root}", f"run.shards={args.shards}", "run.keep_work=true", *args.sets]  # count shards
         cmd = [sys.executable, "-m", "flows.cli", "run", args.config, *[x for kv in sets for x in ("--set", kv)],
-               "--run-id", run_id, "--json", "--no-example"]
+               "--run-id", run_id, "--json", "--no-example", *flags]
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, env={**base_env, **faults}, capture_output=True, text=True, timeout=1800)
         wall = round(time.perf_counter() - start, 2)
@@ -106,7 +107,7 @@ def main() -> int:
                      EMBEDPIPE_FAULT_ONCE=str(work / "fault-fired"))
         published_by_killed = (work / "killed" / "snapshots").exists()
         resumed = run("resumed", work / "killed", "killed", 0)
-        rerun = run("rerun_finished", work / "clean", "clean", 0)
+        rerun = run("rerun_finished", work / "clean", "clean", 0, "--full")
     identity = compare(clean["snapshot"], resumed["snapshot"])
     identity_rerun = compare(clean["snapshot"], rerun["snapshot"])
 
