@@ -57,11 +57,10 @@ class RunsGc:
     delete: dict[str, str]  # run id -> why they go
 
 
-def plan_runs_gc(storage: Storage, grace: timedelta, now: datetime | None = None) -> RunsGc:
+def plan_runs_gc(storage: Storage, grace: timedelta) -> RunsGc:
     """The runs that still hold work files (finished runs hold none), and whether they go: those whose folder saw
     no write for `grace` (one listing of each such folder)."""
-    now = now or datetime.now(UTC)
-    keep, delete = {}, {}
+    now, keep, delete = datetime.now(UTC), {}, {}
     for run_id in storage.list("runs"):
         if not any(storage.list(run_key(run_id, folder)) for folder in WORK_FOLDERS):
             continue
