@@ -170,10 +170,13 @@ def manifest_for(cfg: PipelineConfig, run_id: str, job: str, plan: BuildPlan, ca
     commit adds the version, the files' sha256 and the commit time. The model section says which kernels computed
     the passages' vectors (per shard, where), which plan encodes queries here (with its probe), and why the run
     has its kernel (`workers_chose`, where the workers measured it: flows/engine.py kernels_for_actors). The corpus
-    section adds the digest of the listing the build read (`listing`: pipeline/corpus/pieces.py listing_digest)."""
+    section adds the digest of the listing the build read (`listing`: pipeline/corpus/pieces.py listing_digest),
+    except for a backfill."""
     kernels = {"passages": counts.get("kernels", {}), "queries": queries.to_dict(),
                "choice": workers_chose or queries.summary()}
-    corpus = prepared.corpus | {"listing_sha256": listing}
+    # a backfill keeps the documents outside its selection as live had them, whatever the corpus holds now: its
+    # version does not stand for this listing, and a later reindex must read the corpus to find what changed
+    corpus = prepared.corpus | {"listing_sha256": listing if plan.against.selection is None else None}
     return build_manifest(cfg, run_id=run_id, model=card.to_dict() | {"fingerprint": card.fingerprint,
                                                                        "kernels": kernels},
                           chunking=prepared.chunking, index=index, counts=counts, corpus=corpus,

@@ -319,6 +319,9 @@ def test_backfill_redoes_only_the_selection_with_the_new_chunker(runs, prefect_a
     assert manifest["lineage"] == {"job": "backfill", "base": live.version, "how": out["delta"],
                                    "kept_documents_chunking": live.manifest["chunking"]}
     assert f"the other documents keep its chunking {live.manifest['chunking']}" in out["delta"]
+    # It does not stand for the corpus as listed (the outsider's edit is not in it): no listing recorded, so the
+    # next reindex reads the corpus and finds that edit rather than taking live as current unread.
+    assert manifest["corpus"]["listing_sha256"] is None and live.manifest["corpus"]["listing_sha256"]
 
 
 def test_a_backfill_of_what_the_corpus_lacks_fails_and_publishes_nothing(runs, prefect_api):
