@@ -241,27 +241,15 @@ class Storage(CommitPrimitives):
         """Names directly under `prefix` (folders included, temp files of unfinished local writes not), sorted; []
         if it is absent. Listed afresh and not kept: s3fs would answer later `exists` checks under `prefix` from a
         kept listing, blind to what other processes wrote or deleted since (a worker's shard marker)."""
-        base = self.path(prefix)
-        with self._errors(prefix):
-            self.fs.invalidate_cache(base)
-            try:
-                if not self.fs.exists(base):
-                    return []
-                names = self.fs.ls(base, detail=False)
-            finally:
-                self.fs.invalidate_cache(base)
+        with self._afresh(prefix) as base:
+            names = self.fs.ls(base, detail=False) if self.fs.exists(base) else []
         return sorted(name for name in (n.rstrip("/").rsplit("/", 1)[-1] for n in names)
                       if not _TEMP_NAME.fullmatch(name))
 
     def last_modified(self, prefix: str) -> datetime | None:
         """When anything under `prefix` was last written (one listing of all of it); None if nothing is there."""
-        base = self.path(prefix)
-        with self._errors(prefix):
-            self.fs.invalidate_cache(base)
-            try:
-                found = self.fs.find(base, detail=True) if self.fs.exists(base) else {}
-            finally:
-                self.fs.invalidate_cache(base)
+        with self._afresh(prefix) as base:
+            found = self.fs.find(base, detail=True) if self.fs.exists(base) else {}
         times = [info["LastModified"] if "LastModified" in info else datetime.fromtimestamp(info["mtime"], UTC)
                  for info in found.values()]
         return max(times, default=None)
@@ -271,6 +259,17 @@ class Storage(CommitPrimitives):
             self.fs.rm(self.path(key), recursive=recursive)
 
     # --- backend details ------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _afresh(self, prefix: str) -> Iterator[str]:
+        """The path of `prefix`, with what fsspec kept of its listings dropped before and after (see `list`)."""
+        base = self.path(prefix)
+        with self._errors(prefix):
+            self.fs.invalidate_cache(base)
+            try:
+                yield base
+            finally:
+                self.fs.invalidate_cache(base)
 
     def _local_temp(self, target: str, data: bytes) -> str:
         """Write `data` durably to a fresh temp name beside `target`; the caller renames or links it."""
