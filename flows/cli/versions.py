@@ -166,20 +166,29 @@ def gc(root: Root, index: Index,
         console.print(f"  {'would delete' if dry_run else 'deleted'} {v}  ({why})", soft_wrap=True)
 
 
+def _build_root(root: str, kept: str):
+    """The Storage of `root`, once it holds snapshots or `kept` (cache, runs): a mistyped root is an error, not
+    "nothing to delete"."""
+    from pipeline.errors import SnapshotError
+    from pipeline.storage.backend import Storage
+    from pipeline.storage.keys import redact
+
+    storage = Storage(root)
+    if not (storage.list("snapshots") or storage.list(kept)):
+        raise SnapshotError(f"nothing under {redact(storage.url)}: no snapshots and no {kept} (expected the storage "
+                            "root a build wrote to)")
+    return storage
+
+
 @reports_errors
 def gc_cache(root: Root,
              dry_run: Annotated[bool, typer.Option("--dry-run", help="only count what would be dropped")] = False,
              as_json: JsonFlag = False) -> None:
     """Drop cached vectors and bm25 terms that no committed snapshot needs (run after gc, while no build runs)."""
-    from pipeline.errors import SnapshotError
     from pipeline.snapshots.retention import collect_cache
-    from pipeline.storage.backend import Storage
     from pipeline.storage.keys import redact
 
-    storage = Storage(root)
-    if not (storage.list("snapshots") or storage.list("cache")):  # a mistyped root: say so, not "nothing to drop"
-        raise SnapshotError(f"nothing under {redact(storage.url)}: no snapshots and no cache (expected the storage "
-                            "root a build wrote to)")
+    storage = _build_root(root, "cache")
     results = collect_cache(storage, dry_run)
     if as_json:
         print(json.dumps([asdict(r) | {"dry_run": dry_run} for r in results], indent=2))
@@ -201,15 +210,10 @@ def gc_runs(root: Root,
             as_json: JsonFlag = False) -> None:
     """Delete the work files (pieces, shards, index shares) that runs left behind: a run that never finished, or
     one an older embedpipe kept. Their records stay."""
-    from pipeline.errors import SnapshotError
     from pipeline.jobs.run_folder import plan_runs_gc, remove_work
-    from pipeline.storage.backend import Storage
     from pipeline.storage.keys import redact
 
-    storage = Storage(root)
-    if not (storage.list("snapshots") or storage.list("runs")):  # a mistyped root: say so, not "nothing to delete"
-        raise SnapshotError(f"nothing under {redact(storage.url)}: no snapshots and no runs (expected the storage "
-                            "root a build wrote to)")
+    storage = _build_root(root, "runs")
     plan = plan_runs_gc(storage, timedelta(hours=grace_hours))
     if not dry_run:
         for run_id in plan.delete:
