@@ -92,6 +92,8 @@ def _print_summary(summary, example: bool, config: str, overrides: dict[str, Any
     if kernels := summary.counts.get("kernels"):
         console.print("  embedded with: " + "; ".join(f"{k} x {n} shards" for k, n in kernels.items()),
                       soft_wrap=True)
+    for note in summary.training_notes():
+        console.print(f"  training of {note}", soft_wrap=True)
     console.print(compact_table(timings_table(summary.timings_s)))
     if promotion := summary.promotion:
         outcome = "[green]promoted to this version[/]" if promotion.promoted else \

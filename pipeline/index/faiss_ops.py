@@ -66,6 +66,17 @@ def train_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int, use_gpu: bool |
     return index
 
 
+FIT_ROWS = 20_000  # rows that measure a training's fit (every row up to twice this, else a stride of them)
+
+
+def reconstruction_error(index: faiss.Index, vectors: np.ndarray) -> float:
+    """How well a trained IVF-PQ index's centroids and codebooks fit `vectors`: the squared error of the vectors
+    encoded and decoded, relative to their squared norms (0: exact; a spread of rows, at most 2 * FIT_ROWS)."""
+    x = np.ascontiguousarray(vectors[::max(1, len(vectors) // FIT_ROWS)])
+    decoded = index.sa_decode(index.sa_encode(x))
+    return float(f"{((x - decoded) ** 2).sum() / (x ** 2).sum():.6g}")  # 6 digits: the manifest's figure
+
+
 def build_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int) -> faiss.Index:
     index = train_ivfpq(vectors, plan, seed)
     index.add(vectors)

@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline.config import VARIANT_KINDS, VARIANT_PATTERN, IndexConfig
 from pipeline.errors import IndexBuildError, SnapshotError
-from pipeline.index.faiss_ops import check_vectors, from_bytes, to_bytes, train_ivfpq
+from pipeline.index.faiss_ops import check_vectors, from_bytes, reconstruction_error, to_bytes, train_ivfpq
 from pipeline.index.plan import IvfPlan, plan_ivf, plan_ivfpq
 from pipeline.index.ranking import rerank
 from pipeline.index.representations import Int8Ranges, asymmetric_binary_scores, matryoshka, pack_signs
@@ -120,14 +120,42 @@ class IvfPq(Kind):
         earlier = ctx.training.variants.get(ctx.name)
         if earlier is not None and earlier[1]["factory"] == plan.factory and earlier[1]["dims"] == dims:
             # The earlier version's coarse quantizer and PQ codebooks: training is most of an incremental run's
-            # index time. The plan changing (the corpus grew) retrains.
+            # index time. The plan changing (the corpus grew), or the vectors moving away from what it was trained
+            # on (new topics: its lists fill unevenly and its codes lose the nearest neighbours), retrains.
             params = {k: v for k, v in earlier[1].items() if k not in ("index_bytes", "quality", "training")}
-            return from_bytes(earlier[0]), params | {
-                "training": f"reused from version {params['trained_in']}: {ctx.training.why}"}
-        why = ctx.training.why if earlier is None else \
-            f"trained on this build's vectors: the plan changed ({earlier[1]['factory']} -> {plan.factory})"
-        return train_ivfpq(sample, plan, ctx.seed), {**plan.to_dict(), "seed": ctx.seed,
-                                                     "bytes_per_vector": plan.code_bytes, "training": why}
+            index = from_bytes(earlier[0])
+            now = reconstruction_error(index, sample)
+            why = _misfit(params, now, ctx.cfg.ivf.max_reuse_error_ratio)
+            if why is None:
+                return index, params | {"reconstruction_error_now": now, "training": (
+                    f"reused from version {params['trained_in']} (reconstruction error "
+                    f"{_growth(params, now):.2f}x its value when trained): {ctx.training.why}")}
+        else:
+            why = ctx.training.why if earlier is None else \
+                f"trained on this build's vectors: the plan changed ({earlier[1]['factory']} -> {plan.factory})"
+        index = train_ivfpq(sample, plan, ctx.seed)
+        return index, {**plan.to_dict(), "seed": ctx.seed, "bytes_per_vector": plan.code_bytes, "training": why,
+                       "reconstruction_error": reconstruction_error(index, sample)}
+
+
+def _growth(params: dict, now: float) -> float:
+    """This build's reconstruction error over the one measured on the sample the index was trained on."""
+    then = params["reconstruction_error"]
+    return now / then if then else (1.0 if now == 0 else float("inf"))
+
+
+def _misfit(params: dict, now: float, limit: float) -> str | None:
+    """Why an earlier version's trained IVF-PQ index no longer fits this build's vectors (their reconstruction
+    error `now` beyond `limit` times its error on the vectors it was trained on), or None while it does."""
+    version = params["trained_in"]
+    if "reconstruction_error" not in params:
+        return (f"trained on this build's vectors: version {version}'s training recorded no reconstruction error "
+                "(an older embedpipe), so its fit to these vectors cannot be checked")
+    if _growth(params, now) <= limit:
+        return None
+    return (f"trained on this build's vectors: they fit version {version}'s training {_growth(params, now):.2f}x "
+            f"worse than the vectors it was trained on (PQ reconstruction error {now:.4g} against "
+            f"{params['reconstruction_error']:.4g}; index.ivf.max_reuse_error_ratio {limit:g})")
 
 
 class Int8(Kind):

@@ -15,6 +15,7 @@ from functools import partial
 from pipeline.config import BM25, PipelineConfig
 from pipeline.errors import SnapshotError
 from pipeline.index.plan import plan_rescore_factor
+from pipeline.index.variants import FULL_BUILD
 from pipeline.jobs.executor import Executor
 from pipeline.jobs.indexing import FileEntry, assemble, index_shard, row_layout, train
 from pipeline.jobs.lexical import StagedBm25
@@ -161,6 +162,12 @@ class BuildSummary:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "promotion": self.promotion.to_dict() if self.promotion else None}
+
+    def training_notes(self) -> list[str]:
+        """'variant: why its training was reused or redone', for variants that had an earlier training to weigh
+        (a first or --full build's plain 'trained on this build's vectors' says nothing new)."""
+        return [f"{name}: {params['training']}" for name, params in self.index.get("variants", {}).items()
+                if params.get("training", FULL_BUILD.why) != FULL_BUILD.why]
 
 
 def manifest_for(cfg: PipelineConfig, run_id: str, job: str, plan: BuildPlan, card: ModelCard, queries: KernelPlan,

@@ -32,6 +32,8 @@ def build_markdown(summary: BuildSummary) -> str:
         outcome = "promoted to this version" if promotion.promoted else f"stays at {promotion.live}: {promotion.reason}"
         notes = "".join(f" (gate: {note})" for note in (promotion.gate.notes if promotion.gate else []))
         lines += [f"Alias `{promotion.alias}`: {outcome}{notes}", ""]
+    for note in summary.training_notes():
+        lines += [f"Training of {note}", ""]
     tables = [counts_table(summary.counts)]
     if modes := summary.evaluation.get("modes"):
         tables.append(quality_table("quality per search mode" if summary.published else

@@ -40,6 +40,8 @@ REPORT_KEYS = {
     "benchmarks/scale.py": {"sizes", "cache_runs", "prepare", "ratios", "targets"},
     "benchmarks/scifact_reference.py": {"exact", "ivfpq", "ivfpq_nprobe_sweep", "reproduces_published", "throughput"},
     "benchmarks/serve.py": {"datasets", "clients", "k", "modes"},
+    "benchmarks/training_reuse.py": {"data", "n", "factory", "limit", "runs", "lossy_reuses", "needless_retrainings",
+                                     "met"},
     "benchmarks/worker_memory.py": {"runs", "worker_ratio", "met"},
 }
 PLOTS = {"benchmarks/representations.py": ["representations.png"]}

@@ -107,9 +107,11 @@ def test_incremental_reindex_embeds_exactly_the_edits_and_reuses_every_other_vec
     same2 = rows2.with_row_index("i").join(kept2.select("chunk_id"), on="chunk_id")["i"].to_numpy()
     assert np.array_equal(vec1[same1], vec2[same2])
     assert v2["promotion"]["promoted"] and v2["index"]["variants"]["exact"]["quality"]
-    # IVF-PQ was refilled from v1's training (same plan), not trained again
+    # IVF-PQ was refilled from v1's training (same plan, and it still fits the edited corpus), not trained again
     ivfpq = v2["index"]["variants"]["ivfpq"]
     assert ivfpq["trained_in"] == v1["version"] and ivfpq["quality"]["ivfpq"]["recall@10_vs_exact"] > 0.5
+    assert ivfpq["reconstruction_error"] == v1["index"]["variants"]["ivfpq"]["reconstruction_error"]
+    assert 0 < ivfpq["reconstruction_error_now"] <= 1.15 * ivfpq["reconstruction_error"]
 
 
 def test_incremental_result_equals_a_full_rebuild_of_the_edited_corpus(runs):

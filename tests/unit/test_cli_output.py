@@ -139,3 +139,22 @@ def test_a_build_on_ray_is_not_loaded_for_the_example_search(monkeypatch):
     printed = " ".join(console.export_text().split())
     assert "example search: skipped for a version built on Ray (embedpipe search /nowhere/snapshots/docs/v1 QUERY" \
         in printed
+
+
+def test_a_build_says_whether_it_kept_live_s_ivfpq_training_and_why(monkeypatch):
+    from flows.cli import jobs
+    from pipeline.index.variants import FULL_BUILD
+    from pipeline.jobs.build import BuildSummary
+    from pipeline.reports.markdown import build_markdown
+
+    redone = ("trained on this build's vectors: they fit version v1's training 1.62x worse than the vectors it was "
+              "trained on (PQ reconstruction error 0.3 against 0.185; index.ivf.max_reuse_error_ratio 1.15)")
+    variants = {"ivfpq": {"training": redone}, "ivfpq@128": {"training": FULL_BUILD.why}, "exact": {}}
+    summary = BuildSummary("reindex", "docs", "v2", "/store/snapshots/docs/v2", "run-2", "incremental",
+                           {"read": 3, "accepted": 3}, {}, {"variants": variants}, {"embed": 0.1}, None)
+    console = Console(width=80, record=True)
+    monkeypatch.setattr(jobs, "console", console)
+    jobs._print_summary(summary, example=False, config="unused.yaml", overrides={})
+    printed = " ".join(console.export_text().split())
+    assert f"training of ivfpq: {redone}" in printed and f"Training of ivfpq: {redone}" in build_markdown(summary)
+    assert "ivfpq@128" not in printed  # a plain first training is not news

@@ -123,3 +123,52 @@ def test_gpu_training_asked_for_without_a_gpu_is_refused_and_cpu_training_can_be
 def test_rescoring_depth_grows_with_the_square_root_of_the_corpus_past_1m(n, factor):
     # 10M: k x 10 candidates gave Recall@10 0.9025 against 0.9689 at 1M; k x 40 gave 0.9805 (docs/BENCHMARKS.md)
     assert plan_rescore_factor(n) == factor
+
+
+def _topics(centers: np.ndarray, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = (centers[rng.integers(0, len(centers), n)] + 0.45 * rng.standard_normal((n, centers.shape[1])))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _recall_at_10(index, x: np.ndarray) -> float:
+    _, truth = build_exact(x).search(x[:300], 10)
+    _, found = index.search(x[:300], 10)
+    return float(np.mean([len(set(a) & set(t)) / 10 for a, t in zip(found, truth, strict=True)]))
+
+
+def test_live_training_is_reused_while_it_fits_and_retrained_once_the_corpus_moved_to_new_topics():
+    from pipeline.config import IndexConfig
+    from pipeline.index.variants import Training, VariantSpec, build_variant, train_variants
+
+    rng = np.random.default_rng(0)
+    # topics that weigh other dimensions: codebooks trained on the old ones have few codes where the new ones vary
+    weights = np.where(np.arange(64) < 32, 1.0, 0.2)
+    old_topics, new_topics = rng.standard_normal((400, 64)) * weights, rng.standard_normal((400, 64)) * weights[::-1]
+    live = _topics(old_topics, 4000, seed=1)
+    cfg = IndexConfig(variants=["ivfpq"])
+    [trained] = train_variants(cfg, len(live), 64, live, seed=0)
+    assert trained.params["reconstruction_error"] > 0  # what later builds compare their fit with
+    training = Training({"ivfpq": (trained.empty, {**trained.params, "trained_in": "v1"})}, why="same model")
+    spec = VariantSpec.parse("ivfpq")
+
+    # A night that rewrote a tenth of the documents on the same topics: the codebooks still fit, nothing is trained
+    edited = np.concatenate([live[400:], _topics(old_topics, 400, seed=2)])
+    _, params = build_variant(spec, edited, cfg, seed=0, training=training)
+    assert params["trained_in"] == "v1" and params["training"].startswith("reused from version v1 (reconstruction")
+    assert params["reconstruction_error_now"] <= 1.15 * params["reconstruction_error"]
+
+    # The corpus moved to new topics: the old lists and codes lose neighbours that a fresh training finds
+    moved = _topics(new_topics, 4000, seed=3)
+    reused, params = build_variant(spec, moved, IndexConfig(variants=["ivfpq"], ivf={"max_reuse_error_ratio": 1e9}),
+                                   seed=0, training=training)
+    assert params["trained_in"] == "v1"  # a limit set out of reach keeps the old training, as before
+    retrained, params = build_variant(spec, moved, cfg, seed=0, training=training)
+    assert "trained_in" not in params
+    assert "they fit version v1's training" in params["training"] and "max_reuse_error_ratio 1.15" in params["training"]
+    assert _recall_at_10(retrained, moved) > _recall_at_10(reused, moved) + 0.1
+
+    # A training recorded by an older embedpipe has no error to compare with: trained again, saying so
+    older = {k: v for k, v in training.variants["ivfpq"][1].items() if k != "reconstruction_error"}
+    _, params = build_variant(spec, edited, cfg, seed=0, training=Training({"ivfpq": (trained.empty, older)}))
+    assert "trained_in" not in params and "recorded no reconstruction error" in params["training"]
