@@ -127,7 +127,9 @@ class IvfPq(Kind):
             now = reconstruction_error(index, sample)
             why = _misfit(params, now, ctx.cfg.ivf.max_reuse_error_ratio)
             if why is None:
-                return index, params | {"reconstruction_error_now": now, "training": (
+                # nprobe is how a search scans, not training: this build's plan (its N, or ivf.nprobe) sets it
+                faiss.extract_index_ivf(index).nprobe = plan.nprobe
+                return index, params | {"nprobe": plan.nprobe, "reconstruction_error_now": now, "training": (
                     f"reused from version {params['trained_in']} (reconstruction error "
                     f"{_growth(params, now):.2f}x its value when trained): {ctx.training.why}")}
         else:

@@ -157,6 +157,10 @@ def test_live_training_is_reused_while_it_fits_and_retrained_once_the_corpus_mov
     _, params = build_variant(spec, edited, cfg, seed=0, training=training)
     assert params["trained_in"] == "v1" and params["training"].startswith("reused from version v1 (reconstruction")
     assert params["reconstruction_error_now"] <= 1.15 * params["reconstruction_error"]
+    # a kept training searches as this build plans: an nprobe set since then applies
+    index, params = build_variant(spec, edited, IndexConfig(variants=["ivfpq"], ivf={"nprobe": 7}), seed=0,
+                                  training=training)
+    assert params["trained_in"] == "v1" and params["nprobe"] == faiss.extract_index_ivf(index).nprobe == 7
 
     # The corpus moved to new topics: the old lists and codes lose neighbours that a fresh training finds
     moved = _topics(new_topics, 4000, seed=3)
