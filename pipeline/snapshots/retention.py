@@ -105,6 +105,7 @@ class CacheGc:
     partitions: int
     kept: int
     dropped: int
+    unfinished_writes: int = 0  # temp files that killed writers left in its partitions (deleted with the rest)
 
 
 def _cache_keys(snap: Snapshot) -> dict[str, str]:
@@ -131,10 +132,11 @@ def collect_cache(storage: Storage, dry_run: bool = False) -> list[CacheGc]:
     for kind, open_cache in (("embeddings", EmbeddingCache), ("terms", TermCache)):
         for fingerprint in storage.list(layout.cache_prefix(kind, "")):
             cache = open_cache(storage, fingerprint)
-            partitions = kept = dropped = 0
+            partitions = kept = dropped = unfinished = 0
             for lo, hi in cache.partitions():
                 keep = set().union(*(snap.chunk_hashes(lo, hi) for snap in needed.get((kind, fingerprint), [])))
-                before, after = cache.collect(lo, hi, keep, dry_run)
+                before, after, temps = cache.collect(lo, hi, keep, dry_run)
                 partitions, kept, dropped = partitions + 1, kept + after, dropped + before - after
-            out.append(CacheGc(kind, fingerprint, partitions, kept, dropped))
+                unfinished += temps
+            out.append(CacheGc(kind, fingerprint, partitions, kept, dropped, unfinished))
     return out

@@ -241,10 +241,12 @@ class Storage(CommitPrimitives):
         """Names directly under `prefix` (folders included, temp files of unfinished local writes not), sorted; []
         if it is absent. Listed afresh and not kept: s3fs would answer later `exists` checks under `prefix` from a
         kept listing, blind to what other processes wrote or deleted since (a worker's shard marker)."""
-        with self._afresh(prefix) as base:
-            names = self.fs.ls(base, detail=False) if self.fs.exists(base) else []
-        return sorted(name for name in (n.rstrip("/").rsplit("/", 1)[-1] for n in names)
-                      if not _TEMP_NAME.fullmatch(name))
+        return [name for name in self._names(prefix) if not _TEMP_NAME.fullmatch(name)]
+
+    def unfinished(self, prefix: str) -> list[str]:
+        """The temp files directly under `prefix` that local writes left: a writer killed between writing one and
+        renaming it (a write in progress shows here too: delete them only while nothing writes there)."""
+        return [name for name in self._names(prefix) if _TEMP_NAME.fullmatch(name)]
 
     def last_modified(self, prefix: str) -> datetime | None:
         """When anything under `prefix` was last written (one listing of all of it); None if nothing is there."""
@@ -259,6 +261,11 @@ class Storage(CommitPrimitives):
             self.fs.rm(self.path(key), recursive=recursive)
 
     # --- backend details ------------------------------------------------------------------------------------------
+
+    def _names(self, prefix: str) -> list[str]:
+        with self._afresh(prefix) as base:
+            names = self.fs.ls(base, detail=False) if self.fs.exists(base) else []
+        return sorted(n.rstrip("/").rsplit("/", 1)[-1] for n in names)
 
     @contextmanager
     def _afresh(self, prefix: str) -> Iterator[str]:

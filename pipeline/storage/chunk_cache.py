@@ -76,16 +76,21 @@ class ChunkCache:
         self._rewrite(folder, names, pl.concat([read_parquet(self.storage, f"{folder}/{n}") for n in names]))
         return True
 
-    def collect(self, lo: int, hi: int, keep: set[str], dry_run: bool = False) -> tuple[int, int]:
+    def collect(self, lo: int, hi: int, keep: set[str], dry_run: bool = False) -> tuple[int, int, int]:
         """Keep only the entries whose hash is in `keep` (what retained snapshots need) in the partition of
-        [lo, hi); returns its entries (before, after)."""
+        [lo, hi), and drop the temp files that killed writers left there; returns its entries (before, after) and
+        those temp files."""
         folder = self._folder(lo, hi)
         names = self.storage.list(folder)
         table = pl.concat([read_parquet(self.storage, f"{folder}/{n}") for n in names]).unique("chunk_hash")
         kept = table.filter(pl.col("chunk_hash").is_in(pl.Series(sorted(keep), dtype=pl.String)))
-        if not dry_run and kept.height < table.height:
-            self._rewrite(folder, names, kept)
-        return table.height, kept.height
+        leftovers = self.storage.unfinished(folder)
+        if not dry_run:
+            if kept.height < table.height:
+                self._rewrite(folder, names, kept)
+            for name in leftovers:
+                self.storage.delete(f"{folder}/{name}")
+        return table.height, kept.height, len(leftovers)
 
     def _rewrite(self, folder: str, names: list[str], table: pl.DataFrame) -> None:
         """Replace a partition's files by one: written first, so a reader sees every entry at every moment."""

@@ -212,10 +212,16 @@ def test_cache_gc_keeps_what_committed_snapshots_need(tmp_path, sample_docs, enc
                                                       "model": encoder.card.to_dict() | {
                                                           "fingerprint": encoder.card.fingerprint}})
             needed = prepared.counts["chunks"]
+    # what a writer killed between its temp file and the rename leaves (tests/integration/test_storage.py kills one)
+    [fingerprint] = storage.list("cache/embeddings")
+    partition = tmp_path / "store" / "cache" / "embeddings" / fingerprint / storage.list(f"cache/embeddings/"
+                                                                                         f"{fingerprint}")[0]
+    leftover = partition / f"{next(partition.iterdir()).name}.tmp-{'0' * 32}"
+    leftover.write_bytes(b"a complete part, never renamed")
     [dry] = [r for r in collect_cache(storage, dry_run=True) if r.kind == "embeddings"]
-    assert dry.kept == needed and dry.dropped > 0
+    assert dry.kept == needed and dry.dropped > 0 and dry.unfinished_writes == 1 and leftover.exists()
     [done] = [r for r in collect_cache(storage) if r.kind == "embeddings"]
-    assert (done.kept, done.dropped) == (dry.kept, dry.dropped)
+    assert (done.kept, done.dropped, done.unfinished_writes) == (dry.kept, dry.dropped, 1) and not leftover.exists()
     again = prepared_run(config(kept, tmp_path / "store"), storage, "again", encoder)
     assert again.counts["cached"] == again.counts["chunks"]  # everything the snapshot needs is still cached
     assert prepared_run(config(gone, tmp_path / "store"), storage, "gone-again", encoder).counts["cached"] == 0
