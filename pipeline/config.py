@@ -7,9 +7,10 @@ was expected. Relative paths are taken from the current directory, as a shell us
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"  # index and alias names: they become object keys (storage/layout.py)
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # one folder under runs/ ('.', '..' and '/' excluded)
@@ -17,6 +18,26 @@ RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # one folder under runs/ ('.',
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads `true` as 1 in a number field: `run.shards: true` would have built one shard, silently
+        if isinstance(value, bool) and _number_not_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, not a boolean")
+        return value
+
+
+def _number_not_bool(annotation: Any) -> bool:
+    def kinds(a: Any) -> set:
+        if get_origin(a) is Annotated:
+            return kinds(get_args(a)[0])
+        if get_origin(a) in (Union, UnionType):
+            return set().union(*map(kinds, get_args(a)))
+        return {a}
+
+    found = kinds(annotation)
+    return bool(found & {int, float}) and bool not in found
 
 
 # Columns a document row carries through the pipeline beside its metadata fields: the reader's (doc_id, title,

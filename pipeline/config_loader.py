@@ -41,7 +41,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def _describe(err: dict[str, Any]) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "<top level>"
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own message
     if err["type"] == "extra_forbidden":
         return f"{loc}: unknown key (check its spelling and nesting)"
     if err["type"] == "missing":

@@ -26,6 +26,18 @@ def test_wrong_type_names_field_and_value(tmp_path):
         load_config(p)
 
 
+def test_a_boolean_where_a_number_belongs_is_refused_not_read_as_1(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("index_name: x\ncorpus: {source: a.jsonl}\nrun: {shards: true, keep_work: true}\n"
+                 "index: {ivf: {nprobe: false, max_reuse_error_ratio: yes}}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(p)
+    assert str(refused.value).splitlines()[1:] == [
+        "  index.ivf.nprobe: expected a number, not a boolean (got False)",
+        "  index.ivf.max_reuse_error_ratio: expected a number, not a boolean (got True)",
+        "  run.shards: expected a number, not a boolean (got True)"]  # keep_work is a boolean: taken
+
+
 def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
     # YAML parsers keep the last of two equal keys: a second `model:` pasted below would replace the first whole
     p = tmp_path / "c.yaml"
