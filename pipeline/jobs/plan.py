@@ -59,7 +59,7 @@ def reusable_training(storage: Storage, index_name: str, version: str | None, mo
     params = {name: snapshot.variant_params(name) for name in snapshot.variants}
     return Training({name: (snapshot.trained(name), {**p, "trained_in": p.get("trained_in", version)})
                      for name, p in params.items() if p["kind"] == "ivfpq"},
-                    why=f"version {version} has the same model ({model_fingerprint}), chunker parameters and plan")
+                    why=f"the same model ({model_fingerprint}), chunker parameters and plan as version {version}")
 
 
 def _terms_not_cached(cfg: PipelineConfig, manifest: dict) -> str | None:
