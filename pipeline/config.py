@@ -153,7 +153,7 @@ class IvfConfig(_Strict):
     # The training sample's cap, i.e. its memory (200k x 384 dims x 4 B = 307 MB); nlist <= cap / 39.
     max_train_points: Annotated[int, Field(gt=0)] = 200_000
     # An incremental build reuses live's IVF-PQ training while its vectors' PQ reconstruction error stays within
-    # this multiple of the error at training time (pipeline/index/variants.py, docs/BENCHMARKS.md "Training reuse")
+    # this multiple of the error at training time (pipeline/index/variants.py; benchmarks/training_reuse.py)
     max_reuse_error_ratio: Annotated[float, Field(ge=1.0)] = 1.15
 
     @model_validator(mode="after")

@@ -197,7 +197,7 @@ def gc_cache(root: Root,
         console.print(f"no cached vectors or bm25 terms under {redact(storage.url)}: nothing to drop", soft_wrap=True)
     for r in results:
         what = "vectors of model" if r.kind == "embeddings" else "bm25 terms of analyzer"
-        temps = f", {'would delete' if dry_run else 'deleted'} {r.unfinished_writes} unfinished writes' temp files" \
+        temps = f", {'would delete' if dry_run else 'deleted'} {r.unfinished_writes} temp file(s) of killed writes" \
             if r.unfinished_writes else ""
         console.print(f"  {what} {r.fingerprint}: {r.partitions} partitions, kept {r.kept:,} chunks, "
                       f"{'would drop' if dry_run else 'dropped'} {r.dropped:,}{temps}", soft_wrap=True)
