@@ -83,7 +83,8 @@ def main() -> int:
 
     from pipeline.config import IndexConfig
     from pipeline.index.faiss_ops import build_exact, from_bytes, reconstruction_error
-    from pipeline.index.variants import FULL_BUILD, Training, VariantSpec, build_variant, train_variants, training_rows
+    from pipeline.index.training import FULL_BUILD, Training
+    from pipeline.index.variants import VariantSpec, build_variant, train_variants, training_rows
 
     if args.vectors:
         live, same, new = split_by_topic(np.load(args.vectors, allow_pickle=False))

@@ -20,7 +20,7 @@ so shard files merge list by list (pipeline/index/assemble.py). IVF kinds share 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -31,22 +31,8 @@ from pipeline.index.faiss_ops import check_vectors, from_bytes, reconstruction_e
 from pipeline.index.plan import IvfPlan, plan_ivf, plan_ivfpq
 from pipeline.index.ranking import rerank
 from pipeline.index.representations import Int8Ranges, asymmetric_binary_scores, matryoshka, pack_signs
+from pipeline.index.training import FULL_BUILD, Training, kept_note, misfit
 from pipeline.storage.layout import trained_file, variant_file
-
-Trained = tuple[bytes, dict]  # a variant's trained, empty index (FAISS bytes) and its manifest parameters
-
-
-@dataclass(frozen=True)
-class Training:
-    """IVF-PQ training a build may reuse: a committed version's trained, empty IVF-PQ indexes and their manifest
-    parameters (variant name -> Trained), and why they may be reused, or none and why not. Recorded per variant in
-    the manifest."""
-
-    variants: dict[str, Trained] = field(default_factory=dict)
-    why: str = "trained on this build's vectors: a full build"
-
-
-FULL_BUILD = Training()
 
 
 @dataclass(frozen=True)
@@ -125,39 +111,18 @@ class IvfPq(Kind):
             params = {k: v for k, v in earlier[1].items() if k not in ("index_bytes", "quality", "training")}
             index = from_bytes(earlier[0])
             now = reconstruction_error(index, sample)
-            why = _misfit(params, now, ctx.cfg.ivf.max_reuse_error_ratio)
+            why = misfit(params, now, ctx.cfg.ivf.max_reuse_error_ratio)
             if why is None:
                 # nprobe is how a search scans, not training: this build's plan (its N, or ivf.nprobe) sets it
                 faiss.extract_index_ivf(index).nprobe = plan.nprobe
-                return index, params | {"nprobe": plan.nprobe, "reconstruction_error_now": now, "training": (
-                    f"reused from version {params['trained_in']} (reconstruction error "
-                    f"{_growth(params, now):.2f}x its value when trained): {ctx.training.why}")}
+                return index, params | {"nprobe": plan.nprobe, "reconstruction_error_now": now,
+                                        "training": kept_note(params, now, ctx.training.why)}
         else:
             why = ctx.training.why if earlier is None else \
                 f"trained on this build's vectors: the plan changed ({earlier[1]['factory']} -> {plan.factory})"
         index = train_ivfpq(sample, plan, ctx.seed)
         return index, {**plan.to_dict(), "seed": ctx.seed, "bytes_per_vector": plan.code_bytes, "training": why,
                        "reconstruction_error": reconstruction_error(index, sample)}
-
-
-def _growth(params: dict, now: float) -> float:
-    """This build's reconstruction error over the one measured on the sample the index was trained on."""
-    then = params["reconstruction_error"]
-    return now / then if then else (1.0 if now == 0 else float("inf"))
-
-
-def _misfit(params: dict, now: float, limit: float) -> str | None:
-    """Why an earlier version's trained IVF-PQ index no longer fits this build's vectors (their reconstruction
-    error `now` beyond `limit` times its error on the vectors it was trained on), or None while it does."""
-    version = params["trained_in"]
-    if "reconstruction_error" not in params:
-        return (f"trained on this build's vectors: version {version}'s training recorded no reconstruction error "
-                "(an older embedpipe), so its fit to these vectors cannot be checked")
-    if _growth(params, now) <= limit:
-        return None
-    return (f"trained on this build's vectors: they fit version {version}'s training {_growth(params, now):.2f}x "
-            f"worse than the vectors it was trained on (PQ reconstruction error {now:.4g} against "
-            f"{params['reconstruction_error']:.4g}; index.ivf.max_reuse_error_ratio {limit:g})")
 
 
 class Int8(Kind):

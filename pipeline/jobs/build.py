@@ -15,7 +15,7 @@ from functools import partial
 from pipeline.config import BM25, PipelineConfig
 from pipeline.errors import SnapshotError
 from pipeline.index.plan import plan_rescore_factor
-from pipeline.index.variants import FULL_BUILD
+from pipeline.index.training import FULL_BUILD
 from pipeline.jobs.executor import Executor
 from pipeline.jobs.indexing import FileEntry, assemble, index_shard, row_layout, train
 from pipeline.jobs.lexical import StagedBm25

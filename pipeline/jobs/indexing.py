@@ -27,7 +27,8 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import SnapshotError
 from pipeline.index.assemble import concat_flat, concat_parquet, merge_ivf, npy_header
 from pipeline.index.faiss_ops import to_bytes
-from pipeline.index.variants import FULL_BUILD, TrainedVariant, Training, VariantSpec, train_variants, training_rows
+from pipeline.index.training import FULL_BUILD, Training
+from pipeline.index.variants import TrainedVariant, VariantSpec, train_variants, training_rows
 from pipeline.jobs.executor import Executor, one_task_cpus
 from pipeline.jobs.shards import INPUT_COLUMNS, is_committed
 from pipeline.storage import layout

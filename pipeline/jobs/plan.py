@@ -19,7 +19,7 @@ from pipeline.config import BM25, PipelineConfig
 from pipeline.corpus.delta import Selection
 from pipeline.errors import InputError
 from pipeline.index.analyzer import Analyzer, fingerprint
-from pipeline.index.variants import FULL_BUILD, Training
+from pipeline.index.training import FULL_BUILD, Training
 from pipeline.jobs.prepare import ShardInput
 from pipeline.snapshots.aliases import read_alias
 from pipeline.snapshots.snapshot import Snapshot

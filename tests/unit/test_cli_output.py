@@ -143,7 +143,7 @@ def test_a_build_on_ray_is_not_loaded_for_the_example_search(monkeypatch):
 
 def test_a_build_says_whether_it_kept_live_s_ivfpq_training_and_why(monkeypatch):
     from flows.cli import jobs
-    from pipeline.index.variants import FULL_BUILD
+    from pipeline.index.training import FULL_BUILD
     from pipeline.jobs.build import BuildSummary
     from pipeline.reports.markdown import build_markdown
 

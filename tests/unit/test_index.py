@@ -139,7 +139,8 @@ def _recall_at_10(index, x: np.ndarray) -> float:
 
 def test_live_training_is_reused_while_it_fits_and_retrained_once_the_corpus_moved_to_new_topics():
     from pipeline.config import IndexConfig
-    from pipeline.index.variants import Training, VariantSpec, build_variant, train_variants
+    from pipeline.index.training import Training
+    from pipeline.index.variants import VariantSpec, build_variant, train_variants
 
     rng = np.random.default_rng(0)
     # topics that weigh other dimensions: codebooks trained on the old ones have few codes where the new ones vary
