@@ -10,7 +10,7 @@ from pipeline.config import RunConfig
 from pipeline.errors import SnapshotError
 from pipeline.jobs.executor import RAY_TASKS, LocalExecutor, one_task_cpus
 from pipeline.quality.golden import GoldenSet
-from pipeline.quality.measure import Measurement, measure_snapshot
+from pipeline.quality.measure import Measurement, check_mode, measure_snapshot
 from pipeline.snapshots.aliases import read_alias
 from pipeline.snapshots.snapshot import Snapshot
 from pipeline.storage.backend import Storage
@@ -39,6 +39,7 @@ def measure_task(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, root:
     """Where the snapshot's build ran its steps: a snapshot built on Ray is measured on a Ray worker (with one actor's
     CPUs, `run`), since measuring loads its indexes and id table, which grow with the corpus (the driver never holds
     them). `root`: the storage root whose query cache spares encoding the golden set again."""
+    check_mode(snapshot, mode)
     executor = LocalExecutor()
     if snapshot.manifest["counts"].get("executor") == RAY_TASKS:
         from operators.executor import RayExecutor

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.config import BM25
 from pipeline.errors import SnapshotError
+from pipeline.index.variants import VariantSpec
 from pipeline.models.cache import CachedQueries
 from pipeline.models.encoder import encoder_for_card
 from pipeline.quality.drift import snapshot_stats
 from pipeline.quality.golden import GoldenSet
 from pipeline.quality.metrics import METRICS, Qrels, Run
-from pipeline.quality.search import Searcher
+from pipeline.quality.search import Searcher, evaluated_modes
 from pipeline.snapshots.snapshot import Snapshot
 from pipeline.storage.backend import Storage
 from pipeline.storage.keys import redact
@@ -60,6 +62,16 @@ class Measurement:
     def evaluation(self) -> dict:
         """In the manifest's "evaluation" shape, for the quality gate: every mode's metrics, `mode`'s drift."""
         return {"modes": self.modes, "drift": {"mode": self.mode, **self.stats}}
+
+
+def check_mode(snapshot: Snapshot, mode: str) -> None:
+    """Refuse a mode the snapshot cannot answer, from its manifest alone (the modes `Searcher.modes` would list), so
+    the error comes before its indexes are loaded or a worker is started for it."""
+    modes = evaluated_modes([VariantSpec.parse(v) for v in snapshot.vector_variants],
+                            bool(snapshot.manifest["index"].get("rescore")), BM25 in snapshot.variants)
+    if mode not in modes:
+        raise SnapshotError(f"{snapshot.manifest['index_name']} {snapshot.version} has no search mode {mode!r}; "
+                            f"it has {modes}")
 
 
 def measure_snapshot(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, root: Storage) -> Measurement:
