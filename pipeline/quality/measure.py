@@ -84,10 +84,8 @@ def measure_snapshot(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, r
 def measure(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, searcher: Searcher | None = None,
             sample: int = 1000, seed: int = 0) -> Measurement:
     """Evaluate every search mode of `snapshot` on `golden` (k results per query) and summarise `mode`."""
+    check_mode(snapshot, mode)
     searcher = searcher or Searcher.from_snapshot(snapshot)
-    if mode not in searcher.modes():
-        raise SnapshotError(f"{snapshot.manifest['index_name']} {snapshot.version} has no search mode {mode!r}; "
-                            f"it has {searcher.modes()}")
     runs: dict[str, Run] = {}
     modes = searcher.evaluate(golden.queries, golden.qrels, k, runs=runs)
     card = snapshot.model_card
