@@ -54,7 +54,9 @@ def build_indexes(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun, 
     trained = train(cfg, storage, prepared.run_id, shards, dims, executor, plan.training)
     executor.map(partial(index_shard, storage, prepared.run_id, trained=trained, store_fp16=cfg.index.store_fp16),
                  shards)
-    what = ["ids", *(["rescore"] if cfg.index.store_fp16 else []), *(t.spec.name for t in trained)]
+    # a backfill's version records no files or documents table: its kept documents are live's, not the files'
+    tables = [layout.DOCUMENTS, layout.FILES] if plan.against.selection is None else []
+    what = [layout.IDS, *tables, *(["rescore"] if cfg.index.store_fp16 else []), *(t.spec.name for t in trained)]
     written: list[list[FileEntry]] = executor.map(
         partial(assemble, storage, prepared.run_id, target, shards=shards, trained=trained, dims=dims), what)
     files = {e.name: {"sha256": e.sha256, "bytes": e.bytes} for entries in written for e in entries}

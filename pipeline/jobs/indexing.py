@@ -142,13 +142,19 @@ class FileEntry:
 
 def assemble(storage: Storage, run_id: str, target: Storage, what: str, shards: list[ShardRows],
              trained: list[TrainedVariant], dims: int) -> list[FileEntry]:
-    """Write one snapshot file (`what`: "ids", "rescore" or a variant's name) into the version folder `target`
-    from the shards' files, streaming; IVF variants also write their lists and trained index."""
-    if what == "ids":
-        with target.open_write(layout.IDS) as out:
-            concat_parquet((read_parquet(storage, layout.index_shard_key(run_id, s.shard, "ids.parquet"))
-                            for s in shards), out)
-        return [FileEntry(layout.IDS, out.sha256, out.size)]
+    """Write one snapshot file (`what`: the id, documents or files table, "rescore" or a variant's name) into the
+    version folder `target` from the run's files, streaming; IVF variants also write their lists and trained
+    index."""
+    if what in (layout.IDS, layout.DOCUMENTS):  # the shards' tables one after another: bucket order
+        key = partial(layout.index_shard_key, run_id, name=what) if what == layout.IDS else \
+            partial(layout.shard_key, run_id, name=what)
+        with target.open_write(what) as out:
+            concat_parquet((read_parquet(storage, key(s.shard)) for s in shards), out)
+        return [FileEntry(what, out.sha256, out.size)]
+    if what == layout.FILES:
+        data = storage.read_bytes(layout.run_files_key(run_id))
+        target.write_bytes(what, data)
+        return [FileEntry(what, hashlib.sha256(data).hexdigest(), len(data))]
     if what == "rescore":
         with target.open_write(layout.RESCORE_STORE) as out:
             out.write(npy_header(sum(s.rows for s in shards), dims, RESCORE_DTYPE))

@@ -6,7 +6,8 @@
    records with the same id always land in the same shard, so this is the whole corpus's duplicate check),
    compare with the live snapshot's rows of this shard only, chunk what is redone, and look the chunks up in the
    embedding cache (the shard's partition, once): the chunks to embed go to `chunks/` parts, the cached ones
-   straight to `vectors/`.
+   straight to `vectors/`. An incremental reindex leaves unread the files live recorded as they are now
+   (corpus/files.py): their documents are live's rows, unless a record read now takes their id from an earlier file.
 
 Each commits a marker written last (its counts), so a rerun of the run id redoes only unfinished units; the
 driver only sums counts (`PreparedRun.of`). Also here: the checks that run before any engine starts.
@@ -15,7 +16,8 @@ driver only sums counts (`PreparedRun.of`). Also here: the checks that run befor
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache, partial
 
 import polars as pl
@@ -23,27 +25,39 @@ import polars as pl
 from pipeline.config import ChunkingConfig, ModelConfig, PipelineConfig
 from pipeline.corpus.chunking import Chunker
 from pipeline.corpus.delta import Delta, Selection, content_hashes, doc_hashes
-from pipeline.corpus.pieces import Piece
+from pipeline.corpus.files import FILE_COUNTS, counts_by_url, documents_of, files_table
+from pipeline.corpus.pieces import Piece, plan_pieces
 from pipeline.corpus.readers import (
     QUARANTINE_SCHEMA,
-    corpus_pieces,
     corpus_url,
+    describe_corpus,
     iter_piece,
 )
 from pipeline.corpus.sharding import assign_shards, bucket_range
 from pipeline.errors import InputError, SnapshotError
 from pipeline.jobs.executor import Executor
 from pipeline.jobs.shards import INPUT_COLUMNS, MODEL_CARD_KEY
+from pipeline.jobs.unread import Unread, files_left_unread, in_buckets
 from pipeline.jobs.worker import node, peak_rss_mb
 from pipeline.models.cache import EmbeddingCache
 from pipeline.models.card import ModelCard
 from pipeline.models.encoder import tokenizer_for
 from pipeline.storage.backend import Storage
 from pipeline.storage.keys import redact
-from pipeline.storage.layout import MARKER, PREPARED, piece_key, quarantine_key, shard_key
+from pipeline.storage.layout import (
+    DOCUMENTS,
+    IDS,
+    MARKER,
+    PREPARED,
+    piece_key,
+    quarantine_key,
+    run_files_key,
+    shard_key,
+)
 from pipeline.storage.tables import read_parquet, write_parquet
 
-READ_COUNTS = ("read", "accepted", "quarantined", "blank_lines")
+READ_COUNTS = FILE_COUNTS  # read, accepted, quarantined, blank_lines
+DUPLICATE = "duplicate id: an earlier record has the same id"
 
 
 def make_chunker(cfg: PipelineConfig) -> Chunker:
@@ -99,6 +113,7 @@ class ShardPrep:
     fingerprint: int
     chunk_parts: list[str] = field(default_factory=list)  # chunks/ parts with rows to embed
     missing_ids: list[str] = field(default_factory=list)  # a backfill's doc ids of this shard the corpus lacks
+    dropped: dict[str, int] = field(default_factory=dict)  # later copies of an id dropped, by file (redacted url)
     skipped: bool = False
     node: str = ""  # where it was prepared
     peak_rss_mb: float = 0.0  # the worker's
@@ -113,17 +128,7 @@ class ShardInput:
 
     live: Storage | None  # the live snapshot's version folder
     selection: Selection | None = None
-
-
-def _live_rows(live: Storage | None, lo: int, hi: int) -> pl.DataFrame | None:
-    """The live snapshot's id rows of documents in buckets [lo, hi): only the row groups that hold them are read."""
-    if live is None:
-        return None
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(live.path("ids.parquet"), filesystem=live.fs,
-                          filters=[("bucket", ">=", lo), ("bucket", "<", hi)])
-    return pl.from_arrow(table).drop("row", strict=False)
+    unread: frozenset[str] = frozenset()  # input files left unread (redacted urls): their documents are live's
 
 
 def prepare_shard(cfg: PipelineConfig, storage: Storage, run_id: str, shard: int, against: ShardInput,
@@ -138,11 +143,19 @@ def prepare_shard(cfg: PipelineConfig, storage: Storage, run_id: str, shard: int
             storage.delete(shard_key(run_id, shard, name), recursive=True)
     lo, hi = bucket_range(shard, cfg.run.shards)
     chunker = make_chunker(cfg)
-    delta = Delta(_live_rows(against.live, lo, hi), against.selection)
+    live = in_buckets(against.live, IDS, lo, hi) if against.live is not None else None
+    unread = Unread.of(storage, run_id, shard, in_buckets(against.live, DOCUMENTS, lo, hi), against.unread) \
+        if against.unread else None
+    live_unread = pl.DataFrame()
+    if unread is not None:  # live's rows of the documents it keeps are not compared: they are not read again
+        in_unread = pl.col("doc_id").is_in(unread.kept["doc_id"].implode())
+        live, live_unread = live.filter(~in_unread), live.filter(in_unread).with_columns(pl.lit(None, pl.String)
+                                                                                         .alias("text"))
+    delta = Delta(live, against.selection)
     counts = dict.fromkeys(["accepted", "quarantined", "chunks", "chunks_redone", "chunks_kept",
-                            "max_chunks_per_doc", "truncated_chunks"], 0)
-    seen: set[str] = set()
-    fingerprint, dupes, metadata, parts = 0, [], [], []
+                            "max_chunks_per_doc", "truncated_chunks", "docs_unread"], 0)
+    seen: set[str] = set(unread.kept["doc_id"].to_list()) if unread else set()  # a read copy of those comes later
+    fingerprint, dupes, metadata, parts, documents = 0, [], [], [], []
 
     def write(name: str, chunks: pl.DataFrame, kept: pl.DataFrame) -> None:
         frames = [f for f in (chunks, kept) if f.height]
@@ -160,37 +173,56 @@ def prepare_shard(cfg: PipelineConfig, storage: Storage, run_id: str, shard: int
         counts["max_chunks_per_doc"] = max(counts["max_chunks_per_doc"], per_doc)
         counts["truncated_chunks"] += int((rows["n_tokens"] > chunker.token_budget()).sum())
 
+    def drop(later: pl.DataFrame) -> None:
+        """Later copies of ids (source, position, doc_id, piece): quarantined, or the error in strict mode."""
+        if cfg.corpus.strict:
+            raise InputError(f"{redact(later['source'][0])} record {later['position'][0]}: {DUPLICATE} (id "
+                             f"{later['doc_id'][0]!r})")
+        dupes.append(later.select("source", "position", "doc_id", pl.col("piece").cast(pl.Int32)))
+
+    if unread is not None and unread.lost.height:
+        drop(unread.lost.with_columns(pl.lit(None, pl.Int32).alias("piece")))
     for name in sorted(storage.list(shard_key(run_id, shard, "docs"))):  # piece, then batch: input order
         docs = read_parquet(storage, shard_key(run_id, shard, f"docs/{name}"))
         first = docs["doc_id"].is_first_distinct() & ~docs["doc_id"].is_in(pl.Series(list(seen), dtype=pl.String))
         if not first.all():
-            later = docs.filter(~first)
-            if cfg.corpus.strict:
-                raise InputError(f"{redact(later['source'][0])} record {later['position'][0]}: duplicate id: an "
-                                 f"earlier record has the same id (id {later['doc_id'][0]!r})")
-            dupes.append(later)
+            drop(docs.filter(~first))
             docs = docs.filter(first)
         seen.update(docs["doc_id"].to_list())
         counts["accepted"] += docs.height
         fingerprint += sum(int(h, 16) for h in docs["content_hash"].to_list())
+        documents.append(documents_of(docs))
         redo, kept = delta.split(docs)
         chunks = chunker.chunk(redo).join(redo.select("doc_id", "doc_hash", "title", "bucket"), on="doc_id",
                                           how="left", maintain_order="left")
         write(name, chunks, kept)
     write("zz-kept.parquet", pl.DataFrame(), delta.finish())  # a backfill keeps live documents the corpus lacks
+    if unread is not None and unread.kept.height:
+        write("zz-unread.parquet", pl.DataFrame(), live_unread)
+        documents.append(unread.kept)
+        counts["accepted"] += unread.kept.height
+        counts["docs_unread"] = unread.kept.height
+        fingerprint += sum(int(h, 16) for h in unread.kept["content_hash"].to_list())
+    dropped: Counter[str] = Counter()
     if dupes:
         rejected = pl.concat(dupes)
         counts["quarantined"] = rejected.height
         write_parquet(storage, quarantine_key(run_id, f"shard-{shard:05d}.parquet"), rejected.select(
-            pl.col("source"), pl.col("position"), pl.col("doc_id"),
-            pl.lit("duplicate id: an earlier record has the same id").alias("reason"),
+            pl.col("source"), pl.col("position"), pl.col("doc_id"), pl.lit(DUPLICATE).alias("reason"),
             pl.concat_str([pl.lit('{"_id": '), pl.col("doc_id"), pl.lit(" ...}")]).alias("raw"),
             pl.col("piece")).cast({k: v for k, v in QUARANTINE_SCHEMA.items()}))
+        for source, n in rejected.group_by("source").len().iter_rows():
+            dropped[redact(source)] += n
+    if documents and against.selection is None:  # a backfill's kept documents are live's, not what the files hold
+        write_parquet(storage, shard_key(run_id, shard, DOCUMENTS),
+                      pl.concat(documents).sort("bucket", "doc_id"))
     counts |= delta.counts
+    counts["docs_unchanged"] += counts["docs_unread"]
+    counts["docs_kept"] += counts["docs_unread"]
     to_embed = _attach_cached(storage, run_id, shard, lo, hi, pl.concat(metadata) if metadata else None, card,
                               counts)
     prep = ShardPrep(shard, (lo, hi), counts, fingerprint % (1 << 256), [p for p in parts if p in to_embed],
-                     delta.missing_ids(shard, cfg.run.shards), node=node(), peak_rss_mb=peak_rss_mb())
+                     delta.missing_ids(shard, cfg.run.shards), dict(dropped), node=node(), peak_rss_mb=peak_rss_mb())
     storage.write_bytes(marker, json.dumps(prep.to_dict() | {"skipped": False}).encode())
     return prep
 
@@ -235,10 +267,10 @@ class PreparedRun:
 
     @classmethod
     def of(cls, run_id: str, cfg: PipelineConfig, pieces: list[PieceResult], preps: list[ShardPrep],
-           chunking: dict) -> PreparedRun:
-        counts = {k: sum(p.counts[k] for p in pieces) for k in READ_COUNTS}
+           chunking: dict, files: pl.DataFrame) -> PreparedRun:
+        """`files`: this build's files table (corpus/files.py), whose counts include the files left unread."""
+        counts = {k: int(files[k].sum()) for k in READ_COUNTS}
         counts["accepted"] = sum(p.counts["accepted"] for p in preps)  # after the shards dropped duplicates
-        counts["quarantined"] += sum(p.counts["quarantined"] for p in preps)
         for prep in preps:
             for key, value in prep.counts.items():
                 if key not in READ_COUNTS:
@@ -247,6 +279,8 @@ class PreparedRun:
         shards = [p.shard for p in preps if p.counts["chunks"]]
         counts["shards"] = len(shards)
         counts["pieces"] = len(pieces)
+        counts["files_unread"] = int(files["unread"].sum())
+        counts["files_read"] = files.height - counts["files_unread"]
         counts["prepare_peak_rss_mb"] = max([p.peak_rss_mb for p in [*pieces, *preps]], default=0.0)
         fingerprint = sum(p.fingerprint for p in preps) % (1 << 256)
         corpus = {"source": redact(corpus_url(cfg.corpus)), "fingerprint": f"{fingerprint:064x}"}
@@ -260,13 +294,24 @@ class PreparedRun:
 
 def prepare(cfg: PipelineConfig, storage: Storage, run_id: str, against: ShardInput, card: ModelCard,
             executor: Executor) -> PreparedRun:
-    """Read every piece, then prepare every shard, on `executor`'s workers; the driver holds only counts."""
+    """Read every piece of the files not left unread, then prepare every shard, on `executor`'s workers; the
+    driver holds only counts, and a row per input file."""
     chunking = make_chunker(cfg).params
-    pieces = corpus_pieces(cfg.corpus, cfg.run.piece_bytes)
+    listed = describe_corpus(cfg.corpus)
+    unread = files_left_unread(cfg, storage, run_id, against.live if against.selection is None else None, listed,
+                               chunking)
+    skip = set(unread["url"].to_list())
+    # pieces keep their numbers in the whole listing: a resumed attempt's pieces are the same pieces
+    pieces = [p for p in plan_pieces(listed, cfg.run.piece_bytes) if redact(p.url) not in skip]
+    against = replace(against, unread=frozenset(skip))
     read = executor.map(partial(read_piece, cfg, storage, run_id, chunking=chunking), pieces)
     preps = executor.map(partial(prepare_shard, cfg, storage, run_id, against=against, card=card),
                          list(range(cfg.run.shards)))
-    prepared = PreparedRun.of(run_id, cfg, read, preps, chunking)
+    dropped = sum((Counter(p.dropped) for p in preps), Counter())
+    files = files_table(listed, counts_by_url((p.url, r.counts) for p, r in zip(pieces, read, strict=True)), unread,
+                        dropped)
+    write_parquet(storage, run_files_key(run_id), files)
+    prepared = PreparedRun.of(run_id, cfg, read, preps, chunking, files)
     if not prepared.counts["accepted"]:
         raise InputError(f"corpus {redact(cfg.corpus.source)}: no document accepted ({prepared.counts['read']} read, "
                          f"{prepared.counts['quarantined']} quarantined; reasons in "

@@ -5,8 +5,9 @@
   old documents beside new ones (or only old ones) without a word, so it is refused.
 - Once the run published its version (or found live current), its work files go: the read pieces, the shards'
   documents, chunks, vectors and terms, and the index shares hold a copy of the corpus and of the index, and a
-  scheduled reindex would otherwise leave one behind each time. Its records stay: run.json, the quarantine, the
-  plan, the workers' kernel, a migration's report. `run.keep_work` keeps everything (to inspect it).
+  scheduled reindex would otherwise leave one behind each time. Its records stay: run.json, the quarantine, each
+  input file's counts (files.parquet), the plan, the workers' kernel, a migration's report. `run.keep_work` keeps
+  everything (to inspect it).
 - A run that never finished keeps its work files for a resume; `embedpipe gc-runs` deletes them once nothing in
   its folder was written for a grace period.
 """

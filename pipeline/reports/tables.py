@@ -10,7 +10,7 @@ SHORT_HEADERS = {"ndcg@10": "nDCG@10", "recall@10": "R@10", "recall@100": "R@100
                  "recall@10_vs_exact": "R@10/exact", "ndcg@10_retention": "kept"}
 # The counts a person reads first (the artifact and --json have all of them)
 MAIN_COUNTS = ("read", "accepted", "quarantined", "blank_lines", "docs_new", "docs_changed", "docs_deleted",
-               "docs_kept", "chunks", "embedded", "reused_from_cache")
+               "docs_kept", "files_unread", "chunks", "embedded", "reused_from_cache")
 
 
 @dataclass(frozen=True)

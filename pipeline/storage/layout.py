@@ -4,10 +4,13 @@
     runs/<run_id>/run.json                                 the corpus listing its first attempt read
     runs/<run_id>/kernel.json                              the kernel the workers chose for `auto` (GPU actors and a
                                                            CPU driver; a cluster of other CPUs than the driver's)
+    runs/<run_id>/files.parquet                            each input file's records by fate (read or kept as live's)
+    runs/<run_id>/pieces/unread.parquet                    the files an incremental run leaves unread (live's rows)
     runs/<run_id>/pieces/<piece>/_SUCCESS                  a read piece's marker (its counts), written last
     runs/<run_id>/quarantine/<piece or shard>.parquet      bad records with their reasons (per piece; duplicate
                                                            ids per shard)
     runs/<run_id>/shards/<shard>/docs/<piece>-<batch>.parquet   a piece's accepted documents of this shard
+    runs/<run_id>/shards/<shard>/documents.parquet         the shard's accepted documents: file, record, content hash
     runs/<run_id>/shards/<shard>/_PREPARED                 the shard deduplicated, compared, chunked (counts)
     runs/<run_id>/shards/<shard>/chunks/<part>.parquet     chunks to embed (their text)
     runs/<run_id>/shards/<shard>/vectors/<part>.parquet    chunk rows with their vectors (embedded or cached)
@@ -25,6 +28,8 @@
     snapshots/<index>/<version>/index/<variant>.faiss      plain faiss.read_index(_binary) files
     snapshots/<index>/<version>/index/bm25/*               the bm25 variant: bm25s' own files (.npy and JSON)
     snapshots/<index>/<version>/ids.parquet                FAISS row -> chunk, document, offsets
+    snapshots/<index>/<version>/documents.parquet          each document's bucket, file, record and content hash
+    snapshots/<index>/<version>/files.parquet              each input file's size, change stamp and records by fate
     snapshots/<index>/<version>/vectors.f16.npy            fp16 vectors in FAISS row order, for rescoring
     snapshots/<index>/<version>/golden/runs.parquet        each search mode's ranking of the golden queries
     snapshots/<index>/<version>/golden/judgments.parquet   the golden set's judgments, each marked held or not
@@ -52,6 +57,8 @@ MANIFEST = "manifest.json"
 CLAIM = "_CLAIM"
 RETIRING = "_RETIRING"  # garbage collection is deleting this version
 IDS = "ids.parquet"
+DOCUMENTS = "documents.parquet"  # pipeline/corpus/files.py: what a later reindex needs to leave files unread
+FILES = "files.parquet"
 RESCORE_STORE = "vectors.f16.npy"
 GOLDEN_RUNS = "golden/runs.parquet"  # the build's golden-set rankings, for the gate (quality/golden_runs.py)
 GOLDEN_JUDGMENTS = "golden/judgments.parquet"
@@ -95,6 +102,10 @@ def run_record_key(run_id: str) -> str:
     return run_key(run_id, "run.json")
 
 
+def run_files_key(run_id: str) -> str:
+    return run_key(run_id, FILES)
+
+
 def worker_kernel_key(run_id: str) -> str:
     return run_key(run_id, "kernel.json")
 
@@ -106,6 +117,11 @@ def quarantine_key(run_id: str, name: str = "") -> str:
 
 def piece_key(run_id: str, piece: int, name: str = "") -> str:
     return run_key(run_id, f"pieces/{piece:06d}/{name}".rstrip("/"))
+
+
+def unread_key(run_id: str) -> str:
+    """The live files table's rows of the files the run leaves unread, decided by its first attempt."""
+    return run_key(run_id, "pieces/unread.parquet")
 
 
 def shard_key(run_id: str, shard: int, name: str = "") -> str:

@@ -42,6 +42,8 @@ REPORT_KEYS = {
     "benchmarks/serve.py": {"datasets", "clients", "k", "modes"},
     "benchmarks/training_reuse.py": {"data", "n", "factory", "limit", "runs", "lossy_reuses", "needless_retrainings",
                                      "met"},
+    "benchmarks/unread_files.py": {"docs", "files", "runs", "same_as_full_build", "prepare_one_over_every",
+                                   "flow_run_one_over_every", "met"},
     "benchmarks/worker_memory.py": {"runs", "worker_ratio", "met"},
 }
 PLOTS = {"benchmarks/representations.py": ["representations.png"]}

@@ -156,11 +156,12 @@ def test_incremental_bm25_equals_a_full_rebuild_of_the_edited_corpus(runs):
 
 def test_a_finished_run_keeps_its_records_and_not_its_work(runs):
     """A scheduled reindex leaves no copy of the corpus or of the index behind: a finished run's folder keeps its
-    quarantine, plan and corpus listing; the read pieces, the shards' documents, chunks and vectors, and the index
-    shares are deleted once the version is published."""
+    quarantine, plan, corpus listing and per-file counts; the read pieces, the shards' documents, chunks and
+    vectors, and the index shares are deleted once the version is published."""
     store = Storage(str(runs["work"] / "store"))
     for name in ("v1", "v2"):
-        assert store.list(f"runs/{runs[name]['run_id']}") == ["plan.json", "quarantine", "run.json"], name
+        assert store.list(f"runs/{runs[name]['run_id']}") == ["files.parquet", "plan.json", "quarantine", "run.json"], \
+            name
     assert sum(p.stat().st_size for p in (runs["work"] / "store" / "runs").rglob("*") if p.is_file()) < 50_000
 
 
@@ -195,7 +196,7 @@ def test_rerun_with_nothing_changed_publishes_nothing_and_a_changed_setting_embe
     assert "not read" not in rewritten["delta"] and "prepare" in rewritten["timings_s"]
     records = {name: sorted(store.list(f"runs/{rerun['run_id']}")) for name, rerun in (("same", same),
                                                                                        ("rewritten", rewritten))}
-    assert records == {"same": ["run.json"], "rewritten": ["quarantine", "run.json"]}  # nothing else kept
+    assert records == {"same": ["run.json"], "rewritten": ["files.parquet", "quarantine", "run.json"]}  # nothing else
     assert set(store.list("snapshots/jobs")) == set(before) | {deeper["version"]}
     assert deeper["published"] and deeper["counts"]["embedded"] == 0 and deeper["promotion"]["promoted"]
     assert rows_and_vectors(deeper)[0].equals(rows_and_vectors(runs["v2"])[0])

@@ -80,10 +80,14 @@ def test_flow_publishes_a_verified_snapshot_with_reconciled_counts(first_run):
     snap = Snapshot.open(first_run["snapshot"])
     bm25 = {f"index/bm25/{name}" for name in ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy",
                                                "vocab.index.json", "params.index.json")}
-    assert set(snap.verify()) == {"ids.parquet", "index/exact.faiss", "index/ivfpq.faiss", "index/ivfpq.ivfdata",
-                                  "index/ivfpq.trained.faiss", "vectors.f16.npy", "golden/runs.parquet",
-                                  "golden/judgments.parquet"} | bm25
+    assert set(snap.verify()) == {"ids.parquet", "documents.parquet", "files.parquet", "index/exact.faiss",
+                                  "index/ivfpq.faiss", "index/ivfpq.ivfdata", "index/ivfpq.trained.faiss",
+                                  "vectors.f16.npy", "golden/runs.parquet", "golden/judgments.parquet"} | bm25
     assert snap.ids.height == counts["chunks"] and snap.ids["doc_id"].n_unique() == 200
+    # each input line's fate, by file, and each accepted document's record, in the version itself
+    [file] = pl.read_parquet(snap.local_file("files.parquet")).to_dicts()
+    assert (file["read"], file["accepted"], file["quarantined"], file["blank_lines"]) == (204, 200, 4, 1)
+    assert pl.read_parquet(snap.local_file("documents.parquet"))["doc_id"].n_unique() == 200
     m = snap.manifest
     assert m["counts"]["blank_lines"] == 1 and m["counts"]["quarantined"] == 4
     assert m["model"]["weights_sha256"].startswith("53aa5117") and m["chunking"]["max_tokens"] == 128

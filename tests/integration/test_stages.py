@@ -126,7 +126,8 @@ def test_pieces_and_small_batches_give_the_same_run_and_find_duplicates_across_p
         storage = Storage(str(tmp_path / f"store-{name}"))
         prepared = prepared_run(cfg, storage, "r", encoder)
         assert prepared.counts["quarantined"] == 1 and prepared.counts["accepted"] == 10
-        assert prepared.counts["pieces"] == (1 if name == "whole" else len(storage.list("runs/r/pieces"))) >= 1
+        pieces = [p for p in storage.list("runs/r/pieces") if p.isdigit()]  # a folder per piece
+        assert prepared.counts["pieces"] == (1 if name == "whole" else len(pieces)) >= 1
         for s in prepared.shards:
             embed_shard(storage, "r", s, encoder)
         results[name] = (prepared.corpus["fingerprint"], *load_vectors(storage, "r", prepared.shards))
@@ -164,7 +165,10 @@ def test_a_finished_runs_work_goes_and_a_rerun_after_a_stopped_removal_is_still_
     done = Storage(str(tmp_path / "done"))
     rows, vectors = run(done)
     remove_work(done, "r")
-    assert done.list("runs/r") == ["quarantine"] and quarantine(tmp_path / "done", "r")["doc_id"].to_list() == ["bad"]
+    assert done.list("runs/r") == ["files.parquet", "quarantine"]  # its records: each file's counts, bad records
+    assert quarantine(tmp_path / "done", "r")["doc_id"].to_list() == ["bad"]
+    files = pl.read_parquet(tmp_path / "done/runs/r/files.parquet")
+    assert files.select("read", "accepted", "quarantined").row(0) == (13, 12, 1)
 
     class StopsAfter(Storage):
         deletes = 0
