@@ -33,7 +33,7 @@ def files_left_unread(cfg: PipelineConfig, storage: Storage, run_id: str, live: 
 
 def _unread(cfg: PipelineConfig, live: Storage | None, listed: list[InputFile], chunking: dict) -> pl.DataFrame:
     none = pl.DataFrame(schema=FILES_SCHEMA)
-    if live is None or not (live.exists(FILES) and live.exists(DOCUMENTS)):
+    if live is None or not all(live.exists(name) for name in (FILES, DOCUMENTS, MANIFEST)):
         return none
     manifest = json.loads(live.read_bytes(MANIFEST))
     if manifest.get("config", {}).get("corpus") != recorded_config(cfg)["corpus"] or \

@@ -117,10 +117,10 @@ def test_gc_runs_deletes_the_work_of_runs_abandoned_long_ago_and_keeps_their_rec
     assert dry["delete"]["abandoned"] == "last written 192.0 h ago" and "shards" in s.list("runs/abandoned")
     out = cli("gc-runs", str(root))
     assert out.exit_code == 0 and "deleted the work files of abandoned" in out.stdout
-    assert s.list("runs/abandoned") == ["quarantine", "run.json"]
+    assert s.list("runs/abandoned") == ["files.parquet", "quarantine", "run.json"]
     assert {"pieces", "shards"} <= set(s.list("runs/recent"))
     assert cli("gc-runs", str(root), "--grace-hours", "0").exit_code == 0
-    assert s.list("runs/recent") == ["quarantine", "run.json"]
+    assert s.list("runs/recent") == ["files.parquet", "quarantine", "run.json"]
     assert "nothing to delete" in cli("gc-runs", str(root)).stdout
     typo = cli("gc-runs", str(tmp_path / "typo"))
     assert typo.exit_code == 2 and "no snapshots and no runs" in typo.stderr

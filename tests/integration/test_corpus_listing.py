@@ -4,10 +4,12 @@ every Parquet file's row groups in name order."""
 
 import io
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import CorpusConfig
+from pipeline.corpus.files import FILES_SCHEMA, files_table, unread_files
 from pipeline.corpus.pieces import listing_digest
 from pipeline.corpus.readers import corpus_pieces, list_corpus
 from tests.conftest import write_elsewhere
@@ -50,6 +52,21 @@ def test_the_listing_digest_moves_with_any_write_and_only_then(storage_root):
     added = listing_digest(list_corpus(glob))
     write_elsewhere(f"{base}/c.jsonl", None)
     assert len({first, edited, added}) == 3 and listing_digest(list_corpus(glob)) == edited
+
+
+def test_a_reindex_would_leave_unread_exactly_the_files_not_written_since(storage_root):
+    """What a version's files table and a later listing decide (pipeline/corpus/files.py): on both backends a file
+    written again, even to the same size, is read; the others are left unread."""
+    base = storage_root.rstrip("/") + "/unread"
+    for name in ("a", "b", "c"):
+        write_elsewhere(f"{base}/{name}.jsonl", f'{{"_id": "{name}", "text": "x"}}\n'.encode())
+    glob = CorpusConfig(source=f"{base}/*.jsonl")
+    listed = list_corpus(glob)
+    live = files_table(listed, {f.url: {"read": 1, "accepted": 1} for f in listed}, pl.DataFrame(schema=FILES_SCHEMA),
+                       {})
+    assert unread_files(list_corpus(glob), live).height == 3
+    write_elsewhere(f"{base}/b.jsonl", b'{"_id": "b", "text": "y"}\n')  # the same size
+    assert [u.rsplit("/", 1)[1] for u in unread_files(list_corpus(glob), live)["url"]] == ["a.jsonl", "c.jsonl"]
 
 
 def test_a_parquet_glob_is_planned_from_every_footer_in_name_order(storage_root):
