@@ -98,17 +98,26 @@ def shard_vectors(mixture: Mixture, a: int, b: int, shard: int, seed: int) -> np
 
 
 def write_shards(root: Path, mixture: Mixture, n: int, shards: int, seed: int) -> None:
-    """The run folder the embedding stage would leave: each shard's chunk rows with their vector, and its marker.
-    Every row of a shard gets the first bucket of its range, so snapshot order is shard, then chunk id."""
+    """The run folder prepare and the embedding stage would leave: the files table, each shard's documents and
+    chunk rows with their vector, and its marker. Every row of a shard gets the first bucket of its range, so
+    snapshot order is shard, then chunk id."""
     import polars as pl
 
+    from pipeline.corpus.files import DOCUMENTS_SCHEMA, FILES_SCHEMA
     from pipeline.corpus.sharding import bucket_range
     from pipeline.storage.backend import Storage
-    from pipeline.storage.layout import MARKER, shard_key
+    from pipeline.storage.layout import DOCUMENTS, MARKER, run_files_key, shard_key
     from pipeline.storage.tables import write_parquet
 
     storage = Storage(str(root))
+    write_parquet(storage, run_files_key("bench"), pl.DataFrame(
+        [{"url": "synthetic", "size": 0, "stamp": "", "read": n, "accepted": n, "quarantined": 0, "blank_lines": 0,
+          "unread": False}], schema=FILES_SCHEMA))
     for shard, (a, b) in enumerate(shard_rows(n, shards)):
+        ids = [f"c{i:010d}" for i in range(a, b)]
+        write_parquet(storage, shard_key("bench", shard, DOCUMENTS), pl.DataFrame(
+            {"doc_id": ids, "bucket": [bucket_range(shard, shards)[0]] * len(ids), "source": ["synthetic"] * len(ids),
+             "position": range(a, b), "content_hash": ids}, schema=DOCUMENTS_SCHEMA))
         vectors = shard_vectors(mixture, a, b, shard, seed)
         for start in range(a, b, BLOCK):  # one vector file per block, as the embedding stage writes parts
             end = min(start + BLOCK, b)

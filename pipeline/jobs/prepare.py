@@ -178,7 +178,7 @@ def prepare_shard(cfg: PipelineConfig, storage: Storage, run_id: str, shard: int
         if cfg.corpus.strict:
             raise InputError(f"{redact(later['source'][0])} record {later['position'][0]}: {DUPLICATE} (id "
                              f"{later['doc_id'][0]!r})")
-        dupes.append(later.select("source", "position", "doc_id", pl.col("piece").cast(pl.Int32)))
+        dupes.append(later.select("source", "position", "doc_id", "piece"))
 
     if unread is not None and unread.lost.height:
         drop(unread.lost.with_columns(pl.lit(None, pl.Int32).alias("piece")))
@@ -205,7 +205,7 @@ def prepare_shard(cfg: PipelineConfig, storage: Storage, run_id: str, shard: int
         fingerprint += sum(int(h, 16) for h in unread.kept["content_hash"].to_list())
     dropped: Counter[str] = Counter()
     if dupes:
-        rejected = pl.concat(dupes)
+        rejected = pl.concat(dupes, how="vertical_relaxed")
         counts["quarantined"] = rejected.height
         write_parquet(storage, quarantine_key(run_id, f"shard-{shard:05d}.parquet"), rejected.select(
             pl.col("source"), pl.col("position"), pl.col("doc_id"), pl.lit(DUPLICATE).alias("reason"),
