@@ -108,3 +108,11 @@ def prefect_server(home: Path) -> Iterator[str]:
 
     with loopback_server(home) as url:
         yield url
+
+
+def flow_run_seconds(api: str, run_id: str) -> float:
+    """The flow run's total run time as Prefect's server recorded it (a run id is `<job>-<flow run id>`)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{api}/flow_runs/{run_id.split('-', 1)[1]}", timeout=10) as resp:
+        return round(json.loads(resp.read())["total_run_time"], 2)

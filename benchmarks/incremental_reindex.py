@@ -34,13 +34,19 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import SCIFACT, parse_args, prefect_server, sample_subset, write_report  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    SCIFACT,
+    flow_run_seconds,
+    parse_args,
+    prefect_server,
+    sample_subset,
+    write_report,
+)
 
 SMOKE = {"changed": 0.05, "deleted": 0.05, "added": 0.05}  # --smoke: 3 of each in a 60-document corpus
 
@@ -74,12 +80,6 @@ def compare(a_url: str, b_url: str) -> dict:
     return {"rows": a.ids.height, "ids_equal": a.ids.equals(b.ids),
             "max_abs_vector_diff": float(np.abs(va - vb).max()) if va.shape == vb.shape else None,
             "corpus_fingerprint_equal": a.manifest["corpus"]["fingerprint"] == b.manifest["corpus"]["fingerprint"]}
-
-
-def flow_run_seconds(api: str, run_id: str) -> float:
-    """The flow run's total run time as Prefect's server recorded it (run ids are `reindex-<flow run id>`)."""
-    with urllib.request.urlopen(f"{api}/flow_runs/{run_id.removeprefix('reindex-')}", timeout=10) as resp:
-        return round(json.loads(resp.read())["total_run_time"], 2)
 
 
 def main() -> int:

@@ -23,13 +23,12 @@ import json
 import os
 import shutil
 import sys
-import urllib.request
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import parse_args, prefect_server, synthetic_corpus, write_report  # noqa: E402
+from benchmarks.common import flow_run_seconds, parse_args, prefect_server, synthetic_corpus, write_report  # noqa: E402
 from benchmarks.scale import MEAN_WORDS, golden_set, run_flow  # noqa: E402
 
 SMOKE = {"docs": 2000, "files": 8}
@@ -75,11 +74,6 @@ def tables(summary: dict) -> dict:
     snap = Snapshot.open(summary["snapshot"])
     return {"ids": snap.ids, "documents": pl.read_parquet(snap.local_file("documents.parquet")),
             "files": pl.read_parquet(snap.local_file("files.parquet")).drop("stamp", "unread")}
-
-
-def flow_run_seconds(api: str, run_id: str) -> float:
-    with urllib.request.urlopen(f"{api}/flow_runs/{run_id.removeprefix('reindex-')}", timeout=10) as resp:
-        return round(json.loads(resp.read())["total_run_time"], 2)
 
 
 def main() -> int:

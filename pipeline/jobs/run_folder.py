@@ -20,7 +20,16 @@ from datetime import UTC, datetime, timedelta
 
 from pipeline.errors import InputError
 from pipeline.storage.backend import Storage
-from pipeline.storage.layout import MARKER, PREPARED, TERMS_MARKER, WORK_FOLDERS, run_key, run_record_key, shard_key
+from pipeline.storage.layout import (
+    MARKER,
+    PREPARED,
+    TERMS_MARKER,
+    WORK_FOLDERS,
+    run_key,
+    run_record_key,
+    shard_key,
+    unread_key,
+)
 
 
 def check_corpus_unchanged(storage: Storage, run_id: str, listing: str | None) -> None:
@@ -37,8 +46,8 @@ def check_corpus_unchanged(storage: Storage, run_id: str, listing: str | None) -
 
 def remove_work(storage: Storage, run_id: str) -> None:
     """Delete a run's work files, markers before what they vouch for: the pieces' markers (their folders hold
-    nothing else), then each shard's, then the rest. Stopped at any point, every marker left still has its files,
-    so a rerun of the run id redoes exactly what lost its marker."""
+    nothing else), then each shard's, then the rest, and last the record of the files it left unread. Stopped at any
+    point, every marker left still has its files, so a rerun of the run id redoes exactly what lost its marker."""
     pieces, shards, *rest = (run_key(run_id, folder) for folder in WORK_FOLDERS)
     if storage.list(pieces):
         storage.delete(pieces, recursive=True)
@@ -50,6 +59,8 @@ def remove_work(storage: Storage, run_id: str) -> None:
     for folder in (shards, *rest):
         if storage.list(folder):
             storage.delete(folder, recursive=True)
+    if storage.exists(unread_key(run_id)):
+        storage.delete(unread_key(run_id))
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@
     runs/<run_id>/kernel.json                              the kernel the workers chose for `auto` (GPU actors and a
                                                            CPU driver; a cluster of other CPUs than the driver's)
     runs/<run_id>/files.parquet                            each input file's records by fate (read or kept as live's)
-    runs/<run_id>/pieces/unread.parquet                    the files an incremental run leaves unread (live's rows)
+    runs/<run_id>/unread.parquet                           the files an incremental run leaves unread (live's rows)
     runs/<run_id>/pieces/<piece>/_SUCCESS                  a read piece's marker (its counts), written last
     runs/<run_id>/quarantine/<piece or shard>.parquet      bad records with their reasons (per piece; duplicate
                                                            ids per shard)
@@ -120,8 +120,8 @@ def piece_key(run_id: str, piece: int, name: str = "") -> str:
 
 
 def unread_key(run_id: str) -> str:
-    """The live files table's rows of the files the run leaves unread, decided by its first attempt."""
-    return run_key(run_id, "pieces/unread.parquet")
+    """The live files table's rows of the files the run leaves unread, decided by its first attempt (a work file)."""
+    return run_key(run_id, "unread.parquet")
 
 
 def shard_key(run_id: str, shard: int, name: str = "") -> str:
