@@ -25,6 +25,7 @@ DOC_SCHEMA = {"doc_id": pl.String, "title": pl.String, "text": pl.String}
 # unless a large JSON Lines file was cut into byte ranges: the run's pieces/<piece>/_SUCCESS records each range)
 QUARANTINE_SCHEMA = {"source": pl.String, "position": pl.Int64, "doc_id": pl.String, "reason": pl.String,
                      "raw": pl.String, "piece": pl.Int32}
+DUPLICATE = "duplicate id: an earlier record has the same id"  # in a piece here, across pieces by its shard
 _RAW_CHARS = 500  # enough of a bad record to recognise it, not enough to bloat the table
 
 
@@ -86,7 +87,7 @@ class _Collector:
             return self.reject(position, f"too large: {len(title) + len(text)} chars > max_chars {cfg.max_chars}",
                                raw, doc_id)
         if doc_id in self.seen:
-            return self.reject(position, "duplicate id: an earlier record has the same id", raw, doc_id)
+            return self.reject(position, DUPLICATE, raw, doc_id)
         self.seen.add(doc_id)
         self.docs["doc_id"].append(doc_id)
         self.docs["title"].append(title)

@@ -28,6 +28,7 @@ from pipeline.corpus.delta import Delta, Selection, content_hashes, doc_hashes
 from pipeline.corpus.files import FILE_COUNTS, counts_by_url, documents_of, files_table
 from pipeline.corpus.pieces import Piece, plan_pieces
 from pipeline.corpus.readers import (
+    DUPLICATE,
     QUARANTINE_SCHEMA,
     corpus_url,
     describe_corpus,
@@ -56,9 +57,6 @@ from pipeline.storage.layout import (
 )
 from pipeline.storage.tables import read_parquet, write_parquet
 
-READ_COUNTS = FILE_COUNTS  # read, accepted, quarantined, blank_lines
-DUPLICATE = "duplicate id: an earlier record has the same id"
-
 
 def make_chunker(cfg: PipelineConfig) -> Chunker:
     """The config's chunker (one per process and model: loading a tokenizer takes a second)."""
@@ -85,7 +83,7 @@ def read_piece(cfg: PipelineConfig, storage: Storage, run_id: str, piece: Piece,
     marker = piece_key(run_id, piece.index, MARKER)
     if storage.exists(marker):
         return PieceResult(piece.index, json.loads(storage.read_bytes(marker))["counts"], skipped=True)
-    counts, quarantine = dict.fromkeys(READ_COUNTS, 0), []
+    counts, quarantine = dict.fromkeys(FILE_COUNTS, 0), []
     for batch_no, batch in enumerate(iter_piece(cfg.corpus, piece, cfg.run.read_batch)):
         counts = {k: counts[k] + v for k, v in batch.counts.items()}
         quarantine.append(batch.quarantine.with_columns(pl.lit(piece.index, pl.Int32).alias("piece")))
@@ -269,11 +267,11 @@ class PreparedRun:
     def of(cls, run_id: str, cfg: PipelineConfig, pieces: list[PieceResult], preps: list[ShardPrep],
            chunking: dict, files: pl.DataFrame) -> PreparedRun:
         """`files`: this build's files table (corpus/files.py), whose counts include the files left unread."""
-        counts = {k: int(files[k].sum()) for k in READ_COUNTS}
+        counts = {k: int(files[k].sum()) for k in FILE_COUNTS}
         counts["accepted"] = sum(p.counts["accepted"] for p in preps)  # after the shards dropped duplicates
         for prep in preps:
             for key, value in prep.counts.items():
-                if key not in READ_COUNTS:
+                if key not in FILE_COUNTS:
                     counts[key] = max(counts.get(key, 0), value) if key.startswith("max_") else \
                         counts.get(key, 0) + value
         shards = [p.shard for p in preps if p.counts["chunks"]]
