@@ -45,7 +45,7 @@ from pipeline.jobs.embedder import EmbedCounts
 from pipeline.jobs.executor import Executor, LocalExecutor, one_task_cpus
 from pipeline.jobs.lexical import Bm25Build, build_bm25
 from pipeline.jobs.plan import BuildPlan
-from pipeline.jobs.prepare import PreparedRun, make_chunker, prepare
+from pipeline.jobs.prepare import PreparedRun, decide_files, make_chunker, prepare
 from pipeline.jobs.run_folder import check_corpus_unchanged, remove_work
 from pipeline.jobs.shards import ShardResult
 from pipeline.jobs.worker import peak_rss_mb
@@ -201,7 +201,8 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
     executor = executor_for(cfg, input_bytes)
     plan = timed("compare", plan_task, planner, storage, card, make_chunker(cfg).params)
     logger.info("%s", plan.why)
-    if current := live_if_listing_unchanged(cfg, storage, plan, listing, job):
+    if current := live_if_listing_unchanged(cfg, storage, plan, files, job, lambda: timed(
+            "hash files", decide_files, cfg, storage, run_id, plan.against, executor, files)):
         live, why_current, counts = current
         return publish_nothing(cfg, storage, job, run_id, counts, timings, live, why_current)
     early = early_embedder(cfg, storage, plan, executor, input_bytes)  # actors start while prepare runs

@@ -4,13 +4,17 @@ a copy would cost a version's files in storage and a swap in every serving proce
 
 Where the corpus's listing (names, sizes, change stamps) is the one live was built from, no document can have
 changed and the corpus is not read at all: a scheduled reindex of an unchanged corpus costs a listing, not a read
-of every file."""
+of every file. So it is where the files are live's but some were written again with the same bytes: it costs a
+listing and hashing those files."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import polars as pl
+
 from pipeline.config import PipelineConfig
+from pipeline.corpus.pieces import InputFile, listing_digest
 from pipeline.jobs.plan import BuildPlan
 from pipeline.jobs.prepare import PreparedRun
 from pipeline.quality.golden import golden_set_of
@@ -77,17 +81,24 @@ def live_if_current(cfg: PipelineConfig, storage: Storage, plan: BuildPlan, prep
     return (live, why) if why else None
 
 
-def live_if_listing_unchanged(cfg: PipelineConfig, storage: Storage, plan: BuildPlan, listing: str | None, job: str
-                             ) -> tuple[Snapshot, str, dict] | None:
-    """live_if_current before anything is read: the live version, why, and the counts to report (live's input
-    counts, nothing new), where the corpus's listing digest is the one live recorded; None otherwise."""
+def live_if_listing_unchanged(cfg: PipelineConfig, storage: Storage, plan: BuildPlan, listed: list[InputFile],
+                              job: str, decide: Callable[[], pl.DataFrame]) -> tuple[Snapshot, str, dict] | None:
+    """live_if_current before any record is read: the live version, why, and the counts to report (live's input
+    counts, nothing new), where the `listed` files' digest is the one live recorded, or else every file live read
+    is listed and left unread (`decide` says which: jobs/prepare.py decide_files, which hashes the files written
+    since) and no other; None otherwise."""
     live = _comparable_live(storage, cfg, plan, job)
-    if live is None or listing is None or live.manifest["corpus"].get("listing_sha256") != listing:
-        return None
-    if not same_settings(cfg, live.manifest, _golden_digest(cfg)):
+    if live is None or not same_settings(cfg, live.manifest, _golden_digest(cfg)):
         return None
     recorded = live.manifest["counts"]
+    listing = listing_digest(listed)
+    if listing is not None and live.manifest["corpus"].get("listing_sha256") == listing:
+        how = "its files have the names, sizes and change stamps live was built from"
+    else:
+        # the same number of files (a version built before files were recorded has none), every one left unread
+        live_files = recorded.get("files_read", 0) + recorded.get("files_unread", 0)
+        if live_files != len(listed) or int(decide()["unread"].sum()) != len(listed):
+            return None
+        how = "its files hold the bytes live was built from (some written again since)"
     counts = {k: recorded[k] for k in SAME_COUNTS} | dict.fromkeys(DELTA, 0) | {"docs_kept": recorded["accepted"]}
-    return live, (CURRENT.format(version=live.version) +
-                  "; the corpus was not read: its files have the names, sizes and change stamps live was built from"), \
-        counts
+    return live, f"{CURRENT.format(version=live.version)}; the corpus was not read: {how}", counts

@@ -25,8 +25,8 @@ import polars as pl
 from pipeline.config import ChunkingConfig, ModelConfig, PipelineConfig
 from pipeline.corpus.chunking import Chunker
 from pipeline.corpus.delta import Delta, Selection, content_hashes, doc_hashes
-from pipeline.corpus.files import FILE_COUNTS, counts_by_url, documents_of, files_table
-from pipeline.corpus.pieces import Piece, plan_pieces
+from pipeline.corpus.files import FILE_COUNTS, counts_by_url, documents_of, file_sha256, files_table
+from pipeline.corpus.pieces import InputFile, Piece, plan_pieces
 from pipeline.corpus.readers import (
     DUPLICATE,
     QUARANTINE_SCHEMA,
@@ -296,9 +296,8 @@ def prepare(cfg: PipelineConfig, storage: Storage, run_id: str, against: ShardIn
     driver holds only counts, and a row per input file."""
     chunking = make_chunker(cfg).params
     listed = describe_corpus(cfg.corpus)
-    unread = files_left_unread(cfg, storage, run_id, against.live if against.selection is None else None, listed,
-                               chunking)
-    skip = set(unread["url"].to_list())
+    decided = decide_files(cfg, storage, run_id, against, executor, listed)
+    skip = set(decided.filter(pl.col("unread"))["url"].to_list())
     # pieces keep their numbers in the whole listing: a resumed attempt's pieces are the same pieces
     pieces = [p for p in plan_pieces(listed, cfg.run.piece_bytes) if redact(p.url) not in skip]
     against = replace(against, unread=frozenset(skip))
@@ -306,7 +305,7 @@ def prepare(cfg: PipelineConfig, storage: Storage, run_id: str, against: ShardIn
     preps = executor.map(partial(prepare_shard, cfg, storage, run_id, against=against, card=card),
                          list(range(cfg.run.shards)))
     dropped = sum((Counter(p.dropped) for p in preps), Counter())
-    files = files_table(listed, counts_by_url((p.url, r.counts) for p, r in zip(pieces, read, strict=True)), unread,
+    files = files_table(listed, counts_by_url((p.url, r.counts) for p, r in zip(pieces, read, strict=True)), decided,
                         dropped)
     write_parquet(storage, run_files_key(run_id), files)
     prepared = PreparedRun.of(run_id, cfg, read, preps, chunking, files)
@@ -317,6 +316,14 @@ def prepare(cfg: PipelineConfig, storage: Storage, run_id: str, against: ShardIn
     if against.selection is not None:
         check_selected(against.selection, [i for p in preps for i in p.missing_ids], prepared.counts, cfg)
     return prepared
+
+
+def decide_files(cfg: PipelineConfig, storage: Storage, run_id: str, against: ShardInput, executor: Executor,
+                 listed: list[InputFile]) -> pl.DataFrame:
+    """Which `listed` files the run leaves unread (jobs/unread.py files_left_unread), hashing those that need it on
+    `executor`'s workers; a backfill compares with no live version (it reads every file)."""
+    return files_left_unread(cfg, storage, run_id, against.live if against.selection is None else None, listed,
+                             make_chunker(cfg).params, lambda files: executor.map(file_sha256, [f.url for f in files]))
 
 
 def check_selected(selection: Selection, missing_ids: list[str], counts: dict[str, int], cfg: PipelineConfig) -> None:

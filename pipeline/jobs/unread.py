@@ -4,12 +4,13 @@ the files decided once per run, and in each shard the live documents of those fi
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import polars as pl
 
 from pipeline.config import PipelineConfig
-from pipeline.corpus.files import FILES_SCHEMA, unread_files
+from pipeline.corpus.files import FILES_SCHEMA, to_hash, unread_files, with_sha256
 from pipeline.corpus.pieces import InputFile
 from pipeline.snapshots.manifest import recorded_config
 from pipeline.storage.backend import Storage
@@ -19,19 +20,26 @@ from pipeline.storage.tables import read_parquet, write_parquet
 
 
 def files_left_unread(cfg: PipelineConfig, storage: Storage, run_id: str, live: Storage | None,
-                      listed: list[InputFile], chunking: dict) -> pl.DataFrame:
-    """The live version's files table rows of the `listed` files the run leaves unread, decided by its first attempt
-    (a resumed one leaves the same, whatever live is by then): none without a live version to compare with (a full
-    build; a backfill, which passes None), none where live was read with other corpus settings or chunked otherwise
-    (its rows would not be what reading the files now gives) or has no files table (older versions)."""
+                      listed: list[InputFile], chunking: dict, hash_files: Callable[[list[InputFile]], list[str]]
+                      ) -> pl.DataFrame:
+    """What the run decides of its `listed` files (corpus/files.py unread_files: live's rows of those it leaves
+    unread, and the sha256 of those it hashed), decided by its first attempt (a resumed one leaves the same,
+    whatever live is by then). `hash_files` gives the files' sha256, on the workers. Nothing is left unread without
+    a live version to compare with (a full build; a backfill, which passes None), where live was read with other
+    corpus settings or chunked otherwise (its rows would not be what reading the files now gives) or has no files
+    table (older versions); the files are hashed all the same, for the version this run publishes."""
     if storage.exists(unread_key(run_id)):
         return read_parquet(storage, unread_key(run_id))
-    unread = _unread(cfg, live, listed, chunking)
-    write_parquet(storage, unread_key(run_id), unread)
-    return unread
+    live_files = _comparable(cfg, live, chunking)
+    hashed = to_hash(listed, live_files)
+    decided = unread_files(listed, live_files, dict(zip([redact(f.url) for f in hashed], hash_files(hashed),
+                                                        strict=True)))
+    write_parquet(storage, unread_key(run_id), decided)
+    return decided
 
 
-def _unread(cfg: PipelineConfig, live: Storage | None, listed: list[InputFile], chunking: dict) -> pl.DataFrame:
+def _comparable(cfg: PipelineConfig, live: Storage | None, chunking: dict) -> pl.DataFrame:
+    """Live's files table, where its rows are what reading the files now would give; else an empty one."""
     none = pl.DataFrame(schema=FILES_SCHEMA)
     if live is None or not all(live.exists(name) for name in (FILES, DOCUMENTS, MANIFEST)):
         return none
@@ -39,7 +47,7 @@ def _unread(cfg: PipelineConfig, live: Storage | None, listed: list[InputFile], 
     if manifest.get("config", {}).get("corpus") != recorded_config(cfg)["corpus"] or \
             manifest.get("chunking") != chunking:
         return none
-    return unread_files(listed, read_parquet(live, FILES))
+    return with_sha256(read_parquet(live, FILES))
 
 
 def in_buckets(live: Storage, name: str, lo: int, hi: int) -> pl.DataFrame:

@@ -43,7 +43,7 @@ REPORT_KEYS = {
     "benchmarks/training_reuse.py": {"data", "n", "factory", "limit", "runs", "lossy_reuses", "needless_retrainings",
                                      "met"},
     "benchmarks/unread_files.py": {"docs", "files", "runs", "same_as_full_build", "prepare_one_over_every",
-                                   "flow_run_one_over_every", "met"},
+                                   "flow_run_one_over_every", "prepare_same_bytes_over_every", "hash_s", "met"},
     "benchmarks/worker_memory.py": {"runs", "worker_ratio", "met"},
 }
 PLOTS = {"benchmarks/representations.py": ["representations.png"]}

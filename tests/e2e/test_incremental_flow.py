@@ -167,9 +167,9 @@ def test_a_finished_run_keeps_its_records_and_not_its_work(runs):
 
 def test_rerun_with_nothing_changed_publishes_nothing_and_a_changed_setting_embeds_nothing(runs, prefect_api):
     """Live is already what a rerun would publish: no copy of it, and while the corpus file is untouched (its
-    listing: size, modification and change times, inode) not even a read of it. A file written again with the same
-    documents is read and found unchanged. A changed setting (here the evaluation's depth) publishes a new version,
-    still without embedding anything."""
+    listing: size, modification and change times, inode) not even a read of it; written again with the same bytes,
+    it is hashed, not read. Written again with the same documents in other bytes, it is read and found unchanged. A
+    changed setting (here the evaluation's depth) publishes a new version, still without embedding anything."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.reindex import reindex
@@ -180,10 +180,12 @@ def test_rerun_with_nothing_changed_publishes_nothing_and_a_changed_setting_embe
     corpus = {"corpus.source": str(runs["work"] / "v2.jsonl")}
     with temporary_settings({PREFECT_API_URL: prefect_api}):
         same = reindex(runs["config"], corpus).to_dict()
-        write_jsonl(runs["work"] / "v2.jsonl", runs["edited"])  # the same documents, written again
+        write_jsonl(runs["work"] / "v2.jsonl", runs["edited"])  # the same bytes, written again
         rewritten = reindex(runs["config"], corpus).to_dict()
+        write_jsonl(runs["work"] / "v2.jsonl", [dict(reversed(d.items())) for d in runs["edited"]])  # keys reordered
+        reordered = reindex(runs["config"], corpus).to_dict()
         deeper = reindex(runs["config"], corpus | {"evaluation.k": 50}).to_dict()
-    for rerun in (same, rewritten):
+    for rerun in (same, rewritten, reordered):
         c = rerun["counts"]
         assert (c["docs_new"], c["docs_changed"], c["docs_deleted"], c["docs_kept"]) == \
             (0, 0, 0, len(runs["edited"]))
@@ -192,11 +194,14 @@ def test_rerun_with_nothing_changed_publishes_nothing_and_a_changed_setting_embe
         assert not rerun["published"] and rerun["version"] == v2 and rerun["promotion"] is None
         assert rerun["delta"].startswith(f"live version {v2} is current: no document new, changed or deleted")
         assert rerun["evaluation"]["modes"] == runs["v2"]["evaluation"]["modes"]  # live's, as recorded
-    assert "the corpus was not read" in same["delta"] and "prepare" not in same["timings_s"]
-    assert "not read" not in rewritten["delta"] and "prepare" in rewritten["timings_s"]
-    records = {name: sorted(store.list(f"runs/{rerun['run_id']}")) for name, rerun in (("same", same),
-                                                                                       ("rewritten", rewritten))}
-    assert records == {"same": ["run.json"], "rewritten": ["files.parquet", "quarantine", "run.json"]}  # nothing else
+    assert "the corpus was not read" in same["delta"] and set(same["timings_s"]) == {"compare"}
+    assert "the corpus was not read: its files hold the bytes" in rewritten["delta"]
+    assert set(rewritten["timings_s"]) == {"compare", "hash files"}
+    assert "not read" not in reordered["delta"] and "prepare" in reordered["timings_s"]
+    records = {name: sorted(store.list(f"runs/{rerun['run_id']}")) for name, rerun in (
+        ("same", same), ("rewritten", rewritten), ("reordered", reordered))}
+    assert records == {"same": ["run.json"], "rewritten": ["run.json"],
+                       "reordered": ["files.parquet", "quarantine", "run.json"]}  # nothing else
     assert set(store.list("snapshots/jobs")) == set(before) | {deeper["version"]}
     assert deeper["published"] and deeper["counts"]["embedded"] == 0 and deeper["promotion"]["promoted"]
     assert rows_and_vectors(deeper)[0].equals(rows_and_vectors(runs["v2"])[0])

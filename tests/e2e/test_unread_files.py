@@ -5,6 +5,8 @@ a file it reads and one it leaves unread."""
 
 from __future__ import annotations
 
+import os
+
 import polars as pl
 import pytest
 import yaml
@@ -70,6 +72,8 @@ def builds(prefect_api, sample_docs, tmp_path_factory):
         first = files[0] + [{"_id": files[3][0]["_id"], "title": "", "text": "This id now comes from file 0."}]
         write_jsonl(corpus / "part-0.jsonl", first)
         write_jsonl(corpus / "part-2.jsonl", edited)
+        # file 1 exported again with the same bytes (a new file renamed over it): left unread by its sha256
+        os.replace(write_jsonl(corpus / "part-1.jsonl.new", files[1]), corpus / "part-1.jsonl")
         out["v2"] = reindex(cfg).to_dict()
         out["full2"] = reindex(cfg, {"storage.root": str(work / "full2")}, full=True).to_dict()
         write_jsonl(corpus / "part-0.jsonl", files[0])  # the copy goes: file 3's record is the first again
@@ -93,8 +97,10 @@ def test_a_reindex_reads_only_the_changed_files_and_publishes_what_a_full_build_
     assert_same(published(v2, work / "store"), published(builds["full2"], work / "full2"))
     quarantine = published(v2, work / "store")["quarantine"]
     assert quarantine["doc_id"].to_list() == [files[1][0]["_id"], files[3][0]["_id"]]
-    unread = pl.read_parquet(Snapshot.open(v2["snapshot"]).local_file("files.parquet"))["unread"].to_list()
-    assert unread == [False, True, False, True]
+    tables = [pl.read_parquet(Snapshot.open(builds[v]["snapshot"]).local_file("files.parquet")) for v in ("v1", "v2")]
+    assert tables[1]["unread"].to_list() == [False, True, False, True]
+    assert [a == b for a, b in zip(tables[0]["stamp"], tables[1]["stamp"], strict=True)] == [False, False, False, True]
+    assert tables[0]["sha256"][1] == tables[1]["sha256"][1]  # file 1: written again, the same bytes
 
 
 def test_a_file_with_a_quarantined_record_is_read_again_and_gets_its_id_back(builds):

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import CorpusConfig
-from pipeline.corpus.files import FILES_SCHEMA, files_table, unread_files
-from pipeline.corpus.pieces import listing_digest
+from pipeline.corpus.files import FILES_SCHEMA, file_sha256, files_table, to_hash, unread_files
+from pipeline.corpus.pieces import InputFile, listing_digest
 from pipeline.corpus.readers import corpus_pieces, list_corpus
 from tests.conftest import write_elsewhere
 
@@ -54,19 +54,35 @@ def test_the_listing_digest_moves_with_any_write_and_only_then(storage_root):
     assert len({first, edited, added}) == 3 and listing_digest(list_corpus(glob)) == edited
 
 
-def test_a_reindex_would_leave_unread_exactly_the_files_not_written_since(storage_root):
+def decide(listed: list[InputFile], live: pl.DataFrame) -> pl.DataFrame:
+    """What a run decides of its files (pipeline/jobs/unread.py), hashing in this process."""
+    return unread_files(listed, live, {f.url: file_sha256(f.url) for f in to_hash(listed, live)})
+
+
+def unread_names(decided: pl.DataFrame) -> list[str]:
+    return [u.rsplit("/", 1)[1] for u in decided.filter(pl.col("unread"))["url"]]
+
+
+def test_a_reindex_would_leave_unread_exactly_the_files_whose_bytes_are_the_same(storage_root):
     """What a version's files table and a later listing decide (pipeline/corpus/files.py): on both backends a file
-    written again, even to the same size, is read; the others are left unread."""
+    written again with other bytes, even of the same size, is read; one written again with the same bytes, and the
+    others, are left unread. Local files are hashed (their stamps are times); S3 objects are not (an ETag is the
+    bytes' MD5)."""
     base = storage_root.rstrip("/") + "/unread"
     for name in ("a", "b", "c"):
         write_elsewhere(f"{base}/{name}.jsonl", f'{{"_id": "{name}", "text": "x"}}\n'.encode())
     glob = CorpusConfig(source=f"{base}/*.jsonl")
     listed = list_corpus(glob)
-    live = files_table(listed, {f.url: {"read": 1, "accepted": 1} for f in listed}, pl.DataFrame(schema=FILES_SCHEMA),
-                       {})
-    assert unread_files(list_corpus(glob), live).height == 3
+    first = decide(listed, pl.DataFrame(schema=FILES_SCHEMA))
+    live = files_table(listed, {f.url: {"read": 1, "accepted": 1} for f in listed}, first, {})
+    on_s3 = base.startswith("s3://")
+    assert live["sha256"].null_count() == (3 if on_s3 else 0)
+    assert unread_names(decide(list_corpus(glob), live)) == ["a.jsonl", "b.jsonl", "c.jsonl"]
     write_elsewhere(f"{base}/b.jsonl", b'{"_id": "b", "text": "y"}\n')  # the same size
-    assert [u.rsplit("/", 1)[1] for u in unread_files(list_corpus(glob), live)["url"]] == ["a.jsonl", "c.jsonl"]
+    write_elsewhere(f"{base}/c.jsonl", b'{"_id": "c", "text": "x"}\n')  # the same bytes
+    now = list_corpus(glob)
+    assert [f.stamp == old for f, old in zip(now, live["stamp"], strict=True)] == [True, False, on_s3]
+    assert unread_names(decide(now, live)) == ["a.jsonl", "c.jsonl"]
 
 
 def test_a_parquet_glob_is_planned_from_every_footer_in_name_order(storage_root):
