@@ -36,7 +36,7 @@ from pipeline.corpus.readers import (
 )
 from pipeline.corpus.sharding import assign_shards, bucket_range
 from pipeline.errors import InputError, SnapshotError
-from pipeline.jobs.executor import Executor
+from pipeline.jobs.executor import Executor, LocalExecutor
 from pipeline.jobs.shards import INPUT_COLUMNS, MODEL_CARD_KEY
 from pipeline.jobs.unread import Unread, files_left_unread, in_buckets
 from pipeline.jobs.worker import node, peak_rss_mb
@@ -321,9 +321,15 @@ def prepare(cfg: PipelineConfig, storage: Storage, run_id: str, against: ShardIn
 def decide_files(cfg: PipelineConfig, storage: Storage, run_id: str, against: ShardInput, executor: Executor,
                  listed: list[InputFile]) -> pl.DataFrame:
     """Which `listed` files the run leaves unread (jobs/unread.py files_left_unread), hashing those that need it on
-    `executor`'s workers; a backfill compares with no live version (it reads every file)."""
+    `executor`'s workers, or here where they hold at most run.local_prepare_max_bytes (a task's start would cost
+    more: a file of 0.5 MB took 1.2 s as the run's first Ray task, 0.5 ms here); a backfill compares with no live
+    version (it reads every file)."""
+    def hash_files(files: list[InputFile]) -> list[str]:
+        here = sum(f.size for f in files) <= cfg.run.local_prepare_max_bytes
+        return (LocalExecutor() if here else executor).map(file_sha256, [f.url for f in files])
+
     return files_left_unread(cfg, storage, run_id, against.live if against.selection is None else None, listed,
-                             make_chunker(cfg).params, lambda files: executor.map(file_sha256, [f.url for f in files]))
+                             make_chunker(cfg).params, hash_files)
 
 
 def check_selected(selection: Selection, missing_ids: list[str], counts: dict[str, int], cfg: PipelineConfig) -> None:
