@@ -63,7 +63,7 @@ def edit(path: Path, share: float) -> int:
 
 def prepare_s(run: dict) -> float:
     """A run's seconds deciding which files to read (hashing those written since live) and preparing."""
-    return run["timings_s"].get("hash files", 0.0) + run["timings_s"]["prepare"]
+    return round(run["timings_s"].get("hash files", 0.0) + run["timings_s"]["prepare"], 2)
 
 
 def hash_seconds(files: list[Path]) -> tuple[float, float]:
