@@ -321,9 +321,9 @@ def prepare(cfg: PipelineConfig, storage: Storage, run_id: str, against: ShardIn
 def decide_files(cfg: PipelineConfig, storage: Storage, run_id: str, against: ShardInput, executor: Executor,
                  listed: list[InputFile]) -> pl.DataFrame:
     """Which `listed` files the run leaves unread (jobs/unread.py files_left_unread), hashing those that need it on
-    `executor`'s workers, or here where they hold at most run.local_prepare_max_bytes (a task's start would cost
-    more: a file of 0.5 MB took 1.2 s as the run's first Ray task, 0.5 ms here); a backfill compares with no live
-    version (it reads every file)."""
+    `executor`'s workers, or here where they hold at most run.local_prepare_max_bytes (a task's start costs more:
+    hashing a file of 0.5 MB as the run's first Ray task took 1.2 s, the whole decision here 0.02 s); a backfill
+    compares with no live version (it reads every file)."""
     def hash_files(files: list[InputFile]) -> list[str]:
         here = sum(f.size for f in files) <= cfg.run.local_prepare_max_bytes
         return (LocalExecutor() if here else executor).map(file_sha256, [f.url for f in files])

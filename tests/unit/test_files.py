@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import polars as pl
+import pytest
 
 from pipeline.corpus.files import FILES_SCHEMA, file_sha256, files_table, to_hash, unread_files, with_sha256
 from pipeline.corpus.pieces import InputFile
+from pipeline.errors import InputError
 
 
 def live_row(url: str, size: int = 10, stamp: str = "etag 1", quarantined: int = 0, sha256: str | None = None
@@ -81,3 +83,8 @@ def test_credentials_in_a_url_never_reach_the_table():
     listed = [InputFile("https://user:secret@host/c/a.jsonl", "jsonl", 10, stamp="s1")]
     table = files_table(listed, {listed[0].url: {"read": 1, "accepted": 1}}, pl.DataFrame(schema=FILES_SCHEMA), {})
     assert "secret" not in table["url"][0] and table["read"][0] == 1
+
+
+def test_a_file_gone_between_listing_and_hashing_is_named(tmp_path):
+    with pytest.raises(InputError, match=r"corpus\.source: .*gone\.jsonl was listed but is gone"):
+        file_sha256(str(tmp_path / "gone.jsonl"))
