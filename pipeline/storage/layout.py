@@ -5,7 +5,7 @@
     runs/<run_id>/kernel.json                              the kernel the workers chose for `auto` (GPU actors and a
                                                            CPU driver; a cluster of other CPUs than the driver's)
     runs/<run_id>/files.parquet                            each input file's records by fate (read or kept as live's)
-    runs/<run_id>/unread.parquet                           the files an incremental run leaves unread (live's rows)
+    runs/<run_id>/unread.parquet                           the files a run leaves unread (live's rows) or hashed
     runs/<run_id>/pieces/<piece>/_SUCCESS                  a read piece's marker (its counts), written last
     runs/<run_id>/quarantine/<piece or shard>.parquet      bad records with their reasons (per piece; duplicate
                                                            ids per shard)
@@ -29,7 +29,7 @@
     snapshots/<index>/<version>/index/bm25/*               the bm25 variant: bm25s' own files (.npy and JSON)
     snapshots/<index>/<version>/ids.parquet                FAISS row -> chunk, document, offsets
     snapshots/<index>/<version>/documents.parquet          each document's bucket, file, record and content hash
-    snapshots/<index>/<version>/files.parquet              each input file's size, change stamp and records by fate
+    snapshots/<index>/<version>/files.parquet              each input file's size, change stamp, sha256, records by fate
     snapshots/<index>/<version>/vectors.f16.npy            fp16 vectors in FAISS row order, for rescoring
     snapshots/<index>/<version>/golden/runs.parquet        each search mode's ranking of the golden queries
     snapshots/<index>/<version>/golden/judgments.parquet   the golden set's judgments, each marked held or not
@@ -120,7 +120,8 @@ def piece_key(run_id: str, piece: int, name: str = "") -> str:
 
 
 def unread_key(run_id: str) -> str:
-    """The live files table's rows of the files the run leaves unread, decided by its first attempt (a work file)."""
+    """What the run's first attempt decided of its input files (a work file): live's files table rows of those it
+    leaves unread, and the sha256 of those it hashed."""
     return run_key(run_id, "unread.parquet")
 
 
