@@ -57,6 +57,25 @@ def file_sha256(url: str, block: int = 8 << 20) -> str:
     return digest.hexdigest()
 
 
+def files_sha256(urls: list[str]) -> list[str]:
+    """file_sha256 of each of a batch of files (one unit of work: a task per small file would cost more than
+    hashing it)."""
+    return [file_sha256(url) for url in urls]
+
+
+def hash_batches(files: list[InputFile], batch_bytes: int) -> list[list[str]]:
+    """The files' urls in batches of consecutive files holding about `batch_bytes` each (a larger file alone)."""
+    batches: list[list[str]] = []
+    size = batch_bytes
+    for f in files:
+        if size >= batch_bytes:
+            batches.append([])
+            size = 0
+        batches[-1].append(f.url)
+        size += f.size
+    return batches
+
+
 def with_sha256(files: pl.DataFrame) -> pl.DataFrame:
     """A files table in this schema; one recorded before files were hashed gets a null sha256."""
     if "sha256" not in files.columns:

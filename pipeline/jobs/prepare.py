@@ -25,7 +25,7 @@ import polars as pl
 from pipeline.config import ChunkingConfig, ModelConfig, PipelineConfig
 from pipeline.corpus.chunking import Chunker
 from pipeline.corpus.delta import Delta, Selection, content_hashes, doc_hashes
-from pipeline.corpus.files import FILE_COUNTS, counts_by_url, documents_of, file_sha256, files_table
+from pipeline.corpus.files import FILE_COUNTS, counts_by_url, documents_of, files_sha256, files_table, hash_batches
 from pipeline.corpus.pieces import InputFile, Piece, plan_pieces
 from pipeline.corpus.readers import (
     DUPLICATE,
@@ -321,12 +321,13 @@ def prepare(cfg: PipelineConfig, storage: Storage, run_id: str, against: ShardIn
 def decide_files(cfg: PipelineConfig, storage: Storage, run_id: str, against: ShardInput, executor: Executor,
                  listed: list[InputFile]) -> pl.DataFrame:
     """Which `listed` files the run leaves unread (jobs/unread.py files_left_unread), hashing those that need it on
-    `executor`'s workers, or here where they hold at most run.local_prepare_max_bytes (a task's start costs more:
-    hashing a file of 0.5 MB as the run's first Ray task took 1.2 s, the whole decision here 0.02 s); a backfill
-    compares with no live version (it reads every file)."""
+    `executor`'s workers in batches of about run.piece_bytes, or here where they hold at most
+    run.local_prepare_max_bytes (a task's start costs more: hashing a file of 0.5 MB as the run's first Ray task
+    took 1.2 s, the whole decision here 0.02 s); a backfill compares with no live version (it reads every file)."""
     def hash_files(files: list[InputFile]) -> list[str]:
         here = sum(f.size for f in files) <= cfg.run.local_prepare_max_bytes
-        return (LocalExecutor() if here else executor).map(file_sha256, [f.url for f in files])
+        batches = hash_batches(files, cfg.run.piece_bytes)  # a task per piece's worth of bytes, as reading has
+        return [d for batch in (LocalExecutor() if here else executor).map(files_sha256, batches) for d in batch]
 
     return files_left_unread(cfg, storage, run_id, against.live if against.selection is None else None, listed,
                              make_chunker(cfg).params, hash_files)

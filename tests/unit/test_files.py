@@ -6,7 +6,15 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from pipeline.corpus.files import FILES_SCHEMA, file_sha256, files_table, to_hash, unread_files, with_sha256
+from pipeline.corpus.files import (
+    FILES_SCHEMA,
+    file_sha256,
+    files_table,
+    hash_batches,
+    to_hash,
+    unread_files,
+    with_sha256,
+)
 from pipeline.corpus.pieces import InputFile
 from pipeline.errors import InputError
 
@@ -88,3 +96,10 @@ def test_credentials_in_a_url_never_reach_the_table():
 def test_a_file_gone_between_listing_and_hashing_is_named(tmp_path):
     with pytest.raises(InputError, match=r"corpus\.source: .*gone\.jsonl was listed but is gone"):
         file_sha256(str(tmp_path / "gone.jsonl"))
+
+
+def test_files_are_hashed_in_batches_of_about_a_piece_in_listing_order():
+    files = [InputFile(f"/c/{i}.jsonl", "jsonl", size) for i, size in enumerate([10, 30, 70, 5, 200, 1])]
+    assert hash_batches(files, 100) == [["/c/0.jsonl", "/c/1.jsonl", "/c/2.jsonl"], ["/c/3.jsonl", "/c/4.jsonl"],
+                                        ["/c/5.jsonl"]]
+    assert hash_batches([], 100) == []
