@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache, partial
 
@@ -180,8 +181,7 @@ def prepare_shard(cfg: PipelineConfig, storage: Storage, run_id: str, shard: int
 
     if unread is not None and unread.lost.height:
         drop(unread.lost.with_columns(pl.lit(None, pl.Int32).alias("piece")))
-    for name in sorted(storage.list(shard_key(run_id, shard, "docs"))):  # piece, then batch: input order
-        docs = read_parquet(storage, shard_key(run_id, shard, f"docs/{name}"))
+    for name, docs in _docs_batches(storage, run_id, shard, cfg.run.read_batch):
         first = docs["doc_id"].is_first_distinct() & ~docs["doc_id"].is_in(pl.Series(list(seen), dtype=pl.String))
         if not first.all():
             drop(docs.filter(~first))
@@ -223,6 +223,24 @@ def prepare_shard(cfg: PipelineConfig, storage: Storage, run_id: str, shard: int
                      delta.missing_ids(shard, cfg.run.shards), dict(dropped), node=node(), peak_rss_mb=peak_rss_mb())
     storage.write_bytes(marker, json.dumps(prep.to_dict() | {"skipped": False}).encode())
     return prep
+
+
+def _docs_batches(storage: Storage, run_id: str, shard: int, rows: int) -> Iterator[tuple[str, pl.DataFrame]]:
+    """The shard's docs parts in input order (piece, then batch), consecutive ones together up to `rows` rows, each
+    batch named for its first part: a corpus of many small files leaves a part per file in every shard, and taking
+    them one at a time paid polars' per-call cost thousands of times (2,000 files of 10 documents: 11x the prepare
+    time of 20 files of 1,000)."""
+    names, frames, size = [], [], 0
+    for name in sorted(storage.list(shard_key(run_id, shard, "docs"))):
+        frame = read_parquet(storage, shard_key(run_id, shard, f"docs/{name}"))
+        if frames and size + frame.height > rows:
+            yield names[0], pl.concat(frames, how="diagonal_relaxed")
+            names, frames, size = [], [], 0
+        names.append(name)
+        frames.append(frame)
+        size += frame.height
+    if frames:
+        yield names[0], pl.concat(frames, how="diagonal_relaxed")
 
 
 def _attach_cached(storage: Storage, run_id: str, shard: int, lo: int, hi: int, metadata: pl.DataFrame | None,
