@@ -1,7 +1,7 @@
 """The first steps of every build, as units of work that run on any worker:
 
-1. `read_piece`, once per read piece (corpus/pieces.py): read and validate its records, hash and shard them, and
-   write each shard's documents as one part per batch; bad records go to the piece's quarantine file.
+1. `read_piece` (jobs/read_piece.py), once per read piece (corpus/pieces.py): its records read, validated, hashed
+   and sent to their shards.
 2. `prepare_shard`, once per shard: take the shard's documents in input order, drop later copies of an id (two
    records with the same id always land in the same shard, so this is the whole corpus's duplicate check),
    compare with the live snapshot's rows of this shard only, chunk what is redone, and look the chunks up in the
@@ -25,19 +25,19 @@ import polars as pl
 
 from pipeline.config import ChunkingConfig, ModelConfig, PipelineConfig
 from pipeline.corpus.chunking import Chunker
-from pipeline.corpus.delta import Delta, Selection, content_hashes, doc_hashes
+from pipeline.corpus.delta import Delta, Selection
 from pipeline.corpus.files import FILE_COUNTS, counts_by_url, documents_of, files_sha256, files_table, hash_batches
-from pipeline.corpus.pieces import InputFile, Piece, plan_pieces
+from pipeline.corpus.pieces import InputFile, plan_pieces
 from pipeline.corpus.readers import (
     DUPLICATE,
     QUARANTINE_SCHEMA,
     corpus_url,
     describe_corpus,
-    iter_piece,
 )
-from pipeline.corpus.sharding import assign_shards, bucket_range
+from pipeline.corpus.sharding import bucket_range
 from pipeline.errors import InputError, SnapshotError
 from pipeline.jobs.executor import Executor, LocalExecutor
+from pipeline.jobs.read_piece import PieceResult, read_piece
 from pipeline.jobs.shards import INPUT_COLUMNS, MODEL_CARD_KEY
 from pipeline.jobs.unread import Unread, files_left_unread, in_buckets
 from pipeline.jobs.worker import node, peak_rss_mb
@@ -49,9 +49,7 @@ from pipeline.storage.keys import redact
 from pipeline.storage.layout import (
     DOCUMENTS,
     IDS,
-    MARKER,
     PREPARED,
-    piece_key,
     quarantine_key,
     run_files_key,
     shard_key,
@@ -68,37 +66,6 @@ def make_chunker(cfg: PipelineConfig) -> Chunker:
 def _chunker(model: ModelConfig, chunking: ChunkingConfig) -> Chunker:
     tokenizer, limit = tokenizer_for(model)
     return Chunker(tokenizer, chunking, limit, model.passage_prefix)
-
-
-@dataclass(frozen=True)
-class PieceResult:
-    piece: int
-    counts: dict[str, int]  # read, accepted, quarantined, blank_lines
-    skipped: bool = False  # committed by an earlier attempt
-    peak_rss_mb: float = 0.0  # the worker's
-
-
-def read_piece(cfg: PipelineConfig, storage: Storage, run_id: str, piece: Piece, chunking: dict) -> PieceResult:
-    """Read, validate, hash and shard one piece: each batch's accepted documents go to their shards as
-    docs/<piece>-<batch>.parquet, its rejects to the piece's quarantine file; then the marker (its counts)."""
-    marker = piece_key(run_id, piece.index, MARKER)
-    if storage.exists(marker):
-        return PieceResult(piece.index, json.loads(storage.read_bytes(marker))["counts"], skipped=True)
-    counts, quarantine = dict.fromkeys(FILE_COUNTS, 0), []
-    for batch_no, batch in enumerate(iter_piece(cfg.corpus, piece, cfg.run.read_batch)):
-        counts = {k: counts[k] + v for k, v in batch.counts.items()}
-        quarantine.append(batch.quarantine.with_columns(pl.lit(piece.index, pl.Int32).alias("piece")))
-        if batch.docs.is_empty():
-            continue
-        content = content_hashes(batch.docs)
-        docs = assign_shards(batch.docs.with_columns(content, doc_hashes(content, chunking)), cfg.run.shards)
-        docs = docs.with_columns(pl.lit(piece.index, pl.Int32).alias("piece"))
-        for (shard,), rows in docs.partition_by("shard", as_dict=True, maintain_order=True).items():
-            write_parquet(storage, shard_key(run_id, int(shard), f"docs/{piece.index:06d}-{batch_no:05d}.parquet"),
-                          rows)
-    write_parquet(storage, quarantine_key(run_id, f"piece-{piece.index:06d}.parquet"), pl.concat(quarantine))
-    storage.write_bytes(marker, json.dumps({"piece": piece.to_dict(), "counts": counts, "node": node()}).encode())
-    return PieceResult(piece.index, counts, peak_rss_mb=peak_rss_mb())
 
 
 @dataclass(frozen=True)
