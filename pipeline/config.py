@@ -244,7 +244,11 @@ class RunConfig(_Strict):
     read_batch: Annotated[int, Field(gt=0)] = 10_000
     piece_bytes: Annotated[int, Field(ge=1 << 16)] = Field(
         64 << 20, description="the corpus is read in pieces of about this many bytes, each by one worker (a JSON "
-        "Lines file is cut at line starts, Parquet at row groups; a compressed file is one piece)")
+        "Lines file is cut at line starts, Parquet at row groups; a compressed file is one piece; smaller files "
+        "share pieces)")
+    piece_files: Annotated[int, Field(gt=0)] = Field(
+        256, description="a piece holds at most this many small files (read one after another, each a request on "
+        "object storage); fewer make more, shorter tasks")
     local_prepare_max_bytes: Annotated[int, Field(ge=0)] = Field(
         32 << 20, description="a corpus of at most this many bytes is read and chunked in the flow's own process "
         "(starting Ray costs more than that much work); larger ones on Ray workers; 0 = always on Ray")

@@ -37,7 +37,7 @@ DOCUMENTS_SCHEMA = {"doc_id": pl.String, "bucket": pl.UInt16, "source": pl.Strin
 
 def documents_of(docs: pl.DataFrame) -> pl.DataFrame:
     """documents.parquet rows of accepted documents (read with their source and position, hashed and bucketed)."""
-    urls = {url: redact(url) for url in docs["source"].unique().to_list()}  # a piece's batch: one file
+    urls = {url: redact(url) for url in docs["source"].unique().to_list()}  # a piece's batch: a few files
     return docs.select(pl.col("doc_id"), pl.col("bucket"), pl.col("source").replace_strict(urls),
                        pl.col("position"), pl.col("content_hash")).cast(DOCUMENTS_SCHEMA)
 
@@ -139,7 +139,7 @@ def files_table(listed: list[InputFile], read: dict[str, dict[str, int]], decide
 
 
 def counts_by_url(pieces: Iterable[tuple[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
-    """Read pieces' counts summed per file (a file may be read in several pieces)."""
+    """Counts summed per file (a file may be read in several pieces, and in several batches of one)."""
     out: dict[str, dict[str, int]] = {}
     for url, counts in pieces:
         into = out.setdefault(url, dict.fromkeys(FILE_COUNTS, 0))

@@ -1,11 +1,14 @@
 """Read pieces: the units in which a corpus is read, planned before anything is read (in the spirit of
 rom1504/embedding-reader). Each piece is read, validated and sharded by one worker:
 
-- a JSON Lines file up to `piece_bytes` is one piece; a larger uncompressed one is cut into byte ranges, and a
+- a JSON Lines file up to `piece_bytes` is read whole; a larger uncompressed one is cut into byte ranges, and a
   piece owns the lines that start inside its range (the reader skips to the first line start, and reads past
   its end to finish its last line);
-- a compressed file (.gz) is one piece: it cannot be entered in the middle;
-- a Parquet file is cut into runs of whole row groups of at most `piece_bytes` (compressed) each.
+- a compressed file (.gz) is read whole: it cannot be entered in the middle;
+- a Parquet file is cut into runs of whole row groups of at most `piece_bytes` (compressed) each;
+- consecutive files read whole go together into one piece, up to `piece_bytes` and `piece_files` files: a piece
+  costs a task, a marker, a quarantine file and a docs part in each shard it touches, and a piece per file made a
+  corpus of 2,000 files of 10 documents 11x slower to prepare than the same documents in 20 files.
 
 `corpus.source` names one file, a BEIR folder (its corpus file), or a glob of files (`s3://b/corpus/*.jsonl.gz`);
 pieces are numbered in file-name order, then position, which is the input order duplicates are resolved in.
@@ -63,39 +66,63 @@ def listing_digest(files: list[InputFile]) -> str | None:
 
 
 @dataclass(frozen=True)
-class Piece:
-    index: int
+class Span:
+    """What a piece reads of one file: JSON Lines bytes [start, end) (end None: to the end of the file), or Parquet
+    row groups [start, end), the first of which starts at the file's row `first_row`."""
+
     url: str
     format: Format
-    start: int  # JSON Lines: first byte; Parquet: first row group
-    end: int | None  # JSON Lines: end byte (exclusive), None = to the end; Parquet: row group end (exclusive)
-    first_row: int = 0  # Parquet: the file's row number of the piece's first row (positions in the quarantine)
+    start: int
+    end: int | None
+    first_row: int = 0  # Parquet: positions in the quarantine are the file's row numbers
+
+
+@dataclass(frozen=True)
+class Piece:
+    index: int
+    spans: tuple[Span, ...]  # a part of one file, or whole files, in input order
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def plan_pieces(files: list[InputFile], piece_bytes: int) -> list[Piece]:
-    """Pieces of at most about `piece_bytes` each, in input order (pure: sizes and row groups are given)."""
+def file_spans(f: InputFile, piece_bytes: int) -> list[Span]:
+    """One file's spans of at most about `piece_bytes` each (one: the whole file, where it fits or cannot be cut)."""
+    if f.format == "parquet":
+        spans, start, first_row, rows, size = [], 0, 0, 0, 0
+        for i, (group_rows, group_bytes) in enumerate(f.row_groups):
+            if i > start and size + group_bytes > piece_bytes:
+                spans.append(Span(f.url, f.format, start, i, first_row))
+                start, first_row, size = i, rows, 0
+            rows, size = rows + group_rows, size + group_bytes
+        return [*spans, Span(f.url, f.format, start, len(f.row_groups), first_row)]
+    if f.compressed or f.size <= piece_bytes:
+        return [Span(f.url, f.format, 0, None)]
+    return [Span(f.url, f.format, start, start + piece_bytes if start + piece_bytes < f.size else None)
+            for start in range(0, f.size, piece_bytes)]
+
+
+def plan_pieces(files: list[InputFile], piece_bytes: int, piece_files: int) -> list[Piece]:
+    """Pieces of at most about `piece_bytes` each, in input order: a large file's spans one per piece, consecutive
+    small files together, at most `piece_files` of them (each is a request on object storage, read one after
+    another). Pure: sizes and row groups are given."""
     pieces: list[Piece] = []
-
-    def add(f: InputFile, start: int, end: int | None, first_row: int = 0) -> None:
-        pieces.append(Piece(len(pieces), f.url, f.format, start, end, first_row))
-
+    together: list[Span] = []
+    size = 0
     for f in files:
-        if f.format == "parquet":
-            start = first_row = rows = size = 0
-            for i, (group_rows, group_bytes) in enumerate(f.row_groups):
-                if i > start and size + group_bytes > piece_bytes:
-                    add(f, start, i, first_row)
-                    start, first_row, size = i, rows, 0
-                rows, size = rows + group_rows, size + group_bytes
-            add(f, start, len(f.row_groups), first_row)
-        elif f.compressed or f.size <= piece_bytes:
-            add(f, 0, None)
+        spans = file_spans(f, piece_bytes)
+        whole = len(spans) == 1 and f.size <= piece_bytes
+        if together and (not whole or size + f.size > piece_bytes or len(together) >= piece_files):
+            pieces.append(Piece(len(pieces), tuple(together)))
+            together, size = [], 0
+        if whole:
+            together.append(spans[0])
+            size += f.size
         else:
-            for start in range(0, f.size, piece_bytes):
-                add(f, start, start + piece_bytes if start + piece_bytes < f.size else None)
+            for span in spans:
+                pieces.append(Piece(len(pieces), (span,)))
+    if together:
+        pieces.append(Piece(len(pieces), tuple(together)))
     return pieces
 
 

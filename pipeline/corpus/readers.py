@@ -7,22 +7,24 @@ raises InputError instead.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
 import polars as pl
 
 from pipeline.config import CorpusConfig
-from pipeline.corpus.pieces import InputFile, Piece, describe_inputs, list_inputs, not_found, plan_pieces
+from pipeline.corpus.pieces import InputFile, Piece, Span, describe_inputs, list_inputs, not_found, plan_pieces
 from pipeline.corpus.records import BLANK, jsonl_records, lone_surrogate, open_input, parquet_records
 from pipeline.errors import InputError
 from pipeline.storage.keys import redact
 
 DOC_SCHEMA = {"doc_id": pl.String, "title": pl.String, "text": pl.String}
-# position: the line (JSON Lines) or row (Parquet) number, counted from the start of its read piece (a whole file
-# unless a large JSON Lines file was cut into byte ranges: the run's pieces/<piece>/_SUCCESS records each range)
+# position: the line (JSON Lines) or row (Parquet) number in its file, counted from the start of the span a piece
+# read (the whole file unless a large JSON Lines file was cut into byte ranges: the run's pieces/<piece>/_SUCCESS
+# records each range)
 QUARANTINE_SCHEMA = {"source": pl.String, "position": pl.Int64, "doc_id": pl.String, "reason": pl.String,
                      "raw": pl.String, "piece": pl.Int32}
 DUPLICATE = "duplicate id: an earlier record has the same id"  # in a piece here, across pieces by its shard
@@ -34,6 +36,7 @@ class ReadResult:
     docs: pl.DataFrame  # doc_id, title, text, the configured metadata fields (and source, position if asked)
     quarantine: pl.DataFrame  # source, position, doc_id, reason, raw, piece
     blank_lines: int = 0  # JSON Lines lines holding only whitespace: no record, but counted
+    files: dict[str, dict[str, int]] = field(default_factory=dict)  # counts (as `counts`) by file read
 
     @property
     def counts(self) -> dict[str, int]:
@@ -52,12 +55,22 @@ class _Collector:
                                                             *(("source", "position") if positions else ())]}
         self.bad: dict[str, list[Any]] = {k: [] for k in QUARANTINE_SCHEMA}
         self.blank_lines = 0
+        self.files: dict[str, Counter[str]] = {}  # counts by source since the last flush
+
+    def count(self, *keys: str) -> None:
+        counts = self.files.setdefault(self.source, Counter())
+        counts.update(keys)
+
+    def blank(self) -> None:
+        self.blank_lines += 1
+        self.count("blank_lines")
 
     def reject(self, position: int, reason: str, raw: Any, doc_id: str | None = None) -> None:
         if self.cfg.strict:
             where = f"{redact(self.source)} record {position}"
             raise InputError(f"{where}: {reason}" + (f" (id {doc_id!r})" if doc_id else ""))
         raw_text = raw if isinstance(raw, str) else repr(raw)
+        self.count("read", "quarantined")
         for key, value in zip(QUARANTINE_SCHEMA, (self.source, position, doc_id, reason, raw_text[:_RAW_CHARS],
                                                   self.piece), strict=True):
             self.bad[key].append(value)
@@ -89,6 +102,7 @@ class _Collector:
         if doc_id in self.seen:
             return self.reject(position, DUPLICATE, raw, doc_id)
         self.seen.add(doc_id)
+        self.count("read", "accepted")
         self.docs["doc_id"].append(doc_id)
         self.docs["title"].append(title)
         self.docs["text"].append(text)
@@ -106,10 +120,12 @@ class _Collector:
         """The records collected since the last flush; ids seen so far are kept for duplicate checks."""
         # Metadata types are inferred (a date string stays a string, a year an integer).
         result = ReadResult(pl.DataFrame(self.docs, schema_overrides=DOC_SCHEMA, strict=False),
-                            pl.DataFrame(self.bad, schema=QUARANTINE_SCHEMA), self.blank_lines)
+                            pl.DataFrame(self.bad, schema=QUARANTINE_SCHEMA), self.blank_lines,
+                            {url: dict(counts) for url, counts in self.files.items()})
         self.docs = {k: [] for k in self.docs}
         self.bad = {k: [] for k in self.bad}
         self.blank_lines = 0
+        self.files = {}
         return result
 
 
@@ -153,28 +169,30 @@ def corpus_url(cfg: CorpusConfig) -> str:
     return _beir_file(cfg.source, "corpus.jsonl", "corpus.jsonl.gz") if fmt == "beir" else cfg.source
 
 
-def piece_records(cfg: CorpusConfig, piece: Piece) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
-    if piece.format == "parquet":
-        return parquet_records(piece.url, cfg, range(piece.start, piece.end), piece.first_row)
-    return jsonl_records(piece.url, piece.start, piece.end)
+def span_records(cfg: CorpusConfig, span: Span) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
+    if span.format == "parquet":
+        return parquet_records(span.url, cfg, range(span.start, span.end), span.first_row)
+    return jsonl_records(span.url, span.start, span.end)
 
 
 def iter_piece(cfg: CorpusConfig, piece: Piece, batch_records: int = 10_000,
                collector: _Collector | None = None) -> Iterator[ReadResult]:
-    """A piece's records in batches of about `batch_records` (at least one batch, maybe empty), validated; an id
-    seen before in the piece (or by `collector`, when several pieces share one) is quarantined as a duplicate.
-    Without a `collector` the documents carry their source and position."""
-    collector = collector or _Collector(cfg, piece.url, positions=True)
-    collector.source, collector.piece = piece.url, piece.index
-    for position, record, raw, error in piece_records(cfg, piece):
-        if error:
-            collector.reject(position, error, raw)
-        elif record is BLANK:
-            collector.blank_lines += 1
-        else:
-            collector.add(position, record, raw)
-        if collector.pending >= batch_records:
-            yield collector.flush()
+    """A piece's records, file after file, in batches of about `batch_records` (at least one batch, maybe empty),
+    validated; an id seen before in the piece (or by `collector`, when several pieces share one) is quarantined as
+    a duplicate. Without a `collector` the documents carry their source and position."""
+    collector = collector or _Collector(cfg, piece.spans[0].url, positions=True)
+    collector.piece = piece.index
+    for span in piece.spans:
+        collector.source = span.url
+        for position, record, raw, error in span_records(cfg, span):
+            if error:
+                collector.reject(position, error, raw)
+            elif record is BLANK:
+                collector.blank()
+            else:
+                collector.add(position, record, raw)
+            if collector.pending >= batch_records:
+                yield collector.flush()
     yield collector.flush()
 
 
@@ -188,8 +206,8 @@ def describe_corpus(cfg: CorpusConfig) -> list[InputFile]:
     return describe_inputs(corpus_url(cfg), "parquet" if corpus_format(cfg) == "parquet" else "jsonl")
 
 
-def corpus_pieces(cfg: CorpusConfig, piece_bytes: int = 64 << 20) -> list[Piece]:
-    return plan_pieces(describe_corpus(cfg), piece_bytes)
+def corpus_pieces(cfg: CorpusConfig, piece_bytes: int = 64 << 20, piece_files: int = 256) -> list[Piece]:
+    return plan_pieces(describe_corpus(cfg), piece_bytes, piece_files)
 
 
 def read_corpus(cfg: CorpusConfig) -> ReadResult:

@@ -283,15 +283,15 @@ def prepare(cfg: PipelineConfig, storage: Storage, run_id: str, against: ShardIn
     listed = describe_corpus(cfg.corpus)
     decided = decide_files(cfg, storage, run_id, against, executor, listed)
     skip = set(decided.filter(pl.col("unread"))["url"].to_list())
-    # pieces keep their numbers in the whole listing: a resumed attempt's pieces are the same pieces
-    pieces = [p for p in plan_pieces(listed, cfg.run.piece_bytes) if redact(p.url) not in skip]
+    # the files read are the same in a resumed attempt (its first attempt decided, from the listing it recorded in
+    # run.json), and so are their pieces
+    pieces = plan_pieces([f for f in listed if redact(f.url) not in skip], cfg.run.piece_bytes, cfg.run.piece_files)
     against = replace(against, unread=frozenset(skip))
     read = executor.map(partial(read_piece, cfg, storage, run_id, chunking=chunking), pieces)
     preps = executor.map(partial(prepare_shard, cfg, storage, run_id, against=against, card=card),
                          list(range(cfg.run.shards)))
     dropped = sum((Counter(p.dropped) for p in preps), Counter())
-    files = files_table(listed, counts_by_url((p.url, r.counts) for p, r in zip(pieces, read, strict=True)), decided,
-                        dropped)
+    files = files_table(listed, counts_by_url(item for r in read for item in r.files.items()), decided, dropped)
     write_parquet(storage, run_files_key(run_id), files)
     prepared = PreparedRun.of(run_id, cfg, read, preps, chunking, files)
     if not prepared.counts["accepted"]:

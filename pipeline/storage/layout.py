@@ -6,7 +6,7 @@
                                                            CPU driver; a cluster of other CPUs than the driver's)
     runs/<run_id>/files.parquet                            each input file's records by fate (read or kept as live's)
     runs/<run_id>/unread.parquet                           the files a run leaves unread (live's rows) or hashed
-    runs/<run_id>/pieces/<piece>/_SUCCESS                  a read piece's marker (its counts), written last
+    runs/<run_id>/pieces/<piece>/_SUCCESS                  a read piece's marker (its files, counts), written last
     runs/<run_id>/quarantine/<piece or shard>.parquet      bad records with their reasons (per piece; duplicate
                                                            ids per shard)
     runs/<run_id>/shards/<shard>/docs/<piece>-<batch>.parquet   a piece's accepted documents of this shard

@@ -32,6 +32,8 @@ REPORT_KEYS = {
                                           "reordered_read_and_published_nothing"},
     "benchmarks/index_build.py": {"n", "plan", "seconds", "driver_peak_rss_mib", "recall@10_rescored_top100",
                                   "targets"},
+    "benchmarks/many_files.py": {"docs", "few", "many", "runs", "many_over_few", "piece_per_file_over_gathered",
+                                 "met"},
     "benchmarks/kill_resume.py": {"runs", "identical_snapshots", "killed_run_published", "restart_cost_s"},
     "benchmarks/migration.py": {"migrations"},
     "benchmarks/precision.py": {"docs", "queries", "kernel_plan", "ndcg@10", "retention", "min_cosine_docs",

@@ -1,6 +1,6 @@
 """A corpus glob on object storage (the S3 server on loopback) and on the filesystem: each listing sees the files as
 they are then, so a later run in the same process finds what was added or changed since, and a plan of pieces has
-every Parquet file's row groups in name order."""
+every Parquet file's row groups in name order, small files read together."""
 
 import io
 
@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import CorpusConfig
-from pipeline.corpus.files import FILES_SCHEMA, file_sha256, files_table, to_hash, unread_files
+from pipeline.corpus.files import FILES_SCHEMA, counts_by_url, file_sha256, files_table, to_hash, unread_files
 from pipeline.corpus.pieces import InputFile, listing_digest
-from pipeline.corpus.readers import corpus_pieces, list_corpus
+from pipeline.corpus.readers import corpus_pieces, iter_piece, list_corpus
 from tests.conftest import write_elsewhere
 
 
@@ -89,6 +89,12 @@ def test_a_parquet_glob_is_planned_from_every_footer_in_name_order(storage_root)
     base = storage_root.rstrip("/") + "/pq"
     for i, rows in enumerate([30, 10, 20]):
         write_elsewhere(f"{base}/part-{i}.parquet", parquet(rows))
-    pieces = corpus_pieces(CorpusConfig(source=f"{base}/*.parquet"), piece_bytes=1 << 20)
-    assert [(p.url.rsplit("/", 1)[1], p.start, p.end) for p in pieces] == [
-        ("part-0.parquet", 0, 3), ("part-1.parquet", 0, 1), ("part-2.parquet", 0, 2)]
+    spans = [("part-0.parquet", 0, 3), ("part-1.parquet", 0, 1), ("part-2.parquet", 0, 2)]
+    for piece_files, pieces in ((256, [spans]), (2, [spans[:2], spans[2:]])):  # small files share a piece
+        planned = corpus_pieces(CorpusConfig(source=f"{base}/*.parquet"), piece_bytes=1 << 20, piece_files=piece_files)
+        assert [[(s.url.rsplit("/", 1)[1], s.start, s.end) for s in p.spans] for p in planned] == pieces
+    (together,) = corpus_pieces(CorpusConfig(source=f"{base}/*.parquet"), piece_bytes=1 << 20)
+    counts = counts_by_url(i for batch in iter_piece(CorpusConfig(source=base), together) for i in batch.files.items())
+    # each file's ids are d0, d1, ...: those of parts 1 and 2 are later copies of part 0's, found in the piece
+    assert {url.rsplit("/", 1)[1]: (c["accepted"], c["quarantined"]) for url, c in counts.items()} == {
+        "part-0.parquet": (30, 0), "part-1.parquet": (0, 10), "part-2.parquet": (0, 20)}

@@ -137,6 +137,32 @@ def test_pieces_and_small_batches_give_the_same_run_and_find_duplicates_across_p
     assert np.abs(results["pieces"][2] - results["whole"][2]).max() < 1e-5  # batches differ: float rounding
 
 
+def test_small_files_read_together_or_one_piece_each_give_the_same_run_and_counts_per_file(tmp_path, sample_docs,
+                                                                                           encoder):
+    """The same documents in 5 files (a later copy of an id in the fourth): read as one piece, or as a piece per
+    file, give the same chunks, fingerprint and per-file counts; a rerun of the run id with pieces planned
+    otherwise is refused rather than mixing two plans' parts."""
+    docs = sample_docs[:10] + [dict(sample_docs[1], text="a late duplicate")]
+    for i, part in enumerate([docs[:3], docs[3:5], docs[5:8], [docs[10], *docs[8:10]], []]):
+        write_jsonl(tmp_path / f"c-{i}.jsonl", part)
+    results = {}
+    for name, piece_files in (("together", 256), ("apart", 1)):
+        root = tmp_path / f"store-{name}"
+        cfg, storage = config(tmp_path / "c-*.jsonl", root, shards=2, piece_files=piece_files), Storage(str(root))
+        prepared = prepared_run(cfg, storage, "r", encoder)
+        assert prepared.counts["pieces"] == (1 if name == "together" else 5)
+        assert prepared.counts["quarantined"] == 1 and prepared.counts["accepted"] == 10
+        for s in prepared.shards:
+            embed_shard(storage, "r", s, encoder)
+        files = pl.read_parquet(root / "runs/r/files.parquet").select("read", "accepted", "quarantined").rows()
+        assert files == [(3, 3, 0), (2, 2, 0), (3, 3, 0), (3, 2, 1), (0, 0, 0)]
+        results[name] = (prepared.corpus["fingerprint"], *load_vectors(storage, "r", prepared.shards))
+        with pytest.raises(InputError, match="piece 0 was read by an earlier attempt as other files"):
+            prepared_run(config(tmp_path / "c-*.jsonl", root, shards=2, piece_files=3), storage, "r", encoder)
+    assert results["apart"][0] == results["together"][0] and results["apart"][1].equals(results["together"][1])
+    assert np.abs(results["apart"][2] - results["together"][2]).max() < 1e-5
+
+
 def test_a_rerun_redoes_only_unfinished_pieces_and_shards(tmp_path, sample_docs, encoder):
     corpus = write_jsonl(tmp_path / "c.jsonl", sample_docs[:12])
     cfg, storage = config(corpus, tmp_path / "store"), Storage(str(tmp_path / "store"))
