@@ -37,9 +37,7 @@ DOCUMENTS_SCHEMA = {"doc_id": pl.String, "bucket": pl.UInt16, "source": pl.Strin
 
 def documents_of(docs: pl.DataFrame) -> pl.DataFrame:
     """documents.parquet rows of accepted documents (read with their source and position, hashed and bucketed)."""
-    urls = {url: redact(url) for url in docs["source"].unique().to_list()}  # a piece's batch: a few files
-    return docs.select(pl.col("doc_id"), pl.col("bucket"), pl.col("source").replace_strict(urls),
-                       pl.col("position"), pl.col("content_hash")).cast(DOCUMENTS_SCHEMA)
+    return docs.select("doc_id", "bucket", "source", "position", "content_hash").cast(DOCUMENTS_SCHEMA)
 
 
 def file_sha256(url: str, block: int = 8 << 20) -> str:
@@ -120,16 +118,16 @@ def unread_files(listed: list[InputFile], live: pl.DataFrame, digests: dict[str,
 
 def files_table(listed: list[InputFile], read: dict[str, dict[str, int]], decided: pl.DataFrame,
                 dropped: dict[str, int]) -> pl.DataFrame:
-    """This build's files.parquet: each listed file's counts, from its read pieces (`read`, by url) or live's row
-    (`decided`'s unread rows; unread_files), less the records the shards dropped as later copies of an id
-    (`dropped`, by redacted url); its sha256 where `decided` holds one."""
+    """This build's files.parquet: each listed file's counts, from its read pieces (`read`) or live's row (`decided`'s
+    unread rows; unread_files), less the records the shards dropped as later copies of an id (`dropped`); its sha256
+    where `decided` holds one. Files are named by redacted url throughout."""
     known = {row["url"]: row for row in decided.iter_rows(named=True)}
     rows = []
     for f in listed:
         url = redact(f.url)
         row = known.get(url, {})
         kept = bool(row.get("unread"))
-        counts = {k: row[k] for k in FILE_COUNTS} if kept else dict(read.get(f.url, {}))
+        counts = {k: row[k] for k in FILE_COUNTS} if kept else dict(read.get(url, {}))
         lost = dropped.get(url, 0)
         rows.append({"url": url, "size": f.size, "stamp": f.stamp, "sha256": row.get("sha256"),
                      "read": counts.get("read", 0), "accepted": counts.get("accepted", 0) - lost,

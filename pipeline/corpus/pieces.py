@@ -83,7 +83,8 @@ class Piece:
     spans: tuple[Span, ...]  # a part of one file, or whole files, in input order
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """As its marker records it (urls without credentials)."""
+        return {"index": self.index, "spans": [asdict(s) | {"url": redact(s.url)} for s in self.spans]}
 
 
 def file_spans(f: InputFile, piece_bytes: int) -> list[Span]:

@@ -36,7 +36,7 @@ class ReadResult:
     docs: pl.DataFrame  # doc_id, title, text, the configured metadata fields (and source, position if asked)
     quarantine: pl.DataFrame  # source, position, doc_id, reason, raw, piece
     blank_lines: int = 0  # JSON Lines lines holding only whitespace: no record, but counted
-    files: dict[str, dict[str, int]] = field(default_factory=dict)  # counts (as `counts`) by file read
+    files: dict[str, dict[str, int]] = field(default_factory=dict)  # counts (as `counts`) by file (redacted url)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -49,7 +49,8 @@ class _Collector:
     """Validates records one by one, keeping the first of each id and a reason for every reject."""
 
     def __init__(self, cfg: CorpusConfig, source: str, piece: int = 0, positions: bool = False) -> None:
-        self.cfg, self.source, self.piece, self.positions = cfg, source, piece, positions
+        # the file a record came from, as stored with it (documents, quarantine, counts): without credentials
+        self.cfg, self.source, self.piece, self.positions = cfg, redact(source), piece, positions
         self.seen: set[str] = set()
         self.docs: dict[str, list[Any]] = {k: [] for k in [*DOC_SCHEMA, *cfg.metadata_fields,
                                                             *(("source", "position") if positions else ())]}
@@ -67,7 +68,7 @@ class _Collector:
 
     def reject(self, position: int, reason: str, raw: Any, doc_id: str | None = None) -> None:
         if self.cfg.strict:
-            where = f"{redact(self.source)} record {position}"
+            where = f"{self.source} record {position}"
             raise InputError(f"{where}: {reason}" + (f" (id {doc_id!r})" if doc_id else ""))
         raw_text = raw if isinstance(raw, str) else repr(raw)
         self.count("read", "quarantined")
@@ -183,7 +184,7 @@ def iter_piece(cfg: CorpusConfig, piece: Piece, batch_records: int = 10_000,
     collector = collector or _Collector(cfg, piece.spans[0].url, positions=True)
     collector.piece = piece.index
     for span in piece.spans:
-        collector.source = span.url
+        collector.source = redact(span.url)
         for position, record, raw, error in span_records(cfg, span):
             if error:
                 collector.reject(position, error, raw)

@@ -177,7 +177,7 @@ def prepare_shard(cfg: PipelineConfig, storage: Storage, run_id: str, shard: int
             pl.concat_str([pl.lit('{"_id": '), pl.col("doc_id"), pl.lit(" ...}")]).alias("raw"),
             pl.col("piece")).cast({k: v for k, v in QUARANTINE_SCHEMA.items()}))
         for source, n in rejected.group_by("source").len().iter_rows():
-            dropped[redact(source)] += n
+            dropped[source] += n
     if documents and against.selection is None:  # a backfill's kept documents are live's, not what the files hold
         write_parquet(storage, shard_key(run_id, shard, DOCUMENTS),
                       pl.concat(documents).sort("bucket", "doc_id"))

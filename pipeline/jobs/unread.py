@@ -77,8 +77,7 @@ class Unread:
             return cls(unread, unread.clear())
         read = pl.concat([read_parquet(storage, shard_key(run_id, shard, f"docs/{n}")).select("doc_id", "source")
                           for n in names]).unique("doc_id", keep="first", maintain_order=True)
-        urls = {url: redact(url) for url in read["source"].unique().to_list()}
-        read = read.with_columns(pl.col("source").replace_strict(urls).alias("read_in"))
+        read = read.rename({"source": "read_in"})
         met = unread.join(read.select("doc_id", "read_in"), on="doc_id", how="left")
         lost = pl.col("read_in").is_not_null() & (pl.col("read_in") < pl.col("source"))  # files in name order
         return cls(met.filter(~lost).drop("read_in"), met.filter(lost).drop("read_in"))

@@ -57,3 +57,17 @@ def test_a_piece_of_several_files_counts_each_file_and_finds_a_duplicate_across_
     assert docs == [("1", str(a), 1), ("2", str(a), 3), ("3", str(b), 1)]  # positions are lines of their file
     bad = [row for batch in batches for row in batch.quarantine.select("source", "position", "reason").rows()]
     assert [(s, p) for s, p, _ in bad] == [(str(b), 2), (str(b), 3)] and bad[0][2].startswith("duplicate id")
+
+
+def test_credentials_in_a_url_reach_neither_the_piece_marker_nor_the_records():
+    from pipeline.corpus.readers import _Collector
+
+    url = "https://user:secret@host/c/a.jsonl"
+    (piece,) = plan_pieces([InputFile(url, "jsonl", 10)], piece_bytes=1 << 20, piece_files=8)
+    assert "secret" not in str(piece.to_dict()) and piece.spans[0].url == url  # read with them, recorded without
+    collector = _Collector(CorpusConfig(source=url), url, positions=True)
+    collector.add(1, {"_id": "1", "text": "one"}, "")
+    collector.add(2, {"_id": "1", "text": "again"}, "")
+    batch = collector.flush()
+    assert batch.docs["source"].to_list() == batch.quarantine["source"].to_list() == ["https://***@host/c/a.jsonl"]
+    assert list(batch.files) == ["https://***@host/c/a.jsonl"]
