@@ -17,7 +17,7 @@ import polars as pl
 
 from pipeline.config import CorpusConfig
 from pipeline.corpus.pieces import InputFile, Piece, Span, describe_inputs, list_inputs, not_found, plan_pieces
-from pipeline.corpus.records import BLANK, jsonl_records, lone_surrogate, open_input, parquet_records
+from pipeline.corpus.records import BLANK, fetched, jsonl_records, lone_surrogate, open_input, parquet_records
 from pipeline.errors import InputError
 from pipeline.storage.keys import redact
 
@@ -170,22 +170,25 @@ def corpus_url(cfg: CorpusConfig) -> str:
     return _beir_file(cfg.source, "corpus.jsonl", "corpus.jsonl.gz") if fmt == "beir" else cfg.source
 
 
-def span_records(cfg: CorpusConfig, span: Span) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
+def span_records(cfg: CorpusConfig, span: Span, data: bytes | None = None
+                 ) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
     if span.format == "parquet":
-        return parquet_records(span.url, cfg, range(span.start, span.end), span.first_row)
-    return jsonl_records(span.url, span.start, span.end)
+        return parquet_records(span.url, cfg, range(span.start, span.end), span.first_row, data)
+    return jsonl_records(span.url, span.start, span.end, data)
 
 
 def iter_piece(cfg: CorpusConfig, piece: Piece, batch_records: int = 10_000,
                collector: _Collector | None = None) -> Iterator[ReadResult]:
     """A piece's records, file after file, in batches of about `batch_records` (at least one batch, maybe empty),
     validated; an id seen before in the piece (or by `collector`, when several pieces share one) is quarantined as
-    a duplicate. Without a `collector` the documents carry their source and position."""
+    a duplicate. Without a `collector` the documents carry their source and position. The files of a piece of
+    several (small, whole files: pieces.py) are fetched ahead, side by side."""
     collector = collector or _Collector(cfg, piece.spans[0].url, positions=True)
     collector.piece = piece.index
-    for span in piece.spans:
+    several = len(piece.spans) > 1
+    for span, data in zip(piece.spans, fetched([s.url for s in piece.spans]) if several else [None], strict=True):
         collector.source = redact(span.url)
-        for position, record, raw, error in span_records(cfg, span):
+        for position, record, raw, error in span_records(cfg, span, data):
             if error:
                 collector.reject(position, error, raw)
             elif record is BLANK:

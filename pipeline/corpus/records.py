@@ -4,14 +4,19 @@ turned into (position, parsed record or None, raw text, error reason or None), b
 
 from __future__ import annotations
 
+import io
 import json
 import zlib
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.compression import compr
+from fsspec.utils import infer_compression
 
 from pipeline.config import CorpusConfig
 from pipeline.errors import InputError
@@ -35,11 +40,42 @@ def lone_surrogate(value: Any) -> int | None:
     return None
 
 
-def open_input(url: str, mode: str = "rb"):
+def open_input(url: str, mode: str = "rb", data: bytes | None = None):
+    """The file at `url`, decompressed as its name says; `data`: its bytes, fetched already (binary mode)."""
+    if data is not None:
+        compression = infer_compression(url)
+        return compr[compression](io.BytesIO(data), mode="rb") if compression else io.BytesIO(data)
     try:
         return fsspec.open(url, mode, compression="infer")
     except (ImportError, ValueError) as exc:
         raise InputError(f"cannot open {redact(url)}: {exc}") from None
+
+
+FETCH_AHEAD = 16  # requests in flight while a piece's small files are read
+
+
+def fetched(urls: list[str], ahead: int | None = None) -> Iterator[bytes]:
+    """Each file's bytes, in order, with up to `ahead` (FETCH_AHEAD) requests in flight: a piece of many small files
+    on object storage would otherwise wait out each request's latency in turn (such a piece holds at most
+    run.piece_bytes, so neither do the files fetched ahead)."""
+    def fetch(url: str) -> bytes:
+        try:
+            fs, path = fsspec.core.url_to_fs(url)
+            return fs.cat_file(path)
+        except FileNotFoundError:
+            raise InputError(f"input not found: {redact(url)} (listed, then gone before it was read)") from None
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read {redact(url)}: {type(exc).__name__}: {exc}") from None
+
+    ahead = ahead or FETCH_AHEAD
+    with ThreadPoolExecutor(max(1, min(ahead, len(urls)))) as pool:
+        pending: deque = deque()
+        for url in urls:
+            pending.append(pool.submit(fetch, url))
+            if len(pending) == ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 class RepeatedKey(ValueError):
@@ -59,13 +95,14 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def jsonl_records(url: str, start: int = 0, end: int | None = None
+def jsonl_records(url: str, start: int = 0, end: int | None = None, data: bytes | None = None
                    ) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
     """Yields (line number, parsed record or None, raw line, error reason or None) of the lines that start in
     bytes [start, end) (line numbers count from the range's first line); a blank line yields (line number,
-    BLANK, "", None): no record, but counted (a `null` line is a record, and not an object)."""
+    BLANK, "", None): no record, but counted (a `null` line is a record, and not an object). `data`: the file's
+    bytes where they were fetched already."""
     try:
-        with open_input(url) as fh:
+        with open_input(url, data=data) as fh:
             if start:  # a line belongs to the range it starts in: finish the one that starts before ours
                 fh.seek(start - 1)
                 if fh.read(1) != b"\n":
@@ -96,11 +133,11 @@ def jsonl_records(url: str, start: int = 0, end: int | None = None
         raise InputError(f"cannot read {redact(url)}: {exc}") from None
 
 
-def parquet_records(url: str, cfg: CorpusConfig, row_groups: range | None = None, first_row: int = 0
-                     ) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
+def parquet_records(url: str, cfg: CorpusConfig, row_groups: range | None = None, first_row: int = 0,
+                    data: bytes | None = None) -> Iterator[tuple[int, Any, str | bytes, str | None]]:
     """Like jsonl_records, for the rows of `row_groups` (default all); positions are the file's row numbers."""
     try:
-        with open_input(url) as fh:
+        with open_input(url, data=data) as fh:
             pf = pq.ParquetFile(fh)
             names = set(pf.schema_arrow.names)
             if cfg.id_field not in names or cfg.text_field not in names:

@@ -1,9 +1,12 @@
 """Planning read pieces (pure) and reading one that holds several files."""
 
+import pytest
+
 from pipeline.config import CorpusConfig
 from pipeline.corpus.files import counts_by_url
 from pipeline.corpus.pieces import InputFile, Span, plan_pieces
 from pipeline.corpus.readers import iter_piece
+from pipeline.errors import InputError
 from tests.conftest import write_jsonl
 
 
@@ -44,11 +47,12 @@ def test_parquet_files_share_a_piece_when_read_whole_and_are_cut_at_row_groups_w
 
 
 def test_a_piece_of_several_files_counts_each_file_and_finds_a_duplicate_across_them(tmp_path):
+    """Its files are fetched ahead (one compressed here) and read in order."""
     a = write_jsonl(tmp_path / "a.jsonl", [{"_id": "1", "text": "one"}, "", {"_id": "2", "text": "two"}])
-    b = write_jsonl(tmp_path / "b.jsonl", [{"_id": "3", "text": "three"}, {"_id": "1", "text": "again"}, "{bad"])
-    files = [InputFile(str(p), "jsonl", p.stat().st_size) for p in (a, b)]
+    b = write_jsonl(tmp_path / "b.jsonl.gz", [{"_id": "3", "text": "three"}, {"_id": "1", "text": "again"}, "{bad"])
+    files = [InputFile(str(p), "jsonl", p.stat().st_size, p.suffix == ".gz") for p in (a, b)]
     (piece,) = plan_pieces(files, piece_bytes=1 << 20, piece_files=8)
-    batches = list(iter_piece(CorpusConfig(source=str(tmp_path / "*.jsonl")), piece, batch_records=2))
+    batches = list(iter_piece(CorpusConfig(source=str(tmp_path / "*.jsonl*")), piece, batch_records=2))
     assert len(batches) > 2  # batches run across the files
     assert counts_by_url(item for batch in batches for item in batch.files.items()) == {
         str(a): {"read": 2, "accepted": 2, "quarantined": 0, "blank_lines": 1},
@@ -71,3 +75,12 @@ def test_credentials_in_a_url_reach_neither_the_piece_marker_nor_the_records():
     batch = collector.flush()
     assert batch.docs["source"].to_list() == batch.quarantine["source"].to_list() == ["https://***@host/c/a.jsonl"]
     assert list(batch.files) == ["https://***@host/c/a.jsonl"]
+
+
+def test_a_file_gone_before_its_piece_is_read_is_named(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [{"_id": "1", "text": "one"}])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"_id": "2", "text": "two"}])
+    (piece,) = plan_pieces([InputFile(str(p), "jsonl", p.stat().st_size) for p in (a, b)], 1 << 20, 8)
+    b.unlink()
+    with pytest.raises(InputError, match=r"input not found: .*b\.jsonl \(listed, then gone before it was read\)"):
+        list(iter_piece(CorpusConfig(source=str(tmp_path / "*.jsonl")), piece))
