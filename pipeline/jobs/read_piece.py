@@ -26,7 +26,7 @@ from pipeline.storage.tables import write_parquet
 @dataclass(frozen=True)
 class PieceResult:
     piece: int
-    files: dict[str, dict[str, int]]  # counts (corpus/files.py FILE_COUNTS) by file url
+    files: dict[str, dict[str, int]]  # counts (corpus/files.py FILE_COUNTS) by file (redacted url)
     skipped: bool = False  # committed by an earlier attempt
     peak_rss_mb: float = 0.0  # the worker's
 
