@@ -79,8 +79,8 @@ def analyze_shard(cfg: PipelineConfig, storage: Storage, run_id: str, shard: int
     parts = sorted(storage.list(shard_key(run_id, shard, "chunks")))
     if not parts:
         raise SnapshotError(f"run {run_id} shard {shard} has no chunk parts under {shard_key(run_id, shard, 'chunks')}")
-    chunks = {name: read_parquet(storage, shard_key(run_id, shard, f"chunks/{name}")).select(
-        "chunk_id", "chunk_hash", "text") for name in parts}
+    columns = ["chunk_id", "chunk_hash", "text"]
+    chunks = {name: read_parquet(storage, shard_key(run_id, shard, f"chunks/{name}"), columns) for name in parts}
     cache = TermCache(storage, analyzer.fingerprint)
     known = cache.terms(lo, hi, {h for c in chunks.values() for h in c["chunk_hash"].to_list()})
     fresh_rows, frames = [], []
@@ -142,7 +142,7 @@ def assemble_bm25(cfg: PipelineConfig, storage: Storage, run_id: str, target: St
 
     def scored() -> Iterator[Postings]:  # a shard at a time, in row order
         for s in shards:
-            rows = read_parquet(storage, index_shard_key(run_id, s.shard, "ids.parquet")).select("chunk_id", "row")
+            rows = read_parquet(storage, index_shard_key(run_id, s.shard, "ids.parquet"), ["chunk_id", "row"])
             part = pl.concat([read_parquet(storage, shard_key(run_id, s.shard, f"{TERMS}/{name}"))
                               for name in markers[s.shard]["parts"]]).join(rows, on="chunk_id", how="left")
             if part["row"].null_count():

@@ -53,7 +53,7 @@ class ShardResult:
 def _cached_hashes(storage: Storage, run_id: str, shard: int) -> pl.Series:
     """The chunk hashes whose vectors preparing the shard found in the cache (vectors/cached-*.parquet)."""
     names = [n for n in storage.list(shard_key(run_id, shard, "vectors")) if n.startswith("cached-")]
-    frames = [read_parquet(storage, shard_key(run_id, shard, f"vectors/{n}")).select("chunk_hash") for n in names]
+    frames = [read_parquet(storage, shard_key(run_id, shard, f"vectors/{n}"), ["chunk_hash"]) for n in names]
     return pl.concat(frames)["chunk_hash"] if frames else pl.Series("chunk_hash", [], pl.String)
 
 

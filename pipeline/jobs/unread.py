@@ -75,7 +75,7 @@ class Unread:
         names = sorted(storage.list(shard_key(run_id, shard, "docs"))) if unread.height else []
         if not names:
             return cls(unread, unread.clear())
-        read = pl.concat([read_parquet(storage, shard_key(run_id, shard, f"docs/{n}")).select("doc_id", "source")
+        read = pl.concat([read_parquet(storage, shard_key(run_id, shard, f"docs/{n}"), ["doc_id", "source"])
                           for n in names]).unique("doc_id", keep="first", maintain_order=True)
         read = read.rename({"source": "read_in"})
         met = unread.join(read.select("doc_id", "read_in"), on="doc_id", how="left")

@@ -15,8 +15,9 @@ def parquet_bytes(df: pl.DataFrame, metadata: dict[str, str] | None = None) -> b
     return buf.getvalue()
 
 
-def read_parquet(storage: Storage, key: str) -> pl.DataFrame:
-    return pl.read_parquet(io.BytesIO(storage.read_bytes(key)))
+def read_parquet(storage: Storage, key: str, columns: list[str] | None = None) -> pl.DataFrame:
+    """The table at `key`; only `columns` are decoded where given (a vector column costs most of a part's reading)."""
+    return pl.read_parquet(io.BytesIO(storage.read_bytes(key)), columns=columns)
 
 
 def write_parquet(storage: Storage, key: str, df: pl.DataFrame, metadata: dict[str, str] | None = None) -> None:
