@@ -22,7 +22,7 @@ import fsspec
 import polars as pl
 
 from pipeline.corpus.pieces import InputFile
-from pipeline.errors import InputError
+from pipeline.corpus.records import unreadable
 from pipeline.storage.keys import redact
 
 FILE_COUNTS = ("read", "accepted", "quarantined", "blank_lines")
@@ -47,11 +47,8 @@ def file_sha256(url: str, block: int = 8 << 20) -> str:
         with fsspec.open(url, "rb") as fh:
             while data := fh.read(block):
                 digest.update(data)
-    except FileNotFoundError:
-        raise InputError(f"corpus.source: {redact(url)} was listed but is gone; expected the files to stay put "
-                         "while a run reads them") from None
     except OSError as exc:
-        raise InputError(f"corpus.source: cannot read {redact(url)}: {type(exc).__name__}: {exc}") from None
+        raise unreadable(url, exc) from None
     return digest.hexdigest()
 
 

@@ -54,6 +54,14 @@ def open_input(url: str, mode: str = "rb", data: bytes | None = None):
 FETCH_AHEAD = 16  # requests in flight while a piece's small files are read
 
 
+def unreadable(url: str, exc: Exception) -> InputError:
+    """The error for a listed corpus file that cannot be read: gone since the listing, or failing."""
+    if isinstance(exc, FileNotFoundError):
+        return InputError(f"corpus.source: {redact(url)} was listed but is gone; expected the files to stay put "
+                          "while a run reads them")
+    return InputError(f"corpus.source: cannot read {redact(url)}: {type(exc).__name__}: {exc}")
+
+
 def fetched(urls: list[str], ahead: int | None = None) -> Iterator[bytes]:
     """Each file's bytes, in order, with up to `ahead` (FETCH_AHEAD) requests in flight: a piece of many small files
     on object storage would otherwise wait out each request's latency in turn (such a piece holds at most
@@ -62,10 +70,8 @@ def fetched(urls: list[str], ahead: int | None = None) -> Iterator[bytes]:
         try:
             fs, path = fsspec.core.url_to_fs(url)
             return fs.cat_file(path)
-        except FileNotFoundError:
-            raise InputError(f"input not found: {redact(url)} (listed, then gone before it was read)") from None
         except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read {redact(url)}: {type(exc).__name__}: {exc}") from None
+            raise unreadable(url, exc) from None
 
     ahead = ahead or FETCH_AHEAD
     with ThreadPoolExecutor(max(1, min(ahead, len(urls)))) as pool:

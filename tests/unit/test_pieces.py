@@ -82,5 +82,5 @@ def test_a_file_gone_before_its_piece_is_read_is_named(tmp_path):
     b = write_jsonl(tmp_path / "b.jsonl", [{"_id": "2", "text": "two"}])
     (piece,) = plan_pieces([InputFile(str(p), "jsonl", p.stat().st_size) for p in (a, b)], 1 << 20, 8)
     b.unlink()
-    with pytest.raises(InputError, match=r"input not found: .*b\.jsonl \(listed, then gone before it was read\)"):
+    with pytest.raises(InputError, match=r"corpus\.source: .*b\.jsonl was listed but is gone"):
         list(iter_piece(CorpusConfig(source=str(tmp_path / "*.jsonl")), piece))
