@@ -19,7 +19,7 @@ class TermCache(ChunkCache):
     def __init__(self, storage: Storage, analyzer_fingerprint: str) -> None:
         super().__init__(storage, layout.cache_prefix("terms", analyzer_fingerprint))
 
-    def terms(self, lo: int, hi: int, hashes: set[str]) -> pl.DataFrame:
+    def terms(self, lo: int, hi: int, hashes: pl.Series) -> pl.DataFrame:
         """The cached rows (TERMS_SCHEMA) of those of `hashes` seen before in buckets [lo, hi), one per hash."""
         found = list(self.lookup(lo, hi, hashes))
         if not found:

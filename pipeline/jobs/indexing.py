@@ -57,12 +57,26 @@ def row_layout(shards: list[int], rows: dict[int, int]) -> list[ShardRows]:
 
 
 def shard_table(storage: Storage, run_id: str, shard: int) -> pl.DataFrame:
-    """A committed shard's chunk rows with their vectors, in snapshot order (bucket, then chunk id)."""
+    """A committed shard's chunk rows with their vectors, in snapshot order (bucket, then chunk id): the rows of
+    its chunk parts, each given the vector of its chunk hash from its vectors parts (embedded, or cache files
+    copied whole when it was prepared, which may hold other chunks' vectors too)."""
     if not is_committed(storage, run_id, shard):
         raise SnapshotError(f"run {run_id} shard {shard} has no {layout.MARKER} marker; it was not embedded")
-    names = storage.list(layout.shard_key(run_id, shard, "vectors"))
-    frames = [read_parquet(storage, layout.shard_key(run_id, shard, f"vectors/{name}")) for name in names]
-    return pl.concat(frames).sort("bucket", "chunk_id")
+
+    def parts(folder: str, columns: list[str]) -> pl.DataFrame:
+        keys = [layout.shard_key(run_id, shard, f"{folder}/{name}") for name in storage.list(
+            layout.shard_key(run_id, shard, folder))]
+        return pl.concat([read_parquet(storage, key, columns) for key in keys])
+
+    rows, vectors = parts("chunks", INPUT_COLUMNS), parts("vectors", ["chunk_hash", "vector"])
+    if vectors["chunk_hash"].n_unique() < vectors.height:  # a hash in two cache files, or twice in a part
+        vectors = vectors.unique("chunk_hash", keep="any")
+    table = rows.join(vectors, on="chunk_hash", how="left").sort("bucket", "chunk_id")
+    if lost := table["vector"].null_count():
+        first = table.filter(pl.col("vector").is_null())["chunk_id"][0]
+        raise SnapshotError(f"run {run_id} shard {shard}: {lost} chunks (first: {first}) have no vector in its "
+                            f"vectors parts; run it again under a new run id")
+    return table
 
 
 def vectors_of(table: pl.DataFrame) -> np.ndarray:

@@ -82,7 +82,7 @@ def analyze_shard(cfg: PipelineConfig, storage: Storage, run_id: str, shard: int
     columns = ["chunk_id", "chunk_hash", "text"]
     chunks = {name: read_parquet(storage, shard_key(run_id, shard, f"chunks/{name}"), columns) for name in parts}
     cache = TermCache(storage, analyzer.fingerprint)
-    known = cache.terms(lo, hi, {h for c in chunks.values() for h in c["chunk_hash"].to_list()})
+    known = cache.terms(lo, hi, pl.concat([c["chunk_hash"] for c in chunks.values()]))
     fresh_rows, frames = [], []
     for name, part in chunks.items():
         missing = part.join(known.select("chunk_hash"), on="chunk_hash", how="anti")

@@ -5,9 +5,10 @@
 2. `prepare_shard`, once per shard: take the shard's documents in input order, drop later copies of an id (two
    records with the same id always land in the same shard, so this is the whole corpus's duplicate check),
    compare with the live snapshot's rows of this shard only, chunk what is redone, and look the chunks up in the
-   embedding cache (the shard's partition, once): the chunks to embed go to `chunks/` parts, the cached ones
-   straight to `vectors/`. An incremental reindex leaves unread the files live recorded as they are now
-   (corpus/files.py): their documents are live's rows, unless a record read now takes their id from an earlier file.
+   embedding cache (the shard's partition, once): every chunk row goes to `chunks/` parts (those kept from live
+   without text), the vectors the cache has for them to `vectors/`. An incremental reindex leaves unread the files
+   live recorded as they are now (corpus/files.py): their documents are live's rows, unless a record read now takes
+   their id from an earlier file.
 
 Each commits a marker written last (its counts), so a rerun of the run id redoes only unfinished units; the
 driver only sums counts (`PreparedRun.of`). Also here: the checks that run before any engine starts.
@@ -35,10 +36,10 @@ from pipeline.corpus.readers import (
     describe_corpus,
 )
 from pipeline.corpus.sharding import bucket_range
-from pipeline.errors import InputError, SnapshotError
+from pipeline.errors import InputError, SnapshotError, StorageError
 from pipeline.jobs.executor import Executor, LocalExecutor
 from pipeline.jobs.read_piece import PieceResult, read_piece
-from pipeline.jobs.shards import INPUT_COLUMNS, MODEL_CARD_KEY
+from pipeline.jobs.shards import INPUT_COLUMNS
 from pipeline.jobs.unread import Unread, files_left_unread, in_buckets
 from pipeline.jobs.worker import node, peak_rss_mb
 from pipeline.models.cache import EmbeddingCache
@@ -120,7 +121,8 @@ def prepare_shard(cfg: PipelineConfig, storage: Storage, run_id: str, shard: int
     delta = Delta(live, against.selection)
     counts = dict.fromkeys(["accepted", "quarantined", "chunks", "chunks_redone", "chunks_kept",
                             "max_chunks_per_doc", "truncated_chunks", "docs_unread"], 0)
-    seen: set[str] = set(unread.kept["doc_id"].to_list()) if unread else set()  # a read copy of those comes later
+    # ids accepted so far (a read copy of an unread file's document comes later)
+    seen = unread.kept["doc_id"] if unread else pl.Series("doc_id", [], pl.String)
     fingerprint, dupes, metadata, parts, documents = 0, [], [], [], []
 
     def write(name: str, chunks: pl.DataFrame, kept: pl.DataFrame) -> None:
@@ -149,11 +151,11 @@ def prepare_shard(cfg: PipelineConfig, storage: Storage, run_id: str, shard: int
     if unread is not None and unread.lost.height:
         drop(unread.lost.with_columns(pl.lit(None, pl.Int32).alias("piece")))
     for name, docs in _docs_batches(storage, run_id, shard, cfg.run.read_batch):
-        first = docs["doc_id"].is_first_distinct() & ~docs["doc_id"].is_in(pl.Series(list(seen), dtype=pl.String))
+        first = docs["doc_id"].is_first_distinct() & ~docs["doc_id"].is_in(seen)
         if not first.all():
             drop(docs.filter(~first))
             docs = docs.filter(first)
-        seen.update(docs["doc_id"].to_list())
+        seen = pl.concat([seen, docs["doc_id"]], rechunk=False)
         counts["accepted"] += docs.height
         fingerprint += sum(int(h, 16) for h in docs["content_hash"].to_list())
         documents.append(documents_of(docs))
@@ -212,29 +214,39 @@ def _docs_batches(storage: Storage, run_id: str, shard: int, rows: int) -> Itera
 
 def _attach_cached(storage: Storage, run_id: str, shard: int, lo: int, hi: int, metadata: pl.DataFrame | None,
                    card: ModelCard, counts: dict) -> set[str]:
-    """Write the vectors the cache has for this shard's chunks as vectors/cached-<n>.parquet (chunk rows with their
-    vector); returns the chunk parts that still hold rows to embed. Rows kept from the live snapshot have no
-    text, so their vectors must be in the cache."""
+    """Give the shard the cache's vectors for its chunks, as vectors/cached-<n>.parquet (rows of chunk hash and
+    vector): a cache file the shard wants most rows of is copied whole (Storage.copy: a hard link locally, a
+    server-side copy on S3, its vectors never decoded here; the index stage joins by hash, so its other rows are
+    ignored), another file as the rows wanted. Returns the chunk parts that still hold rows to embed. Rows kept
+    from the live snapshot have no text, so their vectors must be in the cache."""
     counts["cached"] = 0
     if metadata is None:
         return set()
-    cache, found = EmbeddingCache(storage, card.fingerprint), set()
-    footer = {MODEL_CARD_KEY: json.dumps(card.to_dict(), sort_keys=True)}  # as on embedded parts
-    for n, hits in enumerate(cache.lookup(lo, hi, set(metadata["chunk_hash"].to_list()))):
-        rows = metadata.join(hits.unique("chunk_hash"), on="chunk_hash", how="inner", maintain_order="left")
-        rows = rows.filter(~pl.col("chunk_hash").is_in(pl.Series(list(found), dtype=pl.String)))
-        if rows.height:
-            write_parquet(storage, shard_key(run_id, shard, f"vectors/cached-{n:05d}.parquet"),
-                          rows.select(*INPUT_COLUMNS, "vector"), footer)
-            found.update(rows["chunk_hash"].to_list())
-            counts["cached"] += rows.height
-    missing = metadata.filter(~pl.col("chunk_hash").is_in(pl.Series(list(found), dtype=pl.String)))
+    cache, found = EmbeddingCache(storage, card.fingerprint), pl.Series("chunk_hash", [], pl.String)
+    # hashes stay polars Series: a shard's hashes as Python strings cost more than the lookup itself
+    for n, (key, hashes) in enumerate(cache.hashes(lo, hi)):
+        hits = hashes.filter(hashes.is_in(metadata["chunk_hash"].implode()) & ~hashes.is_in(found.implode()))
+        if hits.is_empty():
+            continue
+        part = shard_key(run_id, shard, f"vectors/cached-{n:05d}.parquet")
+        try:
+            if 2 * hits.len() >= hashes.len():
+                storage.copy(key, part)
+            else:
+                write_parquet(storage, part, read_parquet(storage, key).filter(pl.col("chunk_hash").is_in(
+                    hits.implode())))
+        except StorageError:  # compacted away since it was listed: its rows come with the compacted file
+            continue
+        found = pl.concat([found, hits], rechunk=False)
+    cached = metadata["chunk_hash"].is_in(found.implode())
+    counts["cached"] = int(cached.sum())
+    missing = metadata.filter(~cached)
     lost = missing.filter(~pl.col("has_text"))
     if lost.height:  # kept from the live snapshot (no text), yet no vector: embedding them needs their documents
         raise SnapshotError(f"{lost.height} chunks kept from the live snapshot (first: {lost['chunk_id'][0]}) have "
                             f"no vector in {cache.prefix}; run a full reindex (--full) to embed them again")
     counts["to_embed"] = missing.height
-    return set(missing["part"].to_list())
+    return set(missing["part"].unique().to_list())
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Shards as units of work: inputs written per shard in parts, outputs committed by a marker written last
 (keys: pipeline/storage/layout.py). An input part holds chunk metadata and text (null for rows kept from the
-live snapshot: their vectors are cached); its vector part the same rows without text, plus the vector; the
+live snapshot: their vectors are cached); a vectors part the chunk hash and vector of each row embedded (the part
+is also added to the embedding cache as it is) or found in the cache; the index stage joins them by chunk hash. The
 marker JSON counts, the model fingerprint and the kernels that computed the vectors.
 
 A part holds one read batch's chunks of the shard, so a worker's memory is bounded by the batch size, not
@@ -87,12 +88,12 @@ def embed_shard(storage: Storage, run_id: str, shard: int, encoder: Encoder,
         fresh = encoder.encode(todo["text"].to_list(), kind="passage")
         if after_encode and name == prep["chunk_parts"][0]:
             after_encode(shard)
-        out = todo.select(INPUT_COLUMNS).with_columns(
+        out = todo.select("chunk_hash").with_columns(
             pl.Series("vector", fresh, dtype=pl.Array(pl.Float32, encoder.card.dims)))
-        # The model card travels with the vectors, in the Parquet footer.
-        write_parquet(storage, shard_key(run_id, shard, f"vectors/{name}"), out, {MODEL_CARD_KEY: card})
-        cache.add(lo, hi, f"{run_id}-{shard:05d}-{name.removesuffix('.parquet')}", todo["chunk_hash"].to_list(),
-                  fresh)
+        # The model card travels with the vectors, in the Parquet footer; the part becomes a cache file as it is
+        key = shard_key(run_id, shard, f"vectors/{name}")
+        write_parquet(storage, key, out, {MODEL_CARD_KEY: card})
+        cache.add_copy(lo, hi, f"{run_id}-{shard:05d}-{name.removesuffix('.parquet')}", key)
         embedded += todo.height
         part_seconds.append([todo.height, round(time.perf_counter() - part_start, 4)])
     cache.compact(lo, hi)

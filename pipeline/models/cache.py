@@ -7,7 +7,6 @@ with the same model encodes only queries it has not seen. Keys: layout.cache_pre
 from __future__ import annotations
 
 import hashlib
-import io
 from typing import Literal
 
 import numpy as np
@@ -17,20 +16,16 @@ from pipeline.models.encoder import Encoder
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
 from pipeline.storage.chunk_cache import ChunkCache
-from pipeline.storage.tables import write_parquet
+from pipeline.storage.tables import read_parquet, write_parquet
 
 
 class EmbeddingCache(ChunkCache):
-    """The chunk vectors of one model: (chunk_hash, vector) rows."""
+    """The chunk vectors of one model: (chunk_hash, vector) rows; an embedded part of a run is added as it is
+    (ChunkCache.add_copy)."""
 
     def __init__(self, storage: Storage, model_fingerprint: str) -> None:
         super().__init__(storage, layout.cache_prefix("embeddings", model_fingerprint))
 
-    def add(self, lo: int, hi: int, name: str, hashes: list[str], vectors: np.ndarray) -> None:
-        """One immutable file of new entries in the partition of bucket range [lo, hi)."""
-        if hashes:
-            self.add_rows(lo, hi, name, pl.DataFrame({"chunk_hash": hashes}).with_columns(
-                pl.Series("vector", vectors, dtype=pl.Array(pl.Float32, vectors.shape[1]))))
 
 
 def _text_hash(text: str) -> str:
@@ -53,7 +48,7 @@ class CachedQueries:
     def _known(self, hashes: list[str]) -> dict[str, np.ndarray]:
         found: dict[str, np.ndarray] = {}
         for name in self.storage.list(self.prefix):
-            table = pl.read_parquet(io.BytesIO(self.storage.read_bytes(f"{self.prefix}/{name}")))
+            table = read_parquet(self.storage, f"{self.prefix}/{name}")
             hits = table.filter(pl.col("chunk_hash").is_in(hashes))
             found.update(zip(hits["chunk_hash"].to_list(), hits["vector"].to_numpy(), strict=True))
         return found

@@ -12,6 +12,7 @@ given to fsspec, and never appear in errors: URLs are redacted and exception tex
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -195,6 +196,25 @@ class Storage(CommitPrimitives):
                 self.fs.pipe_file(target, data)
                 return
             os.replace(self._local_temp(target, data), target)
+
+    def copy(self, src: str, dst: str) -> None:
+        """`dst` becomes a copy of the immutable object `src`, atomically, without its bytes passing through here:
+        locally a hard link (objects are replaced, never changed in place, so the two never diverge), on S3 a
+        server-side copy."""
+        with self._errors(src):
+            if not self.is_local:
+                self.fs.copy(self.path(src), self.path(dst))
+                return
+            target = self.path(dst)
+            self.fs.makedirs(os.path.dirname(target), exist_ok=True)
+            tmp = _temp_path(target)
+            try:
+                os.link(self.path(src), tmp)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                    raise
+                shutil.copyfile(self.path(src), tmp)  # a file system without hard links
+            os.replace(tmp, target)
 
     @contextmanager
     def open_write(self, key: str) -> Iterator[HashingWriter]:

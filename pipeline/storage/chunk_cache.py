@@ -2,11 +2,11 @@
 pipeline/models/cache.py) and the term cache (bm25 terms, pipeline/index/term_cache.py).
 
 Partitioned like the shards: by the bucket range of the documents (corpus/sharding.py). A shard looks up only the
-partitions that overlap its own bucket range, once per shard, reading each file with a filter on the hashes it
-needs, so a lookup costs what the shard's partition holds, not what the whole cache holds; partitions written
-under another shard count still line up (they are bucket ranges too). Every shard of every run adds one immutable
-file to its partition (concurrent runs never write the same object), and a partition with more than `COMPACT_AT`
-files is compacted into one, so the files a lookup reads stay bounded across runs.
+partitions that overlap its own bucket range, once per shard, reading each file's hashes (and its rows, or a copy
+of it, where it needs them), so a lookup costs what the shard's partition holds, not what the whole cache holds;
+partitions written under another shard count still line up (they are bucket ranges too). Every shard of every run
+adds one immutable file to its partition (concurrent runs never write the same object), and a partition with more
+than `COMPACT_AT` files is compacted into one, so the files a lookup reads stay bounded across runs.
 """
 
 from __future__ import annotations
@@ -42,24 +42,43 @@ class ChunkCache:
     def _folder(self, lo: int, hi: int) -> str:
         return f"{self.prefix}/{layout.cache_partition(lo, hi)}"
 
-    def lookup(self, lo: int, hi: int, hashes: set[str]) -> Iterator[pl.DataFrame]:
+    def _files(self, lo: int, hi: int, columns: list[str] | None = None) -> Iterator[tuple[str, pl.DataFrame]]:
+        """Each file (key, table) of the partitions whose bucket range overlaps [lo, hi). A file compacted away
+        after the listing has its rows in the compacted one, written before it went: the partitions are listed
+        again for files not yet seen, until none is new."""
+        seen: set[str] = set()
+        while todo := [f"{folder}/{name}" for a, b in self.partitions() if a < hi and lo < b
+                       for folder in [self._folder(a, b)] for name in self.storage.list(folder)
+                       if f"{folder}/{name}" not in seen]:
+            for key in todo:
+                seen.add(key)
+                try:
+                    table = read_parquet(self.storage, key, columns)
+                except StorageError:  # compacted away since the listing
+                    continue
+                yield key, table
+
+    def hashes(self, lo: int, hi: int) -> Iterator[tuple[str, pl.Series]]:
+        """Each file's key and chunk hashes (its other columns not read), from the partitions overlapping
+        [lo, hi); a caller that finds a file gone by the time it copies it gets the compacted file later."""
+        for key, table in self._files(lo, hi, ["chunk_hash"]):
+            yield key, table["chunk_hash"]
+
+    def lookup(self, lo: int, hi: int, hashes: pl.Series) -> Iterator[pl.DataFrame]:
         """The rows of the wanted hashes, a cache file at a time (memory: one file's matches), from the partitions
         whose bucket range overlaps [lo, hi)."""
-        if not hashes:
+        if hashes.is_empty():
             return
-        wanted = pl.Series(sorted(hashes), dtype=pl.String)
-        for a, b in self.partitions():
-            if not (a < hi and lo < b):
-                continue
-            folder = self._folder(a, b)
-            for name in self.storage.list(folder):
-                try:
-                    table = read_parquet(self.storage, f"{folder}/{name}")
-                except StorageError:  # compacted away after the listing: its rows are in the compacted file
-                    continue
-                hits = table.filter(pl.col("chunk_hash").is_in(wanted))
-                if hits.height:
-                    yield hits
+        wanted = hashes.implode()
+        for _, table in self._files(lo, hi):
+            hits = table.filter(pl.col("chunk_hash").is_in(wanted))
+            if hits.height:
+                yield hits
+
+    def add_copy(self, lo: int, hi: int, name: str, key: str) -> None:
+        """The immutable object `key` (a Parquet table of rows by hash) as a file of the partition of [lo, hi),
+        copied without passing through here (Storage.copy)."""
+        self.storage.copy(key, f"{self._folder(lo, hi)}/{name}.parquet")
 
     def add_rows(self, lo: int, hi: int, name: str, rows: pl.DataFrame) -> None:
         """One immutable file of new entries (one row per hash) in the partition of bucket range [lo, hi)."""

@@ -12,8 +12,8 @@
     runs/<run_id>/shards/<shard>/docs/<piece>-<batch>.parquet   a piece's accepted documents of this shard
     runs/<run_id>/shards/<shard>/documents.parquet         the shard's accepted documents: file, record, content hash
     runs/<run_id>/shards/<shard>/_PREPARED                 the shard deduplicated, compared, chunked (counts)
-    runs/<run_id>/shards/<shard>/chunks/<part>.parquet     chunks to embed (their text)
-    runs/<run_id>/shards/<shard>/vectors/<part>.parquet    chunk rows with their vectors (embedded or cached)
+    runs/<run_id>/shards/<shard>/chunks/<part>.parquet     chunk rows (text where it is to embed)
+    runs/<run_id>/shards/<shard>/vectors/<part>.parquet    vectors by chunk hash: embedded, or cache files copied
     runs/<run_id>/shards/<shard>/_SUCCESS                  the shard's embedding marker, written last
     runs/<run_id>/shards/<shard>/terms/<part>.parquet      bm25: each chunk's terms and their counts
     runs/<run_id>/shards/<shard>/lexicon.parquet           bm25: the shard's document frequency per term

@@ -114,6 +114,38 @@ def test_second_run_reuses_every_vector_and_an_edit_reembeds_only_its_chunks(tmp
     assert {c.split("#")[0] for c in ids3.filter(pl.col("chunk_hash").is_in(changed))["chunk_id"]} == {docs[3]["_id"]}
 
 
+def test_cached_vectors_come_as_cache_files_copied_whole_or_as_the_rows_wanted(tmp_path, sample_docs, encoder):
+    """A shard that wants most of a cache file gets the file itself (a hard link: no vector decoded), one that
+    wants few gets those rows; either way each chunk gets its own vector, and other chunks' rows are ignored."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", sample_docs[:10])
+    cfg, storage = config(corpus, tmp_path / "store", shards=1), Storage(str(tmp_path / "store"))
+
+    def run(run_id: str, docs: list[dict]) -> tuple[pl.DataFrame, np.ndarray, list]:
+        write_jsonl(corpus, docs)
+        prepared = prepared_run(cfg, storage, run_id, encoder)
+        [result] = [embed_shard(storage, run_id, s, encoder) for s in prepared.shards]
+        assert result.cached == prepared.counts["cached"]
+        folder = tmp_path / f"store/runs/{run_id}/shards/00000/vectors"
+        return *load_vectors(storage, run_id, prepared.shards), sorted(folder.glob("cached-*.parquet"))
+
+    ids, vectors, _ = run("all", sample_docs[:10])
+    by_hash = dict(zip(ids["chunk_hash"], vectors, strict=True))
+    [cache_file] = (tmp_path / "store/cache/embeddings").glob("*/*/*.parquet")
+    edited = [dict(d) for d in sample_docs[:9]]
+    edited[5]["text"] += " A sentence added at the end."
+    most_ids, most, [linked] = run("most", edited)  # 8 of the 10 documents unchanged, the 10th gone
+    assert linked.samefile(cache_file)
+    few_ids, few, [copied] = run("few", sample_docs[:2])
+    assert not copied.samefile(cache_file)
+    assert set(pl.read_parquet(copied)["chunk_hash"]) == set(few_ids["chunk_hash"])
+    for got_ids, got in ((most_ids, most), (few_ids, few)):
+        assert got_ids.height == len(got) and got_ids["chunk_id"].is_unique().all()
+        kept = [i for i, h in enumerate(got_ids["chunk_hash"]) if h in by_hash]
+        assert np.array_equal(got[kept], np.stack([by_hash[got_ids["chunk_hash"][i]] for i in kept]))
+    assert set(few_ids["doc_id"]) == {d["_id"] for d in sample_docs[:2]}
+    assert sample_docs[9]["_id"] not in set(most_ids["doc_id"])
+
+
 def test_pieces_and_small_batches_give_the_same_run_and_find_duplicates_across_pieces(tmp_path, sample_docs, encoder):
     """One piece read 10,000 records at a time, or byte-range pieces of ~2 KB read 4 records at a time: the same
     chunks and vectors; a later copy of an id, in another piece, is quarantined where it stands."""

@@ -45,6 +45,17 @@ def test_write_read_list_delete(storage_root):
         s.read_bytes("a/zz")
 
 
+def test_a_copy_is_whole_and_outlives_its_source(storage_root):
+    s = Storage(storage_root)
+    s.write_bytes("cache/a.parquet", b"vectors")
+    s.copy("cache/a.parquet", "runs/r/a.parquet")
+    s.copy("cache/a.parquet", "runs/r/a.parquet")  # again, as a rerun does: replaced, not refused
+    s.delete("cache/a.parquet")
+    assert s.read_bytes("runs/r/a.parquet") == b"vectors" and s.list("runs/r") == ["a.parquet"]
+    with pytest.raises(StorageError, match=r"not found: .*cache/gone"):
+        s.copy("cache/gone", "runs/r/b.parquet")
+
+
 def test_put_if_absent_has_exactly_one_winner_among_8(storage_root):
     s = Storage(storage_root)
     outcomes = race(8, lambda i: s.put_if_absent("commit.json", json.dumps({"writer": i}).encode()))
