@@ -27,7 +27,6 @@ class EmbeddingCache(ChunkCache):
         super().__init__(storage, layout.cache_prefix("embeddings", model_fingerprint))
 
 
-
 def _text_hash(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
