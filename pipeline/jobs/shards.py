@@ -85,10 +85,11 @@ def embed_shard(storage: Storage, run_id: str, shard: int, encoder: Encoder,
         part_start = time.perf_counter()
         part = read_parquet(storage, shard_key(run_id, shard, f"chunks/{name}"))
         todo = part.filter(~pl.col("chunk_hash").is_in(cached))
-        fresh = encoder.encode(todo["text"].to_list(), kind="passage")
+        texts = todo.unique("chunk_hash", keep="first", maintain_order=True)  # the same text once (boilerplate)
+        fresh = encoder.encode(texts["text"].to_list(), kind="passage")
         if after_encode and name == prep["chunk_parts"][0]:
             after_encode(shard)
-        out = todo.select("chunk_hash").with_columns(
+        out = texts.select("chunk_hash").with_columns(
             pl.Series("vector", fresh, dtype=pl.Array(pl.Float32, encoder.card.dims)))
         # The model card travels with the vectors, in the Parquet footer; the part becomes a cache file as it is
         key = shard_key(run_id, shard, f"vectors/{name}")

@@ -15,7 +15,7 @@ from pipeline.jobs.indexing import load_vectors
 from pipeline.jobs.plan import BuildPlan
 from pipeline.jobs.prepare import ShardInput, prepare
 from pipeline.jobs.run_folder import remove_work
-from pipeline.jobs.shards import embed_shard, is_committed
+from pipeline.jobs.shards import ShardResult, embed_shard, is_committed
 from pipeline.models.encoder import cached_encoder
 from pipeline.quality.search import Searcher
 from pipeline.snapshots.snapshot import claim
@@ -144,6 +144,23 @@ def test_cached_vectors_come_as_cache_files_copied_whole_or_as_the_rows_wanted(t
         assert np.array_equal(got[kept], np.stack([by_hash[got_ids["chunk_hash"][i]] for i in kept]))
     assert set(few_ids["doc_id"]) == {d["_id"] for d in sample_docs[:2]}
     assert sample_docs[9]["_id"] not in set(most_ids["doc_id"])
+
+
+def test_a_text_two_chunks_share_is_embedded_once_and_both_get_its_vector(tmp_path, sample_docs, encoder):
+    """A document whose text another one repeats (boilerplate, a copy under another id) costs no model tokens."""
+    def run(docs: list[dict], name: str) -> tuple[ShardResult, pl.DataFrame, np.ndarray]:
+        corpus = write_jsonl(tmp_path / f"{name}.jsonl", docs)
+        cfg, storage = config(corpus, tmp_path / name, shards=1), Storage(str(tmp_path / name))
+        prepared = prepared_run(cfg, storage, "r", encoder)
+        [result] = [embed_shard(storage, "r", s, encoder) for s in prepared.shards]
+        return result, *load_vectors(storage, "r", prepared.shards)
+
+    alone, _, _ = run(sample_docs[:4], "alone")
+    result, ids, vectors = run(sample_docs[:4] + [dict(sample_docs[1], _id="copy-of-1")], "with-copy")
+    assert result.tokens == alone.tokens and result.embedded == ids.height > alone.embedded
+    original, copy = (ids.with_row_index().filter(pl.col("doc_id") == d).sort("chunk_index")["index"].to_numpy()
+                      for d in (sample_docs[1]["_id"], "copy-of-1"))
+    assert len(original) == len(copy) > 0 and np.array_equal(vectors[original], vectors[copy])
 
 
 def test_pieces_and_small_batches_give_the_same_run_and_find_duplicates_across_pieces(tmp_path, sample_docs, encoder):
