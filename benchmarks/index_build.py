@@ -119,7 +119,7 @@ def write_shards(root: Path, mixture: Mixture, n: int, shards: int, seed: int) -
             {"doc_id": ids, "bucket": [bucket_range(shard, shards)[0]] * len(ids), "source": ["synthetic"] * len(ids),
              "position": range(a, b), "content_hash": ids}, schema=DOCUMENTS_SCHEMA))
         vectors = shard_vectors(mixture, a, b, shard, seed)
-        for start in range(a, b, BLOCK):  # one vector file per block, as the embedding stage writes parts
+        for start in range(a, b, BLOCK):  # one chunks and one vectors part per block, as a build writes them
             end = min(start + BLOCK, b)
             ids = [f"c{i:010d}" for i in range(start, end)]
             table = pl.DataFrame({"chunk_id": [f"{d}#0" for d in ids], "doc_id": ids,
@@ -129,9 +129,10 @@ def write_shards(root: Path, mixture: Mixture, n: int, shards: int, seed: int) -
                                   "n_tokens": pl.Series([1] * len(ids), dtype=pl.UInt32),
                                   "chunk_hash": ids, "doc_hash": ids, "title": [""] * len(ids),
                                   "bucket": pl.Series([bucket_range(shard, shards)[0]] * len(ids), dtype=pl.UInt16)})
-            table = table.with_columns(pl.Series("vector", vectors[start - a:end - a],
-                                                 dtype=pl.Array(pl.Float32, vectors.shape[1])))
-            write_parquet(storage, shard_key("bench", shard, f"vectors/{start:012d}.parquet"), table)
+            write_parquet(storage, shard_key("bench", shard, f"chunks/{start:012d}.parquet"), table)
+            write_parquet(storage, shard_key("bench", shard, f"vectors/{start:012d}.parquet"), table.select(
+                "chunk_hash", pl.Series("vector", vectors[start - a:end - a], dtype=pl.Array(pl.Float32,
+                                                                                               vectors.shape[1]))))
         storage.write_bytes(shard_key("bench", shard, MARKER), json.dumps({"chunks": b - a}).encode())
 
 
