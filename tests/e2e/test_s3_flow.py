@@ -55,6 +55,10 @@ def test_flow_publishes_to_s3_and_promotes_through_the_gate(s3_run):
     assert state.version == second["version"] and state.previous == first["version"]
     snap = Snapshot.open(f"{root}/aliases/s3demo/live")
     assert snap.version == second["version"] and set(snap.verify()) >= {"ids.parquet", "index/exact.faiss"}
+    # the second run's vectors are the cache's files copied on the server: none embedded, the same index bytes
+    assert second["counts"]["embedded"] == 0 and second["counts"]["reused_from_cache"] == first["counts"]["chunks"]
+    before = Snapshot.open(f"{root}/snapshots/s3demo/{first['version']}")
+    assert before.manifest["files"]["index/exact.faiss"] == snap.manifest["files"]["index/exact.faiss"]
 
 
 def test_no_credential_in_any_output_manifest_or_object(s3_run):
