@@ -235,8 +235,10 @@ def _attach_cached(storage: Storage, run_id: str, shard: int, lo: int, hi: int, 
             else:
                 write_parquet(storage, part, read_parquet(storage, key).filter(pl.col("chunk_hash").is_in(
                     hits.implode())))
-        except StorageError:  # compacted away since it was listed: its rows come with the compacted file
-            continue
+        except StorageError:
+            if storage.exists(key):  # there, yet unreadable: not a compaction's doing
+                raise
+            continue  # compacted away since it was listed: its rows come with the compacted file
         found = pl.concat([found, hits], rechunk=False)
     cached = metadata["chunk_hash"].is_in(found.implode())
     counts["cached"] = int(cached.sum())

@@ -54,7 +54,9 @@ class ChunkCache:
                 seen.add(key)
                 try:
                     table = read_parquet(self.storage, key, columns)
-                except StorageError:  # compacted away since the listing
+                except StorageError:
+                    if self.storage.exists(key):  # there, yet unreadable: not a compaction's doing
+                        raise
                     continue
                 yield key, table
 
