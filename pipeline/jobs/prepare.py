@@ -224,8 +224,9 @@ def _attach_cached(storage: Storage, run_id: str, shard: int, lo: int, hi: int, 
         return set()
     cache, found = EmbeddingCache(storage, card.fingerprint), pl.Series("chunk_hash", [], pl.String)
     # hashes stay polars Series: a shard's hashes as Python strings cost more than the lookup itself
+    wanted = metadata["chunk_hash"].implode()
     for n, (key, hashes) in enumerate(cache.hashes(lo, hi)):
-        hits = hashes.filter(hashes.is_in(metadata["chunk_hash"].implode()) & ~hashes.is_in(found.implode()))
+        hits = hashes.filter(hashes.is_in(wanted) & ~hashes.is_in(found.implode()))
         if hits.is_empty():
             continue
         part = shard_key(run_id, shard, f"vectors/cached-{n:05d}.parquet")
