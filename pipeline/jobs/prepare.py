@@ -237,9 +237,9 @@ def _attach_cached(storage: Storage, run_id: str, shard: int, lo: int, hi: int, 
                 write_parquet(storage, part, read_parquet(storage, key).filter(pl.col("chunk_hash").is_in(
                     hits.implode())))
         except StorageError:
-            if storage.exists(key):  # there, yet unreadable: not a compaction's doing
+            if not cache.compacted_away(key):
                 raise
-            continue  # compacted away since it was listed: its rows come with the compacted file
+            continue  # its rows come with the compacted file, later in cache.hashes
         found = pl.concat([found, hits], rechunk=False)
     cached = metadata["chunk_hash"].is_in(found.implode())
     counts["cached"] = int(cached.sum())

@@ -55,10 +55,16 @@ class ChunkCache:
                 try:
                     table = read_parquet(self.storage, key, columns)
                 except StorageError:
-                    if self.storage.exists(key):  # there, yet unreadable: not a compaction's doing
+                    if not self.compacted_away(key):
                         raise
                     continue
                 yield key, table
+
+    def compacted_away(self, key: str) -> bool:
+        """After a StorageError on one of its files: whether the file went since it was listed (a compaction's
+        doing: its rows are in the compacted file, which a fresh listing finds); False when it is there, yet
+        unreadable."""
+        return not self.storage.exists(key)
 
     def hashes(self, lo: int, hi: int) -> Iterator[tuple[str, pl.Series]]:
         """Each file's key and chunk hashes (its other columns not read), from the partitions overlapping
