@@ -54,8 +54,9 @@ def config(path: Path, corpus: str) -> Path:
     return path
 
 
-def prepare_once(cfg_path: Path, root: str, overrides: dict, executor, ahead: int = 16) -> dict:
-    """One prepare into an empty storage root (a folder or an S3 prefix): seconds, pieces and files written."""
+def prepare_once(cfg_path: Path, root: str, overrides: dict, executor, ahead: int | None = None) -> dict:
+    """One prepare into an empty storage root (a folder or an S3 prefix), with `ahead` requests in flight (default:
+    the pipeline's FETCH_AHEAD): seconds, pieces and files written."""
     import pipeline.corpus.records as records
     from pipeline.config_loader import load_config
     from pipeline.jobs.prepare import ShardInput, make_chunker, prepare
@@ -68,10 +69,13 @@ def prepare_once(cfg_path: Path, root: str, overrides: dict, executor, ahead: in
     cfg = load_config(cfg_path, {"storage.root": root, **overrides})
     card = cached_encoder(cfg.model).card
     make_chunker(cfg)  # loaded once per process, as a worker keeps it
-    records.FETCH_AHEAD = ahead  # this process's reads (in-process runs)
-    start = time.perf_counter()
-    prepared = prepare(cfg, Storage(root), "r", ShardInput(None), card, executor)
-    seconds = round(time.perf_counter() - start, 2)
+    default, records.FETCH_AHEAD = records.FETCH_AHEAD, ahead or records.FETCH_AHEAD  # this process's reads
+    try:
+        start = time.perf_counter()
+        prepared = prepare(cfg, Storage(root), "r", ShardInput(None), card, executor)
+        seconds = round(time.perf_counter() - start, 2)
+    finally:
+        records.FETCH_AHEAD = default
     fs.invalidate_cache()
     return {"seconds": seconds, "pieces": prepared.counts["pieces"], "accepted": prepared.counts["accepted"],
             "files_written": len(fs.find(path))}

@@ -9,7 +9,7 @@ a build job returns.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 
 from pipeline.config import BM25, PipelineConfig
@@ -25,6 +25,7 @@ from pipeline.models.cache import CachedQueries
 from pipeline.models.card import ModelCard
 from pipeline.models.encoder import Encoder, cached_encoder
 from pipeline.models.kernel_plan import KernelPlan
+from pipeline.quality.drift import VectorMoments
 from pipeline.quality.fusion import Fusion
 from pipeline.quality.golden import GoldenSet, coverage, golden_set_of
 from pipeline.quality.golden_runs import golden_files
@@ -44,6 +45,7 @@ class StagedIndexes:
     params: dict
     files: dict[str, dict]  # name -> {"sha256", "bytes"}
     rows: int
+    moments: VectorMoments | None = None  # the drift statistics' sums over every vector, added up from the shards
 
 
 def build_indexes(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun, target: Storage, plan: BuildPlan,
@@ -52,8 +54,8 @@ def build_indexes(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun, 
     assemble each snapshot file in the version folder `target` (pipeline/jobs/indexing.py)."""
     shards = row_layout(prepared.shards, prepared.shard_rows)
     trained = train(cfg, storage, prepared.run_id, shards, dims, executor, plan.training)
-    executor.map(partial(index_shard, storage, prepared.run_id, trained=trained, store_fp16=cfg.index.store_fp16),
-                 shards)
+    moments = executor.map(partial(index_shard, storage, prepared.run_id, trained=trained,
+                                   store_fp16=cfg.index.store_fp16), shards)
     # a backfill's version records no files or documents table: its kept documents are live's, not the files'
     tables = [layout.DOCUMENTS, layout.FILES] if plan.against.selection is None else []
     what = [layout.IDS, *tables, *(["rescore"] if cfg.index.store_fp16 else []), *(t.spec.name for t in trained)]
@@ -63,7 +65,8 @@ def build_indexes(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun, 
     rows = sum(s.rows for s in shards)
     params = {"metric": "inner_product", "variants": {t.spec.name: t.params for t in trained},
               "rescore": rescore_params(cfg, rows)}
-    return StagedIndexes(params, files, rows)
+    summed = None if None in moments or not moments else sum(moments[1:], moments[0])
+    return StagedIndexes(params, files, rows, summed)
 
 
 def rescore_params(cfg: PipelineConfig, rows: int) -> dict | None:
@@ -80,8 +83,8 @@ def with_bm25(cfg: PipelineConfig, staged: StagedIndexes, bm25: StagedBm25) -> S
     uses."""
     params = {**staged.params, "variants": {**staged.params["variants"], BM25: bm25.params},
               "fusion": Fusion.of(cfg.index.fusion).to_dict()}
-    return StagedIndexes(params, staged.files | {e.name: {"sha256": e.sha256, "bytes": e.bytes} for e in bm25.files},
-                         staged.rows)
+    return replace(staged, params=params,
+                   files=staged.files | {e.name: {"sha256": e.sha256, "bytes": e.bytes} for e in bm25.files})
 
 
 def staged_snapshot(target: Storage, staged: StagedIndexes, card: ModelCard, prepared: PreparedRun) -> Snapshot:
@@ -100,11 +103,12 @@ class Evaluated:
     files: dict[str, dict]  # the golden files it wrote into the version folder: name -> {"sha256", "bytes"}
 
 
-def evaluate(snapshot: Snapshot, golden: GoldenSet | None, encoder: Encoder, k: int, drift_mode: str = "exact"
-             ) -> Evaluated:
+def evaluate(snapshot: Snapshot, golden: GoldenSet | None, encoder: Encoder, k: int, drift_mode: str = "exact",
+             moments: VectorMoments | None = None) -> Evaluated:
     """Every search mode on the golden set, the rankings kept in the version folder for later gates
     (pipeline/quality/golden_runs.py), and the drift statistics of `drift_mode` (the monitor's: vector geometry,
-    golden-query scores, the relevant/non-relevant gap), the reference a later measurement is compared with."""
+    golden-query scores, the relevant/non-relevant gap), the reference a later measurement is compared with.
+    `moments`: the version's vectors summed where they were indexed; without them every vector is read."""
     if golden is None:
         return Evaluated({}, {})
     searcher, runs = Searcher.from_snapshot(snapshot, encoder), {}
@@ -117,8 +121,9 @@ def evaluate(snapshot: Snapshot, golden: GoldenSet | None, encoder: Encoder, k: 
                   "coverage": coverage(golden.queries, golden.qrels, held).to_dict(), "modes": modes}
     if drift_mode in runs and len(searcher.doc_ids) >= 2:  # pairs of vectors are compared
         with contextlib.suppress(SnapshotError):  # no vectors to read back (bm25 alone, IVF-PQ without the store)
-            evaluation["drift"] = {"mode": drift_mode, **drift_stats(snapshot, runs[drift_mode], modes[drift_mode],
-                                                                     golden.qrels)}
+            stats = drift_stats(snapshot, runs[drift_mode], modes[drift_mode], golden.qrels,
+                                geometry=moments.geometry() if moments else None)
+            evaluation["drift"] = {"mode": drift_mode, **stats}
     return Evaluated(evaluation, files)
 
 
@@ -129,7 +134,7 @@ def evaluate_version(cfg: PipelineConfig, storage: Storage, staged: StagedIndexe
     vectors are cached under `storage` by model; `cfg.model` is the kernel the build chose (encoder.pinned_to)."""
     encoder = CachedQueries(cached_encoder(cfg.model), storage)
     return evaluate(staged_snapshot(target, staged, card, prepared), golden_set_of(cfg), encoder, cfg.evaluation.k,
-                    cfg.monitor.mode)
+                    cfg.monitor.mode, staged.moments)
 
 
 def describe_variants(params: dict, files: dict[str, dict], evaluation: dict) -> dict:

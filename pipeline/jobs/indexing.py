@@ -6,7 +6,8 @@
    workers, and one worker task trains every variant on it once (index/variants.py), or reuses an earlier
    version's training.
 3. Fill, per shard on a worker (`index_shard`): its id rows, its fp16 rescoring rows and each variant's index of its
-   vectors, written under runs/<run>/index/<shard>/.
+   vectors, written under runs/<run>/index/<shard>/; it returns the sums the drift statistics need over its vectors
+   (a few KB), which the driver adds up for the evaluation.
 4. Assemble, per snapshot file on a worker (`assemble`): shard files streamed into one file in the version folder
    (index/assemble.py), its sha256 computed while it is written.
 """
@@ -31,6 +32,7 @@ from pipeline.index.training import FULL_BUILD, Training
 from pipeline.index.variants import TrainedVariant, VariantSpec, train_variants, training_rows
 from pipeline.jobs.executor import Executor, one_task_cpus
 from pipeline.jobs.shards import INPUT_COLUMNS, is_committed
+from pipeline.quality.drift import VectorMoments, vectors_source
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
 from pipeline.storage.tables import read_parquet, write_parquet
@@ -127,9 +129,10 @@ def train(cfg: PipelineConfig, storage: Storage, run_id: str, shards: list[Shard
 
 
 def index_shard(storage: Storage, run_id: str, shard: ShardRows, trained: list[TrainedVariant],
-                store_fp16: bool) -> int:
-    """One shard's share of every snapshot file: its id rows, fp16 rows, and each variant filled with its vectors;
-    returns its rows."""
+                store_fp16: bool) -> VectorMoments | None:
+    """One shard's share of every snapshot file: its id rows, fp16 rows, and each variant filled with its vectors.
+    Returns the sums the drift statistics need over the vectors as the version will read them back
+    (drift.vectors_source; None when it cannot), so its evaluation need not pass over every row again."""
     table = shard_table(storage, run_id, shard.shard)
     if table.height != shard.rows:
         raise SnapshotError(f"run {run_id} shard {shard.shard} holds {table.height} rows, its marker said "
@@ -137,14 +140,18 @@ def index_shard(storage: Storage, run_id: str, shard: ShardRows, trained: list[T
     ids = table.select(pl.int_range(shard.first_row, shard.first_row + shard.rows, dtype=pl.Int64).alias("row"),
                        *INPUT_COLUMNS)
     write_parquet(storage, layout.index_shard_key(run_id, shard.shard, "ids.parquet"), ids)
-    vectors = vectors_of(table)
+    vectors, moments = vectors_of(table), None
+    source = vectors_source(store_fp16, [t.spec.name for t in trained])
     if store_fp16:
-        storage.write_bytes(layout.index_shard_key(run_id, shard.shard, "rescore.f16"),
-                            vectors.astype(RESCORE_DTYPE).tobytes())
+        stored = vectors.astype(RESCORE_DTYPE)
+        storage.write_bytes(layout.index_shard_key(run_id, shard.shard, "rescore.f16"), stored.tobytes())
+        moments = VectorMoments.of(stored)
     for variant in trained:
-        storage.write_bytes(layout.index_shard_key(run_id, shard.shard, f"{variant.spec.name}.faiss"),
-                            to_bytes(variant.fill(vectors, shard.first_row)))
-    return shard.rows
+        index = variant.fill(vectors, shard.first_row)
+        storage.write_bytes(layout.index_shard_key(run_id, shard.shard, f"{variant.spec.name}.faiss"), to_bytes(index))
+        if variant.spec.name == source:
+            moments = VectorMoments.of(index.reconstruct_n(0, index.ntotal))
+    return moments
 
 
 @dataclass(frozen=True)

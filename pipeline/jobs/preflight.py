@@ -9,7 +9,7 @@ from pipeline.errors import ConfigError
 from pipeline.index.analyzer import Analyzer
 from pipeline.index.variants import VariantSpec
 from pipeline.models.encoder import tokenizer_for
-from pipeline.quality.measure import VECTOR_VARIANTS
+from pipeline.quality.drift import vectors_source
 from pipeline.quality.search import evaluated_modes
 from pipeline.storage.backend import Storage
 
@@ -49,7 +49,7 @@ def check_gate_can_judge(cfg: PipelineConfig, has_golden_set: bool) -> None:
             raise ConfigError(f"publish.gate.max_drift compares the drift statistics a build records for "
                               f"monitor.mode {cfg.monitor.mode!r}, which a build of index.variants "
                               f"{list(cfg.index.variants)} does not evaluate: expected one of {modes}")
-        if not cfg.index.store_fp16 and not {s.name for s in specs} & set(VECTOR_VARIANTS):
+        if vectors_source(cfg.index.store_fp16, [s.name for s in specs]) is None:
             raise ConfigError("publish.gate.max_drift compares statistics of the version's vectors, which a build "
                               f"of index.variants {list(cfg.index.variants)} without index.store_fp16 cannot read "
                               "back: keep the fp16 store or add an exact, fp16 or int8 variant")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -34,36 +35,97 @@ def _dist(values: np.ndarray) -> dict[str, float]:
     return {"mean": _r(values.mean()), "p10": _r(p10), "p50": _r(p50), "p90": _r(p90)}
 
 
-def vector_stats(vectors: np.ndarray, sample: int = 1000, seed: int = 0) -> dict:
+READBACK_VARIANTS = ("exact", "fp16", "int8")  # full-dimension float variants whose vectors read back
+STORE = "rescore"  # vectors_source's name for the fp16 rescoring store
+
+
+def vectors_source(has_store: bool, variants: Sequence[str]) -> str | None:
+    """Which of a snapshot's files its drift statistics read its vectors from: the fp16 rescoring store (STORE),
+    else the first full-dimension float variant it has (exact, fp16, int8: lossy for the quantised ones); None
+    when it has neither."""
+    return STORE if has_store else next((v for v in READBACK_VARIANTS if v in variants), None)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The figures of `vector_stats` that need every row (the others use a sample)."""
+
+    rows: int
+    dims: int
+    mean_norm: float
+    centroid_norm: float
+    mean_dim_variance: float
+    total_variance: float
+
+    @classmethod
+    def of_summary(cls, vectors: Mapping | None) -> Geometry | None:
+        """The figures a snapshot_stats summary recorded ("vectors" of a manifest's drift section), None when it
+        has not all of them: a version's vectors never change, so they hold for any later measuring of it."""
+        try:
+            return cls(**{f.name: vectors[f.name] for f in fields(cls)}) if vectors else None
+        except KeyError:
+            return None
+
+
+@dataclass(frozen=True)
+class VectorMoments:
+    """The sums over rows that Geometry is made of: summed where the vectors are (each shard in the index
+    stage) and added up, so evaluating a version reads only its sampled rows."""
+
+    rows: int
+    total: np.ndarray  # per dim, float64
+    squares: np.ndarray  # per dim, float64
+    norms: float  # sum of the rows' L2 norms
+
+    @classmethod
+    def of(cls, vectors: np.ndarray) -> VectorMoments:
+        x = np.asarray(vectors)
+        total, squares, norms = np.zeros(x.shape[1]), np.zeros(x.shape[1]), 0.0
+        for start in range(0, len(x), _BLOCK):
+            block = x[start:start + _BLOCK].astype(np.float64)
+            total += block.sum(axis=0)
+            squares += (block * block).sum(axis=0)
+            norms += float(np.linalg.norm(block, axis=1).sum())
+        return cls(len(x), total, squares, norms)
+
+    def __add__(self, other: VectorMoments) -> VectorMoments:
+        return VectorMoments(self.rows + other.rows, self.total + other.total, self.squares + other.squares,
+                             self.norms + other.norms)
+
+    def geometry(self) -> Geometry:
+        n = self.rows
+        mean = self.total / n
+        variance = np.maximum(self.squares / n - mean * mean, 0.0)
+        return Geometry(n, len(self.total), _r(self.norms / n), _r(np.linalg.norm(mean)), _r(variance.mean()),
+                        _r(variance.sum()))
+
+
+def vector_stats(vectors: np.ndarray, sample: int = 1000, seed: int = 0, geometry: Geometry | None = None) -> dict:
     """Geometry of one snapshot's vectors (rows L2-normalised): how concentrated they are around a common
     direction (centroid norm, mean pairwise cosine) and how evenly they use their dims (variance, isotropy).
 
-    Centroid, norms and variances use every row; pairwise cosines and isotropy use `sample` rows drawn
-    with `seed` (all rows when fewer). Isotropy: see `_isotropy`."""
+    Centroid, norms and variances use every row (or `geometry`, those figures summed elsewhere: then only the
+    sampled rows of `vectors` are read); pairwise cosines and isotropy use `sample` rows drawn with `seed` (all
+    rows when fewer). Isotropy: see `_isotropy`."""
     x = np.asarray(vectors)
     if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 1:
         raise ValueError(f"vectors must be a 2-d array with at least 2 rows, got shape {x.shape}")
     if sample < 2:
         raise ValueError(f"sample must be at least 2 rows (pairs are compared), got {sample}")
     n, dims = x.shape
-    total, squares, norms = np.zeros(dims), np.zeros(dims), 0.0
-    for start in range(0, n, _BLOCK):
-        block = x[start:start + _BLOCK].astype(np.float64)
-        total += block.sum(axis=0)
-        squares += (block * block).sum(axis=0)
-        norms += np.linalg.norm(block, axis=1).sum()
-    mean = total / n
-    variance = np.maximum(squares / n - mean * mean, 0.0)
+    if geometry is None:
+        geometry = VectorMoments.of(x).geometry()
+    elif (geometry.rows, geometry.dims) != (n, dims):
+        raise ValueError(f"figures summed over {geometry.rows} x {geometry.dims} vectors given for {n} x {dims}")
 
     rows = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
     s = x[rows].astype(np.float64)
     s /= np.maximum(np.linalg.norm(s, axis=1, keepdims=True), 1e-12)
     m = len(s)
     cosines = (s @ s.T)[np.triu_indices(m, k=1)]  # each unordered pair once, no self-pairs
-    isotropy = _isotropy(s)
-    return {"rows": n, "dims": dims, "sample": m, "mean_norm": _r(norms / n),
-            "centroid_norm": _r(np.linalg.norm(mean)), "mean_dim_variance": _r(variance.mean()),
-            "total_variance": _r(variance.sum()), "pairwise_cosine": _dist(cosines), "isotropy": _r(isotropy)}
+    whole = asdict(geometry)
+    return {"rows": n, "dims": dims, "sample": m, **{k: whole[k] for k in whole if k not in ("rows", "dims")},
+            "pairwise_cosine": _dist(cosines), "isotropy": _r(_isotropy(s))}
 
 
 def _isotropy(rows: np.ndarray) -> float:
@@ -181,10 +243,12 @@ def topk_overlap(a_ids: Sequence[Sequence], b_ids: Sequence[Sequence], k: int = 
 
 def snapshot_stats(vectors: np.ndarray, run: Run, *, model: str, version: str | None = None,
                    corpus: str | None = None, metrics: Mapping[str, float] | None = None,
-                   qrels: Qrels | None = None, sample: int = 1000, seed: int = 0) -> dict:
+                   qrels: Qrels | None = None, sample: int = 1000, seed: int = 0,
+                   geometry: Geometry | None = None) -> dict:
     """One snapshot's summary: `vectors` are its indexed vectors, `run` its golden queries' results
     (query id -> doc id -> score, e.g. from Searcher hits), `metrics` its golden-set metrics (a mode's
-    entry in the manifest's evaluation), `corpus` the manifest's corpus fingerprint (guards top-k overlap)."""
+    entry in the manifest's evaluation), `corpus` the manifest's corpus fingerprint (guards top-k overlap),
+    `geometry` the vectors' figures over every row when they were summed elsewhere (vector_stats)."""
     out: dict = {"model": model}
     out |= {"version": version} if version else {}
     out |= {"corpus": corpus} if corpus else {}
@@ -193,7 +257,7 @@ def snapshot_stats(vectors: np.ndarray, run: Run, *, model: str, version: str | 
     out["scores"] = score_stats(scores_from_run(run))
     if qrels is not None:
         out["relevance"] = relevance_gap(run, qrels)
-    out["vectors"] = vector_stats(vectors, sample, seed)
+    out["vectors"] = vector_stats(vectors, sample, seed, geometry)
     return out
 
 

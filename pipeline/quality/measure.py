@@ -17,7 +17,7 @@ from pipeline.errors import SnapshotError
 from pipeline.index.variants import VariantSpec
 from pipeline.models.cache import CachedQueries
 from pipeline.models.encoder import encoder_for_card
-from pipeline.quality.drift import snapshot_stats
+from pipeline.quality.drift import STORE, Geometry, snapshot_stats, vectors_source
 from pipeline.quality.golden import GoldenSet
 from pipeline.quality.metrics import METRICS, Qrels, Run
 from pipeline.quality.search import Searcher, evaluated_modes
@@ -25,20 +25,17 @@ from pipeline.snapshots.snapshot import Snapshot
 from pipeline.storage.backend import Storage
 from pipeline.storage.keys import redact
 
-VECTOR_VARIANTS = ("exact", "fp16", "int8")  # full-dimension float variants whose vectors read back
-
 
 def snapshot_vectors(snapshot: Snapshot) -> np.ndarray:
-    """The snapshot's vectors in FAISS row order: its fp16 rescoring store, memory-mapped (drift.vector_stats reads
-    it block by block: no copy of the corpus's vectors in memory), else reconstructed from a full-dimension float
-    variant (exact, fp16, int8: lossy for the quantised ones)."""
-    stored = snapshot.rescore_store()
-    if stored is not None:
-        return stored
-    for name in VECTOR_VARIANTS:
-        if name in snapshot.variants:
-            index = snapshot.index(name)
-            return index.reconstruct_n(0, index.ntotal)
+    """The snapshot's vectors in FAISS row order, from the file drift.vectors_source names: its fp16 rescoring store,
+    memory-mapped (drift.vector_stats reads it block by block, or only its sampled rows: no copy of the corpus's
+    vectors in memory), else reconstructed from a full-dimension float variant."""
+    source = vectors_source(bool(snapshot.manifest["index"].get("rescore")), snapshot.variants)
+    if source == STORE:
+        return snapshot.rescore_store()
+    if source is not None:
+        index = snapshot.index(source)
+        return index.reconstruct_n(0, index.ntotal)
     raise SnapshotError(f"{redact(snapshot.url)}: no fp16 store and no exact, fp16 or int8 variant to read its "
                         f"vectors from (it has {snapshot.variants}); drift statistics need them")
 
@@ -83,21 +80,24 @@ def measure_snapshot(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, r
 
 def measure(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, searcher: Searcher | None = None,
             sample: int = 1000, seed: int = 0) -> Measurement:
-    """Evaluate every search mode of `snapshot` on `golden` (k results per query) and summarise `mode`."""
+    """Evaluate every search mode of `snapshot` on `golden` (k results per query) and summarise `mode`; the figures
+    over all of its vectors are those its build recorded, when it did (Geometry.of_summary)."""
     check_mode(snapshot, mode)
     searcher = searcher or Searcher.from_snapshot(snapshot)
     runs: dict[str, Run] = {}
     modes = searcher.evaluate(golden.queries, golden.qrels, k, runs=runs)
     card = snapshot.model_card
-    stats = drift_stats(snapshot, runs[mode], modes[mode], golden.qrels, sample, seed)
+    recorded = ((snapshot.manifest.get("evaluation") or {}).get("drift") or {}).get("vectors")
+    stats = drift_stats(snapshot, runs[mode], modes[mode], golden.qrels, sample, seed, Geometry.of_summary(recorded))
     return Measurement(snapshot.manifest["index_name"], snapshot.version, card.name, card.dims, mode, modes,
                        runs[mode], stats)
 
 
 def drift_stats(snapshot: Snapshot, run: Run, metrics: dict[str, float], qrels: Qrels, sample: int = 1000,
-                seed: int = 0) -> dict:
-    """drift.snapshot_stats of one search mode: its golden run and metrics, the snapshot's vectors."""
+                seed: int = 0, geometry: Geometry | None = None) -> dict:
+    """drift.snapshot_stats of one search mode: its golden run and metrics, the snapshot's vectors (only the
+    sampled ones read when `geometry` gives the figures over all of them)."""
     return snapshot_stats(snapshot_vectors(snapshot), run, model=snapshot.model_card.name, version=snapshot.version,
                           corpus=(snapshot.manifest.get("corpus") or {}).get("fingerprint"),
                           metrics={m: v for m, v in metrics.items() if m in METRICS}, qrels=qrels, sample=sample,
-                          seed=seed)
+                          seed=seed, geometry=geometry)

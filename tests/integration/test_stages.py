@@ -2,6 +2,7 @@
 embed_shard -> train, fill per shard and assemble the version's files."""
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import polars as pl
@@ -78,6 +79,72 @@ def test_prepare_embed_and_index_in_process(tmp_path, sample_docs, model):
                          LOCAL).params["rescore"]["factor"] == 3  # a configured depth wins
     hits = Searcher.from_snapshot(snap, encoder).search_vectors(vectors[:3], 3, "ivfpq+rescore")
     assert [h[0].chunk_id for h in hits] == ids["chunk_id"].to_list()[:3]  # a stored vector finds itself
+
+
+@pytest.mark.parametrize("variants,store,source", [(["ivfpq", "int8"], True, "the fp16 store"),
+                                                   (["binary", "int8", "exact"], False, "exact"),
+                                                   (["ivfpq", "int8"], False, "int8, reconstructed"),
+                                                   (["ivfpq", "binary"], False, None)])
+def test_the_index_stage_sums_the_drift_figures_of_the_vectors_the_version_reads_back(tmp_path, sample_docs, encoder,
+                                                                                      variants, store, source):
+    """Each shard sums its vectors as the version will read them back (drift.vectors_source), so evaluating the
+    version reads only its sampled rows; added up, the shards' sums give what a pass over every row gives."""
+    from pipeline.quality.drift import VectorMoments
+    from pipeline.quality.measure import snapshot_vectors
+
+    cfg = config(write_jsonl(tmp_path / "c.jsonl", sample_docs[:12]), tmp_path / "store")
+    cfg = cfg.model_copy(update={"index": cfg.index.model_copy(update={"variants": variants, "store_fp16": store})})
+    storage = Storage(str(tmp_path / "store"))
+    prepared = prepared_run(cfg, storage, "run1", encoder)
+    for s in prepared.shards:
+        embed_shard(storage, "run1", s, encoder)
+    assert len(prepared.shards) == 3
+    target = storage.child("snapshots/t/v1")
+    staged = build_indexes(cfg, storage, prepared, target, FULL, encoder.card.dims, LOCAL)
+    if source is None:  # nothing reads back: no drift statistics of vectors, as before
+        assert staged.moments is None
+        return
+    read_back = np.asarray(snapshot_vectors(staged_snapshot(target, staged, encoder.card, prepared)))
+    passed = VectorMoments.of(read_back)  # float64 sums: only their order differs, so they agree to ~1e-15
+    assert staged.moments.rows == passed.rows == prepared.counts["chunks"]
+    for got, want in [(staged.moments.total, passed.total), (staged.moments.squares, passed.squares),
+                      (staged.moments.norms, passed.norms)]:
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)  # fp32 or int8 in place of fp16 is ~1e-4 off
+    assert asdict(staged.moments.geometry()) == pytest.approx(asdict(passed.geometry()), abs=1e-6)
+
+
+def test_evaluation_and_a_later_measuring_take_the_figures_over_every_vector_without_a_pass(tmp_path, sample_docs,
+                                                                                           encoder):
+    """A build evaluates its version with the index stage's sums (the same drift summary as a pass over the fp16
+    store), and a later measuring of the committed version (monitor, migration) takes them from its manifest."""
+    from pipeline.jobs.build import evaluate
+    from pipeline.quality.golden import GoldenSet
+    from pipeline.quality.measure import measure
+    from pipeline.snapshots.snapshot import Snapshot, commit
+
+    docs = sample_docs[:12]
+    cfg, storage = config(write_jsonl(tmp_path / "c.jsonl", docs), tmp_path / "store"), Storage(str(tmp_path / "store"))
+    prepared = prepared_run(cfg, storage, "run1", encoder)
+    for s in prepared.shards:
+        embed_shard(storage, "run1", s, encoder)
+    claim(storage, "t", "v1", "run1")
+    staged = build_indexes(cfg, storage, prepared, storage.child("snapshots/t/v1"), FULL, encoder.card.dims, LOCAL)
+    snap = staged_snapshot(storage.child("snapshots/t/v1"), staged, encoder.card, prepared)
+    golden = GoldenSet({d["_id"]: d["title"] for d in docs[:4]}, {d["_id"]: {d["_id"]: 1} for d in docs[:4]}, "q", "r")
+    summed = evaluate(snap, golden, encoder, 10, "exact", staged.moments).evaluation
+    passed = evaluate(snap, golden, encoder, 10, "exact").evaluation
+    assert summed["drift"]["vectors"]["rows"] == prepared.counts["chunks"]
+    assert summed["drift"] == passed["drift"]
+    commit(storage, "t", "v1", staged.files, {"index": staged.params, "counts": prepared.counts, "evaluation": summed,
+                                              "corpus": prepared.corpus, "model": snap.manifest["model"]})
+    committed = Snapshot.of(storage, "t", "v1")
+    assert measure(committed, golden, 10, "exact", Searcher.from_snapshot(committed, encoder)).stats == \
+        {k: v for k, v in summed["drift"].items() if k != "mode"}
+    recorded = dict(committed.manifest)  # figures over every row the build recorded are taken as they are:
+    recorded["evaluation"] = {"drift": {"vectors": {**summed["drift"]["vectors"], "mean_norm": 0.5}}}
+    again = measure(Snapshot(committed.storage, recorded), golden, 10, "exact", Searcher.from_snapshot(committed,
+                                                                                                       encoder))
+    assert again.stats["vectors"] == {**summed["drift"]["vectors"], "mean_norm": 0.5}  # the store was not read
 
 
 def test_corpus_with_no_good_record_is_a_clear_error(tmp_path, encoder):

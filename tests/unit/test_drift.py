@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.quality.drift import (
+    Geometry,
+    VectorMoments,
     check_thresholds,
     compare,
     relevance_gap,
@@ -142,6 +144,32 @@ def test_vector_stats_are_seeded():
     assert full["sample"] == 600 and full["mean_norm"] == pytest.approx(1.0, abs=1e-6)
     with pytest.raises(ValueError, match="at least 2 rows"):
         vector_stats(x[:1])
+
+
+def test_figures_summed_part_by_part_stand_in_for_a_pass_and_only_sampled_rows_are_read():
+    """The index stage sums each shard's vectors (VectorMoments) and evaluation adds them up: the summary is the
+    one a pass over every row gives, and the rows outside the sample are never read (NaN there changes nothing)."""
+    x = unit(np.random.default_rng(4).normal(size=(5000, 24)) + 0.3)
+    parts = [VectorMoments.of(x[a:b]) for a, b in ((0, 1200), (1200, 1201), (1201, 5000))]
+    summed = (parts[0] + parts[1] + parts[2]).geometry()
+    assert summed == VectorMoments.of(x).geometry()
+    assert vector_stats(x, sample=300, geometry=summed) == vector_stats(x, sample=300)
+    sampled = np.sort(np.random.default_rng(0).choice(len(x), size=300, replace=False))  # vector_stats's draw
+    unread = np.full_like(x, np.nan)
+    unread[sampled] = x[sampled]
+    assert vector_stats(unread, sample=300, geometry=summed) == vector_stats(x, sample=300)
+    assert np.isnan(vector_stats(unread, sample=300)["mean_norm"])  # without the sums, every row is read
+    with pytest.raises(ValueError, match=r"summed over 5000 x 24 vectors given for 4999 x 24"):
+        vector_stats(x[1:], geometry=summed)
+
+
+def test_a_recorded_summary_gives_back_its_figures_over_every_row():
+    x = unit(np.random.default_rng(5).normal(size=(400, 8)))
+    recorded = json.loads(json.dumps(vector_stats(x)))  # as a manifest keeps it
+    geometry = Geometry.of_summary(recorded)
+    assert geometry == VectorMoments.of(x).geometry() and vector_stats(x, geometry=geometry) == recorded
+    assert Geometry.of_summary({k: v for k, v in recorded.items() if k != "total_variance"}) is None  # an older one
+    assert Geometry.of_summary(None) is None
 
 
 def test_score_stats_read_top1_and_rank10_and_ignore_padding():
