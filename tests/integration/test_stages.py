@@ -213,11 +213,14 @@ def test_cached_vectors_come_as_cache_files_copied_whole_or_as_the_rows_wanted(t
     assert sample_docs[9]["_id"] not in set(most_ids["doc_id"])
 
 
-def test_a_text_two_chunks_share_is_embedded_once_and_both_get_its_vector(tmp_path, sample_docs, encoder):
-    """A document whose text another one repeats (boilerplate, a copy under another id) costs no model tokens."""
+@pytest.mark.parametrize("read_batch", [10_000, 2], ids=["same-part", "later-part"])
+def test_a_text_two_chunks_share_is_embedded_once_and_both_get_its_vector(tmp_path, sample_docs, encoder, read_batch):
+    """A document whose text another one repeats (boilerplate, a copy under another id) costs no model tokens,
+    whether the copy is read in the same batch (the shard's same part) or a later one."""
     def run(docs: list[dict], name: str) -> tuple[ShardResult, pl.DataFrame, np.ndarray]:
         corpus = write_jsonl(tmp_path / f"{name}.jsonl", docs)
-        cfg, storage = config(corpus, tmp_path / name, shards=1), Storage(str(tmp_path / name))
+        cfg = config(corpus, tmp_path / name, shards=1, read_batch=read_batch)
+        storage = Storage(str(tmp_path / name))
         prepared = prepared_run(cfg, storage, "r", encoder)
         [result] = [embed_shard(storage, "r", s, encoder) for s in prepared.shards]
         return result, *load_vectors(storage, "r", prepared.shards)
