@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import inspect
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from pipeline.errors import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILE = REPO / "prefect.yaml"
 POOL_TYPE = "process"  # runs flows as subprocesses of the worker, from the checkout: no image needed
+SCHEDULER_SETTLE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ def register(specs: list[DeploymentSpec] | None = None, *, config_path: str | No
         plans.append((spec, parameters, schedules, work_pool or spec.work_pool))
     for pool in dict.fromkeys(p[3] for p in plans):
         ensure_work_pool(pool)
-    registered = []
+    registered: list[Registered] = []
     for spec, parameters, schedules, pool in plans:
         deployment = RunnerDeployment.from_storage(
             storage=LocalStorage(str(REPO)), entrypoint=spec.entrypoint, name=spec.name, schedules=schedules,
@@ -172,7 +174,42 @@ def register(specs: list[DeploymentSpec] | None = None, *, config_path: str | No
             id=deployment_id, name=f"{deployment.flow_name}/{spec.name}", entrypoint=spec.entrypoint,
             parameters=parameters, work_pool=pool, schedules=[_describe(s) for s in schedules],
             next_run=next_run(schedules)))
+    for _ in range(2):  # a second look, after any scheduler pass that read the old schedules has had time to end
+        time.sleep(SCHEDULER_SETTLE_S)
+        for r in registered:
+            drop_runs_of_replaced_schedules(r.id)
     return registered
+
+
+def drop_runs_of_replaced_schedules(deployment_id: UUID) -> int:
+    """Delete the deployment's scheduled runs that a schedule it no longer has planned; returns how many.
+
+    Prefect deletes a deployment's auto-scheduled runs as it updates it, but its scheduler may insert runs it
+    planned from the schedules just replaced a moment later (PrefectHQ/prefect#17703): a nightly run at the old
+    time, which would otherwise stay."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    scheduled = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])))
+    with get_client(sync_client=True) as client:
+        current = {s.id for s in client.read_deployment_schedules(deployment_id)}
+        ours, runs, page = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])), [], 200
+        while batch := client.read_flow_runs(deployment_filter=ours, flow_run_filter=scheduled, limit=page,
+                                             offset=len(runs)):
+            runs += batch
+            if len(batch) < page:
+                break
+        stale = [r.id for r in runs if r.auto_scheduled and r.created_by is not None and r.created_by.type == "SCHEDULE"
+                 and r.created_by.id not in current]
+        for run_id in stale:
+            client.delete_flow_run(run_id)
+    return len(stale)
 
 
 def _drop_schedules(deployment_id: UUID) -> None:

@@ -122,9 +122,15 @@ def storage_root(request, tmp_path) -> str:
 
 
 @pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory):
+def prefect_home(tmp_path_factory) -> Path:
+    """The session Prefect server's PREFECT_HOME (its SQLite database is prefect.db there)."""
+    return tmp_path_factory.mktemp("prefect-home")
+
+
+@pytest.fixture(scope="session")
+def prefect_api(prefect_home):
     """A real Prefect server on loopback: one for the session, not a temporary one per flow run (~12 s each)."""
-    with loopback_server(tmp_path_factory.mktemp("prefect-home")) as url:
+    with loopback_server(prefect_home) as url:
         yield url
 
 

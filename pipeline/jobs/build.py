@@ -65,7 +65,7 @@ def build_indexes(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun, 
     rows = sum(s.rows for s in shards)
     params = {"metric": "inner_product", "variants": {t.spec.name: t.params for t in trained},
               "rescore": rescore_params(cfg, rows)}
-    summed = None if None in moments or not moments else sum(moments[1:], moments[0])
+    summed = None if not moments or any(m is None for m in moments) else sum(moments[1:], moments[0])
     return StagedIndexes(params, files, rows, summed)
 
 

@@ -81,12 +81,13 @@ def embed_shard(storage: Storage, run_id: str, shard: int, encoder: Encoder,
     card = json.dumps(encoder.card.to_dict(), sort_keys=True)
     cached = _cached_hashes(storage, run_id, shard)
     embedded, part_seconds = 0, []
-    done = pl.Series("chunk_hash", [], pl.String)  # embedded in this shard's earlier parts: the index stage joins
-    for name in prep["chunk_parts"]:               # a shard's rows to all of its vectors parts by hash
+    done = pl.Series("chunk_hash", [], pl.String)  # the hashes this shard's earlier parts embedded
+    for name in prep["chunk_parts"]:
         part_start = time.perf_counter()
         part = read_parquet(storage, shard_key(run_id, shard, f"chunks/{name}"))
         todo = part.filter(~pl.col("chunk_hash").is_in(cached))
-        # the same text once per shard (boilerplate, a document copied under another id)
+        # A text once per shard (boilerplate, a document copied under another id): the index stage joins the
+        # shard's rows to all of its vectors parts by hash.
         texts = todo.filter(~pl.col("chunk_hash").is_in(done)).unique("chunk_hash", keep="first", maintain_order=True)
         done = pl.concat([done, texts["chunk_hash"]])
         fresh = encoder.encode(texts["text"].to_list(), kind="passage")

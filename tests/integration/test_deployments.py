@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 import yaml
@@ -130,6 +131,52 @@ def test_deploy_overrides_schedule_pool_and_config_and_the_scheduler_plans_runs(
                   "Prefect 3.8.8's scheduler fails on every insert; pyproject pins 2.0)")
     assert min(f.expected_start_time for f in runs) == next_run
     assert all(f.parameters == {"config_path": "configs/scifact-full.yaml"} for f in runs)
+
+
+def test_runs_a_replaced_schedule_planned_too_late_are_dropped(prefect_api, prefect_home):
+    """Prefect's scheduler plans a pass's runs, then inserts them: a pass that read the old schedule before a deploy
+    replaced it inserts runs at the old time after the update deleted the planned ones (PrefectHQ/prefect#17703;
+    it failed this module's test above once). That pass is played here with the server's own functions on its
+    database; what it leaves goes when the deploy takes its second look (flows/deployments.py)."""
+    import asyncio
+
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.server.database import provide_database_interface
+    from prefect.server.models.deployments import _generate_scheduled_flow_runs, _insert_scheduled_flow_runs
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_API_URL, temporary_settings
+
+    from flows.deployments import drop_runs_of_replaced_schedules
+
+    server = _server(prefect_api)
+    [old] = _deploy_json(prefect_api, "--only", "nightly", "--cron", "0 2 * * *")
+    database = {PREFECT_API_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}"}
+
+    async def scheduler_pass(runs: list[dict] | None = None) -> list[dict]:
+        db = provide_database_interface()
+        async with db.session_context(begin_transaction=True) as session:
+            if runs is None:  # planned from the schedules the deployment has now
+                now = datetime.datetime.now(datetime.UTC)
+                return await _generate_scheduled_flow_runs(db, session, UUID(old["id"]), now, now + datetime.timedelta(
+                    days=3), datetime.timedelta(days=1), 3, 10)
+            await _insert_scheduled_flow_runs(session=session, runs=runs)  # its database comes from the settings
+            return runs
+
+    with temporary_settings(database):
+        planned = asyncio.run(scheduler_pass())  # the pass reads the 02:00 UTC schedule ...
+    [new] = _deploy_json(prefect_api, "--only", "nightly", "--cron", "30 3 * * 1-5", "--timezone", "Europe/Paris")
+    with temporary_settings(database):
+        asyncio.run(scheduler_pass(planned))  # ... and inserts its runs after the deploy replaced it
+
+    def starts() -> set[tuple[int, int]]:
+        runs = server.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[UUID(new["id"])])))
+        return {(r.expected_start_time.hour, r.expected_start_time.minute) for r in runs if r.state.is_scheduled()}
+
+    assert (2, 0) in starts()  # what Prefect leaves: a nightly run at the old time
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        assert drop_runs_of_replaced_schedules(UUID(new["id"])) == len(planned) >= 3
+    assert (2, 0) not in starts()  # the new schedule's runs (03:30 Paris, in UTC) are all that is left
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        assert drop_runs_of_replaced_schedules(UUID(new["id"])) == 0
 
 
 def test_bad_deploy_options_fail_before_anything_changes(prefect_api):
