@@ -149,34 +149,43 @@ def test_runs_a_replaced_schedule_planned_too_late_are_dropped(prefect_api, pref
 
     server = _server(prefect_api)
     [old] = _deploy_json(prefect_api, "--only", "nightly", "--cron", "0 2 * * *")
+    deployment = UUID(old["id"])
     database = {PREFECT_API_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}"}
 
-    async def scheduler_pass(runs: list[dict] | None = None) -> list[dict]:
-        db = provide_database_interface()
-        async with db.session_context(begin_transaction=True) as session:
-            if runs is None:  # planned from the schedules the deployment has now
-                now = datetime.datetime.now(datetime.UTC)
-                return await _generate_scheduled_flow_runs(db, session, UUID(old["id"]), now, now + datetime.timedelta(
+    def plan() -> list[dict]:  # a scheduler pass's first half: runs from the schedules the deployment has now
+        async def generate() -> list[dict]:
+            db, now = provide_database_interface(), datetime.datetime.now(datetime.UTC)
+            async with db.session_context() as session:
+                return await _generate_scheduled_flow_runs(db, session, deployment, now, now + datetime.timedelta(
                     days=3), datetime.timedelta(days=1), 3, 10)
-            await _insert_scheduled_flow_runs(session=session, runs=runs)  # its database comes from the settings
-            return runs
+        with temporary_settings(database):
+            return asyncio.run(generate())
 
-    with temporary_settings(database):
-        planned = asyncio.run(scheduler_pass())  # the pass reads the 02:00 UTC schedule ...
-    [new] = _deploy_json(prefect_api, "--only", "nightly", "--cron", "30 3 * * 1-5", "--timezone", "Europe/Paris")
-    with temporary_settings(database):
-        asyncio.run(scheduler_pass(planned))  # ... and inserts its runs after the deploy replaced it
+    def insert(runs: list[dict]) -> None:  # its second half
+        async def go() -> None:
+            async with provide_database_interface().session_context(begin_transaction=True) as session:
+                await _insert_scheduled_flow_runs(session=session, runs=runs)  # its database comes from the settings
+        with temporary_settings(database):
+            asyncio.run(go())
 
-    def starts() -> set[tuple[int, int]]:
-        runs = server.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[UUID(new["id"])])))
-        return {(r.expected_start_time.hour, r.expected_start_time.minute) for r in runs if r.state.is_scheduled()}
+    def times(runs) -> set[tuple[int, int]]:  # UTC hour and minute of the runs' start times
+        starts = (r["expected_start_time"] if isinstance(r, dict) else r.expected_start_time for r in runs)
+        return {(t.hour, t.minute) for t in (s.astimezone(datetime.UTC) for s in starts)}
 
-    assert (2, 0) in starts()  # what Prefect leaves: a nightly run at the old time
+    def scheduled() -> set[tuple[int, int]]:
+        return times(r for r in server.read_flow_runs(deployment_filter=DeploymentFilter(
+            id=DeploymentFilterId(any_=[deployment]))) if r.state.is_scheduled())
+
+    stale = plan()  # the pass reads the 02:00 UTC schedule ...
+    _deploy_json(prefect_api, "--only", "nightly", "--cron", "30 3 * * 1-5", "--timezone", "Europe/Paris")
+    insert(stale)  # ... and inserts its runs after the deploy replaced it
+    fresh = plan()  # the new schedule's (03:30 Paris: 02:30 or 01:30 UTC, never 02:00)
+    insert(fresh)
+    assert times(stale) == {(2, 0)} and scheduled() >= {(2, 0)} | times(fresh)  # what Prefect leaves
     with temporary_settings({PREFECT_API_URL: prefect_api}):
-        assert drop_runs_of_replaced_schedules(UUID(new["id"])) == len(planned) >= 3
-    assert (2, 0) not in starts()  # the new schedule's runs (03:30 Paris, in UTC) are all that is left
-    with temporary_settings({PREFECT_API_URL: prefect_api}):
-        assert drop_runs_of_replaced_schedules(UUID(new["id"])) == 0
+        assert drop_runs_of_replaced_schedules(deployment) == len(stale) >= 3
+        assert drop_runs_of_replaced_schedules(deployment) == 0
+    assert (2, 0) not in scheduled() and scheduled() >= times(fresh)  # the new schedule's runs stay
 
 
 def test_bad_deploy_options_fail_before_anything_changes(prefect_api):
