@@ -27,11 +27,7 @@ from flows.cli.common import (
     rich_table,
 )
 from flows.cli.snapshots import print_search
-from pipeline.jobs.build import NOT_EVALUATED
-from pipeline.jobs.executor import RAY_TASKS
-from pipeline.quality.golden import coverage_note
-from pipeline.reports.markdown import figure, num
-from pipeline.reports.tables import MAIN_COUNTS, quality_table, timings_table
+from pipeline.reports.tables import MAIN_COUNTS, figure, num, quality_table, timings_table
 
 
 def _run_id(value: str | None) -> str | None:
@@ -78,6 +74,10 @@ def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow_call: 
 def _print_summary(summary, example: bool, config: str, overrides: dict[str, Any]) -> None:
     """A build's summary (pipeline.jobs.build.BuildSummary) for the terminal; the example search reads the snapshot
     with the config's `storage.options` (an endpoint given only there, say)."""
+    from pipeline.jobs.build import NOT_EVALUATED
+    from pipeline.jobs.executor import RAY_TASKS
+    from pipeline.quality.golden import coverage_note
+
     if summary.published:
         console.print(f"\n[bold green]published[/] {summary.index_name} version [bold]{summary.version}[/] "
                       f"({summary.job}; {summary.delta})", soft_wrap=True)

@@ -12,16 +12,7 @@ from pipeline.jobs.monitoring import MonitorResult
 from pipeline.quality.drift import is_number
 from pipeline.quality.golden import coverage_note
 from pipeline.quality.metrics import METRICS
-from pipeline.reports.tables import counts_table, quality_table, timings_table
-
-
-def num(x: float | None, missing: str = "-") -> str:
-    return missing if x is None else f"{x:.4f}"
-
-
-def figure(x: float | None, missing: str = "-") -> str:
-    """A drift statistic: six significant digits, for variances of ~1e-3 and row counts alike."""
-    return missing if x is None else f"{x:.6g}"
+from pipeline.reports.tables import counts_table, figure, num, quality_table, timings_table
 
 
 def build_markdown(summary: BuildSummary) -> str:

@@ -26,6 +26,15 @@ class Table:
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in self.rows])
 
 
+def num(x: float | None, missing: str = "-") -> str:
+    return missing if x is None else f"{x:.4f}"
+
+
+def figure(x: float | None, missing: str = "-") -> str:
+    """A drift statistic: six significant digits, for variances of ~1e-3 and row counts alike."""
+    return missing if x is None else f"{x:.6g}"
+
+
 def _cell(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
