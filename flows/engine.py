@@ -73,6 +73,14 @@ def start_ray_ahead(cfg: PipelineConfig, storage: Storage, full: bool) -> bool:
     return True
 
 
+def load_model_ahead(cfg: PipelineConfig) -> None:
+    """Load the build's model now (cached_encoder: once per process) where this process will choose its kernel
+    (kernels_for_actors leaves the config as it is: no GPU actors without a GPU here, no cluster), so that the CLI
+    loads it while Prefect's temporary server starts, not after."""
+    if not gpus_elsewhere(cfg) and not os.environ.get("RAY_ADDRESS"):
+        cached_encoder(cfg.model)
+
+
 def kernels_for_actors(cfg: PipelineConfig, storage: Storage, run_id: str,
                        input_bytes: int) -> tuple[PipelineConfig, str | None]:
     """The config a build runs with, and why, where the workers rather than this process choose the kernel (with

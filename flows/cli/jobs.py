@@ -47,13 +47,15 @@ RunIdFlag = Annotated[str | None, typer.Option(callback=_run_id,
 ExampleFlag = Annotated[bool, typer.Option(help="after publishing, search the snapshot with a golden query")]
 
 
-def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow_call: Callable[[], Any],
+def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow: Callable[[], Callable[[], Any]],
               full: bool | None = None) -> Any:
-    """Check the config and inputs before Prefect or Ray start, then run the flow with progress bars. A build
-    (`full`: of every document; False: of those its plan finds changed or selected) starts Ray first when it is sure
-    to use it, so that Ray's workers get ready while Prefect's server starts (flows/engine.start_ray_ahead)."""
-    from flows.engine import start_ray_ahead
-    from flows.prefect_api import check_prefect_api
+    """Check the config and inputs before Prefect or Ray start, then run the flow (`flow` imports its modules and
+    returns its call) with progress bars. Prefect's temporary server, when one is needed, starts in the background
+    while this process imports the flow's modules and, for a build (`full`: of every document; False: of those its
+    plan finds changed or selected), loads the model and starts Ray where it is sure to use it, so that Ray's
+    workers get ready meanwhile too (flows/engine.py start_ray_ahead, load_model_ahead)."""
+    from flows.engine import load_model_ahead, start_ray_ahead
+    from flows.prefect_api import check_prefect_api, start_temporary_server
     from pipeline.config_loader import load_config
     from pipeline.jobs.preflight import check_inputs
     from pipeline.storage.backend import Storage
@@ -62,10 +64,14 @@ def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow_call: 
     storage = Storage.of(cfg.storage)
     check_inputs(cfg, storage)
     check_prefect_api()
-    with flow_output(as_json):  # its watchdog covers a local Ray started here too
+    with flow_output(as_json):  # its watchdog covers Prefect's temporary server and a local Ray started here too
+        prefect_ready = start_temporary_server()
         if full is not None:
             start_ray_ahead(cfg, storage, full)
-        result = flow_call()
+            load_model_ahead(cfg)
+        call = flow()  # imports the flow's modules
+        prefect_ready()
+        result = call()
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
     return result
@@ -135,12 +141,12 @@ def run(
     are embedded, deleted ones dropped."""
     overrides = parse_sets(set_)
 
-    def call():
+    def flow():
         from flows.reindex import reindex
 
-        return reindex(config, overrides, run_id, full)
+        return lambda: reindex(config, overrides, run_id, full)
 
-    summary = _run_flow(config, overrides, as_json, call, full)
+    summary = _run_flow(config, overrides, as_json, flow, full)
     if not as_json:
         _print_summary(summary, example, config, overrides)
 
@@ -166,12 +172,12 @@ def backfill(
     # an empty or malformed selection, or a shard the run does not have, fails here, before any engine starts
     Selection(frozenset(doc_id), frozenset(shard), where).check_shards(load_config(config, overrides).run.shards)
 
-    def call():
+    def flow():
         from flows.backfill import backfill as backfill_flow
 
-        return backfill_flow(config, doc_id, shard, where, overrides, run_id)
+        return lambda: backfill_flow(config, doc_id, shard, where, overrides, run_id)
 
-    summary = _run_flow(config, overrides, as_json, call, full=False)
+    summary = _run_flow(config, overrides, as_json, flow, full=False)
     if not as_json:
         _print_summary(summary, example, config, overrides)
 
@@ -203,12 +209,12 @@ def migrate(
 
     live_version(Storage.of(cfg.storage), cfg.index_name, served_alias(cfg, "migration"), "migration")  # before Prefect
 
-    def call():
+    def flow():
         from flows.migrate import migrate as migrate_flow
 
-        return migrate_flow(config, model, overrides, run_id)
+        return lambda: migrate_flow(config, model, overrides, run_id)
 
-    summary = _run_flow(config, {"model": model_section(model)} | overrides, as_json, call, full=True)
+    summary = _run_flow(config, {"model": model_section(model)} | overrides, as_json, flow, full=True)
     if as_json:
         return
     blue, green, promotion = summary.blue, summary.green, summary.promotion

@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
-from pipeline.models.card import ModelCard
+from pipeline.models.card import ModelCard, model_max_tokens
 from pipeline.models.kernel_plan import KernelPlan
 from pipeline.models.tokenizer import TextTokenizer
 
@@ -43,14 +43,17 @@ def load_encoder(cfg: ModelConfig, device: str | None = None, threads: int | Non
 
 
 def tokenizer_for(cfg: ModelConfig) -> tuple[TextTokenizer, int]:
-    """The family's tokenizer and token limit, without loading weights (for chunking and preflight)."""
+    """The family's tokenizer and token limit, without loading weights or importing torch (for chunking and
+    preflight: a run that finds nothing to embed never imports it)."""
     if cfg.family == "static":
         from pipeline.models.static import wordllama_tokenizer
 
         return wordllama_tokenizer(cfg)
-    from pipeline.models.transformer import transformer_tokenizer
+    from pipeline.models.sources import resolve_model_dir
 
-    return transformer_tokenizer(cfg)
+    folder = resolve_model_dir(cfg)
+    tokenizer = TextTokenizer.from_folder(folder)
+    return tokenizer, cfg.max_tokens or model_max_tokens(folder, tokenizer.max_length)
 
 
 @lru_cache(maxsize=2)

@@ -159,10 +159,3 @@ class TransformerEncoder:
         # from pinned memory the copy is queued like the kernels instead of waiting for them
         return (input_ids.pin_memory().to(self.device, non_blocking=True),
                 mask.pin_memory().to(self.device, non_blocking=True))
-
-
-def transformer_tokenizer(cfg: ModelConfig) -> tuple[TextTokenizer, int]:
-    """The model's tokenizer and its token limit, without loading the weights (for chunking)."""
-    folder = resolve_model_dir(cfg)
-    tokenizer = TextTokenizer.from_folder(folder)
-    return tokenizer, cfg.max_tokens or model_max_tokens(folder, tokenizer.max_length)

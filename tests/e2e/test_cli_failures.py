@@ -116,7 +116,7 @@ def test_a_killed_cli_leaves_no_process_behind(tmp_path, sample_docs):
         return found
 
     deadline = time.monotonic() + 240
-    # Ray starts first (before Prefect's server: flows/engine.start_ray_ahead), then the server
+    # Ray and Prefect's temporary server start side by side (flows/cli/jobs.py _run_flow)
     while time.monotonic() < deadline and not all(any(what in n for n in names()) for what in ("raylet", "uvicorn")):
         assert cli.poll() is None, "the run ended before Ray and Prefect's server started"
         time.sleep(0.3)
