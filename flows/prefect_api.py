@@ -33,8 +33,9 @@ def start_temporary_server() -> Callable[[], None]:
     once, before the server answers). With PREFECT_API_URL set, nothing starts."""
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         return lambda: None
-    from prefect.server.api.server import SubprocessASGIServer  # ~2 s of imports: in a thread they would hold the
-                                                                # GIL against this one's work, 1.1x slower in all
+    # ~2 s of imports, here: in the thread they held the GIL against this thread's work (1.1x slower in all)
+    from prefect.server.api.server import SubprocessASGIServer
+
     failed: list[BaseException] = []
 
     def start() -> None:

@@ -43,8 +43,8 @@ def load_encoder(cfg: ModelConfig, device: str | None = None, threads: int | Non
 
 
 def tokenizer_for(cfg: ModelConfig) -> tuple[TextTokenizer, int]:
-    """The family's tokenizer and token limit, without loading weights or importing torch (for chunking and
-    preflight: a run that finds nothing to embed never imports it)."""
+    """The family's tokenizer and token limit, without loading weights or importing torch (for chunking, on
+    workers that only prepare, and for the CLI's checks)."""
     if cfg.family == "static":
         from pipeline.models.static import wordllama_tokenizer
 
