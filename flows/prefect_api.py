@@ -26,13 +26,13 @@ def check_prefect_api() -> str | None:
     return url
 
 
-def start_temporary_server() -> Callable[[], None]:
+def start_temporary_server() -> Callable[[], None] | None:
     """Without PREFECT_API_URL, start the temporary local server a flow run would start (Prefect's own) in a thread
     now, so that its start (~5 s on 2 vCPUs) overlaps what this process does before the flow; returns what waits
     until it answers, to call before anything asks Prefect's API (a second start call meanwhile would return at
-    once, before the server answers). With PREFECT_API_URL set, nothing starts."""
+    once, before the server answers). With PREFECT_API_URL set nothing starts, and None comes back."""
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        return lambda: None
+        return None
     # ~2 s of imports, here: in the thread they held the GIL against this thread's work (1.1x slower in all)
     from prefect.server.api.server import SubprocessASGIServer
 

@@ -50,10 +50,10 @@ ExampleFlag = Annotated[bool, typer.Option(help="after publishing, search the sn
 def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow: Callable[[], Callable[[], Any]],
               full: bool | None = None) -> Any:
     """Check the config and inputs before Prefect or Ray start, then run the flow (`flow` imports its modules and
-    returns its call) with progress bars. Prefect's temporary server, when one is needed, starts in the background
-    while this process imports the flow's modules and, for a build (`full`: of every document; False: of those its
-    plan finds changed or selected), loads the model and starts Ray where it is sure to use it, so that Ray's
-    workers get ready meanwhile too (flows/engine.py start_ray_ahead, load_model_ahead)."""
+    returns its call) with progress bars. A build (`full`: of every document; False: of those its plan finds changed
+    or selected) starts Ray first where it is sure to use it, so that Ray's workers get ready meanwhile
+    (flows/engine.py start_ray_ahead). Prefect's temporary server, when one is needed, starts in the background while
+    this process imports the flow's modules and, for a build, loads the model (load_model_ahead)."""
     from flows.engine import load_model_ahead, start_ray_ahead
     from flows.prefect_api import check_prefect_api, start_temporary_server
     from pipeline.config_loader import load_config
@@ -68,9 +68,11 @@ def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow: Calla
         prefect_ready = start_temporary_server()
         if full is not None:
             start_ray_ahead(cfg, storage, full)
-            load_model_ahead(cfg)
+            if prefect_ready:  # else the flow loads it: a failure to load then shows in its run on the server
+                load_model_ahead(cfg)
         call = flow()  # imports the flow's modules
-        prefect_ready()
+        if prefect_ready:
+            prefect_ready()
         result = call()
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
