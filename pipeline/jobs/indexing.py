@@ -27,7 +27,7 @@ import polars as pl
 from pipeline.config import PipelineConfig
 from pipeline.errors import SnapshotError
 from pipeline.index.assemble import concat_flat, concat_parquet, merge_ivf, npy_header
-from pipeline.index.faiss_ops import to_bytes
+from pipeline.index.faiss_ops import write_to
 from pipeline.index.training import FULL_BUILD, Training
 from pipeline.index.variants import TrainedVariant, VariantSpec, train_variants, training_rows
 from pipeline.jobs.executor import Executor, one_task_cpus
@@ -148,7 +148,8 @@ def index_shard(storage: Storage, run_id: str, shard: ShardRows, trained: list[T
         moments = VectorMoments.of(stored)
     for variant in trained:
         index = variant.fill(vectors, shard.first_row)
-        storage.write_bytes(layout.index_shard_key(run_id, shard.shard, f"{variant.spec.name}.faiss"), to_bytes(index))
+        with storage.open_write(layout.index_shard_key(run_id, shard.shard, f"{variant.spec.name}.faiss")) as out:
+            write_to(index, out)
         if variant.spec.name == source:
             moments = VectorMoments.of(index.reconstruct_n(0, index.ntotal))
     return moments
