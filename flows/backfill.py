@@ -8,8 +8,10 @@ from functools import partial
 from typing import Any
 
 from prefect import flow
+from prefect.states import State
 
 from flows.build import build_snapshot, default_run_id
+from flows.scheduled_runs import cancel_if_planned_by_replaced_schedule
 from pipeline.config_loader import load_config
 from pipeline.corpus.delta import Selection
 from pipeline.jobs.build import BuildSummary
@@ -21,9 +23,11 @@ from pipeline.storage.backend import Storage
 @flow(name="backfill", log_prints=True)
 def backfill(config_path: str, doc_ids: list[str] | None = None, shards: list[int] | None = None,
              where: str | None = None, overrides: dict[str, Any] | None = None,
-             run_id: str | None = None) -> BuildSummary:
+             run_id: str | None = None) -> BuildSummary | State:
     """Redo the selected documents (any of `doc_ids`, `shards`, or rows matching `where`) with the config
     as it is now, keep every other document of the live snapshot, publish and promote through the gate."""
+    if replaced := cancel_if_planned_by_replaced_schedule():
+        return replaced
     cfg = load_config(config_path, overrides)
     storage = Storage.of(cfg.storage)
     check_inputs(cfg, storage)

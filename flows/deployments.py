@@ -30,6 +30,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import ValidationError
 
 from flows.prefect_api import check_prefect_api
+from flows.scheduled_runs import planned_by_replaced_schedule
 from pipeline.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,8 +206,7 @@ def drop_runs_of_replaced_schedules(deployment_id: UUID) -> int:
             runs += batch
             if len(batch) < page:
                 break
-        stale = [r.id for r in runs if r.auto_scheduled and r.created_by is not None and r.created_by.type == "SCHEDULE"
-                 and r.created_by.id not in current]
+        stale = [r.id for r in runs if planned_by_replaced_schedule(r, current)]
         for run_id in stale:
             client.delete_flow_run(run_id)
     return len(stale)

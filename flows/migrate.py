@@ -26,11 +26,13 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
+from prefect.states import State
 
 from flows.artifacts import png_artifact
 from flows.build import artifact_key, build_snapshot, default_run_id
 from flows.engine import corpus_bytes, kernels_for_actors
 from flows.live import measure_task, open_live_task
+from flows.scheduled_runs import cancel_if_planned_by_replaced_schedule
 from flows.tasks import local_task
 from pipeline.config import PipelineConfig
 from pipeline.config_loader import load_config
@@ -86,10 +88,12 @@ def write_report_task(storage: Storage, run_id: str, report: dict, markdown: str
 
 @flow(name="migrate model", log_prints=True)
 def migrate(config_path: str, model: str | None = None, overrides: dict[str, Any] | None = None,
-            run_id: str | None = None) -> MigrationSummary:
+            run_id: str | None = None) -> MigrationSummary | State:
     """Build a green snapshot of the config's corpus with `model` (a known model name or a local folder; None:
     the config's own model section), measure blue and green on the golden set, and promote green through
     the config's quality gate (publish.gate). `overrides` (dotted keys) apply after the model."""
+    if replaced := cancel_if_planned_by_replaced_schedule():
+        return replaced
     overrides = ({"model": model_section(model)} if model else {}) | (overrides or {})
     cfg = load_config(config_path, overrides)
     storage = Storage.of(cfg.storage)

@@ -18,9 +18,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.states import State
 
 from flows.build import artifact_key
 from flows.live import measure_task, open_live_task
+from flows.scheduled_runs import cancel_if_planned_by_replaced_schedule
 from flows.tasks import local_task
 from pipeline.config import PipelineConfig
 from pipeline.config_loader import load_config
@@ -46,9 +48,11 @@ def store_result_task(storage: Storage, result: MonitorResult) -> str:
 
 
 @flow(name="monitor live index", log_prints=True)
-def monitor(config_path: str, overrides: dict[str, Any] | None = None) -> MonitorResult:
+def monitor(config_path: str, overrides: dict[str, Any] | None = None) -> MonitorResult | State:
     """Measure the snapshot the alias serves on the golden set; fail when a watched metric fell more than
     monitor.max_drop below its publish-time value."""
+    if replaced := cancel_if_planned_by_replaced_schedule():
+        return replaced
     cfg = load_config(config_path, overrides)
     storage = Storage.of(cfg.storage)
     alias = watched_alias(cfg)

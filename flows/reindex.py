@@ -9,8 +9,10 @@ from functools import partial
 from typing import Any
 
 from prefect import flow
+from prefect.states import State
 
 from flows.build import build_snapshot, default_run_id
+from flows.scheduled_runs import cancel_if_planned_by_replaced_schedule
 from pipeline.config_loader import load_config
 from pipeline.jobs.build import BuildSummary
 from pipeline.jobs.plan import plan_build, plan_full_build
@@ -20,9 +22,11 @@ from pipeline.storage.backend import Storage
 
 @flow(name="reindex", log_prints=True)
 def reindex(config_path: str, overrides: dict[str, Any] | None = None, run_id: str | None = None,
-            full: bool = False) -> BuildSummary:
+            full: bool = False) -> BuildSummary | State:
     """Build, evaluate and publish a snapshot of the corpus a config names, and promote it through the
     quality gate. Reusing `run_id` resumes a run."""
+    if replaced := cancel_if_planned_by_replaced_schedule():
+        return replaced
     cfg = load_config(config_path, overrides)
     storage = Storage.of(cfg.storage)
     check_inputs(cfg, storage)

@@ -133,19 +133,24 @@ def test_deploy_overrides_schedule_pool_and_config_and_the_scheduler_plans_runs(
     assert all(f.parameters == {"config_path": "configs/scifact-full.yaml"} for f in runs)
 
 
-def test_runs_a_replaced_schedule_planned_too_late_are_dropped(prefect_api, prefect_home):
+def test_runs_a_replaced_schedule_planned_too_late_are_dropped_or_end_at_once(prefect_api, prefect_home, tmp_path):
     """Prefect's scheduler plans a pass's runs, then inserts them: a pass that read the old schedule before a deploy
     replaced it inserts runs at the old time after the update deleted the planned ones (PrefectHQ/prefect#17703;
     it failed this module's test above once). That pass is played here with the server's own functions on its
-    database; what it leaves goes when the deploy takes its second look (flows/deployments.py)."""
+    database; what it leaves goes when the deploy takes its second look (flows/deployments.py), and one that
+    starts anyway ends as Cancelled before reading its config (flows/scheduled_runs.py)."""
     import asyncio
 
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.flow_engine import run_flow
     from prefect.server.database import provide_database_interface
     from prefect.server.models.deployments import _generate_scheduled_flow_runs, _insert_scheduled_flow_runs
     from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_API_URL, temporary_settings
+    from prefect.states import Scheduled
 
     from flows.deployments import drop_runs_of_replaced_schedules
+    from flows.reindex import reindex
+    from flows.scheduled_runs import replaced_schedule
 
     server = _server(prefect_api)
     [old] = _deploy_json(prefect_api, "--only", "nightly", "--cron", "0 2 * * *")
@@ -183,7 +188,18 @@ def test_runs_a_replaced_schedule_planned_too_late_are_dropped(prefect_api, pref
     insert(fresh)
     assert times(stale) == {(2, 0)} and scheduled() >= {(2, 0)} | times(fresh)  # what Prefect leaves
     with temporary_settings({PREFECT_API_URL: prefect_api}):
-        assert drop_runs_of_replaced_schedules(deployment) == len(stale) >= 3
+        runs = [r for r in server.read_flow_runs(deployment_filter=DeploymentFilter(
+            id=DeploymentFilterId(any_=[deployment]))) if r.state.is_scheduled()]
+        late = next(r for r in runs if times([r]) == {(2, 0)})
+        assert all(replaced_schedule(r) is None for r in runs if times([r]) <= times(fresh))
+        # it starts anyway (a worker picked it up first; here it is made due now): it ends before reading its
+        # config, which is not there
+        server.set_flow_run_state(late.id, Scheduled(scheduled_time=datetime.datetime.now(datetime.UTC)), force=True)
+        state = run_flow(reindex, flow_run=server.read_flow_run(late.id),
+                         parameters={"config_path": str(tmp_path / "absent.yaml")}, return_type="state")
+        assert state.is_cancelled() and "a schedule its deployment no longer has" in state.message, state
+        assert server.read_flow_run(late.id).state.is_cancelled()
+        assert drop_runs_of_replaced_schedules(deployment) == len(stale) - 1 >= 2
         assert drop_runs_of_replaced_schedules(deployment) == 0
     assert (2, 0) not in scheduled() and scheduled() >= times(fresh)  # the new schedule's runs stay
 
