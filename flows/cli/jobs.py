@@ -48,9 +48,10 @@ ExampleFlag = Annotated[bool, typer.Option(help="after publishing, search the sn
 
 
 def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow: Callable[[], Callable[[], Any]],
-              full: bool | None = None) -> Any:
-    """Check the config and inputs before Prefect or Ray start, then run the flow (`flow` imports its modules and
-    returns its call) with progress bars. A build (`full`: of every document; False: of those its plan finds changed
+              full: bool | None = None, check: Callable | None = None) -> Any:
+    """Check the config and inputs (`check`, given the config and its storage; a build's check_inputs by default)
+    before Prefect or Ray start, then run the flow (`flow` imports its modules and returns its call) with progress
+    bars. A build (`full`: of every document; False: of those its plan finds changed
     or selected) starts Ray first where it is sure to use it, so that Ray's workers get ready meanwhile
     (flows/engine.py start_ray_ahead). Prefect's temporary server, when one is needed, starts in the background while
     this process imports the flow's modules and, for a build, loads the model (load_model_ahead)."""
@@ -62,7 +63,7 @@ def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow: Calla
 
     cfg = load_config(config, overrides)
     storage = Storage.of(cfg.storage)
-    check_inputs(cfg, storage)
+    (check or check_inputs)(cfg, storage)
     check_prefect_api()
     with flow_output(as_json):  # its watchdog covers Prefect's temporary server and a local Ray started here too
         prefect_ready = start_temporary_server()
@@ -246,28 +247,28 @@ def monitor(config: Config, set_: SetFlag = [], as_json: JsonFlag = False) -> No
     """Measure the snapshot the alias serves on the golden set against the metrics recorded when it was
     published; exit 1 when one fell more than monitor.max_drop allows, or a drift statistic moved more than
     monitor.max_drift allows."""
-    from pipeline.config_loader import load_config
     from pipeline.errors import MonitoringFailed
-    from pipeline.storage.backend import Storage
 
     overrides = parse_sets(set_)
-    cfg = load_config(config, overrides)  # a bad config fails before Prefect is imported, let alone started
-    from flows.live import live_version
-    from flows.monitor import monitor as monitor_flow
-    from flows.monitor import watched_alias
-    from flows.prefect_api import check_prefect_api
 
-    live_version(Storage.of(cfg.storage), cfg.index_name, watched_alias(cfg), "monitoring")  # nothing to watch
-    check_prefect_api()
+    def check(cfg, storage) -> None:  # a version to watch (the corpus need not be on this machine)
+        from flows.live import live_version
+        from flows.monitor import watched_alias
 
-    try:
-        with flow_output(as_json):
-            result = monitor_flow(config, overrides)
-    except MonitoringFailed as exc:
-        result = exc.result
-    if as_json:
-        print(json.dumps(result.to_dict(), indent=2))
-    else:
+        live_version(storage, cfg.index_name, watched_alias(cfg), "monitoring")
+
+    def flow():
+        from flows.monitor import monitor as monitor_flow
+
+        def call():
+            try:
+                return monitor_flow(config, overrides)
+            except MonitoringFailed as exc:  # its flow run failed; the table shows what it measured
+                return exc.result
+        return call
+
+    result = _run_flow(config, overrides, as_json, flow, check=check)
+    if not as_json:
         table = RichTable(title=f"{result.index_name}/{result.alias} version {result.version} "
                                 f"({result.model}, mode {result.mode}): now vs at publish time")
         for col in ("metric", "baseline", "current", "drop", "max drop", "status"):
