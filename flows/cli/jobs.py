@@ -51,10 +51,10 @@ def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow: Calla
               full: bool | None = None, check: Callable | None = None) -> Any:
     """Check the config and inputs (`check`, given the config and its storage; a build's check_inputs by default)
     before Prefect or Ray start, then run the flow (`flow` imports its modules and returns its call) with progress
-    bars. A build (`full`: of every document; False: of those its plan finds changed
-    or selected) starts Ray first where it is sure to use it, so that Ray's workers get ready meanwhile
-    (flows/engine.py start_ray_ahead). Prefect's temporary server, when one is needed, starts in the background while
-    this process imports the flow's modules and, for a build, loads the model (load_model_ahead)."""
+    bars. A build (`full`: of every document; False: of those its plan finds changed or selected) starts Ray first
+    where it is sure to use it, so that Ray's workers get ready meanwhile (flows/engine.py start_ray_ahead).
+    Prefect's temporary server, when one is needed, starts in the background while this process imports the flow's
+    modules and, for a build, loads the model (load_model_ahead)."""
     from flows.engine import load_model_ahead, start_ray_ahead
     from flows.prefect_api import check_prefect_api, start_temporary_server
     from pipeline.config_loader import load_config
