@@ -91,16 +91,25 @@ def _parse_cached(text: str, origin: str, overrides_json: str) -> PipelineConfig
     return _parse(text, origin, json.loads(overrides_json))
 
 
+# settings that are maps: in an override key, all after the field's name is one key of it (drift statistics hold
+# dots, metrics '@': monitor.max_drop.ndcg@10, publish.gate.max_drift.vectors.isotropy)
+MAP_FIELDS = ("publish.gate.max_drift", "monitor.max_drop", "monitor.max_drift")
+
+
 def _parse(text: str, origin: str, overrides: dict[str, Any]) -> PipelineConfig:
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
     for dotted, value in overrides.items():
-        if not re.fullmatch(r"[a-z_]+(\.[a-z_]+)*", dotted):
+        field = next((f for f in MAP_FIELDS if dotted.startswith(f + ".")), None)
+        if field:  # one key of a map, set beside the file's keys
+            parents, leaf = field.split("."), dotted.removeprefix(field + ".")
+        elif re.fullmatch(r"[a-z_]+(\.[a-z_]+)*", dotted):
+            *parents, leaf = dotted.split(".")
+        else:
             raise ConfigError(f"override key {dotted!r}: expected dotted field names like run.shards")
         node = data if isinstance(data, dict) else {}
-        *parents, leaf = dotted.split(".")
         for depth, part in enumerate(parents, start=1):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):

@@ -76,6 +76,15 @@ def test_overrides_apply_dotted_keys_and_are_validated():
         load_config(REPO / "configs" / "demo.yaml", {"run.shards": 0})
     with pytest.raises(ConfigError, match=r"override key 'run\.shards\.x': run\.shards is a value, not a section"):
         load_config(REPO / "configs" / "demo.yaml", {"run.shards.x": 1})
+    # one key of a map, set beside the file's keys (demo.yaml's monitor.max_drop has recall@10 and mrr@10)
+    cfg = load_config(REPO / "configs" / "demo.yaml", {"monitor.max_drop.ndcg@10": 0.05,
+                                                       "publish.gate.max_drift.vectors.rows": "20%"})
+    assert cfg.monitor.max_drop == {"recall@10": 0.02, "mrr@10": 0.02, "ndcg@10": 0.05}
+    assert cfg.publish.gate.max_drift == {"vectors.isotropy": 0.05, "vectors.rows": "20%"}
+    with pytest.raises(ConfigError, match=r"monitor\.max_drop\.ndcg@11.*got 'ndcg@11'"):  # a metric it lacks
+        load_config(REPO / "configs" / "demo.yaml", {"monitor.max_drop.ndcg@11": 0.05})
+    with pytest.raises(ConfigError, match=r"override key 'run\.shards@2': expected dotted field names"):
+        load_config(REPO / "configs" / "demo.yaml", {"run.shards@2": 1})
 
 
 def test_metadata_fields_cannot_take_the_pipelines_own_column_names():
@@ -118,3 +127,26 @@ def test_errors_show_ordinary_values_and_redact_only_secret_fields():
     with pytest.raises(ConfigError) as err:  # storage options may carry credentials: never echoed
         parse_config({**base, "storage": {"options": "key=AKIA-secret-value"}})
     assert "storage.options" in str(err.value) and "<redacted>" in str(err.value) and "AKIA" not in str(err.value)
+
+
+def test_every_map_setting_takes_one_key_per_override():
+    """An override key's part after a map's field name is one key of it (MAP_FIELDS): a map added to the config and
+    not named there would split its keys at dots."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from pipeline.config import PipelineConfig
+    from pipeline.config_loader import MAP_FIELDS
+
+    def maps(model: type[BaseModel], prefix: str = "") -> set[str]:
+        out = set()
+        for name, field in model.model_fields.items():
+            kind = field.annotation
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                out |= maps(kind, f"{prefix}{name}.")
+            elif typing.get_origin(kind) is dict:
+                out.add(prefix + name)
+        return out
+
+    assert maps(PipelineConfig) - {"storage.options"} == set(MAP_FIELDS)  # --set refuses storage options
