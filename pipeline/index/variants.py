@@ -61,11 +61,14 @@ class Kind:
     def train(self, sample: np.ndarray, dims: int, ctx: TrainContext) -> tuple[object, dict]:
         raise NotImplementedError
 
-    def fill(self, index, x: np.ndarray, first_row: int) -> None:
-        """Add rows first_row.. (x: float vectors of the variant's dims)."""
+    def fill(self, index, x: np.ndarray, rows: int | np.ndarray) -> None:
+        """Add x (float vectors of the variant's dims) as rows `rows`: their ids, or the first of consecutive ones
+        (flat kinds keep rows in the order they are added, and need no ids)."""
         codes = pack_signs(x) if self.binary else x
         if self.ivf:
-            index.add_with_ids(codes, np.arange(first_row, first_row + len(x), dtype=np.int64))
+            ids = np.arange(rows, rows + len(x), dtype=np.int64) if np.ndim(rows) == 0 else \
+                np.ascontiguousarray(rows, dtype=np.int64)
+            index.add_with_ids(codes, ids)
         else:
             index.add(codes)
 
@@ -261,10 +264,11 @@ class TrainedVariant:
     empty: bytes
     params: dict
 
-    def fill(self, vectors: np.ndarray, first_row: int = 0) -> object:
-        """The trained index holding `vectors` (full dims) as rows first_row.. (an empty copy, filled)."""
+    def fill(self, vectors: np.ndarray, rows: int | np.ndarray = 0) -> object:
+        """The trained index holding `vectors` (full dims) as rows `rows` (ids, or the first of consecutive ones;
+        an empty copy, filled)."""
         index = from_bytes(self.empty, binary=self.spec.kind.binary)
-        self.spec.kind.fill(index, matryoshka(vectors, self.spec.dims), first_row)
+        self.spec.kind.fill(index, matryoshka(vectors, self.spec.dims), rows)
         return index
 
 

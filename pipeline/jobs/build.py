@@ -18,6 +18,7 @@ from pipeline.index.plan import plan_rescore_factor
 from pipeline.index.training import FULL_BUILD
 from pipeline.jobs.executor import Executor
 from pipeline.jobs.indexing import FileEntry, assemble, index_shard, row_layout, train
+from pipeline.jobs.kept_codes import RESCORE, live_codes
 from pipeline.jobs.lexical import StagedBm25
 from pipeline.jobs.plan import BuildPlan
 from pipeline.jobs.prepare import PreparedRun
@@ -50,17 +51,20 @@ class StagedIndexes:
 
 def build_indexes(cfg: PipelineConfig, storage: Storage, prepared: PreparedRun, target: Storage, plan: BuildPlan,
                   dims: int, executor: Executor) -> StagedIndexes:
-    """Train every variant once on a bounded sample, fill them shard by shard on the executor's workers, and
+    """Train every variant once on a bounded sample, fill them shard by shard on the executor's workers (the rows
+    an incremental build keeps with live's codes where it shares live's training: jobs/kept_codes.py), and
     assemble each snapshot file in the version folder `target` (pipeline/jobs/indexing.py)."""
     shards = row_layout(prepared.shards, prepared.shard_rows)
     trained = train(cfg, storage, prepared.run_id, shards, dims, executor, plan.training)
+    live = live_codes(plan.against.live, trained, cfg.index.store_fp16, dims)
     moments = executor.map(partial(index_shard, storage, prepared.run_id, trained=trained,
-                                   store_fp16=cfg.index.store_fp16), shards)
+                                   store_fp16=cfg.index.store_fp16, dims=dims, live=live), shards)
     # a backfill's version records no files or documents table: its kept documents are live's, not the files'
     tables = [layout.DOCUMENTS, layout.FILES] if plan.against.selection is None else []
-    what = [layout.IDS, *tables, *(["rescore"] if cfg.index.store_fp16 else []), *(t.spec.name for t in trained)]
+    what = [layout.IDS, *tables, *([RESCORE] if cfg.index.store_fp16 else []), *(t.spec.name for t in trained)]
     written: list[list[FileEntry]] = executor.map(
-        partial(assemble, storage, prepared.run_id, target, shards=shards, trained=trained, dims=dims), what)
+        partial(assemble, storage, prepared.run_id, target, shards=shards, trained=trained, dims=dims, live=live),
+        what)
     files = {e.name: {"sha256": e.sha256, "bytes": e.bytes} for entries in written for e in entries}
     rows = sum(s.rows for s in shards)
     params = {"metric": "inner_product", "variants": {t.spec.name: t.params for t in trained},

@@ -26,19 +26,29 @@ import polars as pl
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import SnapshotError
-from pipeline.index.assemble import concat_flat, concat_parquet, merge_ivf, npy_header
-from pipeline.index.faiss_ops import write_to
+from pipeline.index.assemble import (
+    KeptLists,
+    concat_flat,
+    concat_parquet,
+    flat_codes,
+    flat_header,
+    flat_row_bytes,
+    merge_ivf,
+    npy_header,
+)
+from pipeline.index.faiss_ops import from_bytes, write_to
 from pipeline.index.training import FULL_BUILD, Training
 from pipeline.index.variants import TrainedVariant, VariantSpec, train_variants, training_rows
 from pipeline.jobs.executor import Executor, one_task_cpus
-from pipeline.jobs.shards import INPUT_COLUMNS, is_committed
+from pipeline.jobs.kept_codes import RESCORE, RESCORE_DTYPE, LiveCodes
+from pipeline.jobs.shards import INPUT_COLUMNS, LIVE_ROW, is_committed
 from pipeline.quality.drift import VectorMoments, vectors_source
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
 from pipeline.storage.tables import read_parquet, write_parquet
 
-RESCORE_DTYPE = "<f2"
 SAMPLE = "sample.npy"  # a shard's share of the training sample, under runs/<run>/index/<shard>/
+KEPT = "kept.npy"  # a shard's kept rows: their live rows, then their rows, for IVF merges (kept_codes.py)
 
 
 @dataclass(frozen=True)
@@ -58,27 +68,42 @@ def row_layout(shards: list[int], rows: dict[int, int]) -> list[ShardRows]:
     return out
 
 
-def shard_table(storage: Storage, run_id: str, shard: int) -> pl.DataFrame:
-    """A committed shard's chunk rows with their vectors, in snapshot order (bucket, then chunk id): the rows of
-    its chunk parts, each given the vector of its chunk hash from its vectors parts (embedded, or cache files
-    copied whole when it was prepared, which may hold other chunks' vectors too)."""
+def _parts(storage: Storage, run_id: str, shard: int, folder: str) -> list[str]:
+    return [layout.shard_key(run_id, shard, f"{folder}/{name}") for name in storage.list(
+        layout.shard_key(run_id, shard, folder))]
+
+
+def chunk_rows(storage: Storage, run_id: str, shard: int) -> pl.DataFrame:
+    """A committed shard's chunk rows in snapshot order (bucket, then chunk id), kept ones with their LIVE_ROW."""
     if not is_committed(storage, run_id, shard):
         raise SnapshotError(f"run {run_id} shard {shard} has no {layout.MARKER} marker; it was not embedded")
+    return pl.concat([read_parquet(storage, key, [*INPUT_COLUMNS, LIVE_ROW])
+                      for key in _parts(storage, run_id, shard, "chunks")]).sort("bucket", "chunk_id")
 
-    def parts(folder: str, columns: list[str]) -> pl.DataFrame:
-        keys = [layout.shard_key(run_id, shard, f"{folder}/{name}") for name in storage.list(
-            layout.shard_key(run_id, shard, folder))]
-        return pl.concat([read_parquet(storage, key, columns) for key in keys])
 
-    rows, vectors = parts("chunks", INPUT_COLUMNS), parts("vectors", ["chunk_hash", "vector"])
+def with_vectors(storage: Storage, run_id: str, shard: int, rows: pl.DataFrame) -> pl.DataFrame:
+    """`rows` (some of a shard's chunk rows) each given the vector of its chunk hash from the shard's vectors parts
+    (embedded, or cache files copied whole when it was prepared, which may hold other chunks' vectors too); a part
+    holding none of their hashes is not decoded."""
+    wanted, frames = rows["chunk_hash"].implode(), []
+    for key in _parts(storage, run_id, shard, "vectors"):
+        if read_parquet(storage, key, ["chunk_hash"])["chunk_hash"].is_in(wanted).any():
+            frames.append(read_parquet(storage, key, ["chunk_hash", "vector"]).filter(
+                pl.col("chunk_hash").is_in(wanted)))
+    vectors = pl.concat(frames) if frames else pl.DataFrame(schema={"chunk_hash": pl.String, "vector": pl.Float32})
     if vectors["chunk_hash"].n_unique() < vectors.height:  # a hash in two cache files, or twice in a part
         vectors = vectors.unique("chunk_hash", keep="any")
-    table = rows.join(vectors, on="chunk_hash", how="left").sort("bucket", "chunk_id")
+    table = rows.join(vectors, on="chunk_hash", how="left", maintain_order="left")
     if lost := table["vector"].null_count():
         first = table.filter(pl.col("vector").is_null())["chunk_id"][0]
         raise SnapshotError(f"run {run_id} shard {shard}: {lost} chunks (first: {first}) have no vector in its "
                             f"vectors parts; run it again under a new run id")
     return table
+
+
+def shard_table(storage: Storage, run_id: str, shard: int) -> pl.DataFrame:
+    """A committed shard's chunk rows with their vectors, in snapshot order."""
+    return with_vectors(storage, run_id, shard, chunk_rows(storage, run_id, shard))
 
 
 def vectors_of(table: pl.DataFrame) -> np.ndarray:
@@ -89,15 +114,16 @@ def load_vectors(storage: Storage, run_id: str, shards: list[int]) -> tuple[pl.D
     """Every listed shard's chunk rows and vectors in snapshot order, in memory: for small runs, tests and
     benchmarks (the index stage never gathers them)."""
     table = pl.concat([shard_table(storage, run_id, shard) for shard in sorted(shards)])
-    return table.drop("vector"), vectors_of(table)
+    return table.drop("vector", LIVE_ROW), vectors_of(table)
 
 
 def sample_shard(storage: Storage, run_id: str, shard: ShardRows, rows: np.ndarray) -> int:
     """Write the vectors of the snapshot rows `rows` (sorted) that fall in this shard to the run's training sample;
     returns how many."""
     local = rows[(rows >= shard.first_row) & (rows < shard.first_row + shard.rows)] - shard.first_row
+    picked = chunk_rows(storage, run_id, shard.shard)[local]  # only their vectors are read
     out = io.BytesIO()
-    np.save(out, vectors_of(shard_table(storage, run_id, shard.shard))[local], allow_pickle=False)
+    np.save(out, vectors_of(with_vectors(storage, run_id, shard.shard, picked)), allow_pickle=False)
     storage.write_bytes(layout.index_shard_key(run_id, shard.shard, SAMPLE), out.getvalue())
     return len(local)
 
@@ -128,30 +154,64 @@ def train(cfg: PipelineConfig, storage: Storage, run_id: str, shards: list[Shard
     return trained
 
 
-def index_shard(storage: Storage, run_id: str, shard: ShardRows, trained: list[TrainedVariant],
-                store_fp16: bool) -> VectorMoments | None:
+def index_shard(storage: Storage, run_id: str, shard: ShardRows, trained: list[TrainedVariant], store_fp16: bool,
+                dims: int, live: LiveCodes | None = None) -> VectorMoments | None:
     """One shard's share of every snapshot file: its id rows, fp16 rows, and each variant filled with its vectors.
-    Returns the sums the drift statistics need over the vectors as the version will read them back
-    (drift.vectors_source; None when it cannot), so its evaluation need not pass over every row again."""
-    table = shard_table(storage, run_id, shard.shard)
+    Where `live` holds every output's codes of the rows it keeps (pipeline/jobs/kept_codes.py), those rows' codes
+    come from live's files and only the other rows' vectors are read. Returns the sums the drift statistics need over
+    the vectors as the version will read them back (drift.vectors_source; None when it cannot), so its evaluation
+    need not pass over every row again."""
+    table = chunk_rows(storage, run_id, shard.shard)
     if table.height != shard.rows:
         raise SnapshotError(f"run {run_id} shard {shard.shard} holds {table.height} rows, its marker said "
                             f"{shard.rows}")
     ids = table.select(pl.int_range(shard.first_row, shard.first_row + shard.rows, dtype=pl.Int64).alias("row"),
                        *INPUT_COLUMNS)
     write_parquet(storage, layout.index_shard_key(run_id, shard.shard, "ids.parquet"), ids)
-    vectors, moments = vectors_of(table), None
+    outputs = [*([RESCORE] if store_fp16 else []), *(t.spec.name for t in trained)]
+    live_rows = table[LIVE_ROW].fill_null(-1).to_numpy()
+    kept = live_rows >= 0 if live is not None and live.covers(outputs) else np.zeros(shard.rows, dtype=bool)
+    encoded = table.filter(pl.Series(~kept))
+    vectors = vectors_of(with_vectors(storage, run_id, shard.shard, encoded)) if encoded.height else \
+        np.empty((0, dims), dtype=np.float32)
+
+    def with_kept(name: str, fresh: np.ndarray) -> np.ndarray:
+        """Every row's codes of output `name`: live's for the kept rows, `fresh` for the others."""
+        codes = np.empty((shard.rows, fresh.shape[1]), dtype=np.uint8)
+        codes[~kept], codes[kept] = fresh, live.rows(name, live_rows[kept])
+        return codes
+
+    moments = None
     source = vectors_source(store_fp16, [t.spec.name for t in trained])
     if store_fp16:
         stored = vectors.astype(RESCORE_DTYPE)
+        if kept.any():
+            stored = with_kept(RESCORE, stored.view(np.uint8)).view(RESCORE_DTYPE)
         storage.write_bytes(layout.index_shard_key(run_id, shard.shard, "rescore.f16"), stored.tobytes())
         moments = VectorMoments.of(stored)
+    rows = shard.first_row + np.flatnonzero(~kept)
     for variant in trained:
-        index = variant.fill(vectors, shard.first_row)
+        index = variant.fill(vectors, rows)
         with storage.open_write(layout.index_shard_key(run_id, shard.shard, f"{variant.spec.name}.faiss")) as out:
-            write_to(index, out)
+            if kept.any() and not variant.spec.kind.ivf:  # the header for every row, then their codes
+                binary = variant.spec.kind.binary
+                codes = with_kept(variant.spec.name, flat_codes(index, len(variant.empty),
+                                                                 flat_row_bytes(variant.empty, binary)))
+                out.write(flat_header(variant.empty, binary, shard.rows))
+                out.write(codes.data)
+                if variant.spec.name == source:
+                    index = from_bytes(flat_header(variant.empty, binary, shard.rows) + codes.tobytes(), binary)
+            else:
+                write_to(index, out)
         if variant.spec.name == source:
             moments = VectorMoments.of(index.reconstruct_n(0, index.ntotal))
+    kept_key = layout.index_shard_key(run_id, shard.shard, KEPT)
+    if kept.any() and live.ivf:  # the IVF files' merge takes the kept rows' codes from live's lists
+        out = io.BytesIO()
+        np.save(out, np.stack([live_rows[kept], shard.first_row + np.flatnonzero(kept)]), allow_pickle=False)
+        storage.write_bytes(kept_key, out.getvalue())
+    elif storage.exists(kept_key):  # an earlier attempt's
+        storage.delete(kept_key)
     return moments
 
 
@@ -163,10 +223,10 @@ class FileEntry:
 
 
 def assemble(storage: Storage, run_id: str, target: Storage, what: str, shards: list[ShardRows],
-             trained: list[TrainedVariant], dims: int) -> list[FileEntry]:
-    """Write one snapshot file (`what`: the id, documents or files table, "rescore" or a variant's name) into the
+             trained: list[TrainedVariant], dims: int, live: LiveCodes | None = None) -> list[FileEntry]:
+    """Write one snapshot file (`what`: the id, documents or files table, RESCORE or a variant's name) into the
     version folder `target` from the run's files, streaming; IVF variants also write their lists and trained
-    index."""
+    index, with the kept rows' codes from `live`'s lists where the shards took them from live."""
     if what in (layout.IDS, layout.DOCUMENTS):  # the shards' tables one after another: bucket order
         key = partial(layout.index_shard_key, run_id, name=what) if what == layout.IDS else \
             partial(layout.shard_key, run_id, name=what)
@@ -177,7 +237,7 @@ def assemble(storage: Storage, run_id: str, target: Storage, what: str, shards: 
         data = storage.read_bytes(layout.run_files_key(run_id))
         target.write_bytes(what, data)
         return [FileEntry(what, hashlib.sha256(data).hexdigest(), len(data))]
-    if what == "rescore":
+    if what == RESCORE:
         with target.open_write(layout.RESCORE_STORE) as out:
             out.write(npy_header(sum(s.rows for s in shards), dims, RESCORE_DTYPE))
             for s in shards:
@@ -201,12 +261,29 @@ def assemble(storage: Storage, run_id: str, target: Storage, what: str, shards: 
             local.append(Path(tmp) / f"{s.shard:05d}.faiss")
             storage.get_file(layout.index_shard_key(run_id, s.shard, f"{what}.faiss"), local[-1])
         index_path, ivfdata = Path(tmp) / "merged.faiss", Path(tmp) / Path(layout.ivfdata_file(what)).name
-        merge_ivf(variant.empty, binary, local, index_path, ivfdata)
+        merge_ivf(variant.empty, binary, local, index_path, ivfdata, _kept_lists(storage, run_id, shards, live, what,
+                                                                                Path(tmp) / "live"))
         entries = [FileEntry(variant.spec.file, *target.put_file(variant.spec.file, index_path)),
                    FileEntry(layout.ivfdata_file(what), *target.put_file(layout.ivfdata_file(what), ivfdata))]
     trained_name = layout.trained_file(what)
     target.write_bytes(trained_name, variant.empty)
     return entries + [FileEntry(trained_name, hashlib.sha256(variant.empty).hexdigest(), len(variant.empty))]
+
+
+def _kept_lists(storage: Storage, run_id: str, shards: list[ShardRows], live: LiveCodes | None, what: str,
+                folder: Path) -> KeptLists | None:
+    """Live's IVF file of variant `what` (copied into `folder`) and the rows the shards kept of it, where they took
+    their codes from it; else None."""
+    kept = [layout.index_shard_key(run_id, s.shard, KEPT) for s in shards] if live and what in live.ivf else []
+    pairs = [np.load(io.BytesIO(storage.read_bytes(key)), allow_pickle=False) for key in kept if storage.exists(key)]
+    if not pairs:
+        return None
+    folder.mkdir()
+    path = folder / Path(live.ivf[what]).name
+    live.storage.get_file(live.ivf[what], path)
+    live.storage.get_file(layout.ivfdata_file(what), folder / Path(layout.ivfdata_file(what)).name)
+    live_rows, rows = np.concatenate(pairs, axis=1)
+    return KeptLists(path, live_rows, rows)
 
 
 def _copy(src, out, block: int = 8 << 20) -> None:

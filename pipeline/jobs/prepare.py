@@ -39,7 +39,7 @@ from pipeline.corpus.sharding import bucket_range
 from pipeline.errors import InputError, SnapshotError, StorageError
 from pipeline.jobs.executor import Executor, LocalExecutor
 from pipeline.jobs.read_piece import PieceResult, read_piece
-from pipeline.jobs.shards import INPUT_COLUMNS
+from pipeline.jobs.shards import INPUT_COLUMNS, LIVE_ROW
 from pipeline.jobs.unread import Unread, files_left_unread, in_buckets
 from pipeline.jobs.worker import node, peak_rss_mb
 from pipeline.models.cache import EmbeddingCache
@@ -129,7 +129,9 @@ def prepare_shard(cfg: PipelineConfig, storage: Storage, run_id: str, shard: int
         frames = [f for f in (chunks, kept) if f.height]
         if not frames:
             return
-        rows = pl.concat(frames, how="diagonal_relaxed").select(*INPUT_COLUMNS, "text")
+        rows = pl.concat(frames, how="diagonal_relaxed")
+        live_row = pl.col(LIVE_ROW) if LIVE_ROW in rows.columns else pl.lit(None, pl.Int64).alias(LIVE_ROW)
+        rows = rows.select(*INPUT_COLUMNS, live_row, "text")
         write_parquet(storage, shard_key(run_id, shard, f"chunks/{name}"), rows)
         parts.append(name)
         metadata.append(rows.select(*INPUT_COLUMNS, pl.col("text").is_not_null().alias("has_text"),

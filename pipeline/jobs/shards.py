@@ -27,6 +27,9 @@ from pipeline.storage.layout import MARKER, PREPARED, shard_key
 from pipeline.storage.tables import read_parquet, write_parquet
 
 MODEL_CARD_KEY = "embedpipe.model_card"
+# A kept chunk's row in the live version its run compares with (null for chunks redone): the index stage copies its
+# codes from live's files (pipeline/jobs/kept_codes.py).
+LIVE_ROW = "live_row"
 INPUT_COLUMNS = ["chunk_id", "doc_id", "chunk_index", "start", "end", "n_tokens", "chunk_hash", "doc_hash", "title",
                  "bucket"]
 

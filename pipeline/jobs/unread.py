@@ -12,6 +12,7 @@ import polars as pl
 from pipeline.config import PipelineConfig
 from pipeline.corpus.files import FILES_SCHEMA, to_hash, unread_files, with_sha256
 from pipeline.corpus.pieces import InputFile
+from pipeline.jobs.shards import LIVE_ROW
 from pipeline.snapshots.manifest import recorded_config
 from pipeline.storage.backend import Storage
 from pipeline.storage.keys import redact
@@ -52,11 +53,11 @@ def _comparable(cfg: PipelineConfig, live: Storage | None, chunking: dict) -> pl
 
 def in_buckets(live: Storage, name: str, lo: int, hi: int) -> pl.DataFrame:
     """The rows of one of the live snapshot's tables (ids, documents) in buckets [lo, hi): only the row groups
-    that hold them are read."""
+    that hold them are read. The ids table's `row` comes as LIVE_ROW."""
     import pyarrow.parquet as pq
 
     table = pq.read_table(live.path(name), filesystem=live.fs, filters=[("bucket", ">=", lo), ("bucket", "<", hi)])
-    return pl.from_arrow(table).drop("row", strict=False)
+    return pl.from_arrow(table).rename({"row": LIVE_ROW}, strict=False)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pipeline.jobs.lexical import analyze_shard, build_bm25
 from pipeline.jobs.plan import BuildPlan
 from pipeline.jobs.prepare import ShardInput, prepare
 from pipeline.jobs.shards import embed_shard
+from pipeline.snapshots.snapshot import commit
 from pipeline.storage.backend import Storage
 from pipeline.storage.layout import BM25_FOLDER, IDS
 from tests.conftest import write_jsonl
@@ -52,8 +53,9 @@ def test_incremental_bm25_equals_a_full_rebuild_and_needs_the_term_cache(tmp_pat
     docs = [dict(d) for d in sample_docs[:40]]
     storage = Storage(str(tmp_path / "store"))
     cfg = config(write_jsonl(tmp_path / "v1.jsonl", docs), tmp_path / "store")
-    first, v1, built1, _ = build(cfg, storage, "r1", encoder)
+    first, v1, built1, staged1 = build(cfg, storage, "r1", encoder)
     assert built1.counts["bm25_analysed"] == first.counts["chunks"] and built1.counts["bm25_terms_from_cache"] == 0
+    commit(storage, "t", "r1", staged1.files, {"index": staged1.params})  # live: what later builds compare with
 
     edited = [{**d, "text": d["text"] + " An erratum about statins."} if i == 3 else d
               for i, d in enumerate(docs) if i != 5] + [sample_docs[40]]

@@ -389,3 +389,63 @@ def test_golden_queries_are_encoded_once_per_model(tmp_path, encoder):
     assert np.array_equal(again.encode(queries[::-1], kind="query"), vectors[::-1])
     assert encoder.tokens_encoded == before  # nothing encoded the second time
     assert len(again.encode(["a new query"] + queries, kind="query")) == 4 and encoder.tokens_encoded > before
+
+
+@pytest.mark.parametrize("variants,store,keeps", [(["exact", "fp16", "ivfpq", "binary", "exact@64"], True, True),
+                                                  (["binary", "exact"], False, True),
+                                                  (["exact", "ivfpq", "binary-ivf"], True, False)],
+                         ids=["live-codes", "live-codes-no-store", "trained-anew"])
+def test_an_incremental_index_stage_takes_kept_rows_codes_from_live_and_writes_a_full_builds_files(
+        tmp_path, sample_docs, encoder, monkeypatch, variants, store, keeps):
+    """Kept chunks' codes come from the live version's files (flat files by row, IVF-PQ lists by list while its
+    training is kept), so only the redone chunks' vectors are read; every file is the one a build that encodes
+    every vector writes, and the drift sums are the same. A variant trained anew (binary-ivf's centroids) needs
+    every vector."""
+    from dataclasses import replace
+
+    from pipeline.jobs import indexing
+    from pipeline.jobs.plan import reusable_training
+    from pipeline.snapshots.snapshot import Snapshot, commit
+
+    docs = [dict(d) for d in sample_docs[:30]]
+    corpus = write_jsonl(tmp_path / "c.jsonl", docs)
+    cfg, storage = config(corpus, tmp_path / "store"), Storage(str(tmp_path / "store"))
+    # a small sample (its vectors are read either way), whose training the edited corpus is taken to fit
+    ivf = cfg.index.ivf.model_copy(update={"max_train_points": 200, "max_reuse_error_ratio": 10.0})
+    cfg = cfg.model_copy(update={"index": cfg.index.model_copy(update={"variants": variants, "ivf": ivf,
+                                                                        "store_fp16": store})})
+
+    def built(run_id: str, version: str, plan: BuildPlan):
+        prepared = prepare(cfg, storage, run_id, plan.against, encoder.card, LOCAL)
+        for s in prepared.shards:
+            embed_shard(storage, run_id, s, encoder)
+        claim(storage, "t", version, run_id)
+        return prepared, build_indexes(cfg, storage, prepared, storage.child(f"snapshots/t/{version}"), plan,
+                                       encoder.card.dims, LOCAL)
+
+    prepared, staged = built("run1", "v1", FULL)
+    commit(storage, "t", "v1", staged.files, {"index": staged.params, "chunking": prepared.chunking,
+                                              "model": {"fingerprint": encoder.card.fingerprint}})
+    docs[3]["text"] += " An added closing sentence changes the last chunk of this document."
+    write_jsonl(corpus, docs[:7] + docs[8:] + [sample_docs[30]])  # one edited, one deleted, one added
+    live = Snapshot.of(storage, "t", "v1").storage
+    plan = BuildPlan(ShardInput(live), "v1", "incremental: test",
+                     reusable_training(storage, "t", "v1", encoder.card.fingerprint, prepared.chunking))
+    read = []
+    with_vectors = indexing.with_vectors
+    monkeypatch.setattr(indexing, "with_vectors", lambda *a: read.append(a[-1].height) or with_vectors(*a))
+    prepared2, incremental = built("run2", "v2", plan)
+    kept = prepared2.counts["chunks_kept"]
+    assert 0 < kept < prepared2.counts["chunks"]
+    assert "ivfpq" not in variants or incremental.params["variants"]["ivfpq"]["trained_in"] == "v1"
+    sample = 200 if "ivfpq" in variants else 0  # its vectors are read to check that live's training still fits
+    assert sum(read) == sample + prepared2.counts["chunks"] - (kept if keeps else 0)
+    read.clear()
+    full = build_indexes(cfg, storage, prepared2, storage.child("snapshots/t/v2-full"),
+                         replace(plan, against=FULL.against), encoder.card.dims, LOCAL)
+    assert sum(read) == sample + prepared2.counts["chunks"]
+    assert incremental.files == full.files and incremental.params == full.params  # every file, byte for byte
+    assert incremental.moments.rows == full.moments.rows == prepared2.counts["chunks"]
+    for got, want in [(incremental.moments.total, full.moments.total), (incremental.moments.squares,
+                                                                       full.moments.squares)]:
+        np.testing.assert_array_equal(got, want)

@@ -34,7 +34,7 @@ def whole_and_sharded(tmp_path_factory):
         files = []
         for a, b in zip(bounds, bounds[1:], strict=False):
             files.append(folder / f"{t.spec.name}-{a}.faiss")
-            files[-1].write_bytes(to_bytes(t.fill(x[a:b], first_row=a)))
+            files[-1].write_bytes(to_bytes(t.fill(x[a:b], a)))
         merged = folder / f"{t.spec.name}.faiss"
         if t.spec.kind.ivf:
             merge_ivf(t.empty, binary, files, merged, folder / f"{t.spec.name}.ivfdata")

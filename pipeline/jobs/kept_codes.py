@@ -1,0 +1,91 @@
+"""Codes an incremental build copies from the live version for the chunks it keeps, instead of reading their
+vectors and encoding them again: so the index stage's encoding grows with the change, not the corpus.
+
+A kept chunk has the vector live indexed (the same model and chunk hash: pipeline/jobs/plan.py compares with live
+only then), so wherever a file's code for a vector depends on that vector and on training this build shares with
+live, live's code is the one a full build would write:
+- flat files (the fp16 store; exact, fp16, binary; int8 where its ranges equal live's): a shard's kept rows come
+  from one read of the byte range of its live rows (a shard is a bucket range, and live's rows are in bucket order),
+  picked by their live row (prepare recorded it: LIVE_ROW);
+- IVF files whose training equals live's (IVF-PQ while its training is kept): live's lists, filtered and
+  renumbered, merged with the new rows' lists in row order (pipeline/index/assemble.py merge_ivf).
+A variant live lacks, or one trained anew, encodes every vector, as a full build does; while any does, a shard reads
+every vector, else only those of the chunks it redoes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.index.assemble import flat_row_bytes, same_flat_training, same_ivf_training
+from pipeline.index.variants import TrainedVariant
+from pipeline.storage import layout
+from pipeline.storage.backend import Storage
+
+RESCORE = "rescore"  # the fp16 store's name among a shard's outputs (the others are variants' names)
+RESCORE_DTYPE = "<f2"
+
+
+@dataclass(frozen=True)
+class FlatRows:
+    """Where live's rows of one flat file are: row r at offset + r * row_bytes."""
+
+    file: str
+    offset: int
+    row_bytes: int
+
+
+@dataclass(frozen=True)
+class LiveCodes:
+    """Live's files whose codes this build keeps, by output: flat ones by their rows, IVF ones by their index file
+    (whose lists are in the .ivfdata beside it)."""
+
+    storage: Storage  # live's version folder
+    flat: dict[str, FlatRows] = field(default_factory=dict)
+    ivf: dict[str, str] = field(default_factory=dict)
+
+    def covers(self, outputs: list[str]) -> bool:
+        return all(name in self.flat or name in self.ivf for name in outputs)
+
+    def rows(self, name: str, live_rows: np.ndarray) -> np.ndarray:
+        """Live's codes of `live_rows` in the flat output `name` (a row of bytes each), from one read of the range
+        they span."""
+        where = self.flat[name]
+        lo, hi = int(live_rows.min()), int(live_rows.max()) + 1
+        with self.storage.open_read(where.file) as fh:
+            fh.seek(where.offset + lo * where.row_bytes)
+            block = np.frombuffer(fh.read((hi - lo) * where.row_bytes), dtype=np.uint8)
+        return block.reshape(hi - lo, where.row_bytes)[live_rows - lo]
+
+
+def live_codes(live: Storage | None, trained: list[TrainedVariant], store_fp16: bool, dims: int) -> LiveCodes | None:
+    """Which of this build's outputs may take kept rows' codes from the live version `live` (None: a full build;
+    reads live's manifest, the fp16 store's header, each flat file's header and each IVF training: kilobytes)."""
+    if live is None:
+        return None
+    variants = json.loads(live.read_bytes(layout.MANIFEST))["index"]["variants"]
+    codes = LiveCodes(live)
+    if store_fp16 and live.exists(layout.RESCORE_STORE):
+        with live.open_read(layout.RESCORE_STORE) as fh:
+            version = np.lib.format.read_magic(fh)
+            shape, fortran, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                                     np.lib.format.read_array_header_2_0)(fh)
+            if shape[1:] == (dims,) and dtype == np.dtype(RESCORE_DTYPE) and not fortran:
+                codes.flat[RESCORE] = FlatRows(layout.RESCORE_STORE, fh.tell(), 2 * dims)
+    for variant in trained:
+        name, binary = variant.spec.name, variant.spec.kind.binary
+        if name not in variants:
+            continue
+        if variant.spec.kind.ivf:
+            trained_file = layout.trained_file(name)
+            if live.exists(trained_file) and same_ivf_training(live.read_bytes(trained_file), variant.empty, binary):
+                codes.ivf[name] = variant.spec.file
+            continue
+        with live.open_read(variant.spec.file) as fh:
+            header = fh.read(len(variant.empty))
+        if same_flat_training(header, variant.empty, binary):
+            codes.flat[name] = FlatRows(variant.spec.file, len(variant.empty), flat_row_bytes(variant.empty, binary))
+    return codes
