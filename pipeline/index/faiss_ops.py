@@ -70,10 +70,16 @@ def train_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int, use_gpu: bool |
 FIT_ROWS = 20_000  # rows that measure a training's fit (every row up to twice this, else a stride of them)
 
 
+def fit_rows(rows: np.ndarray) -> np.ndarray:
+    """The rows (of a sample, or its row numbers) a training's fit is measured on: fewer than 2 * FIT_ROWS, and
+    fit_rows of them are themselves, so a build may read only these rows of its sample to measure it."""
+    return rows[::max(1, len(rows) // FIT_ROWS)]
+
+
 def reconstruction_error(index: faiss.Index, vectors: np.ndarray) -> float:
-    """How well a trained IVF-PQ index's centroids and codebooks fit `vectors`: the squared error of the vectors
-    encoded and decoded, relative to their squared norms (0: exact; a spread of rows, at most 2 * FIT_ROWS)."""
-    x = np.ascontiguousarray(vectors[::max(1, len(vectors) // FIT_ROWS)])
+    """How well a trained IVF-PQ index's centroids and codebooks fit `vectors`: the squared error of fit_rows of
+    the vectors encoded and decoded, relative to their squared norms (0: exact)."""
+    x = np.ascontiguousarray(fit_rows(vectors))
     decoded = index.sa_decode(index.sa_encode(x))
     return float(f"{((x - decoded) ** 2).sum() / (x ** 2).sum():.6g}")  # 6 digits: the manifest's figure
 

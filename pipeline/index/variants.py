@@ -27,7 +27,13 @@ import numpy as np
 
 from pipeline.config import VARIANT_KINDS, VARIANT_PATTERN, IndexConfig
 from pipeline.errors import IndexBuildError, SnapshotError
-from pipeline.index.faiss_ops import check_vectors, from_bytes, reconstruction_error, to_bytes, train_ivfpq
+from pipeline.index.faiss_ops import (
+    check_vectors,
+    from_bytes,
+    reconstruction_error,
+    to_bytes,
+    train_ivfpq,
+)
 from pipeline.index.plan import IvfPlan, plan_ivf, plan_ivfpq
 from pipeline.index.ranking import rerank
 from pipeline.index.representations import Int8Ranges, asymmetric_binary_scores, matryoshka, pack_signs
@@ -46,6 +52,11 @@ class TrainContext:
     name: str  # the variant's name (training is reused by name)
     n: int  # rows the index will hold
     ivf: IvfPlan | None = None
+    fit_only: bool = False  # the sample is only fit_rows(training rows): enough to check a kept training's fit
+
+
+class NeedsWholeSample(Exception):  # noqa: N818 (a signal, not an error: the caller reads the whole sample)
+    """Raised by a training given only the rows a fit is measured on, when it must train anew."""
 
 
 class Kind:
@@ -123,6 +134,8 @@ class IvfPq(Kind):
         else:
             why = ctx.training.why if earlier is None else \
                 f"trained on this build's vectors: the plan changed ({earlier[1]['factory']} -> {plan.factory})"
+        if ctx.fit_only:
+            raise NeedsWholeSample(f"{ctx.name}: {why}")
         index = train_ivfpq(sample, plan, ctx.seed)
         return index, {**plan.to_dict(), "seed": ctx.seed, "bytes_per_vector": plan.code_bytes, "training": why,
                        "reconstruction_error": reconstruction_error(index, sample)}
@@ -256,6 +269,13 @@ def training_rows(n: int, cfg: IndexConfig, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
+def may_keep_training(cfg: IndexConfig, training: Training) -> bool:
+    """Whether every variant that trains may keep an earlier training (IVF-PQ with one to reuse): then its fit is
+    checked on fit_rows of the sample first, and the whole sample read only if it must train anew."""
+    specs = [VariantSpec.parse(name) for name in cfg.vector_variants]
+    return all(isinstance(s.kind, IvfPq) and s.name in training.variants for s in specs if s.kind.trains)
+
+
 @dataclass(frozen=True)
 class TrainedVariant:
     """A variant ready to be filled, shard by shard: its trained, empty index and its manifest parameters."""
@@ -283,8 +303,9 @@ def check_prefixes(cfg: IndexConfig, dims: int, model: str) -> None:
 
 
 def train_variants(cfg: IndexConfig, n: int, dims: int, sample: np.ndarray, seed: int,
-                   training: Training = FULL_BUILD) -> list[TrainedVariant]:
-    """Every configured vector variant trained once: `sample` holds the vectors of training_rows(n) (full dims)."""
+                   training: Training = FULL_BUILD, fit_only: bool = False) -> list[TrainedVariant]:
+    """Every configured vector variant trained once: `sample` holds the vectors of training_rows(n) (full dims), or
+    with `fit_only` of their fit_rows (NeedsWholeSample where a variant must train anew)."""
     check_prefixes(cfg, dims, "the model")
     out = []
     for name in cfg.vector_variants:
@@ -292,7 +313,8 @@ def train_variants(cfg: IndexConfig, n: int, dims: int, sample: np.ndarray, seed
         kind = spec.kind
         x = matryoshka(sample, spec.dims) if len(sample) else np.empty((0, spec.dims or dims), np.float32)
         d = spec.dims or dims
-        ctx = TrainContext(cfg, seed, training, spec.name, n, plan_ivf(n, cfg.ivf) if kind.trains else None)
+        ctx = TrainContext(cfg, seed, training, spec.name, n, plan_ivf(n, cfg.ivf) if kind.trains else None,
+                           fit_only)
         index, params = kind.train(x, d, ctx)
         params = {"kind": kind.name, "dims": d, "file": spec.file, **params}
         if kind.ivf:

@@ -36,9 +36,16 @@ from pipeline.index.assemble import (
     merge_ivf,
     npy_header,
 )
-from pipeline.index.faiss_ops import from_bytes, write_to
+from pipeline.index.faiss_ops import fit_rows, from_bytes, write_to
 from pipeline.index.training import FULL_BUILD, Training
-from pipeline.index.variants import TrainedVariant, VariantSpec, train_variants, training_rows
+from pipeline.index.variants import (
+    NeedsWholeSample,
+    TrainedVariant,
+    VariantSpec,
+    may_keep_training,
+    train_variants,
+    training_rows,
+)
 from pipeline.jobs.executor import Executor, one_task_cpus
 from pipeline.jobs.kept_codes import RESCORE, RESCORE_DTYPE, LiveCodes
 from pipeline.jobs.shards import INPUT_COLUMNS, LIVE_ROW, is_committed
@@ -129,29 +136,39 @@ def sample_shard(storage: Storage, run_id: str, shard: ShardRows, rows: np.ndarr
 
 
 def train_on_sample(cfg: PipelineConfig, storage: Storage, run_id: str, n: int, dims: int, training: Training,
-                    holders: list[int]) -> list[TrainedVariant]:
+                    holders: list[int], fit_only: bool = False) -> list[TrainedVariant] | None:
     """Every variant trained on the sample the shards `holders` wrote (in row order); one worker task with one
-    actor's CPUs, so the sample and FAISS's training memory stay out of the driver."""
+    actor's CPUs, so the sample and FAISS's training memory stay out of the driver. None where the sample held
+    only the fit rows (`fit_only`) and a variant must train anew."""
     parts = [np.load(io.BytesIO(storage.read_bytes(layout.index_shard_key(run_id, s, SAMPLE))), allow_pickle=False)
              for s in holders]
     sample = np.concatenate(parts) if parts else np.empty((0, dims), dtype=np.float32)
-    return train_variants(cfg.index, n, dims, sample, cfg.run.seed, training)
+    try:
+        return train_variants(cfg.index, n, dims, sample, cfg.run.seed, training, fit_only)
+    except NeedsWholeSample:
+        return None
 
 
 def train(cfg: PipelineConfig, storage: Storage, run_id: str, shards: list[ShardRows], dims: int, executor: Executor,
           training: Training = FULL_BUILD) -> list[TrainedVariant]:
     """Every variant trained once on the seeded sample (at most index.ivf.max_train_points vectors): the workers
     write their shards' share of it, one task trains on it; the driver gets the trained, empty indexes (centroids
-    and codebooks: kilobytes to a few MB)."""
+    and codebooks: kilobytes to a few MB). Where every training may be kept from live, its fit is checked on the
+    rows it is measured on first (at most 2 x FIT_ROWS), and the whole sample read only to train anew."""
     n = sum(s.rows for s in shards)
-    holders: list[ShardRows] = []
-    if any(VariantSpec.parse(v).kind.trains for v in cfg.index.vector_variants):
-        rows = training_rows(n, cfg.index, cfg.run.seed)
+    trains = any(VariantSpec.parse(v).kind.trains for v in cfg.index.vector_variants)
+    rows = training_rows(n, cfg.index, cfg.run.seed) if trains else np.empty(0, dtype=np.int64)
+
+    def on(rows: np.ndarray, fit_only: bool) -> list[TrainedVariant] | None:
         holders = [s for s in shards if ((rows >= s.first_row) & (rows < s.first_row + s.rows)).any()]
         executor.map(partial(sample_shard, storage, run_id, rows=rows), holders)
-    [trained] = executor.map(partial(train_on_sample, cfg, storage, run_id, n, dims, training),
-                             [[s.shard for s in holders]], cpus=one_task_cpus(cfg.run))
-    return trained
+        [trained] = executor.map(partial(train_on_sample, cfg, storage, run_id, n, dims, training, fit_only=fit_only),
+                                 [[s.shard for s in holders]], cpus=one_task_cpus(cfg.run))
+        return trained
+
+    if trains and may_keep_training(cfg.index, training) and (kept := on(fit_rows(rows), fit_only=True)):
+        return kept
+    return on(rows, fit_only=False)
 
 
 def index_shard(storage: Storage, run_id: str, shard: ShardRows, trained: list[TrainedVariant], store_fp16: bool,
@@ -178,7 +195,8 @@ def index_shard(storage: Storage, run_id: str, shard: ShardRows, trained: list[T
     def with_kept(name: str, fresh: np.ndarray) -> np.ndarray:
         """Every row's codes of output `name`: live's for the kept rows, `fresh` for the others."""
         codes = np.empty((shard.rows, fresh.shape[1]), dtype=np.uint8)
-        codes[~kept], codes[kept] = fresh, live.rows(name, live_rows[kept])
+        codes[~kept] = fresh
+        live.copy_kept(name, np.where(kept, live_rows, -1), codes)
         return codes
 
     moments = None

@@ -50,15 +50,19 @@ class LiveCodes:
     def covers(self, outputs: list[str]) -> bool:
         return all(name in self.flat or name in self.ivf for name in outputs)
 
-    def rows(self, name: str, live_rows: np.ndarray) -> np.ndarray:
-        """Live's codes of `live_rows` in the flat output `name` (a row of bytes each), from one read of the range
-        they span."""
-        where = self.flat[name]
-        lo, hi = int(live_rows.min()), int(live_rows.max()) + 1
+    def copy_kept(self, name: str, live_rows: np.ndarray, codes: np.ndarray) -> None:
+        """Copy live's codes of the flat output `name` into `codes` (a row of bytes per shard row) for the rows
+        whose `live_rows` is not -1: one read of the range they span, then a copy per run of rows that follow each
+        other in both (kept rows keep live's order, so the runs are as many as the edits between them)."""
+        where, at = self.flat[name], np.flatnonzero(live_rows >= 0)
+        source = live_rows[at]
+        lo, hi = int(source[0]), int(source[-1]) + 1
         with self.storage.open_read(where.file) as fh:
             fh.seek(where.offset + lo * where.row_bytes)
-            block = np.frombuffer(fh.read((hi - lo) * where.row_bytes), dtype=np.uint8)
-        return block.reshape(hi - lo, where.row_bytes)[live_rows - lo]
+            block = np.frombuffer(fh.read((hi - lo) * where.row_bytes), dtype=np.uint8).reshape(hi - lo, -1)
+        breaks = np.flatnonzero((np.diff(at) != 1) | (np.diff(source) != 1)) + 1
+        for first, end in zip(np.r_[0, breaks], np.r_[breaks, len(at)], strict=True):
+            codes[at[first]:at[first] + end - first] = block[source[first] - lo:source[first] - lo + end - first]
 
 
 def live_codes(live: Storage | None, trained: list[TrainedVariant], store_fp16: bool, dims: int) -> LiveCodes | None:

@@ -391,27 +391,31 @@ def test_golden_queries_are_encoded_once_per_model(tmp_path, encoder):
     assert len(again.encode(["a new query"] + queries, kind="query")) == 4 and encoder.tokens_encoded > before
 
 
-@pytest.mark.parametrize("variants,store,keeps", [(["exact", "fp16", "ivfpq", "binary", "exact@64"], True, True),
-                                                  (["binary", "exact"], False, True),
-                                                  (["exact", "ivfpq", "binary-ivf"], True, False)],
-                         ids=["live-codes", "live-codes-no-store", "trained-anew"])
+@pytest.mark.parametrize("variants,store,ratio,sample,keeps", [
+    (["exact", "fp16", "ivfpq", "binary", "exact@64"], True, 10.0, 50, True),
+    (["binary", "exact"], False, 10.0, 0, True),
+    (["exact", "ivfpq", "binary-ivf"], True, 10.0, 200, False),
+    (["exact", "ivfpq"], True, 0.5, 50 + 200, False)], ids=["live-codes", "live-codes-no-store", "trained-anew",
+                                                             "training-misfit"])
 def test_an_incremental_index_stage_takes_kept_rows_codes_from_live_and_writes_a_full_builds_files(
-        tmp_path, sample_docs, encoder, monkeypatch, variants, store, keeps):
+        tmp_path, sample_docs, encoder, monkeypatch, variants, store, ratio, sample, keeps):
     """Kept chunks' codes come from the live version's files (flat files by row, IVF-PQ lists by list while its
-    training is kept), so only the redone chunks' vectors are read; every file is the one a build that encodes
-    every vector writes, and the drift sums are the same. A variant trained anew (binary-ivf's centroids) needs
-    every vector."""
+    training is kept), so only the redone chunks' vectors are read, and of the training sample only the rows a
+    kept training's fit is measured on; every file is the one a build that encodes every vector writes, and the
+    drift sums are the same. A variant trained anew (binary-ivf's centroids, IVF-PQ that no longer fits) needs every
+    vector and the whole sample."""
     from dataclasses import replace
 
+    from pipeline.index import faiss_ops
     from pipeline.jobs import indexing
     from pipeline.jobs.plan import reusable_training
     from pipeline.snapshots.snapshot import Snapshot, commit
 
+    monkeypatch.setattr(faiss_ops, "FIT_ROWS", 50)  # a fit measured on every 4th of the 200 training rows
     docs = [dict(d) for d in sample_docs[:30]]
     corpus = write_jsonl(tmp_path / "c.jsonl", docs)
     cfg, storage = config(corpus, tmp_path / "store"), Storage(str(tmp_path / "store"))
-    # a small sample (its vectors are read either way), whose training the edited corpus is taken to fit
-    ivf = cfg.index.ivf.model_copy(update={"max_train_points": 200, "max_reuse_error_ratio": 10.0})
+    ivf = cfg.index.ivf.model_copy(update={"max_train_points": 200, "max_reuse_error_ratio": ratio})
     cfg = cfg.model_copy(update={"index": cfg.index.model_copy(update={"variants": variants, "ivf": ivf,
                                                                         "store_fp16": store})})
 
@@ -437,8 +441,10 @@ def test_an_incremental_index_stage_takes_kept_rows_codes_from_live_and_writes_a
     prepared2, incremental = built("run2", "v2", plan)
     kept = prepared2.counts["chunks_kept"]
     assert 0 < kept < prepared2.counts["chunks"]
-    assert "ivfpq" not in variants or incremental.params["variants"]["ivfpq"]["trained_in"] == "v1"
-    sample = 200 if "ivfpq" in variants else 0  # its vectors are read to check that live's training still fits
+    if "ivfpq" in variants:
+        training = incremental.params["variants"]["ivfpq"]
+        assert ("trained_in" in training) == (ratio > 1) and training["training"].startswith(
+            "reused from version v1" if ratio > 1 else "trained on this build's vectors: they fit version v1")
     assert sum(read) == sample + prepared2.counts["chunks"] - (kept if keeps else 0)
     read.clear()
     full = build_indexes(cfg, storage, prepared2, storage.child("snapshots/t/v2-full"),

@@ -177,3 +177,13 @@ def test_live_training_is_reused_while_it_fits_and_retrained_once_the_corpus_mov
     older = {k: v for k, v in training.variants["ivfpq"][1].items() if k != "reconstruction_error"}
     _, params = build_variant(spec, edited, cfg, seed=0, training=Training({"ivfpq": (trained.empty, older)}))
     assert "trained_in" not in params and "recorded no reconstruction error" in params["training"]
+
+
+@pytest.mark.parametrize("n", [10, 20_000, 39_999, 40_000, 59_999, 200_000, 1_000_003])
+def test_a_kept_trainings_fit_measured_on_its_fit_rows_alone_is_the_one_over_the_whole_sample(n):
+    """An incremental build reads only fit_rows of the training sample to check a kept training: the rows
+    reconstruction_error picks from them are the ones it picks from the whole sample, so the figure is the same."""
+    from pipeline.index.faiss_ops import FIT_ROWS, fit_rows
+
+    sample = np.arange(n)
+    assert np.array_equal(fit_rows(fit_rows(sample)), fit_rows(sample)) and len(fit_rows(sample)) < 2 * FIT_ROWS
