@@ -105,6 +105,7 @@ def write_shards(root: Path, mixture: Mixture, n: int, shards: int, seed: int) -
 
     from pipeline.corpus.files import DOCUMENTS_SCHEMA, FILES_SCHEMA
     from pipeline.corpus.sharding import bucket_range
+    from pipeline.jobs.shards import LIVE_ROW
     from pipeline.storage.backend import Storage
     from pipeline.storage.layout import DOCUMENTS, MARKER, run_files_key, shard_key
     from pipeline.storage.tables import write_parquet
@@ -128,7 +129,8 @@ def write_shards(root: Path, mixture: Mixture, n: int, shards: int, seed: int) -
                                   "end": pl.Series([1] * len(ids), dtype=pl.UInt32),
                                   "n_tokens": pl.Series([1] * len(ids), dtype=pl.UInt32),
                                   "chunk_hash": ids, "doc_hash": ids, "title": [""] * len(ids),
-                                  "bucket": pl.Series([bucket_range(shard, shards)[0]] * len(ids), dtype=pl.UInt16)})
+                                  "bucket": pl.Series([bucket_range(shard, shards)[0]] * len(ids), dtype=pl.UInt16),
+                                  LIVE_ROW: pl.Series([None] * len(ids), dtype=pl.Int64)})  # a full build's
             write_parquet(storage, shard_key("bench", shard, f"chunks/{start:012d}.parquet"), table)
             write_parquet(storage, shard_key("bench", shard, f"vectors/{start:012d}.parquet"), table.select(
                 "chunk_hash", pl.Series("vector", vectors[start - a:end - a], dtype=pl.Array(pl.Float32,

@@ -36,7 +36,7 @@ from pipeline.index.assemble import (
     merge_ivf,
     npy_header,
 )
-from pipeline.index.faiss_ops import fit_rows, from_bytes, write_to
+from pipeline.index.faiss_ops import fit_rows, write_to
 from pipeline.index.training import FULL_BUILD, Training
 from pipeline.index.variants import (
     NeedsWholeSample,
@@ -84,8 +84,13 @@ def chunk_rows(storage: Storage, run_id: str, shard: int) -> pl.DataFrame:
     """A committed shard's chunk rows in snapshot order (bucket, then chunk id), kept ones with their LIVE_ROW."""
     if not is_committed(storage, run_id, shard):
         raise SnapshotError(f"run {run_id} shard {shard} has no {layout.MARKER} marker; it was not embedded")
-    return pl.concat([read_parquet(storage, key, [*INPUT_COLUMNS, LIVE_ROW])
-                      for key in _parts(storage, run_id, shard, "chunks")]).sort("bucket", "chunk_id")
+    try:
+        parts = [read_parquet(storage, key, [*INPUT_COLUMNS, LIVE_ROW]) for key in _parts(storage, run_id, shard,
+                                                                                        "chunks")]
+    except pl.exceptions.ColumnNotFoundError:
+        raise SnapshotError(f"run {run_id} shard {shard}: its chunk parts have no {LIVE_ROW} column (prepared by an "
+                            f"older embedpipe); run it again under a new run id") from None
+    return pl.concat(parts).sort("bucket", "chunk_id")
 
 
 def with_vectors(storage: Storage, run_id: str, shard: int, rows: pl.DataFrame) -> pl.DataFrame:
@@ -209,7 +214,7 @@ def index_shard(storage: Storage, run_id: str, shard: ShardRows, trained: list[T
         moments = VectorMoments.of(stored)
     rows = shard.first_row + np.flatnonzero(~kept)
     for variant in trained:
-        index = variant.fill(vectors, rows)
+        index, codes = variant.fill(vectors, rows), None  # the rows to encode
         with storage.open_write(layout.index_shard_key(run_id, shard.shard, f"{variant.spec.name}.faiss")) as out:
             if kept.any() and not variant.spec.kind.ivf:  # the header for every row, then their codes
                 binary = variant.spec.kind.binary
@@ -217,12 +222,11 @@ def index_shard(storage: Storage, run_id: str, shard: ShardRows, trained: list[T
                                                                  flat_row_bytes(variant.empty, binary)))
                 out.write(flat_header(variant.empty, binary, shard.rows))
                 out.write(codes.data)
-                if variant.spec.name == source:
-                    index = from_bytes(flat_header(variant.empty, binary, shard.rows) + codes.tobytes(), binary)
             else:
                 write_to(index, out)
-        if variant.spec.name == source:
-            moments = VectorMoments.of(index.reconstruct_n(0, index.ntotal))
+        if variant.spec.name == source:  # a flat kind's codes decode as its reconstruction does
+            moments = VectorMoments.of(index.reconstruct_n(0, index.ntotal) if codes is None else
+                                       index.sa_decode(codes))
     kept_key = layout.index_shard_key(run_id, shard.shard, KEPT)
     if kept.any() and live.ivf:  # the IVF files' merge takes the kept rows' codes from live's lists
         out = io.BytesIO()
