@@ -152,8 +152,8 @@ class IvfConfig(_Strict):
     nprobe: Annotated[int, Field(gt=0)] | None = None
     # The training sample's cap, i.e. its memory (200k x 384 dims x 4 B = 307 MB); nlist <= cap / 39.
     max_train_points: Annotated[int, Field(gt=0)] = 200_000
-    # An incremental build reuses live's IVF-PQ training while its vectors' PQ reconstruction error stays within
-    # this multiple of the error at training time (pipeline/index/variants.py; benchmarks/training_reuse.py)
+    # An incremental build reuses live's training (IVF-PQ's, int8's ranges) while its vectors' reconstruction
+    # error stays within this multiple of the error when trained (index/variants.py; benchmarks/training_reuse.py)
     max_reuse_error_ratio: Annotated[float, Field(ge=1.0)] = 1.15
 
     @model_validator(mode="after")

@@ -1,8 +1,10 @@
-"""IVF-PQ training a build may keep from an earlier version, and whether it still fits this build's vectors.
+"""Training a build may keep from an earlier version, and whether it still fits this build's vectors.
 
-An incremental build may keep live's coarse centroids and PQ codebooks (training is most of its index time) while the
-plan is unchanged and the training fits: its PQ reconstruction error on this build's sample stays within
-`index.ivf.max_reuse_error_ratio` times the error on the sample it was trained on (benchmarks/training_reuse.py).
+An incremental build may keep live's IVF-PQ coarse centroids and PQ codebooks (training is most of its index time),
+and its int8 ranges (int8-ivf: both), while the plan is unchanged and the training fits: its reconstruction error on
+this build's sample stays within `index.ivf.max_reuse_error_ratio` times the error on the sample it was trained on
+(benchmarks/training_reuse.py, for IVF-PQ). A kept training also lets the build copy the kept chunks' codes from live
+instead of encoding their vectors (pipeline/jobs/kept_codes.py).
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ Trained = tuple[bytes, dict]  # a variant's trained, empty index (FAISS bytes) a
 
 @dataclass(frozen=True)
 class Training:
-    """IVF-PQ training a build may reuse: a committed version's trained, empty IVF-PQ indexes and their manifest
-    parameters (variant name -> Trained), and why they may be reused, or none and why not. Recorded per variant in
-    the manifest."""
+    """Training a build may reuse: a committed version's trained, empty indexes of the kinds that keep it and their
+    manifest parameters (variant name -> Trained), and why they may be reused, or none and why not. Recorded per
+    variant in the manifest."""
 
     variants: dict[str, Trained] = field(default_factory=dict)
     why: str = "trained on this build's vectors: a full build"
@@ -41,7 +43,7 @@ def misfit(params: dict, now: float, limit: float) -> str | None:
     if _growth(params, now) <= limit:
         return None
     return (f"trained on this build's vectors: they fit version {version}'s training {_growth(params, now):.2f}x "
-            f"worse than the vectors it was trained on (PQ reconstruction error {now:.4g} against "
+            f"worse than the vectors it was trained on (reconstruction error {now:.4g} against "
             f"{params['reconstruction_error']:.4g}; index.ivf.max_reuse_error_ratio {limit:g})")
 
 

@@ -62,9 +62,35 @@ class Kind:
     binary = False  # a faiss.IndexBinary: faiss.read_index_binary reads its file
     trains = False  # needs the IVF plan and a training sample
     ivf = False  # inverted lists: shard files merge by list, rows carry their ids
+    keeps_training = False  # an incremental build may keep live's training while it fits (kept_training)
 
     def train(self, sample: np.ndarray, dims: int, ctx: TrainContext) -> tuple[object, dict]:
         raise NotImplementedError
+
+    def kept_training(self, sample: np.ndarray, dims: int, ctx: TrainContext, factory: str,
+                      nprobe: int | None = None) -> tuple[object, dict] | str:
+        """An earlier version's trained index and parameters, kept while its plan is this build's (`factory`) and it
+        still fits this build's sample (pipeline/index/training.py); else why the variant is trained anew (raised as
+        NeedsWholeSample when the sample holds only the fit rows). `nprobe`: this build's, for IVF kinds."""
+        earlier = ctx.training.variants.get(ctx.name)
+        if earlier is None:
+            why = ctx.training.why
+        elif earlier[1]["factory"] != factory or earlier[1]["dims"] != dims:
+            why = f"trained on this build's vectors: the plan changed ({earlier[1]['factory']} -> {factory})"
+        else:
+            params = {k: v for k, v in earlier[1].items() if k not in ("index_bytes", "quality", "training")}
+            index = from_bytes(earlier[0])
+            now = reconstruction_error(index, sample)
+            why = misfit(params, now, ctx.cfg.ivf.max_reuse_error_ratio)
+            if why is None:
+                params |= {"reconstruction_error_now": now, "training": kept_note(params, now, ctx.training.why)}
+                if nprobe is not None:  # how a search scans, not training: this build's plan (its N) sets it
+                    faiss.extract_index_ivf(index).nprobe = nprobe
+                    params["nprobe"] = nprobe
+                return index, params
+        if ctx.fit_only:
+            raise NeedsWholeSample(f"{ctx.name}: {why}")
+        return why
 
     def fill(self, index, x: np.ndarray, rows: int | np.ndarray) -> None:
         """Add x (float vectors of the variant's dims) as rows `rows`: their ids, or the first of consecutive ones
@@ -107,31 +133,18 @@ class Fp16(Kind):
 
 class IvfPq(Kind):
     name = "ivfpq"
-    trains = ivf = True
+    trains = ivf = keeps_training = True
 
     def train(self, sample, dims, ctx):
+        # The earlier version's coarse quantizer and PQ codebooks: training is most of an incremental run's index
+        # time. The plan changing (the corpus grew), or the vectors moving away from what it was trained on (new
+        # topics: its lists fill unevenly and its codes lose the nearest neighbours), retrains.
         plan = plan_ivfpq(ctx.n, dims, ctx.cfg.ivf)
-        earlier = ctx.training.variants.get(ctx.name)
-        if earlier is not None and earlier[1]["factory"] == plan.factory and earlier[1]["dims"] == dims:
-            # The earlier version's coarse quantizer and PQ codebooks: training is most of an incremental run's
-            # index time. The plan changing (the corpus grew), or the vectors moving away from what it was trained
-            # on (new topics: its lists fill unevenly and its codes lose the nearest neighbours), retrains.
-            params = {k: v for k, v in earlier[1].items() if k not in ("index_bytes", "quality", "training")}
-            index = from_bytes(earlier[0])
-            now = reconstruction_error(index, sample)
-            why = misfit(params, now, ctx.cfg.ivf.max_reuse_error_ratio)
-            if why is None:
-                # nprobe is how a search scans, not training: this build's plan (its N, or ivf.nprobe) sets it
-                faiss.extract_index_ivf(index).nprobe = plan.nprobe
-                return index, params | {"nprobe": plan.nprobe, "reconstruction_error_now": now,
-                                        "training": kept_note(params, now, ctx.training.why)}
-        else:
-            why = ctx.training.why if earlier is None else \
-                f"trained on this build's vectors: the plan changed ({earlier[1]['factory']} -> {plan.factory})"
-        if ctx.fit_only:
-            raise NeedsWholeSample(f"{ctx.name}: {why}")
+        kept = self.kept_training(sample, dims, ctx, plan.factory, plan.nprobe)
+        if not isinstance(kept, str):
+            return kept
         index = train_ivfpq(sample, plan, ctx.seed)
-        return index, {**plan.to_dict(), "seed": ctx.seed, "bytes_per_vector": plan.code_bytes, "training": why,
+        return index, {**plan.to_dict(), "seed": ctx.seed, "bytes_per_vector": plan.code_bytes, "training": kept,
                        "reconstruction_error": reconstruction_error(index, sample)}
 
 
@@ -140,7 +153,7 @@ class Int8(Kind):
     them (`represent`), so they are represented exactly like the indexed vectors."""
 
     name = "int8"
-    trains = True
+    trains = keeps_training = True
 
     def factory(self, ivf: IvfPlan) -> str:
         return "SQ8"
@@ -149,12 +162,29 @@ class Int8(Kind):
         return faiss.downcast_index(index).sq
 
     def train(self, sample, dims, ctx):
-        index = faiss.index_factory(dims, self.factory(ctx.ivf), faiss.METRIC_INNER_PRODUCT)
+        # ranges kept from an earlier version while they fit: a kept training lets an incremental build copy the
+        # kept chunks' codes instead of encoding every vector again (pipeline/jobs/kept_codes.py)
+        factory = self.factory(ctx.ivf)
+        kept = self.kept_training(sample, dims, ctx, factory, ctx.ivf.nprobe if self.ivf else None)
+        if not isinstance(kept, str):
+            return kept
+        index = faiss.index_factory(dims, factory, faiss.METRIC_INNER_PRODUCT)
         params = self.prepare(index, ctx)
         index.train(sample)
-        return index, {"factory": self.factory(ctx.ivf), "bytes_per_vector": dims,
+        return index, {"factory": factory, "bytes_per_vector": dims,
                        "int8_ranges": Int8Ranges.from_index(self.quantizer(index)).to_dict(),
-                       "train_points": ctx.ivf.train_points, "seed": ctx.seed, **params}
+                       "train_points": ctx.ivf.train_points, "seed": ctx.seed, **params, "training": kept,
+                       "reconstruction_error": reconstruction_error(index, sample)}
+
+    @staticmethod
+    def trained_of(params: dict) -> bytes:
+        """A flat int8 variant's trained, empty index from its manifest parameters: its ranges are all its
+        training, so a later build keeps them without reading the index."""
+        index = faiss.index_factory(params["dims"], "SQ8", faiss.METRIC_INNER_PRODUCT)
+        ranges = Int8Ranges.from_dict(params.get("int8_ranges"), f"variant {params['kind']}")
+        faiss.copy_array_to_vector(np.concatenate([ranges.vmin, ranges.vdiff]), faiss.downcast_index(index).sq.trained)
+        index.is_trained = True
+        return to_bytes(index)
 
     def prepare(self, index, ctx: TrainContext) -> dict:
         return {}
@@ -264,10 +294,10 @@ def training_rows(n: int, cfg: IndexConfig, seed: int) -> np.ndarray:
 
 
 def may_keep_training(cfg: IndexConfig, training: Training) -> bool:
-    """Whether every variant that trains may keep an earlier training (IVF-PQ with one to reuse): then its fit is
-    checked on fit_rows of the sample first, and the whole sample read only if it must train anew."""
+    """Whether every variant that trains may keep an earlier training (of a kind that keeps it, with one to keep):
+    then its fit is checked on fit_rows of the sample first, and the whole sample read only to train anew."""
     specs = [VariantSpec.parse(name) for name in cfg.vector_variants]
-    return all(isinstance(s.kind, IvfPq) and s.name in training.variants for s in specs if s.kind.trains)
+    return all(s.kind.keeps_training and s.name in training.variants for s in specs if s.kind.trains)
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,13 @@ vectors and encoding them again: so the index stage's encoding grows with the ch
 A kept chunk has the vector live indexed (the same model and chunk hash: pipeline/jobs/plan.py compares with live
 only then), so wherever a file's code for a vector depends on that vector and on training this build shares with
 live, live's code is the one a full build would write:
-- flat files (the fp16 store; exact, fp16, binary; int8 where its ranges equal live's): a shard's kept rows come
+- flat files (the fp16 store; exact, fp16, binary; int8 while live's ranges are kept): a shard's kept rows come
   from one read of the byte range of its live rows (a shard is a bucket range, and live's rows are in bucket order),
-  picked by their live row (prepare recorded it: LIVE_ROW);
-- IVF files whose training equals live's (IVF-PQ while its training is kept): live's lists, filtered and
-  renumbered, merged with the new rows' lists in row order (pipeline/index/assemble.py merge_ivf).
-A variant live lacks, or one trained anew, encodes every vector, as a full build does; while any does, a shard reads
-every vector, else only those of the chunks it redoes.
+  copied run by run to their rows (prepare recorded each one's live row: LIVE_ROW);
+- IVF files whose training is live's (IVF-PQ, int8-ivf while it is kept): live's lists, filtered and renumbered,
+  merged with the new rows' lists in row order (pipeline/index/assemble.py merge_ivf).
+A variant live lacks, or one trained anew (binary-ivf always; any training that no longer fits), encodes every
+vector, as a full build does; while any does, a shard reads every vector, else only those of the chunks it redoes.
 """
 
 from __future__ import annotations

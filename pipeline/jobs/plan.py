@@ -20,6 +20,7 @@ from pipeline.corpus.delta import Selection
 from pipeline.errors import InputError
 from pipeline.index.analyzer import Analyzer, fingerprint
 from pipeline.index.training import FULL_BUILD, Training
+from pipeline.index.variants import KINDS, Int8
 from pipeline.jobs.prepare import ShardInput
 from pipeline.snapshots.aliases import read_alias
 from pipeline.snapshots.snapshot import Snapshot
@@ -42,9 +43,10 @@ class BuildPlan:
 
 def reusable_training(storage: Storage, index_name: str, version: str | None, model_fingerprint: str,
                       chunking: dict) -> Training:
-    """The IVF-PQ training of a committed version that a build may reuse, and why (or why not). Only a version
-    embedded with the same model and chunked with the same parameters qualifies: codebooks trained on another
-    model's vectors (even of the same dims) would quantise this build's vectors into the wrong cells."""
+    """The trainings of a committed version that a build may reuse (IVF-PQ's quantizer and codebooks, int8's ranges,
+    int8-ivf's both), and why (or why not). Only a version embedded with the same model and chunked with the same
+    parameters qualifies: codebooks trained on another model's vectors (even of the same dims) would quantise this
+    build's vectors into the wrong cells."""
     if version is None:
         return FULL_BUILD
     snapshot = Snapshot.of(storage, index_name, version)
@@ -57,8 +59,10 @@ def reusable_training(storage: Storage, index_name: str, version: str | None, mo
         return Training(why=f"trained on this build's vectors: version {version} was chunked with other "
                             f"parameters ({snapshot.manifest.get('chunking')}; this build {chunking})")
     params = {name: snapshot.variant_params(name) for name in snapshot.variants}
-    return Training({name: (snapshot.trained(name), {**p, "trained_in": p.get("trained_in", version)})
-                     for name, p in params.items() if p["kind"] == "ivfpq"},
+    kept = {name: p for name, p in params.items() if p["kind"] in KINDS and KINDS[p["kind"]].keeps_training}
+    # a flat int8 variant's training is its ranges, in the manifest: its index is not read
+    return Training({name: (Int8.trained_of(p) if p["kind"] == Int8.name else snapshot.trained(name),
+                            {**p, "trained_in": p.get("trained_in", version)}) for name, p in kept.items()},
                     why=f"the same model ({model_fingerprint}), chunker parameters and plan as version {version}")
 
 

@@ -392,18 +392,18 @@ def test_golden_queries_are_encoded_once_per_model(tmp_path, encoder):
 
 
 @pytest.mark.parametrize("variants,store,ratio,sample,keeps", [
-    (["exact", "fp16", "ivfpq", "binary", "exact@64"], True, 10.0, 50, True),
-    (["binary", "exact"], False, 10.0, 0, True),
-    (["exact", "ivfpq", "binary-ivf"], True, 10.0, 200, False),
-    (["exact", "ivfpq"], True, 0.5, 50 + 200, False)], ids=["live-codes", "live-codes-no-store", "trained-anew",
-                                                             "training-misfit"])
+    (["exact", "fp16", "ivfpq", "int8", "int8-ivf", "binary", "exact@64"], True, 1000.0, 50, True),
+    (["binary", "exact"], False, 1000.0, 0, True),
+    (["exact", "ivfpq", "binary-ivf"], True, 1000.0, 200, False),
+    (["exact", "ivfpq", "int8"], True, 1.0, 50 + 200, False)], ids=["live-codes", "live-codes-no-store",
+                                                                     "trained-anew", "training-misfit"])
 def test_an_incremental_index_stage_takes_kept_rows_codes_from_live_and_writes_a_full_builds_files(
         tmp_path, sample_docs, encoder, monkeypatch, variants, store, ratio, sample, keeps):
-    """Kept chunks' codes come from the live version's files (flat files by row, IVF-PQ lists by list while its
-    training is kept), so only the redone chunks' vectors are read, and of the training sample only the rows a
-    kept training's fit is measured on; every file is the one a build that encodes every vector writes, and the
-    drift sums are the same. A variant trained anew (binary-ivf's centroids, IVF-PQ that no longer fits) needs every
-    vector and the whole sample."""
+    """Kept chunks' codes come from the live version's files (flat files by row, IVF lists by list while their
+    training is kept: IVF-PQ's, int8's ranges, int8-ivf's), so only the redone chunks' vectors are read, and of the
+    training sample only the rows a kept training's fit is measured on; every file is the one a build that encodes
+    every vector writes, and the drift sums are the same. A variant trained anew (binary-ivf's centroids, a training
+    that no longer fits) needs every vector and the whole sample."""
     from dataclasses import replace
 
     from pipeline.index import faiss_ops
@@ -441,8 +441,8 @@ def test_an_incremental_index_stage_takes_kept_rows_codes_from_live_and_writes_a
     prepared2, incremental = built("run2", "v2", plan)
     kept = prepared2.counts["chunks_kept"]
     assert 0 < kept < prepared2.counts["chunks"]
-    if "ivfpq" in variants:
-        training = incremental.params["variants"]["ivfpq"]
+    for name in {"ivfpq", "int8", "int8-ivf"} & set(variants):  # the kinds that keep a training while it fits
+        training = incremental.params["variants"][name]
         assert ("trained_in" in training) == (ratio > 1) and training["training"].startswith(
             "reused from version v1" if ratio > 1 else "trained on this build's vectors: they fit version v1")
     assert sum(read) == sample + prepared2.counts["chunks"] - (kept if keeps else 0)

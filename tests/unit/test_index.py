@@ -179,6 +179,36 @@ def test_live_training_is_reused_while_it_fits_and_retrained_once_the_corpus_mov
     assert "trained_in" not in params and "recorded no reconstruction error" in params["training"]
 
 
+def test_int8_ranges_are_kept_while_they_fit_and_trained_again_once_the_vectors_leave_them():
+    """int8's training is its per-dimension ranges (in the manifest): kept from live while this build's vectors fit
+    them as well as its own did (then an incremental build copies the kept chunks' codes), trained again once the
+    vectors spread beyond them, where the kept ranges would clip every new vector."""
+    from pipeline.config import IndexConfig
+    from pipeline.index.training import Training
+    from pipeline.index.variants import Int8, VariantSpec, build_variant, train_variants
+
+    rng = np.random.default_rng(0)
+    topics = rng.standard_normal((400, 64))
+    live = _topics(topics, 4000, seed=1)
+    cfg = IndexConfig(variants=["int8"])
+    [trained] = train_variants(cfg, len(live), 64, live, seed=0)
+    assert Int8.trained_of(trained.params) == trained.empty  # what a later build keeps, from the manifest alone
+    training = Training({"int8": (Int8.trained_of(trained.params), {**trained.params, "trained_in": "v1"})},
+                        why="same model")
+    spec = VariantSpec.parse("int8")
+
+    edited = np.concatenate([live[400:], _topics(topics, 400, seed=2)])  # a tenth rewritten, the same topics
+    index, params = build_variant(spec, edited, cfg, seed=0, training=training)
+    assert params["trained_in"] == "v1" and params["int8_ranges"] == trained.params["int8_ranges"]
+    assert params["reconstruction_error_now"] <= 1.15 * params["reconstruction_error"]
+
+    wider = edited * np.where(np.arange(64) < 8, 3.0, 1.0).astype(np.float32)  # 8 dims spread 3x beyond the ranges
+    wider /= np.linalg.norm(wider, axis=1, keepdims=True)
+    _, params = build_variant(spec, wider, cfg, seed=0, training=training)
+    assert "trained_in" not in params and "they fit version v1's training" in params["training"]
+    assert params["int8_ranges"] != trained.params["int8_ranges"]
+
+
 @pytest.mark.parametrize("n", [10, 20_000, 39_999, 40_000, 59_999, 200_000, 1_000_003])
 def test_a_kept_trainings_fit_measured_on_its_fit_rows_alone_is_the_one_over_the_whole_sample(n):
     """An incremental build reads only fit_rows of the training sample to check a kept training: the rows
