@@ -100,7 +100,7 @@ def main() -> int:
 
     ways = {"live_codes": plan, "every_vector": replace(plan, against=ShardInput(None))}
     seconds: dict[str, list[float]] = {way: [] for way in ways}
-    files, reads = {}, {}
+    files, reads, params = {}, {}, {}
     for r in range(args.rounds):
         for way, how in ways.items():
             target = storage.child(f"snapshots/kept/{way}-{r}")
@@ -108,7 +108,7 @@ def main() -> int:
             t = time.perf_counter()
             out = build_indexes(cfg, storage, second, target, how, encoder.card.dims, executor)
             seconds[way].append(round(time.perf_counter() - t, 3))
-            files[way], reads[way] = out.files, sum(read)
+            files[way], reads[way], params = out.files, sum(read), out.params
             shutil.rmtree(target.root, ignore_errors=True)
             print(f"round {r} {way}: {seconds[way][-1]} s, {reads[way]:,} vectors read", flush=True)
     ratio = round(statistics.median(seconds["live_codes"]) / statistics.median(seconds["every_vector"]), 4)
@@ -116,7 +116,7 @@ def main() -> int:
     counts = {k: second.counts[k] for k in ("chunks", "chunks_redone", "chunks_kept")}
     report = {"docs": args.docs, "changed": args.changed, "variants": cfg.index.variants, "counts": counts,
               "v1_build_s": round(v1_s, 1), "seconds": seconds, "vectors_read": reads,
-              "training": staged.params["variants"].get("ivfpq", {}).get("training"),
+              "training": {name: p["training"] for name, p in params["variants"].items() if "training" in p},
               "live_codes_over_every_vector": ratio, "same_files": same, "target": TARGET,
               "met": same and ratio <= TARGET}
     md = (f"# The index stage of an incremental build: kept chunks' codes from live, or every vector encoded\n\n"
@@ -126,7 +126,7 @@ def main() -> int:
           f"| way | index stage s (each round) | vectors read |\n|---|---|---|\n" +
           "".join(f"| {way} | {', '.join(map(str, seconds[way]))} | {reads[way]:,} |\n" for way in ways) +
           f"\n**Kept codes / every vector: {ratio} (median of rounds)**; target <= {TARGET}. The same files both ways: "
-          f"**{same}**.\n")
+          f"**{same}**.\n\n" + "".join(f"- {name}: {why}\n" for name, why in report["training"].items()))
     write_report(args, "kept_codes", report, md)
     return 0 if same and (args.smoke or ratio <= TARGET) else 1
 

@@ -215,7 +215,8 @@ def index_shard(storage: Storage, run_id: str, shard: ShardRows, trained: list[T
     rows = shard.first_row + np.flatnonzero(~kept)
     for variant in trained:
         index, codes = variant.fill(vectors, rows), None  # the rows to encode
-        with storage.open_write(layout.index_shard_key(run_id, shard.shard, f"{variant.spec.name}.faiss")) as out:
+        with storage.open_write(layout.index_shard_key(run_id, shard.shard, f"{variant.spec.name}.faiss"),
+                                digest=False) as out:  # a work file: the version's file gets the sha256
             if kept.any() and not variant.spec.kind.ivf:  # the header for every row, then their codes
                 binary = variant.spec.kind.binary
                 codes = with_kept(variant.spec.name, flat_codes(index, len(variant.empty),

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.errors import SnapshotError
 from pipeline.index.assemble import flat_row_bytes, same_flat_training, same_ivf_training
 from pipeline.index.variants import TrainedVariant
 from pipeline.storage import layout
@@ -51,18 +52,24 @@ class LiveCodes:
         return all(name in self.flat or name in self.ivf for name in outputs)
 
     def copy_kept(self, name: str, live_rows: np.ndarray, codes: np.ndarray) -> None:
-        """Copy live's codes of the flat output `name` into `codes` (a row of bytes per shard row) for the rows
-        whose `live_rows` is not -1: one read of the range they span, then a copy per run of rows that follow each
-        other in both (kept rows keep live's order, so the runs are as many as the edits between them)."""
+        """Read live's codes of the flat output `name` into `codes` (a row of bytes per shard row) for the rows whose
+        `live_rows` is not -1: one read per run of rows that follow each other in both (kept rows keep live's order,
+        so the runs are as many as the edits between them), straight into place."""
         where, at = self.flat[name], np.flatnonzero(live_rows >= 0)
         source = live_rows[at]
-        lo, hi = int(source[0]), int(source[-1]) + 1
-        with self.storage.open_read(where.file) as fh:
-            fh.seek(where.offset + lo * where.row_bytes)
-            block = np.frombuffer(fh.read((hi - lo) * where.row_bytes), dtype=np.uint8).reshape(hi - lo, -1)
         breaks = np.flatnonzero((np.diff(at) != 1) | (np.diff(source) != 1)) + 1
-        for first, end in zip(np.r_[0, breaks], np.r_[breaks, len(at)], strict=True):
-            codes[at[first]:at[first] + end - first] = block[source[first] - lo:source[first] - lo + end - first]
+        with self.storage.open_read(where.file) as fh:
+            for first, end in zip(np.r_[0, breaks], np.r_[breaks, len(at)], strict=True):
+                fh.seek(where.offset + int(source[first]) * where.row_bytes)
+                _read_into(fh, memoryview(codes[at[first]:at[first] + end - first]).cast("B"), where.file)
+
+
+def _read_into(fh, view: memoryview, name: str) -> None:
+    while len(view):
+        n = fh.readinto(view)
+        if not n:
+            raise SnapshotError(f"live version's {name} ends before the rows its id table lists")
+        view = view[n:]
 
 
 def live_codes(live: Storage | None, trained: list[TrainedVariant], store_fp16: bool, dims: int) -> LiveCodes | None:

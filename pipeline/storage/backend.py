@@ -44,15 +44,16 @@ class HashingWriter(io.RawIOBase):
     """A write-only stream that computes the sha256 and size of what passes through it (closing it leaves the
     stream it writes to open: its owner commits that)."""
 
-    def __init__(self, sink: BinaryIO) -> None:
+    def __init__(self, sink: BinaryIO, digest: bool = True) -> None:
         super().__init__()
-        self.sink, self.size, self._hash = sink, 0, hashlib.sha256()
+        self.sink, self.size, self._hash = sink, 0, hashlib.sha256() if digest else None
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: bytes) -> int:
-        self._hash.update(data)
+        if self._hash is not None:
+            self._hash.update(data)
         self.size += len(data)
         self.sink.write(data)
         return len(data)
@@ -62,6 +63,8 @@ class HashingWriter(io.RawIOBase):
 
     @property
     def sha256(self) -> str:
+        if self._hash is None:
+            raise ValueError("written with digest=False: no sha256")
         return self._hash.hexdigest()
 
 
@@ -217,10 +220,11 @@ class Storage(CommitPrimitives):
             os.replace(tmp, target)
 
     @contextmanager
-    def open_write(self, key: str) -> Iterator[HashingWriter]:
+    def open_write(self, key: str, digest: bool = True) -> Iterator[HashingWriter]:
         """A stream to write `key` with, atomically (a reader sees it only once the block ends without an error:
         locally a temp name renamed at the end, on S3 a multipart upload completed at close). Nothing is held
-        whole in memory; the writer's sha256 and size are known at the end."""
+        whole in memory; the writer's size, and sha256 unless `digest` is False (a run's work file), are known at
+        the end."""
         target = self.path(key)
         with self._errors(key):
             if self.is_local:
@@ -228,7 +232,7 @@ class Storage(CommitPrimitives):
                 tmp = _temp_path(target)
                 try:
                     with open(tmp, "wb") as fh:
-                        writer = HashingWriter(fh)
+                        writer = HashingWriter(fh, digest)
                         yield writer
                         fh.flush()
                         os.fsync(fh.fileno())
@@ -238,7 +242,7 @@ class Storage(CommitPrimitives):
                         os.unlink(tmp)
             else:
                 with self.fs.open(target, "wb") as fh:
-                    yield HashingWriter(fh)
+                    yield HashingWriter(fh, digest)
                 self.fs.invalidate_cache(target)
 
     def put_file(self, key: str, local: str | os.PathLike) -> tuple[str, int]:
