@@ -10,6 +10,15 @@ instead of encoding their vectors (pipeline/jobs/kept_codes.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import faiss
+import numpy as np
+
+from pipeline.index.faiss_ops import from_bytes, reconstruction_error
+
+if TYPE_CHECKING:
+    from pipeline.index.variants import TrainContext
 
 Trained = tuple[bytes, dict]  # a variant's trained, empty index (FAISS bytes) and its manifest parameters
 
@@ -51,3 +60,33 @@ def kept_note(params: dict, now: float, why: str) -> str:
     """The manifest's `training` line for a kept training: whose, how well it fits, why it may be kept."""
     return (f"reused from version {params['trained_in']} (reconstruction error {_growth(params, now):.2f}x its value "
             f"when trained): {why}")
+
+
+class NeedsWholeSample(Exception):  # noqa: N818 (a signal, not an error: the caller reads the whole sample)
+    """Raised by a training given only the rows a fit is measured on, when it must train anew."""
+
+
+def kept_training(ctx: TrainContext, sample: np.ndarray, dims: int, factory: str,
+                  nprobe: int | None = None) -> tuple[object, dict] | str:
+    """An earlier version's trained index and parameters for the variant `ctx.name`, kept while its plan is this
+    build's (`factory`) and it still fits this build's sample; else why the variant is trained anew (raised as
+    NeedsWholeSample when the sample holds only the fit rows). `nprobe`: this build's, for IVF kinds."""
+    earlier = ctx.training.variants.get(ctx.name)
+    if earlier is None:
+        why = ctx.training.why
+    elif earlier[1]["factory"] != factory or earlier[1]["dims"] != dims:
+        why = f"trained on this build's vectors: the plan changed ({earlier[1]['factory']} -> {factory})"
+    else:
+        params = {k: v for k, v in earlier[1].items() if k not in ("index_bytes", "quality", "training")}
+        index = from_bytes(earlier[0])
+        now = reconstruction_error(index, sample)
+        why = misfit(params, now, ctx.cfg.ivf.max_reuse_error_ratio)
+        if why is None:
+            params |= {"reconstruction_error_now": now, "training": kept_note(params, now, ctx.training.why)}
+            if nprobe is not None:  # how a search scans, not training: this build's plan (its N) sets it
+                faiss.extract_index_ivf(index).nprobe = nprobe
+                params["nprobe"] = nprobe
+            return index, params
+    if ctx.fit_only:
+        raise NeedsWholeSample(f"{ctx.name}: {why}")
+    return why

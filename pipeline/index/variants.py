@@ -31,7 +31,7 @@ from pipeline.index.faiss_ops import check_vectors, from_bytes, reconstruction_e
 from pipeline.index.plan import IvfPlan, plan_ivf, plan_ivfpq
 from pipeline.index.ranking import rerank
 from pipeline.index.representations import Int8Ranges, asymmetric_binary_scores, matryoshka, pack_signs
-from pipeline.index.training import FULL_BUILD, Training, kept_note, misfit
+from pipeline.index.training import FULL_BUILD, Training, kept_training
 from pipeline.storage.layout import trained_file, variant_file
 
 
@@ -49,9 +49,6 @@ class TrainContext:
     fit_only: bool = False  # the sample is only fit_rows(training rows): enough to check a kept training's fit
 
 
-class NeedsWholeSample(Exception):  # noqa: N818 (a signal, not an error: the caller reads the whole sample)
-    """Raised by a training given only the rows a fit is measured on, when it must train anew."""
-
 
 class Kind:
     """One variant kind. `train` returns its trained, empty index and its manifest parameters; `fill` adds rows to
@@ -62,35 +59,10 @@ class Kind:
     binary = False  # a faiss.IndexBinary: faiss.read_index_binary reads its file
     trains = False  # needs the IVF plan and a training sample
     ivf = False  # inverted lists: shard files merge by list, rows carry their ids
-    keeps_training = False  # an incremental build may keep live's training while it fits (kept_training)
+    keeps_training = False  # an incremental build may keep live's training while it fits (training.kept_training)
 
     def train(self, sample: np.ndarray, dims: int, ctx: TrainContext) -> tuple[object, dict]:
         raise NotImplementedError
-
-    def kept_training(self, sample: np.ndarray, dims: int, ctx: TrainContext, factory: str,
-                      nprobe: int | None = None) -> tuple[object, dict] | str:
-        """An earlier version's trained index and parameters, kept while its plan is this build's (`factory`) and it
-        still fits this build's sample (pipeline/index/training.py); else why the variant is trained anew (raised as
-        NeedsWholeSample when the sample holds only the fit rows). `nprobe`: this build's, for IVF kinds."""
-        earlier = ctx.training.variants.get(ctx.name)
-        if earlier is None:
-            why = ctx.training.why
-        elif earlier[1]["factory"] != factory or earlier[1]["dims"] != dims:
-            why = f"trained on this build's vectors: the plan changed ({earlier[1]['factory']} -> {factory})"
-        else:
-            params = {k: v for k, v in earlier[1].items() if k not in ("index_bytes", "quality", "training")}
-            index = from_bytes(earlier[0])
-            now = reconstruction_error(index, sample)
-            why = misfit(params, now, ctx.cfg.ivf.max_reuse_error_ratio)
-            if why is None:
-                params |= {"reconstruction_error_now": now, "training": kept_note(params, now, ctx.training.why)}
-                if nprobe is not None:  # how a search scans, not training: this build's plan (its N) sets it
-                    faiss.extract_index_ivf(index).nprobe = nprobe
-                    params["nprobe"] = nprobe
-                return index, params
-        if ctx.fit_only:
-            raise NeedsWholeSample(f"{ctx.name}: {why}")
-        return why
 
     def fill(self, index, x: np.ndarray, rows: int | np.ndarray) -> None:
         """Add x (float vectors of the variant's dims) as rows `rows`: their ids, or the first of consecutive ones
@@ -140,7 +112,7 @@ class IvfPq(Kind):
         # time. The plan changing (the corpus grew), or the vectors moving away from what it was trained on (new
         # topics: its lists fill unevenly and its codes lose the nearest neighbours), retrains.
         plan = plan_ivfpq(ctx.n, dims, ctx.cfg.ivf)
-        kept = self.kept_training(sample, dims, ctx, plan.factory, plan.nprobe)
+        kept = kept_training(ctx, sample, dims, plan.factory, plan.nprobe)
         if not isinstance(kept, str):
             return kept
         index = train_ivfpq(sample, plan, ctx.seed)
@@ -165,7 +137,7 @@ class Int8(Kind):
         # ranges kept from an earlier version while they fit: a kept training lets an incremental build copy the
         # kept chunks' codes instead of encoding every vector again (pipeline/jobs/kept_codes.py)
         factory = self.factory(ctx.ivf)
-        kept = self.kept_training(sample, dims, ctx, factory, ctx.ivf.nprobe if self.ivf else None)
+        kept = kept_training(ctx, sample, dims, factory, ctx.ivf.nprobe if self.ivf else None)
         if not isinstance(kept, str):
             return kept
         index = faiss.index_factory(dims, factory, faiss.METRIC_INNER_PRODUCT)

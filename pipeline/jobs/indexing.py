@@ -37,9 +37,8 @@ from pipeline.index.assemble import (
     npy_header,
 )
 from pipeline.index.faiss_ops import fit_rows, write_to
-from pipeline.index.training import FULL_BUILD, Training
+from pipeline.index.training import FULL_BUILD, NeedsWholeSample, Training
 from pipeline.index.variants import (
-    NeedsWholeSample,
     TrainedVariant,
     VariantSpec,
     may_keep_training,
