@@ -16,7 +16,7 @@ vector, as a full build does; while any does, a shard reads every vector, else o
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -45,8 +45,8 @@ class LiveCodes:
     (whose lists are in the .ivfdata beside it)."""
 
     storage: Storage  # live's version folder
-    flat: dict[str, FlatRows] = field(default_factory=dict)
-    ivf: dict[str, str] = field(default_factory=dict)
+    flat: dict[str, FlatRows]
+    ivf: dict[str, str]
 
     def covers(self, outputs: list[str]) -> bool:
         return all(name in self.flat or name in self.ivf for name in outputs)
@@ -78,14 +78,15 @@ def live_codes(live: Storage | None, trained: list[TrainedVariant], store_fp16: 
     if live is None:
         return None
     variants = json.loads(live.read_bytes(layout.MANIFEST))["index"]["variants"]
-    codes = LiveCodes(live)
+    flat: dict[str, FlatRows] = {}
+    ivf: dict[str, str] = {}
     if store_fp16 and live.exists(layout.RESCORE_STORE):
         with live.open_read(layout.RESCORE_STORE) as fh:
             version = np.lib.format.read_magic(fh)
             shape, fortran, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
                                      np.lib.format.read_array_header_2_0)(fh)
             if shape[1:] == (dims,) and dtype == np.dtype(RESCORE_DTYPE) and not fortran:
-                codes.flat[RESCORE] = FlatRows(layout.RESCORE_STORE, fh.tell(), 2 * dims)
+                flat[RESCORE] = FlatRows(layout.RESCORE_STORE, fh.tell(), 2 * dims)
     for variant in trained:
         name, binary = variant.spec.name, variant.spec.kind.binary
         if name not in variants:
@@ -93,10 +94,10 @@ def live_codes(live: Storage | None, trained: list[TrainedVariant], store_fp16: 
         if variant.spec.kind.ivf:
             trained_file = layout.trained_file(name)
             if live.exists(trained_file) and same_ivf_training(live.read_bytes(trained_file), variant.empty, binary):
-                codes.ivf[name] = variant.spec.file
+                ivf[name] = variant.spec.file
             continue
         with live.open_read(variant.spec.file) as fh:
             header = fh.read(len(variant.empty))
         if same_flat_training(header, variant.empty, binary):
-            codes.flat[name] = FlatRows(variant.spec.file, len(variant.empty), flat_row_bytes(variant.empty, binary))
-    return codes
+            flat[name] = FlatRows(variant.spec.file, len(variant.empty), flat_row_bytes(variant.empty, binary))
+    return LiveCodes(live, flat, ivf)
