@@ -1,22 +1,26 @@
-"""When an incremental build may keep the live version's IVF-PQ training, measured on corpora that turned over.
+"""When an incremental build may keep the live version's IVF training, measured on corpora that turned over.
 
 An incremental reindex reuses live's coarse centroids and PQ codebooks while the plan is unchanged, which past ~750k
 vectors (nlist at its cap) is forever. Since 2026-12-06 each build measures how well that training fits its own
 training sample (PQ reconstruction error, relative to the vectors' norms) and trains again once the error exceeds
 `index.ivf.max_reuse_error_ratio` times the error measured when it was trained (pipeline/index/variants.py).
+The same for binary-ivf since 2026-12-07: its fit is the sign codes' Hamming distance to their nearest centroid, its
+limit `index.ivf.max_reuse_hamming_ratio`, and its recall that of its own scoring (100 Hamming candidates re-ranked
+by the float query, as a search with the default re-scoring depth fetches them).
 
 Here, v1 is trained on N vectors; then a share of them is replaced, either by documents on the same topics or by
 documents on new topics. Synthetic by default (Gaussian topics; new ones vary most where the old ones hardly do);
 with --vectors, real ones cut in two topics by 2-means: a snapshot's vectors.f16.npy, e.g. full SciFact's after
 `embedpipe run configs/scifact-full.yaml` (.embedpipe/snapshots/scifact/<version>/vectors.f16.npy). For each case,
 with the pipeline's own `build_variant`: the error ratio the build compared with the limit, its decision, Recall@10
-against exact search (500 of the corpus's vectors as queries, PQ codes without re-scoring) with the old training
+against exact search (500 of the corpus's vectors as queries, codes without re-scoring) with the old training
 kept and with a fresh one, and the seconds of each build. Target: no build keeps a training that loses more than
 0.02 Recall@10 against a fresh one; a training redone where keeping it lost less is counted too (seconds spent,
-nothing lost). Writes benchmarks/out/training_reuse.{json,md}. --smoke: 3,000 synthetic vectors of 64 dims.
+nothing lost). Writes benchmarks/out/training_reuse.{json,md} (ivfpq) and training_reuse_binary-ivf.{json,md};
+--variant measures one of them only. --smoke: 3,000 synthetic vectors of 64 dims.
 
-Usage: .venv/bin/python benchmarks/training_reuse.py [--n 200000] [--dims 384] [--vectors FILE.npy] [--smoke]
-       [--out DIR]
+Usage: .venv/bin/python benchmarks/training_reuse.py [--n 200000] [--dims 384] [--vectors FILE.npy]
+       [--variant ivfpq|binary-ivf] [--smoke] [--out DIR]
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import parse_args, write_report  # noqa: E402
 
 SHARES = (0.1, 0.25, 0.5, 1.0)
+VARIANTS = ("ivfpq", "binary-ivf")
 ALLOWED_LOSS = 0.02
 
 
@@ -68,8 +73,9 @@ def split_by_topic(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return big[:n], big[n:2 * n], small[:n]
 
 
-def recall_at_10(index, x: np.ndarray, truth: np.ndarray, queries: np.ndarray) -> float:
-    _, found = index.search(x[queries], 10)
+def recall_at_10(variant, x: np.ndarray, truth: np.ndarray, queries: np.ndarray) -> float:
+    _, found = variant.candidates(x[queries], 100 if variant.spec.kind.binary else 10, keep=10)
+    found = found[:, :10]
     return round(float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])), 4)
 
 
@@ -79,12 +85,8 @@ def main() -> int:
     parser.add_argument("--dims", type=int, default=384)
     parser.add_argument("--vectors", type=Path, help="real vectors instead (.npy, e.g. a snapshot's vectors.f16.npy), "
                                                      "cut in two topics by 2-means")
+    parser.add_argument("--variant", choices=VARIANTS, action="append", help="one of them only (default: each)")
     args = parse_args(parser)
-
-    from pipeline.config import IndexConfig
-    from pipeline.index.faiss_ops import build_exact, from_bytes, reconstruction_error
-    from pipeline.index.training import FULL_BUILD, Training
-    from pipeline.index.variants import VariantSpec, build_variant, train_variants, training_rows
 
     if args.vectors:
         live, same, new = split_by_topic(np.load(args.vectors, allow_pickle=False))
@@ -92,12 +94,27 @@ def main() -> int:
     else:
         live, same, new = synthetic(*((3000, 64) if args.smoke else (args.n, args.dims)))
         data = "synthetic Gaussian topics"
+    for name in args.variant or VARIANTS:
+        measure(args, name, live, same, new, data)
+    return 0
+
+
+def measure(args: argparse.Namespace, name: str, live: np.ndarray, same: np.ndarray, new: np.ndarray,
+            data: str) -> None:
+    """One variant's v1 trained on `live`, then each corpus built keeping and not keeping it; writes its report."""
+    from pipeline.config import IndexConfig
+    from pipeline.index.build_variants import build_variant, train_variants, training_rows
+    from pipeline.index.faiss_ops import build_exact, from_bytes
+    from pipeline.index.training import FULL_BUILD, Training
+    from pipeline.index.variants import Variant, VariantSpec
+
     n, dims = live.shape
-    cfg, spec = IndexConfig(variants=["ivfpq"]), VariantSpec.parse("ivfpq")
+    cfg, spec = IndexConfig(variants=[name]), VariantSpec.parse(name)
+    limit_setting = spec.kind.reuse_limit
     start = time.perf_counter()
     [v1] = train_variants(cfg, n, dims, live[training_rows(n, cfg, seed=0)], seed=0)
     trained_s = round(time.perf_counter() - start, 2)
-    training = Training({"ivfpq": (v1.empty, {**v1.params, "trained_in": "v1"})}, why="same model and plan")
+    training = Training({name: (v1.empty, {**v1.params, "trained_in": "v1"})}, why="same model and plan")
     queries = np.sort(np.random.default_rng(0).choice(n, min(n, 500), replace=False))
 
     runs = []
@@ -108,24 +125,24 @@ def main() -> int:
             _, truth = build_exact(corpus).search(corpus[queries], 10)
             start = time.perf_counter()
             chosen, params = build_variant(spec, corpus, cfg, seed=0, training=training)
+            chosen = Variant.load(name, chosen, params)
             chosen_s = round(time.perf_counter() - start, 2)
             kept_training = "trained_in" in params
             if kept_training:  # what a fresh training would have given, for comparison
                 start = time.perf_counter()
-                fresh, _ = build_variant(spec, corpus, cfg, seed=0, training=FULL_BUILD)
+                fresh = Variant.load(name, *build_variant(spec, corpus, cfg, seed=0, training=FULL_BUILD))
                 fresh_s, kept, kept_s = round(time.perf_counter() - start, 2), chosen, chosen_s
             else:
                 fresh, fresh_s = chosen, chosen_s
                 start = time.perf_counter()
-                kept, _ = build_variant(spec, corpus, IndexConfig(variants=["ivfpq"],
-                                                                  ivf={"max_reuse_error_ratio": 1e9}),
-                                        seed=0, training=training)
+                kept = Variant.load(name, *build_variant(spec, corpus, IndexConfig(
+                    variants=[name], ivf={limit_setting: 1e9}), seed=0, training=training))
                 kept_s = round(time.perf_counter() - start, 2)
             recall_kept, recall_fresh = (recall_at_10(ix, corpus, truth, queries) for ix in (kept, fresh))
             loss = round(recall_fresh - recall_kept, 4)
             # the ratio the build compared with the limit: v1's training on this corpus's training sample
-            error_ratio = reconstruction_error(from_bytes(v1.empty), corpus[training_rows(n, cfg, seed=0)]) / \
-                v1.params["reconstruction_error"]
+            error_ratio = spec.kind.fit_error(from_bytes(v1.empty, spec.kind.binary),
+                                              corpus[training_rows(n, cfg, seed=0)]) / v1.params["reconstruction_error"]
             runs.append({"arrived": label, "share_replaced": share, "error_ratio": round(error_ratio, 3),
                          "decision": "reused" if kept_training else "retrained",
                          "recall@10_kept_training": recall_kept, "recall@10_fresh_training": recall_fresh,
@@ -136,14 +153,15 @@ def main() -> int:
     needless = [r for r in runs if r["decision"] == "retrained" and r["recall_lost_by_keeping"] <= ALLOWED_LOSS]
     met = not lossy
     report = {"data": data, "n": n, "dims": dims, "factory": v1.params["factory"],
-              "limit": cfg.ivf.max_reuse_error_ratio,
+              "limit_setting": limit_setting, "limit": getattr(cfg.ivf, limit_setting),
               "v1_training_s": trained_s, "v1_reconstruction_error": v1.params["reconstruction_error"],
               "runs": runs, "allowed_loss": ALLOWED_LOSS, "lossy_reuses": len(lossy),
               "needless_retrainings": len(needless), "met": met}
     md = "\n".join([
-        f"# IVF-PQ training kept or trained again: {n:,} x {dims} vectors ({data}), {v1.params['factory']}", "",
+        f"# {name} training kept or trained again: {n:,} x {dims} vectors ({data}), {v1.params['factory']}", "",
         f"v1 trained in {trained_s} s (reconstruction error {v1.params['reconstruction_error']}); a build keeps "
-        f"its training while its sample's error is <= {cfg.ivf.max_reuse_error_ratio}x that.", "",
+        f"its training while its sample's error is <= {getattr(cfg.ivf, limit_setting)}x that "
+        f"(index.ivf.{limit_setting}).", "",
         "| arrived | share replaced | error ratio | decision | Recall@10 kept | Recall@10 fresh | lost by keeping "
         "| s kept | s fresh |", "|---|---|---|---|---|---|---|---|---|",
         *[f"| {r['arrived']} | {r['share_replaced']:.0%} | {r['error_ratio']} | {r['decision']} | "
@@ -152,8 +170,7 @@ def main() -> int:
         f"Training kept where keeping it lost more than {ALLOWED_LOSS} Recall@10: **{len(lossy)}** of {len(runs)} "
         f"(target 0: **{'met' if met else 'not met'}**); trained again where keeping lost no more than that: "
         f"{len(needless)} (seconds spent, nothing lost).", ""])
-    write_report(args, "training_reuse", report, md)
-    return 0
+    write_report(args, "training_reuse" if name == "ivfpq" else f"training_reuse_{name}", report, md)
 
 
 if __name__ == "__main__":

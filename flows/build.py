@@ -29,7 +29,7 @@ from pipeline.config import PipelineConfig
 from pipeline.corpus.pieces import listing_digest
 from pipeline.corpus.readers import list_corpus
 from pipeline.errors import StorageError
-from pipeline.index.variants import check_prefixes
+from pipeline.index.build_variants import check_prefixes
 from pipeline.jobs.build import (
     BuildSummary,
     Evaluated,

@@ -155,6 +155,8 @@ class IvfConfig(_Strict):
     # An incremental build reuses live's training (IVF-PQ's, int8's ranges) while its vectors' reconstruction
     # error stays within this multiple of the error when trained (index/variants.py; benchmarks/training_reuse.py)
     max_reuse_error_ratio: Annotated[float, Field(ge=1.0)] = 1.15
+    # binary-ivf's: its codes' Hamming distance to their centroids (half the bits would be no better than random)
+    max_reuse_hamming_ratio: Annotated[float, Field(ge=1.0)] = 1.04
 
     @model_validator(mode="after")
     def _lists_fit_the_sample(self) -> IvfConfig:

@@ -9,8 +9,8 @@ import numpy as np
 import polars as pl
 
 from pipeline.config_loader import parse_config
+from pipeline.index.build_variants import build_variants
 from pipeline.index.faiss_ops import to_bytes
-from pipeline.index.variants import build_variants
 from pipeline.jobs.build import describe_variants, rescore_params
 from pipeline.snapshots.snapshot import publish
 from pipeline.storage import layout

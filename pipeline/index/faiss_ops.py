@@ -84,6 +84,14 @@ def reconstruction_error(index: faiss.Index, vectors: np.ndarray) -> float:
     return float(f"{((x - decoded) ** 2).sum() / (x ** 2).sum():.6g}")  # 6 digits: the manifest's figure
 
 
+def centroid_error(index: faiss.IndexBinaryIVF, codes: np.ndarray) -> float:
+    """How well a trained binary IVF index's centroids fit packed sign codes: the Hamming distance from fit_rows of
+    the codes to their nearest centroid, over the bits (0: every code a centroid; ~0.5: centroids no better than
+    random codes). The codes themselves are the vectors' signs whatever the training; only the lists depend on it."""
+    distances, _ = index.quantizer.search(np.ascontiguousarray(fit_rows(codes)), 1)
+    return float(f"{distances.mean() / index.d:.6g}")
+
+
 def build_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int) -> faiss.Index:
     index = train_ivfpq(vectors, plan, seed)
     index.add(vectors)

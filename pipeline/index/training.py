@@ -1,10 +1,11 @@
 """Training a build may keep from an earlier version, and whether it still fits this build's vectors.
 
 An incremental build may keep live's IVF-PQ coarse centroids and PQ codebooks (training is most of its index time),
-and its int8 ranges (int8-ivf: both), while the plan is unchanged and the training fits: its reconstruction error on
-this build's sample stays within `index.ivf.max_reuse_error_ratio` times the error on the sample it was trained on
-(benchmarks/training_reuse.py, for IVF-PQ). A kept training also lets the build copy the kept chunks' codes from live
-instead of encoding their vectors (pipeline/jobs/kept_codes.py).
+its int8 ranges (int8-ivf: both) and binary-ivf's centroids, while the plan is unchanged and the training fits: its
+error on this build's sample (the kind's `fit_error`, recorded as `reconstruction_error`) stays within a limit times
+the error on the sample it was trained on (`index.ivf.max_reuse_error_ratio`; binary-ivf's Hamming distance to its
+centroids: `max_reuse_hamming_ratio`; benchmarks/training_reuse.py). A kept training also lets the build copy the
+kept chunks' codes from live instead of encoding their vectors (pipeline/jobs/kept_codes.py).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 
-from pipeline.index.faiss_ops import from_bytes, reconstruction_error
+from pipeline.index.faiss_ops import from_bytes
 
 if TYPE_CHECKING:
-    from pipeline.index.variants import TrainContext
+    from pipeline.index.variants import Kind, TrainContext
 
 Trained = tuple[bytes, dict]  # a variant's trained, empty index (FAISS bytes) and its manifest parameters
 
@@ -42,9 +43,10 @@ def _growth(params: dict, now: float) -> float:
     return now / then if then else (1.0 if now == 0 else float("inf"))
 
 
-def misfit(params: dict, now: float, limit: float) -> str | None:
-    """Why an earlier version's trained IVF-PQ index no longer fits this build's vectors (their reconstruction
-    error `now` beyond `limit` times its error on the vectors it was trained on), or None while it does."""
+def misfit(params: dict, now: float, limit: float, setting: str = "max_reuse_error_ratio") -> str | None:
+    """Why an earlier version's trained index no longer fits this build's vectors (their reconstruction error `now`
+    beyond `limit`, the config's `index.ivf.<setting>`, times its error on the vectors it was trained on), or None
+    while it does."""
     version = params["trained_in"]
     if "reconstruction_error" not in params:
         return (f"trained on this build's vectors: version {version}'s training recorded no reconstruction error "
@@ -53,7 +55,7 @@ def misfit(params: dict, now: float, limit: float) -> str | None:
         return None
     return (f"trained on this build's vectors: they fit version {version}'s training {_growth(params, now):.2f}x "
             f"worse than the vectors it was trained on (reconstruction error {now:.4g} against "
-            f"{params['reconstruction_error']:.4g}; index.ivf.max_reuse_error_ratio {limit:g})")
+            f"{params['reconstruction_error']:.4g}; index.ivf.{setting} {limit:g})")
 
 
 def kept_note(params: dict, now: float, why: str) -> str:
@@ -66,11 +68,13 @@ class NeedsWholeSample(Exception):  # noqa: N818 (a signal, not an error: the ca
     """Raised by a training given only the rows a fit is measured on, when it must train anew."""
 
 
-def kept_training(ctx: TrainContext, sample: np.ndarray, dims: int, factory: str,
+def kept_training(ctx: TrainContext, kind: Kind, sample: np.ndarray, dims: int, factory: str,
                   nprobe: int | None = None) -> tuple[object, dict] | str:
-    """An earlier version's trained index and parameters for the variant `ctx.name`, kept while its plan is this
-    build's (`factory`) and it still fits this build's sample; else why the variant is trained anew (raised as
-    NeedsWholeSample when the sample holds only the fit rows). `nprobe`: this build's, for IVF kinds."""
+    """An earlier version's trained index and parameters for the variant `ctx.name` (of `kind`), kept while its plan
+    is this build's (`factory`) and it still fits this build's sample (`kind.fit_error` within the config's
+    `index.ivf.<kind.reuse_limit>`);
+    else why the variant is trained anew (raised as NeedsWholeSample when the sample holds only the fit rows).
+    `nprobe`: this build's, for IVF kinds."""
     earlier = ctx.training.variants.get(ctx.name)
     if earlier is None:
         why = ctx.training.why
@@ -78,13 +82,13 @@ def kept_training(ctx: TrainContext, sample: np.ndarray, dims: int, factory: str
         why = f"trained on this build's vectors: the plan changed ({earlier[1]['factory']} -> {factory})"
     else:
         params = {k: v for k, v in earlier[1].items() if k not in ("index_bytes", "quality", "training")}
-        index = from_bytes(earlier[0])
-        now = reconstruction_error(index, sample)
-        why = misfit(params, now, ctx.cfg.ivf.max_reuse_error_ratio)
+        index = from_bytes(earlier[0], kind.binary)
+        now = kind.fit_error(index, sample)
+        why = misfit(params, now, getattr(ctx.cfg.ivf, kind.reuse_limit), kind.reuse_limit)
         if why is None:
             params |= {"reconstruction_error_now": now, "training": kept_note(params, now, ctx.training.why)}
             if nprobe is not None:  # how a search scans, not training: this build's plan (its N) sets it
-                faiss.extract_index_ivf(index).nprobe = nprobe
+                (index if kind.binary else faiss.extract_index_ivf(index)).nprobe = nprobe
                 params["nprobe"] = nprobe
             return index, params
     if ctx.fit_only:

@@ -27,12 +27,17 @@ import numpy as np
 
 from pipeline.config import VARIANT_KINDS, VARIANT_PATTERN, IndexConfig
 from pipeline.errors import IndexBuildError, SnapshotError
-from pipeline.index.faiss_ops import check_vectors, from_bytes, reconstruction_error, to_bytes, train_ivfpq
-from pipeline.index.plan import IvfPlan, plan_ivf, plan_ivfpq
+from pipeline.index.faiss_ops import (
+    centroid_error,
+    reconstruction_error,
+    to_bytes,
+    train_ivfpq,
+)
+from pipeline.index.plan import IvfPlan, plan_ivfpq
 from pipeline.index.ranking import rerank
 from pipeline.index.representations import Int8Ranges, asymmetric_binary_scores, matryoshka, pack_signs
-from pipeline.index.training import FULL_BUILD, Training, kept_training
-from pipeline.storage.layout import trained_file, variant_file
+from pipeline.index.training import Training, kept_training
+from pipeline.storage.layout import variant_file
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,14 @@ class Kind:
     trains = False  # needs the IVF plan and a training sample
     ivf = False  # inverted lists: shard files merge by list, rows carry their ids
     keeps_training = False  # an incremental build may keep live's training while it fits (training.kept_training)
+    reuse_limit = "max_reuse_error_ratio"  # the IvfConfig field bounding fit_error's growth for a kept training
 
     def train(self, sample: np.ndarray, dims: int, ctx: TrainContext) -> tuple[object, dict]:
         raise NotImplementedError
+
+    def fit_error(self, index, x: np.ndarray) -> float:
+        """How well a trained index fits float vectors x (its manifest's `reconstruction_error`)."""
+        return reconstruction_error(index, x)
 
     def fill(self, index, x: np.ndarray, rows: int | np.ndarray) -> None:
         """Add x (float vectors of the variant's dims) as rows `rows`: their ids, or the first of consecutive ones
@@ -112,12 +122,12 @@ class IvfPq(Kind):
         # time. The plan changing (the corpus grew), or the vectors moving away from what it was trained on (new
         # topics: its lists fill unevenly and its codes lose the nearest neighbours), retrains.
         plan = plan_ivfpq(ctx.n, dims, ctx.cfg.ivf)
-        kept = kept_training(ctx, sample, dims, plan.factory, plan.nprobe)
+        kept = kept_training(ctx, self, sample, dims, plan.factory, plan.nprobe)
         if not isinstance(kept, str):
             return kept
         index = train_ivfpq(sample, plan, ctx.seed)
         return index, {**plan.to_dict(), "seed": ctx.seed, "bytes_per_vector": plan.code_bytes, "training": kept,
-                       "reconstruction_error": reconstruction_error(index, sample)}
+                       "reconstruction_error": self.fit_error(index, sample)}
 
 
 class Int8(Kind):
@@ -137,7 +147,7 @@ class Int8(Kind):
         # ranges kept from an earlier version while they fit: a kept training lets an incremental build copy the
         # kept chunks' codes instead of encoding every vector again (pipeline/jobs/kept_codes.py)
         factory = self.factory(ctx.ivf)
-        kept = kept_training(ctx, sample, dims, factory, ctx.ivf.nprobe if self.ivf else None)
+        kept = kept_training(ctx, self, sample, dims, factory, ctx.ivf.nprobe if self.ivf else None)
         if not isinstance(kept, str):
             return kept
         index = faiss.index_factory(dims, factory, faiss.METRIC_INNER_PRODUCT)
@@ -146,7 +156,7 @@ class Int8(Kind):
         return index, {"factory": factory, "bytes_per_vector": dims,
                        "int8_ranges": Int8Ranges.from_index(self.quantizer(index)).to_dict(),
                        "train_points": ctx.ivf.train_points, "seed": ctx.seed, **params, "training": kept,
-                       "reconstruction_error": reconstruction_error(index, sample)}
+                       "reconstruction_error": self.fit_error(index, sample)}
 
     @staticmethod
     def trained_of(params: dict) -> bytes:
@@ -210,17 +220,28 @@ class Binary(Kind):
 
 
 class BinaryIvf(Binary):
+    """Binary codes in inverted lists. The codes are the vectors' signs whatever the training, which only places
+    them in lists: its fit is the codes' Hamming distance to their nearest centroid (faiss_ops.centroid_error)."""
+
     name = "binary-ivf"
-    trains = ivf = True
+    trains = ivf = keeps_training = True
+    reuse_limit = "max_reuse_hamming_ratio"
+
+    def fit_error(self, index, x):
+        return centroid_error(index, pack_signs(x))
 
     def train(self, sample, dims, ctx):
+        factory = f"BIVF{ctx.ivf.nlist}"
+        kept = kept_training(ctx, self, sample, dims, factory, ctx.ivf.nprobe)
+        if not isinstance(kept, str):
+            return kept
         index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(dims), dims, ctx.ivf.nlist)
         index.cp.seed = ctx.seed
         index.train(pack_signs(sample))
         index.nprobe = ctx.ivf.nprobe
-        return index, {"factory": f"BIVF{ctx.ivf.nlist}", "nlist": ctx.ivf.nlist, "nprobe": ctx.ivf.nprobe,
+        return index, {"factory": factory, "nlist": ctx.ivf.nlist, "nprobe": ctx.ivf.nprobe,
                        "train_points": ctx.ivf.train_points, "seed": ctx.seed, "bytes_per_vector": dims // 8,
-                       "threshold": 0.0}
+                       "threshold": 0.0, "training": kept, "reconstruction_error": self.fit_error(index, sample)}
 
     def query_side(self, index, params, where):
         if not index.direct_map.type:  # reconstruct_n needs one on an IVF index
@@ -257,86 +278,6 @@ class VariantSpec:
     def lossless(self) -> bool:
         """Rescoring with the fp16 store cannot improve on it: full-dims fp32."""
         return isinstance(self.kind, Exact) and self.dims is None
-
-
-def training_rows(n: int, cfg: IndexConfig, seed: int) -> np.ndarray:
-    """The rows every variant that trains is trained on: a seeded sample of the planned size, in row order."""
-    size = plan_ivf(n, cfg.ivf).train_points
-    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
-
-
-def may_keep_training(cfg: IndexConfig, training: Training) -> bool:
-    """Whether every variant that trains may keep an earlier training (of a kind that keeps it, with one to keep):
-    then its fit is checked on fit_rows of the sample first, and the whole sample read only to train anew."""
-    specs = [VariantSpec.parse(name) for name in cfg.vector_variants]
-    return all(s.kind.keeps_training and s.name in training.variants for s in specs if s.kind.trains)
-
-
-@dataclass(frozen=True)
-class TrainedVariant:
-    """A variant ready to be filled, shard by shard: its trained, empty index and its manifest parameters."""
-
-    spec: VariantSpec
-    empty: bytes
-    params: dict
-
-    def fill(self, vectors: np.ndarray, rows: int | np.ndarray = 0) -> object:
-        """The trained index holding `vectors` (full dims) as rows `rows` (ids, or the first of consecutive ones;
-        an empty copy, filled)."""
-        index = from_bytes(self.empty, binary=self.spec.kind.binary)
-        self.spec.kind.fill(index, matryoshka(vectors, self.spec.dims), rows)
-        return index
-
-
-def check_prefixes(cfg: IndexConfig, dims: int, model: str) -> None:
-    """Every Matryoshka prefix fits the model's vectors: a build checks this once the model is known, before any
-    document is read."""
-    for name in cfg.vector_variants:
-        spec = VariantSpec.parse(name)
-        if spec.dims and spec.dims > dims:
-            raise IndexBuildError(f"index.variants: {name!r} asks for a {spec.dims}-dim prefix of {model}'s "
-                                  f"{dims}-dim vectors")
-
-
-def train_variants(cfg: IndexConfig, n: int, dims: int, sample: np.ndarray, seed: int,
-                   training: Training = FULL_BUILD, fit_only: bool = False) -> list[TrainedVariant]:
-    """Every configured vector variant trained once: `sample` holds the vectors of training_rows(n) (full dims), or
-    with `fit_only` of their fit_rows (NeedsWholeSample where a variant must train anew)."""
-    check_prefixes(cfg, dims, "the model")
-    out = []
-    for name in cfg.vector_variants:
-        spec = VariantSpec.parse(name)
-        kind = spec.kind
-        x = matryoshka(sample, spec.dims) if len(sample) else np.empty((0, spec.dims or dims), np.float32)
-        d = spec.dims or dims
-        ctx = TrainContext(cfg, seed, training, spec.name, n, plan_ivf(n, cfg.ivf) if kind.trains else None,
-                           fit_only)
-        index, params = kind.train(x, d, ctx)
-        params = {"kind": kind.name, "dims": d, "file": spec.file, **params}
-        if kind.ivf:
-            params["trained_file"] = trained_file(spec.name)
-        out.append(TrainedVariant(spec, to_bytes(index), params))
-    return out
-
-
-def build_variant(spec: VariantSpec, vectors: np.ndarray, cfg: IndexConfig, seed: int,
-                  training: Training = FULL_BUILD) -> tuple[object, dict]:
-    """The FAISS index of one variant over every row of `vectors`, in memory, and its manifest parameters: the
-    one-shard build (the sharded build trains and fills the same way, pipeline/jobs/indexing.py)."""
-    check_vectors(vectors)
-    rows = training_rows(len(vectors), cfg, seed) if spec.kind.trains else np.empty(0, dtype=np.int64)
-    one = IndexConfig.model_validate({**cfg.model_dump(), "variants": [spec.name]})
-    [trained] = train_variants(one, len(vectors), vectors.shape[1], vectors[rows], seed, training)
-    return trained.fill(vectors), trained.params
-
-
-def build_variants(cfg: IndexConfig, vectors: np.ndarray, seed: int,
-                   training: Training = FULL_BUILD) -> tuple[dict[str, object], dict]:
-    check_vectors(vectors)
-    trains = any(VariantSpec.parse(v).kind.trains for v in cfg.vector_variants)
-    rows = training_rows(len(vectors), cfg, seed) if trains else np.empty(0, dtype=np.int64)
-    trained = train_variants(cfg, len(vectors), vectors.shape[1], vectors[rows], seed, training)
-    return {t.spec.name: t.fill(vectors) for t in trained}, {t.spec.name: t.params for t in trained}
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 1. Rows: every committed shard's chunk rows in snapshot order (bucket, then chunk id: the same whatever the shard
    count, since shards are bucket ranges), shard after shard; a shard's first row is the sum of those before it.
 2. Train: one seeded sample of rows (bounded by `index.ivf.max_train_points`) is written shard by shard on the
-   workers, and one worker task trains every variant on it once (index/variants.py), or reuses an earlier
+   workers, and one worker task trains every variant on it once (index/build_variants.py), or reuses an earlier
    version's training.
 3. Fill, per shard on a worker (`index_shard`): its id rows, its fp16 rescoring rows and each variant's index of its
    vectors, written under runs/<run>/index/<shard>/; it returns the sums the drift statistics need over its vectors
@@ -36,15 +36,10 @@ from pipeline.index.assemble import (
     merge_ivf,
     npy_header,
 )
+from pipeline.index.build_variants import TrainedVariant, may_keep_training, train_variants, training_rows
 from pipeline.index.faiss_ops import fit_rows, write_to
 from pipeline.index.training import FULL_BUILD, NeedsWholeSample, Training
-from pipeline.index.variants import (
-    TrainedVariant,
-    VariantSpec,
-    may_keep_training,
-    train_variants,
-    training_rows,
-)
+from pipeline.index.variants import VariantSpec
 from pipeline.jobs.executor import Executor, one_task_cpus
 from pipeline.jobs.kept_codes import RESCORE, RESCORE_DTYPE, LiveCodes
 from pipeline.jobs.shards import INPUT_COLUMNS, LIVE_ROW, is_committed

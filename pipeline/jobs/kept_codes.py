@@ -7,10 +7,10 @@ live, live's code is the one a full build would write:
 - flat files (the fp16 store; exact, fp16, binary; int8 while live's ranges are kept): a shard's kept rows come
   from one read of the byte range of its live rows (a shard is a bucket range, and live's rows are in bucket order),
   copied run by run to their rows (prepare recorded each one's live row: LIVE_ROW);
-- IVF files whose training is live's (IVF-PQ, int8-ivf while it is kept): live's lists, filtered and renumbered,
-  merged with the new rows' lists in row order (pipeline/index/assemble.py merge_ivf).
-A variant live lacks, or one trained anew (binary-ivf always; any training that no longer fits), encodes every
-vector, as a full build does; while any does, a shard reads every vector, else only those of the chunks it redoes.
+- IVF files whose training is live's (IVF-PQ, int8-ivf, binary-ivf while it is kept): live's lists, filtered and
+  renumbered, merged with the new rows' lists in row order (pipeline/index/assemble.py merge_ivf).
+A variant live lacks, or one trained anew (a training that no longer fits), encodes every vector, as a full build
+does; while any does, a shard reads every vector, else only those of the chunks it redoes.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.errors import SnapshotError
 from pipeline.index.assemble import flat_row_bytes, same_flat_training, same_ivf_training
-from pipeline.index.variants import TrainedVariant
+from pipeline.index.build_variants import TrainedVariant
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
 

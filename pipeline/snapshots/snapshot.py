@@ -276,7 +276,7 @@ class Snapshot:
         if name in self.manifest["files"]:
             return self.read_verified(name)
         index = self.index(variant)  # written before trained files were kept: empty a copy
-        empty = faiss.clone_index(index)
+        empty = (faiss.clone_binary_index if isinstance(index, faiss.IndexBinary) else faiss.clone_index)(index)
         empty.reset()
         return to_bytes(empty)
 

@@ -391,19 +391,23 @@ def test_golden_queries_are_encoded_once_per_model(tmp_path, encoder):
     assert len(again.encode(["a new query"] + queries, kind="query")) == 4 and encoder.tokens_encoded > before
 
 
-@pytest.mark.parametrize("variants,store,ratio,sample,keeps", [
-    (["exact", "fp16", "ivfpq", "int8", "int8-ivf", "binary", "exact@64"], True, 1000.0, 50, True),
-    (["binary", "exact"], False, 1000.0, 0, True),
-    (["exact", "ivfpq", "binary-ivf"], True, 1000.0, 200, False),
-    (["exact", "ivfpq", "int8"], True, 1.0, 50 + 200, False)], ids=["live-codes", "live-codes-no-store",
-                                                                     "trained-anew", "training-misfit"])
+KEEP, MISFIT = 1000.0, 1.0  # reuse limits that keep any training, and that keep none which fits worse at all
+
+
+@pytest.mark.parametrize("variants,store,limits,sample,keeps", [
+    (["exact", "fp16", "ivfpq", "int8", "int8-ivf", "binary", "binary-ivf", "exact@64"], True, (KEEP, KEEP), 50,
+     True),
+    (["binary", "exact"], False, (KEEP, KEEP), 0, True),
+    (["exact", "ivfpq", "binary-ivf"], True, (KEEP, MISFIT), 50 + 200, False),
+    (["exact", "ivfpq", "int8"], True, (MISFIT, KEEP), 50 + 200, False)], ids=[
+        "live-codes", "live-codes-no-store", "binary-ivf-misfit", "training-misfit"])
 def test_an_incremental_index_stage_takes_kept_rows_codes_from_live_and_writes_a_full_builds_files(
-        tmp_path, sample_docs, encoder, monkeypatch, variants, store, ratio, sample, keeps):
+        tmp_path, sample_docs, encoder, monkeypatch, variants, store, limits, sample, keeps):
     """Kept chunks' codes come from the live version's files (flat files by row, IVF lists by list while their
-    training is kept: IVF-PQ's, int8's ranges, int8-ivf's), so only the redone chunks' vectors are read, and of the
-    training sample only the rows a kept training's fit is measured on; every file is the one a build that encodes
-    every vector writes, and the drift sums are the same. A variant trained anew (binary-ivf's centroids, a training
-    that no longer fits) needs every vector and the whole sample."""
+    training is kept: IVF-PQ's, int8's ranges, int8-ivf's, binary-ivf's centroids), so only the redone chunks'
+    vectors are read, and of the training sample only the rows a kept training's fit is measured on; every file is
+    the one a build that encodes every vector writes, and the drift sums are the same. A training that no longer
+    fits is trained anew on the whole sample, and its variant needs every vector."""
     from dataclasses import replace
 
     from pipeline.index import faiss_ops
@@ -415,7 +419,8 @@ def test_an_incremental_index_stage_takes_kept_rows_codes_from_live_and_writes_a
     docs = [dict(d) for d in sample_docs[:30]]
     corpus = write_jsonl(tmp_path / "c.jsonl", docs)
     cfg, storage = config(corpus, tmp_path / "store"), Storage(str(tmp_path / "store"))
-    ivf = cfg.index.ivf.model_copy(update={"max_train_points": 200, "max_reuse_error_ratio": ratio})
+    ivf = cfg.index.ivf.model_copy(update={"max_train_points": 200, "max_reuse_error_ratio": limits[0],
+                                           "max_reuse_hamming_ratio": limits[1]})
     cfg = cfg.model_copy(update={"index": cfg.index.model_copy(update={"variants": variants, "ivf": ivf,
                                                                         "store_fp16": store})})
 
@@ -441,10 +446,10 @@ def test_an_incremental_index_stage_takes_kept_rows_codes_from_live_and_writes_a
     prepared2, incremental = built("run2", "v2", plan)
     kept = prepared2.counts["chunks_kept"]
     assert 0 < kept < prepared2.counts["chunks"]
-    for name in {"ivfpq", "int8", "int8-ivf"} & set(variants):  # the kinds that keep a training while it fits
-        training = incremental.params["variants"][name]
-        assert ("trained_in" in training) == (ratio > 1) and training["training"].startswith(
-            "reused from version v1" if ratio > 1 else "trained on this build's vectors: they fit version v1")
+    for name in {"ivfpq", "int8", "int8-ivf", "binary-ivf"} & set(variants):  # kinds that keep a training that fits
+        training, limit = incremental.params["variants"][name], limits[name == "binary-ivf"]
+        assert ("trained_in" in training) == (limit > 1) and training["training"].startswith(
+            "reused from version v1" if limit > 1 else "trained on this build's vectors: they fit version v1")
     assert sum(read) == sample + prepared2.counts["chunks"] - (kept if keeps else 0)
     read.clear()
     full = build_indexes(cfg, storage, prepared2, storage.child("snapshots/t/v2-full"),

@@ -9,8 +9,8 @@ import pytest
 
 from pipeline.config import IndexConfig
 from pipeline.index.assemble import concat_flat, merge_ivf
+from pipeline.index.build_variants import build_variants, train_variants, training_rows
 from pipeline.index.faiss_ops import to_bytes
-from pipeline.index.variants import build_variants, train_variants, training_rows
 
 ALL = ["exact", "fp16", "int8", "binary", "exact@32", "ivfpq", "int8-ivf", "binary-ivf"]
 

@@ -139,8 +139,9 @@ def _recall_at_10(index, x: np.ndarray) -> float:
 
 def test_live_training_is_reused_while_it_fits_and_retrained_once_the_corpus_moved_to_new_topics():
     from pipeline.config import IndexConfig
+    from pipeline.index.build_variants import build_variant, train_variants
     from pipeline.index.training import Training
-    from pipeline.index.variants import VariantSpec, build_variant, train_variants
+    from pipeline.index.variants import VariantSpec
 
     rng = np.random.default_rng(0)
     # topics that weigh other dimensions: codebooks trained on the old ones have few codes where the new ones vary
@@ -184,8 +185,9 @@ def test_int8_ranges_are_kept_while_they_fit_and_trained_again_once_the_vectors_
     them as well as its own did (then an incremental build copies the kept chunks' codes), trained again once the
     vectors spread beyond them, where the kept ranges would clip every new vector."""
     from pipeline.config import IndexConfig
+    from pipeline.index.build_variants import build_variant, train_variants
     from pipeline.index.training import Training
-    from pipeline.index.variants import Int8, VariantSpec, build_variant, train_variants
+    from pipeline.index.variants import Int8, VariantSpec
 
     rng = np.random.default_rng(0)
     topics = rng.standard_normal((400, 64))
@@ -207,6 +209,35 @@ def test_int8_ranges_are_kept_while_they_fit_and_trained_again_once_the_vectors_
     _, params = build_variant(spec, wider, cfg, seed=0, training=training)
     assert "trained_in" not in params and "they fit version v1's training" in params["training"]
     assert params["int8_ranges"] != trained.params["int8_ranges"]
+
+
+def test_binary_ivf_centroids_are_kept_while_the_codes_stay_near_them_and_trained_again_once_they_moved():
+    """binary-ivf's training places sign codes in lists; kept from live while this build's codes lie as near its
+    centroids (Hamming) as the ones it was trained on, trained again once the corpus moved to new topics."""
+    from pipeline.config import IndexConfig
+    from pipeline.index.build_variants import build_variant, train_variants
+    from pipeline.index.training import Training
+    from pipeline.index.variants import VariantSpec
+
+    rng = np.random.default_rng(0)
+    weights = np.where(np.arange(64) < 32, 1.0, 0.2)
+    old_topics, new_topics = rng.standard_normal((400, 64)) * weights, rng.standard_normal((400, 64)) * weights[::-1]
+    live = _topics(old_topics, 4000, seed=1)
+    cfg = IndexConfig(variants=["binary-ivf"], ivf={"nprobe": 5})
+    [trained] = train_variants(cfg, len(live), 64, live, seed=0)
+    assert 0 < trained.params["reconstruction_error"] < 0.5  # nearer its centroids than to random codes
+    training = Training({"binary-ivf": (trained.empty, {**trained.params, "trained_in": "v1"})}, why="same model")
+    spec = VariantSpec.parse("binary-ivf")
+
+    edited = np.concatenate([live[400:], _topics(old_topics, 400, seed=2)])  # a tenth rewritten, the same topics
+    index, params = build_variant(spec, edited, cfg, seed=0, training=training)
+    assert params["trained_in"] == "v1" and params["training"].startswith("reused from version v1")
+    assert params["reconstruction_error_now"] <= 1.04 * params["reconstruction_error"] and index.nprobe == 5
+    fresh, _ = build_variant(spec, edited, cfg, seed=0)
+    assert faiss.serialize_index_binary(index).tobytes() != faiss.serialize_index_binary(fresh).tobytes()
+
+    _, params = build_variant(spec, _topics(new_topics, 4000, seed=3), cfg, seed=0, training=training)
+    assert "trained_in" not in params and "max_reuse_hamming_ratio 1.04" in params["training"]
 
 
 @pytest.mark.parametrize("n", [10, 20_000, 39_999, 40_000, 59_999, 200_000, 1_000_003])

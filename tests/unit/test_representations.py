@@ -10,9 +10,10 @@ import pytest
 from pipeline.config import IndexConfig
 from pipeline.config_loader import parse_config
 from pipeline.errors import IndexBuildError, SnapshotError
+from pipeline.index.build_variants import build_variant, build_variants
 from pipeline.index.faiss_ops import to_bytes
 from pipeline.index.representations import Int8Ranges, asymmetric_binary_scores, matryoshka
-from pipeline.index.variants import Variant, VariantSpec, build_variant, build_variants
+from pipeline.index.variants import Variant, VariantSpec
 from pipeline.jobs.build import describe_variants
 from pipeline.quality.search import Searcher
 from pipeline.snapshots.snapshot import Snapshot, publish
