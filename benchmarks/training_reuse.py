@@ -121,7 +121,9 @@ def measure(args: argparse.Namespace, name: str, live: np.ndarray, same: np.ndar
     for arriving, label in ((same, "same topics"), (new, "new topics")):
         for share in SHARES:
             k = int(share * n)
-            corpus = np.ascontiguousarray(np.concatenate([live[k:], arriving[:k]]))
+            # in random order, as a snapshot's rows are (bucket order: a hash of the document id), so the rows a
+            # fit is measured on (faiss_ops.fit_rows: the sample's first) hold the arrived vectors in their share
+            corpus = np.concatenate([live[k:], arriving[:k]])[np.random.default_rng(k).permutation(n)]
             _, truth = build_exact(corpus).search(corpus[queries], 10)
             start = time.perf_counter()
             chosen, params = build_variant(spec, corpus, cfg, seed=0, training=training)

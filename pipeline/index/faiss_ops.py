@@ -67,13 +67,16 @@ def train_ivfpq(vectors: np.ndarray, plan: IvfPqPlan, seed: int, use_gpu: bool |
     return index
 
 
-FIT_ROWS = 20_000  # rows that measure a training's fit (every row up to twice this, else a stride of them)
+FIT_ROWS = 20_000  # rows that measure a training's fit
 
 
 def fit_rows(rows: np.ndarray) -> np.ndarray:
-    """The rows (of a sample, or its row numbers) a training's fit is measured on: fewer than 2 * FIT_ROWS, and
-    fit_rows of them are themselves, so a build may read only these rows of its sample to measure it."""
-    return rows[::max(1, len(rows) // FIT_ROWS)]
+    """The rows (of a sample, or its row numbers) a training's fit is measured on: its first FIT_ROWS, and fit_rows
+    of them are themselves, so a build may read only these rows of its sample to measure it. A snapshot's rows are
+    in bucket order, buckets by a hash of the document id, so the first rows are documents drawn at random, and they
+    lie in the first shards: a kept training's fit reads those shards' vectors alone. (Vectors in any other order,
+    e.g. a benchmark's, are shuffled first.)"""
+    return rows[:FIT_ROWS]
 
 
 def reconstruction_error(index: faiss.Index, vectors: np.ndarray) -> float:

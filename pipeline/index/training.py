@@ -43,10 +43,10 @@ def _growth(params: dict, now: float) -> float:
     return now / then if then else (1.0 if now == 0 else float("inf"))
 
 
-def misfit(params: dict, now: float, limit: float, setting: str = "max_reuse_error_ratio") -> str | None:
-    """Why an earlier version's trained index no longer fits this build's vectors (their reconstruction error `now`
-    beyond `limit`, the config's `index.ivf.<setting>`, times its error on the vectors it was trained on), or None
-    while it does."""
+def misfit(params: dict, now: float, limit: float, setting: str, measure: str) -> str | None:
+    """Why an earlier version's trained index no longer fits this build's vectors (their error `now`, the kind's
+    `measure`, beyond `limit`, the config's `index.ivf.<setting>`, times its error on the vectors it was trained on),
+    or None while it does."""
     version = params["trained_in"]
     if "reconstruction_error" not in params:
         return (f"trained on this build's vectors: version {version}'s training recorded no reconstruction error "
@@ -54,13 +54,13 @@ def misfit(params: dict, now: float, limit: float, setting: str = "max_reuse_err
     if _growth(params, now) <= limit:
         return None
     return (f"trained on this build's vectors: they fit version {version}'s training {_growth(params, now):.2f}x "
-            f"worse than the vectors it was trained on (reconstruction error {now:.4g} against "
+            f"worse than the vectors it was trained on ({measure} {now:.4g} against "
             f"{params['reconstruction_error']:.4g}; index.ivf.{setting} {limit:g})")
 
 
-def kept_note(params: dict, now: float, why: str) -> str:
+def kept_note(params: dict, now: float, why: str, measure: str) -> str:
     """The manifest's `training` line for a kept training: whose, how well it fits, why it may be kept."""
-    return (f"reused from version {params['trained_in']} (reconstruction error {_growth(params, now):.2f}x its value "
+    return (f"reused from version {params['trained_in']} ({measure} {_growth(params, now):.2f}x its value "
             f"when trained): {why}")
 
 
@@ -84,9 +84,10 @@ def kept_training(ctx: TrainContext, kind: Kind, sample: np.ndarray, dims: int, 
         params = {k: v for k, v in earlier[1].items() if k not in ("index_bytes", "quality", "training")}
         index = from_bytes(earlier[0], kind.binary)
         now = kind.fit_error(index, sample)
-        why = misfit(params, now, getattr(ctx.cfg.ivf, kind.reuse_limit), kind.reuse_limit)
+        why = misfit(params, now, getattr(ctx.cfg.ivf, kind.reuse_limit), kind.reuse_limit, kind.fit_measure)
         if why is None:
-            params |= {"reconstruction_error_now": now, "training": kept_note(params, now, ctx.training.why)}
+            params |= {"reconstruction_error_now": now, "training": kept_note(params, now, ctx.training.why,
+                                                                                 kind.fit_measure)}
             if nprobe is not None:  # how a search scans, not training: this build's plan (its N) sets it
                 (index if kind.binary else faiss.extract_index_ivf(index)).nprobe = nprobe
                 params["nprobe"] = nprobe

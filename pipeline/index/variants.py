@@ -66,6 +66,7 @@ class Kind:
     ivf = False  # inverted lists: shard files merge by list, rows carry their ids
     keeps_training = False  # an incremental build may keep live's training while it fits (training.kept_training)
     reuse_limit = "max_reuse_error_ratio"  # the IvfConfig field bounding fit_error's growth for a kept training
+    fit_measure = "reconstruction error"  # what fit_error measures, as messages name it
 
     def train(self, sample: np.ndarray, dims: int, ctx: TrainContext) -> tuple[object, dict]:
         raise NotImplementedError
@@ -226,6 +227,7 @@ class BinaryIvf(Binary):
     name = "binary-ivf"
     trains = ivf = keeps_training = True
     reuse_limit = "max_reuse_hamming_ratio"
+    fit_measure = "Hamming distance to its centroids"
 
     def fit_error(self, index, x):
         return centroid_error(index, pack_signs(x))

@@ -153,7 +153,8 @@ def train(cfg: PipelineConfig, storage: Storage, run_id: str, shards: list[Shard
     """Every variant trained once on the seeded sample (at most index.ivf.max_train_points vectors): the workers
     write their shards' share of it, one task trains on it; the driver gets the trained, empty indexes (centroids
     and codebooks: kilobytes to a few MB). Where every training may be kept from live, its fit is checked on the
-    rows it is measured on first (at most 2 x FIT_ROWS), and the whole sample read only to train anew."""
+    rows it is measured on first (faiss_ops.fit_rows: those of the first shards), and the whole sample read only to
+    train anew."""
     n = sum(s.rows for s in shards)
     trains = any(VariantSpec.parse(v).kind.trains for v in cfg.index.vector_variants)
     rows = training_rows(n, cfg.index, cfg.run.seed) if trains else np.empty(0, dtype=np.int64)

@@ -415,7 +415,7 @@ def test_an_incremental_index_stage_takes_kept_rows_codes_from_live_and_writes_a
     from pipeline.jobs.plan import reusable_training
     from pipeline.snapshots.snapshot import Snapshot, commit
 
-    monkeypatch.setattr(faiss_ops, "FIT_ROWS", 50)  # a fit measured on every 4th of the 200 training rows
+    monkeypatch.setattr(faiss_ops, "FIT_ROWS", 50)  # a fit measured on the first 50 of the 200 training rows
     docs = [dict(d) for d in sample_docs[:30]]
     corpus = write_jsonl(tmp_path / "c.jsonl", docs)
     cfg, storage = config(corpus, tmp_path / "store"), Storage(str(tmp_path / "store"))

@@ -231,20 +231,24 @@ def test_binary_ivf_centroids_are_kept_while_the_codes_stay_near_them_and_traine
 
     edited = np.concatenate([live[400:], _topics(old_topics, 400, seed=2)])  # a tenth rewritten, the same topics
     index, params = build_variant(spec, edited, cfg, seed=0, training=training)
-    assert params["trained_in"] == "v1" and params["training"].startswith("reused from version v1")
+    assert params["trained_in"] == "v1" and params["training"].startswith(
+        "reused from version v1 (Hamming distance to its centroids 1.0")
     assert params["reconstruction_error_now"] <= 1.04 * params["reconstruction_error"] and index.nprobe == 5
     fresh, _ = build_variant(spec, edited, cfg, seed=0)
     assert faiss.serialize_index_binary(index).tobytes() != faiss.serialize_index_binary(fresh).tobytes()
 
     _, params = build_variant(spec, _topics(new_topics, 4000, seed=3), cfg, seed=0, training=training)
     assert "trained_in" not in params and "max_reuse_hamming_ratio 1.04" in params["training"]
+    assert "worse than the vectors it was trained on (Hamming distance to its centroids" in params["training"]
 
 
 @pytest.mark.parametrize("n", [10, 20_000, 39_999, 40_000, 59_999, 200_000, 1_000_003])
 def test_a_kept_trainings_fit_measured_on_its_fit_rows_alone_is_the_one_over_the_whole_sample(n):
     """An incremental build reads only fit_rows of the training sample to check a kept training: the rows
-    reconstruction_error picks from them are the ones it picks from the whole sample, so the figure is the same."""
+    reconstruction_error picks from them are the ones it picks from the whole sample, so the figure is the same;
+    and they are the sample's first rows, so the first shards alone hold them."""
     from pipeline.index.faiss_ops import FIT_ROWS, fit_rows
 
-    sample = np.arange(n)
-    assert np.array_equal(fit_rows(fit_rows(sample)), fit_rows(sample)) and len(fit_rows(sample)) < 2 * FIT_ROWS
+    sample = np.sort(np.random.default_rng(0).choice(2 * n, size=n, replace=False))
+    assert np.array_equal(fit_rows(fit_rows(sample)), fit_rows(sample))
+    assert np.array_equal(fit_rows(sample), sample[:FIT_ROWS])
