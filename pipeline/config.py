@@ -153,9 +153,10 @@ class IvfConfig(_Strict):
     # The training sample's cap, i.e. its memory (200k x 384 dims x 4 B = 307 MB); nlist <= cap / 39.
     max_train_points: Annotated[int, Field(gt=0)] = 200_000
     # An incremental build reuses live's training (IVF-PQ's, int8's ranges) while its vectors' reconstruction
-    # error stays within this multiple of the error when trained (index/variants.py; benchmarks/training_reuse.py)
+    # error stays within this multiple of the error when trained (index/training.py; benchmarks/training_reuse.py)
     max_reuse_error_ratio: Annotated[float, Field(ge=1.0)] = 1.15
-    # binary-ivf's: its codes' Hamming distance to their centroids (half the bits would be no better than random)
+    # binary-ivf's centroids, while its codes' Hamming distance to them stays within this multiple (it moves little:
+    # half the bits would be no nearer than a random code)
     max_reuse_hamming_ratio: Annotated[float, Field(ge=1.0)] = 1.04
 
     @model_validator(mode="after")

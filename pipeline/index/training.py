@@ -72,9 +72,8 @@ def kept_training(ctx: TrainContext, kind: Kind, sample: np.ndarray, dims: int, 
                   nprobe: int | None = None) -> tuple[object, dict] | str:
     """An earlier version's trained index and parameters for the variant `ctx.name` (of `kind`), kept while its plan
     is this build's (`factory`) and it still fits this build's sample (`kind.fit_error` within the config's
-    `index.ivf.<kind.reuse_limit>`);
-    else why the variant is trained anew (raised as NeedsWholeSample when the sample holds only the fit rows).
-    `nprobe`: this build's, for IVF kinds."""
+    `index.ivf.<kind.reuse_limit>`); else why the variant is trained anew (raised as NeedsWholeSample when the
+    sample holds only the fit rows). `nprobe`: this build's, for IVF kinds."""
     earlier = ctx.training.variants.get(ctx.name)
     if earlier is None:
         why = ctx.training.why

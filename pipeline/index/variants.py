@@ -27,12 +27,7 @@ import numpy as np
 
 from pipeline.config import VARIANT_KINDS, VARIANT_PATTERN, IndexConfig
 from pipeline.errors import IndexBuildError, SnapshotError
-from pipeline.index.faiss_ops import (
-    centroid_error,
-    reconstruction_error,
-    to_bytes,
-    train_ivfpq,
-)
+from pipeline.index.faiss_ops import centroid_error, reconstruction_error, to_bytes, train_ivfpq
 from pipeline.index.plan import IvfPlan, plan_ivfpq
 from pipeline.index.ranking import rerank
 from pipeline.index.representations import Int8Ranges, asymmetric_binary_scores, matryoshka, pack_signs
