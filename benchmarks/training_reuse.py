@@ -75,7 +75,6 @@ def split_by_topic(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def recall_at_10(variant, x: np.ndarray, truth: np.ndarray, queries: np.ndarray) -> float:
     _, found = variant.candidates(x[queries], 100 if variant.spec.kind.binary else 10, keep=10)
-    found = found[:, :10]
     return round(float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])), 4)
 
 
