@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from pipeline.index.faiss_ops import from_bytes, native_stdout_silenced, to_bytes
+from pipeline.index.faiss_ops import from_bytes, ivf_of, native_stdout_silenced, to_bytes
 
 _COPY = 8 << 20  # bytes copied at a time
 
@@ -86,10 +86,6 @@ def _read(path: Path, binary: bool, flags: int) -> faiss.Index | faiss.IndexBina
         return faiss.read_index_binary(str(path), flags) if binary else faiss.read_index(str(path), flags)
 
 
-def _ivf(index: faiss.Index | faiss.IndexBinary, binary: bool):
-    return index if binary else faiss.extract_index_ivf(index)
-
-
 def _entries(lists, list_no: int, code_size: int) -> tuple[np.ndarray, np.ndarray]:
     """One inverted list's (ids, codes), copied out."""
     n = lists.list_size(list_no)
@@ -114,7 +110,7 @@ def _lists_with_kept(ivf, parts: list, kept: KeptLists, binary: bool) -> faiss.A
     """The inverted lists of `parts` and of the rows kept of a live index, each list sorted by row: what the parts
     of a full build give, merged in row order."""
     live_index = _read(kept.path, binary, faiss.IO_FLAG_ONDISK_SAME_DIR)  # its lists mapped from its .ivfdata
-    live = _ivf(live_index, binary).invlists
+    live = ivf_of(live_index, binary).invlists
     new_row = np.full(live_index.ntotal, -1, dtype=np.int64)
     new_row[kept.live_rows] = kept.rows
     out = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
@@ -137,11 +133,11 @@ def merge_ivf(empty: bytes, binary: bool, shard_files: list[Path], index_path: P
     on disk in `ivfdata_path` (named by base name in the index file); the `kept` rows of a live index join the
     lists with the codes live has for them. Returns the rows merged."""
     index = from_bytes(empty, binary)
-    ivf = _ivf(index, binary)
+    ivf = ivf_of(index, binary)
     parts = []
     for path in shard_files:  # memory-mapped: the lists are not loaded
         part = _read(path, binary, faiss.IO_FLAG_MMAP)
-        part_ivf = _ivf(part, binary)
+        part_ivf = ivf_of(part, binary)
         part_ivf.own_invlists = False  # the lists outlive their index until merged
         parts.append((part, part_ivf.invlists))
     if kept is not None:  # one part of every list in row order (a list of the parts merged is in part order)
@@ -165,7 +161,7 @@ def same_ivf_training(a: bytes, b: bytes, binary: bool) -> bool:
     which a build's plan may change while it keeps the training)."""
     def scan_free(data: bytes) -> bytes:
         index = from_bytes(data, binary)
-        _ivf(index, binary).nprobe = 1
+        ivf_of(index, binary).nprobe = 1
         return to_bytes(index)
 
     return scan_free(a) == scan_free(b)

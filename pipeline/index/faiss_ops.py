@@ -131,6 +131,11 @@ def native_stdout_silenced() -> Iterator[None]:
         os.close(null)
 
 
+def ivf_of(index: faiss.Index | faiss.IndexBinary, binary: bool):
+    """An IVF index's inverted-file part (lists, nprobe): a binary IVF index is its own, a float one's is inside it."""
+    return index if binary else faiss.extract_index_ivf(index)
+
+
 def to_bytes(index: faiss.Index | faiss.IndexBinary) -> bytes:
     if isinstance(index, faiss.IndexBinary):
         return faiss.serialize_index_binary(index).tobytes()

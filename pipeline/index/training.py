@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 
-from pipeline.index.faiss_ops import from_bytes
+from pipeline.index.faiss_ops import from_bytes, ivf_of
 
 if TYPE_CHECKING:
     from pipeline.index.variants import Kind, TrainContext
@@ -88,7 +87,7 @@ def kept_training(ctx: TrainContext, kind: Kind, sample: np.ndarray, dims: int, 
             params |= {"reconstruction_error_now": now, "training": kept_note(params, now, ctx.training.why,
                                                                                  kind.fit_measure)}
             if nprobe is not None:  # how a search scans, not training: this build's plan (its N) sets it
-                (index if kind.binary else faiss.extract_index_ivf(index)).nprobe = nprobe
+                ivf_of(index, kind.binary).nprobe = nprobe
                 params["nprobe"] = nprobe
             return index, params
     if ctx.fit_only:

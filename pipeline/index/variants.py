@@ -49,7 +49,6 @@ class TrainContext:
     fit_only: bool = False  # the sample is only fit_rows(training rows): enough to check a kept training's fit
 
 
-
 class Kind:
     """One variant kind. `train` returns its trained, empty index and its manifest parameters; `fill` adds rows to
     such an index; `query_side` what a search needs besides the index (int8 ranges, binary codes), checked
