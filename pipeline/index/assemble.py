@@ -86,45 +86,97 @@ def _read(path: Path, binary: bool, flags: int) -> faiss.Index | faiss.IndexBina
         return faiss.read_index_binary(str(path), flags) if binary else faiss.read_index(str(path), flags)
 
 
-def _entries(lists, list_no: int, code_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One inverted list's (ids, codes), copied out."""
+def _ids(lists, list_no: int) -> np.ndarray:
+    """One inverted list's ids, a view of the lists' memory (valid while `lists` is)."""
     n = lists.list_size(list_no)
-    if not n:
-        return np.empty(0, np.int64), np.empty((0, code_size), np.uint8)
-    ids = faiss.rev_swig_ptr(lists.get_ids(list_no), n).copy()
-    codes = faiss.rev_swig_ptr(lists.get_codes(list_no), n * code_size).reshape(n, code_size).copy()
-    return ids, codes
+    return faiss.rev_swig_ptr(lists.get_ids(list_no), n) if n else np.empty(0, np.int64)
+
+
+def _entries(lists, list_no: int, code_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One inverted list's (ids, codes), as views of the lists' memory (valid while `lists` is)."""
+    ids = _ids(lists, list_no)
+    if not len(ids):
+        return ids, np.empty((0, code_size), np.uint8)
+    return ids, faiss.rev_swig_ptr(lists.get_codes(list_no), len(ids) * code_size).reshape(len(ids), code_size)
+
+
+@dataclass(frozen=True)
+class KeptRuns:
+    """The rows a build keeps of a live version, as runs of rows that follow each other in both (kept rows keep live's
+    order): live rows live_start + i become rows row_start + i for i < length. As many runs as edits between kept
+    rows, so they grow with the change, not the corpus."""
+
+    live_start: np.ndarray
+    row_start: np.ndarray
+    length: np.ndarray
+
+    @classmethod
+    def of(cls, live_rows: np.ndarray, rows: np.ndarray) -> KeptRuns:
+        """The runs of kept rows given each one's live row and row (both increasing)."""
+        breaks = np.flatnonzero((np.diff(live_rows) != 1) | (np.diff(rows) != 1)) + 1
+        starts = np.r_[0, breaks] if len(rows) else np.empty(0, np.int64)
+        return cls(live_rows[starts], rows[starts], np.diff(np.r_[starts, len(rows)]))
+
+    @classmethod
+    def stacked(cls, array: np.ndarray) -> KeptRuns:
+        """From `to_array`'s form (several concatenated along its second axis, in live row order)."""
+        return cls(*np.asarray(array, dtype=np.int64))
+
+    def to_array(self) -> np.ndarray:
+        return np.stack([self.live_start, self.row_start, self.length])
+
+    def __iter__(self):
+        return zip(self.live_start.tolist(), self.row_start.tolist(), self.length.tolist(), strict=True)
+
+    def rows_of(self, live_rows: np.ndarray) -> np.ndarray:
+        """Each live row's row in the build, -1 where it is not kept."""
+        if not len(self.length):
+            return np.full(len(live_rows), -1, dtype=np.int64)
+        run = np.maximum(np.searchsorted(self.live_start, live_rows, side="right") - 1, 0)
+        offset = live_rows - self.live_start[run]
+        return np.where((offset >= 0) & (offset < self.length[run]), self.row_start[run] + offset, -1)
 
 
 @dataclass(frozen=True)
 class KeptLists:
     """A live IVF index file (its .ivfdata beside it) of the same training as a build, and the rows the build keeps
-    of it: their live rows and their rows in the build."""
+    of it."""
 
     path: Path
-    live_rows: np.ndarray
-    rows: np.ndarray
+    runs: KeptRuns
 
 
-def _lists_with_kept(ivf, parts: list, kept: KeptLists, binary: bool) -> faiss.ArrayInvertedLists:
-    """The inverted lists of `parts` and of the rows kept of a live index, each list sorted by row: what the parts
-    of a full build give, merged in row order."""
-    live_index = _read(kept.path, binary, faiss.IO_FLAG_ONDISK_SAME_DIR)  # its lists mapped from its .ivfdata
-    live = ivf_of(live_index, binary).invlists
-    new_row = np.full(live_index.ntotal, -1, dtype=np.int64)
-    new_row[kept.live_rows] = kept.rows
-    out = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
-    for list_no in range(ivf.nlist):
-        live_ids, live_codes = _entries(live, list_no, ivf.code_size)
-        rows = new_row[live_ids]
-        pieces = [(rows[rows >= 0], live_codes[rows >= 0]),
-                  *(_entries(lists, list_no, ivf.code_size) for _, lists in parts)]
-        ids, codes = np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
+def _merge_kept(ivf, new, kept: KeptRuns, live, out) -> None:
+    """Fill the empty on-disk lists `out` with each list's rows of `new` (the parts' lists, merged) and its `kept` rows
+    of `live` (with live's codes, renumbered), in row order: what the parts of a full build give. Two passes over live's
+    ids (each list's size first, so the lists lie in one pass over `out`'s file); one list in memory at a time."""
+    sizes = np.array([np.count_nonzero(kept.rows_of(_ids(live, j)) >= 0) + new.list_size(j)
+                      for j in range(ivf.nlist)], dtype=np.uint64)
+    out.set_all_lists_sizes(faiss.swig_ptr(sizes))
+    with native_stdout_silenced():  # it notes the resize
+        out.update_totsize(int(sizes.sum()) * (8 + ivf.code_size))  # the file mapped, as merge_from_multiple leaves it
+    for j in range(ivf.nlist):
+        live_ids, live_codes = _entries(live, j, ivf.code_size)
+        rows = kept.rows_of(live_ids)
+        new_ids, new_codes = _entries(new, j, ivf.code_size)
+        ids = np.concatenate([rows[rows >= 0], new_ids])
         if len(ids):
             order = np.argsort(ids, kind="stable")
-            ids, codes = np.ascontiguousarray(ids[order]), np.ascontiguousarray(codes[order])
-            out.add_entries(list_no, len(ids), faiss.swig_ptr(ids), faiss.swig_ptr(codes))
-    return out
+            ids, codes = ids[order], np.concatenate([live_codes[rows >= 0], new_codes])[order]  # held: FAISS reads them
+            out.update_entries(j, 0, len(ids), faiss.swig_ptr(ids), faiss.swig_ptr(codes))
+
+
+def _on_disk(ivf, path: Path, parts: list) -> faiss.OnDiskInvertedLists:
+    """Empty inverted lists backed by the file `path`, filled with `parts`' lists (list by list, in part order) if
+    any are given."""
+    invlists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(path))
+    if parts:
+        pointers = faiss.InvertedListsPtrVector()
+        for lists in parts:
+            pointers.push_back(lists)
+        with native_stdout_silenced():
+            invlists.merge_from_multiple(pointers.data(), pointers.size(), False)
+    return invlists
 
 
 def merge_ivf(empty: bytes, binary: bool, shard_files: list[Path], index_path: Path, ivfdata_path: Path,
@@ -134,20 +186,19 @@ def merge_ivf(empty: bytes, binary: bool, shard_files: list[Path], index_path: P
     lists with the codes live has for them. Returns the rows merged."""
     index = from_bytes(empty, binary)
     ivf = ivf_of(index, binary)
-    parts = []
-    for path in shard_files:  # memory-mapped: the lists are not loaded
-        part = _read(path, binary, faiss.IO_FLAG_MMAP)
-        part_ivf = ivf_of(part, binary)
-        part_ivf.own_invlists = False  # the lists outlive their index until merged
-        parts.append((part, part_ivf.invlists))
-    if kept is not None:  # one part of every list in row order (a list of the parts merged is in part order)
-        parts = [(None, _lists_with_kept(ivf, parts, kept, binary))]
-    invlists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(ivfdata_path))
-    pointers = faiss.InvertedListsPtrVector()
-    for _, lists in parts:
-        pointers.push_back(lists)
-    with native_stdout_silenced():
-        rows = invlists.merge_from_multiple(pointers.data(), pointers.size(), False)
+    parts = [_read(path, binary, faiss.IO_FLAG_MMAP) for path in shard_files]  # mapped: the lists are not loaded
+    lists = [ivf_of(part, binary).invlists for part in parts]  # valid while `parts` holds their indexes
+    if kept is None:
+        invlists = _on_disk(ivf, ivfdata_path, lists)
+    else:  # the parts hold the redone rows alone: merged first, then list by list with live's kept rows
+        new_path = ivfdata_path.with_name(ivfdata_path.name + ".new")
+        new = _on_disk(ivf, new_path, lists)
+        live_index = _read(kept.path, binary, faiss.IO_FLAG_ONDISK_SAME_DIR)  # its lists mapped from its .ivfdata
+        invlists = _on_disk(ivf, ivfdata_path, [])
+        _merge_kept(ivf, new, kept.runs, ivf_of(live_index, binary).invlists, invlists)
+        del new, live_index
+        new_path.unlink()
+    rows = invlists.compute_ntotal()
     index.ntotal = ivf.ntotal = rows
     ivf.replace_invlists(invlists, True)
     invlists.this.disown()

@@ -28,6 +28,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import SnapshotError
 from pipeline.index.assemble import (
     KeptLists,
+    KeptRuns,
     concat_flat,
     concat_parquet,
     flat_codes,
@@ -49,7 +50,7 @@ from pipeline.storage.backend import Storage
 from pipeline.storage.tables import read_parquet, write_parquet
 
 SAMPLE = "sample.npy"  # a shard's share of the training sample, under runs/<run>/index/<shard>/
-KEPT = "kept.npy"  # a shard's kept rows: their live rows, then their rows, for IVF merges (kept_codes.py)
+KEPT = "kept.npy"  # a shard's kept rows as runs (assemble.KeptRuns), for IVF merges (kept_codes.py)
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,8 @@ def index_shard(storage: Storage, run_id: str, shard: ShardRows, trained: list[T
     kept_key = layout.index_shard_key(run_id, shard.shard, KEPT)
     if kept.any() and live.ivf:  # the IVF files' merge takes the kept rows' codes from live's lists
         out = io.BytesIO()
-        np.save(out, np.stack([live_rows[kept], shard.first_row + np.flatnonzero(kept)]), allow_pickle=False)
+        np.save(out, KeptRuns.of(live_rows[kept], shard.first_row + np.flatnonzero(kept)).to_array(),
+                allow_pickle=False)
         storage.write_bytes(kept_key, out.getvalue())
     elif storage.exists(kept_key):  # an earlier attempt's
         storage.delete(kept_key)
@@ -293,15 +295,14 @@ def _kept_lists(storage: Storage, run_id: str, shards: list[ShardRows], live: Li
     """Live's IVF file of variant `what` (copied into `folder`) and the rows the shards kept of it, where they took
     their codes from it; else None."""
     kept = [layout.index_shard_key(run_id, s.shard, KEPT) for s in shards] if live and what in live.ivf else []
-    pairs = [np.load(io.BytesIO(storage.read_bytes(key)), allow_pickle=False) for key in kept if storage.exists(key)]
-    if not pairs:
+    runs = [np.load(io.BytesIO(storage.read_bytes(key)), allow_pickle=False) for key in kept if storage.exists(key)]
+    if not runs:
         return None
     folder.mkdir()
     path = folder / Path(live.ivf[what]).name
     live.storage.get_file(live.ivf[what], path)
     live.storage.get_file(layout.ivfdata_file(what), folder / Path(layout.ivfdata_file(what)).name)
-    live_rows, rows = np.concatenate(pairs, axis=1)
-    return KeptLists(path, live_rows, rows)
+    return KeptLists(path, KeptRuns.stacked(np.concatenate(runs, axis=1)))  # shards in order: live rows increase
 
 
 def _copy(src, out, block: int = 8 << 20) -> None:

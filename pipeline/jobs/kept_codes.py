@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.errors import SnapshotError
-from pipeline.index.assemble import flat_row_bytes, same_flat_training, same_ivf_training
+from pipeline.index.assemble import KeptRuns, flat_row_bytes, same_flat_training, same_ivf_training
 from pipeline.index.build_variants import TrainedVariant
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
@@ -56,12 +56,10 @@ class LiveCodes:
         `live_rows` is not -1: one read per run of rows that follow each other in both (kept rows keep live's order,
         so the runs are as many as the edits between them), straight into place."""
         where, at = self.flat[name], np.flatnonzero(live_rows >= 0)
-        source = live_rows[at]
-        breaks = np.flatnonzero((np.diff(at) != 1) | (np.diff(source) != 1)) + 1
         with self.storage.open_read(where.file) as fh:
-            for first, end in zip(np.r_[0, breaks], np.r_[breaks, len(at)], strict=True):
-                fh.seek(where.offset + int(source[first]) * where.row_bytes)
-                _read_into(fh, memoryview(codes[at[first]:at[first] + end - first]).cast("B"), where.file)
+            for live_start, start, length in KeptRuns.of(live_rows[at], at):
+                fh.seek(where.offset + live_start * where.row_bytes)
+                _read_into(fh, memoryview(codes[start:start + length]).cast("B"), where.file)
 
 
 def _read_into(fh, view: memoryview, name: str) -> None:

@@ -34,6 +34,8 @@ REPORT_KEYS = {
                                   "targets"},
     "benchmarks/kept_codes.py": {"docs", "counts", "seconds", "vectors_read", "live_codes_over_every_vector",
                                  "same_files", "met"},
+    "benchmarks/kept_merge.py": {"lists", "shards", "sizes", "kept_peak_growth_mib", "added_rows_lists_mib",
+                                 "same_files", "met"},
     "benchmarks/many_files.py": {"docs", "few", "many", "s3_files", "runs", "many_over_few",
                                  "piece_per_file_over_gathered", "s3_one_at_a_time_over_fetched_ahead", "met"},
     "benchmarks/kill_resume.py": {"runs", "identical_snapshots", "killed_run_published", "restart_cost_s"},

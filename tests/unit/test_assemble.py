@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import IndexConfig
-from pipeline.index.assemble import concat_flat, merge_ivf
+from pipeline.index.assemble import KeptLists, KeptRuns, concat_flat, merge_ivf
 from pipeline.index.build_variants import build_variants, train_variants, training_rows
 from pipeline.index.faiss_ops import to_bytes
 
@@ -72,3 +72,47 @@ def test_ivf_shard_files_merge_into_lists_that_search_like_the_whole_index(whole
         got = faiss.rev_swig_ptr(lists.get_ids(lst), n).copy() if n else []
         want = faiss.rev_swig_ptr(reference.get_ids(lst), n).copy() if n else []
         assert np.array_equal(got, want)
+
+
+def test_kept_rows_are_held_as_runs_that_grow_with_the_edits_not_the_rows():
+    live_rows = np.r_[0:1000, 1010:5000, 5001:9000]  # live rows 1000-1009 and 5000 dropped
+    rows = np.r_[0:2000, 2003:8992]  # three rows inserted after the 2,000th kept row
+    runs = KeptRuns.of(live_rows, rows)
+    assert len(runs.length) == 4 and runs.length.sum() == len(rows)
+    assert np.array_equal(runs.rows_of(live_rows), rows)
+    assert (runs.rows_of(np.r_[1000:1010, 5000, 9000, 10**6]) == -1).all()
+    assert np.array_equal(KeptRuns.stacked(runs.to_array()).rows_of(live_rows[::7]), rows[::7])
+    assert len(KeptRuns.of(np.empty(0, np.int64), np.empty(0, np.int64)).rows_of(np.arange(3))) == 3
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if "ivf" in n])
+def test_a_merge_keeping_live_codes_writes_the_files_of_a_full_build(tmp_path, name):
+    """An incremental build's IVF file: live's lists renumbered (rows dropped, others shifted by inserts) and merged
+    with the parts that hold only the redone rows equal, byte for byte, the merge of every row's part."""
+    x, live_x = vectors(3000, seed=1), vectors(3000, seed=2)
+    cfg = IndexConfig(variants=[name])
+    [t] = train_variants(cfg, len(x), x.shape[1], x[training_rows(len(x), cfg, 0)], seed=0)
+    binary = t.spec.kind.binary
+    # the new rows: live's rows 0-999 and 1,050-2,949 kept; 50 dropped between; 100 redone (rows 1,000-1,099)
+    kept_live = np.r_[0:1000, 1050:2950]
+    kept_rows = np.r_[0:1000, 1100:3000]
+    x[kept_rows] = live_x[kept_live]
+    redone = np.r_[1000:1100]
+
+    def merged(folder: Path, parts: list[tuple[np.ndarray, np.ndarray]], kept: KeptLists | None = None) -> Path:
+        folder.mkdir()
+        files = []
+        for i, (vecs, ids) in enumerate(parts):
+            files.append(folder / f"part-{i}.faiss")
+            files[-1].write_bytes(to_bytes(t.fill(vecs, ids)))
+        merge_ivf(t.empty, binary, files, folder / "out.faiss", folder / "out.ivfdata", kept)
+        return folder
+
+    live = merged(tmp_path / "live", [(live_x[:1500], np.arange(1500)), (live_x[1500:], np.arange(1500, 3000))])
+    bounds = [0, 1050, 3000]  # the redone rows fall in the first shard
+    full = merged(tmp_path / "full", [(x[a:b], np.arange(a, b)) for a, b in zip(bounds, bounds[1:], strict=False)])
+    parts = [(x[r], r) for a, b in zip(bounds, bounds[1:], strict=False)
+             for r in [redone[(redone >= a) & (redone < b)]]]
+    kept = merged(tmp_path / "kept", parts, KeptLists(live / "out.faiss", KeptRuns.of(kept_live, kept_rows)))
+    for f in ("out.faiss", "out.ivfdata"):
+        assert (kept / f).read_bytes() == (full / f).read_bytes()
