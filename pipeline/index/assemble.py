@@ -192,12 +192,12 @@ def merge_ivf(empty: bytes, binary: bool, shard_files: list[Path], index_path: P
         invlists = _on_disk(ivf, ivfdata_path, lists)
     else:  # the parts hold the redone rows alone: merged first, then list by list with live's kept rows
         new_path = ivfdata_path.with_name(ivfdata_path.name + ".new")
-        new = _on_disk(ivf, new_path, lists)
+        new = _on_disk(ivf, new_path, [x for x in lists if x.compute_ntotal()])  # FAISS cannot map an empty file
         live_index = _read(kept.path, binary, faiss.IO_FLAG_ONDISK_SAME_DIR)  # its lists mapped from its .ivfdata
         invlists = _on_disk(ivf, ivfdata_path, [])
         _merge_kept(ivf, new, kept.runs, ivf_of(live_index, binary).invlists, invlists)
         del new, live_index
-        new_path.unlink()
+        new_path.unlink(missing_ok=True)
     rows = invlists.compute_ntotal()
     index.ntotal = ivf.ntotal = rows
     ivf.replace_invlists(invlists, True)

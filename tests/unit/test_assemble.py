@@ -85,19 +85,21 @@ def test_kept_rows_are_held_as_runs_that_grow_with_the_edits_not_the_rows():
     assert len(KeptRuns.of(np.empty(0, np.int64), np.empty(0, np.int64)).rows_of(np.arange(3))) == 3
 
 
+@pytest.mark.parametrize("redone", [100, 0])
 @pytest.mark.parametrize("name", [n for n in ALL if "ivf" in n])
-def test_a_merge_keeping_live_codes_writes_the_files_of_a_full_build(tmp_path, name):
+def test_a_merge_keeping_live_codes_writes_the_files_of_a_full_build(tmp_path, name, redone):
     """An incremental build's IVF file: live's lists renumbered (rows dropped, others shifted by inserts) and merged
-    with the parts that hold only the redone rows equal, byte for byte, the merge of every row's part."""
-    x, live_x = vectors(3000, seed=1), vectors(3000, seed=2)
+    with the parts that hold only the redone rows (none: every part empty) equal, byte for byte, the merge of every
+    row's part."""
+    x, live_x = vectors(3000, seed=1), vectors(3100, seed=2)
     cfg = IndexConfig(variants=[name])
     [t] = train_variants(cfg, len(x), x.shape[1], x[training_rows(len(x), cfg, 0)], seed=0)
     binary = t.spec.kind.binary
-    # the new rows: live's rows 0-999 and 1,050-2,949 kept; 50 dropped between; 100 redone (rows 1,000-1,099)
-    kept_live = np.r_[0:1000, 1050:2950]
-    kept_rows = np.r_[0:1000, 1100:3000]
+    # the new rows: live's rows 0-999 and 1,050-2,949+ kept; 50 dropped between; `redone` rows new after row 999
+    kept_live = np.r_[0:1000, 1050:3050 - redone]
+    kept_rows = np.r_[0:1000, 1000 + redone:3000]
     x[kept_rows] = live_x[kept_live]
-    redone = np.r_[1000:1100]
+    redone = np.r_[1000:1000 + redone]
 
     def merged(folder: Path, parts: list[tuple[np.ndarray, np.ndarray]], kept: KeptLists | None = None) -> Path:
         folder.mkdir()
@@ -108,7 +110,7 @@ def test_a_merge_keeping_live_codes_writes_the_files_of_a_full_build(tmp_path, n
         merge_ivf(t.empty, binary, files, folder / "out.faiss", folder / "out.ivfdata", kept)
         return folder
 
-    live = merged(tmp_path / "live", [(live_x[:1500], np.arange(1500)), (live_x[1500:], np.arange(1500, 3000))])
+    live = merged(tmp_path / "live", [(live_x[:1500], np.arange(1500)), (live_x[1500:], np.arange(1500, 3100))])
     bounds = [0, 1050, 3000]  # the redone rows fall in the first shard
     full = merged(tmp_path / "full", [(x[a:b], np.arange(a, b)) for a, b in zip(bounds, bounds[1:], strict=False)])
     parts = [(x[r], r) for a, b in zip(bounds, bounds[1:], strict=False)
