@@ -11,8 +11,10 @@
         commit: what the actor path adds to a build's critical path. Each round starts a fresh local Ray first, as
         a run does (a Ray that ran the previous round's work would start a new process for every actor), then
         Prefect's temporary server, as `embedpipe run` orders them (flows/engine.start_ray_ahead): meanwhile Ray's
-        pooled workers import torch. Also timed with Ray started with the actors (no server between), as in a
-        flow run that Ray was not started ahead for.
+        pooled workers import torch. Also timed as a flow run with no CLI orders them (a deployment's; flows/build.py
+        build_snapshot): Ray started, then the model loaded (the workers import torch meanwhile); and with Ray
+        started with the actors (nothing between), as in a run that Ray was not started ahead for (one not sure to
+        use it).
 plus embedpipe's encoder in one process (model load included): with torch's default fp32 kernels, fp32 with
 oneDNN linears, and the kernel plan this machine's probe chose (pipeline/models/kernels.py, the default). The plan's
 rounds each run in a new process (imports untimed), as a run's encoder and (c)'s actors do: oneDNN builds a primitive
@@ -55,6 +57,15 @@ class STActor:
 
     def __call__(self, batch: dict) -> dict:
         return {"id": batch["id"], "vector": self.model.encode(list(batch["text"]), batch_size=32)}
+
+
+def load_model_in_new_process() -> None:
+    """What a flow run's process does between Ray's start and the actors' (flows/build.py build_snapshot): import
+    torch and load the model."""
+    from pipeline.config import ModelConfig
+    from pipeline.models.encoder import load_encoder
+
+    load_encoder(ModelConfig())
 
 
 def encode_in_new_process(texts: list[str]) -> tuple[float, np.ndarray]:
@@ -127,17 +138,22 @@ def main() -> int:
     assert len(rows) == len(texts)
     ray.shutdown()
 
-    def actor_path(root: str, ahead: bool) -> dict:
+    def actor_path(root: str, ahead: str | None) -> dict:
         """One run of (c): seconds from the end of prepare to the last commit, seconds of prepare, seconds from its
-        end until each actor was up (0 if before), vectors in input order. `ahead`: Ray started before Prefect's
-        temporary server, as `embedpipe run` orders them (flows/engine.start_ray_ahead), so the pooled workers
-        import torch while the server starts; else Ray started with the actors, as a flow run that Ray was not
-        started for (a deployment's, on a machine without a cluster)."""
+        end until each actor was up (0 if before), vectors in input order. `ahead`: what runs between Ray's start
+        and the actors' while the pooled workers import torch (flows/engine.start_ray_ahead): "server", Prefect's
+        temporary server, as `embedpipe run` orders them; "model", the model's load, as a flow run with no CLI
+        does (a deployment's); None: nothing, Ray started with the actors."""
         # A fresh local Ray, as a run starts one: Ray gives an actor an idle pooled worker only if that worker never
         # ran a task or an actor, so in a Ray that ran the last round every actor would wait for a new process.
-        ensure_ray(warm_workers=ahead)
-        server, server_s = None, None
-        if ahead:  # the server a run without PREFECT_API_URL starts: its start is what the workers overlap
+        ensure_ray(warm_workers=ahead is not None)
+        server, server_s, model_s = None, None, None
+        if ahead == "model":  # in a new process: this one has torch and the model's files loaded, a flow run has not
+            t = time.perf_counter()
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                pool.submit(load_model_in_new_process).result()
+            model_s = round(time.perf_counter() - t, 2)
+        if ahead == "server":  # the server a run without PREFECT_API_URL starts: its start is what the workers overlap
             from prefect.server.api.server import SubprocessASGIServer
 
             server, t = SubprocessASGIServer(), time.perf_counter()
@@ -162,28 +178,30 @@ def main() -> int:
         rows, vectors = load_vectors(storage, "bench", prepared.shards)
         ray.shutdown()  # so the next in-process round runs beside no Ray processes
         return {"seconds": round(seconds, 3), "prepare": round(prepare_end - started, 3),
-                "prefect_server_start": server_s,
+                "prefect_server_start": server_s, "model_load": model_s,
                 "actors_up_after_prepare": [round(max(0.0, t - (prepare_end - started)), 3) for t in embedder.up_after],
                 "vectors": vectors[np.argsort([int(d[1:]) for d in rows["doc_id"].to_list()])]}
 
     # The in-process encoder and the actor path, alternately: on a shared 2-vCPU machine one run of either
     # varies by 10-20%, so each is the best of --rounds, measured under the same conditions.
-    rounds: dict[str, list] = {"in_process": [], "actor_path": [], "actor_path_ray_with_actors": []}
-    details: dict[str, list] = {"actor_path": [], "actor_path_ray_with_actors": []}
+    paths = {"actor_path": "server", "actor_path_flow_run": "model", "actor_path_ray_with_actors": None}
+    rounds: dict[str, list] = {"in_process": [], **{name: [] for name in paths}}
+    details: dict[str, list] = {name: [] for name in paths}
     spawn = multiprocessing.get_context("spawn")
     for _ in range(1 if args.smoke else args.rounds):
         with ProcessPoolExecutor(1, mp_context=spawn) as pool:
             seconds, plan_vectors = pool.submit(encode_in_new_process, texts).result()
         rounds["in_process"].append(round(seconds, 3))
-        for name, ahead in (("actor_path", True), ("actor_path_ray_with_actors", False)):
+        for name, ahead in paths.items():
             with tempfile.TemporaryDirectory() as root:
                 run = actor_path(root, ahead)
             rounds[name].append(run["seconds"])
             details[name].append({k: v for k, v in run.items() if k != "vectors"})
-            if ahead:
+            if ahead == "server":
                 ours = run["vectors"]
     results["embedpipe_in_process_kernel_plan"] = min(rounds["in_process"])
     results["c_embedpipe_actor_path"] = min(rounds["actor_path"])
+    results["c_embedpipe_actor_path_flow_run"] = min(rounds["actor_path_flow_run"])
     results["c_embedpipe_actor_path_ray_with_actors"] = min(rounds["actor_path_ray_with_actors"])
     best = details["actor_path"][rounds["actor_path"].index(results["c_embedpipe_actor_path"])]
 
@@ -209,6 +227,7 @@ def main() -> int:
               "ratio_in_process_over_a": ratio("embedpipe_in_process_kernel_plan", "a_sentence_transformers_encode"),
               "ratio_in_process_over_a2": ratio("embedpipe_in_process_kernel_plan", st_bf16),
               "actor_path_over_in_process_seconds": over_in_process("actor_path"),
+              "flow_run_over_in_process_seconds": over_in_process("actor_path_flow_run"),
               "ray_with_actors_over_in_process_seconds": over_in_process("actor_path_ray_with_actors"),
               # each round's runs went back to back, under the same load: steadier than the bests' ratio
               "actor_path_over_in_process_median_of_rounds": round(float(np.median(
@@ -222,6 +241,8 @@ def main() -> int:
                 "<= 1.15 at 600"),
                ("actor path seconds / in-process seconds (median of the rounds' ratios)",
                 "actor_path_over_in_process_median_of_rounds", "<= 1.15 at 600"),
+               ("the same, a flow run with no CLI: Ray started, then the model loaded (best of each)",
+                "flow_run_over_in_process_seconds", "<= 1.15 at 600"),
                ("the same, Ray started with the actors (best of each)", "ray_with_actors_over_in_process_seconds",
                 "(for comparison)")]
     md = "\n".join([
@@ -238,8 +259,8 @@ def main() -> int:
         f"({best['prefect_server_start']} s), then the actors and prepare ({best['prepare']} s); the actors were up "
         f"{best['actors_up_after_prepare']} s after prepare. In process and actor path: the best of "
         f"{len(rounds['actor_path'])} alternating round(s), each in new processes (in process "
-        f"{rounds['in_process']} s, actor path {rounds['actor_path']} s, Ray started with the actors "
-        f"{rounds['actor_path_ray_with_actors']} s).",
+        f"{rounds['in_process']} s, actor path {rounds['actor_path']} s, as a flow run with no CLI "
+        f"{rounds['actor_path_flow_run']} s, Ray started with the actors {rounds['actor_path_ray_with_actors']} s).",
         ""])
     write_report(args, "embedding_throughput", report, md)
     return 0

@@ -22,7 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.artifacts import png_artifact
-from flows.engine import early_embedder, embedder_for, executor_for, kernels_for_actors
+from flows.engine import early_embedder, embedder_for, executor_for, kernels_for_actors, start_ray_ahead
 from flows.progress import report
 from flows.tasks import local_task
 from pipeline.config import PipelineConfig
@@ -173,8 +173,10 @@ def publish_nothing(cfg: PipelineConfig, storage: Storage, job: str, run_id: str
     return summary
 
 
-def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str, planner: Planner) -> BuildSummary:
-    """Run the stages, publish a new version and promote it through the gate; returns the run's summary."""
+def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str, planner: Planner,
+                   full: bool = False) -> BuildSummary:
+    """Run the stages, publish a new version and promote it through the gate; returns the run's summary. `full`:
+    the planner redoes every document (then the run is sure to use Ray for a corpus big enough for actors)."""
     logger = get_run_logger()
     # What the alias points at now: promotion moves it from here, or not at all (an overlapping run that
     # promoted meanwhile makes this one's promote fail instead of silently overwriting it).
@@ -190,6 +192,7 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
 
     files = list_corpus(cfg.corpus)
     input_bytes, listing = sum(f.size for f in files), listing_digest(files)  # listed before anything is read
+    start_ray_ahead(cfg, storage, full, input_bytes)  # its workers import torch while this process loads the model
     cfg, why = kernels_for_actors(cfg, storage, run_id, input_bytes)
     if why:
         logger.info("model.precision auto: %s", why)

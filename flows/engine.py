@@ -49,11 +49,13 @@ def may_use_ray(cfg: PipelineConfig, input_bytes: int) -> bool:
         input_bytes // (4 * cfg.chunking.max_tokens) > cfg.run.local_embed_max_chunks
 
 
-def uses_ray_whatever_the_plan(cfg: PipelineConfig, storage: Storage, full: bool) -> bool:
-    """Whether a build of `cfg` will use Ray whatever its plan finds: its corpus is prepared by Ray tasks, or it
-    embeds every document on actors (a full build, requested or with nothing live yet, of a corpus big enough for
-    them). An incremental run may embed only a few documents, in this process."""
-    input_bytes = corpus_bytes(cfg)
+def uses_ray_whatever_the_plan(cfg: PipelineConfig, storage: Storage, full: bool,
+                               input_bytes: int | None = None) -> bool:
+    """Whether a build of `cfg` (over `input_bytes` of input: listed when not given) will use Ray whatever its plan
+    finds: its corpus is prepared by Ray tasks, or it embeds every document on actors (a full build, requested or
+    with nothing live yet, of a corpus big enough for them). An incremental run may embed only a few documents, in
+    this process."""
+    input_bytes = corpus_bytes(cfg) if input_bytes is None else input_bytes
     if not prepares_here(cfg, input_bytes):
         return True
     alias = cfg.publish.alias
@@ -61,11 +63,12 @@ def uses_ray_whatever_the_plan(cfg: PipelineConfig, storage: Storage, full: bool
         full or not alias or read_alias(storage, cfg.index_name, alias).version is None)
 
 
-def start_ray_ahead(cfg: PipelineConfig, storage: Storage, full: bool) -> bool:
+def start_ray_ahead(cfg: PipelineConfig, storage: Storage, full: bool, input_bytes: int | None = None) -> bool:
     """Start Ray now for a build sure to use it (uses_ray_whatever_the_plan); returns whether it did. The CLI calls
-    this before Prefect's server starts (~3 s on 2 vCPUs), and meanwhile Ray's pooled workers import torch
+    this before Prefect's server starts (~3 s on 2 vCPUs), and a flow run before it loads the model (~2 s; Ray is
+    started already where the CLI started it), and meanwhile Ray's pooled workers import torch
     (operators/cluster.ensure_ray), so the build's actors start without that wait."""
-    if not uses_ray_whatever_the_plan(cfg, storage, full):
+    if not uses_ray_whatever_the_plan(cfg, storage, full, input_bytes):
         return False
     from operators.cluster import ensure_ray
 

@@ -30,7 +30,7 @@ from prefect.states import State
 
 from flows.artifacts import png_artifact
 from flows.build import artifact_key, build_snapshot, default_run_id
-from flows.engine import corpus_bytes, kernels_for_actors
+from flows.engine import corpus_bytes, kernels_for_actors, start_ray_ahead
 from flows.live import measure_task, open_live_task
 from flows.scheduled_runs import cancel_if_planned_by_replaced_schedule
 from flows.tasks import local_task
@@ -98,6 +98,7 @@ def migrate(config_path: str, model: str | None = None, overrides: dict[str, Any
     cfg = load_config(config_path, overrides)
     storage = Storage.of(cfg.storage)
     check_inputs(cfg, storage)
+    start_ray_ahead(cfg, storage, full=True)  # its workers import torch while blue is measured and the model loads
     alias = served_alias(cfg, "migration")
     blue_snapshot = open_live_task.with_options(name="open the live (blue) snapshot")(
         storage, cfg.index_name, alias, "migration")
@@ -118,7 +119,7 @@ def migrate(config_path: str, model: str | None = None, overrides: dict[str, Any
     why = f"full build with {card.name}: migration from {blue.model} (live version {blue.version})"
     green_cfg = cfg.model_copy(update={"publish": cfg.publish.model_copy(update={"alias": None})})
     built = build_snapshot(green_cfg, storage, run_id, "migrate",
-                           partial(plan_full_build, cfg=cfg, why=why, base=blue.version))
+                           partial(plan_full_build, cfg=cfg, why=why, base=blue.version), full=True)
     green_snapshot = Snapshot.of(storage, cfg.index_name, built.version)
     green = measure_task.with_options(name="measure green (candidate) on the golden set")(
         green_snapshot, golden, k, gate.mode, storage, cfg.run)

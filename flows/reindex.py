@@ -31,4 +31,4 @@ def reindex(config_path: str, overrides: dict[str, Any] | None = None, run_id: s
     storage = Storage.of(cfg.storage)
     check_inputs(cfg, storage)
     planner = partial(plan_full_build, cfg=cfg, why="full build: requested") if full else partial(plan_build, cfg=cfg)
-    return build_snapshot(cfg, storage, run_id or default_run_id(cfg, "reindex"), "reindex", planner)
+    return build_snapshot(cfg, storage, run_id or default_run_id(cfg, "reindex"), "reindex", planner, full)
