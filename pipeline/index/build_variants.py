@@ -13,8 +13,8 @@ from pipeline.errors import IndexBuildError
 from pipeline.index.faiss_ops import check_vectors, from_bytes, to_bytes
 from pipeline.index.plan import plan_ivf
 from pipeline.index.representations import matryoshka
-from pipeline.index.training import FULL_BUILD, Training
-from pipeline.index.variants import TrainContext, VariantSpec
+from pipeline.index.training import FULL_BUILD, TrainContext, Training
+from pipeline.index.variants import VariantSpec
 from pipeline.storage.layout import trained_file
 
 

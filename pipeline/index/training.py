@@ -11,14 +11,13 @@ kept chunks' codes from live instead of encoding their vectors (pipeline/jobs/ke
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
+from pipeline.config import IndexConfig
 from pipeline.index.faiss_ops import from_bytes, ivf_of
-
-if TYPE_CHECKING:
-    from pipeline.index.variants import Kind, TrainContext
+from pipeline.index.plan import IvfPlan
 
 Trained = tuple[bytes, dict]  # a variant's trained, empty index (FAISS bytes) and its manifest parameters
 
@@ -34,6 +33,30 @@ class Training:
 
 
 FULL_BUILD = Training()
+
+
+@dataclass(frozen=True)
+class TrainContext:
+    """What training may use: the index config, the seed, the IVF plan (for the kinds that train) and any
+    training to reuse."""
+
+    cfg: IndexConfig
+    seed: int
+    training: Training
+    name: str  # the variant's name (training is reused by name)
+    n: int  # rows the index will hold
+    ivf: IvfPlan | None = None
+    fit_only: bool = False  # the sample is only fit_rows(training rows): enough to check a kept training's fit
+
+
+class FitsVectors(Protocol):
+    """What kept_training asks of a variant kind (pipeline/index/variants.py Kind)."""
+
+    binary: bool
+    reuse_limit: str  # the IvfConfig field bounding fit_error's growth
+    fit_measure: str  # what fit_error measures, as messages name it
+
+    def fit_error(self, index, x: np.ndarray) -> float: ...
 
 
 def _growth(params: dict, now: float) -> float:
@@ -67,7 +90,7 @@ class NeedsWholeSample(Exception):  # noqa: N818 (a signal, not an error: the ca
     """Raised by a training given only the rows a fit is measured on, when it must train anew."""
 
 
-def kept_training(ctx: TrainContext, kind: Kind, sample: np.ndarray, dims: int, factory: str,
+def kept_training(ctx: TrainContext, kind: FitsVectors, sample: np.ndarray, dims: int, factory: str,
                   nprobe: int | None = None) -> tuple[object, dict] | str:
     """An earlier version's trained index and parameters for the variant `ctx.name` (of `kind`), kept while its plan
     is this build's (`factory`) and it still fits this build's sample (`kind.fit_error` within the config's

@@ -25,28 +25,14 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from pipeline.config import VARIANT_KINDS, VARIANT_PATTERN, IndexConfig
+from pipeline.config import VARIANT_KINDS, VARIANT_PATTERN
 from pipeline.errors import IndexBuildError, SnapshotError
 from pipeline.index.faiss_ops import centroid_error, reconstruction_error, to_bytes, train_ivfpq
 from pipeline.index.plan import IvfPlan, plan_ivfpq
 from pipeline.index.ranking import rerank
 from pipeline.index.representations import Int8Ranges, asymmetric_binary_scores, matryoshka, pack_signs
-from pipeline.index.training import Training, kept_training
+from pipeline.index.training import TrainContext, kept_training
 from pipeline.storage.layout import variant_file
-
-
-@dataclass(frozen=True)
-class TrainContext:
-    """What training may use: the index config, the seed, the IVF plan (for the kinds that train) and any
-    training to reuse."""
-
-    cfg: IndexConfig
-    seed: int
-    training: Training
-    name: str  # the variant's name (training is reused by name)
-    n: int  # rows the index will hold
-    ivf: IvfPlan | None = None
-    fit_only: bool = False  # the sample is only fit_rows(training rows): enough to check a kept training's fit
 
 
 class Kind:
