@@ -8,7 +8,7 @@ shards and keeps the others. Each merge runs in a fresh process that reports its
 memory (RssAnon sampled every 5 ms: the lists' files are mapped, so their pages are the page cache's, not the
 process's). Reported: both ways' seconds and peaks, and whether the two files are the same bytes.
 Target: from N to 4N rows the kept merge's peak grows by under a quarter of what holding the added rows' lists would
-take (3N x 56 bytes). Writes benchmarks/out/kept_merge.{json,md}. About 2 minutes on 2 CPUs (disk: ~0.7 GB).
+take (3N x 56 bytes). Writes benchmarks/out/kept_merge.{json,md}. About 15 seconds on 2 CPUs (disk: ~1 GB).
 --smoke: 20,000 and 80,000 rows over 64 lists and 4 shards; exit 0 whatever the memory, as long as the files are the
 same.
 
