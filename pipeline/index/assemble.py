@@ -112,15 +112,18 @@ class KeptRuns:
 
     @classmethod
     def of(cls, live_rows: np.ndarray, rows: np.ndarray) -> KeptRuns:
-        """The runs of kept rows given each one's live row and row (both increasing)."""
+        """The runs of kept rows given each one's live row and row (a run ends wherever either does not go up by
+        one: any order is right, and both increasing, as a build's are, makes the fewest runs)."""
         breaks = np.flatnonzero((np.diff(live_rows) != 1) | (np.diff(rows) != 1)) + 1
         starts = np.r_[0, breaks] if len(rows) else np.empty(0, np.int64)
-        return cls(live_rows[starts], rows[starts], np.diff(np.r_[starts, len(rows)]))
+        return cls.stacked(np.stack([live_rows[starts], rows[starts], np.diff(np.r_[starts, len(rows)])]))
 
     @classmethod
     def stacked(cls, array: np.ndarray) -> KeptRuns:
-        """From `to_array`'s form (several concatenated along its second axis, in live row order)."""
-        return cls(*np.asarray(array, dtype=np.int64))
+        """From `to_array`'s form (several concatenated along its second axis), ordered by live row (rows_of
+        searches them)."""
+        array = np.asarray(array, dtype=np.int64)
+        return cls(*array[:, np.argsort(array[0], kind="stable")])
 
     def to_array(self) -> np.ndarray:
         return np.stack([self.live_start, self.row_start, self.length])

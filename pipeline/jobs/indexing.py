@@ -302,7 +302,7 @@ def _kept_lists(storage: Storage, run_id: str, shards: list[ShardRows], live: Li
     path = folder / Path(live.ivf[what]).name
     live.storage.get_file(live.ivf[what], path)
     live.storage.get_file(layout.ivfdata_file(what), folder / Path(layout.ivfdata_file(what)).name)
-    return KeptLists(path, KeptRuns.stacked(np.concatenate(runs, axis=1)))  # shards in order: live rows increase
+    return KeptLists(path, KeptRuns.stacked(np.concatenate(runs, axis=1)))
 
 
 def _copy(src, out, block: int = 8 << 20) -> None:
