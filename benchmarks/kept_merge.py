@@ -89,8 +89,9 @@ def setup(folder: Path, n: int, nlist: int, shards: int, redone: int) -> dict:
         for s in range(shards):
             part_file(empty, folder / way / f"part-{s:05d}.faiss", rows[(rows >= bounds[s]) & (rows < bounds[s + 1])],
                       nlist)
-    np.save(folder / "kept-runs.npy", KeptRuns.of(kept, kept).to_array())
-    return {"rows": n, "redone": redone, "runs": int(np.load(folder / "kept-runs.npy").shape[1])}
+    runs = KeptRuns.of(kept, kept)
+    np.save(folder / "kept-runs.npy", runs.to_array())
+    return {"rows": n, "redone": redone, "runs": len(runs.length)}
 
 
 def measure(folder: Path, way: str) -> dict:
