@@ -161,11 +161,12 @@ def _merge_kept(ivf, new, kept: KeptRuns, live, out) -> None:
     for j in range(ivf.nlist):
         live_ids, live_codes = _entries(live, j, ivf.code_size)
         rows = kept.rows_of(live_ids)
+        keep = rows >= 0
         new_ids, new_codes = _entries(new, j, ivf.code_size)
-        ids = np.concatenate([rows[rows >= 0], new_ids])
+        ids = np.concatenate([rows[keep], new_ids])
         if len(ids):
             order = np.argsort(ids, kind="stable")
-            ids, codes = ids[order], np.concatenate([live_codes[rows >= 0], new_codes])[order]  # held: FAISS reads them
+            ids, codes = ids[order], np.concatenate([live_codes[keep], new_codes])[order]  # held: FAISS reads them
             out.update_entries(j, 0, len(ids), faiss.swig_ptr(ids), faiss.swig_ptr(codes))
 
 
