@@ -7,6 +7,7 @@ was expected. Relative paths are taken from the current directory, as a shell us
 from __future__ import annotations
 
 import re
+from pathlib import PurePath
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -143,10 +144,13 @@ class ModelConfig(_Strict):
     @classmethod
     def _name_and_package_agree(cls, data: Any, info: ValidationInfo) -> Any:
         """A known name alone picks its package, a package alone names its model; a name the package does not
-        hold fails: it would label one model's vectors with another's name (a local folder's name is free). A
-        snapshot's recorded model (context RECORDED) loads as it was built: its weights' sha256 is checked."""
-        if not isinstance(data, dict) or data.get("path") is not None or (info.context or {}).get(RECORDED):
+        hold fails: it would label one model's vectors with another's name. A local folder's name is the user's,
+        by default the folder's. A snapshot's recorded model (context RECORDED) loads as it was built: its weights'
+        sha256 is checked."""
+        if not isinstance(data, dict) or (info.context or {}).get(RECORDED):
             return data
+        if isinstance(data.get("path"), str):
+            return {"name": PurePath(data["path"]).name, **data}
         name, package = data.get("name"), data.get("package")
         if package is None and name is not None:
             packages = [p for p, held in PACKAGE_MODELS.items() if held.lower() == str(name).lower()]
