@@ -131,6 +131,8 @@ def not_found(field: str, url: str) -> InputError:
     """The error for an input that is not there; a relative path says where it was looked for (the working
     directory, not the config's folder)."""
     where = f" (relative to the working directory {os.getcwd()})" if "://" not in url and not os.path.isabs(url) else ""
+    if url.lower().startswith(("http://", "https://")):  # fsspec's HTTP check answers False when it cannot connect
+        where = " or cannot be reached"
     return InputError(f"{field}: {redact(url)} does not exist{where}")
 
 

@@ -190,6 +190,9 @@ def test_a_golden_set_that_contradicts_itself_fails_naming_the_line(tmp_path):
 def test_missing_and_corrupt_inputs_are_clear_errors(tmp_path):
     with pytest.raises(InputError, match="corpus.source: .*nope.jsonl does not exist"):
         read_corpus(CorpusConfig(source=str(tmp_path / "nope.jsonl")))
+    with pytest.raises(InputError, match=r"corpus.source: http://127\.0\.0\.1:9/c\.jsonl does not exist or cannot be "
+                                         "reached"):  # nothing listens on port 9
+        read_corpus(CorpusConfig(source="http://127.0.0.1:9/c.jsonl"))
     (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip at all")
     with pytest.raises(InputError, match=r"cannot read .*bad\.jsonl\.gz"):
         read_corpus(CorpusConfig(source=str(tmp_path / "bad.jsonl.gz")))
