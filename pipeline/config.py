@@ -143,31 +143,28 @@ class ModelConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _name_and_package_agree(cls, data: Any, info: ValidationInfo) -> Any:
-        """A known name alone picks its package, a package alone names its model; a name the package does not
-        hold fails: it would label one model's vectors with another's name. A local folder's name is the user's,
-        by default the folder's. A snapshot's recorded model (context RECORDED) loads as it was built: its weights'
-        sha256 is checked."""
+        """A known name (in any case) alone picks its package, a package alone names its model; a name the package
+        does not hold fails: it would label one model's vectors with another's name. A local folder's name is the
+        user's, by default the folder's. A snapshot's recorded model (context RECORDED) loads as it was built: its
+        weights' sha256 is checked."""
         if not isinstance(data, dict) or (info.context or {}).get(RECORDED):
             return data
         if isinstance(data.get("path"), str):
             return {"name": PurePath(data["path"]).name, **data}
         name, package = data.get("name"), data.get("package")
         if package is None and name is not None:
-            packages = [p for p, held in PACKAGE_MODELS.items() if held.lower() == str(name).lower()]
-            if not packages:
+            package = next((p for p, held in PACKAGE_MODELS.items() if held.lower() == str(name).lower()), None)
+            if package is None:
                 raise ValueError(f"model.name {name!r} is in no model package (known: "
                                  f"{', '.join(dict.fromkeys(PACKAGE_MODELS.values()))}); for another model set "
                                  "model.path to a local transformers folder")
-            return {**data, "package": packages[0]}
         held = PACKAGE_MODELS.get(package) if isinstance(package, str) else None
         if held is None:  # no package (fails below) or an unknown one (fails the field's check)
             return data
-        if name is None:
-            return {**data, "name": held}
-        if str(name).lower() != held.lower():
+        if name is not None and str(name).lower() != held.lower():
             raise ValueError(f"model.name {name!r} does not match model.package {package!r}, which holds {held}; "
                              "set one of them to match the other (or leave the package out for a known name)")
-        return data
+        return {**data, "name": held, "package": package}  # spelt one way: the name is part of the fingerprint
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:

@@ -1,6 +1,6 @@
 """Models known by name, so a migration can say `--model all-mpnet-base-v2` instead of a whole `model:`
-section. Each entry is the section that loads that model offline from installed packages; a name that is a local
-transformers folder is taken as `model.path`.
+section (pipeline/config.py PACKAGE_MODELS says which package holds each); a name that is a local transformers
+folder is taken as `model.path`.
 """
 
 from __future__ import annotations
@@ -8,13 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PACKAGE_MODELS
+from pipeline.config import PACKAGE_MODELS, ModelConfig
 from pipeline.errors import ConfigError
 
-# all-MiniLM-L6-v2 384 dims, all-mpnet-base-v2 768, wordllama-l2-supercat 256 (static); each from its first package
-KNOWN: dict[str, dict[str, Any]] = {
-    name: {"name": name, "package": next(p for p, held in PACKAGE_MODELS.items() if held == name)}
-    for name in dict.fromkeys(PACKAGE_MODELS.values())}
+# all-MiniLM-L6-v2 384 dims, all-mpnet-base-v2 768, wordllama-l2-supercat 256 (static)
+KNOWN = tuple(dict.fromkeys(PACKAGE_MODELS.values()))
 
 
 def model_section(name: str) -> dict[str, Any]:
@@ -22,9 +20,8 @@ def model_section(name: str) -> dict[str, Any]:
 
     The section replaces the config's whole `model:` (a new model keeps none of the old one's prefixes or
     pooling); `--set model.batch_size=...` style overrides apply on top of it."""
-    for known, section in KNOWN.items():
-        if name.lower() == known.lower():
-            return dict(section)
+    if name.lower() in (known.lower() for known in KNOWN):
+        return ModelConfig(name=name).model_dump(include={"name", "package"})  # spelt as its package spells it
     folder = Path(name).expanduser()
     if (folder / "config.json").is_file():
         return {"name": folder.name, "package": None, "path": str(folder)}
