@@ -38,7 +38,7 @@ class KernelPlan:
     precision: str
     path: str
     chosen_by: str  # "probe" (the fastest within tolerance), "cache" (an earlier probe here), "only candidate",
-    #                 or "pinned by model.kernel"
+    #                 or "pinned by model.kernel" (with the name given, where this device runs it as another)
     probes: list[ProbeResult] = field(default_factory=list)
     tolerance: float = TOLERANCE
 

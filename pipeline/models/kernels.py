@@ -248,8 +248,12 @@ def plan_kernels(model: torch.nn.Module, device: str, cfg: ModelConfig, weights:
     threads = torch.get_num_threads()
     hardware = torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu_model()
     if len(kernels) == 1:
-        return KernelPlan(device.split(":")[0], hardware, threads, kernels[0].precision, kernels[0].path,
-                          "pinned by model.kernel" if cfg.kernel else "only candidate")
+        why = "only candidate"
+        if cfg.kernel:  # a kernel this device runs another way (fp16-cuda on a CPU) says so
+            why = "pinned by model.kernel"
+            if kernels[0].name != cfg.kernel:
+                why += f" {cfg.kernel}, as it runs here"
+        return KernelPlan(device.split(":")[0], hardware, threads, kernels[0].precision, kernels[0].path, why)
     key = {"hardware": hardware, "flags": sorted(cpu_flags() & KERNEL_FLAGS),
            "torch": torch.__version__, "device": device, "threads": threads, "weights": weights,
            "kernels": [k.name for k in kernels], "tolerance": TOLERANCE, "shapes": shapes,

@@ -99,6 +99,10 @@ def test_auto_probes_every_candidate_and_its_vectors_stay_within_tolerance(sampl
     pinned = load_encoder(ModelConfig(kernel=plan.kernel.name))  # what a build's workers get
     assert pinned.kernel_plan.chosen_by == "pinned by model.kernel" and pinned.card == auto.card
     assert np.array_equal(pinned.encode(texts), again.encode(texts))
+    if pinned.kernel_plan.device == "cpu":  # a GPU's kernel named on a CPU: the plan says what ran, and why
+        gpus = load_encoder(ModelConfig(kernel="fp16-cuda")).kernel_plan
+        assert (gpus.kernel.name, gpus.chosen_by) == ("fp16-autocast", "pinned by model.kernel fp16-cuda, as it "
+                                                                       "runs here")
 
 
 def test_queries_are_encoded_in_the_precision_the_snapshot_was_built_with(encoder):
