@@ -130,9 +130,12 @@ def plan_pieces(files: list[InputFile], piece_bytes: int, piece_files: int) -> l
 def not_found(field: str, url: str) -> InputError:
     """The error for an input that is not there; a relative path says where it was looked for (the working
     directory, not the config's folder)."""
-    where = f" (relative to the working directory {os.getcwd()})" if "://" not in url and not os.path.isabs(url) else ""
     if url.lower().startswith(("http://", "https://")):  # fsspec's HTTP check answers False when it cannot connect
         where = " or cannot be reached"
+    elif "://" not in url and not os.path.isabs(url):
+        where = f" (relative to the working directory {os.getcwd()})"
+    else:
+        where = ""
     return InputError(f"{field}: {redact(url)} does not exist{where}")
 
 
