@@ -144,11 +144,11 @@ def register(specs: list[DeploymentSpec] | None = None, *, config_path: str | No
 
     `config_path` replaces the parameter of that name, `cron` replaces every schedule, `work_pool` the pool.
     """
+    override = [to_schedule({"cron": cron, "timezone": timezone})] if cron else None  # a typo first, server or not
     if not check_prefect_api():
         raise ConfigError("PREFECT_API_URL is not set: deployments need a running Prefect server "
                           "(e.g. `prefect server start`, then PREFECT_API_URL=http://127.0.0.1:4200/api)")
     specs = load_specs() if specs is None else specs
-    override = [to_schedule({"cron": cron, "timezone": timezone})] if cron else None
     plans = []
     for spec in specs:  # everything is checked before the first write to the server
         schedules = override or [to_schedule(e) for e in spec.schedules]

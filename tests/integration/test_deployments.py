@@ -224,7 +224,9 @@ def test_bad_deploy_options_fail_before_anything_changes(prefect_api):
     assert _state(server, "reindex/nightly") == before
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         out = CliRunner().invoke(app, ["deploy"])
+        typo = CliRunner().invoke(app, ["deploy", "--cron", "61 * * * *"])  # named before the missing server
     assert out.exit_code == 2 and "PREFECT_API_URL is not set" in out.output
+    assert typo.exit_code == 2 and "Invalid cron string" in typo.output
 
 
 @pytest.mark.slow
