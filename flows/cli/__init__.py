@@ -7,6 +7,8 @@ Heavy imports (torch, ray, prefect) happen inside commands so `--help` stays ins
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 from typing import Annotated
 
@@ -24,6 +26,9 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="on an error, print
                                                              "records of failed runs")] = False) -> None:
     for key, value in PROCESS_ENV.items():
         os.environ.setdefault(key, value)
+    # Registered before the command imports anything heavy, so it runs after their exit handlers: the interpreter's
+    # teardown then skips the heap in its collections (~1.9 s of a run's exit with torch and Prefect loaded, Zen 4)
+    atexit.register(gc.freeze)
     if debug:
         os.environ[DEBUG_ENV] = "1"
 

@@ -59,6 +59,7 @@ def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow: Calla
     from flows.prefect_api import check_prefect_api, start_temporary_server
     from pipeline.config_loader import load_config
     from pipeline.jobs.preflight import check_inputs
+    from pipeline.startup import collector_paused
     from pipeline.storage.backend import Storage
 
     cfg = load_config(config, overrides)
@@ -66,12 +67,15 @@ def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow: Calla
     (check or check_inputs)(cfg, storage)
     check_prefect_api()
     with flow_output(as_json):  # its watchdog covers Prefect's temporary server and a local Ray started here too
-        prefect_ready = start_temporary_server()
-        if full is not None:
-            start_ray_ahead(cfg, storage, full)
-            if prefect_ready:  # else the flow loads it: a failure to load then shows in its run on the server
-                load_model_ahead(cfg)
-        call = flow()  # imports the flow's modules
+        # Prefect's server modules, torch, the model and the flow's modules: ~1 s of collections walking the
+        # growing heap on the way, with the collector on (Zen 4)
+        with collector_paused():
+            prefect_ready = start_temporary_server()
+            if full is not None:
+                start_ray_ahead(cfg, storage, full)
+                if prefect_ready:  # else the flow loads it: a failure to load then shows in its run on the server
+                    load_model_ahead(cfg)
+            call = flow()  # imports the flow's modules
         if prefect_ready:
             prefect_ready()
         result = call()
