@@ -8,6 +8,7 @@ beyond its threshold, 2 on an error.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -54,9 +55,9 @@ def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow: Calla
     bars. A build (`full`: of every document; False: of those its plan finds changed or selected) starts Ray first
     where it is sure to use it, so that Ray's workers get ready meanwhile (flows/engine.py start_ray_ahead).
     Prefect's temporary server, when one is needed, starts in the background while this process imports the flow's
-    modules and, for a build, loads the model (load_model_ahead)."""
+    modules and, for a build, loads the model (load_model_ahead); on it, the flow runs without heartbeats."""
     from flows.engine import load_model_ahead, start_ray_ahead
-    from flows.prefect_api import check_prefect_api, start_temporary_server
+    from flows.prefect_api import check_prefect_api, start_temporary_server, without_heartbeats
     from pipeline.config_loader import load_config
     from pipeline.jobs.preflight import check_inputs
     from pipeline.startup import collector_paused
@@ -78,7 +79,8 @@ def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow: Calla
             call = flow()  # imports the flow's modules
         if prefect_ready:
             prefect_ready()
-        result = call()
+        with without_heartbeats() if prefect_ready else contextlib.nullcontext():
+            result = call()
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
     return result
