@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from prefect.client.orchestration import get_client
 from prefect.settings import (
@@ -61,9 +61,7 @@ def start_temporary_server() -> Callable[[], None] | None:
     return wait
 
 
-@contextlib.contextmanager
-def without_heartbeats() -> Iterator[None]:
+def without_heartbeats() -> contextlib.AbstractContextManager:
     """Flow runs on the temporary server, without heartbeats: an ephemeral server runs no service that would watch
-    them, and each flow run's end waits for its heartbeat thread's current one-second sleep (0.5 s on average)."""
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
+    them, and each flow run's end waits for its heartbeat thread's current one-second sleep (up to a second)."""
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
