@@ -79,7 +79,7 @@ def start_ray_ahead(cfg: PipelineConfig, storage: Storage, full: bool, input_byt
 def load_model_ahead(cfg: PipelineConfig) -> None:
     """Load the build's model now (cached_encoder: once per process) where this process will choose its kernel
     (kernels_for_actors leaves the config as it is: no GPU actors without a GPU here, no cluster), so that the CLI
-    loads it while Prefect's temporary server starts, not after."""
+    loads it while the run's Prefect server starts, not after."""
     if not gpus_elsewhere(cfg) and not os.environ.get("RAY_ADDRESS"):
         cached_encoder(cfg.model)
 

@@ -1,21 +1,23 @@
 """The Prefect server a run or a deployment reports to: PREFECT_API_URL's, checked before anything starts (without
-it, a run starts a temporary local server of its own)."""
+it, a CLI run starts a local server of its own)."""
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import threading
-from collections.abc import Callable
+from collections.abc import Iterator
 
 from prefect.client.orchestration import get_client
+from prefect.logging import get_logger
 from prefect.settings import (
     PREFECT_API_URL,
     PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
     PREFECT_SERVER_EPHEMERAL_ENABLED,
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    PREFECT_UI_URL,
     temporary_settings,
 )
 
+from flows.local_server import LoopbackServer
 from pipeline.errors import ConfigError
 from pipeline.storage.keys import redact
 
@@ -32,36 +34,31 @@ def check_prefect_api() -> str | None:
     return url
 
 
-def start_temporary_server() -> Callable[[], None] | None:
-    """Without PREFECT_API_URL, start the temporary local server a flow run would start (Prefect's own) in a thread
-    now, so that its start (~5 s on 2 vCPUs) overlaps what this process does before the flow; returns what waits
-    until it answers, to call before anything asks Prefect's API (a second start call meanwhile would return at
-    once, before the server answers). With PREFECT_API_URL set nothing starts, and None comes back."""
+@contextlib.contextmanager
+def local_server() -> Iterator[LoopbackServer | None]:
+    """Without PREFECT_API_URL, a Prefect server of this run's own, started now (flows/local_server.py: `prefect
+    server start`, its API alone, with the database in Prefect's home, as the temporary server a flow would start)
+    so that its start (~5 s on 2 vCPUs) overlaps what this process does before the flow (enter `reporting_to` around
+    the flow's call); stopped at the end. With PREFECT_API_URL set, None."""
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        return None
-    # ~2 s of imports, here: in the thread they held the GIL against this thread's work (1.1x slower in all)
-    from prefect.server.api.server import SubprocessASGIServer
-
-    failed: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            SubprocessASGIServer().start()
-        except BaseException as exc:  # raised where the caller waits
-            failed.append(exc)
-
-    thread = threading.Thread(target=contextvars.copy_context().run, args=(start,), name="prefect-server-start",
-                              daemon=True)
-    thread.start()
-
-    def wait() -> None:
-        thread.join()
-        if failed:
-            raise failed[0]
-    return wait
+        yield None
+        return
+    server = LoopbackServer.start(services=False)
+    get_logger().info("Starting this run's Prefect server on %s (PREFECT_API_URL names none; stopped when the run "
+                      "ends)", server.url.removesuffix("/api"))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
-def without_heartbeats() -> contextlib.AbstractContextManager:
-    """Flow runs on the temporary server, without heartbeats: an ephemeral server runs no service that would watch
-    them, and each flow run's end waits for its heartbeat thread's current one-second sleep (up to a second)."""
-    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+@contextlib.contextmanager
+def reporting_to(server: LoopbackServer) -> Iterator[None]:
+    """Once the server answers, Prefect's client reports to it, with heartbeats off (no service watches them there,
+    and each flow run's end waited up to a second for the heartbeat thread's sleep) and no UI address (it has no UI:
+    no "View at" link to a page that does not exist)."""
+    # at least a minute: it starts beside Ray and the model's load
+    url = server.wait(max(60, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+    with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+                                     PREFECT_UI_URL: ""}):
+        yield

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 def collector_paused() -> Iterator[None]:
     """Run the block without the cyclic garbage collector, then freeze every object alive (gc.freeze), so the
     collections that encoding triggers later skip the imported modules and the model too; the caller's collector
-    state is restored. For a process's start only (a Ray actor's, the CLI's before its flow): what is alive then
-    stays, and cycles that die inside the block are never collected (importing torch and the pipeline left ~8.5k
-    such objects)."""
+    state is restored. For a process's start only (a Ray actor's, the CLI's before its flow, a service's before
+    its versions): what is alive then stays, and cycles that die inside the block are never collected (importing
+    torch and the pipeline left ~8.5k such objects)."""
     enabled = gc.isenabled()
     gc.disable()
     try:

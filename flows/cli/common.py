@@ -135,7 +135,7 @@ def _quiet_prefect_failures() -> None:
 def flow_output(as_json: bool) -> Iterator[None]:
     """While a flow runs: progress bars on stderr, and with --json stdout kept for the result (Ray's log
     monitor prints worker messages on stdout); a failure is printed once, by the CLI (see --debug). A watchdog
-    stops what the run started (Prefect's temporary server, a local Ray) if this process dies. After the
+    stops what the run started (its Prefect server, a local Ray) if this process dies. After the
     flow, the Ray connection it opened, if any, is closed (flushing worker logs)."""
     from flows.cli import watchdog
     from flows.progress import progress_bar

@@ -54,10 +54,11 @@ def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow: Calla
     before Prefect or Ray start, then run the flow (`flow` imports its modules and returns its call) with progress
     bars. A build (`full`: of every document; False: of those its plan finds changed or selected) starts Ray first
     where it is sure to use it, so that Ray's workers get ready meanwhile (flows/engine.py start_ray_ahead).
-    Prefect's temporary server, when one is needed, starts in the background while this process imports the flow's
-    modules and, for a build, loads the model (load_model_ahead); on it, the flow runs without heartbeats."""
+    A Prefect server of the run's own, when PREFECT_API_URL names none, starts meanwhile (flows/prefect_api.py
+    local_server), while this process imports the flow's modules and, for a build, loads the model
+    (load_model_ahead)."""
     from flows.engine import load_model_ahead, start_ray_ahead
-    from flows.prefect_api import check_prefect_api, start_temporary_server, without_heartbeats
+    from flows.prefect_api import check_prefect_api, local_server, reporting_to
     from pipeline.config_loader import load_config
     from pipeline.jobs.preflight import check_inputs
     from pipeline.startup import collector_paused
@@ -67,19 +68,17 @@ def _run_flow(config: str, overrides: dict[str, Any], as_json: bool, flow: Calla
     storage = Storage.of(cfg.storage)
     (check or check_inputs)(cfg, storage)
     check_prefect_api()
-    with flow_output(as_json):  # its watchdog covers Prefect's temporary server and a local Ray started here too
-        # Prefect's server modules, torch, the model and the flow's modules: ~1 s of collections walking the
-        # growing heap on the way, with the collector on (Zen 4)
+    # the watchdog (flow_output) covers this run's Prefect server and a local Ray started here too
+    with flow_output(as_json), local_server() as server:
+        # torch, the model and the flow's modules: ~1 s of collections walking the growing heap on the way, with
+        # the collector on (Zen 4)
         with collector_paused():
-            prefect_ready = start_temporary_server()
             if full is not None:
                 start_ray_ahead(cfg, storage, full)
-                if prefect_ready:  # else the flow loads it: a failure to load then shows in its run on the server
+                if server:  # else the flow loads it: a failure to load then shows in its run on the server
                     load_model_ahead(cfg)
             call = flow()  # imports the flow's modules
-        if prefect_ready:
-            prefect_ready()
-        with without_heartbeats() if prefect_ready else contextlib.nullcontext():
+        with reporting_to(server) if server else contextlib.nullcontext():
             result = call()
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))

@@ -1,7 +1,8 @@
-"""Tie the processes a CLI run starts (Prefect's temporary server, a local Ray's raylet, GCS and agents) to the
-CLI's lifetime, however it ends: a crash or `kill -9` included.
+"""Tie the processes a CLI run starts (its Prefect server, a local Ray's raylet, GCS and agents) to the CLI's
+lifetime, however it ends: a crash or `kill -9` included.
 
-Those processes are started by Prefect and Ray, not by embedpipe, so no parent-death signal can be set on them.
+Ray's processes are started by Ray, not by embedpipe, so no parent-death signal can be set on them; the run's
+Prefect server is covered the same way.
 A small watchdog process, in its own session (a Ctrl-C in the terminal does not reach it), records every
 descendant of the CLI process twice a second while the CLI lives; once the CLI is gone it stops every recorded
 process that is still running (and their children), SIGTERM first, SIGKILL after a grace period, then exits.

@@ -55,7 +55,7 @@ def test_an_unreachable_storage_root_fails_before_any_engine_starts(tmp_path, sa
     line = _one_error_line(out)
     assert line.startswith(f"error: storage root s3://{S3_BUCKET}/unreachable: cannot connect to the storage "
                            f"endpoint http://127.0.0.1:{port}")
-    assert "temporary server" not in out.stderr and "ray" not in out.stderr.lower()  # nothing started
+    assert "Prefect server" not in out.stderr and "ray" not in out.stderr.lower()  # nothing started
 
 
 def test_a_missing_bucket_is_named_before_any_engine_starts(tmp_path, sample_docs, s3_server):
@@ -96,8 +96,8 @@ def test_storage_lost_mid_run_ends_in_one_error_line(tmp_path, sample_docs, pref
 
 
 def test_a_killed_cli_leaves_no_process_behind(tmp_path, sample_docs):
-    """kill -9 of `embedpipe run` while its temporary Prefect server and local Ray run: nothing it started
-    survives (the watchdog stops them)."""
+    """kill -9 of `embedpipe run` while its own Prefect server and local Ray run: nothing it started survives (the
+    watchdog stops them)."""
     import psutil
 
     config = _config(tmp_path, sample_docs, str(tmp_path / "store"))
@@ -116,14 +116,15 @@ def test_a_killed_cli_leaves_no_process_behind(tmp_path, sample_docs):
         return found
 
     deadline = time.monotonic() + 240
-    # Ray and Prefect's temporary server start side by side (flows/cli/jobs.py _run_flow)
-    while time.monotonic() < deadline and not all(any(what in n for n in names()) for what in ("raylet", "uvicorn")):
+    # Ray and the run's Prefect server start side by side (flows/cli/jobs.py _run_flow)
+    while time.monotonic() < deadline and not all(any(what in n for n in names())
+                                                  for what in ("raylet", "prefect server start")):
         assert cli.poll() is None, "the run ended before Ray and Prefect's server started"
         time.sleep(0.3)
     time.sleep(1.5)  # the watchdog records descendants twice a second
     started = parent.children(recursive=True)
     commands = names()
-    assert any("uvicorn" in c for c in commands) and any("raylet" in c for c in commands)  # what must not survive
+    assert any("prefect server start" in c for c in commands) and any("raylet" in c for c in commands)  # must go
     os.kill(cli.pid, signal.SIGKILL)
     cli.wait()
     _, alive = psutil.wait_procs(started, timeout=45)
@@ -152,7 +153,7 @@ def test_actors_larger_than_this_machine_are_refused_not_waited_for(tmp_path, sa
 
 def test_migrate_and_monitor_without_a_live_version_fail_before_any_engine_starts(tmp_path, sample_docs):
     config = _config(tmp_path, sample_docs, str(tmp_path / "root"))
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # would start a temporary server
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # would start a server of its own
     for command, job in ((["migrate", str(config), "--model", "all-mpnet-base-v2"], "migration"),
                          (["monitor", str(config)], "monitoring")):
         out = subprocess.run([*EMBEDPIPE, *command, "--set", "publish.alias=live"], cwd=REPO, env=env,
@@ -160,7 +161,7 @@ def test_migrate_and_monitor_without_a_live_version_fail_before_any_engine_start
         line = _one_error_line(out)
         assert line.startswith(f"error: {job} of failures: alias live is not set at {tmp_path / 'root'}, so there "
                                "is no live snapshot to compare with")
-        assert "temporary server" not in out.stderr and "ray" not in out.stderr.lower()  # nothing started
+        assert "Prefect server" not in out.stderr and "ray" not in out.stderr.lower()  # nothing started
 
 
 def test_a_prefect_server_that_does_not_answer_is_named_before_any_engine_starts(tmp_path, sample_docs):

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from tests.conftest import REPO, S3_BUCKET, S3_KEY, S3_SECRET, write_jsonl
 @pytest.fixture(scope="module")
 def s3_run(s3_server, tmp_path_factory, sample_docs):
     """`embedpipe run` in a fresh process (as a user would), twice, the second with another setting (a run that
-    changed nothing publishes nothing): both publish, both promote through the gate."""
+    changed nothing publishes nothing): both publish, both promote through the gate. Without PREFECT_API_URL, as a
+    user without a Prefect server: each run starts one of its own, its database in PREFECT_HOME."""
     folder = tmp_path_factory.mktemp("s3corpus")
     write_jsonl(folder / "corpus.jsonl", sample_docs[:40])
     root = f"s3://{S3_BUCKET}/flow"
@@ -36,12 +38,13 @@ def s3_run(s3_server, tmp_path_factory, sample_docs):
     (folder / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" +
                                       "".join(f"q{i}\t{d['_id']}\t1\n" for i, d in golden))
     cli = shutil.which("embedpipe", path=str(Path(sys.executable).parent))
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(folder / "prefect")}
     runs = [subprocess.run([cli, "run", str(config), "--json", "--no-example", *extra], capture_output=True,
-                           text=True, cwd=REPO, env={**os.environ}, timeout=600)
+                           text=True, cwd=REPO, env=env, timeout=600)
             for extra in ([], ["--set", "evaluation.k=50"])]
     for r in runs:
         assert r.returncode == 0, r.stderr[-3000:]
-    return root, [json.loads(r.stdout) for r in runs], "".join(r.stdout + r.stderr for r in runs)
+    return root, [json.loads(r.stdout) for r in runs], "".join(r.stdout + r.stderr for r in runs), folder / "prefect"
 
 
 def test_flow_publishes_to_s3_and_promotes_through_the_gate(s3_run):
@@ -49,7 +52,7 @@ def test_flow_publishes_to_s3_and_promotes_through_the_gate(s3_run):
     from pipeline.snapshots.snapshot import Snapshot
     from pipeline.storage.backend import Storage
 
-    root, (first, second), _ = s3_run
+    root, (first, second), _, _ = s3_run
     assert first["promotion"]["promoted"] and second["promotion"]["promoted"]
     state = read_alias(Storage(root), "s3demo", "live")
     assert state.version == second["version"] and state.previous == first["version"]
@@ -61,10 +64,27 @@ def test_flow_publishes_to_s3_and_promotes_through_the_gate(s3_run):
     assert before.manifest["files"]["index/exact.faiss"] == snap.manifest["files"]["index/exact.faiss"]
 
 
+def test_each_run_reports_to_a_prefect_server_of_its_own_and_stops_it(s3_run):
+    import sqlite3
+    import urllib.request
+
+    _, _, output, prefect_home = s3_run
+    urls = re.findall(r"Starting this run's Prefect server on (http://127\.0\.0\.1:\d+)", output)
+    assert len(urls) == 2
+    with sqlite3.connect(prefect_home / "prefect.db") as db:  # the server's database, where PREFECT_HOME says
+        runs = db.execute("SELECT f.name, r.state_type FROM flow_run r JOIN flow f ON r.flow_id = f.id").fetchall()
+    assert runs == [("reindex", "COMPLETED")] * 2
+    for url in urls:  # stopped with its run
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"{url}/api/health", timeout=2)
+    assert "Error logging to API" not in output  # the runs' logs reached their server before it stopped
+    assert "View at" not in output  # no link to a UI that the server does not serve, and that stops with it
+
+
 def test_no_credential_in_any_output_manifest_or_object(s3_run):
     import boto3
 
-    _, summaries, output = s3_run
+    _, summaries, output, _ = s3_run
     assert S3_SECRET not in output and S3_SECRET not in json.dumps(summaries)
     s3 = boto3.client("s3")
     keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET, Prefix="flow/")
@@ -82,7 +102,7 @@ def test_a_plain_client_reads_the_snapshot_with_boto3_pyarrow_and_faiss(s3_run, 
     import numpy as np
     import pyarrow.parquet as pq
 
-    _, (_, second), _ = s3_run
+    _, (_, second), _, _ = s3_run
     s3 = boto3.client("s3")  # endpoint and credentials from the environment
     alias = json.loads(s3.get_object(Bucket=S3_BUCKET, Key="flow/aliases/s3demo/live.json")["Body"].read())
     prefix = f"flow/snapshots/s3demo/{alias['version']}"
