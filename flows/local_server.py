@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from pipeline.errors import ConfigError
+from pipeline.storage.keys import redact
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -45,8 +48,8 @@ class LoopbackServer:
         if home is not None:
             home.mkdir(parents=True, exist_ok=True)
             env["PREFECT_HOME"] = str(home)
-        args = [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                str(port)]
+        args = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+                "--log-level", "WARNING"]  # no line per request in `output`
         if not services:
             args += ["--no-services", "--no-ui"]
         # read back only if it fails to start (a pipe nobody reads could fill); closed by stop
@@ -55,8 +58,8 @@ class LoopbackServer:
                    url, output)
 
     def wait(self, timeout_s: float) -> str:
-        """The API's URL once /health answers; a RuntimeError with the server's last output if it exits first or
-        does not answer within `timeout_s`."""
+        """The API's URL once /health answers; a ConfigError with the server's last output (credentials in URLs
+        dropped) if it exits first or does not answer within `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -70,8 +73,9 @@ class LoopbackServer:
                     self.stop(drain=False)
                     state = f"exited with code {code}" if code is not None else \
                         f"did not answer within {timeout_s:.0f} s"
-                    raise RuntimeError(f"Prefect's server on {self.url.removesuffix('/api')} {state}: "
-                                       f"{' | '.join(tail) or 'no output'}") from None
+                    raise ConfigError(f"Prefect's server on {self.url.removesuffix('/api')} {state}: "
+                                      f"{redact(' | '.join(tail)) or 'no output'}; PREFECT_API_URL may name a "
+                                      "running server to report to instead") from None
                 time.sleep(0.05)
 
     def stop(self, drain: bool = True) -> None:

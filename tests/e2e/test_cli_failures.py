@@ -173,3 +173,19 @@ def test_a_prefect_server_that_does_not_answer_is_named_before_any_engine_starts
                          timeout=300)
     assert _one_error_line(out).startswith(f"error: no Prefect server answers at PREFECT_API_URL={url}")
     assert "ray" not in out.stderr.lower() and not (tmp_path / "root" / "runs").exists()  # nothing started
+
+
+def test_a_run_whose_own_prefect_server_cannot_start_says_why_in_one_line(tmp_path, sample_docs):
+    """Without PREFECT_API_URL the run starts a Prefect server of its own; one that cannot reach its database ends
+    the run in one line with the server's own reason (its database URL's password left out), nothing published."""
+    config = _config(tmp_path, sample_docs, str(tmp_path / "root"))
+    database = f"postgresql+asyncpg://prefect:{S3_SECRET}@127.0.0.1:{free_port()}/prefect"  # nothing listens there
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {
+        "PREFECT_API_DATABASE_CONNECTION_URL": database}
+    out = subprocess.run([*EMBEDPIPE, "run", str(config)], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300)
+    line = _one_error_line(out)  # the password appears nowhere
+    assert line.startswith("error: Prefect's server on http://127.0.0.1:") and "exited with code" in line
+    assert "Connect call failed" in line and line.endswith("PREFECT_API_URL may name a running server to report "
+                                                           "to instead")
+    assert not (tmp_path / "root" / "snapshots").exists()
