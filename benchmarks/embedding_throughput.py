@@ -10,7 +10,7 @@
         prepared, as a build does, so their start overlaps prepare; timed from the end of prepare to the last
         commit: what the actor path adds to a build's critical path. Each round starts a fresh local Ray first, as
         a run does (a Ray that ran the previous round's work would start a new process for every actor), then
-        Prefect's temporary server, as `embedpipe run` orders them (flows/engine.start_ray_ahead): meanwhile Ray's
+        the run's Prefect server, as `embedpipe run` orders them (flows/engine.start_ray_ahead): meanwhile Ray's
         pooled workers import torch. Also timed as a flow run with no CLI orders them (a deployment's; flows/build.py
         build_snapshot): Ray started, then the model loaded (the workers import torch meanwhile); and with Ray
         started with the actors (nothing between), as in a run that Ray was not started ahead for (one not sure to
@@ -141,8 +141,8 @@ def main() -> int:
     def actor_path(root: str, ahead: str | None) -> dict:
         """One run of (c): seconds from the end of prepare to the last commit, seconds of prepare, seconds from its
         end until each actor was up (0 if before), vectors in input order. `ahead`: what runs between Ray's start
-        and the actors' while the pooled workers import torch (flows/engine.start_ray_ahead): "server", Prefect's
-        temporary server, as `embedpipe run` orders them; "model", the model's load, as a flow run with no CLI
+        and the actors' while the pooled workers import torch (flows/engine.start_ray_ahead): "server", the run's
+        Prefect server, as `embedpipe run` orders them; "model", the model's load, as a flow run with no CLI
         does (a deployment's); None: nothing, Ray started with the actors."""
         # A fresh local Ray, as a run starts one: Ray gives an actor an idle pooled worker only if that worker never
         # ran a task or an actor, so in a Ray that ran the last round every actor would wait for a new process.
@@ -154,10 +154,10 @@ def main() -> int:
                 pool.submit(load_model_in_new_process).result()
             model_s = round(time.perf_counter() - t, 2)
         if ahead == "server":  # the server a run without PREFECT_API_URL starts: its start is what the workers overlap
-            from prefect.server.api.server import SubprocessASGIServer
+            from flows.local_server import LoopbackServer
 
-            server, t = SubprocessASGIServer(), time.perf_counter()
-            server.start()
+            server, t = LoopbackServer.start(services=False), time.perf_counter()
+            server.wait(120)
             server_s = round(time.perf_counter() - t, 2)
         try:
             storage = Storage(root)
@@ -255,7 +255,7 @@ def main() -> int:
         *[f"| {label} | {report[key]} | {target} |" for label, key, target in targets if report[key] is not None], "",
         f"fp32 vectors vs ST: max abs difference {report['max_abs_diff_vs_st']:.2e}; the plan's vectors vs ST: "
         f"min cosine {report['min_cosine_plan_vs_st']:.6f} in process, {report['min_cosine_actor_path_vs_st']:.6f} "
-        f"from the actors. The actor path as `embedpipe run` orders it: Ray started, then Prefect's temporary server "
+        f"from the actors. The actor path as `embedpipe run` orders it: Ray started, then the run's Prefect server "
         f"({best['prefect_server_start']} s), then the actors and prepare ({best['prepare']} s); the actors were up "
         f"{best['actors_up_after_prepare']} s after prepare. In process and actor path: the best of "
         f"{len(rounds['actor_path'])} alternating round(s), each in new processes (in process "

@@ -54,7 +54,7 @@ def main() -> int:
     from pipeline.quality.tuning import tune_weight
     from pipeline.snapshots.snapshot import Snapshot
 
-    summary = reindex(CONFIG, overrides).to_dict()  # PREFECT_API_URL's server, else a temporary one
+    summary = reindex(CONFIG, overrides).to_dict()  # PREFECT_API_URL's server, else Prefect's temporary one
     snapshot = Snapshot.open(summary["snapshot"])  # what was published, read back from its files
     golden = golden_set_of(load_config(CONFIG, overrides))
     searcher = Searcher.from_snapshot(snapshot)
