@@ -127,6 +127,9 @@ def promote(
     storage, seen = Storage(root), _seen(expect, root, index, alias)
     shared = shared_judgments(storage, index, version, seen, gate) if gate else None
     state, result = do_promote(storage, index, alias, version, seen, gate, force, by, shared=shared)
+    if state.version == seen:
+        console.print(f"{index}/{alias} is at {version} already: nothing changed", soft_wrap=True)
+        return
     forced = " (forced past the gate)" if result and not result.passed else ""
     console.print(f"[green]promoted[/] {index}/{alias}: {state.previous} -> {state.version}{forced}", soft_wrap=True)
     for note in result.notes if result else []:

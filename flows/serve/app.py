@@ -68,6 +68,9 @@ def search_body(raw: bytes) -> SearchBody:
     except RepeatedKey as exc:
         raise ServiceError(400, "bad_request", f"key {exc.args[0]!r} is given twice in the request body: "
                            "expected it once") from None
+    except (ValueError, RecursionError) as exc:  # a number past Python's 4,300 digits, arrays nested too deep
+        raise ServiceError(400, "bad_request", f"the request body cannot be read: {str(exc)[:120]}; expected "
+                           '{"query": ..., "k": ..., "mode": ...}') from None
     if not isinstance(data, dict):
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(data), "a number")
         raise ServiceError(400, "bad_request", f'the request body is {kind}: expected a JSON object, {{"query": '

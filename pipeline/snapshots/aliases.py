@@ -128,12 +128,15 @@ def promote(storage: Storage, index: str, alias: str, version: str, seen: str | 
 
     The gate compares with the live version's manifest, or with `live_evaluation` (its metrics recomputed
     on the candidate's golden set, as a migration does, in the manifest's "evaluation" shape), and `shared`: the two
-    on the judgments both can find (pipeline/quality/golden_runs.py, for `seen`)."""
+    on the judgments both can find (pipeline/quality/golden_runs.py, for `seen`). Promoting the version the alias is
+    at changes nothing and returns (its state, None)."""
     current = read_alias(storage, index, alias)
     if current.version != seen:
         raise AliasMoved(f"alias {index}/{alias} is at {current.version}, not {seen} as the caller saw; nothing "
                          "changed")
     candidate = json.loads(storage.read_bytes(check_target(storage, index, version)))
+    if version == current.version:  # a retried promote: a history event from a version to itself would be
+        return current, None        # what a later rollback steps back to
     result = None
     if gate is not None:
         live = None
@@ -169,8 +172,8 @@ def rollback(storage: Storage, index: str, alias: str, seen: str | None, by: str
                          "changed")
     if current.version is None:
         raise SnapshotError(f"alias {index}/{alias} is not set: nothing to roll back (promote a version first)")
-    target = next((e["from"] for e in reversed(current.history)
-                   if e["action"] == "promote" and e["version"] == current.version), None)
+    target = next((e["from"] for e in reversed(current.history)  # promotes to itself: histories before 2026-12-07
+                   if e["action"] == "promote" and e["version"] == current.version != e["from"]), None)
     if not target:
         raise SnapshotError(f"alias {index}/{alias} has no earlier promoted version to roll back to")
     check_target(storage, index, target)  # still committed, and not being garbage-collected?

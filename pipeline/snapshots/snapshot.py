@@ -221,13 +221,17 @@ class Snapshot:
                 tmp = path.with_name(f"{path.name}.tmp-{secrets.token_hex(4)}")
                 try:
                     self.storage.get_file(name, tmp)
+                    digest, size = _file_sha256(tmp)
+                    if (digest, size) == (expected["sha256"], expected["bytes"]):
+                        os.replace(tmp, path)
                 except StorageError as exc:
                     raise SnapshotError(f"{redact(self.url)}: {name} is missing ({exc})") from None
-                digest, size = _file_sha256(tmp)
-                if (digest, size) == (expected["sha256"], expected["bytes"]):
-                    os.replace(tmp, path)
-                else:
-                    tmp.unlink()
+                except OSError as exc:  # the cache's own disk: full, or not writable
+                    raise SnapshotError(f"{redact(self.url)}: {name} cannot be copied into the snapshot cache "
+                                        f"{_cache_root()} ({exc.strerror or exc}); expected room for its "
+                                        f"{expected['bytes']:,} bytes (EMBEDPIPE_SNAPSHOT_CACHE moves it)") from None
+                finally:
+                    tmp.unlink(missing_ok=True)  # a failed or mismatched copy leaves nothing behind
             else:
                 digest, size = expected["sha256"], expected["bytes"]  # renamed into place only once verified
         if (digest, size) != (expected["sha256"], expected["bytes"]):

@@ -12,6 +12,7 @@ given to fsspec, and never appear in errors: URLs are redacted and exception tex
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -19,9 +20,10 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import BinaryIO
 
 import fsspec
@@ -44,9 +46,10 @@ class HashingWriter(io.RawIOBase):
     """A write-only stream that computes the sha256 and size of what passes through it (closing it leaves the
     stream it writes to open: its owner commits that)."""
 
-    def __init__(self, sink: BinaryIO, digest: bool = True) -> None:
+    def __init__(self, sink: BinaryIO, digest: bool = True,
+                 errors: Callable[[], AbstractContextManager] = contextlib.nullcontext) -> None:
         super().__init__()
-        self.sink, self.size, self._hash = sink, 0, hashlib.sha256() if digest else None
+        self.sink, self.size, self._hash, self._errors = sink, 0, hashlib.sha256() if digest else None, errors
 
     def writable(self) -> bool:
         return True
@@ -55,7 +58,8 @@ class HashingWriter(io.RawIOBase):
         if self._hash is not None:
             self._hash.update(data)
         self.size += len(data)
-        self.sink.write(data)
+        with self._errors():  # the sink's failures (a full disk, a lost connection) as the storage reports them
+            self.sink.write(data)
         return len(data)
 
     def tell(self) -> int:
@@ -222,28 +226,41 @@ class Storage(CommitPrimitives):
     @contextmanager
     def open_write(self, key: str, digest: bool = True) -> Iterator[HashingWriter]:
         """A stream to write `key` with, atomically (a reader sees it only once the block ends without an error:
-        locally a temp name renamed at the end, on S3 a multipart upload completed at close). Nothing is held
-        whole in memory; the writer's size, and sha256 unless `digest` is False (a run's work file), are known at
-        the end."""
-        target = self.path(key)
-        with self._errors(key):
-            if self.is_local:
+        locally a temp name renamed at the end, on S3 an upload completed at close, aborted on an error). Nothing
+        is held whole in memory; the writer's size, and sha256 unless `digest` is False (a run's work file), are
+        known at the end. The stream's failures are StorageErrors; the block's own errors pass through as they are."""
+        target, errors = self.path(key), partial(self._errors, key)
+        if self.is_local:
+            with errors():
                 self.fs.makedirs(os.path.dirname(target), exist_ok=True)
                 tmp = _temp_path(target)
-                try:
-                    with open(tmp, "wb") as fh:
-                        writer = HashingWriter(fh, digest)
-                        yield writer
-                        fh.flush()
-                        os.fsync(fh.fileno())
+                fh = open(tmp, "wb")  # noqa: SIM115 (closed below, before the rename)
+            try:
+                yield HashingWriter(fh, digest, errors)
+                with errors():
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                    fh.close()
                     os.replace(tmp, target)
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
-            else:
-                with self.fs.open(target, "wb") as fh:
-                    yield HashingWriter(fh, digest)
-                self.fs.invalidate_cache(target)
+            finally:
+                fh.close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            return
+        with errors():
+            fh = self.fs.open(target, "wb")
+        try:
+            yield HashingWriter(fh, digest, errors)
+        except BaseException:
+            # closing would upload what was written: abort the multipart upload (a smaller write is a single put
+            # at close, so nothing was sent) and mark the file closed so that its finalizer does not close it
+            with contextlib.suppress(Exception):
+                fh.discard()
+            fh.closed = True
+            raise
+        with errors():
+            fh.close()
+        self.fs.invalidate_cache(target)
 
     def put_file(self, key: str, local: str | os.PathLike) -> tuple[str, int]:
         """Upload a local file by streaming; returns its (sha256, size)."""
@@ -252,9 +269,18 @@ class Storage(CommitPrimitives):
         return out.sha256, out.size
 
     def get_file(self, key: str, local: str | os.PathLike) -> None:
-        """Download `key` into a local file by streaming."""
-        with self._errors(key), self.fs.open(self.path(key), "rb") as src, open(local, "wb") as dst:
-            shutil.copyfileobj(src, dst, 8 << 20)
+        """Download `key` into a local file by streaming. The storage's failures are StorageErrors naming `key`;
+        the local file's (a full disk) are OSErrors naming that file."""
+        with open(local, "wb") as dst:
+            with self._errors(key):
+                src = self.fs.open(self.path(key), "rb")
+            with src:
+                while True:
+                    with self._errors(key):
+                        block = src.read(8 << 20)
+                    if not block:
+                        break
+                    dst.write(block)
 
     def open_read(self, key: str):
         """A stream to read `key` with (a file object: use it in a `with` block)."""

@@ -60,7 +60,7 @@ class CommitPrimitives:
             if self.is_s3:
                 bucket, name = self._bucket_key(key)
                 try:
-                    got = self._s3.get_object(Bucket=bucket, Key=name)
+                    got = self._s3.get_object(Bucket=bucket, Key=name, **self._s3_extra("GetObject"))
                 except self._s3.exceptions.NoSuchKey:
                     return None
                 return got["Body"].read(), got["ETag"]
@@ -81,7 +81,7 @@ class CommitPrimitives:
 
                 bucket, name = self._bucket_key(key)
                 try:
-                    obj = self._s3.get_object(Bucket=bucket, Key=name, IfNoneMatch=tag)
+                    obj = self._s3.get_object(Bucket=bucket, Key=name, IfNoneMatch=tag, **self._s3_extra("GetObject"))
                 except self._s3.exceptions.NoSuchKey:
                     return VersionedRead(True)
                 except ClientError as exc:
@@ -113,15 +113,31 @@ class CommitPrimitives:
 
     @cached_property
     def _s3(self):
-        """boto3 for the conditional writes s3fs cannot make; same endpoint and credentials as s3fs."""
+        """boto3 for the conditional writes s3fs cannot make, from the same storage.options s3fs takes: its
+        credentials (key, secret, token, profile, anon), endpoint, client_kwargs and config_kwargs."""
         import boto3
+        from botocore import UNSIGNED
+        from botocore.config import Config
 
-        client_kwargs = dict(self.options.get("client_kwargs") or {})
-        endpoint = self.options.get("endpoint_url") or client_kwargs.get("endpoint_url")
-        kwargs = {"endpoint_url": endpoint} if endpoint else {}
-        if self.options.get("key"):
-            kwargs |= {"aws_access_key_id": self.options["key"], "aws_secret_access_key": self.options.get("secret")}
-        return boto3.client("s3", **kwargs)
+        options = self.options
+        client_kwargs = dict(options.get("client_kwargs") or {})
+        for name in ("endpoint_url", "use_ssl"):
+            if options.get(name) is not None:
+                client_kwargs[name] = options[name]
+        config = Config(**(options.get("config_kwargs") or {}))
+        if options.get("anon"):
+            config = config.merge(Config(signature_version=UNSIGNED))
+        credentials = {"aws_access_key_id": options.get("key"), "aws_secret_access_key": options.get("secret"),
+                       "aws_session_token": options.get("token")}
+        session = boto3.Session(profile_name=options.get("profile"))
+        return session.client("s3", config=config, **{k: v for k, v in credentials.items() if v}, **client_kwargs)
+
+    def _s3_extra(self, operation: str) -> dict:
+        """storage.options' s3_additional_kwargs that `operation` takes (server-side encryption, say), as s3fs
+        adds them to its own calls."""
+        extra = self.options.get("s3_additional_kwargs") or {}
+        members = self._s3.meta.service_model.operation_model(operation).input_shape.members
+        return {k: v for k, v in extra.items() if k in members}
 
     def _bucket_key(self, key: str) -> tuple[str, str]:
         bucket, _, prefix = self.path(key).partition("/")
@@ -132,7 +148,8 @@ class CommitPrimitives:
 
         bucket, name = self._bucket_key(key)
         try:
-            etag = self._s3.put_object(Bucket=bucket, Key=name, Body=data, **condition)["ETag"]
+            etag = self._s3.put_object(Bucket=bucket, Key=name, Body=data, **condition,
+                                       **self._s3_extra("PutObject"))["ETag"]
         except ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
                 raise PreconditionFailed(f"precondition failed (someone else wrote first): "

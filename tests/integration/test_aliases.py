@@ -9,7 +9,7 @@ import pytest
 from pipeline.config import GateConfig
 from pipeline.errors import AliasMoved, GateRefused, PreconditionFailed, SnapshotError
 from pipeline.index.faiss_ops import build_exact, to_bytes
-from pipeline.snapshots.aliases import list_aliases, promote, read_alias, rollback
+from pipeline.snapshots.aliases import _move, list_aliases, promote, read_alias, rollback
 from pipeline.snapshots.retention import apply_gc, plan_gc
 from pipeline.snapshots.snapshot import MANIFEST, Snapshot, publish
 from pipeline.storage import layout
@@ -55,6 +55,23 @@ def test_promote_rollback_and_history(storage_root):
     assert len(s.list("aliases/idx/history")) == 5 and list_aliases(s, "idx") == ["live"]
     # readers resolve the alias to a committed version
     assert Snapshot.open(s.url_of("aliases/idx/live")).version == version(1)
+
+
+def test_promoting_the_live_version_again_changes_nothing_and_rollback_still_steps_back(storage_root):
+    s = Storage(storage_root)
+    for day in (1, 2):
+        put(s, version(day))
+    promote(s, "idx", "live", version(1), seen=None, gate=GATE)
+    promote(s, "idx", "live", version(2), seen=version(1), gate=GATE)
+    before = read_alias(s, "idx", "live")
+    state, result = promote(s, "idx", "live", version(2), seen=version(2), gate=GATE)  # a retried promote
+    assert (state.version, state.tag, result) == (version(2), before.tag, None)
+    assert read_alias(s, "idx", "live").history == before.history
+    assert rollback(s, "idx", "live", seen=version(2)).version == version(1)
+    # a history written before such promotes changed nothing: its event from a version to itself is skipped
+    promote(s, "idx", "live", version(2), seen=version(1), gate=GATE)
+    _move(s, read_alias(s, "idx", "live"), version(2), "promote", "an older embedpipe")
+    assert rollback(s, "idx", "live", seen=version(2)).version == version(1)
 
 
 def test_promote_refuses_a_moved_alias_and_uncommitted_versions(storage_root):

@@ -25,6 +25,8 @@ def test_promote_rollback_versions_verify_gc(tmp_path):
     assert cli("promote", root, "idx", version(1)).exit_code == 0
     out = cli("promote", root, "idx", version(2), "--max-drop", "0.01")
     assert out.exit_code == 0 and f"{version(1)} -> {version(2)}" in out.stdout
+    again = cli("promote", root, "idx", version(2), "--max-drop", "0.01")  # a retry: no move, no history event
+    assert again.exit_code == 0 and f"idx/live is at {version(2)} already: nothing changed" in again.stdout
     refused = cli("promote", root, "idx", version(3), "--max-drop", "0.01")
     assert refused.exit_code == 2 and "quality gate refused" in refused.stderr
     stale = cli("promote", root, "idx", version(3), "--expect", version(1), "--no-gate")

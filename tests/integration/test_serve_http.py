@@ -16,6 +16,7 @@ from dataclasses import replace
 import pytest
 
 from flows.local_server import free_port
+from flows.serve.app import ServiceError, search_body
 from flows.serve.server import serving_in_thread
 from flows.serve.settings import ServeSettings
 from pipeline.serving.query import Limits
@@ -116,9 +117,13 @@ def test_errors_are_json_with_a_clear_message(base, method, path, body, status, 
 def test_bad_json_a_key_given_twice_bad_utf8_and_a_chunked_body_over_the_limit(base):
     for raw, message in [(b"{not json", "not JSON: Expecting property name enclosed in double quotes at line 1"),
                          (b'{"query": "x", "k": 2, "query": "y"}', "key 'query' is given twice in the request body"),
-                         (b'{"query": "caf\xe9"}', "the request body is not valid UTF-8 (byte 14)")]:
+                         (b'{"query": "caf\xe9"}', "the request body is not valid UTF-8 (byte 14)"),
+                         (b'{"query": ' + b"[" * 2000 + b"]" * 2000 + b"}", "the request body cannot be read: "
+                          "maximum recursion depth exceeded")]:
         status, _, got = call(base, "/search", raw=raw, method="POST")
         assert status == 400 and got["error"]["code"] == "bad_request" and message in got["error"]["message"], got
+    with pytest.raises(ServiceError, match="Exceeds the limit .4300 digits. for integer string conversion"):
+        search_body(b'{"query": "x", "k": ' + b"9" * 5000 + b"}")  # a server whose body limit lets it through
     request = urllib.request.Request(base + "/search", data=iter([b"{" + b" " * 3000, b" " * 3000 + b"}"]),
                                      method="POST", headers={"Content-Type": "application/json",
                                                              "Transfer-Encoding": "chunked"})

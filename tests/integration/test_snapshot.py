@@ -128,3 +128,35 @@ def test_a_snapshot_opens_with_the_storage_options_of_its_config(s3_server, monk
     snap = Snapshot.open(url, endpoint_url=s3_server)
     assert snap.storage.options == {"endpoint_url": s3_server}
     assert snap.verify() == {"ids.parquet": "ok", "index/exact.faiss": "ok"} and snap.index("exact").ntotal == 4
+
+
+def test_a_failed_download_leaves_no_partial_file_and_names_a_full_cache_disk(s3_server, tmp_path, monkeypatch):
+    """A copy into the snapshot cache that fails half-way (a full disk, a dropped connection) leaves nothing there,
+    so retries do not pile up partial files, and a full cache disk is named as such, not as a missing file."""
+    import errno
+    import uuid
+
+    from tests.conftest import S3_BUCKET
+
+    url = publish(Storage(f"s3://{S3_BUCKET}/{uuid.uuid4().hex}"), "idx", "v1", files(), manifest())
+    monkeypatch.setenv("EMBEDPIPE_SNAPSHOT_CACHE", str(tmp_path / "cache"))
+    real = Storage.get_file
+
+    def failing(error: Exception):
+        def get_file(self, key, local):
+            with open(local, "wb") as fh:
+                fh.write(b"half of it")
+            raise error
+        return get_file
+
+    for error, says in [(OSError(errno.ENOSPC, "No space left on device"),
+                         r"ids\.parquet cannot be copied into the snapshot cache .*cache \(No space left on device\)"),
+                        (StorageError("storage error on s3://bucket/x: ReadTimeoutError"),
+                         r"ids\.parquet is missing \(storage error on .*ReadTimeoutError\)")]:
+        monkeypatch.setattr(Storage, "get_file", failing(error))
+        with pytest.raises(SnapshotError, match=says):
+            _ = Snapshot.open(url).ids
+        assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+    monkeypatch.setattr(Storage, "get_file", real)
+    assert Snapshot.open(url).ids["doc_id"].to_list() == list("abcd")
+    assert [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()] == ["ids.parquet"]

@@ -56,6 +56,26 @@ def test_a_copy_is_whole_and_outlives_its_source(storage_root):
         s.copy("cache/gone", "runs/r/b.parquet")
 
 
+@pytest.mark.parametrize("size", [1000, 51 << 20], ids=["one-put", "multipart"])
+def test_a_write_whose_block_fails_leaves_no_object_and_its_error_as_it_was(storage_root, size):
+    """A writer's own error inside open_write's block: nothing appears under the key (on S3 an upload over the
+    client's 50 MiB block is multipart: it is aborted, not completed with what was written), and the error is the
+    writer's, not a storage error."""
+    s = Storage(storage_root)
+    s.write_bytes("index/exact.faiss", b"the version before")
+    for key in ("index/exact.faiss", "index/new.faiss"):
+        with pytest.raises(TypeError, match="the writer's own bug"), s.open_write(key) as out:
+            out.write(b"x" * size)
+            raise TypeError("the writer's own bug")
+    assert s.read_bytes("index/exact.faiss") == b"the version before" and s.list("index") == ["exact.faiss"]
+    if not s.is_local:
+        bucket = storage_root.removeprefix("s3://").split("/")[0]
+        assert not s.fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads")
+    with s.open_write("index/new.faiss") as out:  # and a block that ends well commits
+        out.write(b"y" * size)
+    assert s.read_bytes("index/new.faiss") == b"y" * size and out.size == size
+
+
 def test_put_if_absent_has_exactly_one_winner_among_8(storage_root):
     s = Storage(storage_root)
     outcomes = race(8, lambda i: s.put_if_absent("commit.json", json.dumps({"writer": i}).encode()))
@@ -113,6 +133,30 @@ def test_storage_options_the_backend_cannot_take_are_named_as_such(s3_server, op
                                            rf"storage\.options {says}") as caught:
         Storage(f"s3://{S3_BUCKET}/opts", **options).probe()
     assert S3_SECRET not in str(caught.value)
+
+
+def test_commits_use_the_same_storage_options_as_every_other_write(s3_server):
+    """Manifests and aliases are written by conditional puts, which s3fs cannot make: they go through a client of
+    their own, made from the same options (a session token, the client's config, encryption a bucket policy
+    requires), so they are written as the version's other files are."""
+    import uuid
+
+    import boto3
+
+    from tests.conftest import S3_BUCKET, S3_KEY, S3_SECRET
+
+    prefix = uuid.uuid4().hex
+    s = Storage(f"s3://{S3_BUCKET}/{prefix}", key=S3_KEY, secret=S3_SECRET, token="a-session-token",
+                config_kwargs={"connect_timeout": 7}, s3_additional_kwargs={"ServerSideEncryption": "AES256"})
+    s.write_bytes("snapshots/idx/v1/ids.parquet", b"ids")
+    s.put_if_absent("snapshots/idx/v1/manifest.json", b"{}")
+    tag = s.compare_and_swap("aliases/idx/live.json", b'{"version": "v1"}', None)
+    s.compare_and_swap("aliases/idx/live.json", b'{"version": "v2"}', tag)
+    client = boto3.client("s3")
+    for key in ("snapshots/idx/v1/ids.parquet", "snapshots/idx/v1/manifest.json", "aliases/idx/live.json"):
+        assert client.head_object(Bucket=S3_BUCKET, Key=f"{prefix}/{key}")["ServerSideEncryption"] == "AES256", key
+    assert s.read_versioned("aliases/idx/live.json")[0] == b'{"version": "v2"}'
+    assert s._s3.meta.config.connect_timeout == 7 and s._s3._request_signer._credentials.token == "a-session-token"
 
 
 def test_a_listing_never_answers_for_what_another_process_wrote_since(storage_root):
