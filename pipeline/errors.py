@@ -29,6 +29,10 @@ class StorageError(EmbedpipeError):
     """Object storage is unreachable or an object is missing."""
 
 
+class ObjectMissing(StorageError):
+    """An object is not in storage (other StorageErrors say it could not be reached or read)."""
+
+
 class PreconditionFailed(StorageError):
     """A conditional write lost: the object already existed (put_if_absent)."""
 

@@ -221,7 +221,9 @@ def create_app(service: SearchService) -> Instrumented:
         served = service.holder.current  # this request's version, from here to its answer
         if served is None:
             raise not_ready()
-        work = partial(answer, served, query, k, mode, settings.limits)
+        # The deadline stops the search thread too: one abandoned by fail_after would still wait for the search
+        # lock and search, and under overload such searches would delay every request after them.
+        work = partial(answer, served, query, k, mode, settings.limits, time.monotonic() + settings.request_timeout_s)
         try:
             with anyio.fail_after(settings.request_timeout_s):
                 result = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)

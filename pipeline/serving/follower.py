@@ -1,6 +1,8 @@
 """Follow an alias: poll it with a conditional read, load the version it moves to in the background, swap it in,
 and wait for the old one to be released. A version that fails a check is refused (logged and reported) and the
-current one keeps serving; it is not tried again until the alias moves. Rollbacks are alias moves like any other.
+current one keeps serving; it is not tried again until the alias moves, unless what failed was the storage (a
+timeout, a full cache disk) or something unexpected (memory): such a version is tried again after 2, 4, 8... poll
+intervals, up to RETRY_MAX_S apart. Rollbacks are alias moves like any other.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from pipeline.storage.backend import Storage
 log = logging.getLogger("pipeline.serving")
 
 Loader = Callable[[str], ServingVersion]  # version -> a checked, warmed version, or VersionRefused
+TRANSIENT_CHECKS = ("storage", "load")  # refusals that say nothing about the version itself: tried again
+RETRY_MAX_S = 300.0
 
 
 class FollowEvents:
@@ -43,6 +47,13 @@ class Refusal:
     check: str
     reason: str
     at: str
+
+
+@dataclass(frozen=True)
+class _Retry:
+    version: str
+    attempts: int  # loads failed so far
+    at: float  # time.monotonic() of the next
 
 
 @dataclass
@@ -70,6 +81,7 @@ class AliasFollower:
         self._tag: str | None = None
         self._pending: list[_Pending] = []
         self._poll_failing = False
+        self._retry: _Retry | None = None
         self._last_gc = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -113,8 +125,11 @@ class AliasFollower:
         self.last_poll_at = datetime.now(UTC).isoformat()
         self.events.polled(read.changed)
         if not read.changed:
+            retry = self._retry
+            if retry and time.monotonic() >= retry.at and retry.version == self.alias_version != self._serving():
+                return self._follow(retry.version)
             return False
-        self._tag = read.tag
+        self._tag, self._retry = read.tag, None
         if read.data is None:
             log.warning("alias %s/%s is not set; %s", self.index, self.alias, self._still())
             self.alias_version = None
@@ -155,6 +170,7 @@ class AliasFollower:
             return False
         finally:
             self.loading = None
+        self._retry = None
         if self._moved_on(version):
             log.info("alias %s/%s moved on while %s loaded; not serving it", self.index, self.alias, version)
             return False
@@ -184,7 +200,12 @@ class AliasFollower:
     def _refuse(self, version: str, check: str, reason: str) -> None:
         self.last_refusal = Refusal(version, check, reason, datetime.now(UTC).isoformat())
         self.events.refused(version, check)
-        log.error("alias %s/%s: %s; %s", self.index, self.alias, reason, self._still())
+        again = ""
+        if check in TRANSIENT_CHECKS:
+            attempts = self._retry.attempts + 1 if self._retry and self._retry.version == version else 1
+            wait = min(self.poll_interval_s * 2 ** attempts, RETRY_MAX_S)
+            self._retry, again = _Retry(version, attempts, time.monotonic() + wait), f"; trying it again in {wait:g} s"
+        log.error("alias %s/%s: %s; %s%s", self.index, self.alias, reason, self._still(), again)
 
     # --- releasing old versions ------------------------------------------------------------------------------------
 
@@ -226,6 +247,8 @@ class AliasFollower:
         return {"alias": self.alias, "alias_version": self.alias_version, "loading": self.loading,
                 "last_poll_at": self.last_poll_at, "poll_interval_s": self.poll_interval_s,
                 "releasing": [p.version for p in self._pending],
+                "retrying": {"version": self._retry.version, "attempts": self._retry.attempts,
+                             "in_s": round(max(0.0, self._retry.at - time.monotonic()), 1)} if self._retry else None,
                 "last_refusal": asdict(self.last_refusal) if self.last_refusal else None}
 
 

@@ -55,10 +55,11 @@ def check_request(served: ServingVersion, query: object, k: int, mode: str | Non
 
 
 def answer(served: ServingVersion, query: str, k: int = 10, mode: str | None = None,
-           limits: Limits | None = None) -> SearchAnswer:
+           limits: Limits | None = None, deadline: float | None = None) -> SearchAnswer:
+    """One request's search; TimeoutError once time.monotonic() passes `deadline` before its search ran."""
     started = time.perf_counter()
     mode = check_request(served, query, k, mode, limits or Limits())
     checked = check_query(served.searcher.encoder, query)
-    hits = served.searches.search([query], k, mode)[0]
+    hits = served.searches.search([query], k, mode, deadline)[0]
     return SearchAnswer(served.index, served.version, mode, k, query, checked.tokens,
                         checked.limit if checked.truncated else None, hits, (time.perf_counter() - started) * 1000)

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.config import BM25
-from pipeline.errors import PreconditionFailed, SnapshotError, StorageError
+from pipeline.errors import ObjectMissing, PreconditionFailed, SnapshotError, StorageError
 from pipeline.index.bm25 import Bm25Index
 from pipeline.index.faiss_ops import native_stdout_silenced, to_bytes
 from pipeline.index.variants import KINDS
@@ -194,7 +194,7 @@ class Snapshot:
         expected = self._expected(name)
         try:
             data = self.storage.read_bytes(name)
-        except StorageError as exc:
+        except ObjectMissing as exc:  # other storage errors (a timeout) are raised as they are: not the version's
             raise SnapshotError(f"{redact(self.url)}: {name} is missing ({exc})") from None
         if len(data) != expected["bytes"] or sha256(data) != expected["sha256"]:
             raise self._mismatch(name, sha256(data), len(data))
@@ -224,10 +224,10 @@ class Snapshot:
                     digest, size = _file_sha256(tmp)
                     if (digest, size) == (expected["sha256"], expected["bytes"]):
                         os.replace(tmp, path)
-                except StorageError as exc:
+                except ObjectMissing as exc:
                     raise SnapshotError(f"{redact(self.url)}: {name} is missing ({exc})") from None
-                except OSError as exc:  # the cache's own disk: full, or not writable
-                    raise SnapshotError(f"{redact(self.url)}: {name} cannot be copied into the snapshot cache "
+                except OSError as exc:  # the cache's own disk: full, or not writable; a storage error all the same
+                    raise StorageError(f"{redact(self.url)}: {name} cannot be copied into the snapshot cache "
                                         f"{_cache_root()} ({exc.strerror or exc}); expected room for its "
                                         f"{expected['bytes']:,} bytes (EMBEDPIPE_SNAPSHOT_CACHE moves it)") from None
                 finally:
@@ -252,7 +252,7 @@ class Snapshot:
             try:
                 with self.storage.open_read(name) as fh:
                     digest, size = _stream_sha256(fh)
-            except (StorageError, FileNotFoundError):
+            except ObjectMissing:
                 raise SnapshotError(f"{redact(self.url)}: {name} is missing") from None
             if (digest, size) != (expected["sha256"], expected["bytes"]):
                 raise self._mismatch(name, digest, size)

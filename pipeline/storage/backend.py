@@ -30,7 +30,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.config import StorageConfig
-from pipeline.errors import StorageError
+from pipeline.errors import ObjectMissing, StorageError
 from pipeline.storage.conditional import CommitPrimitives
 from pipeline.storage.keys import check_key, redact
 from pipeline.storage.layout import probe_key
@@ -120,7 +120,7 @@ class Storage(CommitPrimitives):
         try:
             yield
         except FileNotFoundError:
-            raise StorageError(f"not found: {redact(self.url_of(key))}") from None
+            raise ObjectMissing(f"not found: {redact(self.url_of(key))}") from None
         except PermissionError as exc:
             check = (f"this user cannot write or read there ({exc.strerror})" if self.is_local else
                      "check the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and the bucket's policy")
@@ -177,11 +177,9 @@ class Storage(CommitPrimitives):
             self.write_bytes(key, payload)
             readable = self.read_bytes(key) == payload
             self.delete(key)
-        except StorageError as exc:
-            if str(exc).startswith("not found"):  # writing creates folders, not buckets
-                why = "no folder can be created there" if self.is_local else "its bucket does not exist"
-                raise StorageError(f"storage root {redact(self.url)}: cannot write there: {why}") from None
-            raise
+        except ObjectMissing:  # writing creates folders, not buckets
+            why = "no folder can be created there" if self.is_local else "its bucket does not exist"
+            raise StorageError(f"storage root {redact(self.url)}: cannot write there: {why}") from None
         if not readable:
             raise StorageError(f"storage root {redact(self.url)}: an object written there reads back different")
 

@@ -83,6 +83,40 @@ def test_a_caller_behind_older_requests_searches_until_its_own_are_answered(sear
     assert _same(earlier.hits[0], searcher.search([QUERIES[1]], 5, "exact")[0])  # the other's, answered too
 
 
+def test_requests_past_their_deadline_time_out_and_are_not_searched(searcher):
+    """Under overload the service answers a request with a timeout: its search must not run all the same (each
+    would delay the requests after it). One waits for the lock past its deadline; one queued request's deadline has
+    passed when a pass takes it: neither is encoded or searched."""
+    sizes: list[int] = []
+    searches = BatchedSearches(searcher, threading.Lock(), sizes.append)
+    expired = _Pending([QUERIES[1]], 5, "exact", deadline=time.monotonic() - 1)
+    searches._queue.append(expired)
+    out: dict[str, object] = {}
+
+    def call(name: str, deadline: float | None) -> None:
+        try:
+            out[name] = searches.search([QUERIES[0]], 5, "exact", deadline)[0]
+        except TimeoutError as exc:
+            out[name] = exc
+
+    with searches.lock:  # a long search holds the lock
+        waiting = threading.Thread(target=call, args=("waiting", time.monotonic() + 0.3))
+        waiting.start()
+        waiting.join(30)
+        assert isinstance(out["waiting"], TimeoutError) and sizes == []  # it stopped waiting at its deadline
+    call("on time", None)
+    assert sizes == [1] and _same(out["on time"], searcher.search([QUERIES[0]], 5, "exact")[0])
+    assert isinstance(expired.error, TimeoutError) and not searches._queue
+
+
+def test_a_pass_failing_outside_its_searches_fails_its_callers_instead_of_leaving_them_waiting(searcher):
+    def broken_metrics(_queries: int) -> None:
+        raise RuntimeError("the metrics callback failed")
+
+    got = _concurrently(BatchedSearches(searcher, threading.Lock(), broken_metrics), REQUESTS[:3])
+    assert all(isinstance(g, RuntimeError) and "metrics callback" in str(g) for g in got), got
+
+
 def test_one_failing_mode_fails_its_own_requests_only(searcher):
     """A mode that fails (here one this version does not have) fails the requests that asked for it; the others in
     the same batch are answered."""

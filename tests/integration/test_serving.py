@@ -115,6 +115,34 @@ def test_a_corrupted_version_is_refused_once_and_the_old_one_keeps_serving(stora
     assert holder.current.version == "v1" and loader.calls == ["v1", "bad"]  # back where it serves: no reload
 
 
+def test_a_version_refused_for_a_storage_failure_is_tried_again_later(tmp_path, encoder, serving_corpus,
+                                                                      monkeypatch):
+    """A load that failed on the storage (a timeout, a full cache disk) says nothing about the version: it is tried
+    again after 2, then 4 poll intervals (a corrupt version is not: the test above), and then served."""
+    clock = [1000.0]
+    monkeypatch.setattr("pipeline.serving.follower.time.monotonic", lambda: clock[0])
+    s = Storage(str(tmp_path))
+    publish_version(s, "v1", encoder, *serving_corpus)
+    promote(s, INDEX, "live", "v1", None)
+    holder, events, real = VersionHolder(), Recorded(), CountingLoader(s)
+
+    def flaky(version: str):
+        if len(real.calls) < 2:
+            real.calls.append(version)
+            raise VersionRefused(f"{INDEX} version {version} refused (storage): storage error: ReadTimeoutError",
+                                 "storage")
+        return real(version)
+
+    follower = AliasFollower(s, INDEX, "live", holder, flaky, events, poll_interval_s=1.0)
+    assert not follower.poll_once() and follower.status()["retrying"] == {"version": "v1", "attempts": 1, "in_s": 2}
+    for wait, calls in [(1.9, 1), (0.1, 2), (3.9, 2)]:  # tried again 2 s after the first failure, 4 s after the next
+        clock[0] += wait
+        assert not follower.poll_once() and len(real.calls) == calls and holder.current is None
+    clock[0] += 0.1
+    assert follower.poll_once() and holder.current.version == "v1" and real.calls == ["v1"] * 3
+    assert events.events[:2] == [("refused", "v1", "storage")] * 2 and follower.status()["retrying"] is None
+
+
 def test_versions_whose_model_does_not_check_out_are_refused(tmp_path, encoder, serving_corpus):
     s = Storage(str(tmp_path))
     card = encoder.card.to_dict()

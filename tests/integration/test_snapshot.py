@@ -5,7 +5,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.errors import PreconditionFailed, SnapshotError, StorageError
+from pipeline.errors import ObjectMissing, PreconditionFailed, SnapshotError, StorageError
 from pipeline.index.faiss_ops import build_exact, to_bytes
 from pipeline.snapshots.snapshot import MANIFEST, Snapshot, new_version, publish, sha256
 from pipeline.storage.backend import Storage
@@ -132,7 +132,8 @@ def test_a_snapshot_opens_with_the_storage_options_of_its_config(s3_server, monk
 
 def test_a_failed_download_leaves_no_partial_file_and_names_a_full_cache_disk(s3_server, tmp_path, monkeypatch):
     """A copy into the snapshot cache that fails half-way (a full disk, a dropped connection) leaves nothing there,
-    so retries do not pile up partial files, and a full cache disk is named as such, not as a missing file."""
+    so retries do not pile up partial files; a full cache disk or a timeout is a storage error (a service tries the
+    version again), only an object not there is the version's own fault (refused until the alias moves)."""
     import errno
     import uuid
 
@@ -149,12 +150,14 @@ def test_a_failed_download_leaves_no_partial_file_and_names_a_full_cache_disk(s3
             raise error
         return get_file
 
-    for error, says in [(OSError(errno.ENOSPC, "No space left on device"),
-                         r"ids\.parquet cannot be copied into the snapshot cache .*cache \(No space left on device\)"),
-                        (StorageError("storage error on s3://bucket/x: ReadTimeoutError"),
-                         r"ids\.parquet is missing \(storage error on .*ReadTimeoutError\)")]:
+    for error, raised, says in [
+            (OSError(errno.ENOSPC, "No space left on device"), StorageError,
+             r"ids\.parquet cannot be copied into the snapshot cache .*cache \(No space left on device\)"),
+            (StorageError("storage error on s3://bucket/x: ReadTimeoutError"), StorageError,  # not the version's fault
+             r"^storage error on s3://bucket/x: ReadTimeoutError$"),
+            (ObjectMissing("not found: s3://bucket/x"), SnapshotError, r"ids\.parquet is missing \(not found")]:
         monkeypatch.setattr(Storage, "get_file", failing(error))
-        with pytest.raises(SnapshotError, match=says):
+        with pytest.raises(raised, match=says):
             _ = Snapshot.open(url).ids
         assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
     monkeypatch.setattr(Storage, "get_file", real)
