@@ -3,8 +3,10 @@
 Kept: the newest `keep_last` committed versions; every version an alias points at; every version an
 alias pointed at within the grace period; uncommitted folders younger than the grace period (a publish
 may still be uploading). Deleted: other committed versions, and abandoned uploads (no manifest) older
-than the grace period. A version's age comes from its id (UTC timestamp); an id that does not parse is
-kept. A committed version is deleted manifest first, so it turns invisible before its files go.
+than the grace period. A version's age comes from its id (UTC timestamp), an upload's from its claim's time when
+that is later (a run resumed days after it chose its version renews the claim); an id that does not parse is
+kept. A committed version is deleted manifest first, so it turns invisible before its files go (and a publish
+whose files went meanwhile does not commit: snapshot.commit checks them).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pipeline.index.analyzer import fingerprint as analyzer_fingerprint
 from pipeline.index.term_cache import TermCache
 from pipeline.models.cache import EmbeddingCache
 from pipeline.snapshots.aliases import list_aliases, read_alias
-from pipeline.snapshots.snapshot import Snapshot, committed_versions
+from pipeline.snapshots.snapshot import Snapshot, claimed_at, committed_versions
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
 from pipeline.storage.layout import MANIFEST
@@ -57,10 +59,12 @@ def plan_gc(storage: Storage, index: str, keep_last: int, grace: timedelta, now:
         if v in keep:
             continue
         born = version_time(v)
+        if born is not None and v not in committed:
+            born = max(born, claimed_at(storage, index, v) or born)
         if born is None:
             keep[v] = "unrecognised version id"
         elif v not in committed and now - born < grace:
-            keep[v] = "upload in progress (younger than the grace period)"
+            keep[v] = "upload in progress (claimed within the grace period)"
         else:
             delete[v] = "abandoned upload (no manifest)" if v not in committed else "older than the kept versions"
     return GcPlan(index, keep, delete)

@@ -45,26 +45,44 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def claim(storage: Storage, index_name: str, version: str, publisher: str) -> None:
+def claim(storage: Storage, index_name: str, version: str, publisher: str, now: datetime | None = None) -> None:
     """Claim a version before writing any of its files: only the claim's holder writes them, so a second publisher
     of the same version fails before it can touch the winner's; the same `publisher` may claim again after a
-    crash, to complete it."""
+    crash, to complete it. The claim records when it was made or renewed: gc ages an upload by it (a run resumed
+    days after it chose its version is uploading now)."""
     prefix = layout.snapshot_prefix(index_name, version)
     if storage.exists(f"{prefix}/{MANIFEST}"):
         raise SnapshotError(f"snapshot {index_name}/{version} already exists; versions are immutable")
+    body = json.dumps({"publisher": publisher, "at": (now or datetime.now(UTC)).isoformat()}).encode()
     try:
-        storage.put_if_absent(f"{prefix}/{CLAIM}", json.dumps({"publisher": publisher}).encode())
+        storage.put_if_absent(f"{prefix}/{CLAIM}", body)
     except PreconditionFailed:
         holder = json.loads(storage.read_bytes(f"{prefix}/{CLAIM}"))["publisher"]
         if holder != publisher:
             raise SnapshotError(f"snapshot {index_name}/{version} is being published by another publisher "
                                 f"({holder}); versions are immutable") from None
+        storage.write_bytes(f"{prefix}/{CLAIM}", body)  # renewed
+
+
+def claimed_at(storage: Storage, index_name: str, version: str) -> datetime | None:
+    """When an uncommitted version was last claimed, or None (no claim, or one from before claims had times)."""
+    try:
+        return datetime.fromisoformat(json.loads(storage.read_bytes(
+            f"{layout.snapshot_prefix(index_name, version)}/{CLAIM}"))["at"])
+    except (StorageError, ValueError, KeyError, TypeError):
+        return None
 
 
 def commit(storage: Storage, index_name: str, version: str, files: dict[str, dict], manifest: dict) -> str:
     """Commit a claimed version whose files are written: its manifest (with `files`, each file's sha256 and size)
-    written if absent. Returns the version folder's URL."""
+    written if absent, once every file is there with its size (a version's files may not vanish before it is
+    visible: a gc, say). Returns the version folder's URL."""
     prefix = layout.snapshot_prefix(index_name, version)
+    held = storage.sizes(prefix)
+    if lost := sorted(name for name, f in files.items() if held.get(name) != f["bytes"]):
+        raise SnapshotError(f"snapshot {index_name}/{version} not committed: {len(lost)} of its files are not in "
+                            f"storage as written ({', '.join(lost[:3])}); was it garbage-collected? Run the build "
+                            "again")
     body = {**manifest, "format": FORMAT_VERSION, "index_name": index_name, "version": version,
             "created_at": datetime.now(UTC).isoformat(), "files": dict(sorted(files.items()))}
     try:

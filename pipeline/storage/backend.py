@@ -296,6 +296,13 @@ class Storage(CommitPrimitives):
         renaming it (a write in progress shows here too: delete them only while nothing writes there)."""
         return [name for name in self._names(prefix) if _TEMP_NAME.fullmatch(name)]
 
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """Every object under `prefix` (names relative to it, at any depth) and its size, from one listing."""
+        with self._afresh(prefix) as base:
+            found = self.fs.find(base, detail=True) if self.fs.exists(base) else {}
+        start = len(base.rstrip("/")) + 1
+        return {path[start:]: info["size"] for path, info in found.items() if info["type"] == "file"}
+
     def last_modified(self, prefix: str) -> datetime | None:
         """When anything under `prefix` was last written (one listing of all of it); None if nothing is there."""
         with self._afresh(prefix) as base:

@@ -6,17 +6,20 @@ partitions that overlap its own bucket range, once per shard, reading each file'
 of it, where it needs them), so a lookup costs what the shard's partition holds, not what the whole cache holds;
 partitions written under another shard count still line up (they are bucket ranges too). Every shard of every run
 adds one immutable file to its partition (concurrent runs never write the same object), and a partition with more
-than `COMPACT_AT` files is compacted into one, so the files a lookup reads stay bounded across runs.
+than `COMPACT_AT` files is compacted into one, so the files a lookup reads stay bounded across runs. Every rewrite
+writes its merged file before it deletes the files it read, and skips those another rewrite deleted since it
+listed them (their rows are in that one's merged file): at every moment each row is in some file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterator
 
 import polars as pl
 
-from pipeline.errors import StorageError
+from pipeline.errors import ObjectMissing, StorageError
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
 from pipeline.storage.tables import parquet_bytes, read_parquet, write_parquet
@@ -100,7 +103,9 @@ class ChunkCache:
         names = self.storage.list(folder)
         if len(names) <= COMPACT_AT:
             return False
-        self._rewrite(folder, names, pl.concat([read_parquet(self.storage, f"{folder}/{n}") for n in names]))
+        names, tables = self._read_present(folder, names)
+        if len(names) > 1:  # a concurrent compaction may have merged them already
+            self._rewrite(folder, names, pl.concat(tables))
         return True
 
     def collect(self, lo: int, hi: int, keep: set[str], dry_run: bool = False) -> tuple[int, int, int]:
@@ -108,8 +113,10 @@ class ChunkCache:
         [lo, hi), and drop the temp files that killed writers left there; returns its entries (before, after) and
         those temp files."""
         folder = self._folder(lo, hi)
-        names = self.storage.list(folder)
-        table = pl.concat([read_parquet(self.storage, f"{folder}/{n}") for n in names]).unique("chunk_hash")
+        names, tables = self._read_present(folder, self.storage.list(folder))
+        if not tables:  # a folder left empty: nothing to keep or drop
+            return 0, 0, 0
+        table = pl.concat(tables).unique("chunk_hash")
         kept = table.filter(pl.col("chunk_hash").is_in(pl.Series(sorted(keep), dtype=pl.String)))
         leftovers = self.storage.unfinished(folder)
         if not dry_run:
@@ -119,6 +126,20 @@ class ChunkCache:
                 self.storage.delete(f"{folder}/{name}")
         return table.height, kept.height, len(leftovers)
 
+    def _read_present(self, folder: str, names: list[str]) -> tuple[list[str], list[pl.DataFrame]]:
+        """The listed files of a partition still there, and their tables: one a concurrent rewrite deleted since
+        the listing is skipped (its rows are in that rewrite's file)."""
+        present, tables = [], []
+        for name in names:
+            try:
+                tables.append(read_parquet(self.storage, f"{folder}/{name}"))
+            except StorageError:
+                if not self.compacted_away(f"{folder}/{name}"):
+                    raise
+                continue
+            present.append(name)
+        return present, tables
+
     def _rewrite(self, folder: str, names: list[str], table: pl.DataFrame) -> None:
         """Replace a partition's files by one: written first, so a reader sees every entry at every moment."""
         table = table.unique("chunk_hash", keep="first", maintain_order=True)
@@ -126,4 +147,5 @@ class ChunkCache:
             digest = hashlib.blake2b("\n".join(names).encode(), digest_size=8).hexdigest()
             self.storage.write_bytes(f"{folder}/compacted-{digest}.parquet", parquet_bytes(table))
         for name in names:
-            self.storage.delete(f"{folder}/{name}")
+            with contextlib.suppress(ObjectMissing):  # a concurrent rewrite deleted it first
+                self.storage.delete(f"{folder}/{name}")

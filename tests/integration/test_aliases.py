@@ -11,7 +11,7 @@ from pipeline.errors import AliasMoved, GateRefused, PreconditionFailed, Snapsho
 from pipeline.index.faiss_ops import build_exact, to_bytes
 from pipeline.snapshots.aliases import _move, list_aliases, promote, read_alias, rollback
 from pipeline.snapshots.retention import apply_gc, plan_gc
-from pipeline.snapshots.snapshot import MANIFEST, Snapshot, publish
+from pipeline.snapshots.snapshot import MANIFEST, Snapshot, claim, commit, publish
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
 from tests.integration.test_storage import race
@@ -321,8 +321,12 @@ def test_gc_keeps_aliased_recent_and_in_flight_versions(storage_root):
     now = datetime(2026, 1, 9, tzinfo=UTC)
     in_flight = (now - timedelta(minutes=5)).strftime("%Y%m%dT%H%M%S%fZ") + "-ffffff"
     s.write_bytes(f"snapshots/idx/{in_flight}/ids.parquet", b"still uploading")
+    resumed = version(8)  # a run that chose its version on day 8 and was resumed minutes ago: it renewed its claim
+    claim(s, "idx", resumed, "run-8", now=now - timedelta(days=1))
+    claim(s, "idx", resumed, "run-8", now=now - timedelta(minutes=5))
+    s.write_bytes(f"snapshots/idx/{resumed}/ids.parquet", b"uploading again")
     plan = plan_gc(s, "idx", keep_last=2, grace=timedelta(hours=1), now=now)
-    assert set(plan.delete) == {version(3), version(4), version(7)}
+    assert set(plan.delete) == {version(3), version(4), version(7)} and "claimed within" in plan.keep[resumed]
     assert "alias live points at it" in plan.keep[version(2)]
     assert plan.keep[version(5)].startswith("one of the newest") and "in progress" in plan.keep[in_flight]
     assert version(1) in plan.delete or version(1) in plan.keep  # pointed at long ago: only the grace window counts
@@ -331,3 +335,21 @@ def test_gc_keeps_aliased_recent_and_in_flight_versions(storage_root):
     assert sorted(s.list("snapshots/idx")) == sorted(set(before) - set(plan.delete))
     assert read_alias(s, "idx", "live").version == version(2)
     assert json.loads(s.read_bytes(f"snapshots/idx/{version(2)}/{MANIFEST}"))["version"] == version(2)
+
+
+def test_a_version_whose_files_went_before_its_commit_is_not_committed(storage_root):
+    """A gc (or anything else) deleted files of an upload before its manifest was written: committing it would
+    publish a version every reader refuses, so the commit is refused and nothing becomes visible."""
+    s = Storage(storage_root)
+    claim(s, "idx", version(1), "run-1")
+    written = {"ids.parquet": b"ids", "index/exact.faiss": b"faiss bytes"}
+    for name, data in written.items():
+        s.write_bytes(f"snapshots/idx/{version(1)}/{name}", data)
+    files = {name: {"sha256": "0" * 64, "bytes": len(data)} for name, data in written.items()}
+    s.delete(f"snapshots/idx/{version(1)}/index/exact.faiss")
+    with pytest.raises(SnapshotError, match=r"not committed: 1 of its files are not in storage as written "
+                                            r"\(index/exact\.faiss\); was it garbage-collected"):
+        commit(s, "idx", version(1), files, {})
+    assert not s.exists(f"snapshots/idx/{version(1)}/{MANIFEST}")
+    s.write_bytes(f"snapshots/idx/{version(1)}/index/exact.faiss", written["index/exact.faiss"])
+    assert commit(s, "idx", version(1), files, {}).endswith(version(1))

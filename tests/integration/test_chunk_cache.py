@@ -47,3 +47,30 @@ def test_a_damaged_cache_file_is_an_error_not_a_miss(tmp_path):
     storage.write_bytes(f"{cache.prefix}/b00000-00016/bad.parquet", buf.getvalue())
     with pytest.raises(StorageError, match=r"bad.parquet: 10 of its 10 vectors are not 4 float32"):
         list(cache.lookup(0, 16, pl.Series(["h0", "h10"])))
+
+
+@pytest.mark.parametrize("when", ["read", "write_bytes"], ids=["while-it-reads", "before-it-deletes"])
+def test_two_runs_compacting_one_partition_at_once_keep_every_row(tmp_path, monkeypatch, when):
+    """Two runs embedding the same bucket range compact its partition at the same time: the other one finishes
+    while this one reads the files (they vanish under it) or just before this one deletes them. Neither fails, and
+    every row stays findable in one file."""
+    storage = Storage(str(tmp_path))
+    cache = EmbeddingCache(storage, "model")
+    for i in range(chunk_cache.COMPACT_AT + 1):
+        cache.add_rows(0, 16, f"run-{i}", rows(10 * i))
+    other = EmbeddingCache(Storage(str(tmp_path)), "model")  # the other run's
+    real = getattr(Storage, when if when == "write_bytes" else "read_bytes")
+    done = []
+
+    def the_other_run_compacts_first(self, key, *args):
+        if not done and self is cache.storage:
+            done.append(other.compact(0, 16))
+        return real(self, key, *args)
+
+    monkeypatch.setattr(Storage, when if when == "write_bytes" else "read_bytes", the_other_run_compacts_first)
+    assert cache.compact(0, 16) and done == [True]
+    monkeypatch.undo()
+    every = [f"h{i}" for i in range(10 * (chunk_cache.COMPACT_AT + 1))]
+    found = pl.concat(cache.lookup(0, 16, pl.Series(every)))
+    assert sorted(found["chunk_hash"].to_list()) == sorted(every)
+    assert len(storage.list(f"{cache.prefix}/b00000-00016")) == 1
