@@ -23,22 +23,38 @@ class _Strict(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        # pydantic reads `true` as 1 in a number field: `run.shards: true` would have built one shard, silently
-        if isinstance(value, bool) and _number_not_bool(cls.model_fields[info.field_name].annotation):
+        # pydantic reads `true` as 1 in a number field: `run.shards: true` would have built one shard, silently,
+        # and `monitor.max_drop: {ndcg@10: true}` would allow any fall
+        if _boolean_for_number(cls.model_fields[info.field_name].annotation, value):
             raise ValueError("expected a number, not a boolean")
         return value
 
 
-def _number_not_bool(annotation: Any) -> bool:
-    def kinds(a: Any) -> set:
-        if get_origin(a) is Annotated:
-            return kinds(get_args(a)[0])
-        if get_origin(a) in (Union, UnionType):
-            return set().union(*map(kinds, get_args(a)))
-        return {a}
+def _kinds(annotation: Any) -> set:
+    """The types an annotation allows, Annotated and unions unwrapped."""
+    if get_origin(annotation) is Annotated:
+        return _kinds(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, UnionType):
+        return set().union(*map(_kinds, get_args(annotation)))
+    return {annotation}
 
-    found = kinds(annotation)
-    return bool(found & {int, float}) and bool not in found
+
+def _boolean_for_number(annotation: Any, value: Any) -> bool:
+    """Whether `value` holds a boolean where `annotation` wants a number, at any depth of maps and lists."""
+    kinds = _kinds(annotation)
+    if isinstance(value, bool):
+        return bool(kinds & {int, float}) and bool not in kinds
+    for kind in kinds:
+        origin, args = get_origin(kind), get_args(kind)
+        if origin is dict and isinstance(value, dict) and len(args) == 2:
+            inner, items = args[1], value.values()
+        elif origin in (list, tuple) and isinstance(value, list | tuple) and args:
+            inner, items = args[0], value
+        else:
+            continue
+        if any(_boolean_for_number(inner, item) for item in items):
+            return True
+    return False
 
 
 # Columns a document row carries through the pipeline beside its metadata fields: the reader's (doc_id, title,

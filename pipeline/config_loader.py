@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import ConfigError
+from pipeline.storage.keys import redact
 
 # A field whose name is one of these, or ends in "_" + one of them, holds a secret (or, for "options",
 # storage options that may carry credentials): its value never appears in an error. "max_tokens" does not.
@@ -48,7 +49,7 @@ def _describe(err: dict[str, Any]) -> str:
         return f"{loc}: required field is missing"
     secret = any(str(part).lower() == name or str(part).lower().endswith("_" + name)
                  for part in err["loc"] for name in _SECRET_NAMES)
-    shown = "<redacted>" if secret else repr(err.get("input"))
+    shown = "<redacted>" if secret else redact(repr(err.get("input")))  # a URL may hold credentials
     return f"{loc}: {msg} (got {shown})"
 
 
@@ -99,8 +100,13 @@ MAP_FIELDS = ("publish.gate.max_drift", "monitor.max_drop", "monitor.max_drift")
 def _parse(text: str, origin: str, overrides: dict[str, Any]) -> PipelineConfig:
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
+    except yaml.MarkedYAMLError as exc:  # its str() quotes the line, which may hold a secret: where and what only
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = "; ".join(part for part in (exc.context, exc.problem) if part)
+        raise ConfigError(f"{origin}: not valid YAML{where}: {what}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{origin}: not valid YAML: {type(exc).__name__}") from None
     for dotted, value in overrides.items():
         field = next((f for f in MAP_FIELDS if dotted.startswith(f + ".")), None)
         if field:  # one key of a map, set beside the file's keys

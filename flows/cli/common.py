@@ -79,7 +79,13 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
             fail(ValueError(f"--set {key}: storage options and credentials cannot be given with --set (Prefect keeps "
                             "a flow run's parameters); put them in the config file or the environment "
                             "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)"))
-        out[key] = yaml.safe_load(value)
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:  # the value is not echoed (see above); YAML's own message quotes it
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at character {mark.column + 1}" if mark else ""
+            fail(ValueError(f"--set {key}: the value is not valid YAML{at}; expected a YAML scalar, list or mapping "
+                            "(quote a string that starts with @, [, {, * or &)"))
     return out
 
 

@@ -16,6 +16,7 @@ from rich.table import Table as RichTable
 
 from flows.cli.common import JsonFlag, console, reports_errors, rich_table
 from pipeline.reports.tables import quality_table
+from pipeline.storage.keys import redact
 
 Root = Annotated[str, typer.Argument(help="storage root: a path or URL (s3://bucket/prefix)")]
 Index = Annotated[str, typer.Argument(help="index name")]
@@ -75,7 +76,7 @@ def print_search(snapshot_url: str, query: str, k: int, mode: str, as_json: bool
     checked = check_query(searcher.encoder, query)
     hits = searcher.search([query], k, mode)[0]
     if as_json:
-        print(json.dumps({"snapshot": snapshot.url, "version": snapshot.version, "mode": mode, "query": query,
+        print(json.dumps({"snapshot": redact(snapshot.url), "version": snapshot.version, "mode": mode, "query": query,
                           "query_tokens": checked.tokens, "truncated_to_tokens": checked.limit if checked.truncated
                           else None, "hits": [asdict(h) for h in hits]}, indent=2))
     else:
@@ -121,7 +122,7 @@ def evaluate(
     report = searcher.evaluate(*golden, k, modes=mode or None)
     covered = coverage(*golden, searcher.doc_ids)
     if as_json:
-        print(json.dumps({"snapshot": snap.url, "version": snap.version, "coverage": covered.to_dict(),
+        print(json.dumps({"snapshot": redact(snap.url), "version": snap.version, "coverage": covered.to_dict(),
                           "modes": report}, indent=2))
         return
     console.print(rich_table(quality_table(f"{snap.manifest['index_name']} {snap.version}", report, short=True)))
@@ -150,7 +151,7 @@ def tune_fusion(
     snap = Snapshot.open(snapshot)
     tuned = tune_weight(_searcher(snap, None), *_golden(snap, queries, qrels), mode, metric, folds, step, seed)
     if as_json:
-        print(json.dumps({"snapshot": snap.url, "version": snap.version, **tuned.to_dict()}, indent=2))
+        print(json.dumps({"snapshot": redact(snap.url), "version": snap.version, **tuned.to_dict()}, indent=2))
         return
     rows = [[str(i + 1), str(f.queries), f"{f.weight:g}", f"{f.train:.4f}", f"{f.held_out:.4f}"]
             for i, f in enumerate(tuned.folds)]

@@ -15,6 +15,7 @@ from rich.table import Table as RichTable
 
 from flows.cli.common import JsonFlag, console, reports_errors
 from flows.cli.snapshots import Index, Root
+from pipeline.storage.keys import redact
 
 AliasOpt = Annotated[str, typer.Option("--alias", help="alias name")]
 Expect = Annotated[str | None, typer.Option(help="the version you saw the alias at ('none' if unset); default: "
@@ -61,7 +62,7 @@ def versions(root: Root, index: Index, as_json: JsonFlag = False) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = RichTable(title=f"{index} at {root}")
+    table = RichTable(title=f"{index} at {redact(root)}")
     for col in ("version", "model", "chunks", "nDCG@10", "MiB", "aliases"):
         table.add_column(col, no_wrap=col == "version")
     for r in rows:

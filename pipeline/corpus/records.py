@@ -133,6 +133,8 @@ def jsonl_records(url: str, start: int = 0, end: int | None = None, data: bytes 
                     yield lineno, None, text, f"invalid JSON: {exc.msg} at column {exc.colno}"
                 except RepeatedKey as exc:
                     yield lineno, None, text, f"key {exc.args[0]!r} is given twice in one object"
+                except (ValueError, RecursionError) as exc:  # a number past 4,300 digits, arrays nested too deep
+                    yield lineno, None, text, f"unreadable JSON: {str(exc)[:100]}"
     except FileNotFoundError:
         raise InputError(f"input not found: {redact(url)} (expected a JSON Lines file)") from None
     except (OSError, EOFError, zlib.error) as exc:  # a truncated or non-gzip '.gz', or a corrupt one

@@ -104,6 +104,11 @@ def test_storage_errors_name_the_object_but_never_credentials(tmp_path):
     with pytest.raises(StorageError, match=r"not found: .*missing\.json"):
         Storage(str(tmp_path)).read_bytes("missing.json")
     assert redact("s3://AKIAXXXX:topsecret@bucket/prefix") == "s3://***@bucket/prefix"
+    # signed URLs and SAS tokens: the parts that grant access go, the rest (a version id, an expiry) stays
+    assert redact("https://b.s3.amazonaws.com/c.jsonl?X-Amz-Credential=AKIA%2Fx&X-Amz-Signature=beef&versionId=3") \
+        == "https://b.s3.amazonaws.com/c.jsonl?X-Amz-Credential=***&X-Amz-Signature=***&versionId=3"
+    assert redact("https://a.blob.core.windows.net/c/x.jsonl?sv=2022&se=2026&sig=ab%2Bc&sp=r") \
+        == "https://a.blob.core.windows.net/c/x.jsonl?sv=2022&se=2026&sig=***&sp=r"
 
 
 def test_manifest_never_holds_credentials_from_urls():

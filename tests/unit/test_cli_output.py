@@ -66,6 +66,10 @@ def test_storage_options_and_credentials_are_refused_on_the_command_line():
     typo = ["--set", "run.shards=2", "--set", "storage.key:SeCrEt123"]  # ':' for '='
     out = CliRunner().invoke(app, ["run", "configs/demo.yaml", *typo])
     assert out.exit_code == 2 and "--set argument 2 has no '='" in out.stderr and "SeCrEt123" not in out.stderr
+    for pair, at in (("evaluation.queries=@SeCrEt123", 1), ("run.shards=[SeCrEt123", 11)):  # not YAML
+        out = CliRunner().invoke(app, ["run", "configs/demo.yaml", "--set", pair])
+        assert out.exit_code == 2 and "SeCrEt123" not in out.stdout + out.stderr, out.stderr
+        assert f"the value is not valid YAML at character {at}" in out.stderr
 
 
 def test_a_run_id_that_is_not_one_folder_name_is_refused_naming_the_flag():

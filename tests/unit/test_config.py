@@ -36,6 +36,30 @@ def test_a_boolean_where_a_number_belongs_is_refused_not_read_as_1(tmp_path):
         "  index.ivf.nprobe: expected a number, not a boolean (got False)",
         "  index.ivf.max_reuse_error_ratio: expected a number, not a boolean (got True)",
         "  run.shards: expected a number, not a boolean (got True)"]  # keep_work is a boolean: taken
+    # inside a map of numbers too: a limit of `true` would be read as 1.0, a gate that never refuses
+    p.write_text("index_name: x\ncorpus: {source: a.jsonl}\nmonitor: {max_drop: {recall@10: true}}\n"
+                 "publish: {gate: {max_drift: {vectors.isotropy: 0.05, vectors.rows: yes}}}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(p)
+    assert sorted(str(refused.value).splitlines()[1:]) == [
+        "  monitor.max_drop: expected a number, not a boolean (got {'recall@10': True})",
+        "  publish.gate.max_drift: expected a number, not a boolean (got {'vectors.isotropy': 0.05, 'vectors.rows': "
+        "True})"]
+
+
+def test_a_yaml_syntax_error_says_where_without_quoting_the_line(tmp_path):
+    """PyYAML's message quotes the offending line, which may hold a secret; a value that is not the type its
+    field expects is shown with any credentials in a URL dropped."""
+    p = tmp_path / "c.yaml"
+    p.write_text("index_name: x\ncorpus: {source: a.jsonl}\nstorage:\n  options: {secret: wJalrXUtn: K7MDENG}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(p)
+    assert str(refused.value) == (f"{p}: not valid YAML at line 4, column 30: while parsing a flow mapping; "
+                                  "expected ',' or '}', but got ':'")
+    p.write_text("index_name: x\ncorpus: s3://AKIAEXAMPLE:wJalrXUtn@bucket/c.jsonl\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(p)
+    assert "wJalrXUtn" not in str(refused.value) and "s3://***@bucket/c.jsonl" in str(refused.value)
 
 
 def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):

@@ -28,6 +28,8 @@ def reasons(result) -> dict[int, str]:
         ({"_id": "d2", "text": 42}, "bad text"),
         ({"_id": "d2", "title": ["t"], "text": "x"}, "bad title"),
         ('{"_id": "d2", "text": "unterminated', "invalid JSON"),
+        ('{"_id": "d2", "text": "x", "n": ' + "9" * 5000 + "}", "unreadable JSON: Exceeds the limit (4300 digits)"),
+        ('{"_id": "d2", "text": ' + "[" * 5000 + "]" * 5000 + "}", "unreadable JSON: maximum recursion depth"),
         ('["an", "array"]', "not an object"),
         ("null", "not an object: got NoneType"),  # a record, not a blank line
         ('{"_id": "d2", "text": "one", "text": "two"}', "key 'text' is given twice"),  # which text is it?
