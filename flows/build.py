@@ -46,7 +46,7 @@ from pipeline.jobs.executor import Executor, LocalExecutor, one_task_cpus
 from pipeline.jobs.lexical import Bm25Build, build_bm25
 from pipeline.jobs.plan import BuildPlan
 from pipeline.jobs.prepare import PreparedRun, decide_files, make_chunker, prepare
-from pipeline.jobs.run_folder import check_corpus_unchanged, remove_work
+from pipeline.jobs.run_folder import check_run_unchanged, prepared_settings, remove_work
 from pipeline.jobs.shards import ShardResult
 from pipeline.jobs.worker import peak_rss_mb
 from pipeline.models.card import ModelCard
@@ -199,10 +199,12 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
     encoder = cached_encoder(cfg.model)
     card = encoder.card
     check_prefixes(cfg.index, card.dims, card.name)
-    check_corpus_unchanged(storage, run_id, listing)  # once the config passed its checks, before any read
+    chunking = make_chunker(cfg).params
+    # once the config passed its checks, before any read
+    check_run_unchanged(storage, run_id, listing, prepared_settings(cfg, chunking))
     logger.info("model %s computes in %s", card.name, encoder.kernel_plan.summary())
     executor = executor_for(cfg, input_bytes)
-    plan = timed("compare", plan_task, planner, storage, card, make_chunker(cfg).params)
+    plan = timed("compare", plan_task, planner, storage, card, chunking)
     logger.info("%s", plan.why)
     if current := live_if_listing_unchanged(cfg, storage, plan, files, job, lambda: timed(
             "hash files", decide_files, cfg, storage, run_id, plan.against, executor, files)):

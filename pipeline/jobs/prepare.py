@@ -28,7 +28,7 @@ from pipeline.config import ChunkingConfig, ModelConfig, PipelineConfig
 from pipeline.corpus.chunking import Chunker
 from pipeline.corpus.delta import Delta, Selection
 from pipeline.corpus.files import FILE_COUNTS, counts_by_url, documents_of, files_sha256, files_table, hash_batches
-from pipeline.corpus.pieces import InputFile, plan_pieces
+from pipeline.corpus.pieces import InputFile, listing_digest, plan_pieces
 from pipeline.corpus.readers import (
     DUPLICATE,
     QUARANTINE_SCHEMA,
@@ -39,6 +39,7 @@ from pipeline.corpus.sharding import bucket_range
 from pipeline.errors import InputError, SnapshotError, StorageError
 from pipeline.jobs.executor import Executor, LocalExecutor
 from pipeline.jobs.read_piece import PieceResult, read_piece
+from pipeline.jobs.run_folder import check_run_unchanged, prepared_settings
 from pipeline.jobs.shards import INPUT_COLUMNS, LIVE_ROW
 from pipeline.jobs.unread import Unread, files_left_unread, in_buckets
 from pipeline.jobs.worker import node, peak_rss_mb
@@ -298,6 +299,9 @@ def prepare(cfg: PipelineConfig, storage: Storage, run_id: str, against: ShardIn
     driver holds only counts, and a row per input file."""
     chunking = make_chunker(cfg).params
     listed = describe_corpus(cfg.corpus)
+    # the files as the run listed them when it began (run.json): one written since would be left unread by a
+    # decision made before it changed, its new bytes never read (nor by later runs: its new stamp is recorded)
+    check_run_unchanged(storage, run_id, listing_digest(listed), prepared_settings(cfg, chunking))
     decided = decide_files(cfg, storage, run_id, against, executor, listed)
     skip = set(decided.filter(pl.col("unread"))["url"].to_list())
     # the files read are the same in a resumed attempt (its first attempt decided, from the listing it recorded in

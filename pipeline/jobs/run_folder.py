@@ -1,8 +1,10 @@
 """A run's folder on storage (runs/<run_id>/, keys in pipeline/storage/layout.py) over its life.
 
-- The corpus a run id reads is the one its first attempt listed (its run.json). A resumed attempt, or a rerun of
-  a finished run, keeps the pieces and shards committed before: against a corpus written since, it would publish
-  old documents beside new ones (or only old ones) without a word, so it is refused.
+- The corpus a run id reads is the one its first attempt listed, read with the settings it had then (its
+  run.json). A resumed attempt, or a rerun of a finished run, keeps the pieces and shards committed before: against
+  a corpus written since it would publish old documents beside new ones (or only old ones) without a word, and
+  with other settings it would mix two layouts (a document in two shards under another shard count, parts of an
+  unfinished piece left beside its new ones under another batch size), so either is refused.
 - Once the run published its version (or found live current), its work files go: the read pieces, the shards'
   documents, chunks, vectors and terms, and the index shares hold a copy of the corpus and of the index, and a
   scheduled reindex would otherwise leave one behind each time. Its records stay: run.json, the quarantine, each
@@ -18,6 +20,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
 from pipeline.storage.backend import Storage
 from pipeline.storage.layout import (
@@ -32,16 +35,35 @@ from pipeline.storage.layout import (
 )
 
 
-def check_corpus_unchanged(storage: Storage, run_id: str, listing: str | None) -> None:
-    """Record the corpus listing's digest (pipeline/corpus/pieces.py listing_digest) at a run's first attempt;
-    raise InputError when a later attempt lists another."""
+def prepared_settings(cfg: PipelineConfig, chunking: dict) -> dict:
+    """The settings that decide what a run's read pieces and shards hold and where (reading, validation, shard
+    count, batch and piece sizes, chunking), as run.json records them."""
+    run = cfg.run
+    return {"corpus": cfg.corpus.model_dump(mode="json", exclude={"source"}), "chunking": chunking,
+            "run.shards": run.shards, "run.read_batch": run.read_batch, "run.piece_bytes": run.piece_bytes,
+            "run.piece_files": run.piece_files}
+
+
+def check_run_unchanged(storage: Storage, run_id: str, listing: str | None, settings: dict) -> None:
+    """Record the corpus listing's digest (pipeline/corpus/pieces.py listing_digest) and the prepared settings at a
+    run's first attempt; raise InputError when a later attempt lists another corpus or has other settings (a run
+    folder from before settings were recorded is checked for its listing alone)."""
     key = run_record_key(run_id)
     if not storage.exists(key):
-        storage.write_bytes(key, json.dumps({"listing_sha256": listing}).encode())
-    elif json.loads(storage.read_bytes(key))["listing_sha256"] != listing:
+        storage.write_bytes(key, json.dumps({"listing_sha256": listing, "settings": settings}).encode())
+        return
+    first = json.loads(storage.read_bytes(key))
+    new = "; start a new run (leave out --run-id and run.run_id)"
+    if first["listing_sha256"] != listing:
         raise InputError(f"run {run_id}: the corpus's files changed since the run began (files added, removed or "
                          "written: their names, sizes or modification stamps differ), and the pieces it read then "
-                         "hold the old documents; start a new run (leave out --run-id and run.run_id)")
+                         f"hold the old documents{new}")
+    settings = json.loads(json.dumps(settings))  # as JSON gives it back
+    if changed := [name for name, value in first.get("settings", settings).items() if settings.get(name) != value]:
+        shown = ", ".join(f"{name} {first['settings'][name]} -> {settings.get(name)}" if name.startswith("run.")
+                          else name for name in changed)
+        raise InputError(f"run {run_id}: settings that decide what its read pieces and shards hold changed since "
+                         f"its first attempt ({shown}); expected those it began with{new}")
 
 
 def remove_work(storage: Storage, run_id: str) -> None:

@@ -399,6 +399,7 @@ def test_a_run_id_resumed_after_its_corpus_changed_is_refused(runs, prefect_api)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.reindex import reindex
+    from pipeline.config_loader import load_config
     from pipeline.errors import InputError
 
     moving = runs["work"] / "moving.jsonl"
@@ -410,4 +411,9 @@ def test_a_run_id_resumed_after_its_corpus_changed_is_refused(runs, prefect_api)
         with pytest.raises(InputError, match=r"run nightly: the corpus's files changed since the run began"):
             reindex(runs["config"], first, run_id="nightly")
         again = reindex(runs["config"], first, run_id="nightly-2").to_dict()
+        # nor with another shard count: its documents would be in two layouts (one id in two shards, both kept)
+        shards = load_config(runs["config"]).run.shards
+        with pytest.raises(InputError, match=rf"run nightly-2: settings that decide what its read pieces and shards "
+                                             rf"hold changed since its first attempt \(run.shards {shards} -> 7\)"):
+            reindex(runs["config"], {**first, "run.shards": 7}, run_id="nightly-2")
     assert again["published"] and again["counts"]["accepted"] == 31

@@ -276,10 +276,36 @@ def test_small_files_read_together_or_one_piece_each_give_the_same_run_and_count
         files = pl.read_parquet(root / "runs/r/files.parquet").select("read", "accepted", "quarantined").rows()
         assert files == [(3, 3, 0), (2, 2, 0), (3, 3, 0), (3, 2, 1), (0, 0, 0)]
         results[name] = (prepared.corpus["fingerprint"], *load_vectors(storage, "r", prepared.shards))
-        with pytest.raises(InputError, match="piece 0 was read by an earlier attempt as other files"):
+        with pytest.raises(InputError, match=rf"settings that decide what its read pieces and shards hold changed "
+                                             rf"since its first attempt \(run.piece_files {piece_files} -> 3\)"):
             prepared_run(config(tmp_path / "c-*.jsonl", root, shards=2, piece_files=3), storage, "r", encoder)
     assert results["apart"][0] == results["together"][0] and results["apart"][1].equals(results["together"][1])
     assert np.abs(results["apart"][2] - results["together"][2]).max() < 1e-5
+
+
+def test_a_file_written_after_the_run_listed_the_corpus_is_refused_before_anything_is_read(tmp_path, sample_docs,
+                                                                                         encoder):
+    """The flow lists the corpus when it starts, and prepare lists it again: a file written in between would be
+    left unread on a decision made before it changed (its new stamp then recorded, so no later run would read it
+    either). Refused, nothing read; and a resume with another batch size is refused too (an unfinished piece's
+    parts of the old size would stay beside the new ones)."""
+    from pipeline.corpus.pieces import listing_digest
+    from pipeline.corpus.readers import list_corpus
+    from pipeline.jobs.prepare import make_chunker
+    from pipeline.jobs.run_folder import check_run_unchanged, prepared_settings
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", sample_docs[:6])
+    cfg, storage = config(corpus, tmp_path / "store"), Storage(str(tmp_path / "store"))
+    check_run_unchanged(storage, "r", listing_digest(list_corpus(cfg.corpus)),  # as the flow does when it starts
+                        prepared_settings(cfg, make_chunker(cfg).params))
+    write_jsonl(corpus, sample_docs[:7])
+    with pytest.raises(InputError, match="run r: the corpus's files changed since the run began"):
+        prepared_run(cfg, storage, "r", encoder)
+    assert storage.list("runs/r") == ["run.json"]
+    assert prepared_run(cfg, storage, "r2", encoder).counts["accepted"] == 7
+    smaller = cfg.model_copy(update={"run": cfg.run.model_copy(update={"read_batch": 2})})
+    with pytest.raises(InputError, match=r"\(run.read_batch 10000 -> 2\)"):
+        prepared_run(smaller, storage, "r2", encoder)
 
 
 def test_a_rerun_redoes_only_unfinished_pieces_and_shards(tmp_path, sample_docs, encoder):
@@ -289,8 +315,11 @@ def test_a_rerun_redoes_only_unfinished_pieces_and_shards(tmp_path, sample_docs,
     marker = storage.read_bytes("runs/r/shards/00001/_PREPARED")
     storage.delete("runs/r/shards/00001/_PREPARED")  # as if the worker preparing shard 1 died before committing
     again = prepared_run(cfg, storage, "r", encoder)
-    assert again.counts == first.counts and json.loads(storage.read_bytes("runs/r/shards/00001/_PREPARED")) == \
-        json.loads(marker)
+    rss = "prepare_peak_rss_mb"  # the process's peak so far: what ran in between may have raised it
+    assert {k: v for k, v in again.counts.items() if k != rss} == {k: v for k, v in first.counts.items() if k != rss}
+    redone, before = json.loads(storage.read_bytes("runs/r/shards/00001/_PREPARED")), json.loads(marker)
+    assert {k: v for k, v in redone.items() if k != "peak_rss_mb"} == {k: v for k, v in before.items()
+                                                                       if k != "peak_rss_mb"}
 
 
 def test_a_finished_runs_work_goes_and_a_rerun_after_a_stopped_removal_is_still_right(tmp_path, sample_docs, encoder):
@@ -309,7 +338,8 @@ def test_a_finished_runs_work_goes_and_a_rerun_after_a_stopped_removal_is_still_
     done = Storage(str(tmp_path / "done"))
     rows, vectors = run(done)
     remove_work(done, "r")
-    assert done.list("runs/r") == ["files.parquet", "quarantine"]  # its records: each file's counts, bad records
+    # its records: each file's counts, bad records, what it listed and the settings it read with
+    assert done.list("runs/r") == ["files.parquet", "quarantine", "run.json"]
     assert quarantine(tmp_path / "done", "r")["doc_id"].to_list() == ["bad"]
     files = pl.read_parquet(tmp_path / "done/runs/r/files.parquet")
     assert files.select("read", "accepted", "quarantined").row(0) == (13, 12, 1)
