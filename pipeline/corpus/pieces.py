@@ -159,7 +159,7 @@ def list_inputs(source: str, fmt: Format) -> list[InputFile]:
                 continue
             url = p if protocol in ("file", "local") else f"{protocol}://{p}"
             files.append(InputFile(url if is_glob else source, fmt, int(info["size"]),
-                                   p.endswith((".gz", ".bz2", ".xz", ".zst")), stamp=change_stamp(info)))
+                                   p.lower().endswith((".gz", ".bz2", ".xz", ".zst")), stamp=change_stamp(info)))
         if not files:
             raise InputError(f"corpus.source: {redact(source)} matches no file")
     except FileNotFoundError:

@@ -90,7 +90,13 @@ class _Collector:
             if at is not None:  # rejected, not repaired: a silently changed text would change its hash
                 return self.reject(position, f"invalid Unicode: field {name!r} holds a lone surrogate (character "
                                    f"{at})", raw, doc_id.encode("utf-8", "backslashreplace").decode())
-        title, text = record.get(cfg.title_field) or "", record.get(cfg.text_field)
+        for name in cfg.metadata_fields:  # one column per field: a list or object beside scalars has no type
+            if isinstance(record.get(name), list | dict):
+                return self.reject(position, f"bad metadata: field {name!r} must be a string, number, boolean or "
+                                   f"null, not {'a list' if isinstance(record[name], list) else 'an object'}", raw,
+                                   doc_id)
+        title, text = record.get(cfg.title_field), record.get(cfg.text_field)
+        title = "" if title is None else title  # not `or ""`: a title of 0, false or [] is a bad title
         if not isinstance(title, str):
             return self.reject(position, f"bad title: {cfg.title_field!r} must be a string", raw, doc_id)
         if text is not None and not isinstance(text, str):

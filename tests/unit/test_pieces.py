@@ -1,5 +1,7 @@
 """Planning read pieces (pure) and reading one that holds several files."""
 
+from pathlib import Path
+
 import pytest
 
 from pipeline.config import CorpusConfig
@@ -84,3 +86,16 @@ def test_a_file_gone_before_its_piece_is_read_is_named(tmp_path):
     b.unlink()
     with pytest.raises(InputError, match=r"corpus\.source: .*b\.jsonl was listed but is gone"):
         list(iter_piece(CorpusConfig(source=str(tmp_path / "*.jsonl")), piece))
+
+
+def test_a_compressed_file_is_known_whatever_the_case_of_its_extension(tmp_path):
+    """fsspec decompresses 'X.JSONL.GZ' as it does 'x.jsonl.gz': planned as byte ranges, each piece would have
+    decompressed the file from its start."""
+    import gzip
+
+    from pipeline.corpus.pieces import list_inputs
+
+    for name in ("a.jsonl.gz", "B.JSONL.GZ", "c.jsonl"):
+        (tmp_path / name).write_bytes(gzip.compress(b'{"_id": "1", "text": "x"}\n') if name != "c.jsonl" else b"")
+    found = {Path(f.url).name: f.compressed for f in list_inputs(str(tmp_path / "*"), "jsonl")}
+    assert found == {"B.JSONL.GZ": True, "a.jsonl.gz": True, "c.jsonl": False}

@@ -27,6 +27,8 @@ def reasons(result) -> dict[int, str]:
         ({"_id": "d2", "text": "   \n"}, "empty text"),
         ({"_id": "d2", "text": 42}, "bad text"),
         ({"_id": "d2", "title": ["t"], "text": "x"}, "bad title"),
+        ({"_id": "d2", "title": 0, "text": "x"}, "bad title"),  # not read as no title
+        ({"_id": "d2", "title": [], "text": "x"}, "bad title"),
         ('{"_id": "d2", "text": "unterminated', "invalid JSON"),
         ('{"_id": "d2", "text": "x", "n": ' + "9" * 5000 + "}", "unreadable JSON: Exceeds the limit (4300 digits)"),
         ('{"_id": "d2", "text": ' + "[" * 5000 + "]" * 5000 + "}", "unreadable JSON: maximum recursion depth"),
@@ -45,6 +47,19 @@ def test_each_bad_record_is_quarantined_with_its_reason(tmp_path, line, reason):
     assert result.docs["doc_id"].to_list() == ["d1", "d3"]
     assert list(reasons(result).keys()) == [2] and reasons(result)[2].startswith(reason)
     assert result.counts == {"read": 3, "accepted": 2, "quarantined": 1, "blank_lines": 0}
+
+
+def test_metadata_must_be_scalars_a_list_or_object_is_quarantined(tmp_path):
+    """Metadata fields become columns (a backfill filters on them): a list or object beside scalars would fail the
+    batch's table or be stored as a made-up string."""
+    rows = [{"_id": "d1", "text": "a", "year": 2020}, {"_id": "d2", "text": "b", "year": [2021]},
+            {"_id": "d3", "text": "c", "year": {"a": 1}}, {"_id": "d4", "text": "d", "year": "2022"},
+            {"_id": "d5", "text": "e"}]
+    result = read_corpus(CorpusConfig(source=str(write_jsonl(tmp_path / "c.jsonl", rows)), metadata_fields=["year"]))
+    assert result.docs.select("doc_id", "year").rows() == [("d1", "2020"), ("d4", "2022"), ("d5", None)]
+    assert reasons(result) == {
+        2: "bad metadata: field 'year' must be a string, number, boolean or null, not a list",
+        3: "bad metadata: field 'year' must be a string, number, boolean or null, not an object"}
 
 
 # JSON's \ud800 escape is valid JSON but no valid text: written raw so json.dumps does not touch it
