@@ -29,7 +29,7 @@ from pipeline.config import PipelineConfig
 from pipeline.corpus.pieces import listing_digest
 from pipeline.corpus.readers import list_corpus
 from pipeline.errors import StorageError
-from pipeline.index.build_variants import check_prefixes
+from pipeline.index.build_variants import check_variant_dims
 from pipeline.jobs.build import (
     BuildSummary,
     Evaluated,
@@ -198,7 +198,7 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
         logger.info("model.precision auto: %s", why)
     encoder = cached_encoder(cfg.model)
     card = encoder.card
-    check_prefixes(cfg.index, card.dims, card.name)
+    check_variant_dims(cfg.index, card.dims, card.name)
     chunking = make_chunker(cfg).params
     # once the config passed its checks, before any read
     check_run_unchanged(storage, run_id, listing, prepared_settings(cfg, chunking))
@@ -213,11 +213,12 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
     early = early_embedder(cfg, storage, plan, executor, input_bytes)  # actors start while prepare runs
     try:
         prepared = timed("prepare", prepare_task, cfg, storage, run_id, plan, card, executor)
+        current = live_if_current(cfg, storage, plan, prepared, job)
     except BaseException:
         if early is not None:
             early.close()
         raise
-    if current := live_if_current(cfg, storage, plan, prepared, job):
+    if current:
         if early is not None:
             early.close()
         return publish_nothing(cfg, storage, job, run_id, prepared.counts, timings, *current)

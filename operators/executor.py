@@ -40,8 +40,10 @@ class RayExecutor:
                 results[pending.pop(done)] = value = ray.get(done)
                 if on_result:
                     on_result(value)
-        except ray.exceptions.RayError as exc:
+        except BaseException as exc:  # a task's error, on_result's, an interrupt: the rest would run on, writing
             for ref in pending:
                 ray.cancel(ref)
-            raise unwrap(exc) from exc
+            if isinstance(exc, ray.exceptions.RayError):
+                raise unwrap(exc) from exc
+            raise
         return results

@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline.config import IndexConfig
 from pipeline.errors import IndexBuildError
-from pipeline.index.faiss_ops import check_vectors, from_bytes, to_bytes
+from pipeline.index.faiss_ops import check_finite, check_vectors, from_bytes, to_bytes
 from pipeline.index.plan import plan_ivf
 from pipeline.index.representations import matryoshka
 from pipeline.index.training import FULL_BUILD, TrainContext, Training
@@ -42,26 +42,35 @@ class TrainedVariant:
     def fill(self, vectors: np.ndarray, rows: int | np.ndarray = 0) -> object:
         """The trained index holding `vectors` (full dims) as rows `rows` (ids, or the first of consecutive ones;
         an empty copy, filled)."""
+        check_finite(vectors, rows if isinstance(rows, int) else int(rows[0]) if len(rows) else 0)
         index = from_bytes(self.empty, binary=self.spec.kind.binary)
         self.spec.kind.fill(index, matryoshka(vectors, self.spec.dims), rows)
         return index
 
 
-def check_prefixes(cfg: IndexConfig, dims: int, model: str) -> None:
-    """Every Matryoshka prefix fits the model's vectors: a build checks this once the model is known, before any
-    document is read."""
+def check_variant_dims(cfg: IndexConfig, dims: int, model: str) -> None:
+    """Every vector variant fits the model's vectors (a Matryoshka prefix no wider; binary codes pack 8 signs a
+    byte; PQ's sub-vectors split the dims evenly): a build checks this once the model is known, before any document
+    is read, rather than FAISS failing after every document was embedded."""
     for name in cfg.vector_variants:
         spec = VariantSpec.parse(name)
         if spec.dims and spec.dims > dims:
             raise IndexBuildError(f"index.variants: {name!r} asks for a {spec.dims}-dim prefix of {model}'s "
                                   f"{dims}-dim vectors")
+        d = spec.dims or dims
+        if spec.kind.binary and d % 8:
+            raise IndexBuildError(f"index.variants: {name!r} packs {d} dims' signs 8 to a byte: expected dims that "
+                                  "are a multiple of 8")
+        if spec.kind.name == "ivfpq" and cfg.ivf.pq_m and d % cfg.ivf.pq_m:
+            raise IndexBuildError(f"index.ivf.pq_m ({cfg.ivf.pq_m}) must divide {name!r}'s {d} dims")
 
 
 def train_variants(cfg: IndexConfig, n: int, dims: int, sample: np.ndarray, seed: int,
                    training: Training = FULL_BUILD, fit_only: bool = False) -> list[TrainedVariant]:
     """Every configured vector variant trained once: `sample` holds the vectors of training_rows(n) (full dims), or
     with `fit_only` of their fit_rows (NeedsWholeSample where a variant must train anew)."""
-    check_prefixes(cfg, dims, "the model")
+    check_variant_dims(cfg, dims, "the model")
+    check_finite(sample)
     out = []
     for name in cfg.vector_variants:
         spec = VariantSpec.parse(name)

@@ -22,8 +22,16 @@ from pipeline.index.plan import IvfPqPlan
 def check_vectors(vectors: np.ndarray) -> None:
     if vectors.ndim != 2 or vectors.dtype != np.float32 or not vectors.flags.c_contiguous:
         raise IndexBuildError(f"expected a C-contiguous float32 matrix, got {vectors.dtype} {vectors.shape}")
-    if not np.isfinite(vectors).all():
-        raise IndexBuildError("vectors contain NaN or infinity")
+    check_finite(vectors)
+
+
+def check_finite(vectors: np.ndarray, first_row: int = 0) -> None:
+    """FAISS takes NaN and infinity silently: an IVF index leaves such a row out of its lists (its count then
+    disagrees with the id table's), a flat one ranks an infinite row first for many queries."""
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise IndexBuildError(f"{int(bad.sum())} of {len(vectors)} vectors hold NaN or infinity (first: row "
+                              f"{first_row + int(np.argmax(bad))}); expected finite vectors")
 
 
 def build_exact(vectors: np.ndarray) -> faiss.Index:

@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import polars as pl
 
-from pipeline.errors import SnapshotError
+from pipeline.errors import ModelError, SnapshotError
 from pipeline.jobs.worker import node, peak_rss_mb
 from pipeline.models.cache import EmbeddingCache
 from pipeline.models.encoder import Encoder
@@ -94,6 +95,11 @@ def embed_shard(storage: Storage, run_id: str, shard: int, encoder: Encoder,
         texts = todo.filter(~pl.col("chunk_hash").is_in(done)).unique("chunk_hash", keep="first", maintain_order=True)
         done = pl.concat([done, texts["chunk_hash"]])
         fresh = encoder.encode(texts["text"].to_list(), kind="passage")
+        if not (finite := np.isfinite(fresh).all(axis=1)).all():  # never cached, never indexed
+            first = texts["doc_id"][int(np.argmax(~finite))]
+            raise ModelError(f"model {encoder.card.name} ({encoder.kernel_plan.summary()}) gave {int((~finite).sum())} "
+                             f"vectors with NaN or infinity in shard {shard} (first: document {first!r}); expected "
+                             "finite vectors: a half-precision kernel may overflow, model.precision: fp32 avoids it")
         if after_encode and name == prep["chunk_parts"][0]:
             after_encode(shard)
         out = texts.select("chunk_hash").with_columns(

@@ -81,6 +81,10 @@ def read_golden_set(queries_url: str, qrels_url: str) -> GoldenSet:
     if unasked:  # they would score 0 in every mode: the metric would measure the files, not the search
         raise InputError(f"{golden.qrels_url} judges {len(unasked)} queries that {golden.queries_url} does not hold "
                          f"(first: {', '.join(map(repr, unasked[:3]))}): expected a text for every judged query")
+    if not any(grade > 0 for q, judged in golden.qrels.items() if q in golden.queries for grade in judged.values()):
+        # every metric would be 0 for every version, and a gate comparing two zeros would pass anything
+        raise InputError(f"{golden.qrels_url} judges no document relevant (a score above 0) to any query of "
+                         f"{golden.queries_url}: expected at least one relevant judgment")
     return golden
 
 

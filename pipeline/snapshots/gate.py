@@ -122,17 +122,26 @@ def check_gate(gate: GateConfig, candidate: dict | None, live: dict | None,
         modes = list((candidate or {}).get("modes") or {})
         reasons.append(f"candidate has no {gate.metric} for mode {gate.mode!r}: " + (
             f"its evaluated modes are {modes}" if modes else "it was not evaluated (its build had no golden set)"))
+    elif not math.isfinite(cand):  # NaN compares False with everything: it would pass both checks
+        reasons.append(f"candidate's {gate.metric} for mode {gate.mode!r} is {cand}: expected a number")
     else:
         if cand < gate.min_value:
             reasons.append(f"{gate.metric} {cand:.4f} is below the minimum {gate.min_value:.4f}")
-        if live_value is not None and cand < live_value - gate.max_drop:
+        if live_value is not None and not math.isfinite(live_value):
+            notes.append(f"live's {gate.metric} is {live_value}: only the minimum was checked")
+        elif live_value is not None and cand < live_value - gate.max_drop:
             drop = f"{gate.metric} {cand:.4f} is more than {gate.max_drop:.4f} below live's {live_value:.4f}"
             if shared is None:
                 reasons.append(drop + _fewer_judged(candidate, live))
+            elif not shared.relevant:  # 0 against 0 on nothing: no evidence the drop is the corpus's
+                reasons.append(f"{drop}, and no relevant judged document is held by both versions to compare them on "
+                               f"({shared.dropped} judged documents only one of them holds)")
             elif shared.candidate < shared.live - gate.max_drop:
                 reasons.append(f"{drop}, and {_on_shared(shared)}")
             else:
                 notes.append(f"{drop}, but {_on_shared(shared)}: the drop is the corpus's, not the search's")
+        elif live is not None and live_value is None:
+            notes.append(f"live has no {gate.metric} for mode {gate.mode!r}: only the minimum was checked")
     drift: list[DriftCheck] = []
     if gate.max_drift and live is not None:
         cand_stats, live_stats = (candidate or {}).get("drift"), live.get("drift")

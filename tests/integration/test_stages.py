@@ -155,6 +155,37 @@ def test_corpus_with_no_good_record_is_a_clear_error(tmp_path, encoder):
     assert quarantine(tmp_path / "store", "r").height == 2
 
 
+def test_a_model_giving_nan_vectors_fails_its_shard_naming_the_document_and_caches_nothing(tmp_path, sample_docs,
+                                                                                           encoder):
+    """A half-precision kernel can overflow to infinity or NaN: such vectors would be cached and indexed (FAISS
+    takes them silently); the shard fails instead, naming the document, and nothing reaches the cache."""
+    from pipeline.errors import ModelError
+
+    class Overflows:
+        def __init__(self, inner, bad: str) -> None:
+            self.inner, self.bad = inner, bad
+            self.card, self.tokenizer, self.kernel_plan = inner.card, inner.tokenizer, inner.kernel_plan
+
+        @property
+        def tokens_encoded(self) -> int:
+            return self.inner.tokens_encoded
+
+        def encode(self, texts, kind="passage"):
+            out = self.inner.encode(texts, kind)
+            out[[i for i, t in enumerate(texts) if self.bad in t]] = np.nan
+            return out
+
+    docs = sample_docs[:6]
+    cfg = config(write_jsonl(tmp_path / "c.jsonl", docs), tmp_path / "store", shards=1)
+    storage = Storage(str(tmp_path / "store"))
+    prepared = prepared_run(cfg, storage, "r", encoder)
+    with pytest.raises(ModelError, match=rf"gave \d+ vectors with NaN or infinity in shard 0 \(first: document "
+                                         rf"'{docs[2]['_id']}'\); expected finite vectors"):
+        embed_shard(storage, "r", 0, Overflows(encoder, docs[2]["text"][:30]))
+    assert not is_committed(storage, "r", 0) and not storage.list("cache")
+    assert embed_shard(storage, "r", 0, encoder).embedded == prepared.counts["chunks"]
+
+
 def test_second_run_reuses_every_vector_and_an_edit_reembeds_only_its_chunks(tmp_path, sample_docs, encoder):
     docs = [dict(d) for d in sample_docs[:10]]
     corpus = write_jsonl(tmp_path / "c.jsonl", docs)

@@ -71,3 +71,7 @@ def test_a_golden_set_whose_judged_queries_have_no_text_fails_naming_them(tmp_pa
         golden_set_of(cfg)
     (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n1\tdocA\t1\n3\tdocC\t0\n")
     assert golden_set_of(cfg).qrels == {"1": {"docA": 1}, "3": {"docC": 0}}
+    # judgments that are all 0: every version would score 0, and a gate comparing zeros would pass anything
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n1\tdocA\t0\n4\tdocC\t0\n")
+    with pytest.raises(InputError, match=r"qrels\.tsv judges no document relevant \(a score above 0\) to any query"):
+        golden_set_of(cfg)

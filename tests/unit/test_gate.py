@@ -32,6 +32,20 @@ def test_a_drop_from_judged_documents_leaving_the_corpus_is_told_apart():
         "ndcg@10 0.6400 is more than 0.0000 below live's 0.6450"]
 
 
+def test_nothing_to_compare_on_and_metrics_that_are_not_numbers_refuse_rather_than_pass():
+    from pipeline.snapshots.gate import SharedJudgments
+
+    gate = GateConfig(max_drop=0.01, min_value=0.5)
+    # the candidate lost every relevant judged document: 0 against 0 on the shared judgments is no evidence
+    lost = check_gate(gate, evaluation(0.0, found=0), evaluation(0.70, found=283), SharedJudgments(0.0, 0.0, 0, 120))
+    assert not lost.passed and "no relevant judged document is held by both versions" in lost.reasons[-1]
+    nan = check_gate(gate, evaluation(float("nan"), found=283), evaluation(0.70, found=283))
+    assert not nan.passed and nan.reasons == ["candidate's ndcg@10 for mode 'exact' is nan: expected a number"]
+    # live without the gate's metric: said, and the floor still applies
+    other = check_gate(gate, evaluation(0.60, found=283), {"modes": {"ivfpq": {"ndcg@10": 0.7}}})
+    assert other.passed and other.notes == ["live has no ndcg@10 for mode 'exact': only the minimum was checked"]
+
+
 def with_drift(ndcg: float, cosine: float | None, model: str = "minilm", mode: str = "exact") -> dict:
     out = evaluation(ndcg, found=283)
     if cosine is not None:

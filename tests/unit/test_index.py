@@ -252,3 +252,23 @@ def test_a_kept_trainings_fit_measured_on_its_fit_rows_alone_is_the_one_over_the
     sample = np.sort(np.random.default_rng(0).choice(2 * n, size=n, replace=False))
     assert np.array_equal(fit_rows(fit_rows(sample)), fit_rows(sample))
     assert np.array_equal(fit_rows(sample), sample[:FIT_ROWS])
+
+
+def test_nan_or_infinite_vectors_are_refused_by_the_sharded_path_too():
+    """FAISS takes them silently: an IVF index leaves a NaN row out of its lists (then the index's count disagrees
+    with the id table's, found only at evaluation), a flat one ranks an infinite row first for many queries."""
+    from pipeline.config import IndexConfig
+    from pipeline.index.build_variants import train_variants
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((600, 16)).astype(np.float32)
+    [exact, ivfpq] = train_variants(IndexConfig(variants=["exact", "ivfpq"]), len(x), 16, x, seed=0)
+    bad = x.copy()
+    bad[7, 3], bad[9, 0] = np.nan, np.inf
+    for trained in (exact, ivfpq):
+        with pytest.raises(IndexBuildError, match=r"2 of 600 vectors hold NaN or infinity \(first: row 1007\)"):
+            trained.fill(bad, 1000)
+        assert trained.fill(x, 1000).ntotal == 600
+    with pytest.raises(IndexBuildError, match=r"1 of 600 vectors hold NaN or infinity \(first: row 9\)"):
+        train_variants(IndexConfig(variants=["ivfpq"]), len(x), 16, np.where(np.arange(600)[:, None] == 9, np.inf, x)
+                       .astype(np.float32), seed=0)

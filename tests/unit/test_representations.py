@@ -158,6 +158,15 @@ def test_mismatched_dims_and_missing_variants_are_clear_errors(vectors, built, e
         build_variant(VariantSpec.parse("exact@512"), vectors, IndexConfig(), seed=0)
     with pytest.raises(IndexBuildError, match="expected one of"):
         VariantSpec.parse("pq")
+    # checked against the model's dims before anything is read, not by FAISS after every document is embedded
+    from pipeline.index.build_variants import check_variant_dims
+
+    with pytest.raises(IndexBuildError, match=r"'binary@12' packs 12 dims' signs 8 to a byte: expected dims that are "
+                                              r"a multiple of 8"):
+        check_variant_dims(IndexConfig(variants=["exact", "binary@12"]), 384, "m")
+    with pytest.raises(IndexBuildError, match=r"index\.ivf\.pq_m \(8\) must divide 'ivfpq@12''s 12 dims"):
+        check_variant_dims(IndexConfig(variants=["ivfpq@12"], ivf={"pq_m": 8}), 384, "m")
+    check_variant_dims(IndexConfig(variants=["binary@64", "ivfpq@64"], ivf={"pq_m": 8}), 384, "m")
     searcher = Searcher.build(built.indexes, built.params, ids_for(len(vectors)), encoder, 1, None)
     with pytest.raises(SnapshotError, match=r"no search mode 'int4'; available: \["):
         searcher.search_vectors(vectors[:1], 5, "int4")
