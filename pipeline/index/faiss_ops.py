@@ -92,7 +92,10 @@ def reconstruction_error(index: faiss.Index, vectors: np.ndarray) -> float:
     the vectors encoded and decoded, relative to their squared norms (0: exact)."""
     x = np.ascontiguousarray(fit_rows(vectors))
     decoded = index.sa_decode(index.sa_encode(x))
-    return float(f"{((x - decoded) ** 2).sum() / (x ** 2).sum():.6g}")  # 6 digits: the manifest's figure
+    error, norms = float(((x - decoded) ** 2).sum()), float((x ** 2).sum())
+    if not norms:  # zero vectors only: exact if they decode to zero, else no fit at all (not 0/0, NaN)
+        return 0.0 if not error else 1.0
+    return float(f"{error / norms:.6g}")  # 6 digits: the manifest's figure
 
 
 def centroid_error(index: faiss.IndexBinaryIVF, codes: np.ndarray) -> float:

@@ -99,5 +99,9 @@ def plan_ivfpq(n: int, dims: int, cfg: IvfConfig) -> IvfPqPlan:
     if cfg.pq_m and dims % cfg.pq_m:
         raise IndexBuildError(f"index.ivf.pq_m ({cfg.pq_m}) must divide the vector dims ({dims})")
     ivf = plan_ivf(n, cfg)
+    if cfg.nbits and 2 ** cfg.nbits > ivf.train_points:  # FAISS's k-means needs a point per codebook entry
+        raise IndexBuildError(f"index.ivf.nbits ({cfg.nbits}) needs {2 ** cfg.nbits} training vectors; this build "
+                              f"has {ivf.train_points}: expected nbits <= {int(math.log2(ivf.train_points))}, or "
+                              "leave it unset (planned from N)")
     return IvfPqPlan(nlist=ivf.nlist, pq_m=cfg.pq_m or plan_pq_m(dims), nbits=cfg.nbits or plan_nbits(ivf.train_points),
                      nprobe=ivf.nprobe, train_points=ivf.train_points)

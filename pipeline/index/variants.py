@@ -154,7 +154,8 @@ class Int8(Kind):
 
     def query_side(self, index, params, where):
         ranges = Int8Ranges.from_dict(params.get("int8_ranges"), where)
-        if not np.allclose(Int8Ranges.from_index(self.quantizer(index)).vmin, ranges.vmin):
+        own = Int8Ranges.from_index(self.quantizer(index))
+        if not (np.allclose(own.vmin, ranges.vmin) and np.allclose(own.vdiff, ranges.vdiff)):
             raise SnapshotError(f"{where}: the manifest's int8 ranges differ from the index's own")
         return ranges
 

@@ -272,3 +272,16 @@ def test_nan_or_infinite_vectors_are_refused_by_the_sharded_path_too():
     with pytest.raises(IndexBuildError, match=r"1 of 600 vectors hold NaN or infinity \(first: row 9\)"):
         train_variants(IndexConfig(variants=["ivfpq"]), len(x), 16, np.where(np.arange(600)[:, None] == 9, np.inf, x)
                        .astype(np.float32), seed=0)
+
+
+def test_an_explicit_nbits_needs_its_training_vectors_and_zero_vectors_fit_without_nan():
+    with pytest.raises(IndexBuildError, match=r"index\.ivf\.nbits \(8\) needs 256 training vectors; this build has "
+                                              r"100: expected nbits <= 6"):
+        plan_ivfpq(100, 384, IvfConfig(nbits=8))
+    assert plan_ivfpq(100, 384, IvfConfig(nbits=6)).nbits == 6
+    from pipeline.index.faiss_ops import reconstruction_error
+
+    rng = np.random.default_rng(0)
+    index = build_ivfpq(rng.standard_normal((2000, 16)).astype(np.float32), plan_ivfpq(2000, 16, IvfConfig()), seed=0)
+    # all-zero fit rows: a figure (0 or 1), not NaN, which a later build would read as "no fit" every time
+    assert reconstruction_error(index, np.zeros((50, 16), np.float32)) in (0.0, 1.0)
