@@ -45,20 +45,20 @@ from pipeline.jobs.embedder import EmbedCounts
 from pipeline.jobs.executor import Executor, LocalExecutor, one_task_cpus
 from pipeline.jobs.lexical import Bm25Build, build_bm25
 from pipeline.jobs.plan import BuildPlan
-from pipeline.jobs.prepare import PreparedRun, decide_files, make_chunker, prepare
-from pipeline.jobs.run_folder import check_run_unchanged, prepared_settings, remove_work
+from pipeline.jobs.prepare import PreparedRun, decide_files, make_chunker, prepare, run_settings
+from pipeline.jobs.run_folder import check_run_unchanged, remove_work
 from pipeline.jobs.shards import ShardResult
 from pipeline.jobs.worker import peak_rss_mb
 from pipeline.models.card import ModelCard
 from pipeline.models.encoder import cached_encoder, pinned_to
 from pipeline.quality.golden_runs import shared_judgments
+from pipeline.redaction import redact
 from pipeline.reports.markdown import build_markdown
 from pipeline.reports.plots import quality_vs_bytes_png
 from pipeline.snapshots.aliases import Promotion, promote_or_stay, read_alias
 from pipeline.snapshots.snapshot import Snapshot, claim, commit, new_version
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
-from pipeline.storage.keys import redact
 
 if TYPE_CHECKING:
     from operators.embedding import RayEmbedder
@@ -200,12 +200,12 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
     card = encoder.card
     check_variant_dims(cfg.index, card.dims, card.name)
     chunking = make_chunker(cfg).params
-    # once the config passed its checks, before any read
-    check_run_unchanged(storage, run_id, listing, prepared_settings(cfg, chunking))
     logger.info("model %s computes in %s", card.name, encoder.kernel_plan.summary())
     executor = executor_for(cfg, input_bytes)
     plan = timed("compare", plan_task, planner, storage, card, chunking)
     logger.info("%s", plan.why)
+    # before any read; a resumed attempt against another live version, corpus or settings is refused
+    check_run_unchanged(storage, run_id, listing, run_settings(cfg, chunking, plan.against, card))
     if current := live_if_listing_unchanged(cfg, storage, plan, files, job, lambda: timed(
             "hash files", decide_files, cfg, storage, run_id, plan.against, executor, files)):
         live, why_current, counts = current

@@ -11,10 +11,10 @@ from pipeline.errors import SnapshotError
 from pipeline.jobs.executor import RAY_TASKS, LocalExecutor, one_task_cpus
 from pipeline.quality.golden import GoldenSet
 from pipeline.quality.measure import Measurement, check_mode, measure_snapshot
+from pipeline.redaction import redact
 from pipeline.snapshots.aliases import read_alias
 from pipeline.snapshots.snapshot import Snapshot
 from pipeline.storage.backend import Storage
-from pipeline.storage.keys import redact
 
 
 def live_version(storage: Storage, index: str, alias: str, job: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from pipeline.errors import ConfigError
-from pipeline.storage.keys import redact
+from pipeline.redaction import redact
 
 
 def free_port() -> int:

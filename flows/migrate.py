@@ -44,12 +44,12 @@ from pipeline.models.catalog import model_section
 from pipeline.models.encoder import cached_encoder
 from pipeline.quality.golden import load_golden_set
 from pipeline.quality.measure import Measurement
+from pipeline.redaction import redact
 from pipeline.reports.markdown import migration_markdown
 from pipeline.reports.plots import blue_green_png
 from pipeline.snapshots.aliases import Promotion, promote_or_stay, read_alias
 from pipeline.snapshots.snapshot import Snapshot
 from pipeline.storage.backend import Storage
-from pipeline.storage.keys import redact
 from pipeline.storage.layout import migration_key
 
 

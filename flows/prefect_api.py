@@ -19,7 +19,7 @@ from prefect.settings import (
 
 from flows.local_server import LoopbackServer
 from pipeline.errors import ConfigError
-from pipeline.storage.keys import redact
+from pipeline.redaction import redact
 
 
 def check_prefect_api() -> str | None:

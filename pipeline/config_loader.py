@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import ConfigError
-from pipeline.storage.keys import redact
+from pipeline.redaction import redact
 
 # A field whose name is one of these, or ends in "_" + one of them, holds a secret (or, for "options",
 # storage options that may carry credentials): its value never appears in an error. "max_tokens" does not.

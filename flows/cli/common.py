@@ -66,7 +66,7 @@ def reports_errors(command: F) -> F:
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
     """--set KEY=VALUE pairs as config overrides. They become the flow run's parameters, which Prefect stores and
     shows, so storage options and URLs with credentials in them are refused here (the value is never echoed)."""
-    from pipeline.storage.keys import redact
+    from pipeline.redaction import redact
 
     out = {}
     for pair in pairs:

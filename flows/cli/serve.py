@@ -43,11 +43,11 @@ def serve(
     from flows.serve.settings import ServeSettings
     from pipeline.errors import InputError, SnapshotError
     from pipeline.quality.search import refuse_bad_query
+    from pipeline.redaction import redact
     from pipeline.serving.loading import WARMUP_QUERIES, LoadSettings
     from pipeline.serving.query import Limits
     from pipeline.snapshots.aliases import read_alias
     from pipeline.storage.backend import Storage
-    from pipeline.storage.keys import redact
 
     for query in warmup_query or ():  # a bad one would refuse every version: the service would never be ready
         try:

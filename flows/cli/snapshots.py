@@ -15,8 +15,8 @@ import typer
 from rich.table import Table as RichTable
 
 from flows.cli.common import JsonFlag, console, reports_errors, rich_table
+from pipeline.redaction import redact
 from pipeline.reports.tables import quality_table
-from pipeline.storage.keys import redact
 
 Root = Annotated[str, typer.Argument(help="storage root: a path or URL (s3://bucket/prefix)")]
 Index = Annotated[str, typer.Argument(help="index name")]

@@ -15,7 +15,7 @@ from rich.table import Table as RichTable
 
 from flows.cli.common import JsonFlag, console, reports_errors
 from flows.cli.snapshots import Index, Root
-from pipeline.storage.keys import redact
+from pipeline.redaction import redact
 
 AliasOpt = Annotated[str, typer.Option("--alias", help="alias name")]
 Expect = Annotated[str | None, typer.Option(help="the version you saw the alias at ('none' if unset); default: "
@@ -26,9 +26,9 @@ def _index_root(root: str, index: str):
     """The Storage of `root`, once it holds `index` (a version or an alias of it); otherwise the error names the
     indexes it does hold, so a typo in either argument does not read as an empty index."""
     from pipeline.errors import SnapshotError
+    from pipeline.redaction import redact
     from pipeline.storage import layout
     from pipeline.storage.backend import Storage
-    from pipeline.storage.keys import redact
 
     s = Storage(root)
     if s.list(layout.index_prefix(index)) or s.list(layout.aliases_prefix(index)):
@@ -174,8 +174,8 @@ def _build_root(root: str, kept: str):
     """The Storage of `root`, once it holds snapshots or `kept` (cache, runs): a mistyped root is an error, not
     "nothing to delete"."""
     from pipeline.errors import SnapshotError
+    from pipeline.redaction import redact
     from pipeline.storage.backend import Storage
-    from pipeline.storage.keys import redact
 
     storage = Storage(root)
     if not (storage.list("snapshots") or storage.list(kept)):
@@ -189,8 +189,8 @@ def gc_cache(root: Root,
              dry_run: Annotated[bool, typer.Option("--dry-run", help="only count what would be dropped")] = False,
              as_json: JsonFlag = False) -> None:
     """Drop cached vectors and bm25 terms that no committed snapshot needs (run after gc, while no build runs)."""
+    from pipeline.redaction import redact
     from pipeline.snapshots.retention import collect_cache
-    from pipeline.storage.keys import redact
 
     storage = _build_root(root, "cache")
     results = collect_cache(storage, dry_run)
@@ -217,7 +217,7 @@ def gc_runs(root: Root,
     """Delete the work files (pieces, shards, index shares) that runs left behind: a run that never finished, or
     one an older embedpipe kept. Their records stay."""
     from pipeline.jobs.run_folder import plan_runs_gc, remove_work
-    from pipeline.storage.keys import redact
+    from pipeline.redaction import redact
 
     storage = _build_root(root, "runs")
     plan = plan_runs_gc(storage, timedelta(hours=grace_hours))

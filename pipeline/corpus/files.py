@@ -23,7 +23,7 @@ import polars as pl
 
 from pipeline.corpus.pieces import InputFile
 from pipeline.corpus.records import unreadable
-from pipeline.storage.keys import redact
+from pipeline.redaction import redact
 
 FILE_COUNTS = ("read", "accepted", "quarantined", "blank_lines")
 FILES_SCHEMA = {"url": pl.String, "size": pl.Int64, "stamp": pl.String, "sha256": pl.String} | dict.fromkeys(

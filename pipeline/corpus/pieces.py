@@ -27,7 +27,7 @@ import fsspec
 import pyarrow.parquet as pq
 
 from pipeline.errors import InputError
-from pipeline.storage.keys import redact
+from pipeline.redaction import redact
 
 Format = Literal["jsonl", "parquet"]
 

@@ -19,7 +19,7 @@ from pipeline.config import CorpusConfig
 from pipeline.corpus.pieces import InputFile, Piece, Span, describe_inputs, list_inputs, not_found, plan_pieces
 from pipeline.corpus.records import BLANK, fetched, jsonl_records, lone_surrogate, open_input, parquet_records
 from pipeline.errors import InputError
-from pipeline.storage.keys import redact
+from pipeline.redaction import redact
 
 DOC_SCHEMA = {"doc_id": pl.String, "title": pl.String, "text": pl.String}
 # position: the line (JSON Lines) or row (Parquet) number in its file, counted from the start of the span a piece

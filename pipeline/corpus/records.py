@@ -20,7 +20,7 @@ from fsspec.utils import infer_compression
 
 from pipeline.config import CorpusConfig
 from pipeline.errors import InputError
-from pipeline.storage.keys import redact
+from pipeline.redaction import redact
 
 BLANK = object()  # what a JSON Lines reader yields for a line of whitespace: counted, not a record
 

@@ -87,15 +87,24 @@ def plan_full_build(storage: Storage, cfg: PipelineConfig, model_fingerprint: st
 def plan_build(storage: Storage, cfg: PipelineConfig, model_fingerprint: str, chunking: dict,
                selection: Selection | None = None) -> BuildPlan:
     """An incremental reindex (or, with a `selection`, a backfill) against the snapshot the alias serves. With
-    nothing comparable live (no alias, another model) an incremental run is a full build; a backfill needs a
-    live snapshot of the same model, since it keeps the rest of it."""
+    nothing comparable live (no alias, the same model computed otherwise) an incremental run is a full build; live
+    of another model is refused (a model changes through a migration, or a requested full build); a backfill needs
+    a live snapshot of the same model, since it keeps the rest of it."""
     alias = cfg.publish.alias
     version = read_alias(storage, cfg.index_name, alias).version if alias else None
     snapshot = Snapshot.of(storage, cfg.index_name, version) if version else None
     if snapshot is None:
         reason = f"alias {cfg.index_name}/{alias} is not set" if alias else "publish.alias is not set"
+    elif selection is None and (live_model := snapshot.manifest["model"]["name"]) != cfg.model.name:
+        # after a migration, a nightly reindex with the config's old model would rebuild every document with it and
+        # either undo the migration through the gate or be refused every night, new documents never served
+        raise InputError(f"reindex of {cfg.index_name}: the live version {version} was embedded with {live_model}, "
+                         f"not this config's {cfg.model.name}; expected the live model (set model.name: "
+                         f"{live_model} after a migration); a change of model goes through `embedpipe migrate`, "
+                         f"and --full rebuilds every document with {cfg.model.name} anyway")
     elif snapshot.manifest["model"]["fingerprint"] != model_fingerprint:
-        reason = f"the live version {version} was embedded with another model ({snapshot.manifest['model']['name']})"
+        reason = (f"the live version {version} was embedded with {snapshot.manifest['model']['name']} computed "
+                  "otherwise (another model fingerprint: weights, precision or settings)")
     elif not {"doc_hash", "bucket"} <= set(pq.read_schema(snapshot.storage.path(IDS),
                                                          filesystem=snapshot.storage.fs).names):
         reason = f"the live version {version} has no document hashes or buckets (written by an older embedpipe)"

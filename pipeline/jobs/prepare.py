@@ -46,8 +46,8 @@ from pipeline.jobs.worker import node, peak_rss_mb
 from pipeline.models.cache import EmbeddingCache
 from pipeline.models.card import ModelCard
 from pipeline.models.encoder import tokenizer_for
+from pipeline.redaction import redact
 from pipeline.storage.backend import Storage
-from pipeline.storage.keys import redact
 from pipeline.storage.layout import (
     DOCUMENTS,
     IDS,
@@ -293,6 +293,13 @@ class PreparedRun:
         return sorted(self.shards, key=lambda shard: -self.shard_rows[shard])
 
 
+def run_settings(cfg: PipelineConfig, chunking: dict, against: ShardInput, card: ModelCard) -> dict:
+    """run_folder.prepared_settings of a build compared with `against` and embedding with `card`'s model."""
+    live = against.live.url.rsplit("/", 1)[-1] if against.live is not None else None
+    return prepared_settings(cfg, chunking, live, against.selection.describe() if against.selection else None,
+                             card.fingerprint)
+
+
 def prepare(cfg: PipelineConfig, storage: Storage, run_id: str, against: ShardInput, card: ModelCard,
             executor: Executor) -> PreparedRun:
     """Read every piece of the files not left unread, then prepare every shard, on `executor`'s workers; the
@@ -301,7 +308,7 @@ def prepare(cfg: PipelineConfig, storage: Storage, run_id: str, against: ShardIn
     listed = describe_corpus(cfg.corpus)
     # the files as the run listed them when it began (run.json): one written since would be left unread by a
     # decision made before it changed, its new bytes never read (nor by later runs: its new stamp is recorded)
-    check_run_unchanged(storage, run_id, listing_digest(listed), prepared_settings(cfg, chunking))
+    check_run_unchanged(storage, run_id, listing_digest(listed), run_settings(cfg, chunking, against, card))
     decided = decide_files(cfg, storage, run_id, against, executor, listed)
     skip = set(decided.filter(pl.col("unread"))["url"].to_list())
     # the files read are the same in a resumed attempt (its first attempt decided, from the listing it recorded in

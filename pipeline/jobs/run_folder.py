@@ -35,13 +35,16 @@ from pipeline.storage.layout import (
 )
 
 
-def prepared_settings(cfg: PipelineConfig, chunking: dict) -> dict:
-    """The settings that decide what a run's read pieces and shards hold and where (reading, validation, shard
-    count, batch and piece sizes, chunking), as run.json records them."""
+def prepared_settings(cfg: PipelineConfig, chunking: dict, live: str | None, selection: str | None,
+                      model_fingerprint: str) -> dict:
+    """What decides what a run's read pieces and shards hold and where, as run.json records it: reading and
+    validation, shard count, batch and piece sizes, chunking, the live version its shards are compared with (their
+    kept rows point into it), a backfill's selection, and the model (prepared shards hold its cached vectors)."""
     run = cfg.run
     return {"corpus": cfg.corpus.model_dump(mode="json", exclude={"source"}), "chunking": chunking,
             "run.shards": run.shards, "run.read_batch": run.read_batch, "run.piece_bytes": run.piece_bytes,
-            "run.piece_files": run.piece_files}
+            "run.piece_files": run.piece_files, "live version": live, "backfill selection": selection,
+            "model fingerprint": model_fingerprint}
 
 
 def check_run_unchanged(storage: Storage, run_id: str, listing: str | None, settings: dict) -> None:
@@ -60,8 +63,8 @@ def check_run_unchanged(storage: Storage, run_id: str, listing: str | None, sett
                          f"hold the old documents{new}")
     settings = json.loads(json.dumps(settings))  # as JSON gives it back
     if changed := [name for name, value in first.get("settings", settings).items() if settings.get(name) != value]:
-        shown = ", ".join(f"{name} {first['settings'][name]} -> {settings.get(name)}" if name.startswith("run.")
-                          else name for name in changed)
+        shown = ", ".join(name if name in ("corpus", "chunking") else
+                          f"{name} {first['settings'][name]} -> {settings.get(name)}" for name in changed)
         raise InputError(f"run {run_id}: settings that decide what its read pieces and shards hold changed since "
                          f"its first attempt ({shown}); expected those it began with{new}")
 

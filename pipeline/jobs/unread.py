@@ -13,9 +13,9 @@ from pipeline.config import PipelineConfig
 from pipeline.corpus.files import FILES_SCHEMA, to_hash, unread_files, with_sha256
 from pipeline.corpus.pieces import InputFile
 from pipeline.jobs.shards import LIVE_ROW
+from pipeline.redaction import redact
 from pipeline.snapshots.manifest import recorded_config
 from pipeline.storage.backend import Storage
-from pipeline.storage.keys import redact
 from pipeline.storage.layout import DOCUMENTS, FILES, MANIFEST, shard_key, unread_key
 from pipeline.storage.tables import read_parquet, write_parquet
 

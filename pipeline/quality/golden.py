@@ -12,7 +12,7 @@ from pipeline.corpus.readers import golden_set_urls, read_qrels, read_queries
 from pipeline.corpus.records import open_input
 from pipeline.errors import InputError
 from pipeline.quality.metrics import Qrels
-from pipeline.storage.keys import redact
+from pipeline.redaction import redact
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from pipeline.quality.drift import STORE, Geometry, snapshot_stats, vectors_sour
 from pipeline.quality.golden import GoldenSet
 from pipeline.quality.metrics import METRICS, Qrels, Run
 from pipeline.quality.search import Searcher, evaluated_modes
+from pipeline.redaction import redact
 from pipeline.snapshots.snapshot import Snapshot
 from pipeline.storage.backend import Storage
-from pipeline.storage.keys import redact
 
 
 def snapshot_vectors(snapshot: Snapshot) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from pipeline.config import PipelineConfig
-from pipeline.storage.keys import redact
+from pipeline.redaction import redact
 
 _LIBRARIES = ("embedpipe", "torch", "transformers", "tokenizers", "faiss-cpu", "faiss-cuda", "numpy", "polars",
               "pyarrow", "fsspec", "ray", "prefect")

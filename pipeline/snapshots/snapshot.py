@@ -23,10 +23,10 @@ from pipeline.index.bm25 import Bm25Index
 from pipeline.index.faiss_ops import native_stdout_silenced, to_bytes
 from pipeline.index.variants import KINDS
 from pipeline.models.card import ModelCard
+from pipeline.redaction import redact
 from pipeline.snapshots.aliases import read_alias
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
-from pipeline.storage.keys import redact
 from pipeline.storage.layout import CLAIM, MANIFEST
 
 # 2: index variants as a mapping with per-variant files, params and quality; 3: IVF lists on disk (.ivfdata),

@@ -31,8 +31,9 @@ from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.config import StorageConfig
 from pipeline.errors import ObjectMissing, StorageError
+from pipeline.redaction import redact
 from pipeline.storage.conditional import CommitPrimitives
-from pipeline.storage.keys import check_key, redact
+from pipeline.storage.keys import check_key
 from pipeline.storage.layout import probe_key
 
 _TEMP_NAME = re.compile(r".+\.tmp-[0-9a-f]{32}")  # <name>.tmp-<uuid hex>: a local write not yet renamed

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from pipeline.errors import PreconditionFailed, StorageError
-from pipeline.storage.keys import redact
+from pipeline.redaction import redact
 
 _RECORDS = ".v"  # local compare-and-swap records live in <key>.v/
 

@@ -16,8 +16,8 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.errors import StorageError
+from pipeline.redaction import redact
 from pipeline.storage.backend import Storage
-from pipeline.storage.keys import redact
 
 VECTOR = "vector"
 VECTOR_DIMS_KEY = "embedpipe.vector_dims"

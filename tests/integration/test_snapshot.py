@@ -7,9 +7,9 @@ import pytest
 
 from pipeline.errors import ObjectMissing, PreconditionFailed, SnapshotError, StorageError
 from pipeline.index.faiss_ops import build_exact, to_bytes
+from pipeline.redaction import redact
 from pipeline.snapshots.snapshot import MANIFEST, Snapshot, new_version, publish, sha256
 from pipeline.storage.backend import Storage
-from pipeline.storage.keys import redact
 
 
 def files() -> dict[str, bytes]:

@@ -322,13 +322,13 @@ def test_a_file_written_after_the_run_listed_the_corpus_is_refused_before_anythi
     parts of the old size would stay beside the new ones)."""
     from pipeline.corpus.pieces import listing_digest
     from pipeline.corpus.readers import list_corpus
-    from pipeline.jobs.prepare import make_chunker
-    from pipeline.jobs.run_folder import check_run_unchanged, prepared_settings
+    from pipeline.jobs.prepare import make_chunker, run_settings
+    from pipeline.jobs.run_folder import check_run_unchanged
 
     corpus = write_jsonl(tmp_path / "c.jsonl", sample_docs[:6])
     cfg, storage = config(corpus, tmp_path / "store"), Storage(str(tmp_path / "store"))
     check_run_unchanged(storage, "r", listing_digest(list_corpus(cfg.corpus)),  # as the flow does when it starts
-                        prepared_settings(cfg, make_chunker(cfg).params))
+                        run_settings(cfg, make_chunker(cfg).params, ShardInput(None), encoder.card))
     write_jsonl(corpus, sample_docs[:7])
     with pytest.raises(InputError, match="run r: the corpus's files changed since the run began"):
         prepared_run(cfg, storage, "r", encoder)
@@ -337,6 +337,10 @@ def test_a_file_written_after_the_run_listed_the_corpus_is_refused_before_anythi
     smaller = cfg.model_copy(update={"run": cfg.run.model_copy(update={"read_batch": 2})})
     with pytest.raises(InputError, match=r"\(run.read_batch 10000 -> 2\)"):
         prepared_run(smaller, storage, "r2", encoder)
+    # nor against another live version (an alias moved between attempts: kept rows would point into the wrong one)
+    moved = run_settings(cfg, make_chunker(cfg).params, ShardInput(storage.child("snapshots/t/v2")), encoder.card)
+    with pytest.raises(InputError, match=r"\(live version None -> v2\)"):
+        check_run_unchanged(storage, "r2", listing_digest(list_corpus(cfg.corpus)), moved)
 
 
 def test_a_rerun_redoes_only_unfinished_pieces_and_shards(tmp_path, sample_docs, encoder):
@@ -521,3 +525,25 @@ def test_an_incremental_index_stage_takes_kept_rows_codes_from_live_and_writes_a
     for got, want in [(incremental.moments.total, full.moments.total), (incremental.moments.squares,
                                                                        full.moments.squares)]:
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_reindex_against_live_of_another_model_is_refused_and_one_computed_otherwise_rebuilds(tmp_path):
+    """After `migrate` promoted another model, a nightly reindex with the config's old model would rebuild every
+    document with it, and either undo the migration through the gate or be refused every night (new documents never
+    served): it is refused, saying what to set. The same model computed otherwise (another precision) rebuilds."""
+    from pipeline.jobs.plan import plan_build
+    from pipeline.snapshots.aliases import promote
+    from pipeline.snapshots.snapshot import publish
+
+    storage = Storage(str(tmp_path / "store"))
+    publish(storage, "t", "v1", {"ids.parquet": b"ids"}, {"model": {"name": "all-mpnet-base-v2", "fingerprint": "m"}})
+    promote(storage, "t", "live", "v1", None)
+    cfg = parse_config({"index_name": "t", "corpus": {"source": "c.jsonl"}, "storage": {"root": str(tmp_path)},
+                        "publish": {"alias": "live"}})
+    with pytest.raises(InputError, match=r"reindex of t: the live version v1 was embedded with all-mpnet-base-v2, "
+                                         r"not this config's all-MiniLM-L6-v2; expected the live model \(set "
+                                         r"model.name: all-mpnet-base-v2 after a migration\)"):
+        plan_build(storage, cfg, "fingerprint", {})
+    same = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": "all-mpnet-base-v2"})})
+    plan = plan_build(storage, same, "fingerprint", {})
+    assert plan.against.live is None and "computed otherwise" in plan.why

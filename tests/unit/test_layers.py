@@ -8,7 +8,7 @@ import sys
 from tests.conftest import REPO
 
 # pipeline's layers, lowest first: a module may import its own layer and those below it
-PIPELINE_LAYERS = [("errors", "config", "config_loader", "startup"), ("storage",), ("corpus", "models"), ("index",),
+PIPELINE_LAYERS = [("errors", "redaction", "config", "config_loader", "startup"), ("storage",), ("corpus", "models"), ("index",),
                    ("snapshots",), ("quality",), ("serving",), ("jobs",), ("reports",)]
 
 
