@@ -17,7 +17,8 @@ from flows.cli.common import JsonFlag, console, reports_errors
 def deploy(
     config: Annotated[str | None, typer.Option(help="config_path parameter of the deployments (default: "
                                                     "prefect.yaml's); relative paths resolve at the repo root")] = None,
-    cron: Annotated[str | None, typer.Option(help='replace the schedules with this cron, e.g. "0 2 * * *"')] = None,
+    cron: Annotated[str | None, typer.Option(help='replace the schedules of the deployments --only names with this '
+                                                  'cron, e.g. "0 2 * * *"')] = None,
     timezone: Annotated[str, typer.Option(help="time zone of --cron")] = "UTC",
     work_pool: Annotated[str | None, typer.Option(help="process work pool (created if missing; default: "
                                                        "prefect.yaml's)")] = None,
@@ -31,6 +32,10 @@ def deploy(
     specs = [s for s in load_specs() if not only or s.name in only]
     if unknown := sorted(set(only) - {s.name for s in specs}):
         raise ValueError(f"--only {', '.join(unknown)}: not in prefect.yaml")
+    if cron and len(specs) > 1:  # the ad-hoc backfill and the model upgrade would run on it too
+        names = ", ".join(s.name for s in specs)
+        raise ValueError(f"--cron replaces the schedules of every deployment it deploys ({names}): expected --only "
+                         "naming the ones to run on it, e.g. --only nightly")
     if config is not None:
         load_config(str(REPO / config))  # a bad config fails now, not at 2 am
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the result

@@ -215,8 +215,10 @@ def test_bad_deploy_options_fail_before_anything_changes(prefect_api):
     with temporary_settings({PREFECT_API_URL: prefect_api}):
         register()
         before = _state(server, "reindex/nightly")
-        for args, message in ((["--cron", "61 * * * *"], "Invalid cron string"),
-                              (["--cron", "0 2 * * *", "--timezone", "Mars/Olympus"], "Invalid timezone"),
+        for args, message in ((["--only", "nightly", "--cron", "61 * * * *"], "Invalid cron string"),
+                              (["--only", "nightly", "--cron", "0 2 * * *", "--timezone", "Mars/Olympus"],
+                               "Invalid timezone"),
+                              (["--cron", "0 2 * * *"], "expected --only naming the ones to run on it"),
                               (["--config", "configs/missing.yaml"], "config file not found"),
                               (["--only", "weekly"], "--only weekly: not in prefect.yaml")):
             out = CliRunner().invoke(app, ["deploy", *args])
@@ -224,7 +226,7 @@ def test_bad_deploy_options_fail_before_anything_changes(prefect_api):
     assert _state(server, "reindex/nightly") == before
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         out = CliRunner().invoke(app, ["deploy"])
-        typo = CliRunner().invoke(app, ["deploy", "--cron", "61 * * * *"])  # named before the missing server
+        typo = CliRunner().invoke(app, ["deploy", "--only", "nightly", "--cron", "61 * * * *"])  # before the server
     assert out.exit_code == 2 and "PREFECT_API_URL is not set" in out.output
     assert typo.exit_code == 2 and "Invalid cron string" in typo.output
 
