@@ -12,6 +12,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, NoReturn, TypeVar
 
+import click
 import typer
 import yaml
 from rich import box
@@ -52,13 +53,26 @@ def fail(exc: Exception) -> NoReturn:
 
 
 def reports_errors(command: F) -> F:
-    """A command's expected failures (embedpipe's errors, bad values) end in one `error:` line and exit 2."""
+    """A command's expected failures (embedpipe's errors, bad values) end in one `error:` line and exit 2; so does
+    an unexpected one (a bug, a library's own error), named as such: exit 1 is what a command itself means by it
+    (`monitor`: quality fell), never a crash."""
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except (EmbedpipeError, ValueError) as exc:
             fail(exc)
+        except (typer.Exit, typer.Abort, click.ClickException):
+            raise
+        except Exception as exc:  # its message may quote a URL: redacted; the traceback under --debug only
+            from pipeline.redaction import redact
+
+            if debugging():
+                traceback.print_exception(exc, file=sys.stderr)
+            hint = "" if debugging() else " (--debug prints its traceback)"
+            err_console.print(Text.assemble(("error: ", "bold red"), f"unexpected {type(exc).__name__}: "
+                                            f"{redact(str(exc))}{hint}"), soft_wrap=True)
+            raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -33,7 +33,7 @@ def _index_root(root: str, index: str):
     s = Storage(root)
     if s.list(layout.index_prefix(index)) or s.list(layout.aliases_prefix(index)):
         return s
-    held = s.list("snapshots")
+    held = [name for name in s.list("snapshots") if s.list(layout.index_prefix(name))]  # an emptied folder: none
     raise SnapshotError(f"no index {index!r} under {redact(s.url)}: " +
                         (f"it holds {', '.join(held)}" if held else "nothing was published there"))
 

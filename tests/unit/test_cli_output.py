@@ -162,3 +162,23 @@ def test_a_build_says_whether_it_kept_live_s_ivfpq_training_and_why(monkeypatch)
     printed = " ".join(console.export_text().split())
     assert f"training of ivfpq: {redone}" in printed and f"Training of ivfpq: {redone}" in build_markdown(summary)
     assert "ivfpq@128" not in printed  # a plain first training is not news
+
+
+def test_an_unexpected_error_exits_2_in_one_line_not_1_with_a_traceback(tmp_path, monkeypatch):
+    """Exit 1 is what a command means by it (`monitor`: quality fell); a crash must not look like that, nor print
+    a traceback whose messages may quote a URL with credentials (--debug prints it)."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    def broken(*_args, **_kwargs):
+        raise KeyError("s3://AKIAEXAMPLE:SeCrEt123@bucket/aliases")
+
+    from pipeline.snapshots.snapshot import publish
+    from pipeline.storage.backend import Storage
+
+    publish(Storage(str(tmp_path)), "idx", "v1", {"ids.parquet": b"ids"}, {})
+    monkeypatch.setattr("pipeline.snapshots.aliases.list_aliases", broken)
+    out = CliRunner().invoke(app, ["versions", str(tmp_path), "idx"])
+    assert out.exit_code == 2 and "Traceback" not in out.output and "SeCrEt123" not in out.output
+    assert "error: unexpected KeyError: 's3://***@bucket/aliases' (--debug prints its traceback)" in out.output
