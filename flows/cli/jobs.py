@@ -128,11 +128,14 @@ def _print_summary(summary, example: bool, config: str, overrides: dict[str, Any
                       "QUERY searches it)", soft_wrap=True)
     elif example:
         from pipeline.config_loader import load_config
-        from pipeline.corpus.readers import read_queries
+        from pipeline.corpus.readers import golden_set_urls, read_queries
 
-        query = next(iter(read_queries(summary.evaluation["queries"]).values()))
+        cfg = load_config(config, overrides)
+        # the config's URL: the summary's is redacted (a token in a signed URL would be gone)
+        urls = golden_set_urls(cfg.corpus, cfg.evaluation.queries, cfg.evaluation.qrels)
+        query = next(iter(read_queries(urls[0] if urls else summary.evaluation["queries"]).values()))
         print_search(summary.snapshot, query, 5, "hybrid:exact" if "hybrid:exact" in modes else "exact",
-                     storage_options=load_config(config, overrides).storage.options)
+                     storage_options=cfg.storage.options)
 
 
 @reports_errors

@@ -108,6 +108,9 @@ def monitor_result(alias: str, manifest: dict, golden: GoldenSet, measured: Meas
     if (recorded.get("queries"), recorded.get("qrels")) != (golden.queries_url, golden.qrels_url):
         notes.append(f"the baseline was measured on {recorded.get('queries')} / {recorded.get('qrels')}, this run on "
                      f"{golden.queries_url} / {golden.qrels_url}: a change may come from the golden set")
+    elif recorded.get("golden_sha256") not in (None, golden.digest):  # the same files, edited since
+        notes.append(f"the golden set's files ({golden.queries_url} / {golden.qrels_url}) changed since the baseline "
+                     "was measured: a change may come from the golden set")
     drift = None
     if previous is not None:
         if previous.get("mode") == measured.mode:  # the scores of another search mode are not this one's drift

@@ -67,3 +67,19 @@ def test_drift_since_the_previous_run_compares_the_same_search_mode_only():
     other = run_after("bm25")
     assert other.drift_vs_previous is None
     assert other.notes == ["the previous run measured search mode 'bm25': no drift since then"]
+
+
+def test_a_golden_set_edited_in_place_is_named_as_a_possible_cause():
+    """The same URLs with other contents (its sha256 recorded at publish time): a metric's change may be the golden
+    set's, not the index's."""
+    from dataclasses import replace
+
+    measured = Measurement("docs", "v1", "minilm", 384, "exact", {"exact": METRICS}, {}, stats(0.71))
+    recorded = manifest(None)
+    recorded["evaluation"]["golden_sha256"] = "digest-at-publish"
+    notes = monitor_result("live", recorded, replace(GOLDEN, digest="digest-now"), measured, {"recall@10": 0.02},
+                           None).notes
+    assert any("changed since the baseline was measured" in n for n in notes), notes
+    same = monitor_result("live", recorded, replace(GOLDEN, digest="digest-at-publish"), measured,
+                          {"recall@10": 0.02}, None).notes
+    assert not any("golden set" in n for n in same), same
