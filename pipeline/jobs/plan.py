@@ -99,9 +99,9 @@ def plan_build(storage: Storage, cfg: PipelineConfig, model_fingerprint: str, ch
         # after a migration, a nightly reindex with the config's old model would rebuild every document with it and
         # either undo the migration through the gate or be refused every night, new documents never served
         raise InputError(f"reindex of {cfg.index_name}: the live version {version} was embedded with {live_model}, "
-                         f"not this config's {cfg.model.name}; expected the live model (set model.name: "
-                         f"{live_model} after a migration); a change of model goes through `embedpipe migrate`, "
-                         f"and --full rebuilds every document with {cfg.model.name} anyway")
+                         f"not this config's {cfg.model.name}: a reindex keeps live's model (after a migration, set "
+                         f"model.name: {live_model} in the config); `embedpipe migrate` changes it, and --full "
+                         f"rebuilds every document with {cfg.model.name} anyway")
     elif snapshot.manifest["model"]["fingerprint"] != model_fingerprint:
         reason = (f"the live version {version} was embedded with {snapshot.manifest['model']['name']} computed "
                   "otherwise (another model fingerprint: weights, precision or settings)")

@@ -541,8 +541,8 @@ def test_a_reindex_against_live_of_another_model_is_refused_and_one_computed_oth
     cfg = parse_config({"index_name": "t", "corpus": {"source": "c.jsonl"}, "storage": {"root": str(tmp_path)},
                         "publish": {"alias": "live"}})
     with pytest.raises(InputError, match=r"reindex of t: the live version v1 was embedded with all-mpnet-base-v2, "
-                                         r"not this config's all-MiniLM-L6-v2; expected the live model \(set "
-                                         r"model.name: all-mpnet-base-v2 after a migration\)"):
+                                         r"not this config's all-MiniLM-L6-v2: a reindex keeps live's model "
+                                         r"\(after a migration, set model.name: all-mpnet-base-v2 in the config\)"):
         plan_build(storage, cfg, "fingerprint", {})
     same = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": "all-mpnet-base-v2"})})
     plan = plan_build(storage, same, "fingerprint", {})
