@@ -45,8 +45,8 @@ from pipeline.jobs.embedder import EmbedCounts
 from pipeline.jobs.executor import Executor, LocalExecutor, one_task_cpus
 from pipeline.jobs.lexical import Bm25Build, build_bm25
 from pipeline.jobs.plan import BuildPlan
-from pipeline.jobs.prepare import PreparedRun, decide_files, make_chunker, prepare, run_settings
-from pipeline.jobs.run_folder import check_run_unchanged, remove_work
+from pipeline.jobs.prepare import PreparedRun, decide_files, make_chunker, prepare
+from pipeline.jobs.run_folder import check_run_unchanged, prepared_settings, remove_work
 from pipeline.jobs.shards import ShardResult
 from pipeline.jobs.worker import peak_rss_mb
 from pipeline.models.card import ModelCard
@@ -205,7 +205,7 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
     plan = timed("compare", plan_task, planner, storage, card, chunking)
     logger.info("%s", plan.why)
     # before any read; a resumed attempt against another live version, corpus or settings is refused
-    check_run_unchanged(storage, run_id, listing, run_settings(cfg, chunking, plan.against, card))
+    check_run_unchanged(storage, run_id, listing, prepared_settings(cfg, chunking, plan.against, card))
     if current := live_if_listing_unchanged(cfg, storage, plan, files, job, lambda: timed(
             "hash files", decide_files, cfg, storage, run_id, plan.against, executor, files)):
         live, why_current, counts = current

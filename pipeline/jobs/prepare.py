@@ -293,13 +293,6 @@ class PreparedRun:
         return sorted(self.shards, key=lambda shard: -self.shard_rows[shard])
 
 
-def run_settings(cfg: PipelineConfig, chunking: dict, against: ShardInput, card: ModelCard) -> dict:
-    """run_folder.prepared_settings of a build compared with `against` and embedding with `card`'s model."""
-    live = against.live.url.rsplit("/", 1)[-1] if against.live is not None else None
-    return prepared_settings(cfg, chunking, live, against.selection.describe() if against.selection else None,
-                             card.fingerprint)
-
-
 def prepare(cfg: PipelineConfig, storage: Storage, run_id: str, against: ShardInput, card: ModelCard,
             executor: Executor) -> PreparedRun:
     """Read every piece of the files not left unread, then prepare every shard, on `executor`'s workers; the
@@ -308,7 +301,7 @@ def prepare(cfg: PipelineConfig, storage: Storage, run_id: str, against: ShardIn
     listed = describe_corpus(cfg.corpus)
     # the files as the run listed them when it began (run.json): one written since would be left unread by a
     # decision made before it changed, its new bytes never read (nor by later runs: its new stamp is recorded)
-    check_run_unchanged(storage, run_id, listing_digest(listed), run_settings(cfg, chunking, against, card))
+    check_run_unchanged(storage, run_id, listing_digest(listed), prepared_settings(cfg, chunking, against, card))
     decided = decide_files(cfg, storage, run_id, against, executor, listed)
     skip = set(decided.filter(pl.col("unread"))["url"].to_list())
     # the files read are the same in a resumed attempt (its first attempt decided, from the listing it recorded in

@@ -19,9 +19,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
+from pipeline.models.card import ModelCard
 from pipeline.storage.backend import Storage
 from pipeline.storage.layout import (
     MARKER,
@@ -34,17 +36,21 @@ from pipeline.storage.layout import (
     unread_key,
 )
 
+if TYPE_CHECKING:  # prepare imports this module
+    from pipeline.jobs.prepare import ShardInput
 
-def prepared_settings(cfg: PipelineConfig, chunking: dict, live: str | None, selection: str | None,
-                      model_fingerprint: str) -> dict:
+
+def prepared_settings(cfg: PipelineConfig, chunking: dict, against: ShardInput, card: ModelCard) -> dict:
     """What decides what a run's read pieces and shards hold and where, as run.json records it: reading and
     validation, shard count, batch and piece sizes, chunking, the live version its shards are compared with (their
     kept rows point into it), a backfill's selection, and the model (prepared shards hold its cached vectors)."""
     run = cfg.run
     return {"corpus": cfg.corpus.model_dump(mode="json", exclude={"source"}), "chunking": chunking,
             "run.shards": run.shards, "run.read_batch": run.read_batch, "run.piece_bytes": run.piece_bytes,
-            "run.piece_files": run.piece_files, "live version": live, "backfill selection": selection,
-            "model fingerprint": model_fingerprint}
+            "run.piece_files": run.piece_files,
+            "live version": against.live.url.rsplit("/", 1)[-1] if against.live is not None else None,
+            "backfill selection": against.selection.describe() if against.selection else None,
+            "model fingerprint": card.fingerprint}
 
 
 def check_run_unchanged(storage: Storage, run_id: str, listing: str | None, settings: dict) -> None:

@@ -322,13 +322,13 @@ def test_a_file_written_after_the_run_listed_the_corpus_is_refused_before_anythi
     parts of the old size would stay beside the new ones)."""
     from pipeline.corpus.pieces import listing_digest
     from pipeline.corpus.readers import list_corpus
-    from pipeline.jobs.prepare import make_chunker, run_settings
-    from pipeline.jobs.run_folder import check_run_unchanged
+    from pipeline.jobs.prepare import make_chunker
+    from pipeline.jobs.run_folder import check_run_unchanged, prepared_settings
 
     corpus = write_jsonl(tmp_path / "c.jsonl", sample_docs[:6])
     cfg, storage = config(corpus, tmp_path / "store"), Storage(str(tmp_path / "store"))
     check_run_unchanged(storage, "r", listing_digest(list_corpus(cfg.corpus)),  # as the flow does when it starts
-                        run_settings(cfg, make_chunker(cfg).params, ShardInput(None), encoder.card))
+                        prepared_settings(cfg, make_chunker(cfg).params, ShardInput(None), encoder.card))
     write_jsonl(corpus, sample_docs[:7])
     with pytest.raises(InputError, match="run r: the corpus's files changed since the run began"):
         prepared_run(cfg, storage, "r", encoder)
@@ -338,7 +338,7 @@ def test_a_file_written_after_the_run_listed_the_corpus_is_refused_before_anythi
     with pytest.raises(InputError, match=r"\(run.read_batch 10000 -> 2\)"):
         prepared_run(smaller, storage, "r2", encoder)
     # nor against another live version (an alias moved between attempts: kept rows would point into the wrong one)
-    moved = run_settings(cfg, make_chunker(cfg).params, ShardInput(storage.child("snapshots/t/v2")), encoder.card)
+    moved = prepared_settings(cfg, make_chunker(cfg).params, ShardInput(storage.child("snapshots/t/v2")), encoder.card)
     with pytest.raises(InputError, match=r"\(live version None -> v2\)"):
         check_run_unchanged(storage, "r2", listing_digest(list_corpus(cfg.corpus)), moved)
 
