@@ -42,7 +42,7 @@ class TrainedVariant:
     def fill(self, vectors: np.ndarray, rows: int | np.ndarray = 0) -> object:
         """The trained index holding `vectors` (full dims) as rows `rows` (ids, or the first of consecutive ones;
         an empty copy, filled)."""
-        check_finite(vectors, rows if isinstance(rows, int) else int(rows[0]) if len(rows) else 0)
+        check_finite(vectors, rows)
         index = from_bytes(self.empty, binary=self.spec.kind.binary)
         self.spec.kind.fill(index, matryoshka(vectors, self.spec.dims), rows)
         return index

@@ -25,13 +25,16 @@ def check_vectors(vectors: np.ndarray) -> None:
     check_finite(vectors)
 
 
-def check_finite(vectors: np.ndarray, first_row: int = 0) -> None:
+def check_finite(vectors: np.ndarray, rows: int | np.ndarray = 0) -> None:
     """FAISS takes NaN and infinity silently: an IVF index leaves such a row out of its lists (its count then
-    disagrees with the id table's), a flat one ranks an infinite row first for many queries."""
+    disagrees with the id table's), a flat one ranks an infinite row first for many queries. `rows`: the vectors'
+    row numbers, or the first of consecutive ones (as TrainedVariant.fill takes them)."""
     bad = ~np.isfinite(vectors).all(axis=1)
     if bad.any():
-        raise IndexBuildError(f"{int(bad.sum())} of {len(vectors)} vectors hold NaN or infinity (first: row "
-                              f"{first_row + int(np.argmax(bad))}); expected finite vectors")
+        at = int(np.argmax(bad))
+        row = rows + at if isinstance(rows, int) else int(rows[at])
+        raise IndexBuildError(f"{int(bad.sum())} of {len(vectors)} vectors hold NaN or infinity (first: row {row}); "
+                              "expected finite vectors")
 
 
 def build_exact(vectors: np.ndarray) -> faiss.Index:

@@ -269,6 +269,8 @@ def test_nan_or_infinite_vectors_are_refused_by_the_sharded_path_too():
         with pytest.raises(IndexBuildError, match=r"2 of 600 vectors hold NaN or infinity \(first: row 1007\)"):
             trained.fill(bad, 1000)
         assert trained.fill(x, 1000).ntotal == 600
+        with pytest.raises(IndexBuildError, match=r"\(first: row 3007\)"):  # ids, not consecutive rows
+            trained.fill(bad, np.arange(600, dtype=np.int64) + 3000)
     with pytest.raises(IndexBuildError, match=r"1 of 600 vectors hold NaN or infinity \(first: row 9\)"):
         train_variants(IndexConfig(variants=["ivfpq"]), len(x), 16, np.where(np.arange(600)[:, None] == 9, np.inf, x)
                        .astype(np.float32), seed=0)
