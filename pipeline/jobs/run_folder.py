@@ -62,17 +62,17 @@ def check_run_unchanged(storage: Storage, run_id: str, listing: str | None, sett
         storage.write_bytes(key, json.dumps({"listing_sha256": listing, "settings": settings}).encode())
         return
     first = json.loads(storage.read_bytes(key))
-    new = "; start a new run (leave out --run-id and run.run_id)"
+    restart = "; start a new run (leave out --run-id and run.run_id)"
     if first["listing_sha256"] != listing:
         raise InputError(f"run {run_id}: the corpus's files changed since the run began (files added, removed or "
                          "written: their names, sizes or modification stamps differ), and the pieces it read then "
-                         f"hold the old documents{new}")
+                         f"hold the old documents{restart}")
     settings = json.loads(json.dumps(settings))  # as JSON gives it back
     if changed := [name for name, value in first.get("settings", settings).items() if settings.get(name) != value]:
         shown = ", ".join(name if name in ("corpus", "chunking") else
                           f"{name} {first['settings'][name]} -> {settings.get(name)}" for name in changed)
         raise InputError(f"run {run_id}: settings that decide what its read pieces and shards hold changed since "
-                         f"its first attempt ({shown}); expected those it began with{new}")
+                         f"its first attempt ({shown}); expected those it began with{restart}")
 
 
 def remove_work(storage: Storage, run_id: str) -> None:

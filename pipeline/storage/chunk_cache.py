@@ -55,13 +55,18 @@ class ChunkCache:
                        if f"{folder}/{name}" not in seen]:
             for key in todo:
                 seen.add(key)
-                try:
-                    table = read_parquet(self.storage, key, columns)
-                except StorageError:
-                    if not self.compacted_away(key):
-                        raise
-                    continue
-                yield key, table
+                if (table := self._read_if_there(key, columns)) is not None:
+                    yield key, table
+
+    def _read_if_there(self, key: str, columns: list[str] | None = None) -> pl.DataFrame | None:
+        """A file's table, or None where a compaction deleted it since it was listed (its rows are in the merged
+        file)."""
+        try:
+            return read_parquet(self.storage, key, columns)
+        except StorageError:
+            if not self.compacted_away(key):
+                raise
+            return None
 
     def compacted_away(self, key: str) -> bool:
         """After a StorageError on one of its files: whether the file went since it was listed (a compaction's
@@ -131,13 +136,9 @@ class ChunkCache:
         the listing is skipped (its rows are in that rewrite's file)."""
         present, tables = [], []
         for name in names:
-            try:
-                tables.append(read_parquet(self.storage, f"{folder}/{name}"))
-            except StorageError:
-                if not self.compacted_away(f"{folder}/{name}"):
-                    raise
-                continue
-            present.append(name)
+            if (table := self._read_if_there(f"{folder}/{name}")) is not None:
+                present.append(name)
+                tables.append(table)
         return present, tables
 
     def _rewrite(self, folder: str, names: list[str], table: pl.DataFrame) -> None:
