@@ -299,18 +299,20 @@ class Storage(CommitPrimitives):
 
     def sizes(self, prefix: str) -> dict[str, int]:
         """Every object under `prefix` (names relative to it, at any depth) and its size, from one listing."""
-        with self._afresh(prefix) as base:
-            found = self.fs.find(base, detail=True) if self.fs.exists(base) else {}
+        base, found = self._find(prefix)
         start = len(base.rstrip("/")) + 1
         return {path[start:]: info["size"] for path, info in found.items() if info["type"] == "file"}
 
     def last_modified(self, prefix: str) -> datetime | None:
         """When anything under `prefix` was last written (one listing of all of it); None if nothing is there."""
-        with self._afresh(prefix) as base:
-            found = self.fs.find(base, detail=True) if self.fs.exists(base) else {}
         times = [info["LastModified"] if "LastModified" in info else datetime.fromtimestamp(info["mtime"], UTC)
-                 for info in found.values()]
+                 for info in self._find(prefix)[1].values()]
         return max(times, default=None)
+
+    def _find(self, prefix: str) -> tuple[str, dict[str, dict]]:
+        """The path of `prefix` and everything under it (path -> details), from one fresh listing."""
+        with self._afresh(prefix) as base:
+            return base, self.fs.find(base, detail=True) if self.fs.exists(base) else {}
 
     def delete(self, key: str, recursive: bool = False) -> None:
         with self._errors(key):
