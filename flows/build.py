@@ -10,7 +10,6 @@ Ray tasks and actors), and the driver only sums what comes back. flows/tasks.py 
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from flows.artifacts import png_artifact
 from flows.engine import early_embedder, embedder_for, executor_for, kernels_for_actors, start_ray_ahead
 from flows.progress import report
 from flows.tasks import local_task
+from operators.faults import maybe_exit_after_commit
 from pipeline.config import PipelineConfig
 from pipeline.corpus.pieces import listing_digest
 from pipeline.corpus.readers import list_corpus
@@ -46,7 +46,15 @@ from pipeline.jobs.executor import Executor, LocalExecutor, one_task_cpus
 from pipeline.jobs.lexical import Bm25Build, build_bm25
 from pipeline.jobs.plan import BuildPlan
 from pipeline.jobs.prepare import PreparedRun, decide_files, make_chunker, prepare
-from pipeline.jobs.run_folder import check_run_unchanged, prepared_settings, remove_work
+from pipeline.jobs.run_folder import (
+    RunVersion,
+    check_run_unchanged,
+    committed_unfinished,
+    mark_finished,
+    prepared_settings,
+    remove_work,
+    run_version,
+)
 from pipeline.jobs.shards import ShardResult
 from pipeline.jobs.worker import peak_rss_mb
 from pipeline.models.card import ModelCard
@@ -136,19 +144,6 @@ def default_run_id(cfg: PipelineConfig, job: str) -> str:
     return cfg.run.run_id or (f"{job}-{flow_run.id}" if flow_run.id else new_version())
 
 
-def run_version(storage: Storage, run_id: str, index_name: str) -> str:
-    """The version a run publishes, chosen when it first starts and kept in its folder, so a resumed run writes
-    into the version folder it claimed."""
-    key = layout.plan_key(run_id)
-    if storage.exists(key):
-        version = json.loads(storage.read_bytes(key))["version"]
-        if not storage.exists(f"{layout.snapshot_prefix(index_name, version)}/{layout.MANIFEST}"):
-            return version  # not committed yet: finish it
-    version = new_version()  # a rerun of a finished run publishes a version of its own
-    storage.write_bytes(key, json.dumps({"version": version}).encode())
-    return version
-
-
 def finish_run(cfg: PipelineConfig, storage: Storage, run_id: str) -> None:
     """The run's work files go once it finished (pipeline/jobs/run_folder.py), unless run.keep_work. A failure to
     delete them is logged, not raised: the version is published, and no later run needs them."""
@@ -173,6 +168,50 @@ def publish_nothing(cfg: PipelineConfig, storage: Storage, job: str, run_id: str
     return summary
 
 
+def finish_committed(cfg: PipelineConfig, storage: Storage, job: str, run_id: str, committed: RunVersion,
+                     timings: dict[str, float]) -> BuildSummary:
+    """A retried run whose earlier attempt committed its version and stopped: promote that version from where the
+    attempt saw the alias (a no-op where it promoted already) and finish, instead of building a second version."""
+    get_run_logger().info("run %s committed version %s before it stopped: promoting it, not building again", run_id,
+                          committed.version)
+    promotion = None
+    if cfg.publish.alias:
+        promotion = timed_into(timings, "promote", promote_task, cfg, storage, committed.version, committed.seen, job)
+    return finish_published(cfg, storage, committed_summary(cfg, storage, job, run_id, committed.version, timings,
+                                                            promotion))
+
+
+def committed_summary(cfg: PipelineConfig, storage: Storage, job: str, run_id: str, version: str,
+                      timings: dict[str, float], promotion: Promotion | None = None) -> BuildSummary:
+    """The summary of a version this run committed in an earlier attempt, from its manifest."""
+    manifest = Snapshot.of(storage, cfg.index_name, version).manifest
+    return BuildSummary(job, cfg.index_name, version, redact(storage.url_of(layout.snapshot_prefix(cfg.index_name,
+                        version))), run_id, manifest["lineage"].get("how", ""), manifest["counts"],
+                        manifest.get("evaluation", {}), manifest["index"], manifest["timings_s"] | timings, promotion)
+
+
+def finish_published(cfg: PipelineConfig, storage: Storage, summary: BuildSummary) -> BuildSummary:
+    """A published version's artifacts (the summary, quality against size), then the run's end."""
+    job, version, index_params = summary.job, summary.version, summary.index
+    create_markdown_artifact(build_markdown(summary), key=artifact_key(job, cfg.index_name),
+                             description=f"{job} of {cfg.index_name}: version {version}")
+    if summary.evaluation.get("modes"):  # quality against size per search mode, on the artifact's page
+        png_artifact(quality_vs_bytes_png(index_params, f"{cfg.index_name} {version}: nDCG@10 against bytes"),
+                     key=artifact_key("quality", cfg.index_name),
+                     description=f"nDCG@10 against bytes per vector, {cfg.index_name} {version}")
+    mark_finished(storage, summary.run_id)
+    finish_run(cfg, storage, summary.run_id)
+    return summary
+
+
+def timed_into(timings: dict[str, float], name: str, fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    timings[name] = round(time.perf_counter() - start, 2)
+    get_run_logger().info("%s: %.1f s", name, timings[name])
+    return out
+
+
 def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str, planner: Planner,
                    full: bool = False) -> BuildSummary:
     """Run the stages, publish a new version and promote it through the gate; returns the run's summary. `full`:
@@ -182,14 +221,9 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
     # promoted meanwhile makes this one's promote fail instead of silently overwriting it).
     seen = read_alias(storage, cfg.index_name, cfg.publish.alias).version if cfg.publish.alias else None
     timings: dict[str, float] = {}
-
-    def timed(name: str, fn, *args):
-        start = time.perf_counter()
-        out = fn(*args)
-        timings[name] = round(time.perf_counter() - start, 2)
-        logger.info("%s: %.1f s", name, timings[name])
-        return out
-
+    if committed := committed_unfinished(storage, run_id, cfg.index_name, seen):
+        return finish_committed(cfg, storage, job, run_id, committed, timings)
+    timed = partial(timed_into, timings)
     files = list_corpus(cfg.corpus)
     input_bytes, listing = sum(f.size for f in files), listing_digest(files)  # listed before anything is read
     start_ray_ahead(cfg, storage, full, input_bytes)  # its workers import torch while this process loads the model
@@ -223,7 +257,7 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
             early.close()
         return publish_nothing(cfg, storage, job, run_id, prepared.counts, timings, *current)
     embedded = timed("embed", embed_task, cfg, storage, prepared, early)
-    version = run_version(storage, run_id, cfg.index_name)
+    version = run_version(storage, run_id, cfg.index_name, seen)
     claim(storage, cfg.index_name, version, publisher=run_id)
     target = storage.child(layout.snapshot_prefix(cfg.index_name, version))
     staged = timed("index", index_task, cfg, storage, prepared, plan, target, card, executor)
@@ -240,14 +274,7 @@ def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str,
                             evaluation, timings, why, listing)
     url = timed("publish", commit, storage, cfg.index_name, version, staged.files | evaluated.files,
                 manifest)
+    maybe_exit_after_commit()
     promotion = timed("promote", promote_task, cfg, storage, version, seen, job) if cfg.publish.alias else None
-    summary = BuildSummary(job, cfg.index_name, version, redact(url), run_id, plan.why, counts, evaluation,
-                           index_params, timings, promotion)
-    create_markdown_artifact(build_markdown(summary), key=artifact_key(job, cfg.index_name),
-                             description=f"{job} of {cfg.index_name}: version {version}")
-    if evaluation.get("modes"):  # quality against size per search mode, on the artifact's page
-        png_artifact(quality_vs_bytes_png(index_params, f"{cfg.index_name} {version}: nDCG@10 against bytes"),
-                     key=artifact_key("quality", cfg.index_name),
-                     description=f"nDCG@10 against bytes per vector, {cfg.index_name} {version}")
-    finish_run(cfg, storage, run_id)
-    return summary
+    return finish_published(cfg, storage, BuildSummary(job, cfg.index_name, version, redact(url), run_id, plan.why,
+                                                       counts, evaluation, index_params, timings, promotion))

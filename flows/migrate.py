@@ -12,6 +12,9 @@ the same golden set, and the alias moves to green only if the quality gate passe
 - A gate refusal is an outcome, not an error: the flow run completes with `promotion.promoted == False`,
   the alias stays on blue, green stays published (not live; `embedpipe gc` retires it), and the report
   says why. Errors (no live alias, a model that cannot load, a build failure) fail the run.
+- A failed run retried with its run id (Retry in Prefect's UI, or `--run-id`) finishes what its first attempt began:
+  the blue it recorded (runs/<run_id>/migration/blue.json) even where that attempt had moved the alias to green,
+  and the green it committed, measured and promoted instead of built again; the report is written then.
 
 The report goes to the run folder on storage (runs/<run_id>/migration/: report.json, report.md,
 blue_green.png) and to two Prefect artifacts: the markdown report and the blue/green chart.
@@ -29,9 +32,9 @@ from prefect.runtime import flow_run
 from prefect.states import State
 
 from flows.artifacts import png_artifact
-from flows.build import artifact_key, build_snapshot, default_run_id
+from flows.build import artifact_key, build_snapshot, committed_summary, default_run_id
 from flows.engine import corpus_bytes, kernels_for_actors, start_ray_ahead
-from flows.live import measure_task, open_live_task
+from flows.live import live_version, measure_task
 from flows.scheduled_runs import cancel_if_planned_by_replaced_schedule
 from flows.tasks import local_task
 from pipeline.config import PipelineConfig
@@ -40,6 +43,7 @@ from pipeline.errors import ConfigError
 from pipeline.jobs.migration import MigrationSummary, gate_check, migration_report
 from pipeline.jobs.plan import plan_full_build
 from pipeline.jobs.preflight import check_inputs
+from pipeline.jobs.run_folder import committed_version
 from pipeline.models.catalog import model_section
 from pipeline.models.encoder import cached_encoder
 from pipeline.quality.golden import load_golden_set
@@ -58,6 +62,28 @@ def served_alias(cfg: PipelineConfig, job: str) -> str:
         raise ConfigError(f"{job} of {cfg.index_name}: publish.alias is not set; expected the alias that serves the "
                           "index (e.g. --set publish.alias=live)")
     return cfg.publish.alias
+
+
+def _reported(storage: Storage, run_id: str) -> bool:
+    return storage.exists(migration_key(run_id, "report.json"))
+
+
+@local_task(name="open the live (blue) snapshot")
+def open_blue_task(storage: Storage, index: str, alias: str, run_id: str) -> Snapshot:
+    """Blue: what the alias serves, kept in the run's folder, so that an attempt retried after a crash compares with
+    and promotes from the same blue, even when the first attempt had moved the alias to green already (a finished
+    migration's run id, rerun, starts from the alias again)."""
+    key = migration_key(run_id, "blue.json")
+    if storage.exists(key) and not _reported(storage, run_id):
+        return Snapshot.of(storage, index, json.loads(storage.read_bytes(key))["version"])
+    version = live_version(storage, index, alias, "migration")
+    storage.write_bytes(key, json.dumps({"version": version}).encode())
+    return Snapshot.of(storage, index, version)
+
+
+def unreported_green(storage: Storage, index: str, run_id: str) -> str | None:
+    """The green version an earlier attempt of this run committed before it stopped short of its report."""
+    return None if _reported(storage, run_id) else committed_version(storage, run_id, index)
 
 
 @local_task(name="promote green through the quality gate")
@@ -94,20 +120,20 @@ def migrate(config_path: str, model: str | None = None, overrides: dict[str, Any
     the config's quality gate (publish.gate). `overrides` (dotted keys) apply after the model."""
     if replaced := cancel_if_planned_by_replaced_schedule():
         return replaced
+    logger = get_run_logger()
     overrides = ({"model": model_section(model)} if model else {}) | (overrides or {})
     cfg = load_config(config_path, overrides)
     storage = Storage.of(cfg.storage)
     check_inputs(cfg, storage)
     start_ray_ahead(cfg, storage, full=True)  # its workers import torch while blue is measured and the model loads
     alias = served_alias(cfg, "migration")
-    blue_snapshot = open_live_task.with_options(name="open the live (blue) snapshot")(
-        storage, cfg.index_name, alias, "migration")
+    run_id = run_id or default_run_id(cfg, "migrate")
+    blue_snapshot = open_blue_task(storage, cfg.index_name, alias, run_id)
     golden = load_golden_set(cfg, blue_snapshot.manifest)
     gate, k = cfg.publish.gate, cfg.evaluation.k
     # Blue first: a blue that cannot be measured (no such search mode, a missing file) stops before the build.
     blue = measure_task.with_options(name="measure blue (live) on the golden set")(blue_snapshot, golden, k, gate.mode,
                                                                                   storage, cfg.run)
-    run_id = run_id or default_run_id(cfg, "migrate")
     # the precision is part of the fingerprint compared here
     cfg, _ = kernels_for_actors(cfg, storage, run_id, corpus_bytes(cfg))
     card = cached_encoder(cfg.model).card
@@ -118,8 +144,12 @@ def migrate(config_path: str, model: str | None = None, overrides: dict[str, Any
 
     why = f"full build with {card.name}: migration from {blue.model} (live version {blue.version})"
     green_cfg = cfg.model_copy(update={"publish": cfg.publish.model_copy(update={"alias": None})})
-    built = build_snapshot(green_cfg, storage, run_id, "migrate",
-                           partial(plan_full_build, cfg=cfg, why=why, base=blue.version), full=True)
+    if green_version := unreported_green(storage, cfg.index_name, run_id):
+        logger.info("run %s committed green %s before it stopped: measuring and promoting it", run_id, green_version)
+        built = committed_summary(cfg, storage, "migrate", run_id, green_version, {})
+    else:
+        built = build_snapshot(green_cfg, storage, run_id, "migrate",
+                               partial(plan_full_build, cfg=cfg, why=why, base=blue.version), full=True)
     green_snapshot = Snapshot.of(storage, cfg.index_name, built.version)
     green = measure_task.with_options(name="measure green (candidate) on the golden set")(
         green_snapshot, golden, k, gate.mode, storage, cfg.run)

@@ -3,6 +3,7 @@
     EMBEDPIPE_FAULT_KILL_SHARD=<n>          an embedding actor dies mid-shard n (after encoding, before
                                             writing), once: EMBEDPIPE_FAULT_ONCE=<path> records that it fired
     EMBEDPIPE_FAULT_EXIT_AFTER_SHARDS=<n>   the driver exits after n shards are committed (between shards)
+    EMBEDPIPE_FAULT_EXIT_AFTER_COMMIT=1     the driver exits once its version is committed, before its promote
 
 Ray restarts the actor and retries the shard; a rerun of the run id resumes after a driver exit.
 """
@@ -32,3 +33,8 @@ def maybe_kill_actor(shard: int) -> None:
 def maybe_exit_driver(committed: int) -> None:
     if os.environ.get("EMBEDPIPE_FAULT_EXIT_AFTER_SHARDS") == str(committed) and _fire_once():
         os._exit(18)
+
+
+def maybe_exit_after_commit() -> None:
+    if os.environ.get("EMBEDPIPE_FAULT_EXIT_AFTER_COMMIT") == "1" and _fire_once():
+        os._exit(19)

@@ -12,6 +12,9 @@
   everything (to inspect it).
 - A run that never finished keeps its work files for a resume; `embedpipe gc-runs` deletes them once nothing in
   its folder was written for a grace period.
+- The version a run publishes is chosen once and kept in plan.json, with the alias's version the attempt that
+  chose it saw, so a resumed attempt writes into the version folder it claimed; an attempt that stopped after its
+  commit (before its promote, or before it finished) is finished by a retry, not built again into a second version.
 """
 
 from __future__ import annotations
@@ -24,15 +27,19 @@ from typing import TYPE_CHECKING
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
 from pipeline.models.card import ModelCard
+from pipeline.snapshots.snapshot import new_version
 from pipeline.storage.backend import Storage
 from pipeline.storage.layout import (
+    MANIFEST,
     MARKER,
     PREPARED,
     TERMS_MARKER,
     WORK_FOLDERS,
+    plan_key,
     run_key,
     run_record_key,
     shard_key,
+    snapshot_prefix,
     unread_key,
 )
 
@@ -73,6 +80,54 @@ def check_run_unchanged(storage: Storage, run_id: str, listing: str | None, sett
                           f"{name} {first['settings'][name]} -> {settings.get(name)}" for name in changed)
         raise InputError(f"run {run_id}: settings that decide what its read pieces and shards hold changed since "
                          f"its first attempt ({shown}); expected those it began with{restart}")
+
+
+@dataclass(frozen=True)
+class RunVersion:
+    """The version a run publishes (runs/<run>/plan.json) and the alias's version when the attempt chose it."""
+
+    version: str
+    seen: str | None
+
+
+def _plan_record(storage: Storage, run_id: str) -> dict | None:
+    return json.loads(storage.read_bytes(plan_key(run_id))) if storage.exists(plan_key(run_id)) else None
+
+
+def _committed(storage: Storage, index_name: str, version: str) -> bool:
+    return storage.exists(f"{snapshot_prefix(index_name, version)}/{MANIFEST}")
+
+
+def run_version(storage: Storage, run_id: str, index_name: str, seen: str | None) -> str:
+    """The version the run publishes: the one its earlier attempt chose while that is not committed (this attempt
+    finishes it), else a new one (a rerun of a finished run publishes a version of its own)."""
+    record = _plan_record(storage, run_id)
+    version = record["version"] if record and not _committed(storage, index_name, record["version"]) else new_version()
+    storage.write_bytes(plan_key(run_id), json.dumps({"version": version, "seen": seen}).encode())
+    return version
+
+
+def committed_version(storage: Storage, run_id: str, index_name: str) -> str | None:
+    """The version this run committed (finished or not); None before its commit."""
+    record = _plan_record(storage, run_id)
+    return record["version"] if record and _committed(storage, index_name, record["version"]) else None
+
+
+def committed_unfinished(storage: Storage, run_id: str, index_name: str, seen: str | None) -> RunVersion | None:
+    """The version an earlier attempt of this run committed without finishing (it stopped before its promote or its
+    end): a retry promotes it from where that attempt saw the alias instead of building a second version (`seen`,
+    the alias now, stands in for a plan record from before the alias was recorded)."""
+    record = _plan_record(storage, run_id)
+    if not record or record.get("finished") or not committed_version(storage, run_id, index_name):
+        return None
+    return RunVersion(record["version"], record.get("seen", seen))
+
+
+def mark_finished(storage: Storage, run_id: str) -> None:
+    """Record that the run published and promoted its version: a later attempt of its id builds a new one."""
+    record = _plan_record(storage, run_id)
+    if record is not None:
+        storage.write_bytes(plan_key(run_id), json.dumps({**record, "finished": True}).encode())
 
 
 def remove_work(storage: Storage, run_id: str) -> None:

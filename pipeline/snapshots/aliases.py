@@ -131,12 +131,12 @@ def promote(storage: Storage, index: str, alias: str, version: str, seen: str | 
     on the judgments both can find (pipeline/quality/golden_runs.py, for `seen`). Promoting the version the alias is
     at changes nothing and returns (its state, None)."""
     current = read_alias(storage, index, alias)
+    candidate = json.loads(storage.read_bytes(check_target(storage, index, version)))
+    if version == current.version:  # a retried promote (from where its first try saw the alias): a history event
+        return current, None        # from a version to itself would be what a later rollback steps back to
     if current.version != seen:
         raise AliasMoved(f"alias {index}/{alias} is at {current.version}, not {seen} as the caller saw; nothing "
                          "changed")
-    candidate = json.loads(storage.read_bytes(check_target(storage, index, version)))
-    if version == current.version:  # a retried promote: a history event from a version to itself would be
-        return current, None        # what a later rollback steps back to
     result = None
     if gate is not None:
         live = None

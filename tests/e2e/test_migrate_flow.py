@@ -147,6 +147,34 @@ def test_the_alias_searches_with_the_model_that_built_green(store, accepted):
     assert "31715818" in [h.doc_id for h in hits]
 
 
+def test_a_migration_that_stopped_before_its_report_is_finished_by_a_retry(store, accepted, prefect_api):
+    """A run retried with its run id after stopping past its commit: once before its promote, once after it (the
+    alias already on green). Each retry measures and promotes the green it committed, against the blue it began
+    with, and writes the report; no second green is built."""
+    from flows.migrate import migrate
+    from pipeline.config_loader import load_config
+    from pipeline.snapshots.aliases import read_alias, rollback
+
+    config, blue = store
+    storage = Storage.of(load_config(config).storage)
+    versions = storage.list(f"snapshots/{INDEX}")
+    report = f"runs/{accepted['run_id']}/migration/report.json"
+    green = accepted["green"]["version"]
+    for stopped in ("before its promote", "after its promote"):
+        storage.delete(report)
+        if stopped == "before its promote":
+            rollback(storage, INDEX, "live", green)
+            assert _alias(config) == blue["version"]
+        again = _in_prefect(prefect_api, migrate, config, model="all-MiniLM-L6-v2", run_id=accepted["run_id"])
+        assert (again["blue"]["version"], again["green"]["version"]) == (blue["version"], green), stopped
+        assert again["promotion"]["promoted"] and _alias(config) == green, stopped
+        assert again["green"]["metrics"] == accepted["green"]["metrics"], stopped
+        assert json.loads(storage.read_bytes(report))["promotion"]["promoted"], stopped
+        assert storage.list(f"snapshots/{INDEX}") == versions, stopped  # nothing built again
+    history = read_alias(storage, INDEX, "live").history
+    assert [e["action"] for e in history[-3:]] == ["promote", "rollback", "promote"]  # no event from green to itself
+
+
 def test_a_worse_model_is_refused_and_the_alias_stays(store, accepted, prefect_api):
     """From the CLI: the flow run completes, the alias stays on blue (now MiniLM), the refusal says why."""
     config, _ = store

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import write_jsonl
+from tests.conftest import write_golden_subset
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, sample_docs, prefect_api):
     folder = tmp_path_factory.mktemp("faults")
-    write_jsonl(folder / "corpus.jsonl", sample_docs[:40])
+    write_golden_subset(folder, sample_docs, queries=5, size=40)  # the golden set: for the test that promotes
     config = folder / "config.yaml"
     config.write_text(yaml.safe_dump({
         "index_name": "faults", "corpus": {"source": str(folder / "corpus.jsonl")},
@@ -28,10 +28,11 @@ def setup(tmp_path_factory, sample_docs, prefect_api):
         "run": {"shards": 4, "actors": 2, "cpus_per_actor": 0.5, "local_embed_max_chunks": 0}}))  # always actors
     cli = shutil.which("embedpipe", path=str(Path(sys.executable).parent))
 
-    def run(root: Path, run_id: str, **faults: str) -> subprocess.CompletedProcess:
+    def run(root: Path, run_id: str, *sets: str, **faults: str) -> subprocess.CompletedProcess:
         env = {**os.environ, "PREFECT_API_URL": prefect_api, **faults}
         return subprocess.run([cli, "run", str(config), "--set", f"storage.root={root}", "--run-id", run_id,
-                               "--json", "--no-example"], capture_output=True, text=True, env=env, timeout=600)
+                               *(a for kv in sets for a in ("--set", kv)), "--json", "--no-example"],
+                              capture_output=True, text=True, env=env, timeout=600)
 
     clean = run(folder / "clean", "r1")
     assert clean.returncode == 0, clean.stderr[-3000:]
@@ -70,3 +71,28 @@ def test_driver_killed_between_shards_resumes_with_the_same_run_id(setup):
     # every shard committed before the exit (2, or 3 if the other actor finished one meanwhile) is skipped
     assert counts["shards_skipped"] >= 2 and counts["shards_skipped"] + counts["shards_embedded"] == 4
     same_snapshot(clean["snapshot"], json.loads(resumed.stdout)["snapshot"])
+
+
+def test_driver_killed_after_its_commit_is_finished_by_a_retry_not_built_again(setup):
+    """A run that stopped between its commit and its promote: the retry promotes the committed version instead of
+    publishing a second one (which would leave the first as an orphan until gc)."""
+    from pipeline.snapshots.aliases import read_alias
+    from pipeline.storage.backend import Storage
+
+    folder, run, clean = setup
+    once, root = folder / "commit-fault-fired", folder / "committed"
+    live = ("publish.alias=live", f"evaluation.queries={folder / 'queries.jsonl'}",
+            f"evaluation.qrels={folder / 'qrels.tsv'}")
+    crashed = run(root, "r1", *live, EMBEDPIPE_FAULT_EXIT_AFTER_COMMIT="1", EMBEDPIPE_FAULT_ONCE=str(once))
+    assert crashed.returncode == 19 and once.exists()
+    storage = Storage(str(root))
+    [version] = storage.list("snapshots/faults")
+    assert storage.exists(f"snapshots/faults/{version}/manifest.json")
+    assert read_alias(storage, "faults", "live").version is None  # committed, not promoted
+    resumed = run(root, "r1", *live)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads(resumed.stdout)
+    assert summary["version"] == version and storage.list("snapshots/faults") == [version]
+    assert summary["promotion"]["promoted"] and read_alias(storage, "faults", "live").version == version
+    assert summary["counts"]["vectors"] == clean["counts"]["vectors"]
+    assert not storage.list("runs/r1/shards")  # finished: its work files went
