@@ -22,6 +22,7 @@ from prefect.runtime import flow_run
 
 from flows.artifacts import png_artifact
 from flows.engine import early_embedder, embedder_for, executor_for, kernels_for_actors, start_ray_ahead
+from flows.live import measure_task
 from flows.progress import report
 from flows.tasks import local_task
 from operators.faults import maybe_exit_after_commit
@@ -59,11 +60,13 @@ from pipeline.jobs.shards import ShardResult
 from pipeline.jobs.worker import peak_rss_mb
 from pipeline.models.card import ModelCard
 from pipeline.models.encoder import cached_encoder, pinned_to
+from pipeline.quality.golden import golden_set_of
 from pipeline.quality.golden_runs import shared_judgments
 from pipeline.redaction import redact
 from pipeline.reports.markdown import build_markdown
 from pipeline.reports.plots import quality_vs_bytes_png
 from pipeline.snapshots.aliases import Promotion, promote_or_stay, read_alias
+from pipeline.snapshots.gate import other_golden_set
 from pipeline.snapshots.snapshot import Snapshot, claim, commit, new_version
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
@@ -127,11 +130,33 @@ def promote_task(cfg: PipelineConfig, storage: Storage, version: str, seen: str 
     """Move the alias from the version seen when the run started. A gate refusal leaves it there, and so
     does an overlapping run that promoted first (AliasMoved): this version stays published, not live."""
     gate = cfg.publish.gate
-    outcome = promote_or_stay(storage, cfg.index_name, cfg.publish.alias, version, seen, gate, by=f"{job} {version}",
-                              shared=shared_judgments(storage, cfg.index_name, version, seen, gate))
+    if remeasured := live_measured_again(cfg, storage, version, seen):
+        outcome = promote_or_stay(storage, cfg.index_name, cfg.publish.alias, version, seen, gate,
+                                  by=f"{job} {version}", live_evaluation=remeasured)
+    else:
+        outcome = promote_or_stay(storage, cfg.index_name, cfg.publish.alias, version, seen, gate,
+                                  by=f"{job} {version}", shared=shared_judgments(storage, cfg.index_name, version,
+                                                                                 seen, gate))
     if not outcome.promoted:
         get_run_logger().warning("%s", outcome.reason)
     return outcome
+
+
+def live_measured_again(cfg: PipelineConfig, storage: Storage, version: str, seen: str | None) -> dict | None:
+    """Live's evaluation measured again on this build's golden set and depth, where live's manifest recorded it on
+    others (judgments edited since, another evaluation.k): the gate then compares like with like, as a migration
+    does. None where the two compare as recorded, or live cannot be measured in the gate's mode."""
+    if seen is None or seen == version:
+        return None
+    candidate, live = (Snapshot.of(storage, cfg.index_name, v) for v in (version, seen))
+    why = other_golden_set(candidate.manifest.get("evaluation"), live.manifest.get("evaluation"))
+    golden = golden_set_of(cfg) if why else None
+    if golden is None or cfg.publish.gate.mode not in (live.manifest.get("evaluation") or {}).get("modes", {}):
+        return None
+    get_run_logger().info("live version %s and this build were measured %s: measuring live again on this build's",
+                          seen, why)
+    return measure_task.with_options(name="measure live on this build's golden set")(
+        live, golden, cfg.evaluation.k, cfg.publish.gate.mode, storage, cfg.run).evaluation()
 
 
 def artifact_key(*parts: str) -> str:

@@ -285,7 +285,8 @@ class EvaluationConfig(_Strict):
 
     queries: str | None = None
     qrels: str | None = None
-    k: Annotated[int, Field(gt=0)] = 100
+    k: Annotated[int, Field(ge=100)] = Field(
+        100, description="results kept per golden query: at least 100, the depth of recall@100, the deepest metric")
 
 
 class RunConfig(_Strict):

@@ -249,11 +249,12 @@ def read_queries(url: str) -> dict[str, str]:
 
 
 def read_qrels(url: str) -> dict[str, dict[str, int]]:
-    """BEIR qrels TSV (query-id, corpus-id, score) with a header line; CRLF tolerated."""
+    """BEIR qrels TSV (query-id, corpus-id, score) with a header line; CRLF and a UTF-8 byte-order mark tolerated."""
     qrels: dict[str, dict[str, int]] = {}
     try:
         with open_input(url, "rt") as fh:
             for lineno, line in enumerate(fh, start=1):
+                line = line.removeprefix("\ufeff") if lineno == 1 else line
                 parts = line.strip().split("\t")
                 if not line.strip() or (lineno == 1 and parts[0] == "query-id"):
                     continue
@@ -267,6 +268,8 @@ def read_qrels(url: str) -> dict[str, dict[str, int]]:
                                      f"are judged again with another score ({judged[doc]}, now {score})")
     except FileNotFoundError:
         raise InputError(f"qrels not found: {redact(url)}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{redact(url)}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return qrels
 
 

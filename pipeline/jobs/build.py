@@ -8,12 +8,10 @@ a build job returns.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 
 from pipeline.config import BM25, PipelineConfig
-from pipeline.errors import SnapshotError
 from pipeline.index.plan import plan_rescore_factor
 from pipeline.index.training import FULL_BUILD
 from pipeline.jobs.executor import Executor
@@ -121,13 +119,12 @@ def evaluate(snapshot: Snapshot, golden: GoldenSet | None, encoder: Encoder, k: 
     for name, data in golden_files(runs, golden.qrels, golden.queries, held, k).items():
         snapshot.storage.write_bytes(name, data)
         files[name] = {"sha256": sha256(data), "bytes": len(data)}
-    evaluation = {"queries": golden.queries_url, "qrels": golden.qrels_url, "golden_sha256": golden.digest,
+    evaluation = {"queries": golden.queries_url, "qrels": golden.qrels_url, "golden_sha256": golden.digest, "k": k,
                   "coverage": coverage(golden.queries, golden.qrels, held).to_dict(), "modes": modes}
-    if drift_mode in runs and len(searcher.doc_ids) >= 2:  # pairs of vectors are compared
-        with contextlib.suppress(SnapshotError):  # no vectors to read back (bm25 alone, IVF-PQ without the store)
-            stats = drift_stats(snapshot, runs[drift_mode], modes[drift_mode], golden.qrels,
-                                geometry=moments.geometry() if moments else None)
-            evaluation["drift"] = {"mode": drift_mode, **stats}
+    if drift_mode in runs:
+        stats = drift_stats(snapshot, runs[drift_mode], modes[drift_mode], golden.qrels,
+                            geometry=moments.geometry() if moments else None)
+        evaluation["drift"] = {"mode": drift_mode, **stats}
     return Evaluated(evaluation, files)
 
 

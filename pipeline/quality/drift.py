@@ -244,14 +244,16 @@ def topk_overlap(a_ids: Sequence[Sequence], b_ids: Sequence[Sequence], k: int = 
     return _r(_overlaps(a_ids, b_ids, k).mean())
 
 
-def snapshot_stats(vectors: np.ndarray, run: Run, *, model: str, version: str | None = None,
+def snapshot_stats(vectors: np.ndarray | None, run: Run, *, model: str, version: str | None = None,
                    corpus: str | None = None, metrics: Mapping[str, float] | None = None,
                    qrels: Qrels | None = None, sample: int = 1000, seed: int = 0,
                    geometry: Geometry | None = None) -> dict:
     """One snapshot's summary: `vectors` are its indexed vectors, `run` its golden queries' results
     (query id -> doc id -> score, e.g. from Searcher hits), `metrics` its golden-set metrics (a mode's
     entry in the manifest's evaluation), `corpus` the manifest's corpus fingerprint (guards top-k overlap),
-    `geometry` the vectors' figures over every row when they were summed elsewhere (vector_stats)."""
+    `geometry` the vectors' figures over every row when they were summed elsewhere (vector_stats). Without vectors
+    to read back (None: an IVF-PQ or binary index alone), or with fewer than 2 (pairs are compared), the summary
+    has no "vectors" section (a check of one of its statistics says it is missing)."""
     out: dict = {"model": model}
     out |= {"version": version} if version else {}
     out |= {"corpus": corpus} if corpus else {}
@@ -260,7 +262,8 @@ def snapshot_stats(vectors: np.ndarray, run: Run, *, model: str, version: str | 
     out["scores"] = score_stats(scores_from_run(run))
     if qrels is not None:
         out["relevance"] = relevance_gap(run, qrels)
-    out["vectors"] = vector_stats(vectors, sample, seed, geometry)
+    if vectors is not None and len(vectors) >= 2:
+        out["vectors"] = vector_stats(vectors, sample, seed, geometry)
     return out
 
 

@@ -55,8 +55,10 @@ def shared_judgments(root: Storage, index: str, candidate: str, live: str | None
     judged = [_read(s, layout.GOLDEN_JUDGMENTS).sort("query_id", "doc_id") for s in snaps]
     if not judged[0].drop("held").equals(judged[1].drop("held")) or judged[0]["held"].equals(judged[1]["held"]):
         return None
-    both = judged[0]["held"] & judged[1]["held"]
+    held, other = judged[0]["held"], judged[1]["held"]
+    both = held & other
     lost = set(judged[0].filter(~both)["doc_id"])
+    one_side = set(judged[0].filter(held ^ other)["doc_id"])  # those neither holds were never in either ranking
     kept = judged[0].filter(both)
     qrels: dict[str, dict[str, int]] = {}
     for q, d, grade in kept.select("query_id", "doc_id", "grade").iter_rows():
@@ -65,7 +67,8 @@ def shared_judgments(root: Storage, index: str, candidate: str, live: str | None
     if any(run is None for run in runs):
         return None
     cand, before = (evaluate_run(qrels, run)[gate.metric] for run in runs)
-    return SharedJudgments(round(cand, 5), round(before, 5), kept.filter(pl.col("grade") > 0).height, len(lost))
+    return SharedJudgments(round(cand, 5), round(before, 5), kept.filter(pl.col("grade") > 0).height,
+                           len(one_side))
 
 
 def _read(snapshot: Snapshot, name: str) -> pl.DataFrame:

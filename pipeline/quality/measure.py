@@ -21,23 +21,22 @@ from pipeline.quality.drift import STORE, Geometry, snapshot_stats, vectors_sour
 from pipeline.quality.golden import GoldenSet
 from pipeline.quality.metrics import METRICS, Qrels, Run
 from pipeline.quality.search import Searcher, evaluated_modes
-from pipeline.redaction import redact
 from pipeline.snapshots.snapshot import Snapshot
 from pipeline.storage.backend import Storage
 
 
-def snapshot_vectors(snapshot: Snapshot) -> np.ndarray:
+def snapshot_vectors(snapshot: Snapshot) -> np.ndarray | None:
     """The snapshot's vectors in FAISS row order, from the file drift.vectors_source names: its fp16 rescoring store,
     memory-mapped (drift.vector_stats reads it block by block, or only its sampled rows: no copy of the corpus's
-    vectors in memory), else reconstructed from a full-dimension float variant."""
+    vectors in memory), else reconstructed from a full-dimension float variant; None when it has neither (an
+    IVF-PQ, binary or bm25 index alone)."""
     source = vectors_source(bool(snapshot.manifest["index"].get("rescore")), snapshot.variants)
     if source == STORE:
         return snapshot.rescore_store()
     if source is not None:
         index = snapshot.index(source)
         return index.reconstruct_n(0, index.ntotal)
-    raise SnapshotError(f"{redact(snapshot.url)}: no fp16 store and no exact, fp16 or int8 variant to read its "
-                        f"vectors from (it has {snapshot.variants}); drift statistics need them")
+    return None
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,8 @@ class Measurement:
     modes: dict[str, dict[str, float]]  # every search mode's golden-set metrics (Searcher.evaluate)
     run: Run  # query id -> doc id -> score, for `mode`
     stats: dict  # drift.snapshot_stats of `mode`
+    golden_sha256: str = ""  # the golden set's (GoldenSet.digest), and the depth its runs were cut to
+    k: int | None = None
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -57,8 +58,10 @@ class Measurement:
         return {m: v for m, v in self.modes[self.mode].items() if m in METRICS}
 
     def evaluation(self) -> dict:
-        """In the manifest's "evaluation" shape, for the quality gate: every mode's metrics, `mode`'s drift."""
-        return {"modes": self.modes, "drift": {"mode": self.mode, **self.stats}}
+        """In the manifest's "evaluation" shape, for the quality gate: every mode's metrics, `mode`'s drift, and what
+        they were measured on."""
+        return {"golden_sha256": self.golden_sha256, "k": self.k, "modes": self.modes,
+                "drift": {"mode": self.mode, **self.stats}}
 
 
 def check_mode(snapshot: Snapshot, mode: str) -> None:
@@ -90,13 +93,13 @@ def measure(snapshot: Snapshot, golden: GoldenSet, k: int, mode: str, searcher: 
     recorded = ((snapshot.manifest.get("evaluation") or {}).get("drift") or {}).get("vectors")
     stats = drift_stats(snapshot, runs[mode], modes[mode], golden.qrels, sample, seed, Geometry.of_summary(recorded))
     return Measurement(snapshot.manifest["index_name"], snapshot.version, card.name, card.dims, mode, modes,
-                       runs[mode], stats)
+                       runs[mode], stats, golden.digest, k)
 
 
 def drift_stats(snapshot: Snapshot, run: Run, metrics: dict[str, float], qrels: Qrels, sample: int = 1000,
                 seed: int = 0, geometry: Geometry | None = None) -> dict:
     """drift.snapshot_stats of one search mode: its golden run and metrics, the snapshot's vectors (only the
-    sampled ones read when `geometry` gives the figures over all of them)."""
+    sampled ones read when `geometry` gives the figures over all of them; none where it keeps none)."""
     return snapshot_stats(snapshot_vectors(snapshot), run, model=snapshot.model_card.name, version=snapshot.version,
                           corpus=(snapshot.manifest.get("corpus") or {}).get("fingerprint"),
                           metrics={m: v for m, v in metrics.items() if m in METRICS}, qrels=qrels, sample=sample,

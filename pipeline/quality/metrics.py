@@ -25,6 +25,13 @@ def top_k(run: Run, k: int) -> dict[str, dict[str, float]]:
     return {q: dict(sorted(docs.items(), key=itemgetter(1, 0), reverse=True)[:k]) for q, docs in run.items()}
 
 
+def by_rank(run: Run) -> dict[str, dict[str, float]]:
+    """Each query's documents scored by their place in its ranking as served (its order: first -1, second -2...).
+    trec_eval sorts by score, ties by doc id descending, in float32: tied documents (reciprocal-rank fusion, Hamming
+    distances) and scores equal in float32 would otherwise be judged in another order than the one served."""
+    return {q: {d: -float(rank) for rank, d in enumerate(docs, start=1)} for q, docs in run.items()}
+
+
 def evaluate_run(qrels: Qrels, run: Run) -> dict[str, float]:
     """Mean of each metric over the judged queries (a judged query missing from the run scores 0)."""
     judged = {q: dict(d) for q, d in qrels.items() if any(v > 0 for v in d.values())}

@@ -30,7 +30,7 @@ from pipeline.index.representations import rescore
 from pipeline.index.variants import Variant, VariantSpec
 from pipeline.models.encoder import Encoder, encoder_for_card
 from pipeline.quality.fusion import RRF, Fusion, Ranked, fuse, parse_hybrid
-from pipeline.quality.metrics import Qrels, Run, evaluate_run, overlap_at_k, top_k
+from pipeline.quality.metrics import Qrels, Run, by_rank, evaluate_run, overlap_at_k, top_k
 from pipeline.snapshots.snapshot import Snapshot
 
 MAX_CHUNKS_FETCHED_PER_DOC = 10  # bounds the over-fetch used to fill k distinct documents
@@ -319,7 +319,7 @@ class Searcher:
             scores, rows = self._ranked(batch, k, mode, memo)
             ms = memo[mode, k][1] * 1000 / len(qids)
             runs[mode] = self.run_of(qids, (scores, rows))
-            report[mode] = {m: round(v, 5) for m, v in evaluate_run(qrels, runs[mode]).items()}
+            report[mode] = {m: round(v, 5) for m, v in evaluate_run(qrels, by_rank(runs[mode])).items()}
             report[mode] |= {"queries": len(qids), "ms_per_query": round(ms, 3)}
         if "exact" in runs:
             exact_top = top_k(runs["exact"], 10)  # cut once, not per mode

@@ -131,12 +131,12 @@ def promote(storage: Storage, index: str, alias: str, version: str, seen: str | 
     on the judgments both can find (pipeline/quality/golden_runs.py, for `seen`). Promoting the version the alias is
     at changes nothing and returns (its state, None)."""
     current = read_alias(storage, index, alias)
-    candidate = json.loads(storage.read_bytes(check_target(storage, index, version)))
-    if version == current.version:  # a retried promote (from where its first try saw the alias): a history event
-        return current, None        # from a version to itself would be what a later rollback steps back to
     if current.version != seen:
         raise AliasMoved(f"alias {index}/{alias} is at {current.version}, not {seen} as the caller saw; nothing "
                          "changed")
+    candidate = json.loads(storage.read_bytes(check_target(storage, index, version)))
+    if version == current.version:  # a retried promote: a history event from a version to itself would be
+        return current, None        # what a later rollback steps back to
     result = None
     if gate is not None:
         live = None
@@ -154,12 +154,15 @@ def promote(storage: Storage, index: str, alias: str, version: str, seen: str | 
 def promote_or_stay(storage: Storage, index: str, alias: str, version: str, seen: str | None, gate: GateConfig,
                     by: str, live_evaluation: dict | None = None, shared: SharedJudgments | None = None) -> Promotion:
     """`promote` as a job reports it: a gate refusal or an alias moved by another run is an outcome (the alias
-    stays where it is now), not an error."""
+    stays where it is now), not an error. An alias already at `version` (a job retried after its promote, which
+    saw the alias where its first attempt did) is promoted, with no gate result."""
     try:
         state, result = promote(storage, index, alias, version, seen, gate, by=by, live_evaluation=live_evaluation,
                                 shared=shared)
     except (GateRefused, AliasMoved) as exc:
-        return Promotion(alias, False, read_alias(storage, index, alias).version, reason=str(exc))
+        if (now := read_alias(storage, index, alias).version) == version:
+            return Promotion(alias, True, version)
+        return Promotion(alias, False, now, reason=str(exc))
     return Promotion(alias, True, state.version, gate=result)
 
 

@@ -129,14 +129,17 @@ def check_gate(gate: GateConfig, candidate: dict | None, live: dict | None,
             reasons.append(f"{gate.metric} {cand:.4f} is below the minimum {gate.min_value:.4f}")
         if live_value is not None and not math.isfinite(live_value):
             notes.append(f"live's {gate.metric} is {live_value}: only the minimum was checked")
-        elif live_value is not None and cand < live_value - gate.max_drop:
+        elif live_value is not None and (why := other_golden_set(candidate, live)):
+            reasons.append(f"the candidate and live were measured {why}: their {gate.metric} do not compare (a build "
+                           "measures live again on its own golden set; --force promotes past the gate)")
+        elif live_value is not None and _below(cand, live_value, gate.max_drop):
             drop = f"{gate.metric} {cand:.4f} is more than {gate.max_drop:.4f} below live's {live_value:.4f}"
             if shared is None:
                 reasons.append(drop + _fewer_judged(candidate, live))
             elif not shared.relevant:  # 0 against 0 on nothing: no evidence the drop is the corpus's
                 reasons.append(f"{drop}, and no relevant judged document is held by both versions to compare them on "
                                f"({shared.dropped} judged documents only one of them holds)")
-            elif shared.candidate < shared.live - gate.max_drop:
+            elif _below(shared.candidate, shared.live, gate.max_drop):
                 reasons.append(f"{drop}, and {_on_shared(shared)}")
             else:
                 notes.append(f"{drop}, but {_on_shared(shared)}: the drop is the corpus's, not the search's")
@@ -154,6 +157,23 @@ def check_gate(gate: GateConfig, candidate: dict | None, live: dict | None,
             drift = check_drift(live_stats, cand_stats, gate.max_drift)
             reasons += [c.problem("live", "the candidate") for c in drift if not c.ok]
     return GateResult(not reasons, cand, live_value, reasons, notes, shared, drift)
+
+
+def _below(value: float, reference: float, max_drop: float) -> bool:
+    """More than `max_drop` below: rounded, so that a drop of exactly max_drop passes (0.40 - 0.35 > 0.05 in
+    floating point), as the monitor's thresholds do."""
+    return round(reference - value, 9) > max_drop
+
+
+def other_golden_set(candidate: dict | None, live: dict | None) -> str | None:
+    """How two evaluations (the manifest's shape) were measured apart, where both record it: on other judgments or
+    queries (the golden set's sha256), or to another depth (evaluation.k); None where their metrics compare."""
+    c, lv = candidate or {}, live or {}
+    if c.get("golden_sha256") and lv.get("golden_sha256") and c["golden_sha256"] != lv["golden_sha256"]:
+        return "on different golden sets (the sha256 of their queries and judgments differ)"
+    if c.get("k") and lv.get("k") and c["k"] != lv["k"]:
+        return f"to different depths (evaluation.k {c['k']} for the candidate, {lv['k']} for live)"
+    return None
 
 
 def _incomparable(live: dict | None, candidate: dict) -> str | None:

@@ -184,7 +184,7 @@ def test_rerun_with_nothing_changed_publishes_nothing_and_a_changed_setting_embe
         rewritten = reindex(runs["config"], corpus).to_dict()
         write_jsonl(runs["work"] / "v2.jsonl", [dict(reversed(d.items())) for d in runs["edited"]])  # keys reordered
         reordered = reindex(runs["config"], corpus).to_dict()
-        deeper = reindex(runs["config"], corpus | {"evaluation.k": 50}).to_dict()
+        deeper = reindex(runs["config"], corpus | {"evaluation.k": 200}).to_dict()
     for rerun in (same, rewritten, reordered):
         c = rerun["counts"]
         assert (c["docs_new"], c["docs_changed"], c["docs_deleted"], c["docs_kept"]) == \

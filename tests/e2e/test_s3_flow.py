@@ -41,7 +41,7 @@ def s3_run(s3_server, tmp_path_factory, sample_docs):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(folder / "prefect")}
     runs = [subprocess.run([cli, "run", str(config), "--json", "--no-example", *extra], capture_output=True,
                            text=True, cwd=REPO, env=env, timeout=600)
-            for extra in ([], ["--set", "evaluation.k=50"])]
+            for extra in ([], ["--set", "evaluation.k=200"])]
     for r in runs:
         assert r.returncode == 0, r.stderr[-3000:]
     return root, [json.loads(r.stdout) for r in runs], "".join(r.stdout + r.stderr for r in runs), folder / "prefect"

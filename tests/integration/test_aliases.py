@@ -106,7 +106,7 @@ def test_gate_refuses_worse_candidates_unless_forced(storage_root):
     assert state.history[-1]["forced"] is True and state.history[-1]["by"] == "alice"
 
 
-QRELS = {"q1": {"a": 1}, "q2": {"b": 1}, "q3": {"c": 1, "z": 0}}
+QRELS = {"q1": {"a": 1}, "q2": {"b": 1, "w": 0}, "q3": {"c": 1, "z": 0}}  # w: judged, held by no version
 
 
 def put_judged(storage: Storage, v: str, held: str, exact: dict[str, str], golden: bool = True) -> None:

@@ -37,7 +37,7 @@ def test_any_change_in_documents_counts_settings_golden_set_or_libraries_builds(
     # the same documents, but another line of the input quarantined: live's counts would no longer add up
     assert why_live_is_current(cfg, live(BASE), COUNTS | {"read": 11, "quarantined": 2}, lambda: "g1") is None
     for changed in ({"index": {"variants": ["exact"]}}, {"evaluation": {"queries": "q.jsonl", "qrels": "r.tsv",
-                                                                        "k": 50}},
+                                                                        "k": 200}},
                     {"model": {"precision": "fp32"}}, {"monitor": {"mode": "ivfpq"}},
                     {"corpus": {"source": "c.jsonl", "max_chars": 10}}):
         assert why_live_is_current(parse_config(BASE | changed), live(BASE), COUNTS, lambda: "g1") is None, changed

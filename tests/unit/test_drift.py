@@ -328,3 +328,19 @@ def test_migration_markdown_sets_blue_and_green_side_by_side_on_hybrid_too():
     md = migration_markdown(report)
     assert "## Golden-set metrics, mode `exact`" in md and "## Golden-set metrics, mode `hybrid:exact`" in md
     assert "| ndcg@10 | 0.7000 | 0.7200 | +0.0200 |" in md
+
+
+def test_a_snapshot_without_vectors_to_read_back_is_summarised_by_its_scores(corpus):
+    """An IVF-PQ or binary index alone keeps no vectors to read back (and a one-chunk corpus has no pairs): the
+    monitor and a migration still measure it, its summary without the vectors section, which a drift check of one
+    of those statistics then reports missing."""
+    from pipeline.snapshots.gate import check_drift
+
+    docs, queries, qrels, _ = corpus
+    run = search(docs, queries)
+    for vectors in (None, docs[:1]):
+        summary = snapshot_stats(vectors, run, model="minilm", qrels=qrels)
+        assert "vectors" not in summary and summary["scores"]["top1"]["mean"] > 0 and summary["relevance"]
+    [check] = check_drift(stats(docs, run, qrels), snapshot_stats(None, run, model="minilm", qrels=qrels),
+                          {"vectors.isotropy": 0.05})
+    assert not check.ok and check.current is None

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from pipeline.quality.metrics import evaluate_run, overlap_at_k
+from pipeline.quality.metrics import by_rank, evaluate_run, overlap_at_k
 
 # Two queries, worked out by hand:
 #  q1 relevant {d1, d3}; ranking d1, d2, d3 -> hits at ranks 1 and 3.
@@ -75,3 +75,12 @@ def test_a_golden_set_whose_judged_queries_have_no_text_fails_naming_them(tmp_pa
     (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n1\tdocA\t0\n4\tdocC\t0\n")
     with pytest.raises(InputError, match=r"qrels\.tsv judges no document relevant \(a score above 0\) to any query"):
         golden_set_of(cfg)
+
+
+def test_tied_documents_are_judged_in_the_order_served():
+    """Reciprocal-rank fusion and Hamming distances tie often, and trec_eval breaks ties by doc id descending (in
+    float32): metrics are computed on each ranking as served (by_rank), so they describe what a user gets."""
+    served = {"q": {"d1": 0.5, "d2": 0.5}, "r": {"a": 1.00000002, "b": 1.00000001}}  # d1 and a served first
+    qrels = {"q": {"d1": 1}, "r": {"a": 1}}
+    assert evaluate_run(qrels, served)["mrr@10"] == 0.5  # trec_eval's own order puts d2 and b first
+    assert evaluate_run(qrels, by_rank(served))["mrr@10"] == 1.0

@@ -117,3 +117,29 @@ def test_drift_limits_are_validated_when_the_config_loads():
             parse_config(base | {"publish": {"gate": {"max_drift": {"vectors.rows": limit}}}})
     cfg = parse_config(base | {"publish": {"gate": {"max_drift": {"vectors.rows": "12.5%", "vectors.isotropy": 0.05}}}})
     assert cfg.publish.gate.max_drift == {"vectors.rows": "12.5%", "vectors.isotropy": 0.05}
+
+
+def test_metrics_measured_on_other_golden_sets_or_depths_do_not_compare():
+    """Judgments edited since live was measured, or another evaluation.k, make the two numbers incomparable: the
+    gate refuses, saying why (a build measures live again on its own golden set before the gate)."""
+    gate = GateConfig(max_drop=0.02)
+    live = evaluation(1.0, found=283) | {"golden_sha256": "aaa", "k": 100}
+    edited = check_gate(gate, evaluation(0.6131, found=283) | {"golden_sha256": "bbb", "k": 100}, live)
+    assert not edited.passed and edited.reasons == [
+        "the candidate and live were measured on different golden sets (the sha256 of their queries and judgments "
+        "differ): their ndcg@10 do not compare (a build measures live again on its own golden set; --force promotes "
+        "past the gate)"]
+    deeper = check_gate(gate, evaluation(1.0, found=283) | {"golden_sha256": "aaa", "k": 200}, live)
+    assert not deeper.passed and "to different depths (evaluation.k 200 for the candidate, 100 for live)" in \
+        deeper.reasons[0]
+    # the same golden set, or a live version that recorded neither: compared as before
+    assert check_gate(gate, evaluation(0.99, found=283) | {"golden_sha256": "aaa", "k": 100}, live).passed
+    assert check_gate(gate, evaluation(0.99, found=283) | {"golden_sha256": "bbb"}, evaluation(1.0, found=283)).passed
+
+
+def test_a_drop_of_exactly_max_drop_passes():
+    """0.40 - 0.35 is 0.05000000000000004 in floating point: the gate rounds as the monitor's thresholds do."""
+    for live, candidate, max_drop in ((0.40, 0.35, 0.05), (0.20, 0.18, 0.02)):
+        result = check_gate(GateConfig(max_drop=max_drop), evaluation(candidate, 283), evaluation(live, 283))
+        assert result.passed, (live, candidate, result.reasons)
+    assert not check_gate(GateConfig(max_drop=0.05), evaluation(0.3499, 283), evaluation(0.40, 283)).passed

@@ -184,6 +184,18 @@ def test_beir_folder_reads_corpus_queries_and_qrels():
     assert set(qrels) <= set(queries) and qrels["1"] == {"31715818": 1}
 
 
+def test_qrels_accept_a_byte_order_mark_and_name_a_file_that_is_not_utf8(tmp_path):
+    from pipeline.corpus.readers import read_qrels
+    from pipeline.errors import InputError
+
+    for header in ("query-id\tcorpus-id\tscore\n", ""):  # the mark before the header, or before the first judgment
+        (tmp_path / "q.tsv").write_bytes(("\ufeff" + header + "1\td1\t1\n").encode())
+        assert read_qrels(str(tmp_path / "q.tsv")) == {"1": {"d1": 1}}
+    (tmp_path / "q.tsv").write_bytes(b"query-id\tcorpus-id\tscore\n1\td\xff\t1\n")
+    with pytest.raises(InputError, match=r"q\.tsv: not UTF-8 text"):
+        read_qrels(str(tmp_path / "q.tsv"))
+
+
 def test_qrels_accept_crlf(tmp_path):
     (tmp_path / "q.tsv").write_bytes(b"query-id\tcorpus-id\tscore\r\n1\tdocA\t1\r\n1\tdocB\t2\r\n")
     assert read_qrels(str(tmp_path / "q.tsv")) == {"1": {"docA": 1, "docB": 2}}
