@@ -12,9 +12,13 @@ The bytes are stored in the server's database with the artifact: keep PNGs small
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from uuid import UUID
 
+from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+from pipeline.redaction import redact
 
 MAX_INLINE_BYTES = 200_000
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -41,3 +45,12 @@ def png_artifact(png: bytes, key: str, description: str | None = None, *, link: 
                              "make it smaller (dpi, size) or store it and pass link=")
         return create_link_artifact(link, link_text=description or key, key=key, description=description)
     return create_markdown_artifact(png_markdown(png, description or key), key=key, description=description)
+
+
+def after_the_fact(what: str, make: Callable[[], object]) -> None:
+    """Make the artifacts of work already done (a version published, an alias moved): a failure is logged, not
+    raised, since failing the run would invite a retry of work that stands."""
+    try:
+        make()
+    except Exception as exc:  # whatever Prefect's client or the chart raises
+        get_run_logger().warning("%s: its artifacts were not made: %s", what, redact(str(exc)))

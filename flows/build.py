@@ -20,7 +20,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.artifacts import png_artifact
+from flows.artifacts import MAX_INLINE_BYTES, after_the_fact, png_artifact
 from flows.engine import early_embedder, embedder_for, executor_for, kernels_for_actors, start_ray_ahead
 from flows.live import measure_task
 from flows.progress import report
@@ -216,17 +216,30 @@ def committed_summary(cfg: PipelineConfig, storage: Storage, job: str, run_id: s
 
 
 def finish_published(cfg: PipelineConfig, storage: Storage, summary: BuildSummary) -> BuildSummary:
-    """A published version's artifacts (the summary, quality against size), then the run's end."""
-    job, version, index_params = summary.job, summary.version, summary.index
-    create_markdown_artifact(build_markdown(summary), key=artifact_key(job, cfg.index_name),
-                             description=f"{job} of {cfg.index_name}: version {version}")
-    if summary.evaluation.get("modes"):  # quality against size per search mode, on the artifact's page
-        png_artifact(quality_vs_bytes_png(index_params, f"{cfg.index_name} {version}: nDCG@10 against bytes"),
-                     key=artifact_key("quality", cfg.index_name),
-                     description=f"nDCG@10 against bytes per vector, {cfg.index_name} {version}")
+    """The run's end once its version is published and promoted: recorded as finished, its artifacts (the summary,
+    quality against size), its work files removed. An artifact that fails is logged: the version is out, and a
+    retry would only fail the same way."""
     mark_finished(storage, summary.run_id)
+    after_the_fact(f"version {summary.version} is published", partial(publish_artifacts, cfg, storage, summary))
     finish_run(cfg, storage, summary.run_id)
     return summary
+
+
+def publish_artifacts(cfg: PipelineConfig, storage: Storage, summary: BuildSummary) -> None:
+    """The summary in markdown; the chart of quality against bytes per search mode, inlined, or kept in the run's
+    folder and linked where it is too large to inline (many variants)."""
+    job, version = summary.job, summary.version
+    create_markdown_artifact(build_markdown(summary), key=artifact_key(job, cfg.index_name),
+                             description=f"{job} of {cfg.index_name}: version {version}")
+    if not summary.evaluation.get("modes"):
+        return
+    png, link = quality_vs_bytes_png(summary.index, f"{cfg.index_name} {version}: nDCG@10 against bytes"), None
+    if len(png) > MAX_INLINE_BYTES:
+        key = layout.run_key(summary.run_id, "quality_vs_bytes.png")
+        storage.write_bytes(key, png)
+        link = redact(storage.url_of(key))
+    png_artifact(png, key=artifact_key("quality", cfg.index_name), link=link,
+                 description=f"nDCG@10 against bytes per vector, {cfg.index_name} {version}")
 
 
 def timed_into(timings: dict[str, float], name: str, fn, *args):

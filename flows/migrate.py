@@ -31,7 +31,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import State
 
-from flows.artifacts import png_artifact
+from flows.artifacts import after_the_fact, png_artifact
 from flows.build import artifact_key, build_snapshot, committed_summary, default_run_id
 from flows.engine import corpus_bytes, kernels_for_actors, start_ray_ahead
 from flows.live import live_version, measure_task
@@ -160,11 +160,15 @@ def migrate(config_path: str, model: str | None = None, overrides: dict[str, Any
     markdown = migration_markdown(report)
     png = blue_green_png(blue.stats, green.stats)
     report_url = write_report_task(storage, built.run_id, report, markdown, png)
-    create_markdown_artifact(markdown + f"\n\nReport JSON: `{report_url}`",
-                             key=artifact_key("migration", cfg.index_name),
-                             description=f"migration of {cfg.index_name}: {blue.model} -> {green.model}, "
-                                         f"{'promoted' if promotion.promoted else 'refused'}")
-    png_artifact(png, key=artifact_key("blue-green", cfg.index_name),
-                 description=f"blue {blue.model} ({blue.version}) vs green {green.model} ({green.version})")
+
+    def artifacts() -> None:
+        create_markdown_artifact(markdown + f"\n\nReport JSON: `{report_url}`",
+                                 key=artifact_key("migration", cfg.index_name),
+                                 description=f"migration of {cfg.index_name}: {blue.model} -> {green.model}, "
+                                             f"{'promoted' if promotion.promoted else 'refused'}")
+        png_artifact(png, key=artifact_key("blue-green", cfg.index_name),
+                     description=f"blue {blue.model} ({blue.version}) vs green {green.model} ({green.version})")
+
+    after_the_fact(f"the migration's report is at {report_url}", artifacts)
     return MigrationSummary(cfg.index_name, alias, built.run_id, str(flow_run.id), blue, green, built.snapshot,
                             built.counts, gate, result, promotion, report, report_url, built.timings_s)

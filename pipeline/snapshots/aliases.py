@@ -154,15 +154,19 @@ def promote(storage: Storage, index: str, alias: str, version: str, seen: str | 
 def promote_or_stay(storage: Storage, index: str, alias: str, version: str, seen: str | None, gate: GateConfig,
                     by: str, live_evaluation: dict | None = None, shared: SharedJudgments | None = None) -> Promotion:
     """`promote` as a job reports it: a gate refusal or an alias moved by another run is an outcome (the alias
-    stays where it is now), not an error. An alias already at `version` (a job retried after its promote, which
-    saw the alias where its first attempt did) is promoted, with no gate result."""
+    stays where it is now), not an error. A version the alias was promoted to before (a job retried after its
+    promote) is not promoted again: where the alias moved on since (a rollback), that was someone's choice."""
+    current = read_alias(storage, index, alias)
+    if any(e["action"] == "promote" and e["version"] == version for e in current.history):
+        if current.version == version:
+            return Promotion(alias, True, version)
+        return Promotion(alias, False, current.version, reason=f"{version} was promoted before and the alias has "
+                         f"moved to {current.version} since: not promoted again")
     try:
         state, result = promote(storage, index, alias, version, seen, gate, by=by, live_evaluation=live_evaluation,
                                 shared=shared)
     except (GateRefused, AliasMoved) as exc:
-        if (now := read_alias(storage, index, alias).version) == version:
-            return Promotion(alias, True, version)
-        return Promotion(alias, False, now, reason=str(exc))
+        return Promotion(alias, False, read_alias(storage, index, alias).version, reason=str(exc))
     return Promotion(alias, True, state.version, gate=result)
 
 
