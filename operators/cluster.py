@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 
 import ray
 
@@ -14,6 +15,17 @@ from pipeline.jobs.worker import NODE_ENV
 # What every worker process needs, whoever started it: no model hub, no tokenizer thread pools in workers
 # that already run one task per CPU, and the EMBEDPIPE_* settings (fault injection, model cache).
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+# What a cluster's workers are told of this process's environment (Ray keeps a job's runtime_env in its records and
+# dashboard, so secrets such as EMBEDPIPE_SERVE_TOKEN stay here): the caches' places and the tests' faults.
+FORWARDED = ("EMBEDPIPE_DIGEST_CACHE", "EMBEDPIPE_KERNEL_CACHE", "EMBEDPIPE_MODEL_CACHE", "EMBEDPIPE_SNAPSHOT_CACHE",
+             "EMBEDPIPE_FAULT_")
+
+
+def cluster_worker_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment a cluster's workers get from this process (its runtime_env's variables)."""
+    return WORKER_ENV | {k: v for k, v in environ.items() if k.startswith(FORWARDED)}
 
 
 def ensure_ray(num_cpus: int | None = None, warm_workers: bool = False) -> None:
@@ -35,7 +47,7 @@ def ensure_ray(num_cpus: int | None = None, warm_workers: bool = False) -> None:
         if why := _unreachable(address):  # ray.init retries a dead address for minutes
             raise ClusterError(f"cannot join the Ray cluster at RAY_ADDRESS={address}: {why}; expected a running "
                                "cluster's head there (ray start --head), or unset RAY_ADDRESS to start a local one")
-        runtime_env = {"env_vars": WORKER_ENV | {k: v for k, v in os.environ.items() if k.startswith("EMBEDPIPE_")}}
+        runtime_env = {"env_vars": cluster_worker_env(os.environ)}
     else:
         # A local instance's workers inherit this process's environment. A runtime_env would say the same, but
         # then no pooled worker fits an actor: each waits for a fresh one (~0.8 s more per actor start).
@@ -66,6 +78,14 @@ def check_actor_fits(run: RunConfig) -> None:
                            f"{run.gpus_per_actor:g} GPU(s) (run.gpus_per_actor), and this machine's Ray has {cpus:g} "
                            f"CPU(s) and {gpus:g} GPU(s), so none could start: expected at most those, or RAY_ADDRESS "
                            "naming a cluster with nodes that size")
+
+
+def fitting_cpus(cpus: float) -> float:
+    """The CPUs a task may ask for: on a local instance at most its own (more would keep the task pending forever:
+    `monitor --set run.cpus_per_actor=64` on a laptop); a cluster's autoscaler may yet add a node that fits."""
+    if os.environ.get("RAY_ADDRESS"):
+        return cpus
+    return min(cpus, ray.cluster_resources().get("CPU", cpus))
 
 
 def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import ray
 
-from operators.cluster import ensure_ray, mark_node, unwrap
+from operators.cluster import ensure_ray, fitting_cpus, mark_node, unwrap
 from pipeline.index.faiss_ops import faiss_threads
 from pipeline.jobs.executor import RAY_TASKS
 
@@ -31,6 +31,7 @@ class RayExecutor:
         if not items:
             return []
         ensure_ray()
+        cpus = fitting_cpus(cpus)
         fn_ref = ray.put(fn)  # the step and its arguments (config, storage) travel once, not once per item
         pending = {_call.options(num_cpus=cpus).remote(fn_ref, item, cpus): i for i, item in enumerate(items)}
         results: list = [None] * len(items)

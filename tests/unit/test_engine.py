@@ -83,3 +83,12 @@ def test_only_a_build_sure_to_use_ray_starts_it_ahead(tmp_path):
     assert uses_ray_whatever_the_plan(cfg, storage, full=True)
     on_ray = cfg.model_copy(update={"run": cfg.run.model_copy(update={"local_prepare_max_bytes": 0})})
     assert uses_ray_whatever_the_plan(on_ray, storage, full=False)  # prepared by Ray tasks
+
+
+def test_a_clusters_workers_get_the_caches_places_but_no_secret():
+    """Ray keeps a job's runtime_env in its job records and dashboard: the serving token stays in this process."""
+    from operators.cluster import WORKER_ENV, cluster_worker_env
+
+    env = cluster_worker_env({"EMBEDPIPE_SERVE_TOKEN": "s3cret", "EMBEDPIPE_MODEL_CACHE": "/cache/models",
+                              "EMBEDPIPE_FAULT_KILL_SHARD": "1", "AWS_SECRET_ACCESS_KEY": "k", "HOME": "/root"})
+    assert env == WORKER_ENV | {"EMBEDPIPE_MODEL_CACHE": "/cache/models", "EMBEDPIPE_FAULT_KILL_SHARD": "1"}
