@@ -167,7 +167,12 @@ def gc(root: Root, index: Index,
     for v, why in sorted(plan.keep.items()):
         console.print(f"  keep   {v}  ({why})", soft_wrap=True)
     for v, why in sorted(plan.delete.items()):
-        console.print(f"  {'would delete' if dry_run else 'deleted'} {v}  ({why})", soft_wrap=True)
+        if dry_run:
+            console.print(f"  would delete {v}  ({why})", soft_wrap=True)
+        elif v in deleted:
+            console.print(f"  deleted {v}  ({why})", soft_wrap=True)
+        else:  # apply_gc keeps a version an alias moved to after the plan read the aliases
+            console.print(f"  keep   {v}  (an alias moved to it while gc ran)", soft_wrap=True)
 
 
 def _build_root(root: str, kept: str):

@@ -124,3 +124,25 @@ def test_gc_runs_deletes_the_work_of_runs_abandoned_long_ago_and_keeps_their_rec
     assert "nothing to delete" in cli("gc-runs", str(root)).stdout
     typo = cli("gc-runs", str(tmp_path / "typo"))
     assert typo.exit_code == 2 and "no snapshots and no runs" in typo.stderr
+
+
+def test_gc_says_kept_for_a_version_an_alias_moved_to_while_it_ran(tmp_path, monkeypatch):
+    import pipeline.snapshots.retention as retention
+    from pipeline.snapshots.aliases import promote
+
+    root, s = str(tmp_path), Storage(str(tmp_path))
+    for day in (1, 2, 3):
+        put(s, version(day), ndcg=0.60)
+    promote(s, "idx", "live", version(3), None)
+    planned = retention.plan_gc
+
+    def plan_then_promote(*args, **kwargs):  # an operator promotes v1 between gc's plan and its deletes
+        plan = planned(*args, **kwargs)
+        promote(s, "idx", "live", version(1), version(3))
+        return plan
+
+    monkeypatch.setattr(retention, "plan_gc", plan_then_promote)
+    out = cli("gc", root, "idx", "--keep-last", "1", "--grace-hours", "0")
+    assert out.exit_code == 0 and f"deleted {version(2)}" in out.stdout
+    assert f"keep   {version(1)}  (an alias moved to it while gc ran)" in out.stdout
+    assert f"deleted {version(1)}" not in out.stdout and version(1) in s.list("snapshots/idx")
