@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -250,10 +251,28 @@ def timed_into(timings: dict[str, float], name: str, fn, *args):
     return out
 
 
+@contextmanager
+def resumable(run_id: str) -> Iterator[None]:
+    """An error out of a run names its id, which resumes it: the CLI prints the note under its error line."""
+    try:
+        yield
+    except Exception as exc:
+        note = f"run {run_id}: `--run-id {run_id}` resumes it, keeping what it committed"
+        if note not in getattr(exc, "__notes__", ()):  # a migration's build is inside its own
+            exc.add_note(note)
+        raise
+
+
 def build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str, planner: Planner,
                    full: bool = False) -> BuildSummary:
     """Run the stages, publish a new version and promote it through the gate; returns the run's summary. `full`:
     the planner redoes every document (then the run is sure to use Ray for a corpus big enough for actors)."""
+    with resumable(run_id):
+        return _build_snapshot(cfg, storage, run_id, job, planner, full)
+
+
+def _build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str, planner: Planner,
+                    full: bool) -> BuildSummary:
     logger = get_run_logger()
     # What the alias points at now: promotion moves it from here, or not at all (an overlapping run that
     # promoted meanwhile makes this one's promote fail instead of silently overwriting it).

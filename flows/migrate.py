@@ -32,7 +32,7 @@ from prefect.runtime import flow_run
 from prefect.states import State
 
 from flows.artifacts import after_the_fact, png_artifact
-from flows.build import artifact_key, build_snapshot, committed_summary, default_run_id
+from flows.build import artifact_key, build_snapshot, committed_summary, default_run_id, resumable
 from flows.engine import corpus_bytes, kernels_for_actors, start_ray_ahead
 from flows.live import live_version, measure_task
 from flows.scheduled_runs import cancel_if_planned_by_replaced_schedule
@@ -132,8 +132,8 @@ def migrate(config_path: str, model: str | None = None, overrides: dict[str, Any
     golden = load_golden_set(cfg, blue_snapshot.manifest)
     gate, k = cfg.publish.gate, cfg.evaluation.k
     # Blue first: a blue that cannot be measured (no such search mode, a missing file) stops before the build.
-    blue = measure_task.with_options(name="measure blue (live) on the golden set")(blue_snapshot, golden, k, gate.mode,
-                                                                                  storage, cfg.run)
+    blue = measure_task.with_options(name="measure blue (live) on the golden set")(
+        blue_snapshot, golden, k, gate.mode, storage, cfg.run)
     # the precision is part of the fingerprint compared here
     cfg, _ = kernels_for_actors(cfg, storage, run_id, corpus_bytes(cfg))
     card = cached_encoder(cfg.model).card
@@ -143,32 +143,34 @@ def migrate(config_path: str, model: str | None = None, overrides: dict[str, Any
                           "model)")
 
     why = f"full build with {card.name}: migration from {blue.model} (live version {blue.version})"
-    green_cfg = cfg.model_copy(update={"publish": cfg.publish.model_copy(update={"alias": None})})
-    if green_version := unreported_green(storage, cfg.index_name, run_id):
-        logger.info("run %s committed green %s before it stopped: measuring and promoting it", run_id, green_version)
-        built = committed_summary(cfg, storage, "migrate", run_id, green_version, {})
-    else:
-        built = build_snapshot(green_cfg, storage, run_id, "migrate",
-                               partial(plan_full_build, cfg=cfg, why=why, base=blue.version), full=True)
-    green_snapshot = Snapshot.of(storage, cfg.index_name, built.version)
-    green = measure_task.with_options(name="measure green (candidate) on the golden set")(
-        green_snapshot, golden, k, gate.mode, storage, cfg.run)
+    with resumable(run_id):  # from here an error names the run id, which resumes it
+        green_cfg = cfg.model_copy(update={"publish": cfg.publish.model_copy(update={"alias": None})})
+        if green_version := unreported_green(storage, cfg.index_name, run_id):
+            logger.info("run %s committed green %s before it stopped: measuring and promoting it", run_id,
+                        green_version)
+            built = committed_summary(cfg, storage, "migrate", run_id, green_version, {})
+        else:
+            built = build_snapshot(green_cfg, storage, run_id, "migrate",
+                                   partial(plan_full_build, cfg=cfg, why=why, base=blue.version), full=True)
+        green_snapshot = Snapshot.of(storage, cfg.index_name, built.version)
+        green = measure_task.with_options(name="measure green (candidate) on the golden set")(
+            green_snapshot, golden, k, gate.mode, storage, cfg.run)
 
-    result = gate_check(gate, blue, green)
-    promotion = promote_green_task(cfg, storage, alias, blue, green, result.passed, "; ".join(result.reasons))
-    report = migration_report(alias, golden, gate, result, promotion, blue, green)
-    markdown = migration_markdown(report)
-    png = blue_green_png(blue.stats, green.stats)
-    report_url = write_report_task(storage, built.run_id, report, markdown, png)
+        result = gate_check(gate, blue, green)
+        promotion = promote_green_task(cfg, storage, alias, blue, green, result.passed, "; ".join(result.reasons))
+        report = migration_report(alias, golden, gate, result, promotion, blue, green)
+        markdown = migration_markdown(report)
+        png = blue_green_png(blue.stats, green.stats)
+        report_url = write_report_task(storage, built.run_id, report, markdown, png)
 
-    def artifacts() -> None:
-        create_markdown_artifact(markdown + f"\n\nReport JSON: `{report_url}`",
-                                 key=artifact_key("migration", cfg.index_name),
-                                 description=f"migration of {cfg.index_name}: {blue.model} -> {green.model}, "
-                                             f"{'promoted' if promotion.promoted else 'refused'}")
-        png_artifact(png, key=artifact_key("blue-green", cfg.index_name),
-                     description=f"blue {blue.model} ({blue.version}) vs green {green.model} ({green.version})")
+        def artifacts() -> None:
+            create_markdown_artifact(markdown + f"\n\nReport JSON: `{report_url}`",
+                                     key=artifact_key("migration", cfg.index_name),
+                                     description=f"migration of {cfg.index_name}: {blue.model} -> {green.model}, "
+                                                 f"{'promoted' if promotion.promoted else 'refused'}")
+            png_artifact(png, key=artifact_key("blue-green", cfg.index_name),
+                         description=f"blue {blue.model} ({blue.version}) vs green {green.model} ({green.version})")
 
-    after_the_fact(f"the migration's report is at {report_url}", artifacts)
-    return MigrationSummary(cfg.index_name, alias, built.run_id, str(flow_run.id), blue, green, built.snapshot,
-                            built.counts, gate, result, promotion, report, report_url, built.timings_s)
+        after_the_fact(f"the migration's report is at {report_url}", artifacts)
+        return MigrationSummary(cfg.index_name, alias, built.run_id, str(flow_run.id), blue, green, built.snapshot,
+                                built.counts, gate, result, promotion, report, report_url, built.timings_s)

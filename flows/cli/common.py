@@ -49,7 +49,14 @@ def fail(exc: Exception) -> NoReturn:
         traceback.print_exception(exc, file=sys.stderr)
     # Unwrapped and without markup: messages quote values like ['id'] and are grepped by scripts.
     err_console.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
+    print_notes(exc)
     raise typer.Exit(code=2)
+
+
+def print_notes(exc: Exception) -> None:
+    """The notes added on the way up (a run's id, to resume it), one per line under the error."""
+    for note in getattr(exc, "__notes__", ()):
+        err_console.print(Text(f"  {note}"), soft_wrap=True)
 
 
 def reports_errors(command: F) -> F:
@@ -72,6 +79,7 @@ def reports_errors(command: F) -> F:
             hint = "" if debugging() else " (--debug prints its traceback)"
             err_console.print(Text.assemble(("error: ", "bold red"), f"unexpected {type(exc).__name__}: "
                                             f"{redact(str(exc))}{hint}"), soft_wrap=True)
+            print_notes(exc)
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]

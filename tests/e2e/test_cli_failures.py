@@ -4,6 +4,7 @@ line; storage lost mid-run ends in one `error:` line, not tracebacks; a killed C
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -93,6 +94,9 @@ def test_storage_lost_mid_run_ends_in_one_error_line(tmp_path, sample_docs, pref
     line = _one_error_line(subprocess.CompletedProcess(cli.args, cli.returncode, stdout, stderr))
     assert line.startswith("error: storage root s3://midrun/store") and f"127.0.0.1:{port}" in line
     assert stdout == ""  # --json keeps stdout for the result; there is none
+    # under it, the run id that resumes the run (chosen inside the flow: the user could not know it otherwise)
+    after = stderr.splitlines()[stderr.splitlines().index(line) + 1]
+    assert re.fullmatch(r"  run (reindex-[0-9a-f-]+): `--run-id \1` resumes it, keeping what it committed", after)
 
 
 def test_a_killed_cli_leaves_no_process_behind(tmp_path, sample_docs):
