@@ -193,20 +193,23 @@ def drop_runs_of_replaced_schedules(deployment_id: UUID) -> int:
         DeploymentFilterId,
         FlowRunFilter,
         FlowRunFilterState,
+        FlowRunFilterStateName,
         FlowRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
 
-    scheduled = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])))
+    # "Scheduled" by name: Late, AwaitingRetry and AwaitingConcurrencySlot runs are of that type too, and were due
+    scheduled = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]),
+                                                       name=FlowRunFilterStateName(any_=["Scheduled"])))
     with get_client(sync_client=True) as client:
-        current = {s.id for s in client.read_deployment_schedules(deployment_id)}
+        current = client.read_deployment_schedules(deployment_id)
         ours, runs, page = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])), [], 200
         while batch := client.read_flow_runs(deployment_filter=ours, flow_run_filter=scheduled, limit=page,
                                              offset=len(runs)):
             runs += batch
             if len(batch) < page:
                 break
-        stale = [r.id for r in runs if planned_by_replaced_schedule(r, current)]
+        stale = [r.id for r in runs if r.run_count == 0 and planned_by_replaced_schedule(r, current)]
         for run_id in stale:
             client.delete_flow_run(run_id)
     return len(stale)

@@ -275,3 +275,31 @@ def test_the_model_upgrade_runs_on_demand_and_the_quality_check_every_monday(pre
     next_run = datetime.datetime.fromisoformat(registered["monitor live index/weekly-quality"]["next_run"])
     assert (next_run.weekday(), next_run.hour, next_run.minute) == (0, 3, 0)  # Monday 03:00 UTC
     assert datetime.timedelta(0) < next_run - datetime.datetime.now(datetime.UTC) <= datetime.timedelta(days=7)
+
+
+def test_a_late_or_retried_run_of_a_schedule_a_deploy_renewed_still_runs():
+    """Prefect gives a deployment's schedules new ids on every deploy, even unchanged: only a run planned from the
+    old schedule for after the deploy, that never ran, is one of the runs above. A Late run (due before the deploy,
+    its worker down) and a failed run retried (Retry in the UI resumes its run id) are not."""
+    import uuid
+
+    from prefect.client.schemas.objects import CreatedBy, DeploymentSchedule, FlowRun
+    from prefect.client.schemas.schedules import CronSchedule
+
+    from flows.scheduled_runs import planned_by_replaced_schedule
+
+    deployed = datetime.datetime.now(datetime.UTC)
+    now = [DeploymentSchedule(id=uuid.uuid4(), created=deployed, deployment_id=uuid.uuid4(),
+                              schedule=CronSchedule(cron="0 2 * * *"))]
+
+    def run(hours_after_deploy: float, run_count: int = 0, schedule: uuid.UUID | None = None) -> FlowRun:
+        return FlowRun(flow_id=uuid.uuid4(), auto_scheduled=True, run_count=run_count,
+                       created_by=CreatedBy(id=schedule or uuid.uuid4(), type="SCHEDULE"),
+                       expected_start_time=deployed + datetime.timedelta(hours=hours_after_deploy))
+
+    assert planned_by_replaced_schedule(run(3), now)  # inserted by a pass that read the old schedule
+    assert planned_by_replaced_schedule(run(3, run_count=1), now)  # the same, started: ended at once
+    assert not planned_by_replaced_schedule(run(-7), now)  # Late: due before the deploy
+    assert not planned_by_replaced_schedule(run(-7, run_count=2), now)  # retried after it failed
+    assert not planned_by_replaced_schedule(run(3, run_count=2), now)
+    assert not planned_by_replaced_schedule(run(3, schedule=now[0].id), now)  # the schedule it has now
