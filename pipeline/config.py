@@ -204,7 +204,7 @@ class IvfConfig(_Strict):
     nbits: Annotated[int, Field(ge=1, le=8)] | None = None
     nprobe: Annotated[int, Field(gt=0)] | None = None
     # The training sample's cap, i.e. its memory (200k x 384 dims x 4 B = 307 MB); nlist <= cap / 39.
-    max_train_points: Annotated[int, Field(gt=0)] = 200_000
+    max_train_points: Annotated[int, Field(ge=2)] = 200_000  # k-means needs a point per centroid: 2 at the least
     # An incremental build reuses live's training (IVF-PQ's, int8's ranges) while its vectors' reconstruction
     # error stays within this multiple of the error when trained (index/training.py; benchmarks/training_reuse.py)
     max_reuse_error_ratio: Annotated[float, Field(ge=1.0)] = 1.15

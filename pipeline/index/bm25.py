@@ -47,7 +47,8 @@ class ShardStatistics:
     def of(cls, terms: pl.Series, tf: pl.Series) -> ShardStatistics:
         """From a shard's chunks: each one's distinct terms (list[str]) and their counts (list[int])."""
         df = terms.explode().drop_nulls().value_counts(name="df").rename({terms.name: "term"})
-        return cls(len(terms), int(tf.list.sum().sum() or 0), df.with_columns(pl.col("df").cast(pl.Int64)))
+        tokens = tf.list.sum().cast(pl.Int64).sum()  # counts are UInt32, whose sum wraps past 2^32 terms a shard
+        return cls(len(terms), int(tokens or 0), df.with_columns(pl.col("df").cast(pl.Int64)))
 
     def to_dict(self) -> dict:
         return {"chunks": self.chunks, "tokens": self.tokens}
@@ -109,9 +110,9 @@ def score_postings(chunks: pl.DataFrame, stats: CorpusStatistics, params: Bm25Pa
     cells = (chunks.select("row", "terms", "tf", length).explode(["terms", "tf"]).drop_nulls("terms")
              .join(stats.vocab.select(pl.col("term").alias("terms"), "col", "idf"), on="terms", how="left"))
     if cells["col"].null_count():
-        missing = cells.filter(pl.col("col").is_null())["terms"][0]
-        raise IndexBuildError(f"term {missing!r} of row {cells['row'][0]} is not in the merged statistics; expected "
-                              "every shard's terms to be counted in them")
+        missing = cells.filter(pl.col("col").is_null()).row(0, named=True)
+        raise IndexBuildError(f"term {missing['terms']!r} of row {missing['row']} is not in the merged statistics; "
+                              "expected every shard's terms to be counted in them")
     tf = cells["tf"].to_numpy().astype(np.float32).astype(np.float64)
     lengths = cells["length"].to_numpy().astype(np.float64)
     tfc = tf / (params.k1 * ((1 - params.b) + params.b * lengths / stats.avg_length) + tf)

@@ -11,7 +11,7 @@ import numpy as np
 from pipeline.config import IndexConfig
 from pipeline.errors import IndexBuildError
 from pipeline.index.faiss_ops import check_finite, check_vectors, from_bytes, to_bytes
-from pipeline.index.plan import plan_ivf
+from pipeline.index.plan import plan_ivf, training_points
 from pipeline.index.representations import matryoshka
 from pipeline.index.training import FULL_BUILD, TrainContext, Training
 from pipeline.index.variants import VariantSpec
@@ -20,7 +20,7 @@ from pipeline.storage.layout import trained_file
 
 def training_rows(n: int, cfg: IndexConfig, seed: int) -> np.ndarray:
     """The rows every variant that trains is trained on: a seeded sample of the planned size, in row order."""
-    size = plan_ivf(n, cfg.ivf).train_points
+    size = training_points(n, cfg.ivf)
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
@@ -77,7 +77,7 @@ def train_variants(cfg: IndexConfig, n: int, dims: int, sample: np.ndarray, seed
         kind = spec.kind
         x = matryoshka(sample, spec.dims) if len(sample) else np.empty((0, spec.dims or dims), np.float32)
         d = spec.dims or dims
-        ctx = TrainContext(cfg, seed, training, spec.name, n, plan_ivf(n, cfg.ivf) if kind.trains else None,
+        ctx = TrainContext(cfg, seed, training, spec.name, n, plan_ivf(n, cfg.ivf) if kind.ivf else None,
                            fit_only)
         index, params = kind.train(x, d, ctx)
         params = {"kind": kind.name, "dims": d, "file": spec.file, **params}

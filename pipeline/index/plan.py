@@ -83,11 +83,16 @@ def plan_rescore_factor(n: int) -> int:
     return RESCORE_FACTOR_PER_1M * max(1, math.ceil(math.sqrt(n / 1_000_000)))
 
 
+def training_points(n: int, cfg: IvfConfig) -> int:
+    """How many of n vectors every variant that trains is trained on (one sample for all of them)."""
+    return min(n, cfg.max_train_points)
+
+
 def plan_ivf(n: int, cfg: IvfConfig) -> IvfPlan:
     if n < 2:
         raise IndexBuildError(f"an IVF index (ivfpq, int8-ivf, binary-ivf) needs at least 2 vectors to train its "
                               f"lists, and this corpus has {n}: leave those out of index.variants")
-    train = min(n, cfg.max_train_points)
+    train = training_points(n, cfg)
     nlist = cfg.nlist or min(plan_nlist(n), max(1, train // MIN_POINTS_PER_CENTROID))
     if nlist > train:
         raise IndexBuildError(f"index.ivf.nlist ({nlist}) exceeds the {train} training vectors available")

@@ -28,7 +28,7 @@ import numpy as np
 from pipeline.config import VARIANT_KINDS, VARIANT_PATTERN
 from pipeline.errors import IndexBuildError, SnapshotError
 from pipeline.index.faiss_ops import centroid_error, reconstruction_error, to_bytes, train_ivfpq
-from pipeline.index.plan import IvfPlan, plan_ivfpq
+from pipeline.index.plan import IvfPlan, plan_ivfpq, training_points
 from pipeline.index.ranking import rerank
 from pipeline.index.representations import Int8Ranges, asymmetric_binary_scores, matryoshka, pack_signs
 from pipeline.index.training import TrainContext, kept_training
@@ -136,7 +136,8 @@ class Int8(Kind):
         index.train(sample)
         return index, {"factory": factory, "bytes_per_vector": dims,
                        "int8_ranges": Int8Ranges.from_index(self.quantizer(index)).to_dict(),
-                       "train_points": ctx.ivf.train_points, "seed": ctx.seed, **params, "training": kept,
+                       "train_points": training_points(ctx.n, ctx.cfg.ivf), "seed": ctx.seed, **params,
+                       "training": kept,
                        "reconstruction_error": self.fit_error(index, sample)}
 
     @staticmethod

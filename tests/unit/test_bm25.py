@@ -141,6 +141,17 @@ def test_the_matrix_is_refused_when_shards_come_out_of_row_order_or_disagree_wit
         write_bm25(tmp_path / "extra", [*scored, extra], stats, params)
 
 
+def test_a_shards_statistics_count_past_2_to_the_32_terms_and_a_stale_term_is_named_with_its_row():
+    schema = {"row": pl.Int64, "terms": pl.List(pl.String), "tf": pl.List(pl.UInt32)}
+    big = pl.DataFrame({"row": [0, 1], "terms": [["a"], ["b"]], "tf": [[3_000_000_000], [3_000_000_000]]}, schema)
+    assert ShardStatistics.of(big["terms"], big["tf"]).tokens == 6_000_000_000  # UInt32 wrapped to 1,705,032,704
+    known = pl.DataFrame({"row": [0], "terms": [["heart"]], "tf": [[1]]}, schema)
+    stats = CorpusStatistics.merge([ShardStatistics.of(known["terms"], known["tf"])])
+    stale = pl.DataFrame({"row": [0, 7], "terms": [["heart"], ["kidney"]], "tf": [[1], [2]]}, schema)
+    with pytest.raises(IndexBuildError, match="term 'kidney' of row 7 is not in the merged statistics"):
+        score_postings(stale, stats, Bm25Params())
+
+
 def test_analyzer_stems_drops_stop_words_and_is_recorded_whole():
     analyzer = Analyzer.of(Bm25Config())
     assert analyzer.terms(["The studies of running mice", "a"]) == [["studi", "run", "mice"], []]

@@ -171,6 +171,8 @@ def test_errors_show_ordinary_values_and_redact_only_secret_fields():
     # recall@100 of runs cut to 10 would be recall@10 under another name
     with pytest.raises(ConfigError, match=r"evaluation\.k: Input should be greater than or equal to 100 \(got 10\)"):
         parse_config({**base, "evaluation": {"k": 10}})
+    with pytest.raises(ConfigError, match=r"index\.ivf\.max_train_points: Input should be greater than or equal to 2"):
+        parse_config({**base, "index": {"ivf": {"max_train_points": 1}}})  # FAISS's k-means failed after embedding
     with pytest.raises(ConfigError, match=r"model\.batch_tokens\.cpu: .* \(got -1\)"):
         parse_config({**base, "model": {"batch_tokens": {"cpu": -1}}})
     with pytest.raises(ConfigError) as err:  # storage options may carry credentials: never echoed

@@ -287,3 +287,22 @@ def test_an_explicit_nbits_needs_its_training_vectors_and_zero_vectors_fit_witho
     index = build_ivfpq(rng.standard_normal((2000, 16)).astype(np.float32), plan_ivfpq(2000, 16, IvfConfig()), seed=0)
     # all-zero fit rows: a figure (0 or 1), not NaN, which a later build would read as "no fit" every time
     assert reconstruction_error(index, np.zeros((50, 16), np.float32)) in (0.0, 1.0)
+
+
+def test_flat_int8_trains_on_any_corpus_an_ivf_plan_would_refuse():
+    """int8 trains its ranges, not lists: a one-chunk corpus, or an index.ivf.nlist meant for the IVF variants of a
+    larger one, must not refuse it with an error about IVF."""
+    from pipeline.config import IndexConfig
+    from pipeline.errors import IndexBuildError
+    from pipeline.index.build_variants import build_variants
+
+    rng = np.random.default_rng(0)
+    for n, ivf in ((1, {}), (50, {"nlist": 64})):
+        x = rng.normal(size=(n, 32)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        indexes, params = build_variants(IndexConfig(variants=["exact", "int8"], ivf=ivf), x, 0)
+        assert indexes["int8"].ntotal == n and params["int8"]["train_points"] == n
+        _, rows = indexes["int8"].search(x[:1], 1)
+        assert rows[0][0] == 0
+    with pytest.raises(IndexBuildError, match=r"index\.ivf\.nlist \(64\) exceeds the 50 training vectors"):
+        build_variants(IndexConfig(variants=["exact", "ivfpq"], ivf={"nlist": 64}), x, 0)
