@@ -1,15 +1,21 @@
-"""Text to BM25 terms, the same way for chunks and for queries: bm25s' tokenizer (lower-cased runs of two or more
-word characters, scikit-learn's pattern), bm25s' English stop words removed, then a Snowball stemmer (PyStemmer).
+"""Text to BM25 terms, the same way for chunks and for queries: Unicode NFKC normalisation (an accent typed as its
+own combining mark, as macOS and some PDF extractors write it, or a full-width letter, becomes the character a query
+types; `\w` does not match combining marks, so "re\u0301sume\u0301" was the terms "re" and "sume"), bm25s'
+tokenizer (lower-cased runs of two or more word characters, scikit-learn's pattern), bm25s' English stop words
+removed, then a Snowball stemmer (PyStemmer).
 
 The manifest records all of it (`describe`), so a reader without embedpipe analyses queries alike with
-`bm25s.tokenize(texts, stopwords="en", stemmer=Stemmer.Stemmer("english"))`. The fingerprint keys the term cache
-(pipeline/index/term_cache.py): another analyzer, or another release of either library, never reuses terms.
+`bm25s.tokenize([unicodedata.normalize("NFKC", t) for t in texts], stopwords="en",
+stemmer=Stemmer.Stemmer("english"))`. The fingerprint keys the term cache (pipeline/index/term_cache.py): another
+analyzer, or another release of either library, never reuses terms. A manifest from before normalisation was
+recorded has none, and its queries are analysed without it, as its chunks were.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -39,9 +45,12 @@ class Analyzer:
     lower: bool = True
     stopwords: str = "en"
     stemmer: str | None = "english"
+    normalize: str | None = "NFKC"  # unicodedata's form, before tokenizing; None: none (manifests before it)
     _stem: object = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.normalize not in (None, "NFC", "NFKC"):
+            raise ConfigError(f"Unicode normalisation {self.normalize!r}: expected NFKC, NFC or none")
         if self.stopwords not in STOPWORDS:
             raise ConfigError(f"index.bm25.stopwords {self.stopwords!r}: expected one of {sorted(STOPWORDS)}")
         if self.stemmer is not None and self.stemmer not in Stemmer.algorithms():
@@ -50,7 +59,7 @@ class Analyzer:
         object.__setattr__(self, "_stem", Stemmer.Stemmer(self.stemmer) if self.stemmer else None)
 
     def __reduce__(self):  # the stemmer is a C object: rebuild it on the other side (Ray tasks, Prefect)
-        return (type(self), (self.lower, self.stopwords, self.stemmer))
+        return (type(self), (self.lower, self.stopwords, self.stemmer, self.normalize))
 
     @classmethod
     def of(cls, cfg: Bm25Config) -> Analyzer:
@@ -60,7 +69,7 @@ class Analyzer:
     def from_dict(cls, recorded: dict, where: str) -> Analyzer:
         """The analyzer a manifest records; refuses one this installation cannot reproduce."""
         try:
-            analyzer = cls(recorded["lower"], recorded["stopwords"], recorded["stemmer"])
+            analyzer = cls(recorded["lower"], recorded["stopwords"], recorded["stemmer"], recorded.get("normalize"))
         except (KeyError, ConfigError) as exc:
             raise SnapshotError(f"{where}: the recorded analyzer {recorded} cannot be rebuilt ({exc})") from None
         if recorded.get("stopwords_sha256") != _sha256(STOPWORDS[analyzer.stopwords]):
@@ -73,7 +82,8 @@ class Analyzer:
     def describe(self) -> dict:
         """What the manifest records: enough to analyse queries the same way without embedpipe."""
         words = STOPWORDS[self.stopwords]
-        return {"tokenizer": "bm25s.tokenize", "token_pattern": TOKEN_PATTERN, "lower": self.lower,
+        return {"normalize": self.normalize, "tokenizer": "bm25s.tokenize", "token_pattern": TOKEN_PATTERN,
+                "lower": self.lower,
                 "stopwords": self.stopwords, "stopwords_count": len(words), "stopwords_sha256": _sha256(words),
                 "stemmer": self.stemmer, "stemmer_library": "PyStemmer (Snowball)",
                 "libraries": {"bm25s": version("bm25s"), "PyStemmer": version("PyStemmer")}}
@@ -86,6 +96,8 @@ class Analyzer:
         """Each text's terms in order (repeats kept: a term's count is its frequency)."""
         if not texts:
             return []
+        if self.normalize:
+            texts = [unicodedata.normalize(self.normalize, t) for t in texts]
         return bm25s.tokenize(texts, lower=self.lower, token_pattern=TOKEN_PATTERN,
                               stopwords=list(STOPWORDS[self.stopwords]), stemmer=self._stem, return_ids=False,
                               show_progress=False)

@@ -149,6 +149,7 @@ def test_plain_bm25s_reads_the_published_bm25_files(first_run):
     analyzer = snap.manifest["index"]["variants"]["bm25"]["analyzer"]
     retriever = bm25s.BM25.load(Path(first_run["snapshot"]) / "index" / "bm25", mmap=True)
     query = "biomaterials with inductive properties"
+    assert analyzer["normalize"] == "NFKC"  # a reader normalises first: unicodedata.normalize("NFKC", query)
     tokens = bm25s.tokenize([query], stopwords=analyzer["stopwords"], stemmer=Stemmer.Stemmer(analyzer["stemmer"]),
                             return_ids=False, show_progress=False)
     rows, _ = retriever.retrieve(tokens, k=5, show_progress=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import unicodedata
 from pathlib import Path
 
 import bm25s
@@ -59,6 +60,11 @@ def build(texts: list[str], shards: int, folder: Path) -> Bm25Index:
     return Bm25Index.from_files(folder.joinpath, manifest_entry(params, analyzer, stats, cells, sizes), "test")
 
 
+def nfkc(texts: list[str]) -> list[str]:
+    """As the manifest's analyzer says a reader without embedpipe prepares texts for bm25s.tokenize."""
+    return [unicodedata.normalize("NFKC", t) for t in texts]
+
+
 def files(folder: Path) -> dict[str, bytes]:
     return {bm25_file(p): folder.joinpath(bm25_file(p)).read_bytes() for p in BM25_FILES}
 
@@ -66,8 +72,8 @@ def files(folder: Path) -> dict[str, bytes]:
 def test_per_shard_build_scores_exactly_as_one_global_bm25s_index(texts, tmp_path):
     ours = build(texts, 4, tmp_path)
     reference = bm25s.BM25(k1=1.2, b=0.75, method="lucene")
-    reference.index(bm25s.tokenize(texts, stopwords="en", stemmer=Stemmer.Stemmer("english"), show_progress=False),
-                    show_progress=False)
+    reference.index(bm25s.tokenize(nfkc(texts), stopwords="en", stemmer=Stemmer.Stemmer("english"),
+                                   show_progress=False), show_progress=False)
     scorer = ours._scorer()
     for query in QUERIES:
         terms = ours.analyzer.terms([query])[0]
@@ -103,7 +109,7 @@ def test_plain_bm25s_loads_the_files_memory_mapped_and_ranks_alike(texts, tmp_pa
     loaded = bm25s.BM25.load(tmp_path / BM25_FOLDER, mmap=True)
     assert isinstance(loaded.scores["data"], np.memmap) and loaded.scores["num_docs"] == len(texts)
     queries = [q for q in QUERIES if ours.analyzer.terms([q])[0]]
-    tokens = bm25s.tokenize(queries, stopwords="en", stemmer=Stemmer.Stemmer("english"), return_ids=False,
+    tokens = bm25s.tokenize(nfkc(queries), stopwords="en", stemmer=Stemmer.Stemmer("english"), return_ids=False,
                             show_progress=False)
     docs, scores = loaded.retrieve(tokens, k=5, show_progress=False)
     ours_scores, ours_rows = ours.search(ours.analyzer.terms(queries), 5)
@@ -164,6 +170,19 @@ def test_analyzer_stems_drops_stop_words_and_is_recorded_whole():
         Analyzer.from_dict({**recorded, "stopwords_sha256": "0" * 64}, "t")
     with pytest.raises(ConfigError, match="index.bm25.stemmer 'klingon': expected a Snowball language"):
         Analyzer.of(Bm25Config(stemmer="klingon"))
+
+
+def test_a_word_matches_its_query_however_its_accents_or_width_were_encoded():
+    """An accent stored as its own combining mark (NFD: macOS, some PDF extractors) split the word, since \\w does not
+    match the mark; a full-width word was another term. NFKC first: one term either way. A manifest from before it
+    analyses queries as its chunks were (no normalisation)."""
+    analyzer = Analyzer(stemmer=None, stopwords="none")
+    decomposed, typed = unicodedata.normalize("NFD", "résumé café"), "résumé café"
+    assert decomposed != typed and analyzer.terms([decomposed, typed]) == [["résumé", "café"]] * 2
+    assert analyzer.terms(["Ａｓｐｉｒｉｎ"]) == [["aspirin"]]
+    old = {k: v for k, v in analyzer.describe().items() if k != "normalize"}
+    assert Analyzer.from_dict(old, "t").terms([decomposed]) == [["re", "sume", "cafe"]]
+    assert Analyzer.from_dict(old, "t").fingerprint != analyzer.fingerprint
 
 
 def test_config_accepts_bm25_beside_vector_variants_only():
