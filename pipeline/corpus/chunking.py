@@ -85,7 +85,13 @@ class Chunker:
                 while cut > start + window // 2 and not starts[cut]:
                     cut -= 1
                 end = cut if cut > start + window // 2 else end
-            spans.append((_lstrip(text, offsets[start][0], offsets[end - 1][1]), offsets[end - 1][1], end - start))
+            a, n_tokens = _lstrip(text, offsets[start][0], offsets[end - 1][1]), end - start
+            if not starts[start]:  # begun inside a word too long to step back over (base64, a DNA sequence): its
+                # first piece re-tokenizes as a word's first, often into more tokens than the window
+                while (n_tokens := self.tokenizer.count(text[a:offsets[end - 1][1]], specials=False)) > window \
+                        and end > start + 1:
+                    end -= 1
+            spans.append((a, offsets[end - 1][1], n_tokens))
             if end >= n:
                 return spans
             # Begin the next window at a word start too (the overlap grows by a few tokens), looking back at

@@ -109,3 +109,20 @@ def test_text_without_word_starts_still_advances_by_full_steps():
     spans = chunker.spans(text)
     assert len(spans) == _expected_chunks(n, window, 16) > 30
     assert all(n_tok == window for _, _, n_tok in spans[:-1])
+
+
+def test_a_window_begun_inside_a_long_word_still_fits_and_counts_its_tokens(tokenizer):
+    """Words longer than half a step (base64, hex, DNA) leave no word start to begin the next window at: begun
+    inside one, the chunk's text re-tokenizes into more pieces than it had there. It is cut to fit, and its count
+    is that of its own text."""
+    import random
+
+    rng = random.Random(0)
+    text = " ".join("".join(rng.choice("ACGTacgt0123456789+/") for _ in range(95)) for _ in range(30))
+    for max_tokens, overlap in ((64, 16), (32, 8), (16, 4)):
+        spans = make(tokenizer, max_tokens=max_tokens, overlap=overlap).spans(text)
+        assert any(text[a - 1] != " " for a, _, _ in spans[1:])  # some begin inside a word
+        for a, b, n_tokens in spans:
+            assert tokenizer.count(text[a:b]) <= max_tokens
+            assert tokenizer.count(text[a:b], specials=False) == n_tokens
+        assert spans[-1][1] == len(text)
