@@ -47,6 +47,9 @@ def check_request(served: ServingVersion, query: object, k: int, mode: str | Non
                          f"{limits.max_query_chars:,}")
     if not 1 <= k <= limits.max_k:
         raise InputError(f"k={k}: expected 1 to {limits.max_k}")
+    if mode == "":  # `mode=` sent empty: a client that meant one and lost it, not a request for the default
+        raise InputError(f"mode is empty; expected one of {', '.join(served.modes)}, or no mode for the default "
+                         f"({served.default_mode})")
     mode = mode or served.default_mode
     if mode not in served.modes:
         raise InputError(f"no search mode {mode!r} in {served.index} version {served.version}; available: "

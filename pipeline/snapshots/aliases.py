@@ -160,8 +160,9 @@ def promote_or_stay(storage: Storage, index: str, alias: str, version: str, seen
     if any(e["action"] == "promote" and e["version"] == version for e in current.history):
         if current.version == version:
             return Promotion(alias, True, version)
-        return Promotion(alias, False, current.version, reason=f"{version} was promoted before and the alias has "
-                         f"moved to {current.version} since: not promoted again")
+        if current.version == seen:  # else promote says the alias moved from where the caller saw it
+            return Promotion(alias, False, current.version, reason=f"{version} was promoted before and the alias "
+                             f"has moved back to {current.version} since: not promoted again")
     try:
         state, result = promote(storage, index, alias, version, seen, gate, by=by, live_evaluation=live_evaluation,
                                 shared=shared)

@@ -171,7 +171,7 @@ def test_a_migration_that_stopped_before_its_report_is_finished_by_a_retry(store
         assert _alias(config) == (blue["version"] if rolled_back else green)
         assert json.loads(storage.read_bytes(report))["promotion"] == again["promotion"]
         assert storage.list(f"snapshots/{INDEX}") == versions  # nothing built again
-    assert "was promoted before and the alias has moved to" in again["promotion"]["reason"]
+    assert "was promoted before and the alias has moved back to" in again["promotion"]["reason"]
     assert [e["action"] for e in read_alias(storage, INDEX, "live").history[-2:]] == ["promote", "rollback"]
     promote(storage, INDEX, "live", green, seen=blue["version"])  # the tests below start from green
 

@@ -95,6 +95,8 @@ def test_health_ready_and_version(base):
     ("GET", "/search?q=x&k=ten", None, 400, "bad_request", "k: Input should be a valid integer"),
     ("GET", "/search?k=3", None, 400, "bad_request", "q: Field required"),
     ("GET", "/search?q=x&mode=ivfpq", None, 400, "bad_request", "no search mode 'ivfpq' in idx version v1; available"),
+    ("GET", "/search?q=x&mode=", None, 400, "bad_request", "mode is empty; expected one of"),
+    ("POST", "/search", {"query": "x", "mode": ""}, 400, "bad_request", "mode is empty; expected one of"),
     ("GET", "/search?q=%ED%A0%80", None, 400, "bad_request", "the query string is not valid UTF-8"),
     ("GET", "/search?q=x&q=y", None, 400, "bad_request", "parameter 'q' is given 2 times: expected it once"),
     ("GET", "/search?q=x&mdoe=binary", None, 400, "bad_request", "unknown parameter 'mdoe': expected q, k, mode"),
