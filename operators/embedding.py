@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+import uuid
 
 import ray
 
@@ -39,7 +40,7 @@ class EmbedActor:
     def __init__(self, root_url: str, options: dict, model: dict, threads: int) -> None:
         mark_node()
         with collector_paused():
-            from operators.faults import maybe_kill_actor
+            from operators.faults import maybe_kill_actor, maybe_kill_actor_after_commit
             from pipeline.config import ModelConfig
             from pipeline.jobs.shards import embed_shard
             from pipeline.models.encoder import load_encoder
@@ -48,12 +49,15 @@ class EmbedActor:
             storage = Storage(root_url, **options)
             encoder = load_encoder(ModelConfig(**model), threads=threads)
         self.embed_shard = functools.partial(embed_shard, storage, encoder=encoder, after_encode=maybe_kill_actor)
+        self.after_commit = maybe_kill_actor_after_commit
 
     def ready(self) -> bool:
         return True
 
-    def embed(self, run_id: str, shard: int) -> ShardResult:
-        return self.embed_shard(run_id, shard)
+    def embed(self, run_id: str, shard: int, attempt: str) -> ShardResult:
+        result = self.embed_shard(run_id, shard, attempt=attempt)
+        self.after_commit(shard)
+        return result
 
 
 class RayEmbedder:
@@ -94,6 +98,9 @@ class RayEmbedder:
         # Shards go only to actors that are up. An actor still waiting for a CPU gets none, so two runs sharing a
         # cluster that holds one actor of each both go on with the actors they have, instead of each waiting for
         # a shard queued on an actor that the other run's actors keep from starting.
+        # a shard this call's actors committed is theirs even if its actor died before reporting it (and Ray
+        # retried it): counted embedded, not skipped
+        attempt = uuid.uuid4().hex
         todo, idle, results = list(shards), [], []
         starting = {handle.ready.remote(): handle for handle in self.handles}
         running: dict = {}  # result ref -> the actor embedding it
@@ -101,7 +108,7 @@ class RayEmbedder:
             while todo or running:
                 while idle and todo:
                     actor = idle.pop()
-                    running[actor.embed.remote(run_id, todo.pop(0))] = actor
+                    running[actor.embed.remote(run_id, todo.pop(0), attempt)] = actor
                 [done], _ = ray.wait([*running, *starting], num_returns=1)
                 if done in starting:
                     ray.get(done)  # an actor that failed to start raises here

@@ -63,9 +63,10 @@ def _cached_hashes(storage: Storage, run_id: str, shard: int) -> pl.Series:
 
 
 def embed_shard(storage: Storage, run_id: str, shard: int, encoder: Encoder,
-                after_encode: Callable[[int], None] | None = None) -> ShardResult:
+                after_encode: Callable[[int], None] | None = None, attempt: str | None = None) -> ShardResult:
     """Embed a prepared shard's chunks part by part (the cached ones were attached when it was prepared), add the
-    new vectors to the cache, and commit it; idempotent (a committed shard is returned as skipped).
+    new vectors to the cache, and commit it; idempotent (a committed shard is returned as skipped, unless this
+    `attempt` of the embed stage committed it: its worker died before reporting it, and the task was retried).
     `after_encode(shard)` runs after the first part is encoded, before anything is committed: the
     fault-injection point for tests."""
     marker_key = shard_key(run_id, shard, MARKER)
@@ -74,6 +75,9 @@ def embed_shard(storage: Storage, run_id: str, shard: int, encoder: Encoder,
         if done["model_fingerprint"] != encoder.card.fingerprint:
             raise SnapshotError(f"run {run_id} shard {shard} was embedded with model {done['model_fingerprint']}, "
                                 f"not {encoder.card.fingerprint}; start a new run id for a different model")
+        if attempt is not None and done.get("attempt") == attempt:
+            return ShardResult(shard, done["chunks"], done["tokens"], done["seconds"], skipped=False,
+                               embedded=done["embedded"], cached=done["cached"], kernel=done.get("kernel", ""))
         return ShardResult(shard, done["chunks"], done["tokens"], done["seconds"], skipped=True,
                            kernel=done.get("kernel", ""))
     if not storage.exists(shard_key(run_id, shard, PREPARED)):
@@ -117,6 +121,7 @@ def embed_shard(storage: Storage, run_id: str, shard: int, encoder: Encoder,
                                                 "embedded": embedded, "cached": chunks - embedded,
                                                 "model_fingerprint": encoder.card.fingerprint,
                                                 "kernel": encoder.kernel_plan.label,
-                                                "node": node(), "parts": part_seconds}).encode())
+                                                "node": node(), "parts": part_seconds,
+                                                "attempt": attempt}).encode())
     return ShardResult(shard, chunks, tokens, seconds, skipped=False, embedded=embedded, cached=chunks - embedded,
                        peak_rss_mb=peak_rss_mb(), kernel=encoder.kernel_plan.label)

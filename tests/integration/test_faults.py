@@ -59,6 +59,21 @@ def test_actor_killed_mid_shard_is_restarted_and_the_run_completes(setup):
     same_snapshot(clean["snapshot"], summary["snapshot"])
 
 
+def test_an_actor_killed_after_committing_its_shard_is_counted_as_embedding_it(setup):
+    """Ray restarts the actor and retries the shard, which finds its marker: the shard was embedded by this run,
+    not by an earlier attempt, so the counts say embedded (they said resumed)."""
+    folder, run, clean = setup
+    once = folder / "committed-fault-fired"
+    result = run(folder / "after-commit", "r1", EMBEDPIPE_FAULT_KILL_COMMITTED_SHARD="1",
+                 EMBEDPIPE_FAULT_ONCE=str(once))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert once.exists()
+    counts = json.loads(result.stdout)["counts"]
+    assert (counts["shards_embedded"], counts["shards_skipped"]) == (4, 0)
+    assert counts["embedded"] == clean["counts"]["embedded"] and counts["vectors"] == clean["counts"]["vectors"]
+    same_snapshot(clean["snapshot"], json.loads(result.stdout)["snapshot"])
+
+
 def test_driver_killed_between_shards_resumes_with_the_same_run_id(setup):
     folder, run, clean = setup
     once = folder / "driver-fault-fired"
