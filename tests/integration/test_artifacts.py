@@ -19,11 +19,21 @@ def _png(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
-def test_png_artifact_inlines_small_pngs_and_links_large_ones(prefect_api):
-    from prefect import flow
+def artifacts_of(prefect_api: str, flow_fn) -> dict:
+    """Run a flow returning its flow run's id against the test server; the artifacts it made, by key."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        run_id = flow_fn()
+        with get_client(sync_client=True) as client:
+            return {a.key: a for a in client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))}
+
+
+def test_png_artifact_inlines_small_pngs_and_links_large_ones(prefect_api):
+    from prefect import flow
 
     from flows.artifacts import MAX_INLINE_BYTES, png_artifact
 
@@ -42,11 +52,7 @@ def test_png_artifact_inlines_small_pngs_and_links_large_ones(prefect_api):
             png_artifact(b"GIF89a...", key="not-png")
         return flow_run.id
 
-    with temporary_settings({PREFECT_API_URL: prefect_api}):
-        run_id = attach()
-        with get_client(sync_client=True) as client:
-            artifacts = {a.key: a for a in client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))}
+    artifacts = artifacts_of(prefect_api, attach)
     assert set(artifacts) == {"small-plot", "large-plot"}
     inline = artifacts["small-plot"]
     assert inline.type == "markdown" and inline.description == "a [small] plot"
@@ -89,9 +95,6 @@ def test_a_chart_too_large_to_inline_is_kept_in_the_run_folder_and_linked(prefec
     """A build of many variants draws a chart over the inline limit: it is stored beside the run and the artifact
     links there. Before, the ValueError failed a run whose version was already published and promoted."""
     from prefect import flow
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.artifacts import MAX_INLINE_BYTES
     from flows.build import publish_artifacts
@@ -114,11 +117,7 @@ def test_a_chart_too_large_to_inline_is_kept_in_the_run_folder_and_linked(prefec
         publish_artifacts(cfg, Storage(str(tmp_path)), summary)
         return flow_run.id
 
-    with temporary_settings({PREFECT_API_URL: prefect_api}):
-        run_id = attach()
-        with get_client(sync_client=True) as client:
-            artifacts = {a.key: a for a in client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))}
+    artifacts = artifacts_of(prefect_api, attach)
     kept = tmp_path / "runs" / "r1" / "quality_vs_bytes.png"
     assert kept.read_bytes().startswith(b"\x89PNG") and kept.stat().st_size > MAX_INLINE_BYTES
     assert str(kept) in artifacts["quality-many"].data and "base64" not in artifacts["quality-many"].data
