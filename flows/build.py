@@ -131,13 +131,12 @@ def promote_task(cfg: PipelineConfig, storage: Storage, version: str, seen: str 
     """Move the alias from the version seen when the run started. A gate refusal leaves it there, and so
     does an overlapping run that promoted first (AliasMoved): this version stays published, not live."""
     gate = cfg.publish.gate
-    if remeasured := live_measured_again(cfg, storage, version, seen):
-        outcome = promote_or_stay(storage, cfg.index_name, cfg.publish.alias, version, seen, gate,
-                                  by=f"{job} {version}", live_evaluation=remeasured)
-    else:
-        outcome = promote_or_stay(storage, cfg.index_name, cfg.publish.alias, version, seen, gate,
-                                  by=f"{job} {version}", shared=shared_judgments(storage, cfg.index_name, version,
-                                                                                 seen, gate))
+    # live's numbers on this build's golden set where it was measured on another; else as recorded, with both on
+    # the judgments both can find
+    remeasured = live_measured_again(cfg, storage, version, seen)
+    shared = None if remeasured else shared_judgments(storage, cfg.index_name, version, seen, gate)
+    outcome = promote_or_stay(storage, cfg.index_name, cfg.publish.alias, version, seen, gate, by=f"{job} {version}",
+                              live_evaluation=remeasured, shared=shared)
     if not outcome.promoted:
         get_run_logger().warning("%s", outcome.reason)
     return outcome
