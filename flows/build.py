@@ -145,8 +145,9 @@ def promote_task(cfg: PipelineConfig, storage: Storage, version: str, seen: str 
 def live_measured_again(cfg: PipelineConfig, storage: Storage, version: str, seen: str | None) -> dict | None:
     """Live's evaluation measured again on this build's golden set and depth, where live's manifest recorded it on
     others (judgments edited since, another evaluation.k): the gate then compares like with like, as a migration
-    does. None where the two compare as recorded, or live cannot be measured in the gate's mode."""
-    if seen is None or seen == version:
+    does. None where the two compare as recorded, or live cannot be measured in the gate's mode, or the alias moved
+    from `seen` (promote then says so, and `seen` may be gone)."""
+    if seen is None or seen == version or read_alias(storage, cfg.index_name, cfg.publish.alias).version != seen:
         return None
     candidate, live = (Snapshot.of(storage, cfg.index_name, v) for v in (version, seen))
     why = other_golden_set(candidate.manifest.get("evaluation"), live.manifest.get("evaluation"))

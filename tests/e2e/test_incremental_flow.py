@@ -383,9 +383,11 @@ def test_an_overlapping_run_that_promotes_second_leaves_the_alias_to_the_first(r
     store = Storage.of(cfg.storage)
     live = read_alias(store, "jobs", "live").version
 
+    other = next(v for v in (runs["v1"]["version"], runs["v2"]["version"]) if v != live)
+
     @flow
-    def late_run() -> dict:  # it saw v1 live when it started, and publishes v2 after others promoted
-        return promote_task(cfg, store, runs["v2"]["version"], runs["v1"]["version"], "reindex").to_dict()
+    def late_run() -> dict:  # it saw an older version live when it started, and publishes after others promoted
+        return promote_task(cfg, store, other, "20200101T000000000000Z-000000", "reindex").to_dict()
 
     with temporary_settings({PREFECT_API_URL: prefect_api}):
         out = late_run()
