@@ -23,7 +23,7 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest
 
-test-bench: $(VENV)/.installed  # every benchmark's --smoke run (10-12 minutes on 2 cores); CI runs it after `make test`
+test-bench: $(VENV)/.installed  # every benchmark's --smoke run (7-8 minutes on 2 cores of a Zen 4, 10-12 on a Zen 3); CI runs it after `make test`
 	$(VENV)/bin/python -m pytest -m bench
 
 test-cluster: $(VENV)/.installed  # the two-node Ray cluster test (~3 minutes); CI runs it after `make test`

@@ -5,9 +5,17 @@
 # takes ~3.5 minutes to resolve the same set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
+# pyproject.toml pins Python 3.11: take python3.11 where python3 is another version (PYTHON= names one)
+PYTHON=${PYTHON:-$(command -v python3.11 || echo python3)}
 UV_VERSION=0.13.9
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+if [ ! -x .venv/bin/python ]; then
+  if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+    echo "bootstrap: $PYTHON is Python $("$PYTHON" -c 'import platform; print(platform.python_version())'), and" \
+         "embedpipe needs 3.11: install it, or name it with PYTHON=/path/to/python3.11" >&2
+    exit 2
+  fi
+  "$PYTHON" -m venv .venv
+fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 .venv/bin/python -m pip install -q "torch==2.13.0" "uv==$UV_VERSION"
 .venv/bin/python -m uv pip install -q --python .venv/bin/python -e ".[dev]"

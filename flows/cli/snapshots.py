@@ -107,7 +107,8 @@ def evaluate(
     snapshot: SnapshotUrl,
     queries: Queries = None,
     qrels: QrelsOpt = None,
-    k: Annotated[int, typer.Option("-k", min=10, help="documents retrieved per query")] = 100,
+    k: Annotated[int, typer.Option("-k", min=100, help="documents retrieved per query: at least 100, the depth "
+                                                       "of recall@100")] = 100,
     mode: Annotated[list[str] | None, typer.Option("--mode", help="only these search modes (repeat it); default: "
                                                                   "every mode of the snapshot")] = None,
     weight: Weight = None,

@@ -242,6 +242,8 @@ def read_queries(url: str) -> dict[str, str]:
             raise InputError(f"{redact(url)} line {lineno}: expected {{'_id', 'text'}}, {error or 'got ' + _raw}")
         if lone_surrogate(record) is not None:
             raise InputError(f"{redact(url)} line {lineno}: invalid Unicode (a lone surrogate escape)")
+        if not record["text"].strip():  # it would score 0 in every mode, as serving refuses it
+            raise InputError(f"{redact(url)} line {lineno}: query {record['_id']!r} has no text; expected some")
         qid = str(record["_id"])
         if queries.setdefault(qid, record["text"]) != record["text"]:
             raise InputError(f"{redact(url)} line {lineno}: query {qid!r} is given again with another text")

@@ -112,8 +112,9 @@ def load_bert(folder: Path) -> BertEncoder:
     renamed = {}
     for key, tensor in load_file(folder / "model.safetensors").items():
         key = key.removeprefix("bert.")
-        if key.startswith(("pooler.", "embeddings.position_ids")):
-            continue  # unused by mean/CLS pooling of the last hidden state; a buffer of 0..n-1
+        if key.startswith(("pooler.", "embeddings.position_ids", "cls.", "classifier.", "qa_outputs.")):
+            continue  # unused by mean/CLS pooling of the last hidden state (a checkpoint's training heads too); a
+            # buffer of 0..n-1
         key = key.replace("embeddings.word_embeddings", "word").replace("embeddings.position_embeddings", "position")
         key = key.replace("embeddings.token_type_embeddings", "token_type").replace("embeddings.LayerNorm", "norm")
         if key.startswith("encoder.layer."):

@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from pipeline.errors import ModelError
 from pipeline.models.encoder import Encoder
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
@@ -38,7 +39,10 @@ class CachedQueries:
 
     def __init__(self, encoder: Encoder, storage: Storage) -> None:
         self.encoder, self.card, self.tokenizer = encoder, encoder.card, encoder.tokenizer
-        self.storage, self.prefix = storage, layout.cache_prefix("queries", encoder.card.fingerprint)
+        # by kernel too: two kernels of one precision (bf16 through oneDNN or autocast) give other vectors, and a
+        # query is to be encoded as the build it searches encoded its own
+        key = f"{encoder.card.fingerprint}-{encoder.kernel_plan.kernel.name}"
+        self.storage, self.prefix = storage, layout.cache_prefix("queries", key)
 
     @property
     def tokens_encoded(self) -> int:
@@ -60,6 +64,10 @@ class CachedQueries:
         missing = list({h: i for i, h in enumerate(hashes) if h not in known}.values())
         if missing:
             fresh = self.encoder.encode([texts[i] for i in missing], kind="query")
+            if not np.isfinite(fresh).all():  # never cached: FAISS finds nothing for it, and the query scores 0
+                first = texts[missing[int(np.argmax(~np.isfinite(fresh).all(axis=1)))]]
+                raise ModelError(f"model {self.card.name} gave a query vector with NaN or infinity (query "
+                                 f"{first[:80]!r}); expected finite vectors")
             added = [hashes[i] for i in missing]
             table = pl.DataFrame({"chunk_hash": added}).with_columns(
                 pl.Series("vector", fresh, dtype=pl.Array(pl.Float32, fresh.shape[1])))

@@ -23,13 +23,17 @@ def digest_dir() -> Path:
     return Path(os.environ.get("EMBEDPIPE_DIGEST_CACHE") or Path.home() / ".cache" / "embedpipe" / "digests")
 
 
-@lru_cache(maxsize=8)
 def file_sha256(path: Path) -> str:
     """The file's sha256, remembered on this machine by its path, size, modification time and inode (as git's index
     remembers files): every process and actor that loads a model would otherwise read and hash all its weights again
-    (MiniLM's 91 MB: 0.07 s of an actor's start; a model of a few GB: seconds)."""
+    (MiniLM's 91 MB: 0.07 s of an actor's start; a model of a few GB: seconds). A file written again at the same path
+    is hashed again, in this process too."""
     st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    return _sha256_of(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}", path)
+
+
+@lru_cache(maxsize=8)
+def _sha256_of(key: str, path: Path) -> str:
     remembered = Storage(str(digest_dir()))
     record = f"{hashlib.blake2b(key.encode(), digest_size=16).hexdigest()}.sha256"
     with contextlib.suppress(StorageError):
@@ -50,12 +54,21 @@ def weights_sha256(folder: Path) -> str:
     raise ModelError(f"model folder {folder}: expected one of {list(_WEIGHT_FILES)}")
 
 
+# Architectures whose position ids start after the padding token's (fairseq's convention): of their
+# max_position_embeddings, pad_token_id + 1 are never a token's (RoBERTa's 514 hold 512 tokens)
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer")
+
+
 def model_max_tokens(folder: Path, tokenizer_limit: int) -> int:
-    """sentence-transformers' max_seq_length when present (256 for MiniLM), else the model's own limit."""
+    """sentence-transformers' max_seq_length when present (256 for MiniLM), else the model's own limit; never more
+    than its position embeddings hold."""
+    config = json.loads((folder / "config.json").read_text())
+    positions = config.get("max_position_embeddings", tokenizer_limit)
+    if config.get("model_type") in _OFFSET_POSITIONS:
+        positions -= int(config.get("pad_token_id") or 0) + 1
     st = folder / "sentence_bert_config.json"
     if st.is_file():
-        return int(json.loads(st.read_text())["max_seq_length"])
-    positions = json.loads((folder / "config.json").read_text()).get("max_position_embeddings", tokenizer_limit)
+        return min(int(json.loads(st.read_text())["max_seq_length"]), positions)
     return min(tokenizer_limit, positions)
 
 

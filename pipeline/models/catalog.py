@@ -19,7 +19,7 @@ def model_section(name: str) -> dict[str, Any]:
     pooling); `--set model.batch_size=...` style overrides apply on top of it."""
     if name.lower() in (known.lower() for known in MODEL_NAMES):
         return ModelConfig(name=name).model_dump(include={"name", "package"})  # spelt as its package spells it
-    folder = Path(name).expanduser()
+    folder = Path(name).expanduser().resolve()
     if (folder / "config.json").is_file():
         return {"name": folder.name, "package": None, "path": str(folder)}
     raise ConfigError(f"model {name!r}: expected one of {', '.join(MODEL_NAMES)} or a local transformers model folder "

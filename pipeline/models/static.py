@@ -106,5 +106,8 @@ class WordLlamaEncoder:
         if not texts:
             return np.empty((0, self.card.dims), dtype=np.float32)
         batch = self._truncate([prefix + t for t in texts])
-        vectors = self.model.embed(batch, norm=self.card.normalize, batch_size=self.batch_size)
+        vectors = np.array(self.model.embed(batch, norm=False, batch_size=self.batch_size), dtype=np.float32)
+        if self.card.normalize:  # a text of no tokens ("") averages to zero: it stays zero, where dividing gave NaN
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
         return np.ascontiguousarray(vectors, dtype=np.float32)

@@ -25,16 +25,41 @@ from pipeline.models.card import ModelCard, model_max_tokens, weights_sha256
 from pipeline.models.sources import resolve_model_dir
 from pipeline.models.tokenizer import TextTokenizer
 
+# sentence-transformers modules this encoder applies itself (the model, its pooling, L2 normalisation)
+_APPLIED_MODULES = ("sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
+                    "sentence_transformers.models.Normalize")
+
 
 def _pooling_mode(folder: Path, configured: str) -> str:
-    """sentence-transformers folders say their pooling in 1_Pooling/config.json; it must match the config."""
+    """sentence-transformers folders say their pooling in 1_Pooling/config.json, and their steps in modules.json:
+    the pooling must match the config's and be one this encoder computes (mean or CLS), and every step one it
+    applies; else the vectors would differ from the model's without a word (a Dense projection left out, max
+    pooling taken as mean)."""
+    modules = folder / "modules.json"
+    if modules.is_file():
+        others = [m.get("type") for m in json.loads(modules.read_text()) if m.get("type") not in _APPLIED_MODULES]
+        if others:
+            raise ModelError(f"{folder}: its modules.json has steps this encoder does not apply ({', '.join(others)});"
+                             " expected a transformer, pooling and normalisation only")
     cfg = folder / "1_Pooling" / "config.json"
     if cfg.is_file():
         st = json.loads(cfg.read_text())
-        declared = "mean" if st.get("pooling_mode_mean_tokens") else "cls" if st.get("pooling_mode_cls_token") else None
+        modes = sorted(k.removeprefix("pooling_mode_") for k, v in st.items() if k.startswith("pooling_mode_") and v)
+        declared = {"mean_tokens": "mean", "cls_token": "cls"}.get(modes[0]) if len(modes) == 1 else None
+        if modes and declared is None:
+            raise ModelError(f"{folder} pools with {' + '.join(modes)}; this encoder computes mean or CLS pooling only")
         if declared and declared != configured:
             raise ModelError(f"model.pooling is {configured!r} but {folder} was trained with {declared!r} pooling")
     return configured
+
+
+def _hidden_size(folder: Path) -> int:
+    """The model's output width, as its config.json names it (DistilBERT says `dim`)."""
+    config = json.loads((folder / "config.json").read_text())
+    for key in ("hidden_size", "dim", "d_model"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    raise ModelError(f"{folder}/config.json names no hidden size (hidden_size, dim or d_model)")
 
 
 class _AutoModel(torch.nn.Module):
@@ -97,7 +122,7 @@ class TransformerEncoder:
         self.card = ModelCard(
             name=cfg.name,
             source={"path": str(self.folder)} if cfg.path else {"package": cfg.package},
-            dims=int(json.loads((self.folder / "config.json").read_text())["hidden_size"]),
+            dims=_hidden_size(self.folder),
             pooling=pooling,
             normalize=cfg.normalize,
             max_tokens=cfg.max_tokens or limit,

@@ -1,6 +1,6 @@
 """Every script in benchmarks/ runs end to end in its --smoke mode (the same code path on a tiny input) and
 writes a report that parses. Smoke runs measure nothing worth asserting: no timing or target is checked here.
-The smoke runs are marked `bench` (10-12 minutes in all on 2 cores, each paying its interpreter, Ray and model
+The smoke runs are marked `bench` (7-12 minutes in all on 2 cores, each paying its interpreter, Ray and model
 loads): `make test-bench` runs them, and CI runs that after the default suite."""
 
 from __future__ import annotations

@@ -266,6 +266,8 @@ def test_cli_search_and_evaluate_print_json(first_run, small_corpus):
 
     for mode, metrics in first_run["evaluation"]["modes"].items():  # same snapshot, same numbers, hybrid included
         assert quality(report[mode]) == quality(metrics), mode
+    shallow = subprocess.run([cli, "evaluate", first_run["snapshot"], "-k", "10"], capture_output=True, text=True)
+    assert shallow.returncode == 2 and "greater than or equal to 100" in shallow.stderr  # recall@100 needs 100
 
 
 def test_cli_hybrid_search_and_weight_tuning(first_run, small_corpus):

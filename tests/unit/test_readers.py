@@ -214,6 +214,9 @@ def test_a_golden_set_that_contradicts_itself_fails_naming_the_line(tmp_path):
                                                     {"_id": 1, "text": "b"}])
     with pytest.raises(InputError, match=r"line 3: query '1' is given again with another text"):
         read_queries(str(path))
+    blank = write_jsonl(tmp_path / "blank.jsonl", [{"_id": "1", "text": "a"}, {"_id": "2", "text": "  "}])
+    with pytest.raises(InputError, match=r"line 2: query '2' has no text; expected some"):
+        read_queries(str(blank))  # it scored 0 in every mode (a static model's vector of nothing was NaN)
 
 
 def test_missing_and_corrupt_inputs_are_clear_errors(tmp_path):

@@ -70,3 +70,12 @@ def test_loading_wordllama_leaves_the_processes_logging_alone():
                          cwd=pathlib.Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["0", str(30)] and "an INFO record" not in out.stderr  # WARNING, no handler
+
+
+def test_a_text_of_no_tokens_is_a_zero_vector_not_nan(static):
+    """wordllama divides by the norm: a text with no tokens ("", punctuation alone) averaged to zero became NaN,
+    which FAISS finds nothing for. The others are normalised bit for bit as wordllama does it."""
+    texts = ["", "heart disease and statins", "x"]
+    vectors = static.encode(texts, kind="query")
+    assert np.isfinite(vectors).all() and not vectors[0].any()
+    assert np.array_equal(vectors[1:], np.asarray(static.model.embed(texts[1:], norm=True), dtype=np.float32))
