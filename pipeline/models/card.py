@@ -29,11 +29,13 @@ def file_sha256(path: Path) -> str:
     (MiniLM's 91 MB: 0.07 s of an actor's start; a model of a few GB: seconds). A file written again at the same path
     is hashed again, in this process too."""
     st = path.stat()
-    return _sha256_of(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}", path)
+    return sha256_by_stat(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}", path)
 
 
 @lru_cache(maxsize=8)
-def _sha256_of(key: str, path: Path) -> str:
+def sha256_by_stat(key: str, path: Path) -> str:
+    """file_sha256 of `path` under `key` (its path, size, modification time and inode), remembered in this process
+    and in the digest cache."""
     remembered = Storage(str(digest_dir()))
     record = f"{hashlib.blake2b(key.encode(), digest_size=16).hexdigest()}.sha256"
     with contextlib.suppress(StorageError):

@@ -11,13 +11,13 @@ from pipeline.models import card
 @pytest.fixture
 def weights(tmp_path, monkeypatch):
     monkeypatch.setenv("EMBEDPIPE_DIGEST_CACHE", str(tmp_path / "digests"))
-    card.file_sha256.cache_clear()  # the in-process memo: each call below stands for a new process
+    card.sha256_by_stat.cache_clear()  # the in-process memo: each call below stands for a new process
     yield tmp_path / "model.safetensors"
-    card.file_sha256.cache_clear()
+    card.sha256_by_stat.cache_clear()
 
 
 def fresh_sha256(path):
-    card.file_sha256.cache_clear()
+    card.sha256_by_stat.cache_clear()
     return card.file_sha256(path)
 
 
