@@ -12,6 +12,7 @@ it (operators/kernel_probe.py).
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import time
 import uuid
@@ -40,12 +41,13 @@ class EmbedActor:
     def __init__(self, root_url: str, options: dict, model: dict, threads: int) -> None:
         mark_node()
         with collector_paused():
-            from operators.faults import maybe_kill_actor, maybe_kill_actor_after_commit
+            from operators.faults import maybe_fail_actor_start, maybe_kill_actor, maybe_kill_actor_after_commit
             from pipeline.config import ModelConfig
             from pipeline.jobs.shards import embed_shard
             from pipeline.models.encoder import load_encoder
             from pipeline.storage.backend import Storage
 
+            maybe_fail_actor_start()
             storage = Storage(root_url, **options)
             encoder = load_encoder(ModelConfig(**model), threads=threads)
         self.embed_shard = functools.partial(embed_shard, storage, encoder=encoder, after_encode=maybe_kill_actor)
@@ -111,9 +113,17 @@ class RayEmbedder:
                     running[actor.embed.remote(run_id, todo.pop(0), attempt)] = actor
                 [done], _ = ray.wait([*running, *starting], num_returns=1)
                 if done in starting:
-                    ray.get(done)  # an actor that failed to start raises here
+                    actor = starting.pop(done)
+                    try:
+                        ray.get(done)  # an actor that failed to start raises here
+                    except ray.exceptions.RayError as exc:  # (a GPU out of memory on its node): the others go on
+                        if not (starting or idle or running):
+                            raise
+                        logging.getLogger(__name__).warning("an embedding actor could not start; the run goes on "
+                                                            "with the others: %s", unwrap(exc))
+                        continue
                     self.up_after.append(round(time.perf_counter() - self.started, 3))
-                    idle.append(starting.pop(done))
+                    idle.append(actor)
                     continue
                 idle.append(running.pop(done))
                 results.append(result := ray.get(done))

@@ -4,6 +4,7 @@
                                             writing), once: EMBEDPIPE_FAULT_ONCE=<path> records that it fired
     EMBEDPIPE_FAULT_KILL_COMMITTED_SHARD=<n> an embedding actor dies right after committing shard n, before
                                             reporting it, once (with EMBEDPIPE_FAULT_ONCE)
+    EMBEDPIPE_FAULT_FAIL_ACTOR_START=1       an embedding actor's start raises (a GPU out of memory, say), once
     EMBEDPIPE_FAULT_EXIT_AFTER_SHARDS=<n>   the driver exits after n shards are committed (between shards)
     EMBEDPIPE_FAULT_EXIT_AFTER_COMMIT=1     the driver exits once its version is committed, before its promote
 
@@ -30,6 +31,11 @@ def _fire_once() -> bool:
 def maybe_kill_actor(shard: int) -> None:
     if os.environ.get("EMBEDPIPE_FAULT_KILL_SHARD") == str(shard) and _fire_once():
         os._exit(17)  # as abrupt as a lost node: no cleanup, no exception
+
+
+def maybe_fail_actor_start() -> None:
+    if os.environ.get("EMBEDPIPE_FAULT_FAIL_ACTOR_START") == "1" and _fire_once():
+        raise RuntimeError("injected: this embedding actor could not start")
 
 
 def maybe_kill_actor_after_commit(shard: int) -> None:
