@@ -4,6 +4,7 @@ alias as it is promoted and rolled back (flows/serve/). No Prefect, no Ray."""
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated
 
 import typer
@@ -58,10 +59,26 @@ def serve(
         raise SnapshotError(f"alias {index}/{alias} is not set at {redact(root)}: publish and promote a version "
                             "first (make demo, or embedpipe run CONFIG with publish.alias)")
     settings = ServeSettings(
-        root=root, index=index, alias=alias, host=host, port=port, token=os.environ.get(token_env) or None,
+        root=root, index=index, alias=alias, host=host, port=port, token=serve_token(token_env),
         poll_interval_s=poll_interval, request_timeout_s=request_timeout,
         limits=Limits(max_k=max_k, max_query_chars=max_query_chars),
         load=LoadSettings(warmup_queries=tuple(warmup_query or WARMUP_QUERIES), default_mode=default_mode,
                           query_batch=query_batch),
         access_log=access_log)
     run_server(settings, log_level)
+
+
+def serve_token(env: str) -> str | None:
+    """The bearer token in `env`, stripped (a secret file's newline would make every request 401); None when unset.
+    Set but empty (auth silently off) or with characters a header cannot carry (RFC 6750's b64token) is an error;
+    the token is never shown."""
+    from pipeline.errors import InputError
+
+    raw = os.environ.get(env)
+    if raw is None:
+        return None
+    token = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9\-._~+/]+=*", token):
+        raise InputError(f"{env} is {'empty' if not token else 'not a bearer token'}: expected letters, digits and "
+                         "-._~+/ (RFC 6750's b64token), or leave it unset to serve without a token")
+    return token

@@ -48,7 +48,7 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 class SearchBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # JSON has types: "k": true or "3" is a mistake
     query: str
-    k: int = 10
+    k: int | None = None  # the service's default: 10, or --max-k where that is less
     mode: str | None = None
 
 
@@ -183,7 +183,7 @@ def create_app(service: SearchService) -> Instrumented:
 
     app = FastAPI(title="embedpipe serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
-    def authorized(request: Request) -> None:
+    async def authorized(request: Request) -> None:  # async: a sync one waits for a thread that searches hold
         if settings.token is None:
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -205,7 +205,9 @@ def create_app(service: SearchService) -> Instrumented:
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = {404: "no such endpoint: try /search, /version, /health, /ready or /metrics",
                    405: "method not allowed here"}.get(exc.status_code, str(exc.detail))
-        return error_response(exc.status_code, _CODES.get(exc.status_code, "error"), message)
+        # Starlette's headers kept: a 405 names the methods allowed (Allow)
+        return error_response(exc.status_code, _CODES.get(exc.status_code, "error"), message,
+                              getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
@@ -238,21 +240,23 @@ def create_app(service: SearchService) -> Instrumented:
         return JSONResponse(result.to_dict(), headers={VERSION_HEADER: served.version})
 
     @app.get("/search", dependencies=guarded)
-    async def search_get(request: Request, q: Annotated[str, Query(description="the query text")], k: int = 10,
-                         mode: str | None = None) -> JSONResponse:
+    async def search_get(request: Request, q: Annotated[str, Query(description="the query text")],
+                         k: int | None = None, mode: str | None = None) -> JSONResponse:
         check_query_string(request.scope["query_string"])
-        return await search(q, k, mode)
+        return await search(q, settings.limits.default_k if k is None else k, mode)
 
     @app.post("/search", dependencies=guarded)
     async def search_post(request: Request) -> JSONResponse:
+        if request.scope["query_string"]:  # it would be ignored: the request would search other than it says
+            raise ServiceError(400, "bad_request", "POST /search takes its parameters in the JSON body, not the URL")
         body = search_body(await request.body())
-        return await search(body.query, body.k, body.mode)
+        return await search(body.query, settings.limits.default_k if body.k is None else body.k, body.mode)
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: uptime probes and curl -I
     async def health() -> dict:
         return {"status": "ok", "ready": service.holder.current is not None}
 
-    @app.get("/ready")
+    @app.api_route("/ready", methods=["GET", "HEAD"])
     async def ready() -> JSONResponse:
         served = service.holder.current
         if served is None:
@@ -272,7 +276,7 @@ def create_app(service: SearchService) -> Instrumented:
     async def metrics() -> Response:
         return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
     async def page() -> HTMLResponse:
         served = service.holder.current
         nonce = secrets.token_urlsafe(16)

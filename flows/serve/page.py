@@ -44,7 +44,7 @@ _PAGE = Template("""<!doctype html>
   <form id="search">
     <input id="q" type="search" placeholder="Search $index" maxlength="$max_chars" autofocus>
     <select id="mode" title="search mode">$options</select>
-    <input id="k" type="number" min="1" max="$max_k" value="10" title="results">
+    <input id="k" type="number" min="1" max="$max_k" value="$default_k" title="results">
     $token_input
     <button type="submit">Search</button>
   </form>
@@ -72,7 +72,7 @@ $$("search").addEventListener("submit", async (event) => {
   let response, body;
   try {
     response = await fetch("search", {method: "POST", headers,
-      body: JSON.stringify({query: $$("q").value, k: Number($$("k").value), mode: $$("mode").value})});
+      body: JSON.stringify({query: $$("q").value, k: Number($$("k").value), mode: $$("mode").value || undefined})});
     body = await response.json();
   } catch (err) {
     body = {error: {message: "no answer from the service (" + err + ")"}};
@@ -117,4 +117,5 @@ def render_page(index: str, alias: str, version: str | None, modes: list[str], d
     token_input = ('<input id="token" type="password" placeholder="bearer token" autocomplete="off">'
                    if token_required else "")
     return _PAGE.substitute(index=e(index), alias=e(alias), version=e(version or "none yet"), options=options,
-                            max_k=max_k, max_chars=max_chars, token_input=token_input, nonce=e(nonce))
+                            max_k=max_k, default_k=min(10, max_k), max_chars=max_chars, token_input=token_input,
+                            nonce=e(nonce))

@@ -16,6 +16,11 @@ class Limits:
     max_k: int = 100
     max_query_chars: int = 2000
 
+    @property
+    def default_k(self) -> int:
+        """k for a request that names none: 10, or max_k where that is less (a default it refused was a 400)."""
+        return min(10, self.max_k)
+
 
 @dataclass(frozen=True)
 class SearchAnswer:

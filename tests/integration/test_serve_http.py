@@ -109,6 +109,7 @@ def test_health_ready_and_version(base):
     ("POST", "/search", {"query": "x" * 5000}, 413, "too_large", "request body is over 4,096 bytes"),
     ("GET", "/nowhere", None, 404, "not_found", "no such endpoint"),
     ("DELETE", "/search", None, 405, "method_not_allowed", "method not allowed"),
+    ("POST", "/search?k=50&mode=bm25", {"query": "x"}, 400, "bad_request", "takes its parameters in the JSON body"),
 ])
 def test_errors_are_json_with_a_clear_message(base, method, path, body, status, code, message):
     got_status, headers, got = call(base, path, body, method=method)
@@ -164,6 +165,25 @@ def test_the_page_lists_modes_and_the_serving_version(base):
     assert '<code id="version">v1</code>' in page and '<option value="exact" selected>exact</option>' in page
     nonce = re.search(r"script-src 'nonce-([^']+)'", headers["content-security-policy"])[1]
     assert f'<script nonce="{nonce}">' in page and 'id="token"' not in page
+
+
+def test_methods_are_named_on_a_405_and_probes_may_use_head(base):
+    status, headers, _ = call(base, "/search", method="DELETE")
+    assert status == 405 and "GET" in headers["allow"]  # Starlette's header, kept (it names the first route's)
+    for path in ("/health", "/ready", "/"):
+        with urllib.request.urlopen(urllib.request.Request(base + path, method="HEAD"), timeout=30) as resp:
+            assert resp.status == 200 and resp.read() == b"", path  # headers only
+
+
+def test_a_service_whose_max_k_is_under_10_answers_requests_that_name_no_k(root):
+    """The default k was 10 whatever --max-k said: every request without k, and the page's form, were refused."""
+    settings = settings_for(root, limits=Limits(max_k=5, max_query_chars=500))
+    base = f"http://127.0.0.1:{settings.port}"
+    with serving_in_thread(settings):
+        for status, _, got in (call(base, "/search?q=statins"), call(base, "/search", {"query": "statins"})):
+            assert status == 200 and got["k"] == 5 and len(got["hits"]) == 5
+        page = call(base, "/")[2]
+        assert 'max="5" value="5"' in page
 
 
 def test_a_bearer_token_guards_search_version_and_metrics(root, caplog):
@@ -251,7 +271,7 @@ def test_an_s3_root_serves_and_its_credentials_never_show(s3_server, encoder, se
     assert S3_KEY not in text and S3_SECRET not in text
 
 
-def test_the_serve_command_refuses_what_would_never_get_ready(root, tmp_path):
+def test_the_serve_command_refuses_what_would_never_get_ready(root, tmp_path, monkeypatch):
     """An alias that is not set, or a warm-up query every version would fail, is an error at start, not a
     service that answers 503 for good; so is a port in use."""
     from typer.testing import CliRunner
@@ -265,6 +285,17 @@ def test_the_serve_command_refuses_what_would_never_get_ready(root, tmp_path):
     assert out.exit_code == 2 and f"alias {INDEX}/live is not set at {tmp_path}: publish and promote" in out.stderr
     out = serve(root, INDEX, "--warmup-query", "statins", "--warmup-query", "  ")
     assert out.exit_code == 2 and "--warmup-query: query '  ' is empty: expected some text" in out.stderr
+    # a token set but empty turned authentication off; one a header cannot carry made every request 401
+    for token in ("", "  ", "pässwörd"):
+        out = CliRunner().invoke(app, ["serve", root, INDEX, "--port", str(free_port())],
+                                 env={"EMBEDPIPE_SERVE_TOKEN": token})
+        assert out.exit_code == 2 and "EMBEDPIPE_SERVE_TOKEN is" in out.stderr and "RFC 6750" in out.stderr, token
+        assert not token.strip() or token not in out.stderr
+    from flows.cli.serve import serve_token
+
+    monkeypatch.setenv("EMBEDPIPE_TEST_TOKEN", "tok-123\n")  # a secret file's trailing newline
+    monkeypatch.delenv("EMBEDPIPE_NO_SUCH_VAR", raising=False)
+    assert serve_token("EMBEDPIPE_TEST_TOKEN") == "tok-123" and serve_token("EMBEDPIPE_NO_SUCH_VAR") is None
     with socket.create_server(("127.0.0.1", 0)) as taken:  # a port in use: said before any version loads
         port = taken.getsockname()[1]
         out = CliRunner().invoke(app, ["serve", root, INDEX, "--port", str(port)])
