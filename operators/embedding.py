@@ -47,7 +47,7 @@ class EmbedActor:
             from pipeline.models.encoder import load_encoder
             from pipeline.storage.backend import Storage
 
-            maybe_fail_actor_start()
+            maybe_fail_actor_start(ray.get_runtime_context().get_actor_id())
             storage = Storage(root_url, **options)
             encoder = load_encoder(ModelConfig(**model), threads=threads)
         self.embed_shard = functools.partial(embed_shard, storage, encoder=encoder, after_encode=maybe_kill_actor)

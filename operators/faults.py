@@ -4,7 +4,8 @@
                                             writing), once: EMBEDPIPE_FAULT_ONCE=<path> records that it fired
     EMBEDPIPE_FAULT_KILL_COMMITTED_SHARD=<n> an embedding actor dies right after committing shard n, before
                                             reporting it, once (with EMBEDPIPE_FAULT_ONCE)
-    EMBEDPIPE_FAULT_FAIL_ACTOR_START=1       an embedding actor's start raises (a GPU out of memory, say), once
+    EMBEDPIPE_FAULT_FAIL_ACTOR_START=<path> the first embedding actor to start claims the file and raises at each of
+                                            its starts, Ray's restarts too (a GPU out of memory on its node)
     EMBEDPIPE_FAULT_EXIT_AFTER_SHARDS=<n>   the driver exits after n shards are committed (between shards)
     EMBEDPIPE_FAULT_EXIT_AFTER_COMMIT=1     the driver exits once its version is committed, before its promote
 
@@ -33,8 +34,16 @@ def maybe_kill_actor(shard: int) -> None:
         os._exit(17)  # as abrupt as a lost node: no cleanup, no exception
 
 
-def maybe_fail_actor_start() -> None:
-    if os.environ.get("EMBEDPIPE_FAULT_FAIL_ACTOR_START") == "1" and _fire_once():
+def maybe_fail_actor_start(actor_id: str) -> None:
+    marker = os.environ.get("EMBEDPIPE_FAULT_FAIL_ACTOR_START")
+    if not marker:
+        return
+    try:
+        with open(marker, "x") as fh:
+            fh.write(actor_id)
+    except FileExistsError:
+        pass
+    if Path(marker).read_text() == actor_id:
         raise RuntimeError("injected: this embedding actor could not start")
 
 

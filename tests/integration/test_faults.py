@@ -75,13 +75,14 @@ def test_an_actor_killed_after_committing_its_shard_is_counted_as_embedding_it(s
 
 
 def test_an_actor_that_cannot_start_leaves_the_shards_to_the_others(setup):
-    """One of two actors fails in its start (a GPU out of memory on its node): the run goes on with the other and
-    publishes what an uninterrupted run does (it failed the embed stage)."""
+    """One of two actors fails in its start, Ray's retries too (a GPU out of memory on its node): the run goes on
+    with the other and publishes what an uninterrupted run does. (Where the failure is seen before the other actor
+    has finished, it used to fail the embed stage; the log then says "an embedding actor could not start".)"""
     folder, run, clean = setup
-    once = folder / "start-fault-fired"
-    result = run(folder / "one-actor", "r1", EMBEDPIPE_FAULT_FAIL_ACTOR_START="1", EMBEDPIPE_FAULT_ONCE=str(once))
+    failing = folder / "start-fault-actor"  # the actor that claims it fails at every start, Ray's restarts too
+    result = run(folder / "one-actor", "r1", EMBEDPIPE_FAULT_FAIL_ACTOR_START=str(failing))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert once.exists() and "an embedding actor could not start; the run goes on with the others" in result.stderr
+    assert failing.exists()  # an actor claimed the fault, and failed
     counts = json.loads(result.stdout)["counts"]
     assert (counts["shards_embedded"], counts["vectors"]) == (4, clean["counts"]["vectors"])
     same_snapshot(clean["snapshot"], json.loads(result.stdout)["snapshot"])
