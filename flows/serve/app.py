@@ -282,7 +282,7 @@ def create_app(service: SearchService) -> Instrumented:
         nonce = secrets.token_urlsafe(16)
         body = render_page(settings.index, settings.alias, served.version if served else None,
                            served.modes if served else [], served.default_mode if served else None,
-                           settings.limits.max_k, settings.limits.max_query_chars, settings.token is not None, nonce)
+                           settings.limits, settings.token is not None, nonce)
         csp = f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; connect-src 'self'"
         return HTMLResponse(body, headers={"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff"})
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import html
 from string import Template
 
+from pipeline.serving.query import Limits
+
 _PAGE = Template("""<!doctype html>
 <html lang="en">
 <head>
@@ -110,12 +112,12 @@ $$("search").addEventListener("submit", async (event) => {
 
 
 def render_page(index: str, alias: str, version: str | None, modes: list[str], default_mode: str | None,
-                max_k: int, max_chars: int, token_required: bool, nonce: str) -> str:
+                limits: Limits, token_required: bool, nonce: str) -> str:
     e = html.escape
     options = "".join(f'<option value="{e(m)}"{" selected" if m == default_mode else ""}>{e(m)}</option>'
                       for m in modes)
     token_input = ('<input id="token" type="password" placeholder="bearer token" autocomplete="off">'
                    if token_required else "")
     return _PAGE.substitute(index=e(index), alias=e(alias), version=e(version or "none yet"), options=options,
-                            max_k=max_k, default_k=min(10, max_k), max_chars=max_chars, token_input=token_input,
-                            nonce=e(nonce))
+                            max_k=limits.max_k, default_k=limits.default_k, max_chars=limits.max_query_chars,
+                            token_input=token_input, nonce=e(nonce))

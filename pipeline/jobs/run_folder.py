@@ -118,7 +118,7 @@ def committed_unfinished(storage: Storage, run_id: str, index_name: str, seen: s
     end): a retry promotes it from where that attempt saw the alias instead of building a second version (`seen`,
     the alias now, stands in for a plan record from before the alias was recorded)."""
     record = _plan_record(storage, run_id)
-    if not record or record.get("finished") or not committed_version(storage, run_id, index_name):
+    if not record or record.get("finished") or not _committed(storage, index_name, record["version"]):
         return None
     return RunVersion(record["version"], record.get("seen", seen))
 

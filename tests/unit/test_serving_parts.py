@@ -10,6 +10,7 @@ from flows.serve.page import render_page
 from flows.serve.settings import ServeSettings
 from pipeline.serving.holder import VersionHolder
 from pipeline.serving.memory import return_freed_memory
+from pipeline.serving.query import Limits
 
 
 class Version:  # what the holder needs of a ServingVersion
@@ -40,12 +41,13 @@ def test_settings_keep_the_token_out_of_their_repr_and_know_loopback():
 
 
 def test_the_page_escapes_what_it_shows():
-    page = render_page('<i>dx</i>', "live", 'v"1', ["exact", "<b>m</b>"], "exact", 50, 900, True, "n0nce")
+    page = render_page('<i>dx</i>', "live", 'v"1', ["exact", "<b>m</b>"], "exact",
+                       Limits(max_k=50, max_query_chars=900), True, "n0nce")
     assert "<i>dx</i>" not in page and "&lt;i&gt;dx&lt;/i&gt;" in page and "&lt;b&gt;m&lt;/b&gt;" in page
     assert '<code id="version">v&quot;1</code>' in page and '<option value="exact" selected>' in page
     assert 'id="token"' in page and 'max="50"' in page and 'maxlength="900"' in page
     assert '<script nonce="n0nce">' in page and "const $ = (id)" in page
-    assert "none yet" in render_page("i", "live", None, [], None, 10, 10, False, "n")
+    assert "none yet" in render_page("i", "live", None, [], None, Limits(max_k=10, max_query_chars=10), False, "n")
 
 
 def test_freed_memory_goes_back_on_glibc():
