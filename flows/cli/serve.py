@@ -36,12 +36,15 @@ def serve(
                                                                 "(repeatable; default: three built-in ones)")] = None,
     query_batch: Annotated[int, typer.Option(min=1, help="most queries one forward pass encodes: concurrent requests' "
                                                          "queries share a pass (1: one request at a time)")] = 64,
+    allow_host: Annotated[list[str] | None, typer.Option(help="a Host name a loopback service answers besides "
+                                                             "localhost and loopback addresses (a proxy's; "
+                                                             "repeatable)")] = None,
     access_log: Annotated[bool, typer.Option(help="log every request")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Serve an alias over HTTP: /search, /version, /health, /ready, /metrics and a search page at /."""
     from flows.serve.server import serve as run_server
-    from flows.serve.settings import ServeSettings
+    from flows.serve.settings import ServeSettings, host_name
     from pipeline.errors import InputError, SnapshotError
     from pipeline.quality.search import refuse_bad_query
     from pipeline.redaction import redact
@@ -64,7 +67,7 @@ def serve(
         limits=Limits(max_k=max_k, max_query_chars=max_query_chars),
         load=LoadSettings(warmup_queries=tuple(warmup_query or WARMUP_QUERIES), default_mode=default_mode,
                           query_batch=query_batch),
-        access_log=access_log)
+        access_log=access_log, allowed_hosts=tuple(host_name(name) for name in allow_host or ()))
     run_server(settings, log_level)
 
 

@@ -131,6 +131,14 @@ class Instrumented:
             await send(message)
 
         try:
+            host = dict(scope["headers"]).get(b"host")
+            host = None if host is None else host.decode("latin-1")
+            if not self.service.settings.answers_host(host):
+                await error_response(
+                    421, "misdirected", f"Host {host[:80]!r} is not a name of this loopback service: expected "
+                    "localhost or a loopback address, or start it with --allow-host NAME (a proxy's name)")(
+                    scope, receive, send_counted)
+                return
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 body = await self._read_body(receive)
                 if body is None:
@@ -140,6 +148,9 @@ class Instrumented:
                     return
                 receive = _replay(body, receive)
             await self.app(scope, receive, send_counted)
+        except Exception:
+            if status[0] != 500:  # Starlette raises again what its 500 handler answered (and logged): not twice
+                raise
         finally:
             self.service.metrics.observe(scope["path"], status[0], time.perf_counter() - started)
 

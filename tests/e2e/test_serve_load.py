@@ -67,10 +67,10 @@ def client(port: int, stop: threading.Event, out: list[Answered], seed: int) -> 
     conn.close()
 
 
-def get(port: int, path: str) -> tuple[int, bytes]:
+def get(port: int, path: str, host: str | None = None) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers={"Host": host} if host else {})
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:
@@ -113,10 +113,13 @@ def test_no_failed_request_through_promotion_rollback_and_a_corrupted_version(tm
     with log_path.open("w") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "flows.cli", "serve", storage.url, INDEX, "--alias", "live", "--port", str(port),
-             "--poll-interval", "0.2"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+             "--poll-interval", "0.2", "--allow-host", "Search.Internal:8080"], cwd=REPO, stdout=log,
+            stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         wait_for(lambda: get(port, "/ready")[0] == 200, "the service to become ready")
+        # a name rebound to loopback is refused, the one --allow-host gave (a proxy's) answered
+        assert get(port, "/ready", "attacker.example")[0] == 421 and get(port, "/ready", "search.internal")[0] == 200
         report = run_load(storage, port, server.pid, seconds)
     finally:
         server.send_signal(signal.SIGTERM)

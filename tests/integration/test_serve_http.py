@@ -300,3 +300,52 @@ def test_the_serve_command_refuses_what_would_never_get_ready(root, tmp_path, mo
         port = taken.getsockname()[1]
         out = CliRunner().invoke(app, ["serve", root, INDEX, "--port", str(port)])
     assert out.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
+
+
+def test_a_loopback_service_answers_only_its_own_names(root):
+    """DNS rebinding: a page at attacker.example whose name is rebound to 127.0.0.1 reaches a tokenless loopback
+    service from the visitor's browser, naming itself in Host; that request is refused before any endpoint."""
+    settings = settings_for(root, allowed_hosts=("search.internal",))
+    base = f"http://127.0.0.1:{settings.port}"
+    with serving_in_thread(settings):
+        for host in ("attacker.example", f"attacker.example:{settings.port}", "127.0.0.1.attacker.example",
+                     "localhost.attacker.example"):
+            for path in ("/search?q=statins", "/version", "/"):
+                status, _, got = call(base, path, headers={"Host": host})
+                assert status == 421 and got["error"]["code"] == "misdirected", (host, path)
+                assert "--allow-host" in got["error"]["message"]
+        for host in ("localhost", f"LOCALHOST.:{settings.port}", "app.localhost", "127.0.0.1", "127.0.0.2:80",
+                     f"[::1]:{settings.port}", "search.internal", f"search.internal:{settings.port}"):
+            status, _, got = call(base, "/search?q=statins", headers={"Host": host})
+            assert status == 200 and got["hits"], host
+        assert 'status="421"' in call(base, "/metrics")[2]
+
+
+def test_a_service_on_another_address_answers_any_name(root):
+    """Reached from other machines by names it cannot know (a load balancer's, a pod's): a token guards it."""
+    settings = settings_for(root, host="0.0.0.0", token=TOKEN)
+    base = f"http://127.0.0.1:{settings.port}"
+    with serving_in_thread(settings):
+        status, _, got = call(base, "/search?q=statins", headers={"Host": "search.example.com",
+                                                                  "Authorization": f"Bearer {TOKEN}"})
+        assert status == 200 and got["hits"]
+
+
+def test_an_unexpected_error_is_a_json_500_logged_once(root, monkeypatch, caplog):
+    """Its traceback is in the log once (Starlette raised it again after our handler, and uvicorn logged it too);
+    the client gets no detail of it."""
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("search broke: secret detail")
+
+    monkeypatch.setattr("flows.serve.app.answer", broken)
+    settings = settings_for(root)
+    base = f"http://127.0.0.1:{settings.port}"
+    with caplog.at_level(logging.INFO), serving_in_thread(settings):
+        status, _, got = call(base, "/search?q=statins")
+        assert call(base, "/health")[0] == 200  # the service goes on
+        metrics = call(base, "/metrics")[2]
+    assert status == 500 and got == {"error": {"code": "internal",
+                                               "message": "internal error; the service's log has the details"}}
+    logged = [r for r in caplog.records if r.exc_info and "secret detail" in str(r.exc_info[1])]
+    assert len(logged) == 1 and logged[0].name == "flows.serve", [r.name for r in logged]
+    assert 'status="500"' in metrics
