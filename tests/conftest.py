@@ -134,6 +134,17 @@ def prefect_api(prefect_home):
         yield url
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """Loading an encoder with `threads=` sets torch's thread count for the whole process: a later test would run
+    on one thread (and skip what needs two) because an earlier one loaded an encoder so."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch else None
+    yield
+    if before is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_ray(request):
     """One Ray head for the session, joined through RAY_ADDRESS by every flow the tests run, in this process and in
