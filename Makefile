@@ -1,5 +1,5 @@
 # `make demo` and `make test` work on a fresh machine: both create or reuse .venv first.
-.PHONY: demo demo-s3 serve test test-bench test-cluster lint bench clean
+.PHONY: demo demo-s3 serve test test-bench test-cluster test-slow lint bench clean
 
 VENV := .venv
 export DO_NOT_TRACK := 1
@@ -19,15 +19,20 @@ serve: $(VENV)/.installed
 demo-s3: $(VENV)/.installed
 	./infra/demo-s3.sh
 
-test: $(VENV)/.installed
-	$(VENV)/bin/ruff check .
+test: lint
 	$(VENV)/bin/python -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 
 test-bench: $(VENV)/.installed  # every benchmark's --smoke run (7-8 minutes on 2 cores of a Zen 4, 10-12 on a Zen 3); CI runs it after `make test`
 	$(VENV)/bin/python -m pytest -m bench
 
 test-cluster: $(VENV)/.installed  # the two-node Ray cluster test (~3 minutes); CI runs it after `make test`
 	$(VENV)/bin/python -m pytest -m cluster
+
+test-slow: $(VENV)/.installed  # a process worker running a deployment, the 30 s load test (~3 minutes); CI runs it too
+	$(VENV)/bin/python -m pytest -m slow
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/scifact_reference.py

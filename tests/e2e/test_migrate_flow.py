@@ -103,8 +103,8 @@ def test_a_better_model_passes_the_gate_and_takes_the_alias(store, accepted):
     counts = accepted["green"]["counts"]
     assert counts["reused_from_cache"] == 0 and counts["embedded"] == counts["chunks"] > 200  # nothing across models
     green = Snapshot.open(accepted["green"]["snapshot"])
-    assert green.manifest["lineage"] == {"job": "migrate", "base": blue["version"],
-                                         "how": green.manifest["lineage"]["how"]}
+    assert green.manifest["lineage"] == {"job": "migrate", "base": blue["version"], "how": (
+        f"full build with all-MiniLM-L6-v2: migration from wordllama-l2-supercat (live version {blue['version']})")}
     assert green.manifest["model"]["name"] == "all-MiniLM-L6-v2"
     overlap = accepted["topk_overlap"]  # same corpus, doc ids comparable
     assert overlap["queries"] == 20 and 0 < overlap["mean"] < 1

@@ -318,7 +318,10 @@ def test_gc_keeps_aliased_recent_and_in_flight_versions(storage_root):
     promote(s, "idx", "live", version(1), seen=None)
     promote(s, "idx", "live", version(2), seen=version(1))
     s.write_bytes(f"snapshots/idx/{version(7)}/ids.parquet", b"abandoned upload")
-    now = datetime(2026, 1, 9, tzinfo=UTC)
+    # the alias's history is stamped by the clock: v1 left two hours before this gc, past its one-hour grace
+    now = datetime.now(UTC) + timedelta(hours=2)
+    assert "within the grace period" in plan_gc(s, "idx", 2, timedelta(hours=1), now - timedelta(hours=1.5)).keep[
+        version(1)]
     in_flight = (now - timedelta(minutes=5)).strftime("%Y%m%dT%H%M%S%fZ") + "-ffffff"
     s.write_bytes(f"snapshots/idx/{in_flight}/ids.parquet", b"still uploading")
     resumed = version(8)  # a run that chose its version on day 8 and was resumed minutes ago: it renewed its claim
@@ -326,10 +329,11 @@ def test_gc_keeps_aliased_recent_and_in_flight_versions(storage_root):
     claim(s, "idx", resumed, "run-8", now=now - timedelta(minutes=5))
     s.write_bytes(f"snapshots/idx/{resumed}/ids.parquet", b"uploading again")
     plan = plan_gc(s, "idx", keep_last=2, grace=timedelta(hours=1), now=now)
-    assert set(plan.delete) == {version(3), version(4), version(7)} and "claimed within" in plan.keep[resumed]
+    assert set(plan.delete) == {version(1), version(3), version(4), version(7)}
+    assert "claimed within" in plan.keep[resumed]
     assert "alias live points at it" in plan.keep[version(2)]
     assert plan.keep[version(5)].startswith("one of the newest") and "in progress" in plan.keep[in_flight]
-    assert version(1) in plan.delete or version(1) in plan.keep  # pointed at long ago: only the grace window counts
+    assert plan.delete[version(1)] == "older than the kept versions"  # pointed at, but before the grace period
     before = s.list("snapshots/idx")
     assert sorted(apply_gc(s, plan)) == sorted(plan.delete)
     assert sorted(s.list("snapshots/idx")) == sorted(set(before) - set(plan.delete))

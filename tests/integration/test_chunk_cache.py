@@ -35,6 +35,8 @@ def test_a_file_compacted_away_during_a_lookup_is_made_up_by_the_compacted_file(
 
     monkeypatch.setattr(Storage, "read_bytes", another_run_compacts_after_the_first_read)
     found = pl.concat(cache.lookup(0, 16, pl.Series([f"h{i}" for i in range(30)]))).unique("chunk_hash")
+    assert chunk_cache.COMPACT_AT == 0  # the compaction did happen mid-lookup: the partition is one file now
+    assert len(storage.list(f"{cache.prefix}/b00000-00016")) == 1
     assert found.sort("chunk_hash").equals(pl.concat([rows(0), rows(10), rows(20)]).sort("chunk_hash"))
 
 

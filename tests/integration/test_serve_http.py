@@ -73,8 +73,9 @@ def test_search_get_and_post_name_the_version_that_answered(base):
     status, _, posted = call(base, "/search", {"query": "vitamin D and bone health", "k": 3, "mode": "binary+rescore"})
     assert status == 200 and posted["version"] == "v1" and posted["mode"] == "binary+rescore"
     assert [h["doc_id"] for h in posted["hits"]] == [h["doc_id"] for h in got["hits"]]  # rescoring restores exact
-    status, _, long = call(base, "/search", {"query": "interleukin-6 " * 35, "k": 1})
-    assert status == 200 and long["truncated_to_tokens"] is None or long["truncated_to_tokens"] == 256
+    for query, truncated in (("interleukin-6 " * 35, None), ("IL-6/IL-10 " * 40, 256)):  # 212 and 282 tokens
+        status, _, got = call(base, "/search", {"query": query, "k": 1})
+        assert status == 200 and got["truncated_to_tokens"] == truncated and len(got["hits"]) == 1, query
 
 
 def test_health_ready_and_version(base):
@@ -199,6 +200,7 @@ def test_a_bearer_token_guards_search_version_and_metrics(root, caplog):
         status, _, page = call(base, "/")
         assert status == 200 and 'id="token"' in page
         answered = [call(base, p, headers={"Authorization": f"Bearer {TOKEN}"})[2] for p in ("/version", "/metrics")]
+    assert f"serving {INDEX}/live version v1" in caplog.text  # the service's log was captured
     assert TOKEN not in json.dumps(answered[0]) + answered[1] + page + caplog.text
     assert TOKEN not in repr(settings)
 

@@ -79,12 +79,14 @@ def test_a_gpu_falls_back_to_fp32_when_no_half_precision_is_close_enough(monkeyp
 def test_auto_probes_every_candidate_and_its_vectors_stay_within_tolerance(sample_docs, encoder, tmp_path,
                                                                          monkeypatch):
     from pipeline.models.encoder import load_encoder
+    from pipeline.models.kernels import candidates
 
     monkeypatch.setenv("EMBEDPIPE_KERNEL_CACHE", str(tmp_path))  # a machine that never probed
     auto = load_encoder(ModelConfig())  # the default: precision auto
     plan = auto.kernel_plan
     assert plan.chosen_by == "probe" and plan.kernel.name in {p.kernel for p in plan.probes}
-    assert {"fp32-torch", "fp32-onednn"} <= {p.kernel for p in plan.probes}
+    assert {p.kernel for p in plan.probes} == {k.name for k in candidates("cpu", "auto")} >= {"fp32-torch",
+                                                                                            "fp32-onednn"}
     chosen = next(p for p in plan.probes if p.kernel == plan.kernel.name)
     assert chosen.min_cosine >= TOLERANCE and chosen.tokens_per_s == max(
         p.tokens_per_s for p in plan.probes if p.min_cosine >= TOLERANCE)
