@@ -6,7 +6,9 @@ tokens; a window never ends inside a word when it can end at a word start. Each 
 offsets into the document text, so `doc_text[start:end] == chunk text`.
 
 A window also starts at a word start, looking back at most half a step (so text without spaces still
-advances by max_tokens - overlap), and not on the whitespace a SentencePiece piece carries.
+advances by max_tokens - overlap), and not on the whitespace a SentencePiece piece carries nor on tokens of
+whitespace alone (a window of nothing else makes no chunk); it ends between characters, not inside the byte
+tokens of one.
 
 Mode `none` makes one chunk per document with its whole text; the encoder then truncates it at the
 model's limit, which is how the published SciFact scores were measured.
@@ -85,20 +87,30 @@ class Chunker:
                 while cut > start + window // 2 and not starts[cut]:
                     cut -= 1
                 end = cut if cut > start + window // 2 else end
-            a, n_tokens = _lstrip(text, offsets[start][0], offsets[end - 1][1]), end - start
-            if not starts[start]:  # begun inside a word too long to step back over (base64, a DNA sequence): its
-                # first piece re-tokenizes as a word's first, often into more tokens than the window
-                while (n_tokens := self.tokenizer.count(text[a:offsets[end - 1][1]], specials=False)) > window \
-                        and end > start + 1:
+                # nor inside a character: byte-fallback tokens (an emoji in 4 of wordllama's) share its offsets
+                while end > start + 1 and offsets[end][0] < offsets[end - 1][1]:
                     end -= 1
-            spans.append((a, offsets[end - 1][1], n_tokens))
+            first = start  # the chunk's first token: blank ones (a run of newlines) are not part of its text
+            while first < end and _blank(text, offsets, first):
+                first += 1
+            if first < end:
+                a, n_tokens = _lstrip(text, offsets[first][0], offsets[end - 1][1]), end - first
+                if not starts[first]:  # begun inside a word too long to step back over (base64, a DNA sequence):
+                    # its first piece re-tokenizes as a word's first, often into more tokens than the window
+                    while (n_tokens := self.tokenizer.count(text[a:offsets[end - 1][1]], specials=False)) > window \
+                            and end > first + 1:
+                        end -= 1
+                if a < offsets[end - 1][1]:  # not a window of whitespace ending on a "▁"
+                    spans.append((a, offsets[end - 1][1], n_tokens))
             if end >= n:
-                return spans
+                return spans or [(0, len(text), 0)]  # whitespace alone (the readers refuse such text)
             # Begin the next window at a word start too (the overlap grows by a few tokens), looking back at
             # most half a step: text without word starts (a DNA sequence, CJK for wordllama) keeps full steps.
             nominal = max(end - self.cfg.overlap, start + 1)
             floor = max(start + 1, nominal - (window - self.cfg.overlap) // 2)
             start = next((i for i in range(nominal, floor - 1, -1) if starts[i]), nominal)
+            while start < n and offsets[start][0] < offsets[start - 1][1]:  # a character's later bytes: in this chunk
+                start += 1
 
     def chunk(self, docs: pl.DataFrame) -> pl.DataFrame:
         """docs (doc_id, title, text) -> chunks (CHUNK_SCHEMA), in document order."""
@@ -123,6 +135,17 @@ def _word_starts(word_ids: list[int | None], offsets: list[tuple[int, int]], tex
         return [i == 0 or w is None or w != word_ids[i - 1] for i, w in enumerate(word_ids)]
     return [i == 0 or (a < len(text) and text[a].isspace()) or (offsets[i - 1][1] < a and text[a - 1].isspace())
             for i, (a, _) in enumerate(offsets)]
+
+
+def _blank(text: str, offsets: list[tuple[int, int]], i: int) -> bool:
+    """Whether token i is whitespace a chunk's text would not start with: a newline, a tab, a second space
+    ("▁" before "▁word"). A lone "▁" before a token that carries no space ("▁", "1") is kept: a chunk
+    starting there re-tokenizes with it."""
+    a, b = offsets[i]
+    if not text[a:b].isspace():
+        return False
+    glued = i + 1 < len(offsets) and offsets[i + 1][0] == b < len(text) and not text[b].isspace()
+    return not (glued and text[a:b] == " ")
 
 
 def _lstrip(text: str, a: int, b: int) -> int:

@@ -26,8 +26,17 @@ from pipeline.errors import ConfigError
 
 def content_hashes(docs: pl.DataFrame) -> pl.Series:
     """sha256 of each document's id, title and text (the corpus fingerprint sums them)."""
-    return pl.Series("content_hash", [hashlib.sha256(f"{d}\x00{t}\x00{x}".encode()).hexdigest()
-                                      for d, t, x in docs.select("doc_id", "title", "text").iter_rows()], pl.String)
+    return pl.Series("content_hash", [content_hash(*row) for row in docs.select("doc_id", "title", "text").iter_rows()],
+                     pl.String)
+
+
+def content_hash(doc_id: str, title: str, text: str) -> str:
+    """The fields joined by NULs, as always (so that hashes recorded before stay valid); where a field holds a NUL
+    itself, which would make ("a\x00b", "c") and ("a", "b\x00c") one hash, their JSON array instead: it has no
+    NUL, so it cannot be any other document's NUL-joined fields either."""
+    if "\x00" in doc_id or "\x00" in title or "\x00" in text:
+        return hashlib.sha256(json.dumps([doc_id, title, text]).encode()).hexdigest()
+    return hashlib.sha256(f"{doc_id}\x00{title}\x00{text}".encode()).hexdigest()
 
 
 class CorpusFingerprint:
@@ -86,8 +95,18 @@ class Selection:
         try:
             return docs.select(picked.alias("selected"))["selected"]
         except pl.exceptions.PolarsError as exc:
-            raise ConfigError(f"backfill filter {self.where!r} does not apply to the corpus (columns "
-                              f"{docs.columns}; add metadata fields with corpus.metadata_fields): {exc}") from None
+            error = exc
+        # A batch where no document has a field holds it as Null, which string functions (LIKE) or a comparison
+        # with a number may refuse; every value being null, any type gives the same answer.
+        nulls = [name for name, dtype in docs.schema.items() if dtype == pl.Null]
+        for dtype in (pl.String, pl.Float64, pl.Boolean) if nulls else ():
+            try:
+                return docs.with_columns(pl.col(nulls).cast(dtype)).select(picked.alias("selected"))["selected"]
+            except pl.exceptions.PolarsError:
+                pass
+        columns = ", ".join(f"{name} ({dtype})" for name, dtype in docs.schema.items())
+        raise ConfigError(f"backfill filter {self.where!r} does not apply to the corpus (columns {columns}; add "
+                          f"metadata fields with corpus.metadata_fields, each of one type): {error}") from None
 
     def describe(self) -> str:
         """The selection in words, for the summary and the manifest's lineage."""

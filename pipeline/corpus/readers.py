@@ -17,7 +17,15 @@ import polars as pl
 
 from pipeline.config import CorpusConfig
 from pipeline.corpus.pieces import InputFile, Piece, Span, describe_inputs, list_inputs, not_found, plan_pieces
-from pipeline.corpus.records import BLANK, fetched, jsonl_records, lone_surrogate, open_input, parquet_records
+from pipeline.corpus.records import (
+    BLANK,
+    fetched,
+    jsonl_records,
+    lone_surrogate,
+    open_input,
+    parquet_records,
+    visible,
+)
 from pipeline.errors import InputError
 from pipeline.redaction import redact
 
@@ -101,8 +109,9 @@ class _Collector:
             return self.reject(position, f"bad title: {cfg.title_field!r} must be a string", raw, doc_id)
         if text is not None and not isinstance(text, str):
             return self.reject(position, f"bad text: {cfg.text_field!r} must be a string", raw, doc_id)
-        if not (text or "").strip():
-            return self.reject(position, f"empty text: field {cfg.text_field!r} is missing or blank", raw, doc_id)
+        if not visible(text or ""):
+            return self.reject(position, f"empty text: field {cfg.text_field!r} is missing, blank or holds only "
+                               "invisible characters", raw, doc_id)
         if len(title) + len(text) > cfg.max_chars:
             return self.reject(position, f"too large: {len(title) + len(text)} chars > max_chars {cfg.max_chars}",
                                raw, doc_id)
@@ -242,7 +251,7 @@ def read_queries(url: str) -> dict[str, str]:
             raise InputError(f"{redact(url)} line {lineno}: expected {{'_id', 'text'}}, {error or 'got ' + _raw}")
         if lone_surrogate(record) is not None:
             raise InputError(f"{redact(url)} line {lineno}: invalid Unicode (a lone surrogate escape)")
-        if not record["text"].strip():  # it would score 0 in every mode, as serving refuses it
+        if not visible(record["text"]):  # it would score 0 in every mode, as serving refuses it
             raise InputError(f"{redact(url)} line {lineno}: query {record['_id']!r} has no text; expected some")
         qid = str(record["_id"])
         if queries.setdefault(qid, record["text"]) != record["text"]:

@@ -25,6 +25,12 @@ from pipeline.redaction import redact
 BLANK = object()  # what a JSON Lines reader yields for a line of whitespace: counted, not a record
 
 
+def visible(text: str) -> bool:
+    """Whether `text` has a character a model reads: not only whitespace, controls (NUL), format characters (a
+    zero-width space, a BOM) or unassigned code points, which `str.strip` keeps and tokenizers drop."""
+    return any(ch.isprintable() and not ch.isspace() for ch in text)
+
+
 def lone_surrogate(value: Any) -> int | None:
     """Where the first lone surrogate of a string (or of the strings nested in a list or dict) is. JSON's
     "\\ud800" escape decodes to one: valid JSON, not valid Unicode, and no UTF-8 writer accepts it."""

@@ -179,7 +179,8 @@ def prepare_shard(cfg: PipelineConfig, storage: Storage, run_id: str, shard: int
         counts["quarantined"] = rejected.height
         write_parquet(storage, quarantine_key(run_id, f"shard-{shard:05d}.parquet"), rejected.select(
             pl.col("source"), pl.col("position"), pl.col("doc_id"), pl.lit(DUPLICATE).alias("reason"),
-            pl.concat_str([pl.lit('{"_id": '), pl.col("doc_id"), pl.lit(" ...}")]).alias("raw"),
+            # the record is not kept past its piece: its id, as JSON under the corpus's id field
+            pl.struct(pl.col("doc_id").alias(cfg.corpus.id_field)).struct.json_encode().alias("raw"),
             pl.col("piece")).cast({k: v for k, v in QUARANTINE_SCHEMA.items()}))
         for source, n in rejected.group_by("source").len().iter_rows():
             dropped[source] += n

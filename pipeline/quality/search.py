@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.config import BM25
-from pipeline.corpus.records import lone_surrogate
+from pipeline.corpus.records import lone_surrogate, visible
 from pipeline.errors import InputError, ModelError, SnapshotError
 from pipeline.index.bm25 import Bm25Index
 from pipeline.index.faiss_ops import faiss_threads
@@ -66,7 +66,7 @@ class QueryCheck:
 
 def refuse_bad_query(query: object) -> None:
     """An empty query would still "match" something; one with a lone surrogate would fail deep in the tokenizer."""
-    if not isinstance(query, str) or not query.strip():
+    if not isinstance(query, str) or not visible(query):
         raise InputError(f"query {query!r} is empty: expected some text to search for")
     if (at := lone_surrogate(query)) is not None:
         raise InputError(f"the query is not valid Unicode: a lone surrogate at character {at}; expected text "

@@ -34,7 +34,7 @@ def build_markdown(summary: BuildSummary) -> str:
     else:
         lines += [f"Quality: not measured ({NOT_EVALUATED})", ""]
     tables.append(timings_table(summary.timings_s))
-    return "\n".join(lines) + "\n\n".join(t.markdown() for t in tables)
+    return "\n".join([*lines, *(t.markdown() + "\n" for t in tables)])  # each after a blank line: its own block
 
 
 def _flatten(d: Mapping, prefix: str = "") -> dict[str, object]:

@@ -367,7 +367,7 @@ def test_backfill_rejects_a_filter_on_a_field_the_corpus_does_not_keep(runs, pre
     live = read_alias(store, "jobs", "live").version
     with temporary_settings({PREFECT_API_URL: prefect_api}), pytest.raises(
             ConfigError, match=r"filter \"published >= '2020-01-01'\" does not apply to the corpus \(columns .*"
-            r"add metadata fields with corpus\.metadata_fields\)"):
+            r"add metadata fields with corpus\.metadata_fields, each of one type\)"):
         backfill(runs["config"], where="published >= '2020-01-01'")
     assert read_alias(store, "jobs", "live").version == live
 

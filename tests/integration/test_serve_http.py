@@ -92,6 +92,7 @@ def test_health_ready_and_version(base):
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "code", "message"), [
     ("GET", "/search?q=%20%20&k=3", None, 400, "bad_request", "is empty: expected some text"),
+    ("GET", "/search?q=%E2%80%8B%00", None, 400, "bad_request", "is empty: expected some text"),  # ZWSP, NUL
     ("GET", "/search?q=x&k=51", None, 400, "bad_request", "k=51: expected 1 to 50"),
     ("GET", "/search?q=x&k=ten", None, 400, "bad_request", "k: Input should be a valid integer"),
     ("GET", "/search?k=3", None, 400, "bad_request", "q: Field required"),

@@ -285,6 +285,8 @@ def test_pieces_and_small_batches_give_the_same_run_and_find_duplicates_across_p
         dupes = quarantine(tmp_path / f"store-{name}", "r")
         assert dupes["reason"].str.starts_with("duplicate id").all() and dupes["doc_id"].to_list() == [
             sample_docs[1]["_id"]]
+        if name == "pieces":  # quarantined by its shard, which has the id alone: JSON, under the id field
+            assert dupes["raw"].to_list() == [json.dumps({"_id": sample_docs[1]["_id"]}, separators=(",", ":"))]
     assert results["pieces"][0] == results["whole"][0] and results["pieces"][1].equals(results["whole"][1])
     assert np.abs(results["pieces"][2] - results["whole"][2]).max() < 1e-5  # batches differ: float rounding
 

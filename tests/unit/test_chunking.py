@@ -126,3 +126,25 @@ def test_a_window_begun_inside_a_long_word_still_fits_and_counts_its_tokens(toke
             assert tokenizer.count(text[a:b]) <= max_tokens
             assert tokenizer.count(text[a:b], specials=False) == n_tokens
         assert spans[-1][1] == len(text)
+
+
+@pytest.mark.parametrize("text", [
+    "Intro paragraph here." + "\n" * 60 + "Second paragraph text.",
+    "Header\r\n" + "\r\n" * 40 + "body text follows here and goes on for a while",
+    "a" + "\t" * 200 + "b",
+    "one two three four five six  seven eight nine ten eleven  twelve thirteen   fourteen fifteen sixteen",
+    "xxx😀😀😀😀 k l m n 😀😀😀 and more words 😀 after the emoji 😀😀",
+], ids=["newlines", "crlf", "tabs", "double-spaces", "emoji"])
+def test_sentencepiece_chunks_are_text_that_fits_and_counts_its_tokens(text):
+    """wordllama's SentencePiece has tokens of bare whitespace (a newline, a second space) and cuts an emoji into
+    byte tokens sharing its offsets: windows began on whitespace (empty chunks, counting tokens their text does
+    not have) and ended inside a character (a chunk over the window)."""
+    tokenizer, limit = _wordllama()
+    for max_tokens, overlap in ((16, 4), (9, 2), (64, 16)):
+        spans = Chunker(tokenizer, ChunkingConfig(max_tokens=max_tokens, overlap=overlap), limit).spans(text)
+        for a, b, n_tokens in spans:
+            assert text[a:b].strip() and not text[a].isspace(), (max_tokens, text[a:b])
+            assert tokenizer.count(text[a:b]) <= max_tokens, (max_tokens, text[a:b])
+            assert tokenizer.count(text[a:b], specials=False) == n_tokens, (max_tokens, text[a:b])
+        covered = {i for a, b, _ in spans for i in range(a, b)}
+        assert all(i in covered for i, ch in enumerate(text) if not ch.isspace())  # nothing left out

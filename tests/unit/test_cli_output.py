@@ -102,7 +102,10 @@ def test_a_build_without_a_golden_set_says_its_quality_was_not_measured(monkeypa
     jobs._print_summary(summary, example=True, config="unused.yaml", overrides={})
     printed = " ".join(console.export_text().split())
     assert "quality: not measured (no golden set: set evaluation.queries and evaluation.qrels" in printed
-    assert "Quality: not measured (no golden set: set evaluation.queries" in build_markdown(summary)
+    markdown = build_markdown(summary)
+    assert "Quality: not measured (no golden set: set evaluation.queries" in markdown
+    # each table a block of its own: after a single newline, CommonMark ran "**counts**" into the line above
+    assert "\n\n**counts**\n\n| " in markdown and "\n\n**seconds per stage**" in markdown
 
 
 def test_a_build_whose_golden_set_reaches_beyond_its_corpus_says_so(monkeypatch):

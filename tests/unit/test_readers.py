@@ -25,6 +25,8 @@ def reasons(result) -> dict[int, str]:
         ({"_id": "", "text": "x"}, "missing id"),
         ({"_id": "d2", "title": "t"}, "empty text"),
         ({"_id": "d2", "text": "   \n"}, "empty text"),
+        ({"_id": "d2", "title": "t", "text": "\u200b\ufeff\x00\u2060 "}, "empty text: field 'text' is missing, blank "
+         "or holds only invisible characters"),  # tokenizers drop them: a chunk of no tokens, a junk vector
         ({"_id": "d2", "text": 42}, "bad text"),
         ({"_id": "d2", "title": ["t"], "text": "x"}, "bad title"),
         ({"_id": "d2", "title": 0, "text": "x"}, "bad title"),  # not read as no title
