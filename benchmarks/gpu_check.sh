@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, on a machine with one CUDA GPU:
-#   1. set-up. With network (nothing installed): .venv with the CUDA build of torch 2.13.0 and faiss-cuda for
-#      faiss-cpu (~2 min). Offline (--offline BUNDLE): the machine's python3 (PYTHON to name another), which must
+#   1. set-up. With network (nothing installed): .venv-gpu (Python 3.11) with the CUDA build of torch 2.13.0 and
+#      faiss-cuda for faiss-cpu (~2 min). Offline (--offline BUNDLE): the machine's python3 (PYTHON to name another), which must
 #      already hold CUDA torch and sentence-transformers, as NVIDIA's PyTorch images do, plus BUNDLE's wheels in a
 #      temporary folder on PYTHONPATH, and BUNDLE's parts (benchmarks/gpu_bundle.sh makes BUNDLE on a machine with
 #      network): its model folder and SciFact copy, and its FAISS for CUDA 13
@@ -49,15 +49,18 @@ if [ -n "$BUNDLE" ]; then
         test_args+=(-k "faiss or ivfpq")
     fi
 else
-    PY=.venv/bin/python
-    [ -x "$PY" ] || python3 -m venv .venv
+    # a venv of its own: the CUDA builds of torch and FAISS would replace the CPU ones `make test` runs on
+    PY=.venv-gpu/bin/python
+    [ -x "$PY" ] || "${PYTHON:-$(command -v python3.11 || echo python3)}" -m venv .venv-gpu
+    "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { echo "embedpipe needs Python 3.11: name" \
+        "it with PYTHON=/path/to/python3.11" >&2; exit 2; }
     "$PY" -m pip install -q "torch==2.13.0" "uv==0.13.9"
     "$PY" -m uv pip install -q --python "$PY" -e ".[dev]"
     "$PY" -m uv pip install -q --python "$PY" --no-deps -r infra/models-no-deps.txt
     "$PY" -m uv pip uninstall -q --python "$PY" faiss-cpu
     "$PY" -m uv pip install -q --python "$PY" "$FAISS_GPU"
 fi
-"$PY" -c 'import torch; assert torch.cuda.is_available(), f"torch {torch.__version__} sees no CUDA GPU"'
+"$PY" -c 'import torch; assert torch.version.cuda and torch.cuda.is_available(), f"torch {torch.__version__} sees no CUDA GPU"'
 # the settings the CUDA build of FAISS needs (the system's libstdc++ loaded before its own, its OpenBLAS's kernels)
 # shellcheck source=infra/docker/faiss-cuda-env.sh
 . infra/docker/faiss-cuda-env.sh

@@ -2,14 +2,14 @@
 reproduced through the real flow from a published snapshot.
 
 Runs the `reindex` flow (configs/scifact-full.yaml: MiniLM, whole documents; variants exact, int8, binary and bm25)
-under --out/store with a fixed run id, so a rerun reuses the committed shards (vectors and terms) instead of
-embedding again. Then opens the published snapshot and measures, from its files: MiniLM exact, bm25, reciprocal-rank
-fusion and convex fusion (nDCG@10, Recall@100), hybrid over binary+rescore and int8; the weight chosen by 5-fold
-cross-validation and its held-out score; and BM25's cost against MiniLM's for the same corpus: indexing (the
-shards' analysis seconds, from their markers, plus the reduce step) and searching the 300 queries (analysis
-included), each against the shards' embedding seconds (from their markers). Writes --out/hybrid.{json,md}.
+under --out/hybrid-store, built afresh each call (its run id is fixed, for its markers' seconds: a store kept from the
+last call would hold that run finished). Then opens the published snapshot and measures, from its files: MiniLM exact,
+bm25, reciprocal-rank fusion and convex fusion (nDCG@10, Recall@100), hybrid over binary+rescore and int8; the weight
+chosen by 5-fold cross-validation and its held-out score; and BM25's cost against MiniLM's for the same corpus:
+indexing (the shards' analysis seconds, from their markers, plus the reduce step) and searching the 300 queries
+(analysis included), each against the shards' embedding seconds (from their markers). Writes --out/hybrid.{json,md}.
 --smoke: the same on 40 documents and 10 queries of the demo sample (Ray actors all the same), exit 0 whether or
-not the targets are met.
+not the targets are met (1 where the measured figures differ from the manifest's, as in a full run).
 
 Usage: .venv/bin/python benchmarks/hybrid.py [--smoke] [--out DIR]
 """
@@ -42,7 +42,7 @@ def shard_seconds(root: Path, marker: str) -> float:
 
 def main() -> int:
     args = parse_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    root = args.out / "store"
+    root = args.out / "hybrid-store"  # not representations.py's store, which serve.py reuses
     shutil.rmtree(root, ignore_errors=True)  # a fresh build: its run id is reused from one call to the next
     overrides = {"storage.root": str(root), "run.run_id": RUN_ID, "run.keep_work": True,  # its markers' seconds
                  "index.variants": ["exact", "int8", "binary", "bm25"],

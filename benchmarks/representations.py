@@ -1,10 +1,10 @@
 """Quality against bytes for every representation, on the full SciFact corpus, for MiniLM and wordllama.
 
-Each model runs the real `reindex` flow once (configs/scifact-full.yaml, configs/scifact-full-wordllama.yaml)
-under benchmarks/out/store with a fixed run id, so a rerun reuses the committed shards' vectors instead of
-embedding again. Per search mode: nDCG@10, Recall@100, retention against that model's fp32 exact search,
-bytes per vector, index size and mean query latency (batch of 300 queries). Writes
-benchmarks/out/representations.{json,md} and docs/representations.png (nDCG@10 against bytes, log x).
+Each model runs the real `reindex` flow once (configs/scifact-full.yaml, configs/scifact-full-wordllama.yaml) under
+benchmarks/out/store with a fixed run id, built afresh each call (a store kept from the last call would hold that run
+finished); benchmarks/serve.py reuses the MiniLM snapshot it leaves there. Per search mode: nDCG@10, Recall@100,
+retention against that model's fp32 exact search, bytes per vector, index size and mean query latency (batch of 300
+queries). Writes benchmarks/out/representations.{json,md} and docs/representations.png (nDCG@10 against bytes, log x).
 --smoke: both flows on 40 documents and 10 queries of the demo sample (Ray actors all the same), the plot
 beside the report in --out, exit 0 whether or not the targets are met.
 

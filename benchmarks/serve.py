@@ -3,7 +3,7 @@ snapshot and on full SciFact, for `exact`, `binary+rescore` and `ivfpq+rescore`.
 
 Each dataset's snapshot comes from the real `reindex` flow under OUT/store with a fixed run id, and is reused when
 a committed version of that run is already there (full SciFact: the same config, root and run id as
-benchmarks/representations.py, so either benchmark reuses the other's embedding). Alias `bench` points at it, and
+benchmarks/representations.py, so serve.py reuses what representations.py left there). Alias `bench` points at it, and
 `embedpipe serve` (its own process) serves it. Per mode, the golden-set queries (judged ones; k = 10):
   in-process   Searcher.search([query], 10, mode), one query at a time, in this process (model encoding included;
                on a thread other than the main one, as the service's searches run: see measure())

@@ -67,6 +67,9 @@ class Registered:
 
 
 def load_specs(path: Path = PROJECT_FILE) -> list[DeploymentSpec]:
+    if not path.is_file():  # a non-editable install: the package is not beside the checkout's prefect.yaml
+        raise ConfigError(f"{path} not found: deployments run flows from a checkout of embedpipe (pip install -e "
+                          "., as infra/bootstrap.sh and the images do); expected prefect.yaml beside flows/")
     doc = yaml.safe_load(path.read_text()) or {}
     specs = []
     for i, entry in enumerate(doc.get("deployments") or []):

@@ -62,6 +62,7 @@ def test_project_file_names_real_flows_their_parameters_and_valid_schedules():
 
     from flows.deployments import flow_parameters, load_specs
     from pipeline.config_loader import load_config
+    from pipeline.errors import ConfigError
 
     specs = load_specs()
     assert specs and len({s.name for s in specs}) == len(specs) == len(PROJECT["deployments"])
@@ -78,6 +79,9 @@ def test_project_file_names_real_flows_their_parameters_and_valid_schedules():
     assert {s.entrypoint for s in specs if s.schedules} >= {"flows/reindex.py:reindex"}
     # no image and no push: the flow runs from the checkout the deployment was made in
     assert PROJECT["push"] is None and list(PROJECT["pull"][0]) == ["prefect.deployments.steps.set_working_directory"]
+    # a package installed without its checkout (pip install ., not -e) has no prefect.yaml beside it: said so
+    with pytest.raises(ConfigError, match=r"prefect.yaml not found: deployments run flows from a checkout"):
+        load_specs(REPO / "pipeline" / "prefect.yaml")
 
 
 def test_embedpipe_deploy_and_prefect_deploy_register_the_same_deployment(prefect_api):

