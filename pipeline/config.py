@@ -136,8 +136,10 @@ class ModelConfig(_Strict):
     max_tokens: Annotated[int, Field(gt=0)] | None = Field(
         None, description="defaults to the model's own max_seq_length"
     )
-    query_prefix: str = ""
-    passage_prefix: str = ""
+    query_prefix: str = Field("", description="text before every query; empty: the model's sentence-transformers "
+                                              "prompt named query, if it has one")
+    passage_prefix: str = Field("", description="text before every passage; empty: the model's prompt named "
+                                                "document, passage or corpus, if it has one")
     batch_size: Annotated[int, Field(gt=0)] = Field(
         64, description="texts per forward pass at most, on a CPU; on a GPU the token budget alone sizes a batch")
     batch_tokens: BatchTokens = Field(default_factory=BatchTokens,

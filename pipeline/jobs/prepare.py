@@ -45,7 +45,7 @@ from pipeline.jobs.unread import Unread, files_left_unread, in_buckets
 from pipeline.jobs.worker import node, peak_rss_mb
 from pipeline.models.cache import EmbeddingCache
 from pipeline.models.card import ModelCard
-from pipeline.models.encoder import tokenizer_for
+from pipeline.models.encoder import passage_prefix, tokenizer_for
 from pipeline.redaction import redact
 from pipeline.storage.backend import Storage
 from pipeline.storage.layout import (
@@ -67,7 +67,7 @@ def make_chunker(cfg: PipelineConfig) -> Chunker:
 @lru_cache(maxsize=4)
 def _chunker(model: ModelConfig, chunking: ChunkingConfig) -> Chunker:
     tokenizer, limit = tokenizer_for(model)
-    return Chunker(tokenizer, chunking, limit, model.passage_prefix)
+    return Chunker(tokenizer, chunking, limit, passage_prefix(model))
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,20 @@ def model_max_tokens(folder: Path, tokenizer_limit: int) -> int:
     return min(tokenizer_limit, positions)
 
 
+# sentence-transformers' names for a model's prompts, as its encode_query / encode_document pick them
+QUERY_PROMPT, DOCUMENT_PROMPTS = "query", ("document", "passage", "corpus")
+
+
+def prompt_prefixes(folder: Path | None, query_prefix: str, passage_prefix: str) -> tuple[str, str]:
+    """The (query, passage) prefixes: those configured, else the prompts the model's sentence-transformers
+    config names (an E5 model's "query: " and "passage: "; without them its vectors are not the model's), else
+    none."""
+    config = folder / "config_sentence_transformers.json" if folder else None
+    prompts = json.loads(config.read_text()).get("prompts") or {} if config and config.is_file() else {}
+    document = next((prompts[name] for name in DOCUMENT_PROMPTS if prompts.get(name)), "")
+    return query_prefix or prompts.get(QUERY_PROMPT) or "", passage_prefix or document
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """Everything needed to encode queries exactly as the indexed passages were encoded."""

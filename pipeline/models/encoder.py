@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
-from pipeline.models.card import ModelCard, model_max_tokens
+from pipeline.models.card import ModelCard, model_max_tokens, prompt_prefixes
 from pipeline.models.kernel_plan import KernelPlan
 from pipeline.models.tokenizer import TextTokenizer
 
@@ -54,6 +54,16 @@ def tokenizer_for(cfg: ModelConfig) -> tuple[TextTokenizer, int]:
     folder = resolve_model_dir(cfg)
     tokenizer = TextTokenizer.from_folder(folder)
     return tokenizer, cfg.max_tokens or model_max_tokens(folder, tokenizer.max_length)
+
+
+def passage_prefix(cfg: ModelConfig) -> str:
+    """What every passage is encoded after (the chunker leaves room for it): the configured one, else the model's
+    sentence-transformers document prompt."""
+    if cfg.family == "static":
+        return cfg.passage_prefix
+    from pipeline.models.sources import resolve_model_dir
+
+    return prompt_prefixes(resolve_model_dir(cfg), cfg.query_prefix, cfg.passage_prefix)[1]
 
 
 @lru_cache(maxsize=2)

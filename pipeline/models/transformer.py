@@ -21,7 +21,7 @@ from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
 from pipeline.models import bert, kernels
 from pipeline.models.batching import token_budget_batches
-from pipeline.models.card import ModelCard, model_max_tokens, weights_sha256
+from pipeline.models.card import ModelCard, model_max_tokens, prompt_prefixes, weights_sha256
 from pipeline.models.sources import resolve_model_dir
 from pipeline.models.tokenizer import TextTokenizer
 
@@ -119,6 +119,7 @@ class TransformerEncoder:
             why = " ".join(str(exc).split())  # torch's load errors span lines; the CLI prints one
             raise ModelError(f"cannot load the model from {self.folder}: {why}") from None
         self.tokens_encoded = 0  # running total, for throughput reports
+        query_prefix, passage_prefix = prompt_prefixes(self.folder, cfg.query_prefix, cfg.passage_prefix)
         self.card = ModelCard(
             name=cfg.name,
             source={"path": str(self.folder)} if cfg.path else {"package": cfg.package},
@@ -126,8 +127,8 @@ class TransformerEncoder:
             pooling=pooling,
             normalize=cfg.normalize,
             max_tokens=cfg.max_tokens or limit,
-            query_prefix=cfg.query_prefix,
-            passage_prefix=cfg.passage_prefix,
+            query_prefix=query_prefix,
+            passage_prefix=passage_prefix,
             weights_sha256=weights,
             precision=self.kernel_plan.precision,
         )

@@ -98,3 +98,40 @@ def test_a_relative_path_and_weights_written_again_are_named_as_they_are(tmp_pat
     torch.manual_seed(1)
     BertModel(config).save_pretrained(folder)  # other weights, same path
     assert weights_sha256(folder) != before and encoder(folder).card.fingerprint != absolute.fingerprint
+
+
+def test_a_folders_sentence_transformers_prompts_prefix_its_queries_and_passages(tmp_path, minilm):
+    """An E5-style folder names "query: " and "passage: " in config_sentence_transformers.json; its vectors are
+    the model's only with them (sentence-transformers' encode_query / encode_document apply them). A configured
+    prefix wins."""
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline.jobs.prepare import make_chunker
+    from pipeline.models.encoder import passage_prefix
+
+    folder = tmp_path / "e5-style"
+    shutil.copytree(minilm, folder)
+    settings = json.loads((folder / "config_sentence_transformers.json").read_text())
+    settings["prompts"] = {"query": "query: ", "passage": "passage: "}
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(settings))
+    loaded = encoder(folder)
+    assert (loaded.card.query_prefix, loaded.card.passage_prefix) == ("query: ", "passage: ")
+    texts = ["statins and heart disease", "vitamin D in children"]
+    st = SentenceTransformer(str(folder), device="cpu")
+    assert np.abs(loaded.encode(texts, kind="query") - st.encode_query(texts)).max() < 1e-5
+    # (sentence-transformers 6 adds an empty "document" prompt to every model, which its encode_document takes
+    # before "passage": the model's own passage prompt is asked for by name)
+    assert np.abs(loaded.encode(texts, kind="passage") - st.encode(texts, prompt_name="passage")).max() < 1e-5
+    cfg = ModelConfig(path=str(folder), kernel="fp32-torch")
+    assert passage_prefix(cfg) == "passage: "  # the chunker leaves room for it
+    from pipeline.config import ChunkingConfig, PipelineConfig
+
+    pipeline_cfg = PipelineConfig(index_name="t", corpus={"source": "x.jsonl"}, model=cfg,
+                                  chunking=ChunkingConfig(max_tokens=64, overlap=8))
+    assert make_chunker(pipeline_cfg).params["passage_prefix"] == "passage: "
+    own = ModelConfig(path=str(folder), kernel="fp32-torch", query_prefix="search: ")
+    from pipeline.models.transformer import TransformerEncoder
+
+    assert TransformerEncoder(own, device="cpu", threads=1).card.query_prefix == "search: "
+    plain = encoder(minilm)  # MiniLM names no prompts: as before
+    assert (plain.card.query_prefix, plain.card.passage_prefix) == ("", "")
