@@ -8,7 +8,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -47,6 +47,20 @@ def sha256_by_stat(key: str, path: Path) -> str:
     with contextlib.suppress(StorageError):
         remembered.write_bytes(record, digest.encode())
     return digest
+
+
+# What, beside the weights, decides a folder's vectors: its tokenizer and its model and sentence-transformers settings
+_SETTINGS_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model", "sentence_bert_config.json",
+                   "config_sentence_transformers.json", "modules.json", "1_Pooling/config.json")
+
+
+def settings_sha256(folder: Path) -> str:
+    """One sha256 over the folder's tokenizer and settings files (name and sha256 of each one present; a few MB at
+    most, hashed at each load rather than remembered as the weights are)."""
+    lines = [f"{name}\x00{hashlib.sha256((folder / name).read_bytes()).hexdigest()}\n" for name in _SETTINGS_FILES
+             if (folder / name).is_file()]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def weights_sha256(folder: Path) -> str:
@@ -102,6 +116,9 @@ class ModelCard:
     passage_prefix: str
     weights_sha256: str
     precision: str = "fp32"  # what the model computed in: queries are encoded the same way
+    # a local folder's tokenizer and settings files (settings_sha256): edited in place, they change its vectors as
+    # the weights would. None for a package's (fixed by its release) and in cards recorded before folders' were
+    settings_sha256: str | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -113,7 +130,15 @@ class ModelCard:
         d["source"] = dict(self.source)
         if self.precision == "fp32":
             del d["precision"]  # cards written before precisions were recorded were fp32: same fingerprint
+        if self.settings_sha256 is None:
+            del d["settings_sha256"]  # a package's card, and cards from before: the same fingerprint as then
         return d
+
+    def same_model(self, recorded: ModelCard) -> bool:
+        """Whether this loaded model's vectors are those of the `recorded` card: one fingerprint, the folder's
+        settings files left out where the card was recorded before they were hashed."""
+        loaded = self if recorded.settings_sha256 is not None else replace(self, settings_sha256=None)
+        return loaded.fingerprint == recorded.fingerprint
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelCard:

@@ -91,6 +91,9 @@ def encoder_for_card(card: ModelCard, kernel: str | None = None) -> Encoder:
     if enc.card.weights_sha256 != card.weights_sha256:
         raise ModelError(f"model {card.name}: weights sha256 {enc.card.weights_sha256[:12]}... differ from the "
                          f"{card.weights_sha256[:12]}... recorded in the snapshot; expected the same model")
+    if card.settings_sha256 and enc.card.settings_sha256 != card.settings_sha256:
+        raise ModelError(f"model folder {card.source.get('path')}: its tokenizer or settings files changed since the "
+                         "snapshot was built (their sha256 differs); expected the same files")
     if enc.card.dims != card.dims:
         raise ModelError(f"model {card.name} gives {enc.card.dims} dims; the snapshot expects {card.dims}")
     return enc

@@ -21,7 +21,7 @@ from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
 from pipeline.models import bert, kernels
 from pipeline.models.batching import token_budget_batches
-from pipeline.models.card import ModelCard, model_max_tokens, prompt_prefixes, weights_sha256
+from pipeline.models.card import ModelCard, model_max_tokens, prompt_prefixes, settings_sha256, weights_sha256
 from pipeline.models.sources import resolve_model_dir
 from pipeline.models.tokenizer import TextTokenizer
 
@@ -131,6 +131,7 @@ class TransformerEncoder:
             passage_prefix=passage_prefix,
             weights_sha256=weights,
             precision=self.kernel_plan.precision,
+            settings_sha256=settings_sha256(self.folder) if cfg.path else None,
         )
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

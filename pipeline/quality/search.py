@@ -168,7 +168,7 @@ class Searcher:
         card = snapshot.model_card
         if encoder is None:
             encoder = encoder_for_card(card, snapshot.query_kernel)
-        elif encoder.card.fingerprint != card.fingerprint:
+        elif not encoder.card.same_model(card):
             raise ModelError(f"snapshot {snapshot.version} was built with {card.name} ({card.fingerprint}); "
                              f"refusing to search it with {encoder.card.name} ({encoder.card.fingerprint})")
         indexes = {v: snapshot.index(v) for v in snapshot.vector_variants}

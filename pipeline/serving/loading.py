@@ -71,7 +71,7 @@ def _model(snapshot: Snapshot, index: str, version: str):
         encoder = encoder_for_card(card, snapshot.query_kernel)  # checks the weights' sha256 and the dims
     except EmbedpipeError as exc:
         raise _refuse(index, version, "model", exc) from None
-    if encoder.card.fingerprint != card.fingerprint or encoder.card.dims != card.dims:
+    if not encoder.card.same_model(card) or encoder.card.dims != card.dims:
         raise _refuse(index, version, "model", f"model {card.name} loads as {encoder.card.fingerprint} "
                                                f"({encoder.card.dims} dims); the manifest expects "
                                                f"{card.fingerprint} ({card.dims} dims)")

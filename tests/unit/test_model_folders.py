@@ -135,3 +135,32 @@ def test_a_folders_sentence_transformers_prompts_prefix_its_queries_and_passages
     assert TransformerEncoder(own, device="cpu", threads=1).card.query_prefix == "search: "
     plain = encoder(minilm)  # MiniLM names no prompts: as before
     assert (plain.card.query_prefix, plain.card.passage_prefix) == ("", "")
+
+
+def test_a_folders_tokenizer_or_settings_edited_in_place_is_another_model(tmp_path, minilm, monkeypatch):
+    """Vectors depend on the tokenizer and settings as on the weights: a folder edited in place kept its fingerprint,
+    so its cached vectors were reused and its snapshots served with queries tokenized otherwise."""
+    from dataclasses import replace
+
+    from pipeline.models.card import ModelCard
+    from pipeline.models.encoder import cached_encoder, encoder_for_card
+
+    monkeypatch.setenv("EMBEDPIPE_DIGEST_CACHE", str(tmp_path / "digests"))
+    folder = tmp_path / "local-minilm"
+    shutil.copytree(minilm, folder)
+    before = encoder(folder).card
+    from pipeline.models.transformer import TransformerEncoder
+
+    packaged = TransformerEncoder(ModelConfig(kernel="fp32-torch"), device="cpu", threads=1).card
+    assert before.settings_sha256 and packaged.settings_sha256 is None  # a package's files: fixed by its release
+    recorded_long_ago = ModelCard.from_dict({k: v for k, v in before.to_dict().items() if k != "settings_sha256"})
+    assert before.same_model(recorded_long_ago) and before.same_model(before)  # old manifests still load
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    tokenizer["normalizer"]["lowercase"] = False  # an uncased model's tokenizer made cased
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    after = encoder(folder).card
+    assert after.weights_sha256 == before.weights_sha256 and after.fingerprint != before.fingerprint
+    assert not after.same_model(before)
+    cached_encoder.cache_clear()
+    with pytest.raises(ModelError, match=r"local-minilm: its tokenizer or settings files changed since the snapshot"):
+        encoder_for_card(replace(before, precision="fp32"), "fp32-torch")
