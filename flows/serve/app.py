@@ -123,7 +123,7 @@ class Instrumented:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started, status = time.perf_counter(), [500]
+        started, status = time.perf_counter(), [None]  # the status sent, once a response starts
 
         async def send_counted(message) -> None:
             if message["type"] == "http.response.start":
@@ -152,7 +152,7 @@ class Instrumented:
             if status[0] != 500:  # Starlette raises again what its 500 handler answered (and logged): not twice
                 raise
         finally:
-            self.service.metrics.observe(scope["path"], status[0], time.perf_counter() - started)
+            self.service.metrics.observe(scope["path"], status[0] or 500, time.perf_counter() - started)
 
     async def _read_body(self, receive) -> bytes | None:
         limit, chunks, size = self.service.settings.max_body_bytes, [], 0
