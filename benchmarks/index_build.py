@@ -147,7 +147,7 @@ def build(root: Path, n: int, shards: int, dims: int, out: Path, cpus_per_actor:
     from pipeline.jobs.plan import BuildPlan
     from pipeline.jobs.prepare import PreparedRun, ShardInput
     from pipeline.jobs.worker import peak_rss_mb
-    from pipeline.snapshots.snapshot import claim, commit
+    from pipeline.snapshots.publishing import claim, commit
     from pipeline.storage.backend import Storage
 
     start = time.perf_counter()

@@ -55,7 +55,8 @@ def main() -> int:
     from pipeline.jobs.plan import BuildPlan, reusable_training
     from pipeline.jobs.prepare import ShardInput, prepare
     from pipeline.models.encoder import cached_encoder
-    from pipeline.snapshots.snapshot import Snapshot, claim, commit
+    from pipeline.snapshots.publishing import claim, commit
+    from pipeline.snapshots.snapshot import Snapshot
     from pipeline.storage.backend import Storage
 
     work = args.out / "kept_codes"

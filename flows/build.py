@@ -68,7 +68,8 @@ from pipeline.reports.markdown import build_markdown
 from pipeline.reports.plots import quality_vs_bytes_png
 from pipeline.snapshots.aliases import Promotion, promote_or_stay, read_alias
 from pipeline.snapshots.gate import other_golden_set
-from pipeline.snapshots.snapshot import Snapshot, claim, commit, new_version
+from pipeline.snapshots.publishing import claim, commit, new_version
+from pipeline.snapshots.snapshot import Snapshot
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
 

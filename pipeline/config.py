@@ -8,54 +8,14 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePath
-from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from pipeline.config_base import Strict
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"  # index and alias names: they become object keys (storage/layout.py)
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # one folder under runs/ ('.', '..' and '/' excluded)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        # pydantic reads `true` as 1 in a number field: `run.shards: true` would have built one shard, silently,
-        # and `monitor.max_drop: {ndcg@10: true}` would allow any fall
-        if _boolean_for_number(cls.model_fields[info.field_name].annotation, value):
-            raise ValueError("expected a number, not a boolean")
-        return value
-
-
-def _kinds(annotation: Any) -> set:
-    """The types an annotation allows, Annotated and unions unwrapped."""
-    if get_origin(annotation) is Annotated:
-        return _kinds(get_args(annotation)[0])
-    if get_origin(annotation) in (Union, UnionType):
-        return set().union(*map(_kinds, get_args(annotation)))
-    return {annotation}
-
-
-def _boolean_for_number(annotation: Any, value: Any) -> bool:
-    """Whether `value` holds a boolean where `annotation` wants a number, at any depth of maps and lists."""
-    kinds = _kinds(annotation)
-    if isinstance(value, bool):
-        return bool(kinds & {int, float}) and bool not in kinds
-    for kind in kinds:
-        origin, args = get_origin(kind), get_args(kind)
-        if origin is dict and isinstance(value, dict) and len(args) == 2:
-            inner, items = args[1], value.values()
-        elif origin in (list, tuple) and isinstance(value, list | tuple) and args:
-            inner, items = args[0], value
-        else:
-            continue
-        if any(_boolean_for_number(inner, item) for item in items):
-            return True
-    return False
-
 
 # Columns a document row carries through the pipeline beside its metadata fields: the reader's (doc_id, title,
 # text, source, position), prepare's (piece, bucket, shard, doc_hash, content_hash).
@@ -63,7 +23,7 @@ RESERVED_DOC_COLUMNS = frozenset({"doc_id", "title", "text", "source", "position
                                   "doc_hash", "content_hash"})
 
 
-class CorpusConfig(_Strict):
+class CorpusConfig(Strict):
     """Where the documents come from and how their fields are named."""
 
     source: str = Field(description="fsspec URL or path: a .jsonl[.gz] file, a .parquet file or a BEIR folder")
@@ -86,7 +46,7 @@ class CorpusConfig(_Strict):
         return names
 
 
-class ChunkingConfig(_Strict):
+class ChunkingConfig(Strict):
     mode: Literal["tokens", "none"] = Field(
         "tokens", description="'none' embeds each document whole, truncated at the model's limit"
     )
@@ -100,7 +60,7 @@ class ChunkingConfig(_Strict):
         return self
 
 
-class BatchTokens(_Strict):
+class BatchTokens(Strict):
     """Padded tokens per forward pass (texts x longest text), per device. On CPU small batches stay in
     cache: 4096 ran ~20% faster per core than 8192 for MiniLM (docs/BENCHMARKS.md); GPUs want big ones."""
 
@@ -122,7 +82,7 @@ PACKAGE_MODELS: dict[str, str] = {
 MODEL_NAMES = tuple(dict.fromkeys(PACKAGE_MODELS.values()))  # MiniLM 384 dims, mpnet 768, wordllama 256 (static)
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     """A model loaded offline: a transformers folder (`path`) or an installed PyPI package (`package`).
 
     `package: wordllama` is the static (token-embedding) family; everything else is a transformer.
@@ -133,9 +93,7 @@ class ModelConfig(_Strict):
     path: str | None = None
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True
-    max_tokens: Annotated[int, Field(gt=0)] | None = Field(
-        None, description="defaults to the model's own max_seq_length"
-    )
+    max_tokens: Annotated[int, Field(gt=0)] | None = Field(None, description="defaults to the model's max_seq_length")
     query_prefix: str = Field("", description="text before every query; empty: the model's sentence-transformers "
                                               "prompt named query, if it has one")
     passage_prefix: str = Field("", description="text before every passage; empty: the model's prompt named "
@@ -198,7 +156,7 @@ class ModelConfig(_Strict):
         return "static" if self.package == "wordllama" and not self.path else "transformer"
 
 
-class IvfConfig(_Strict):
+class IvfConfig(Strict):
     """IVF parameters shared by every IVF variant (pq_m/nbits: ivfpq only); `None` = planned from N and dims."""
 
     nlist: Annotated[int, Field(gt=0)] | None = None
@@ -231,7 +189,7 @@ BM25 = "bm25"  # the lexical variant: built from the chunks' text, not from vect
 VariantName = Annotated[str, Field(pattern=rf"{VARIANT_PATTERN}|^{BM25}$")]
 
 
-class Bm25Config(_Strict):
+class Bm25Config(Strict):
     """The `bm25` variant: how chunk text becomes terms (the analyzer, applied to queries too) and how they are
     scored (Lucene's BM25). Recorded in the manifest."""
 
@@ -242,7 +200,7 @@ class Bm25Config(_Strict):
     lower: bool = True
 
 
-class FusionConfig(_Strict):
+class FusionConfig(Strict):
     """How `hybrid:<dense mode>` search fuses the dense and BM25 rankings of a query: convex fusion of per-query
     min-max normalised scores, `weight` the BM25 share (`hybrid-rrf:<dense mode>`: reciprocal-rank fusion)."""
 
@@ -252,7 +210,7 @@ class FusionConfig(_Strict):
                                                                  "(at least the k asked for)")
 
 
-class IndexConfig(_Strict):
+class IndexConfig(Strict):
     """Which index variants a snapshot carries (pipeline/index/variants.py), e.g. [exact, ivfpq, int8, exact@64]."""
 
     variants: list[VariantName] = Field(default_factory=lambda: ["exact", "ivfpq"], min_length=1)
@@ -282,7 +240,7 @@ class IndexConfig(_Strict):
         return [v for v in self.variants if v != BM25]
 
 
-class EvaluationConfig(_Strict):
+class EvaluationConfig(Strict):
     """BEIR-format golden set. For a BEIR corpus folder both default to the folder's own files."""
 
     queries: str | None = None
@@ -291,7 +249,7 @@ class EvaluationConfig(_Strict):
         100, description="results kept per golden query: at least 100, the depth of recall@100, the deepest metric")
 
 
-class RunConfig(_Strict):
+class RunConfig(Strict):
     shards: Annotated[int, Field(gt=0, le=65536)] = 4
     actors: Annotated[int, Field(gt=0)] = 2
     cpus_per_actor: Annotated[float, Field(gt=0)] = 1.0
@@ -321,7 +279,7 @@ class RunConfig(_Strict):
         "run's records (quarantine, plan, corpus listing) stay")
 
 
-class StorageConfig(_Strict):
+class StorageConfig(Strict):
     root: str = Field(".embedpipe", description="fsspec URL of the storage root")
     options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (e.g. endpoint_url); prefer "
                                     "credentials from the environment: options never enter a manifest")
@@ -342,7 +300,7 @@ DriftStatistic = Literal[DRIFT_STATISTICS]  # type: ignore[valid-type]
 DriftLimit = Annotated[float, Field(ge=0)] | Annotated[str, Field(pattern=r"^\d+(\.\d+)?%$")]
 
 
-class GateConfig(_Strict):
+class GateConfig(Strict):
     """A candidate is promoted only if `metric` of search `mode` on the golden set is at least `min_value`
     and at most `max_drop` below the live version's, and each statistic in `max_drift` moved at most that far
     either way from the live version's."""
@@ -356,13 +314,13 @@ class GateConfig(_Strict):
         "vectors.isotropy) -> largest allowed change from the live version's, either way: 0.05, or 20% of live's")
 
 
-class PublishConfig(_Strict):
+class PublishConfig(Strict):
     alias: Annotated[str, Field(pattern=NAME_PATTERN)] | None = Field(
         None, description="after publishing, promote this alias (e.g. live) through the gate")
     gate: GateConfig = Field(default_factory=GateConfig)
 
 
-class MonitorConfig(_Strict):
+class MonitorConfig(Strict):
     """The monitoring job: the live snapshot's golden-set metrics of search `mode`, recomputed now, may fall at
     most `max_drop` (metric -> largest allowed fall) below those recorded in its manifest when it was published, and
     its drift statistics move at most `max_drift` either way from those recorded then. The snapshot's vectors are
@@ -379,7 +337,7 @@ class MonitorConfig(_Strict):
         "way, from the statistics the build recorded at publish time: 0.02, or 5% of that value")
 
 
-class PipelineConfig(_Strict):
+class PipelineConfig(Strict):
     index_name: Annotated[str, Field(pattern=NAME_PATTERN)]
     corpus: CorpusConfig
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)

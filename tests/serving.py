@@ -12,7 +12,7 @@ from pipeline.config_loader import parse_config
 from pipeline.index.build_variants import build_variants
 from pipeline.index.faiss_ops import to_bytes
 from pipeline.jobs.build import describe_variants, rescore_params
-from pipeline.snapshots.snapshot import publish
+from pipeline.snapshots.publishing import publish
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
 from pipeline.storage.tables import parquet_bytes

@@ -36,14 +36,14 @@ from pipeline.corpus.readers import (
     describe_corpus,
 )
 from pipeline.corpus.sharding import bucket_range
-from pipeline.errors import InputError, SnapshotError, StorageError
+from pipeline.errors import InputError
+from pipeline.jobs.cached_vectors import attach_cached
 from pipeline.jobs.executor import Executor, LocalExecutor
 from pipeline.jobs.read_piece import PieceResult, read_piece
 from pipeline.jobs.run_folder import check_run_unchanged, prepared_settings
 from pipeline.jobs.shards import INPUT_COLUMNS, LIVE_ROW
 from pipeline.jobs.unread import Unread, files_left_unread, in_buckets
 from pipeline.jobs.worker import node, peak_rss_mb
-from pipeline.models.cache import EmbeddingCache
 from pipeline.models.card import ModelCard
 from pipeline.models.encoder import passage_prefix, tokenizer_for
 from pipeline.redaction import redact
@@ -190,7 +190,7 @@ def prepare_shard(cfg: PipelineConfig, storage: Storage, run_id: str, shard: int
     counts |= delta.counts
     counts["docs_unchanged"] += counts["docs_unread"]
     counts["docs_kept"] += counts["docs_unread"]
-    to_embed = _attach_cached(storage, run_id, shard, lo, hi, pl.concat(metadata) if metadata else None, card,
+    to_embed = attach_cached(storage, run_id, shard, lo, hi, pl.concat(metadata) if metadata else None, card,
                               counts)
     prep = ShardPrep(shard, (lo, hi), counts, fingerprint % (1 << 256), [p for p in parts if p in to_embed],
                      delta.missing_ids(shard, cfg.run.shards), dict(dropped), node=node(), peak_rss_mb=peak_rss_mb())
@@ -214,46 +214,6 @@ def _docs_batches(storage: Storage, run_id: str, shard: int, rows: int) -> Itera
         size += frame.height
     if frames:
         yield names[0], pl.concat(frames, how="diagonal_relaxed")
-
-
-def _attach_cached(storage: Storage, run_id: str, shard: int, lo: int, hi: int, metadata: pl.DataFrame | None,
-                   card: ModelCard, counts: dict) -> set[str]:
-    """Give the shard the cache's vectors for its chunks, as vectors/cached-<n>.parquet (rows of chunk hash and
-    vector): a cache file the shard wants most rows of is copied whole (Storage.copy: a hard link locally, a
-    server-side copy on S3, its vectors never decoded here; the index stage joins by hash, so its other rows are
-    ignored), another file as the rows wanted. Returns the chunk parts that still hold rows to embed. Rows kept
-    from the live snapshot have no text, so their vectors must be in the cache."""
-    counts["cached"] = 0
-    if metadata is None:
-        return set()
-    cache, found = EmbeddingCache(storage, card.fingerprint), pl.Series("chunk_hash", [], pl.String)
-    # hashes stay polars Series: a shard's hashes as Python strings cost more than the lookup itself
-    wanted = metadata["chunk_hash"].implode()
-    for n, (key, hashes) in enumerate(cache.hashes(lo, hi)):
-        hits = hashes.filter(hashes.is_in(wanted) & ~hashes.is_in(found.implode()))
-        if hits.is_empty():
-            continue
-        part = shard_key(run_id, shard, f"vectors/cached-{n:05d}.parquet")
-        try:
-            if 2 * hits.len() >= hashes.len():
-                storage.copy(key, part)
-            else:
-                write_parquet(storage, part, read_parquet(storage, key).filter(pl.col("chunk_hash").is_in(
-                    hits.implode())))
-        except StorageError:
-            if not cache.compacted_away(key):
-                raise
-            continue  # its rows come with the compacted file, later in cache.hashes
-        found = pl.concat([found, hits], rechunk=False)
-    cached = metadata["chunk_hash"].is_in(found.implode())
-    counts["cached"] = int(cached.sum())
-    missing = metadata.filter(~cached)
-    lost = missing.filter(~pl.col("has_text"))
-    if lost.height:  # kept from the live snapshot (no text), yet no vector: embedding them needs their documents
-        raise SnapshotError(f"{lost.height} chunks kept from the live snapshot (first: {lost['chunk_id'][0]}) have "
-                            f"no vector in {cache.prefix}; run a full reindex (--full) to embed them again")
-    counts["to_embed"] = missing.height
-    return set(missing["part"].unique().to_list())
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError
 from pipeline.models.card import ModelCard
-from pipeline.snapshots.snapshot import new_version
+from pipeline.snapshots.publishing import new_version
 from pipeline.storage.backend import Storage
 from pipeline.storage.layout import (
     MANIFEST,

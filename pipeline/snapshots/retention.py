@@ -19,7 +19,8 @@ from pipeline.index.analyzer import fingerprint as analyzer_fingerprint
 from pipeline.index.term_cache import TermCache
 from pipeline.models.cache import EmbeddingCache
 from pipeline.snapshots.aliases import list_aliases, read_alias
-from pipeline.snapshots.snapshot import Snapshot, claimed_at, committed_versions
+from pipeline.snapshots.publishing import claimed_at
+from pipeline.snapshots.snapshot import Snapshot, committed_versions
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
 from pipeline.storage.layout import MANIFEST

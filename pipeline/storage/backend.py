@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
-import io
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial
-from typing import BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -33,6 +30,7 @@ from pipeline.config import StorageConfig
 from pipeline.errors import ObjectMissing, StorageError
 from pipeline.redaction import redact
 from pipeline.storage.conditional import CommitPrimitives
+from pipeline.storage.hashing import HashingWriter
 from pipeline.storage.keys import check_key
 from pipeline.storage.layout import probe_key
 
@@ -41,36 +39,6 @@ _TEMP_NAME = re.compile(r".+\.tmp-[0-9a-f]{32}")  # <name>.tmp-<uuid hex>: a loc
 
 def _temp_path(target: str) -> str:
     return f"{target}.tmp-{uuid.uuid4().hex}"
-
-
-class HashingWriter(io.RawIOBase):
-    """A write-only stream that computes the sha256 and size of what passes through it (closing it leaves the
-    stream it writes to open: its owner commits that)."""
-
-    def __init__(self, sink: BinaryIO, digest: bool = True,
-                 errors: Callable[[], AbstractContextManager] = contextlib.nullcontext) -> None:
-        super().__init__()
-        self.sink, self.size, self._hash, self._errors = sink, 0, hashlib.sha256() if digest else None, errors
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: bytes) -> int:
-        if self._hash is not None:
-            self._hash.update(data)
-        self.size += len(data)
-        with self._errors():  # the sink's failures (a full disk, a lost connection) as the storage reports them
-            self.sink.write(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.size
-
-    @property
-    def sha256(self) -> str:
-        if self._hash is None:
-            raise ValueError("written with digest=False: no sha256")
-        return self._hash.hexdigest()
 
 
 def _reopen(url: str, options: dict) -> Storage:

@@ -132,7 +132,8 @@ def _publish_corrupted_copy(config: str) -> str:
     the manifest claiming the old quality) and make it live, as a faulty build could."""
     from pipeline.config_loader import load_config
     from pipeline.snapshots.aliases import promote, read_alias
-    from pipeline.snapshots.snapshot import Snapshot, new_version, publish
+    from pipeline.snapshots.publishing import new_version, publish
+    from pipeline.snapshots.snapshot import Snapshot
     from pipeline.storage.tables import parquet_bytes
 
     cfg = load_config(config)

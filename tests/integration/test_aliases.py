@@ -10,8 +10,9 @@ from pipeline.config import GateConfig
 from pipeline.errors import AliasMoved, GateRefused, PreconditionFailed, SnapshotError
 from pipeline.index.faiss_ops import build_exact, to_bytes
 from pipeline.snapshots.aliases import _move, list_aliases, promote, read_alias, rollback
+from pipeline.snapshots.publishing import claim, commit, publish
 from pipeline.snapshots.retention import apply_gc, plan_gc
-from pipeline.snapshots.snapshot import MANIFEST, Snapshot, claim, commit, publish
+from pipeline.snapshots.snapshot import MANIFEST, Snapshot
 from pipeline.storage import layout
 from pipeline.storage.backend import Storage
 from tests.integration.test_storage import race

@@ -49,7 +49,7 @@ def test_promote_rollback_versions_verify_gc(tmp_path):
 
 
 def test_promote_with_max_drift_refuses_a_version_whose_vectors_bunched_together(tmp_path):
-    from pipeline.snapshots.snapshot import publish
+    from pipeline.snapshots.publishing import publish
 
     root = str(tmp_path)
     for day, cosine, rows in ((1, 0.12, 5000), (2, 0.31, 2600)):

@@ -15,7 +15,7 @@ from pipeline.jobs.lexical import analyze_shard, build_bm25
 from pipeline.jobs.plan import BuildPlan
 from pipeline.jobs.prepare import ShardInput, prepare
 from pipeline.jobs.shards import embed_shard
-from pipeline.snapshots.snapshot import commit
+from pipeline.snapshots.publishing import commit
 from pipeline.storage.backend import Storage
 from pipeline.storage.layout import BM25_FOLDER, IDS
 from tests.conftest import write_jsonl
@@ -95,8 +95,8 @@ def test_a_shard_is_analysed_once_per_run_and_the_reduce_needs_every_shard(tmp_p
 
 
 def test_cache_gc_keeps_the_terms_committed_snapshots_need(tmp_path, sample_docs, encoder):
+    from pipeline.snapshots.publishing import claim, commit
     from pipeline.snapshots.retention import collect_cache
-    from pipeline.snapshots.snapshot import claim, commit
 
     storage = Storage(str(tmp_path / "store"))
     kept = config(write_jsonl(tmp_path / "kept.jsonl", sample_docs[:6]), tmp_path / "store")

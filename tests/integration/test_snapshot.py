@@ -8,7 +8,8 @@ import pytest
 from pipeline.errors import ObjectMissing, PreconditionFailed, SnapshotError, StorageError
 from pipeline.index.faiss_ops import build_exact, to_bytes
 from pipeline.redaction import redact
-from pipeline.snapshots.snapshot import MANIFEST, Snapshot, new_version, publish, sha256
+from pipeline.snapshots.publishing import new_version, publish
+from pipeline.snapshots.snapshot import MANIFEST, Snapshot, sha256
 from pipeline.storage.backend import Storage
 
 

@@ -20,7 +20,7 @@ from pipeline.jobs.run_folder import remove_work
 from pipeline.jobs.shards import ShardResult, embed_shard, is_committed
 from pipeline.models.encoder import cached_encoder, load_encoder
 from pipeline.quality.search import Searcher
-from pipeline.snapshots.snapshot import claim
+from pipeline.snapshots.publishing import claim
 from pipeline.storage.backend import Storage
 from tests.conftest import write_jsonl
 
@@ -121,7 +121,8 @@ def test_evaluation_and_a_later_measuring_take_the_figures_over_every_vector_wit
     from pipeline.jobs.build import evaluate
     from pipeline.quality.golden import GoldenSet
     from pipeline.quality.measure import measure
-    from pipeline.snapshots.snapshot import Snapshot, commit
+    from pipeline.snapshots.publishing import commit
+    from pipeline.snapshots.snapshot import Snapshot
 
     docs = sample_docs[:12]
     cfg, storage = config(write_jsonl(tmp_path / "c.jsonl", docs), tmp_path / "store"), Storage(str(tmp_path / "store"))
@@ -414,8 +415,8 @@ def test_a_finished_runs_work_goes_and_a_rerun_after_a_stopped_removal_is_still_
 
 
 def test_cache_gc_keeps_what_committed_snapshots_need(tmp_path, sample_docs, encoder):
+    from pipeline.snapshots.publishing import commit
     from pipeline.snapshots.retention import collect_cache
-    from pipeline.snapshots.snapshot import commit
 
     storage = Storage(str(tmp_path / "store"))
     kept = write_jsonl(tmp_path / "kept.jsonl", sample_docs[:6])
@@ -495,7 +496,8 @@ def test_an_incremental_index_stage_takes_kept_rows_codes_from_live_and_writes_a
     from pipeline.index import faiss_ops
     from pipeline.jobs import indexing
     from pipeline.jobs.plan import reusable_training
-    from pipeline.snapshots.snapshot import Snapshot, commit
+    from pipeline.snapshots.publishing import commit
+    from pipeline.snapshots.snapshot import Snapshot
 
     monkeypatch.setattr(faiss_ops, "FIT_ROWS", 50)  # a fit measured on the first 50 of the 200 training rows
     docs = [dict(d) for d in sample_docs[:30]]
@@ -550,7 +552,7 @@ def test_a_reindex_against_live_of_another_model_is_refused_and_one_computed_oth
     served): it is refused, saying what to set. The same model computed otherwise (another precision) rebuilds."""
     from pipeline.jobs.plan import plan_build
     from pipeline.snapshots.aliases import promote
-    from pipeline.snapshots.snapshot import publish
+    from pipeline.snapshots.publishing import publish
 
     storage = Storage(str(tmp_path / "store"))
     publish(storage, "t", "v1", {"ids.parquet": b"ids"}, {"model": {"name": "all-mpnet-base-v2", "fingerprint": "m"}})

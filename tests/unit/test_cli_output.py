@@ -177,7 +177,7 @@ def test_an_unexpected_error_exits_2_in_one_line_not_1_with_a_traceback(tmp_path
     def broken(*_args, **_kwargs):
         raise KeyError("s3://AKIAEXAMPLE:SeCrEt123@bucket/aliases")
 
-    from pipeline.snapshots.snapshot import publish
+    from pipeline.snapshots.publishing import publish
     from pipeline.storage.backend import Storage
 
     publish(Storage(str(tmp_path)), "idx", "v1", {"ids.parquet": b"ids"}, {})

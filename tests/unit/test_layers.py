@@ -8,8 +8,9 @@ import sys
 from tests.conftest import REPO
 
 # pipeline's layers, lowest first: a module may import its own layer and those below it
-PIPELINE_LAYERS = [("errors", "redaction", "config", "config_loader", "startup"), ("storage",), ("corpus", "models"),
-                   ("index",), ("snapshots",), ("quality",), ("serving",), ("jobs",), ("reports",)]
+PIPELINE_LAYERS = [("errors", "redaction", "config_base", "config", "config_loader", "startup"), ("storage",),
+                   ("corpus", "models"), ("index",), ("snapshots",), ("quality",), ("serving",), ("jobs",),
+                   ("reports",)]
 
 
 def _imports(path) -> list[str]:

@@ -16,7 +16,8 @@ from pipeline.index.representations import Int8Ranges, asymmetric_binary_scores,
 from pipeline.index.variants import Variant, VariantSpec
 from pipeline.jobs.build import describe_variants
 from pipeline.quality.search import Searcher
-from pipeline.snapshots.snapshot import Snapshot, publish
+from pipeline.snapshots.publishing import publish
+from pipeline.snapshots.snapshot import Snapshot
 from pipeline.storage.backend import Storage
 from pipeline.storage.tables import parquet_bytes
 
