@@ -42,7 +42,7 @@ from pipeline.jobs.build import (
     manifest_for,
     with_bm25,
 )
-from pipeline.jobs.current import live_if_current, live_if_listing_unchanged
+from pipeline.jobs.current import live_if_current, live_if_listing_unchanged, unpromoted_twin
 from pipeline.jobs.embedder import EmbedCounts
 from pipeline.jobs.executor import Executor, LocalExecutor, one_task_cpus
 from pipeline.jobs.lexical import Bm25Build, build_bm25
@@ -184,13 +184,16 @@ def finish_run(cfg: PipelineConfig, storage: Storage, run_id: str) -> None:
 
 
 def publish_nothing(cfg: PipelineConfig, storage: Storage, job: str, run_id: str, counts: dict,
-                    timings: dict[str, float], live: Snapshot, why: str) -> BuildSummary:
-    """The summary of a run that found live current: its counts (every input line), live's quality and index."""
+                    timings: dict[str, float], existing: Snapshot, why: str,
+                    promotion: Promotion | None = None) -> BuildSummary:
+    """The summary of a run that found the version it would publish already there (live, or a twin the gate
+    refused): its counts (every input line), that version's quality and index."""
     get_run_logger().info("%s", why)
-    summary = BuildSummary(job, cfg.index_name, live.version, redact(live.storage.url), run_id, why, counts,
-                           live.manifest.get("evaluation", {}), live.manifest["index"], timings, None, published=False)
+    summary = BuildSummary(job, cfg.index_name, existing.version, redact(existing.storage.url), run_id, why, counts,
+                           existing.manifest.get("evaluation", {}), existing.manifest["index"], timings, promotion,
+                           published=False)
     create_markdown_artifact(build_markdown(summary), key=artifact_key(job, cfg.index_name),
-                             description=f"{job} of {cfg.index_name}: live version {live.version} is current")
+                             description=f"{job} of {cfg.index_name}: {why.partition(':')[0]}")
     finish_run(cfg, storage, run_id)
     return summary
 
@@ -306,14 +309,21 @@ def _build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str
     try:
         prepared = timed("prepare", prepare_task, cfg, storage, run_id, plan, card, executor)
         current = live_if_current(cfg, storage, plan, prepared, job)
+        twin = None if current else unpromoted_twin(cfg, storage, plan, prepared, job)
     except BaseException:
         if early is not None:
             early.close()
         raise
+    if (current or twin) and early is not None:
+        early.close()
     if current:
-        if early is not None:
-            early.close()
         return publish_nothing(cfg, storage, job, run_id, prepared.counts, timings, *current)
+    if twin:
+        why = (f"version {twin.version}, not live, holds what this build would publish (the same documents, "
+               f"settings, golden set and libraries on live {plan.base}): promoting it through the gate instead")
+        promotion = timed("promote", promote_task, cfg, storage, twin.version, seen, job) if cfg.publish.alias \
+            else None
+        return publish_nothing(cfg, storage, job, run_id, prepared.counts, timings, twin, why, promotion)
     embedded = timed("embed", embed_task, cfg, storage, prepared, early)
     version = run_version(storage, run_id, cfg.index_name, seen)
     claim(storage, cfg.index_name, version, publisher=run_id)

@@ -121,7 +121,8 @@ def _print_summary(summary, example: bool, config: str, overrides: dict[str, Any
     if note := coverage_note(summary.evaluation):
         console.print(f"  [yellow]golden set[/]: {note}", soft_wrap=True)
     queries = next(iter(modes.values()))["queries"]
-    title = f"quality on {queries} golden queries (trec_eval)" + ("" if summary.published else ", live's")
+    title = f"quality on {queries} golden queries (trec_eval)" + ("" if summary.published else
+                                                                   f", {summary.version}'s")
     console.print(rich_table(quality_table(title, modes, short=True)))
     if example and summary.counts.get("executor") == RAY_TASKS:  # its indexes grow with the corpus: not loaded here
         console.print(f"  example search: skipped for a version built on Ray (embedpipe search {summary.snapshot} "

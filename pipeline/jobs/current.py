@@ -20,7 +20,9 @@ from pipeline.jobs.prepare import PreparedRun
 from pipeline.quality.golden import golden_set_of
 from pipeline.snapshots.manifest import library_versions, recorded_config
 from pipeline.snapshots.snapshot import Snapshot
+from pipeline.storage import layout
 from pipeline.storage.backend import Storage
+from pipeline.storage.layout import MANIFEST
 
 DELTA = ("docs_new", "docs_changed", "docs_deleted")
 SAME_COUNTS = ("read", "accepted", "quarantined", "blank_lines", "chunks")
@@ -79,6 +81,28 @@ def live_if_current(cfg: PipelineConfig, storage: Storage, plan: BuildPlan, prep
         return None
     why = why_live_is_current(cfg, live.manifest, prepared.counts, _golden_digest(cfg))
     return (live, why) if why else None
+
+
+def unpromoted_twin(cfg: PipelineConfig, storage: Storage, plan: BuildPlan, prepared: PreparedRun, job: str
+                    ) -> Snapshot | None:
+    """The newest committed version where it is what this incremental reindex would publish again, and not live:
+    built on the live version this build starts from, by the same job, from the same documents (corpus fingerprint
+    and input counts), with the same settings, golden set and libraries. The gate that refused it (or a rollback
+    from it) would meet a copy the same way: a nightly run after a refused build published a copy every night."""
+    live = _comparable_live(storage, cfg, plan, job)
+    if live is None:
+        return None
+    prefix = layout.index_prefix(cfg.index_name)
+    newest = next((v for v in reversed(storage.list(prefix)) if storage.exists(f"{prefix}/{v}/{MANIFEST}")), None)
+    if newest in (None, live.version):
+        return None
+    twin = Snapshot.of(storage, cfg.index_name, newest)
+    made = twin.manifest
+    if (made["lineage"].get("base"), made["lineage"].get("job")) != (live.version, job) \
+            or made["corpus"]["fingerprint"] != prepared.corpus["fingerprint"] \
+            or any(prepared.counts.get(k) != made["counts"].get(k) for k in SAME_COUNTS):
+        return None
+    return twin if same_settings(cfg, made, _golden_digest(cfg)) else None
 
 
 def live_if_listing_unchanged(cfg: PipelineConfig, storage: Storage, plan: BuildPlan, listed: list[InputFile],

@@ -66,11 +66,11 @@ class QueryCheck:
 
 def refuse_bad_query(query: object) -> None:
     """An empty query would still "match" something; one with a lone surrogate would fail deep in the tokenizer."""
-    if not isinstance(query, str) or not visible(query):
-        raise InputError(f"query {query!r} is empty: expected some text to search for")
-    if (at := lone_surrogate(query)) is not None:
+    if isinstance(query, str) and (at := lone_surrogate(query)) is not None:  # before: a surrogate is invisible
         raise InputError(f"the query is not valid Unicode: a lone surrogate at character {at}; expected text "
                          "that UTF-8 can encode")
+    if not isinstance(query, str) or not visible(query):
+        raise InputError(f"query {query!r} is empty: expected some text to search for")
 
 
 def check_query(encoder: Encoder, query: str) -> QueryCheck:

@@ -28,7 +28,7 @@ def build_markdown(summary: BuildSummary) -> str:
     tables = [counts_table(summary.counts)]
     if modes := summary.evaluation.get("modes"):
         tables.append(quality_table("quality per search mode" if summary.published else
-                                    "quality of the live version, measured when it was published", modes))
+                                    f"quality of version {summary.version}, measured when it was published", modes))
         if note := coverage_note(summary.evaluation):
             lines += [f"Golden set: {note}", ""]
     else:

@@ -421,3 +421,33 @@ def test_a_run_id_resumed_after_its_corpus_changed_is_refused(runs, prefect_api)
                                              rf"hold changed since its first attempt \(run.shards {shards} -> 7\)"):
             reindex(runs["config"], {**first, "run.shards": 7}, run_id="nightly-2")
     assert again["published"] and again["counts"]["accepted"] == 31
+
+
+def test_a_build_the_gate_refused_is_not_built_again_and_a_relaxed_gate_promotes_it(prefect_api, corpus,
+                                                                                    tmp_path):
+    """A nightly reindex after a refused build published an identical refused copy every night (the corpus and
+    config had not changed, but live was not what they build). Now the refused version is what the run reports,
+    and the gate is asked again: refused by the same gate, taken by a relaxed one, and no copy is published."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.reindex import reindex
+    from pipeline.snapshots.aliases import read_alias
+
+    folder, docs, _, _ = corpus
+    write_jsonl(tmp_path / "c.jsonl", docs[:60])
+    config = write_config(tmp_path / "config.yaml", tmp_path / "c.jsonl", folder, tmp_path / "store",
+                          index={"variants": ["exact"]})
+    store = Storage(str(tmp_path / "store"))
+    other = {"chunking.max_tokens": 64}  # live is not what this config builds
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        live = reindex(config).version
+        refused = reindex(config, other | {"publish.gate.min_value": 1.0})
+        assert refused.published and not refused.promotion.promoted  # nDCG@10 below 1
+        again = reindex(config, other | {"publish.gate.min_value": 1.0})
+        assert not again.published and again.version == refused.version and not again.promotion.promoted
+        assert f"version {refused.version}, not live, holds what this build would publish" in again.delta
+        assert "embed" not in again.timings_s and read_alias(store, "jobs", "live").version == live
+        relaxed = reindex(config, other)
+        assert not relaxed.published and relaxed.version == refused.version and relaxed.promotion.promoted
+    assert store.list("snapshots/jobs") == sorted([live, refused.version])
+    assert read_alias(store, "jobs", "live").version == refused.version

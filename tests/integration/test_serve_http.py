@@ -103,6 +103,7 @@ def test_health_ready_and_version(base):
     ("GET", "/search?q=x&q=y", None, 400, "bad_request", "parameter 'q' is given 2 times: expected it once"),
     ("GET", "/search?q=x&mdoe=binary", None, 400, "bad_request", "unknown parameter 'mdoe': expected q, k, mode"),
     ("POST", "/search", {"query": "\ud800 x"}, 400, "bad_request", "not valid Unicode: a lone surrogate at char"),
+    ("POST", "/search", {"query": "\ud800"}, 400, "bad_request", "not valid Unicode: a lone surrogate at char"),
     ("POST", "/search", {"query": "x", "k": True}, 400, "bad_request", "k: Input should be a valid integer"),
     ("POST", "/search", [{"query": "x"}], 400, "bad_request", "the request body is an array: expected a JSON object"),
     ("POST", "/search", {"query": "x" * 501}, 400, "bad_request", "501 characters; this service takes at most 500"),
