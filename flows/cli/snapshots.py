@@ -37,6 +37,20 @@ def _hits_table(query: str, hits, where: str) -> RichTable:
     return table
 
 
+def _check_weight(weight: float | None, modes: list[str] | None) -> str:
+    """--weight is BM25's share in convex fusion (hybrid:<mode>): given for other modes alone it would change
+    nothing, silently. Returns how to name it beside the results ("" without one)."""
+    from pipeline.errors import InputError
+    from pipeline.quality.fusion import CONVEX, parse_hybrid
+
+    if weight is None:
+        return ""
+    if modes is not None and not any((parse_hybrid(m) or ("",))[0] == CONVEX for m in modes):
+        raise InputError(f"--weight {weight:g} applies to convex fusion (hybrid:<mode>), and --mode names none: "
+                         f"{', '.join(modes)}")
+    return f", hybrid weight {weight:g}"
+
+
 def _searcher(snapshot, weight: float | None):
     """A Searcher of the snapshot; `weight` overrides the recorded fusion weight. Loaded without the cyclic
     collector walking the growing heap (torch's import: ~0.25 s of collections, Zen 4): this process searches and
@@ -71,17 +85,19 @@ def print_search(snapshot_url: str, query: str, k: int, mode: str, as_json: bool
     from pipeline.quality.search import check_query
     from pipeline.snapshots.snapshot import Snapshot
 
+    weighted = _check_weight(weight, [mode])
     snapshot = Snapshot.open(snapshot_url, **(storage_options or {}))
     searcher = _searcher(snapshot, weight)
     checked = check_query(searcher.encoder, query)
     hits = searcher.search([query], k, mode)[0]
     if as_json:
         print(json.dumps({"snapshot": redact(snapshot.url), "version": snapshot.version, "mode": mode, "query": query,
-                          "query_tokens": checked.tokens, "truncated_to_tokens": checked.limit if checked.truncated
-                          else None, "hits": [asdict(h) for h in hits]}, indent=2))
+                          "weight": weight, "query_tokens": checked.tokens,
+                          "truncated_to_tokens": checked.limit if checked.truncated else None,
+                          "hits": [{"rank": rank, **asdict(h)} for rank, h in enumerate(hits, start=1)]}, indent=2))
     else:
         console.print(_hits_table(query if len(query) <= 200 else query[:200] + "...", hits,
-                                  f"version {snapshot.version}, mode {mode}"))
+                                  f"version {snapshot.version}, mode {mode}{weighted}"))
         if note := checked.note():
             console.print(f"note: {note}", soft_wrap=True)
 
@@ -118,15 +134,17 @@ def evaluate(
     from pipeline.quality.golden import coverage
     from pipeline.snapshots.snapshot import Snapshot
 
+    weighted = _check_weight(weight, mode or None)
     snap = Snapshot.open(snapshot)
     searcher, golden = _searcher(snap, weight), _golden(snap, queries, qrels)
     report = searcher.evaluate(*golden, k, modes=mode or None)
     covered = coverage(*golden, searcher.doc_ids)
     if as_json:
-        print(json.dumps({"snapshot": redact(snap.url), "version": snap.version, "coverage": covered.to_dict(),
-                          "modes": report}, indent=2))
+        print(json.dumps({"snapshot": redact(snap.url), "version": snap.version, "weight": weight,
+                          "coverage": covered.to_dict(), "modes": report}, indent=2))
         return
-    console.print(rich_table(quality_table(f"{snap.manifest['index_name']} {snap.version}", report, short=True)))
+    console.print(rich_table(quality_table(f"{snap.manifest['index_name']} {snap.version}{weighted}", report,
+                                           short=True)))
     if note := covered.note():
         console.print(f"[yellow]golden set[/]: {note}", soft_wrap=True)
 

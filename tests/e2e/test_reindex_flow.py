@@ -281,7 +281,9 @@ def test_cli_hybrid_search_and_weight_tuning(first_run, small_corpus):
     for mode, extra in (("exact", []), ("hybrid:exact", []), ("bm25", []), ("hybrid:ivfpq+rescore", ["--weight", "1"])):
         out = subprocess.run([cli, "search", first_run["snapshot"], "biomaterials inductive properties", "-k", "5",
                               "--mode", mode, *extra, "--json"], capture_output=True, text=True, check=True, cwd=REPO)
-        hits[mode] = [h["doc_id"] for h in json.loads(out.stdout)["hits"]]
+        found = json.loads(out.stdout)["hits"]
+        assert [h["rank"] for h in found] == [1, 2, 3, 4, 5]  # as the HTTP API names them
+        hits[mode] = [h["doc_id"] for h in found]
     assert {hits["exact"][0], hits["bm25"][0]} <= set(hits["hybrid:exact"]) and len(set(hits["hybrid:exact"])) == 5
     assert hits["hybrid:ivfpq+rescore"] == hits["bm25"]  # weight 1: all BM25 (ties aside, none here)
     out = subprocess.run([cli, "tune-fusion", first_run["snapshot"], "--queries", str(folder / "queries.jsonl"),
@@ -294,6 +296,12 @@ def test_cli_hybrid_search_and_weight_tuning(first_run, small_corpus):
     out = subprocess.run([cli, "search", first_run["snapshot"], "heart", "--mode", "hybrid:int8"], capture_output=True,
                          text=True)
     assert out.returncode == 2 and "no search mode 'int8'" in out.stderr
+    # BM25's share in convex fusion: given for a mode without it, it changed nothing, silently
+    for command in (["search", first_run["snapshot"], "heart"], ["evaluate", first_run["snapshot"]]):
+        out = subprocess.run([cli, *command, "--mode", "exact", "--mode", "hybrid-rrf:exact", "--weight", "0.3"]
+                             if command[0] == "evaluate" else [cli, *command, "--mode", "bm25", "--weight", "0.3"],
+                             capture_output=True, text=True)
+        assert out.returncode == 2 and "--weight 0.3 applies to convex fusion (hybrid:<mode>)" in out.stderr, command
 
 
 def test_the_gate_promotes_on_a_hybrid_mode(first_run, config_path):
