@@ -29,13 +29,15 @@ def deploy(
     from flows.deployments import REPO, load_specs, register
     from pipeline.config_loader import load_config
 
-    specs = [s for s in load_specs() if not only or s.name in only]
+    every = load_specs()
+    specs = [s for s in every if not only or s.name in only]
     if unknown := sorted(set(only) - {s.name for s in specs}):
-        raise ValueError(f"--only {', '.join(unknown)}: not in prefect.yaml")
+        raise ValueError(f"--only {', '.join(unknown)}: not in prefect.yaml; its deployments are "
+                         f"{', '.join(s.name for s in every)}")
     if cron and len(specs) > 1:  # the ad-hoc backfill and the model upgrade would run on it too
         names = ", ".join(s.name for s in specs)
-        raise ValueError(f"--cron replaces the schedules of every deployment it deploys ({names}): expected --only "
-                         "naming the ones to run on it, e.g. --only nightly")
+        raise ValueError(f"--cron replaces the schedules of every deployment it deploys ({names}): expected exactly "
+                         "one --only NAME, the deployment to run on it, e.g. --only nightly")
     if config is not None:
         load_config(str(REPO / config))  # a bad config fails now, not at 2 am
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the result

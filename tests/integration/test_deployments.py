@@ -222,9 +222,12 @@ def test_bad_deploy_options_fail_before_anything_changes(prefect_api):
         for args, message in ((["--only", "nightly", "--cron", "61 * * * *"], "Invalid cron string"),
                               (["--only", "nightly", "--cron", "0 2 * * *", "--timezone", "Mars/Olympus"],
                                "Invalid timezone"),
-                              (["--cron", "0 2 * * *"], "expected --only naming the ones to run on it"),
+                              (["--cron", "0 2 * * *"], "expected exactly one --only NAME"),
+                              (["--only", "nightly", "--only", "weekly-quality", "--cron", "0 2 * * *"],
+                               "(nightly, weekly-quality): expected exactly one --only NAME"),
                               (["--config", "configs/missing.yaml"], "config file not found"),
-                              (["--only", "weekly"], "--only weekly: not in prefect.yaml")):
+                              (["--only", "reindex/nightly"], "--only reindex/nightly: not in prefect.yaml; its "
+                                                              "deployments are nightly,")):
             out = CliRunner().invoke(app, ["deploy", *args])
             assert out.exit_code == 2 and message in out.output, (args, out.output)
     assert _state(server, "reindex/nightly") == before
