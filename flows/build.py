@@ -30,7 +30,7 @@ from operators.faults import maybe_exit_after_commit
 from pipeline.config import PipelineConfig
 from pipeline.corpus.pieces import listing_digest
 from pipeline.corpus.readers import list_corpus
-from pipeline.errors import StorageError
+from pipeline.errors import SelectionError, StorageError
 from pipeline.index.build_variants import check_variant_dims
 from pipeline.jobs.build import (
     BuildSummary,
@@ -260,6 +260,8 @@ def resumable(run_id: str) -> Iterator[None]:
     """An error out of a run names its id, which resumes it: the CLI prints the note under its error line."""
     try:
         yield
+    except SelectionError:  # a resume would stop at the same place: fixing the selection makes another run
+        raise
     except Exception as exc:
         note = f"run {run_id}: `--run-id {run_id}` resumes it, keeping what it committed"
         if note not in getattr(exc, "__notes__", ()):  # a migration's build is inside its own
@@ -310,9 +312,11 @@ def _build_snapshot(cfg: PipelineConfig, storage: Storage, run_id: str, job: str
         prepared = timed("prepare", prepare_task, cfg, storage, run_id, plan, card, executor)
         current = live_if_current(cfg, storage, plan, prepared, job)
         twin = None if current else unpromoted_twin(cfg, storage, plan, prepared, job)
-    except BaseException:
+    except BaseException as exc:
         if early is not None:
             early.close()
+        if isinstance(exc, SelectionError):  # nothing a resume could use: its work files go now
+            finish_run(cfg, storage, run_id)
         raise
     if (current or twin) and early is not None:
         early.close()

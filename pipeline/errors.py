@@ -13,6 +13,11 @@ class InputError(EmbedpipeError):
     """A corpus, query or qrels source cannot be read, or (strict mode) holds a bad record."""
 
 
+class SelectionError(InputError):
+    """A backfill's selection does not fit the corpus (an id it lacks, a filter on a field it does not keep, nothing
+    selected): a resume of the run could not get past it, so its error offers none."""
+
+
 class ModelError(EmbedpipeError):
     """A model cannot be found or loaded, or is not the one a snapshot was built with."""
 

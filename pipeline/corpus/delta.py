@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from pipeline.corpus.sharding import shard_of
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, SelectionError
 
 
 def content_hashes(docs: pl.DataFrame) -> pl.Series:
@@ -105,8 +105,8 @@ class Selection:
             except pl.exceptions.PolarsError:
                 pass
         columns = ", ".join(f"{name} ({dtype})" for name, dtype in docs.schema.items())
-        raise ConfigError(f"backfill filter {self.where!r} does not apply to the corpus (columns {columns}; add "
-                          f"metadata fields with corpus.metadata_fields, each of one type): {error}") from None
+        raise SelectionError(f"backfill filter {self.where!r} does not apply to the corpus (columns {columns}; add "
+                             f"metadata fields with corpus.metadata_fields, each of one type): {error}") from None
 
     def describe(self) -> str:
         """The selection in words, for the summary and the manifest's lineage."""

@@ -36,7 +36,7 @@ from pipeline.corpus.readers import (
     describe_corpus,
 )
 from pipeline.corpus.sharding import bucket_range
-from pipeline.errors import InputError
+from pipeline.errors import InputError, SelectionError
 from pipeline.jobs.cached_vectors import attach_cached
 from pipeline.jobs.executor import Executor, LocalExecutor
 from pipeline.jobs.read_piece import PieceResult, read_piece
@@ -307,9 +307,9 @@ def check_selected(selection: Selection, missing_ids: list[str], counts: dict[st
     if missing_ids:
         shown = ", ".join(sorted(missing_ids)[:10]) + (f" and {len(missing_ids) - 10} more" if len(missing_ids) > 10
                                                         else "")
-        raise InputError(f"backfill: doc ids not in corpus {corpus} ({len(missing_ids)} of the "
+        raise SelectionError(f"backfill: doc ids not in corpus {corpus} ({len(missing_ids)} of the "
                          f"{len(selection.doc_ids)} asked for): {shown}; expected ids of its accepted documents "
                          "(nothing was published)")
     if not counts["docs_redone"]:
-        raise InputError(f"backfill of {selection.describe()} selects none of the {counts['accepted']} documents "
+        raise SelectionError(f"backfill of {selection.describe()} selects none of the {counts['accepted']} documents "
                          f"accepted from corpus {corpus}: nothing to redo (nothing was published)")

@@ -359,17 +359,22 @@ def test_backfill_rejects_a_filter_on_a_field_the_corpus_does_not_keep(runs, pre
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.backfill import backfill
-    from pipeline.errors import ConfigError
+    from pipeline.errors import SelectionError
     from pipeline.snapshots.aliases import read_alias
     from pipeline.storage.backend import Storage
 
     store = Storage(str(runs["work"] / "store"))
     live = read_alias(store, "jobs", "live").version
+    before = set(store.list("runs"))
     with temporary_settings({PREFECT_API_URL: prefect_api}), pytest.raises(
-            ConfigError, match=r"filter \"published >= '2020-01-01'\" does not apply to the corpus \(columns .*"
-            r"add metadata fields with corpus\.metadata_fields, each of one type\)"):
+            SelectionError, match=r"filter \"published >= '2020-01-01'\" does not apply to the corpus \(columns .*"
+            r"add metadata fields with corpus\.metadata_fields, each of one type\)") as refused:
         backfill(runs["config"], where="published >= '2020-01-01'")
     assert read_alias(store, "jobs", "live").version == live
+    # no resume offered (it would stop here again), and the run's work files are gone
+    assert not any("resumes it" in note for note in getattr(refused.value, "__notes__", []))
+    [run] = set(store.list("runs")) - before
+    assert not {"pieces", "shards"} & set(store.list(f"runs/{run}"))
 
 
 def test_an_overlapping_run_that_promotes_second_leaves_the_alias_to_the_first(runs, prefect_api):

@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from pipeline.corpus.delta import Selection
-from pipeline.errors import ConfigError
+from pipeline.errors import SelectionError
 
 
 def batch(**columns) -> pl.DataFrame:
@@ -29,6 +29,6 @@ def test_a_batch_where_no_document_has_the_field_is_filtered_as_the_others(where
 
 
 def test_a_field_of_another_type_in_some_batch_is_named_with_its_type():
-    with pytest.raises(ConfigError, match=r"filter 'year >= 2021' does not apply to the corpus \(columns doc_id "
+    with pytest.raises(SelectionError, match=r"filter 'year >= 2021' does not apply to the corpus \(columns doc_id "
                                           r"\(String\), shard \(Int64\), year \(String\); .*each of one type\)"):
         Selection(where="year >= 2021").mask(batch(year=["2020", "2022"]))
