@@ -23,6 +23,7 @@ import copy
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -263,6 +264,9 @@ def plan_kernels(model: torch.nn.Module, device: str, cfg: ModelConfig, weights:
         if path.is_file():
             with contextlib.suppress(ValueError, TypeError, KeyError):
                 return KernelPlan.from_dict(json.loads(path.read_text()) | {"chosen_by": "cache"})
+        # said, since it can take minutes (a large model on a few CPUs) before anything else shows
+        logging.getLogger(__name__).warning("measuring %d kernels of this model on %s (%s); once on this machine, "
+                                            "then read from %s", len(kernels), hardware, device, path.parent)
         results = probe(model, kernels, probe_batches(vocab_size, device, shapes), pool)
         best = choose(results, kernels)
         plan = KernelPlan(device.split(":")[0], hardware, threads, best.precision, best.path, "probe", results)

@@ -77,13 +77,15 @@ def test_a_gpu_falls_back_to_fp32_when_no_half_precision_is_close_enough(monkeyp
 
 
 def test_auto_probes_every_candidate_and_its_vectors_stay_within_tolerance(sample_docs, encoder, tmp_path,
-                                                                         monkeypatch):
+                                                                         monkeypatch, caplog):
     from pipeline.models.encoder import load_encoder
     from pipeline.models.kernels import candidates
 
     monkeypatch.setenv("EMBEDPIPE_KERNEL_CACHE", str(tmp_path))  # a machine that never probed
     auto = load_encoder(ModelConfig())  # the default: precision auto
     plan = auto.kernel_plan
+    # minutes for a large model on a few CPUs, before anything else shows: said as it starts
+    assert f"measuring {len(plan.probes)} kernels of this model on " in caplog.text
     assert plan.chosen_by == "probe" and plan.kernel.name in {p.kernel for p in plan.probes}
     assert {p.kernel for p in plan.probes} == {k.name for k in candidates("cpu", "auto")} >= {"fp32-torch",
                                                                                             "fp32-onednn"}
