@@ -106,6 +106,8 @@ def _print_summary(summary, example: bool, config: str, overrides: dict[str, Any
     if kernels := summary.counts.get("kernels"):
         console.print("  embedded with: " + "; ".join(f"{k} x {n} shards" for k, n in kernels.items()),
                       soft_wrap=True)
+    elif summary.published and summary.counts.get("reused_from_cache"):
+        console.print("  embedded with: nothing embedded now (every vector from the embedding cache)", soft_wrap=True)
     for note in summary.training_notes():
         console.print(f"  training of {note}", soft_wrap=True)
     console.print(compact_table(timings_table(summary.timings_s)))

@@ -54,7 +54,7 @@ class EmbedCounts:
     reused_from_cache: int
     encode_seconds: float
     worker_peak_rss_mb: float
-    kernels: dict[str, int]  # KernelPlan.label -> shards it embedded (lineage: what computed the vectors, where)
+    kernels: dict[str, int]  # KernelPlan.label -> shards it embedded chunks of (lineage: what computed them, where)
 
     @classmethod
     def of(cls, results: list[ShardResult], where: str) -> EmbedCounts:
@@ -62,7 +62,8 @@ class EmbedCounts:
         return cls(where, len(fresh), len(results) - len(fresh), sum(r.tokens for r in results),
                    sum(r.chunks for r in results), sum(r.embedded for r in fresh), sum(r.cached for r in fresh),
                    round(sum(r.seconds for r in fresh), 2), max((r.peak_rss_mb for r in fresh), default=0.0),
-                   dict(Counter(r.kernel for r in results if r.kernel)))
+                   # a shard whose vectors all came from the cache was embedded by earlier runs, whatever ran it now
+                   dict(Counter(r.kernel for r in results if r.kernel and r.embedded)))
 
     def to_dict(self) -> dict:
         return asdict(self)
