@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from pipeline.config import RESERVED_DOC_COLUMNS
 from pipeline.corpus.sharding import shard_of
 from pipeline.errors import ConfigError, SelectionError
 
@@ -89,24 +90,27 @@ class Selection:
 
     def mask(self, docs: pl.DataFrame) -> pl.Series:
         """Selected rows of `docs` (doc_id, shard and metadata columns)."""
-        picked = pl.col("doc_id").is_in(list(self.doc_ids)) | pl.col("shard").is_in(list(self.shards))
-        if self.where:
-            picked = picked | pl.sql_expr(self.where).fill_null(False)
+        picked = docs.select(pl.col("doc_id").is_in(list(self.doc_ids)) | pl.col("shard").is_in(list(self.shards)))
+        return picked.to_series() | self._where(docs) if self.where else picked.to_series()
+
+    def _where(self, docs: pl.DataFrame) -> pl.Series:
+        """The rows the filter selects, over the metadata fields alone (not the pipeline's own columns)."""
+        fields, where = docs.drop(RESERVED_DOC_COLUMNS, strict=False), pl.sql_expr(self.where).fill_null(False)
         try:
-            return docs.select(picked.alias("selected"))["selected"]
+            return fields.select(where).to_series()
         except pl.exceptions.PolarsError as exc:
             error = exc
         # A batch where no document has a field holds it as Null, which string functions (LIKE) or a comparison
         # with a number may refuse; every value being null, any type gives the same answer.
-        nulls = [name for name, dtype in docs.schema.items() if dtype == pl.Null]
+        nulls = [name for name, dtype in fields.schema.items() if dtype == pl.Null]
         for dtype in (pl.String, pl.Float64, pl.Boolean) if nulls else ():
             try:
-                return docs.with_columns(pl.col(nulls).cast(dtype)).select(picked.alias("selected"))["selected"]
+                return fields.with_columns(pl.col(nulls).cast(dtype)).select(where).to_series()
             except pl.exceptions.PolarsError:
                 pass
-        columns = ", ".join(f"{name} ({dtype})" for name, dtype in docs.schema.items())
-        raise SelectionError(f"backfill filter {self.where!r} does not apply to the corpus (columns {columns}; add "
-                             f"metadata fields with corpus.metadata_fields, each of one type): {error}") from None
+        kept = ", ".join(f"{name} ({dtype})" for name, dtype in fields.schema.items()) or "none"
+        raise SelectionError(f"backfill filter {self.where!r} does not apply to the corpus (its metadata fields: "
+                             f"{kept}; add fields with corpus.metadata_fields, each of one type): {error}") from None
 
     def describe(self) -> str:
         """The selection in words, for the summary and the manifest's lineage."""

@@ -367,8 +367,8 @@ def test_backfill_rejects_a_filter_on_a_field_the_corpus_does_not_keep(runs, pre
     live = read_alias(store, "jobs", "live").version
     before = set(store.list("runs"))
     with temporary_settings({PREFECT_API_URL: prefect_api}), pytest.raises(
-            SelectionError, match=r"filter \"published >= '2020-01-01'\" does not apply to the corpus \(columns .*"
-            r"add metadata fields with corpus\.metadata_fields, each of one type\)") as refused:
+            SelectionError, match=r"filter \"published >= '2020-01-01'\" does not apply to the corpus \(its metadata "
+            r"fields: year \(Int64\); add fields with corpus\.metadata_fields, each of one type\)") as refused:
         backfill(runs["config"], where="published >= '2020-01-01'")
     assert read_alias(store, "jobs", "live").version == live
     # no resume offered (it would stop here again), and the run's work files are gone
