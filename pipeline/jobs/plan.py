@@ -121,9 +121,13 @@ def plan_build(storage: Storage, cfg: PipelineConfig, model_fingerprint: str, ch
         live_chunking = snapshot.manifest.get("chunking")
         # a backfill with a new chunker: the manifest's `chunking` is this build's, the kept documents keep live's
         kept = live_chunking if selection and live_chunking != chunking else None
+        # live may itself be a backfill: then its own kept documents were chunked otherwise again
+        earlier = snapshot.manifest.get("lineage", {}).get("kept_documents_chunking")
+        some = f", some with {earlier}" if earlier and earlier != live_chunking else ""
         return BuildPlan(ShardInput(snapshot.storage, selection), version,
                          f"{how} against live version {version}" +
-                         (f"; the other documents keep its chunking {live_chunking}" if kept else ""),
+                         (f"; the other documents keep live's chunks (chunked with {live_chunking}{some})" if kept
+                          else ""),
                          reusable_training(storage, cfg.index_name, version, model_fingerprint, chunking), kept)
     if selection is not None:
         raise InputError(f"backfill of {cfg.index_name}: {reason}; a backfill keeps the rest of the live snapshot, "

@@ -326,7 +326,7 @@ def test_backfill_redoes_only_the_selection_with_the_new_chunker(runs, prefect_a
     assert manifest["chunking"]["max_tokens"] == 64 and live.manifest["chunking"]["max_tokens"] != 64
     assert manifest["lineage"] == {"job": "backfill", "base": live.version, "how": out["delta"],
                                    "kept_documents_chunking": live.manifest["chunking"]}
-    assert f"the other documents keep its chunking {live.manifest['chunking']}" in out["delta"]
+    assert f"the other documents keep live's chunks (chunked with {live.manifest['chunking']})" in out["delta"]
     # It does not stand for the corpus as listed (the outsider's edit is not in it): no listing recorded, so the
     # next reindex reads the corpus and finds that edit rather than taking live as current unread.
     assert manifest["corpus"]["listing_sha256"] is None and live.manifest["corpus"]["listing_sha256"]
