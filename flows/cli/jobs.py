@@ -99,7 +99,8 @@ def _print_summary(summary, example: bool, config: str, overrides: dict[str, Any
         console.print(f"\n[bold]nothing published[/]: {summary.index_name} {summary.delta}", soft_wrap=True)
     console.print(f"  snapshot: {summary.snapshot}", soft_wrap=True)
     console.print(f"  run: {summary.run_id}", soft_wrap=True)
-    counts = [f"{k} {summary.counts[k]}" for k in MAIN_COUNTS if k in summary.counts]
+    shown = (*MAIN_COUNTS, "docs_redone") if summary.job == "backfill" else MAIN_COUNTS  # the selection, redone
+    counts = [f"{k} {summary.counts[k]}" for k in shown if k in summary.counts]
     if skipped := summary.counts.get("shards_skipped"):  # their chunks count, their vectors were made before
         counts.append(f"shards_skipped {skipped} (committed by an earlier attempt)")
     console.print("  counts: " + ", ".join(counts), soft_wrap=True)

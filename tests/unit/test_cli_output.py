@@ -185,3 +185,23 @@ def test_an_unexpected_error_exits_2_in_one_line_not_1_with_a_traceback(tmp_path
     out = CliRunner().invoke(app, ["versions", str(tmp_path), "idx"])
     assert out.exit_code == 2 and "Traceback" not in out.output and "SeCrEt123" not in out.output
     assert "error: unexpected KeyError: 's3://***@bucket/aliases' (--debug prints its traceback)" in out.output
+
+
+def test_a_backfill_summary_counts_the_documents_it_redid(monkeypatch):
+    """A backfill of two documents whose content had not changed printed none of them (neither new nor changed):
+    `docs_redone` is what it selected."""
+    from flows.cli import jobs
+    from pipeline.jobs.build import BuildSummary
+
+    counts = {"read": 500, "accepted": 500, "docs_new": 0, "docs_changed": 0, "docs_deleted": 0, "docs_kept": 498,
+              "docs_redone": 2, "chunks": 956, "embedded": 0, "reused_from_cache": 4}
+    printed = {}
+    for job in ("backfill", "reindex"):
+        console = Console(width=200, record=True)
+        monkeypatch.setattr(jobs, "console", console)
+        summary = BuildSummary(job, "docs", "v2", "/store/snapshots/docs/v2", "run-1", job, counts, {},
+                               {"variants": {}}, {"embed": 0.1}, None)
+        jobs._print_summary(summary, example=False, config="unused.yaml", overrides={})
+        printed[job] = console.export_text()
+    assert "docs_redone" not in printed["reindex"]  # new and changed say it there
+    assert "docs_redone 2" in printed["backfill"]
