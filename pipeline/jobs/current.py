@@ -84,8 +84,8 @@ def live_if_current(cfg: PipelineConfig, storage: Storage, plan: BuildPlan, prep
 
 
 def unpromoted_twin(cfg: PipelineConfig, storage: Storage, plan: BuildPlan, prepared: PreparedRun, job: str
-                    ) -> Snapshot | None:
-    """The newest committed version where it is what this incremental reindex would publish again, and not live:
+                    ) -> tuple[Snapshot, str] | None:
+    """The newest committed version, and why, where it is what this incremental reindex would publish again, not live:
     built on the live version this build starts from, by the same job, from the same documents (corpus fingerprint
     and input counts), with the same settings, golden set and libraries. The gate that refused it (or a rollback
     from it) would meet a copy the same way: a nightly run after a refused build published a copy every night."""
@@ -102,7 +102,10 @@ def unpromoted_twin(cfg: PipelineConfig, storage: Storage, plan: BuildPlan, prep
             or made["corpus"]["fingerprint"] != prepared.corpus["fingerprint"] \
             or any(prepared.counts.get(k) != made["counts"].get(k) for k in SAME_COUNTS):
         return None
-    return twin if same_settings(cfg, made, _golden_digest(cfg)) else None
+    if not same_settings(cfg, made, _golden_digest(cfg)):
+        return None
+    return twin, (f"version {newest}, not live, holds what this build would publish (the same documents, settings, "
+                  f"golden set and libraries on live {live.version}): promoting it through the gate instead")
 
 
 def live_if_listing_unchanged(cfg: PipelineConfig, storage: Storage, plan: BuildPlan, listed: list[InputFile],
